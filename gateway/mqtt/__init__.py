@@ -1,0 +1,32 @@
+"""Sans-IO MQTT: the first-packet reader and the packets the gateway writes."""
+
+from gateway.mqtt.codec import (
+    ADMINISTRATIVE_ACTION,
+    MQTT_3_1,
+    MQTT_3_1_1,
+    MQTT_5,
+    NEED_DATA,
+    NOT_AUTHORIZED,
+    SERVER_UNAVAILABLE,
+    Connect,
+    ConnectReader,
+    connack,
+    disconnect_v5,
+)
+from gateway.mqtt.errors import ProtocolError, RemoteProtocolError
+
+__all__ = [
+    "ADMINISTRATIVE_ACTION",
+    "MQTT_3_1",
+    "MQTT_3_1_1",
+    "MQTT_5",
+    "NEED_DATA",
+    "NOT_AUTHORIZED",
+    "SERVER_UNAVAILABLE",
+    "Connect",
+    "ConnectReader",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "connack",
+    "disconnect_v5",
+]

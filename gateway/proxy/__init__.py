@@ -1,0 +1,1 @@
+"""The relay: client side (inside TLS), upstream side (plain TCP to the broker)."""

@@ -1,0 +1,299 @@
+"""Client and upstream protocols of the relay.
+
+A connection goes through four states:
+
+1. ``handshake``: TLS in progress, bounded by ``handshake_timeout``.
+2. ``connect``: handshake done, reading the client's CONNECT (sans-IO ``ConnectReader``),
+   bounded by ``connect_timeout`` and ``max_packet_size``.
+3. ``upstream``: CONNECT valid; the client transport is paused while the broker connection
+   opens. Nothing reaches the broker before the client certificate has been verified.
+4. ``relay``: bytes flow untouched in both directions, with producers registered both ways
+   (as in twisted.protocols.portforward) so neither side buffers without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import mqtt
+from gateway.config import ListenerConfig
+from gateway.metrics import ListenerStats
+
+log = Logger()
+
+ConnectUpstream = Callable[[protocol.Factory], "defer.Deferred[Any]"]
+
+
+def ssl_error_text(exc: BaseException) -> str:
+    """OpenSSL's reason strings from an SSL.Error, else the exception's text."""
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
+        reasons = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple)]
+        if reasons:
+            return "; ".join(reasons)
+    return str(exc) or exc.__class__.__name__
+
+
+def classify_handshake_failure(reason: Failure) -> str:
+    text = ssl_error_text(reason.value)
+    if "peer did not return a certificate" in text:
+        return "no_certificate"
+    if reason.check(SSL.Error):
+        return "tls_error"
+    return "closed_in_handshake"
+
+
+def describe_peer_certificate(connection: SSL.Connection) -> tuple[str, str]:
+    cert = connection.get_peer_certificate(as_cryptography=True)
+    if cert is None:
+        return "-", "-"
+    return cert.subject.rfc4514_string(), format(cert.serial_number, "X")
+
+
+class GatewayFactory(protocol.Factory):
+    """Builds ``ClientProtocol`` for one listener (wrapped by the TLS factory)."""
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        reactor: Any,
+        connect_upstream: ConnectUpstream,
+        stats: ListenerStats,
+    ) -> None:
+        self.listener = listener
+        self.reactor = reactor
+        self.connect_upstream = connect_upstream
+        self.stats = stats
+
+    def buildProtocol(self, addr: Any) -> ClientProtocol:
+        return ClientProtocol(self, addr)
+
+
+@implementer(IHandshakeListener)
+class ClientProtocol(protocol.Protocol):
+    """The device side, running inside TLSMemoryBIOProtocol."""
+
+    def __init__(self, factory: GatewayFactory, addr: Any) -> None:
+        self.factory = factory
+        self.peer = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}"
+        self.state = "handshake"
+        self.subject = "-"
+        self.serial = "-"
+        self.connect: mqtt.Connect | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self._reader: mqtt.ConnectReader | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._timer: IDelayedCall | None = None
+        self._verify_failure: tuple[str, int, int] | None = None
+        self._refusal: str | None = None
+        self._upstream_attempt: defer.Deferred[Any] | None = None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def listener(self) -> ListenerConfig:
+        return self.factory.listener
+
+    def _start_timer(self, seconds: float, what: str) -> None:
+        self._cancel_timer()
+        self._timer = self.factory.reactor.callLater(seconds, self._timed_out, what)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self, what: str) -> None:
+        self._timer = None
+        self.refuse(f"{what}_timeout", f"no {what} within the time allowed")
+        self.transport.abortConnection()
+
+    def refuse(self, reason: str, detail: str) -> None:
+        """Record and log why this connection is being turned away (once)."""
+        if self._refusal is not None:
+            return
+        self._refusal = reason
+        self.factory.stats.refuse(reason)
+        log.warn(
+            "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
+            listener=self.listener.name,
+            peer=self.peer,
+            reason=reason,
+            subject=self.subject,
+            detail=detail,
+        )
+
+    def note_verify_failure(self, reason: str, errno: int, depth: int) -> None:
+        """Called from the verify callback: remember the first failure for the log."""
+        if self._verify_failure is None:
+            self._verify_failure = (reason, errno, depth)
+
+    # -- Twisted callbacks --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.stats.active += 1
+        self._start_timer(self.listener.handshake_timeout, "handshake")
+
+    def handshakeCompleted(self) -> None:
+        self.state = "connect"
+        tls = self.transport._tlsConnection  # type: ignore[attr-defined]
+        self.subject, self.serial = describe_peer_certificate(tls)
+        self._reader = mqtt.ConnectReader(self.listener.max_packet_size)
+        self._start_timer(self.listener.connect_timeout, "connect")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == "relay":
+            self.factory.stats.bytes_in += len(data)
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+        elif self.state == "connect":
+            self._read_connect(data)
+        elif self.state == "upstream":
+            # The TLS layer may deliver records decrypted from the same read after a pause.
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > self.listener.max_packet_size:
+                self.refuse("bad_connect", "too much data before the broker connection opened")
+                self.transport.loseConnection()
+
+    def _read_connect(self, data: bytes) -> None:
+        assert self._reader is not None
+        try:
+            self._reader.receive_data(data)
+            event = self._reader.next_event()
+        except mqtt.RemoteProtocolError as e:
+            self.state = "closing"
+            self._cancel_timer()
+            self.refuse("bad_connect", f"{e.kind}: {e.detail}")
+            self.transport.loseConnection()
+            return
+        if event is mqtt.NEED_DATA:
+            return
+        assert isinstance(event, mqtt.Connect)
+        self._cancel_timer()
+        self.connect = event
+        self._pending = [event.packet]
+        trailing = self._reader.trailing_data
+        if trailing:
+            self._pending.append(trailing)
+        self._pending_size = len(trailing)
+        self._reader = None
+        self.state = "upstream"
+        self.transport.pauseProducing()
+        self._open_upstream()
+
+    def _open_upstream(self) -> None:
+        factory = protocol.Factory.forProtocol(UpstreamProtocol)
+        factory.client = self  # type: ignore[attr-defined]
+        attempt = self.factory.connect_upstream(factory)
+        self._upstream_attempt = attempt
+        attempt.addCallbacks(self._upstream_connected, self._upstream_failed)
+        attempt.addErrback(
+            lambda f: log.failure("relay set-up failed", f, listener=self.listener.name)
+        )
+
+    def _upstream_connected(self, upstream: UpstreamProtocol) -> None:
+        self._upstream_attempt = None
+        if self.state != "upstream":  # the client went away meanwhile
+            upstream.transport.loseConnection()
+            return
+        self.state = "relay"
+        self.upstream = upstream
+        upstream.transport.write(b"".join(self._pending))
+        self._pending = []
+        self._pending_size = 0
+        # Flow control both ways: a full write buffer on one side pauses reading on the other.
+        upstream.transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(upstream.transport, True)
+        self.transport.resumeProducing()
+        stats = self.factory.stats
+        stats.accepted += 1
+        assert self.connect is not None
+        log.info(
+            "accepted {listener} peer={peer} subject={subject} serial={serial} "
+            "client_id={client_id!r} mqtt={mqtt_level}",
+            listener=self.listener.name,
+            peer=self.peer,
+            subject=self.subject,
+            serial=self.serial,
+            client_id=self.connect.client_id,
+            mqtt_level=self.connect.protocol_level,
+        )
+
+    def _upstream_failed(self, reason: Failure) -> None:
+        self._upstream_attempt = None
+        if self.state != "upstream":
+            return
+        host, port = self.listener.upstream
+        self.refuse("upstream_unavailable", f"{host}:{port}: {reason.getErrorMessage()}")
+        self.state = "closing"
+        assert self.connect is not None
+        self.transport.write(mqtt.connack(self.connect.protocol_level, mqtt.SERVER_UNAVAILABLE))
+        self.transport.loseConnection()
+
+    def upstream_lost(self, reason: Failure) -> None:
+        """The broker closed (or half-closed): flush what we have to the device and close."""
+        if self.state == "relay":
+            self.state = "closing"
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._cancel_timer()
+        self.factory.stats.active -= 1
+        state, self.state = self.state, "closed"
+        if state == "handshake":
+            if self._verify_failure is not None:
+                why, errno, depth = self._verify_failure
+                detail = f"certificate verification failed at depth {depth}: " + (
+                    SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(errno)).decode()
+                )
+                self.refuse(why, detail)
+            else:
+                self.refuse(classify_handshake_failure(reason), ssl_error_text(reason.value))
+        elif state == "connect" and self._refusal is None:
+            self.refuse("bad_connect", "closed before a complete CONNECT")
+        elif state == "upstream" and self._upstream_attempt is not None:
+            self._upstream_attempt.cancel()
+        elif state in ("relay", "closing") and self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            upstream.transport.unregisterProducer()
+            upstream.transport.loseConnection()
+            if state == "relay":
+                log.info(
+                    "closed {listener} peer={peer} subject={subject}: {why}",
+                    listener=self.listener.name,
+                    peer=self.peer,
+                    subject=self.subject,
+                    why=reason.getErrorMessage(),
+                )
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamProtocol(protocol.Protocol):
+    """The broker side: plain TCP, bytes straight to the client."""
+
+    factory: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        client: ClientProtocol = self.factory.client
+        if client.state in ("relay", "closing"):
+            client.factory.stats.bytes_out += len(data)
+            client.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        # The broker half-closed: everything it sent is queued for the client; close after it.
+        self.factory.client.upstream_lost(Failure(error.ConnectionDone()))
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.factory.client.upstream_lost(reason)

@@ -1,0 +1,39 @@
+"""twistd plumbing: ``twistd mqttgw --config PATH``."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application import service
+from twisted.python import usage
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/mqttgw/mqttgw.conf"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "A TLS gateway for MQTT brokers: mutual TLS on the outside, the broker inside."
+    optParameters = [["config", "c", DEFAULT_CONFIG, "Configuration file."]]
+
+    def postOptions(self) -> None:
+        # A configuration error is not a usage error: print the one line that names
+        # file, line, key and reason, and exit non-zero before anything listens.
+        try:
+            self["loaded"] = load_config(self["config"])
+        except ConfigError as e:
+            print(f"mqttgw: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    from gateway.service import make_gateway_service
+
+    return make_gateway_service(options["loaded"], reactor)
+
+
+__all__ = ["Options", "makeService"]

@@ -1,0 +1,1 @@
+"""TLS: context building and the connection creator that serves the current context."""
