@@ -22,6 +22,8 @@ log = Logger()
 class ListenerTLSFactory(TLSMemoryBIOFactory):
     """TLS wrapping factory that enforces ``max_connections`` before any TLS work."""
 
+    noisy = False
+
     def __init__(
         self,
         creator: ServerConnectionCreator,

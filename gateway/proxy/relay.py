@@ -60,6 +60,8 @@ def describe_peer_certificate(connection: SSL.Connection) -> tuple[str, str]:
 class GatewayFactory(protocol.Factory):
     """Builds ``ClientProtocol`` for one listener (wrapped by the TLS factory)."""
 
+    noisy = False
+
     def __init__(
         self,
         listener: ListenerConfig,
@@ -190,9 +192,7 @@ class ClientProtocol(protocol.Protocol):
         self._open_upstream()
 
     def _open_upstream(self) -> None:
-        factory = protocol.Factory.forProtocol(UpstreamProtocol)
-        factory.client = self  # type: ignore[attr-defined]
-        attempt = self.factory.connect_upstream(factory)
+        attempt = self.factory.connect_upstream(UpstreamFactory(self))
         self._upstream_attempt = attempt
         attempt.addCallbacks(self._upstream_connected, self._upstream_failed)
         attempt.addErrback(
@@ -276,11 +276,25 @@ class ClientProtocol(protocol.Protocol):
                 )
 
 
+class UpstreamFactory(protocol.Factory):
+    """One per upstream connection, carrying the client it serves."""
+
+    noisy = False
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        upstream = UpstreamProtocol()
+        upstream.factory = self
+        return upstream
+
+
 @implementer(IHalfCloseableProtocol)
 class UpstreamProtocol(protocol.Protocol):
     """The broker side: plain TCP, bytes straight to the client."""
 
-    factory: Any
+    factory: UpstreamFactory
 
     def dataReceived(self, data: bytes) -> None:
         client: ClientProtocol = self.factory.client

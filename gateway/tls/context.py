@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 
-from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -72,12 +71,6 @@ def session_id_context(listener_name: str) -> bytes:
     return hashlib.sha256(b"mqttgw:" + listener_name.encode("utf-8")).digest()[:16]
 
 
-def client_ca_names(cacertfile: str) -> list[crypto.X509Name]:
-    with open(cacertfile, "rb") as f:
-        certs = x509.load_pem_x509_certificates(f.read())
-    return [crypto.X509.from_cryptography(c).get_subject() for c in certs]
-
-
 def build_context(listener: ListenerConfig, verify_callback: VerifyCallback) -> SSL.Context:
     """A server context for one listener, from its (already validated) configuration."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -100,7 +93,8 @@ def build_context(listener: ListenerConfig, verify_callback: VerifyCallback) -> 
     if listener.verify_peer:
         assert listener.cacertfile is not None  # enforced by the configuration
         ctx.load_verify_locations(listener.cacertfile.encode())
-        ctx.set_client_ca_list(client_ca_names(listener.cacertfile))
+        # The acceptable-CA list sent in CertificateRequest: the subjects of cacertfile.
+        ctx.load_client_ca(listener.cacertfile.encode())
         mode = SSL.VERIFY_PEER
         if listener.fail_if_no_peer_cert:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT

@@ -1,0 +1,243 @@
+"""Real components for integration tests: mosquitto, the gateway under twistd, clients.
+
+Everything binds 127.0.0.1 on free ports and is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from gateway import pki
+
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@attrs.define
+class Process:
+    proc: subprocess.Popen[bytes]
+    log_path: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        return wait_until(lambda: text in self.log() and self.log(), timeout, what=repr(text))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def mosquitto_path() -> str:
+    path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(path):
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+    return path
+
+
+def start_mosquitto(directory: str, port: int | None = None, extra: str = "") -> tuple[Process, int]:
+    port = port or free_port()
+    conf = os.path.join(directory, f"mosquitto-{port}.conf")
+    log_path = os.path.join(directory, f"mosquitto-{port}.log")
+    with open(conf, "w") as f:
+        f.write(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 0\nmax_queued_bytes 0\nlog_dest stdout\n" + extra
+        )
+    out = open(log_path, "wb")
+    proc = subprocess.Popen([mosquitto_path(), "-c", conf], stdout=out, stderr=subprocess.STDOUT)
+    process = Process(proc, log_path)
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, what="mosquitto")
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited: {process.log()}")
+    except BaseException:
+        process.stop()
+        raise
+    return process, port
+
+
+def start_gateway(directory: str, conf_text: str, name: str = "gateway", ready: str = "listener ") -> Process:
+    conf = os.path.join(directory, f"{name}.conf")
+    log_path = os.path.join(directory, f"{name}.log")
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    cmd = [
+        os.path.join(BIN, "twistd"),
+        "-n",
+        "--pidfile=",
+        f"--logfile={log_path}",
+        "mqttgw",
+        "--config",
+        conf,
+    ]
+    open(log_path, "w").close()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=directory)
+    process = Process(proc, log_path)
+    try:
+        wait_until(
+            lambda: ready in process.log() or proc.poll() is not None, 20, what="gateway start"
+        )
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"gateway exited {proc.returncode}: {out}\n{process.log()}")
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@attrs.define
+class Pki:
+    """A root CA, an intermediate, a server certificate and device certificates on disk."""
+
+    dir: str
+    root: pki.Issued
+    inter: pki.Issued
+    ca_file: str
+    server_cert: str
+    server_key: str
+
+    def client(self, name: str, **kwargs: Any) -> tuple[str, str]:
+        issuer = kwargs.pop("issuer", self.inter)
+        return pki.issue(issuer, name, **kwargs).write(self.dir, name)
+
+
+def make_pki(directory: str, key_kind: str = "ec") -> Pki:
+    root = pki.make_ca("mqttgw test root CA", key_kind=key_kind)
+    inter = pki.make_ca("mqttgw test devices CA", key_kind=key_kind, issuer=root)
+    ca_file = pki.write_ca_bundle(os.path.join(directory, "ca.pem"), root, inter)
+    server_cert, server_key = pki.issue(inter, "localhost", server=True, key_kind=key_kind).write(
+        directory, f"server-{key_kind}"
+    )
+    return Pki(directory, root, inter, ca_file, server_cert, server_key)
+
+
+def listener_conf(
+    name: str, port: int, upstream_port: int, p: Pki, extra: dict[str, str] | None = None
+) -> str:
+    lines = {
+        "": f"127.0.0.1:{port}",
+        "keyfile": p.server_key,
+        "certfile": p.server_cert,
+        "cacertfile": p.ca_file,
+        "upstream": f"127.0.0.1:{upstream_port}",
+    }
+    lines.update(extra or {})
+    prefix = f"listener.ssl.{name}"
+    return "".join(f"{prefix}{'.' + k if k else ''} = {v}\n" for k, v in lines.items())
+
+
+def client_context(
+    p: Pki, cert: tuple[str, str] | None, tls: str = "1.3"
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=p.ca_file)
+    version = ssl.TLSVersion.TLSv1_3 if tls == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ctx.maximum_version = version
+    if cert:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+def tls_connect(port: int, ctx: ssl.SSLContext, timeout: float = 5.0) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def connect_packet(client_id: str, level: int = 4, keep_alive: int = 60) -> bytes:
+    cid = client_id.encode()
+    name = b"MQIsdp" if level == 3 else b"MQTT"
+    body = len(name).to_bytes(2, "big") + name + bytes((level, 0x02)) + keep_alive.to_bytes(2, "big")
+    if level == 5:
+        body += b"\x00"
+    body += len(cid).to_bytes(2, "big") + cid
+    return bytes((0x10,)) + encode_length(len(body)) + body
+
+
+def encode_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def run(cmd: list[str], timeout: float = 20, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def children_stopped(processes: Iterator[Process]) -> None:
+    for p in processes:
+        p.stop()

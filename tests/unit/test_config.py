@@ -1,0 +1,196 @@
+"""Configuration: EMQX-style syntax, defaults, and errors that name file, line, key, reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+
+from gateway import config as cfg
+from gateway import pki
+from gateway.errors import ConfigError
+from tests import support
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("certs")))
+
+
+def base(p: support.Pki, **extra: str) -> str:
+    text = support.listener_conf("ext", 8883, 1883, p)
+    return text + "".join(f"{k} = {v}\n" for k, v in extra.items())
+
+
+def error_of(text: str, path: str = "gw.conf") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        cfg.parse_config(text, path)
+    return info.value
+
+
+def test_defaults_are_filled_in(certs: support.Pki) -> None:
+    """A minimal listener gets the documented defaults."""
+    listener = cfg.parse_config(base(certs)).listener("ext")
+    assert listener.bind == ("127.0.0.1", 8883)
+    assert listener.verify == "verify_peer"
+    assert listener.fail_if_no_peer_cert is True
+    assert listener.tls_versions == ("tlsv1.3", "tlsv1.2")
+    assert listener.handshake_timeout == 15.0
+    assert listener.connect_timeout == 10.0
+    assert listener.upstream_connect_timeout == 5.0
+    assert listener.max_packet_size == 65536
+    assert listener.upstream == ("127.0.0.1", 1883)
+
+
+def test_value_syntax(certs: support.Pki) -> None:
+    """Durations, booleans, sizes, lists and inline comments parse as in EMQX."""
+    text = base(certs) + (
+        "listener.ssl.ext.handshake_timeout = 1500ms   # comment after a value\n"
+        "listener.ssl.ext.connect_timeout = 2m\n"
+        "listener.ssl.ext.max_packet_size = 1MB\n"
+        "listener.ssl.ext.tls_versions = tlsv1.2\n"
+        "listener.ssl.ext.ciphers = TLS_AES_128_GCM_SHA256, ECDHE-ECDSA-AES128-GCM-SHA256\n"
+    )
+    listener = cfg.parse_config(text).listener("ext")
+    assert listener.handshake_timeout == 1.5
+    assert listener.connect_timeout == 120
+    assert listener.max_packet_size == 1024 * 1024
+    assert listener.tls_versions == ("tlsv1.2",)
+    assert listener.ciphers == ("TLS_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert cfg.parse_bool("on") and not cfg.parse_bool("off")
+
+
+def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> None:
+    """A listener without its own upstream takes the global one."""
+    text = support.listener_conf("a", 8883, 1883, certs).replace(
+        "listener.ssl.a.upstream = 127.0.0.1:1883\n", ""
+    )
+    text += support.listener_conf("b", 8884, 1884, certs)
+    text += "upstream = broker.internal:1999\nconnect_timeout = 3s\n"
+    config = cfg.parse_config(text)
+    assert config.listener("a").upstream == ("broker.internal", 1999)
+    assert config.listener("b").upstream == ("127.0.0.1", 1884)
+    assert config.listener("a").connect_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    "extra, line_key, reason",
+    [
+        ("listener.ssl.ext.verfy = verify_peer", "listener.ssl.ext.verfy", "did you mean 'verify'"),
+        ("upstrem = 127.0.0.1:1", "upstrem", "did you mean 'upstream'"),
+        ("listener.ssl.ext.handshake_timeout = soon", "listener.ssl.ext.handshake_timeout", "duration"),
+        ("listener.ssl.ext.fail_if_no_peer_cert = maybe", "listener.ssl.ext.fail_if_no_peer_cert", "true, false"),
+        ("listener.ssl.ext.tls_versions = tlsv1.1", "listener.ssl.ext.tls_versions", "tlsv1.3 and tlsv1.2 only"),
+        ("listener.ssl.ext.max_connections = 0", "listener.ssl.ext.max_connections", "greater than zero"),
+        ("listener.ssl.ext.ciphers = NOT-A-CIPHER", "listener.ssl.ext.ciphers", "OpenSSL accepts none"),
+        ("listener.ssl.other.verify = verify_peer", "listener.ssl.other.verify", "not declared"),
+        ("listener.ssl.ext.upstream = 127.0.0.1:1884", "listener.ssl.ext.upstream", "already set at line 5"),
+        ("listener.ssl.ext.verify = verify_none\nlistener.ssl.ext.fail_if_no_peer_cert = true",
+         "listener.ssl.ext.fail_if_no_peer_cert", "verify_none"),
+    ],
+)
+def test_errors_name_file_line_key_and_reason(
+    certs: support.Pki, extra: str, line_key: str, reason: str
+) -> None:
+    """Each bad line is reported as file:line: key: reason."""
+    text = base(certs) + extra + "\n"
+    err = error_of(text)
+    assert err.key == line_key
+    lines = text.splitlines()
+    expected_line = max(i for i, line in enumerate(lines, 1) if line.startswith(line_key + " "))
+    assert err.line == expected_line
+    assert reason in err.reason
+    assert str(err).startswith(f"gw.conf:{expected_line}: {line_key}: ")
+
+
+def test_key_not_matching_certificate(certs: support.Pki, tmp_path: object) -> None:
+    """A keyfile that is not the certfile's key is named with its line."""
+    other_key = pki.issue(certs.inter, "other", server=True).write(str(tmp_path), "other")[1]
+    text = base(certs).replace(certs.server_key, other_key)
+    err = error_of(text)
+    assert err.key == "listener.ssl.ext.keyfile" and err.line == 2
+    assert "does not match" in err.reason
+
+
+def test_missing_and_garbage_files(certs: support.Pki, tmp_path: object) -> None:
+    """An unreadable file or one without PEM content is an error at its key's line."""
+    err = error_of(base(certs).replace(certs.ca_file, "/nonexistent/ca.pem"))
+    assert (err.key, err.line) == ("listener.ssl.ext.cacertfile", 4)
+    assert "cannot read /nonexistent/ca.pem" in err.reason
+    garbage = os.path.join(str(tmp_path), "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("not a certificate\n")
+    err = error_of(base(certs).replace(certs.server_cert, garbage))
+    assert (err.key, err.line) == ("listener.ssl.ext.certfile", 3)
+    assert "no PEM certificate" in err.reason
+
+
+def test_listener_without_upstream(certs: support.Pki) -> None:
+    """Neither a listener upstream nor a global one is an error naming the key."""
+    text = base(certs).replace("listener.ssl.ext.upstream = 127.0.0.1:1883\n", "")
+    err = error_of(text)
+    assert err.key == "listener.ssl.ext.upstream"
+    assert "no upstream" in err.reason
+
+
+def test_no_listener_and_bad_lines() -> None:
+    """An empty file, a line without '=', and a bad bind address are refused."""
+    assert "no listener" in str(error_of("# nothing\n"))
+    assert str(error_of("just words\n")).startswith("gw.conf:1: expected 'key = value'")
+    err = error_of("listener.ssl.x = example.com:8883\n")
+    assert (err.line, err.key) == (1, "listener.ssl.x")
+
+
+def test_verify_none_needs_no_ca(certs: support.Pki) -> None:
+    """verify_none listeners need no cacertfile and default fail_if_no_peer_cert to false."""
+    text = base(certs).replace(f"listener.ssl.ext.cacertfile = {certs.ca_file}\n", "")
+    text += "listener.ssl.ext.verify = verify_none\n"
+    listener = cfg.parse_config(text).listener("ext")
+    assert listener.fail_if_no_peer_cert is False
+    assert listener.cacertfile is None
+
+
+def test_unreadable_config_file() -> None:
+    """A missing configuration file is one clear line."""
+    with pytest.raises(ConfigError) as info:
+        cfg.load_config("/nonexistent/mqttgw.conf")
+    assert str(info.value).startswith("/nonexistent/mqttgw.conf: cannot read configuration")
+
+
+def test_sample_configuration_loads_as_is(certs: support.Pki, tmp_path: object) -> None:
+    """conf/mqttgw.conf, unchanged, loads with certificates at its relative paths."""
+    directory = os.path.join(str(tmp_path), "etc")
+    os.makedirs(os.path.join(directory, "certs"))
+    shutil.copy(os.path.join(ROOT, "conf", "mqttgw.conf"), directory)
+    for src, dst in [
+        (certs.server_cert, "server.pem"),
+        (certs.server_key, "server.key"),
+        (certs.ca_file, "ca.pem"),
+    ]:
+        shutil.copy(src, os.path.join(directory, "certs", dst))
+    config = cfg.load_config(os.path.join(directory, "mqttgw.conf"))
+    listener = config.listener("external")
+    assert listener.bind == ("0.0.0.0", 8883)
+    assert listener.certfile == os.path.join(directory, "certs", "server.pem")
+    assert listener.upstream == ("127.0.0.1", 1883)
+    # The effective configuration printed by check-config parses back to the same values.
+    again = cfg.parse_config(cfg.format_config(config), os.path.join(directory, "x.conf"))
+    assert again.listeners == config.listeners
+
+
+def test_every_key_is_documented_and_in_the_sample() -> None:
+    """docs/configuration.md documents every key with its default; the sample shows each."""
+    with open(os.path.join(ROOT, "docs", "configuration.md"), encoding="utf-8") as f:
+        docs = f.read()
+    with open(os.path.join(ROOT, "conf", "mqttgw.conf"), encoding="utf-8") as f:
+        sample = f.read()
+    for key in cfg.KEYS:
+        row = re.search(rf"^\| `(listener\.ssl\.<name>\.)?{re.escape(key.name)}` \|(.*)$", docs, re.M)
+        assert row, f"{key.name} is not documented"
+        default = "" if key.default is None else key.format(key.default)
+        assert f"`{default}`" in row.group(2) or key.default is None, f"{key.name}: default {default!r} missing"
+        assert re.search(rf"^#? ?(listener\.ssl\.external\.)?{re.escape(key.name)} =", sample, re.M), key.name

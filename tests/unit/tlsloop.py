@@ -1,0 +1,133 @@
+"""In-memory TLS between a test client and a listener's factory: no sockets, a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test import iosim
+
+from gateway.config import ListenerConfig, parse_config
+from gateway.metrics import ListenerStats
+from gateway.proxy.relay import GatewayFactory
+from gateway.service import ListenerTLSFactory
+from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
+from tests import support
+
+
+class RecordingClient(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Any = None
+        self.handshake_done = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason
+
+
+@attrs.define
+class FakeUpstream:
+    """Stands in for ``connect_upstream``: each call returns a Deferred the test controls."""
+
+    attempts: list[tuple[protocol.Factory, defer.Deferred[Any]]] = attrs.Factory(list)
+
+    def __call__(self, factory: protocol.Factory) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def succeed(self, index: int = -1) -> tuple[Any, StringTransport]:
+        factory, d = self.attempts[index]
+        upstream = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1883))
+        transport = StringTransport()
+        upstream.makeConnection(transport)
+        d.callback(upstream)
+        return upstream, transport
+
+
+def listener_config(p: support.Pki, **extra: str) -> ListenerConfig:
+    text = support.listener_conf("t", 8883, 1883, p, extra)
+    return parse_config(text).listener("t")
+
+
+@attrs.define
+class Listener:
+    config: ListenerConfig
+    reactor: MemoryReactorClock
+    upstream: FakeUpstream
+    stats: ListenerStats
+    creator: ServerConnectionCreator
+    factory: ListenerTLSFactory
+
+    @classmethod
+    def make(cls, p: support.Pki, **extra: str) -> Listener:
+        config = listener_config(p, **extra)
+        reactor = MemoryReactorClock()
+        upstream = FakeUpstream()
+        stats = ListenerStats(config.name)
+        creator = ServerConnectionCreator(build_context(config, CertificateVerifier()))
+        gateway = GatewayFactory(config, reactor, upstream, stats)
+        return cls(config, reactor, upstream, stats, creator, ListenerTLSFactory(creator, gateway, reactor))
+
+    def connect(
+        self, p: support.Pki, cert: tuple[str, str] | None
+    ) -> tuple[Any, RecordingClient, Pump]:
+        with open(p.ca_file, "rb") as f:
+            ca_pem = f.read()
+        roots = [Certificate.loadPEM(block) for block in _pem_blocks(ca_pem)]
+        client_cert = None
+        if cert is not None:
+            with open(cert[0], "rb") as f:
+                chain = f.read()
+            with open(cert[1], "rb") as f:
+                key = f.read()
+            client_cert = PrivateCertificate.loadPEM(_pem_blocks(chain)[0] + key)
+        options = optionsForClientTLS(
+            "localhost", trustRoot=trustRootFromCertificates(roots), clientCertificate=client_cert
+        )
+        recorder = RecordingClient()
+        client_factory = TLSMemoryBIOFactory(
+            options, True, protocol.Factory.forProtocol(lambda: recorder), clock=self.reactor
+        )
+        addr = IPv4Address("TCP", "127.0.0.1", 40000)
+        server = self.factory.buildProtocol(addr)
+        client = client_factory.buildProtocol(addr)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, isServer=True, peerAddress=addr),
+            client,
+            iosim.FakeTransport(client, isServer=False),
+            greet=False,
+        )
+        return server, recorder, Pump(pump, self.reactor)
+
+
+@attrs.define
+class Pump:
+    """iosim's pump, plus the clock ticks that release TLS's aggregated small writes."""
+
+    pump: iosim.IOPump
+    reactor: MemoryReactorClock
+
+    def flush(self) -> None:
+        for _ in range(3):
+            self.reactor.advance(0)
+            self.pump.flush()
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    return [block.strip() + b"\n" + marker + b"\n" for block in data.split(marker) if block.strip()]
