@@ -23,7 +23,9 @@ def check_config(path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqttgw", description="mqttgw utilities")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check-config", help="validate a file, print the effective configuration")
+    check = sub.add_parser(
+        "check-config", help="validate a file, print the effective configuration"
+    )
     check.add_argument("path")
     demo = sub.add_parser("demo", help="throwaway CA + mosquitto + gateway on this machine")
     demo.add_argument("--dir", help="where to write the demo files (default: a new temp dir)")

@@ -62,9 +62,9 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+)\s*(b|kb|mb|gb)?", text.strip().lower())
     if not m:
         raise ValueError(f"expected a size such as 65536, 64KB or 1MB, got {text!r}")
-    value = int(m.group(1)) * {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[
-        m.group(2)
-    ]
+    value = (
+        int(m.group(1)) * {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[m.group(2)]
+    )
     if value <= 0:
         raise ValueError("must be greater than zero")
     return value
@@ -145,9 +145,7 @@ def parse_tls_versions(text: str) -> tuple[str, ...]:
         raise ValueError("at least one TLS version is required")
     for v in versions:
         if v not in TLS_VERSIONS:
-            raise ValueError(
-                f"{v!r} is not accepted; mqttgw speaks tlsv1.3 and tlsv1.2 only"
-            )
+            raise ValueError(f"{v!r} is not accepted; mqttgw speaks tlsv1.3 and tlsv1.2 only")
     return tuple(sorted(set(versions), key=TLS_VERSIONS.index))
 
 
@@ -418,7 +416,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     for name, option, entry in pending_options:
         if option not in LISTENER_KEYS:
             raise ConfigError(
-                path, entry.line, entry.key, "unknown listener option" + _suggest(option, LISTENER_KEYS)
+                path,
+                entry.line,
+                entry.key,
+                "unknown listener option" + _suggest(option, LISTENER_KEYS),
             )
         if name not in declared:
             raise ConfigError(
@@ -457,7 +458,10 @@ def _check_distinct_binds(
         ):
             entry = declared[listener.name][1]
             raise ConfigError(
-                path, entry.line, entry.key, f"port {listener.bind[1]} is already used by listener {other.name!r}"
+                path,
+                entry.line,
+                entry.key,
+                f"port {listener.bind[1]} is already used by listener {other.name!r}",
             )
         by_port[listener.bind[1]] = listener
 
@@ -484,7 +488,10 @@ def _build_listener(
     def fail(option: str, reason: str) -> ConfigError:
         entry = lines.get(option)
         return ConfigError(
-            path, entry.line if entry else None, entry.key if entry else f"{prefix}.{option}", reason
+            path,
+            entry.line if entry else None,
+            entry.key if entry else f"{prefix}.{option}",
+            reason,
         )
 
     for key in KEYS:
@@ -492,7 +499,10 @@ def _build_listener(
             raise ConfigError(path, None, f"{prefix}.{key.name}", "required for every listener")
     if values["upstream"] is None:
         raise ConfigError(
-            path, None, f"{prefix}.upstream", "listener has no upstream (set it, or a global upstream)"
+            path,
+            None,
+            f"{prefix}.upstream",
+            "listener has no upstream (set it, or a global upstream)",
         )
     verify_peer = values["verify"] == "verify_peer"
     if values["fail_if_no_peer_cert"] is None:
@@ -554,7 +564,9 @@ def _load_private_key(filename: str, template: ConfigError) -> Any:
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise _with_reason(template, f"{filename} holds no usable unencrypted PEM private key ({e})") from None
+        raise _with_reason(
+            template, f"{filename} holds no usable unencrypted PEM private key ({e})"
+        ) from None
 
 
 def format_config(config: Config) -> str:

@@ -28,7 +28,7 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
 
-def makeService(options: Options) -> service.IService:
+def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from gateway.service import make_gateway_service

@@ -29,7 +29,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+def wait_until(
+    predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -96,17 +98,21 @@ def mosquitto_path() -> str:
     return path
 
 
-def start_mosquitto(directory: str, port: int | None = None, extra: str = "") -> tuple[Process, int]:
+def start_mosquitto(
+    directory: str, port: int | None = None, extra: str = ""
+) -> tuple[Process, int]:
     port = port or free_port()
     conf = os.path.join(directory, f"mosquitto-{port}.conf")
     log_path = os.path.join(directory, f"mosquitto-{port}.log")
     with open(conf, "w") as f:
         f.write(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_queued_bytes 0\nlog_dest stdout\n" + extra
+            f"max_queued_messages 0\nmax_queued_bytes 0\nlog_dest file {log_path}\n" + extra
         )
-    out = open(log_path, "wb")
-    proc = subprocess.Popen([mosquitto_path(), "-c", conf], stdout=out, stderr=subprocess.STDOUT)
+    open(log_path, "wb").close()
+    proc = subprocess.Popen(
+        [mosquitto_path(), "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     process = Process(proc, log_path)
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, what="mosquitto")
@@ -118,7 +124,9 @@ def start_mosquitto(directory: str, port: int | None = None, extra: str = "") ->
     return process, port
 
 
-def start_gateway(directory: str, conf_text: str, name: str = "gateway", ready: str = "listener ") -> Process:
+def start_gateway(
+    directory: str, conf_text: str, name: str = "gateway", ready: str = "listener "
+) -> Process:
     conf = os.path.join(directory, f"{name}.conf")
     log_path = os.path.join(directory, f"{name}.log")
     with open(conf, "w") as f:
@@ -189,9 +197,7 @@ def listener_conf(
     return "".join(f"{prefix}{'.' + k if k else ''} = {v}\n" for k, v in lines.items())
 
 
-def client_context(
-    p: Pki, cert: tuple[str, str] | None, tls: str = "1.3"
-) -> ssl.SSLContext:
+def client_context(p: Pki, cert: tuple[str, str] | None, tls: str = "1.3") -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=p.ca_file)
     version = ssl.TLSVersion.TLSv1_3 if tls == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.minimum_version = ctx.maximum_version = version
@@ -208,11 +214,20 @@ def tls_connect(port: int, ctx: ssl.SSLContext, timeout: float = 5.0) -> ssl.SSL
 def connect_packet(client_id: str, level: int = 4, keep_alive: int = 60) -> bytes:
     cid = client_id.encode()
     name = b"MQIsdp" if level == 3 else b"MQTT"
-    body = len(name).to_bytes(2, "big") + name + bytes((level, 0x02)) + keep_alive.to_bytes(2, "big")
+    body = (
+        len(name).to_bytes(2, "big") + name + bytes((level, 0x02)) + keep_alive.to_bytes(2, "big")
+    )
     if level == 5:
         body += b"\x00"
     body += len(cid).to_bytes(2, "big") + cid
     return bytes((0x10,)) + encode_length(len(body)) + body
+
+
+def publish_packet(topic: str, payload: bytes, retain: bool = False) -> bytes:
+    """A QoS 0 PUBLISH."""
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + payload
+    return bytes((0x30 | (1 if retain else 0),)) + encode_length(len(body)) + body
 
 
 def encode_length(n: int) -> bytes:

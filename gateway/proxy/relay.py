@@ -26,18 +26,21 @@ from zope.interface import implementer
 from gateway import mqtt
 from gateway.config import ListenerConfig
 from gateway.metrics import ListenerStats
+from gateway.tls.context import verify_error_text
 
 log = Logger()
 
 ConnectUpstream = Callable[[protocol.Factory], "defer.Deferred[Any]"]
 
 
-def ssl_error_text(exc: BaseException) -> str:
+def ssl_error_text(exc: BaseException | None) -> str:
     """OpenSSL's reason strings from an SSL.Error, else the exception's text."""
     if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
         reasons = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple)]
         if reasons:
             return "; ".join(reasons)
+    if exc is None:
+        return "unknown"
     return str(exc) or exc.__class__.__name__
 
 
@@ -81,6 +84,9 @@ class GatewayFactory(protocol.Factory):
 @implementer(IHandshakeListener)
 class ClientProtocol(protocol.Protocol):
     """The device side, running inside TLSMemoryBIOProtocol."""
+
+    # The TLS protocol (TLSMemoryBIOProtocol): a transport, a producer and a consumer.
+    transport: Any
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
         self.factory = factory
@@ -146,7 +152,7 @@ class ClientProtocol(protocol.Protocol):
 
     def handshakeCompleted(self) -> None:
         self.state = "connect"
-        tls = self.transport._tlsConnection  # type: ignore[attr-defined]
+        tls = self.transport._tlsConnection
         self.subject, self.serial = describe_peer_certificate(tls)
         self._reader = mqtt.ConnectReader(self.listener.max_packet_size)
         self._start_timer(self.listener.connect_timeout, "connect")
@@ -252,8 +258,8 @@ class ClientProtocol(protocol.Protocol):
         if state == "handshake":
             if self._verify_failure is not None:
                 why, errno, depth = self._verify_failure
-                detail = f"certificate verification failed at depth {depth}: " + (
-                    SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(errno)).decode()
+                detail = f"certificate verification failed at depth {depth}: " + verify_error_text(
+                    errno
                 )
                 self.refuse(why, detail)
             else:
@@ -284,7 +290,7 @@ class UpstreamFactory(protocol.Factory):
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
 
-    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:  # type: ignore[override]
         upstream = UpstreamProtocol()
         upstream.factory = self
         return upstream
@@ -295,6 +301,7 @@ class UpstreamProtocol(protocol.Protocol):
     """The broker side: plain TCP, bytes straight to the client."""
 
     factory: UpstreamFactory
+    transport: Any  # the TCP connection to the broker
 
     def dataReceived(self, data: bytes) -> None:
         client: ClientProtocol = self.factory.client

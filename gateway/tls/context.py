@@ -42,6 +42,16 @@ def verify_reason(error_number: int) -> str:
     return _REASONS.get(error_number, "bad_certificate")
 
 
+def verify_error_text(error_number: int) -> str:
+    """OpenSSL's text for an X509 verification error (e.g. 'certificate has expired')."""
+    try:
+        from OpenSSL._util import ffi, lib  # pyOpenSSL exposes no public helper for this
+
+        return str(ffi.string(lib.X509_verify_cert_error_string(error_number)).decode())
+    except Exception:
+        return f"X509 verification error {error_number}"
+
+
 def split_ciphers(ciphers: Iterable[str]) -> tuple[str, str]:
     """(TLS 1.3 suites, TLS 1.2 cipher list) in OpenSSL's colon-separated syntax."""
     names = list(ciphers)

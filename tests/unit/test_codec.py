@@ -103,21 +103,45 @@ BAD = {
     "http": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "not_connect"),
     "publish first": (_packet(b"\x00\x01tx", first=0x30), "not_connect"),
     "connect flags in fixed header": (_packet(b"", first=0x12), "malformed"),
-    "bad protocol name": (_packet(_string(b"MQTX") + b"\x04\x02\x00\x3c" + _string(b"a")), "bad_protocol"),
-    "3.1 name with level 4": (_packet(_string(b"MQIsdp") + b"\x04\x02\x00\x3c" + _string(b"a")), "bad_protocol"),
+    "bad protocol name": (
+        _packet(_string(b"MQTX") + b"\x04\x02\x00\x3c" + _string(b"a")),
+        "bad_protocol",
+    ),
+    "3.1 name with level 4": (
+        _packet(_string(b"MQIsdp") + b"\x04\x02\x00\x3c" + _string(b"a")),
+        "bad_protocol",
+    ),
     "level 6": (_packet(_string(b"MQTT") + b"\x06\x02\x00\x3c" + _string(b"a")), "bad_protocol"),
     "reserved flag": (_packet(_string(b"MQTT") + b"\x04\x03\x00\x3c" + _string(b"a")), "malformed"),
     "will qos 3": (_packet(_string(b"MQTT") + b"\x04\x1e\x00\x3c" + _string(b"a")), "malformed"),
-    "will qos without will": (_packet(_string(b"MQTT") + b"\x04\x0a\x00\x3c" + _string(b"a")), "malformed"),
+    "will qos without will": (
+        _packet(_string(b"MQTT") + b"\x04\x0a\x00\x3c" + _string(b"a")),
+        "malformed",
+    ),
     "password without username (3.1.1)": (
         _packet(_string(b"MQTT") + b"\x04\x42\x00\x3c" + _string(b"a") + _string(b"pw")),
         "malformed",
     ),
-    "client id overruns packet": (_packet(_string(b"MQTT") + b"\x04\x02\x00\x3c\x00\x09ab"), "malformed"),
-    "extra bytes inside packet": (_packet(_string(b"MQTT") + b"\x04\x02\x00\x3c" + _string(b"a") + b"zz"), "malformed"),
-    "invalid utf-8 client id": (_packet(_string(b"MQTT") + b"\x04\x02\x00\x3c" + _string(b"\xff\xfe")), "malformed"),
-    "nul in client id": (_packet(_string(b"MQTT") + b"\x04\x02\x00\x3c" + _string(b"a\x00b")), "malformed"),
-    "v5 properties overrun": (_packet(_string(b"MQTT") + b"\x05\x02\x00\x3c\x7f" + _string(b"a")), "malformed"),
+    "client id overruns packet": (
+        _packet(_string(b"MQTT") + b"\x04\x02\x00\x3c\x00\x09ab"),
+        "malformed",
+    ),
+    "extra bytes inside packet": (
+        _packet(_string(b"MQTT") + b"\x04\x02\x00\x3c" + _string(b"a") + b"zz"),
+        "malformed",
+    ),
+    "invalid utf-8 client id": (
+        _packet(_string(b"MQTT") + b"\x04\x02\x00\x3c" + _string(b"\xff\xfe")),
+        "malformed",
+    ),
+    "nul in client id": (
+        _packet(_string(b"MQTT") + b"\x04\x02\x00\x3c" + _string(b"a\x00b")),
+        "malformed",
+    ),
+    "v5 properties overrun": (
+        _packet(_string(b"MQTT") + b"\x05\x02\x00\x3c\x7f" + _string(b"a")),
+        "malformed",
+    ),
     "5-byte remaining length": (b"\x10\xff\xff\xff\xff\x01", "malformed"),
 }
 

@@ -82,15 +82,42 @@ def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> Non
     [
         ("listener.ssl.ext.verfy = verify_peer", "listener.ssl.ext.verfy", "did you mean 'verify'"),
         ("upstrem = 127.0.0.1:1", "upstrem", "did you mean 'upstream'"),
-        ("listener.ssl.ext.handshake_timeout = soon", "listener.ssl.ext.handshake_timeout", "duration"),
-        ("listener.ssl.ext.fail_if_no_peer_cert = maybe", "listener.ssl.ext.fail_if_no_peer_cert", "true, false"),
-        ("listener.ssl.ext.tls_versions = tlsv1.1", "listener.ssl.ext.tls_versions", "tlsv1.3 and tlsv1.2 only"),
-        ("listener.ssl.ext.max_connections = 0", "listener.ssl.ext.max_connections", "greater than zero"),
-        ("listener.ssl.ext.ciphers = NOT-A-CIPHER", "listener.ssl.ext.ciphers", "OpenSSL accepts none"),
+        (
+            "listener.ssl.ext.handshake_timeout = soon",
+            "listener.ssl.ext.handshake_timeout",
+            "duration",
+        ),
+        (
+            "listener.ssl.ext.fail_if_no_peer_cert = maybe",
+            "listener.ssl.ext.fail_if_no_peer_cert",
+            "true, false",
+        ),
+        (
+            "listener.ssl.ext.tls_versions = tlsv1.1",
+            "listener.ssl.ext.tls_versions",
+            "tlsv1.3 and tlsv1.2 only",
+        ),
+        (
+            "listener.ssl.ext.max_connections = 0",
+            "listener.ssl.ext.max_connections",
+            "greater than zero",
+        ),
+        (
+            "listener.ssl.ext.ciphers = NOT-A-CIPHER",
+            "listener.ssl.ext.ciphers",
+            "OpenSSL accepts none",
+        ),
         ("listener.ssl.other.verify = verify_peer", "listener.ssl.other.verify", "not declared"),
-        ("listener.ssl.ext.upstream = 127.0.0.1:1884", "listener.ssl.ext.upstream", "already set at line 5"),
-        ("listener.ssl.ext.verify = verify_none\nlistener.ssl.ext.fail_if_no_peer_cert = true",
-         "listener.ssl.ext.fail_if_no_peer_cert", "verify_none"),
+        (
+            "listener.ssl.ext.upstream = 127.0.0.1:1884",
+            "listener.ssl.ext.upstream",
+            "already set at line 5",
+        ),
+        (
+            "listener.ssl.ext.verify = verify_none\nlistener.ssl.ext.fail_if_no_peer_cert = true",
+            "listener.ssl.ext.fail_if_no_peer_cert",
+            "verify_none",
+        ),
     ],
 )
 def test_errors_name_file_line_key_and_reason(
@@ -189,8 +216,14 @@ def test_every_key_is_documented_and_in_the_sample() -> None:
     with open(os.path.join(ROOT, "conf", "mqttgw.conf"), encoding="utf-8") as f:
         sample = f.read()
     for key in cfg.KEYS:
-        row = re.search(rf"^\| `(listener\.ssl\.<name>\.)?{re.escape(key.name)}` \|(.*)$", docs, re.M)
+        row = re.search(
+            rf"^\| `(listener\.ssl\.<name>\.)?{re.escape(key.name)}` \|(.*)$", docs, re.M
+        )
         assert row, f"{key.name} is not documented"
         default = "" if key.default is None else key.format(key.default)
-        assert f"`{default}`" in row.group(2) or key.default is None, f"{key.name}: default {default!r} missing"
-        assert re.search(rf"^#? ?(listener\.ssl\.external\.)?{re.escape(key.name)} =", sample, re.M), key.name
+        assert f"`{default}`" in row.group(2) or key.default is None, (
+            f"{key.name}: default {default!r} missing"
+        )
+        assert re.search(
+            rf"^#? ?(listener\.ssl\.external\.)?{re.escape(key.name)} =", sample, re.M
+        ), key.name

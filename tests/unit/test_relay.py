@@ -75,11 +75,13 @@ def test_client_close_closes_upstream_and_back(p: support.Pki, good: tuple[str, 
     assert client.lost is not None
 
 
-@pytest.mark.parametrize("level, expected", [(4, b"\x20\x02\x00\x03"), (5, b"\x20\x03\x00\x88\x00")])
+@pytest.mark.parametrize(
+    "level, expected", [(4, b"\x20\x02\x00\x03"), (5, b"\x20\x03\x00\x88\x00")]
+)
 def test_upstream_unavailable_gets_connack(
     p: support.Pki, good: tuple[str, str], level: int, expected: bytes
 ) -> None:
-    """A broker that cannot be reached yields CONNACK 'server unavailable' in the client's dialect."""
+    """An unreachable broker yields CONNACK 'server unavailable' in the client's dialect."""
     listener = Listener.make(p)
     server, client, pump = listener.connect(p, good)
     pump.flush()
@@ -104,7 +106,7 @@ def test_client_without_certificate_is_refused(p: support.Pki) -> None:
         pump.flush()
     assert _refused(listener) == {"no_certificate"}
     assert listener.upstream.attempts == []
-    assert any("reason=no_certificate" in str(e.get("log_format")) or e.get("reason") == "no_certificate" for e in events)
+    assert any(e.get("reason") == "no_certificate" for e in events)
 
 
 def test_unknown_ca_and_expired_are_refused(p: support.Pki, tmp_path: object) -> None:

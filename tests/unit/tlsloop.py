@@ -80,7 +80,9 @@ class Listener:
         stats = ListenerStats(config.name)
         creator = ServerConnectionCreator(build_context(config, CertificateVerifier()))
         gateway = GatewayFactory(config, reactor, upstream, stats)
-        return cls(config, reactor, upstream, stats, creator, ListenerTLSFactory(creator, gateway, reactor))
+        return cls(
+            config, reactor, upstream, stats, creator, ListenerTLSFactory(creator, gateway, reactor)
+        )
 
     def connect(
         self, p: support.Pki, cert: tuple[str, str] | None

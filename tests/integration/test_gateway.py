@@ -1,0 +1,353 @@
+"""The gateway under twistd in front of a real mosquitto, with real MQTT and TLS clients."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import paho.mqtt.client as paho
+import pytest
+
+from gateway import pki
+from tests import support
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("pki-ec")), "ec")
+
+
+@pytest.fixture(scope="module")
+def p_rsa(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("pki-rsa")), "rsa")
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, p: support.Pki, p_rsa: support.Pki, broker: int
+) -> Iterator[dict[str, object]]:
+    """One gateway with an ECDSA listener and an RSA listener in front of one broker."""
+    directory = str(tmp_path_factory.mktemp("gw"))
+    ports = {"ec": support.free_port(), "rsa": support.free_port()}
+    conf = support.listener_conf("ec", ports["ec"], broker, p, {"handshake_timeout": "1s"})
+    conf += support.listener_conf("rsa", ports["rsa"], broker, p_rsa)
+    process = support.start_gateway(directory, conf)
+    yield {"process": process, "ports": ports, "pki": {"ec": p, "rsa": p_rsa}}
+    process.stop()
+
+
+def paho_client(
+    client_id: str, p: support.Pki, cert: tuple[str, str] | None, tls: str, v5: bool
+) -> paho.Client:
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+    )
+    client.tls_set_context(support.client_context(p, cert, tls))
+    return client
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+@pytest.mark.parametrize("v5", [False, True], ids=["mqtt311", "mqtt5"])
+def test_publish_and_receive_through_gateway(
+    gw: dict[str, object], kind: str, tls: str, v5: bool
+) -> None:
+    """A paho subscriber receives what a paho publisher sends, both through the gateway."""
+    p = gw["pki"][kind]  # type: ignore[index]
+    port = gw["ports"][kind]  # type: ignore[index]
+    cert = p.client(f"dev-{kind}-{tls}-{v5}")
+    topic = f"t/{kind}/{tls}/{v5}"
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    received = threading.Event()
+
+    sub = paho_client(f"sub-{kind}-{tls}-{v5}", p, cert, tls, v5)
+    sub.on_subscribe = lambda *a: subscribed.set()
+
+    def on_message(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        got.append(msg.payload)
+        received.set()
+
+    sub.on_message = on_message
+    sub.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10), "subscription not acknowledged"
+        pub = paho_client(f"pub-{kind}-{tls}-{v5}", p, cert, tls, v5)
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        info = pub.publish(topic, b"hello " + kind.encode(), qos=1)
+        info.wait_for_publish(10)
+        assert received.wait(10)
+        assert got == [b"hello " + kind.encode()]
+        pub.disconnect()
+        pub.loop_stop()
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    process = gw["process"]
+    assert f"accepted {kind} " in process.log()  # type: ignore[attr-defined]
+
+
+def test_mosquitto_clients_through_gateway(gw: dict[str, object], p: support.Pki) -> None:
+    """mosquitto_sub and mosquitto_pub with the device certificate work through the gateway."""
+    port = gw["ports"]["ec"]  # type: ignore[index]
+    cert, key = p.client("dev-mosq")
+    common = [
+        "-h",
+        "localhost",
+        "-p",
+        str(port),
+        "--cafile",
+        p.ca_file,
+        "--cert",
+        cert,
+        "--key",
+        key,
+    ]
+    sub = subprocess.Popen(
+        ["mosquitto_sub", *common, "-t", "mosq/test", "-C", "1", "-W", "15", "-i", "mosq-sub"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        process = gw["process"]
+        support.wait_until(lambda: "client_id='mosq-sub'" in process.log(), what="subscriber")  # type: ignore[attr-defined]
+        time.sleep(0.3)  # SUBSCRIBE travels after CONNECT
+        pub = support.run(
+            ["mosquitto_pub", *common, "-t", "mosq/test", "-m", "via-gateway", "-i", "mosq-pub"]
+        )
+        assert pub.returncode == 0, pub.stderr
+        out, _ = sub.communicate(timeout=15)
+        assert out.strip() == "via-gateway"
+    finally:
+        sub.kill()
+
+
+def _handshake_error(port: int, ctx: ssl.SSLContext) -> str:
+    try:
+        with support.tls_connect(port, ctx) as s:
+            s.sendall(support.connect_packet("x"))
+            data = s.recv(10)
+            return f"no error, read {data!r}"
+    except (ssl.SSLError, ConnectionError) as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_refused_at_handshake(
+    gw: dict[str, object], p: support.Pki, tls: str, tmp_path: object
+) -> None:
+    """No certificate, an unknown CA, and an expired certificate are refused in the handshake."""
+    port = gw["ports"]["ec"]  # type: ignore[index]
+    process = gw["process"]
+    other = pki.make_ca("another CA")
+    stranger = pki.issue(other, f"stranger-{tls}").write(str(tmp_path), "stranger")
+    old = pki.now() - datetime.timedelta(days=10)
+    expired = p.client(f"expired-{tls}", not_before=old, valid_days=1)
+    cases = [(None, "no_certificate"), (stranger, "unknown_ca"), (expired, "expired")]
+    for cert, reason in cases:
+        before = process.log().count(f"reason={reason}")  # type: ignore[attr-defined]
+        error = _handshake_error(port, support.client_context(p, cert, tls))
+        assert "no error" not in error, reason
+        support.wait_until(
+            lambda r=reason, b=before: process.log().count(f"reason={r}") > b,  # type: ignore[attr-defined]
+            what=f"log of {reason}",
+        )
+
+
+def test_openssl_s_client_alerts(gw: dict[str, object], p: support.Pki, tmp_path: object) -> None:
+    """openssl s_client sees the verification alert for an expired certificate."""
+    port = gw["ports"]["ec"]  # type: ignore[index]
+    old = pki.now() - datetime.timedelta(days=10)
+    cert, key = p.client("expired-s-client", not_before=old, valid_days=1)
+    result = support.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-CAfile",
+            p.ca_file,
+            "-cert",
+            cert,
+            "-key",
+            key,
+            "-tls1_2",
+        ],
+        input="",
+    )
+    assert "certificate expired" in (result.stdout + result.stderr)
+
+
+def test_tls12_session_resumption(gw: dict[str, object], p: support.Pki, tmp_path: object) -> None:
+    """A TLS 1.2 client resumes its session (needs the session id context)."""
+    port = gw["ports"]["ec"]  # type: ignore[index]
+    cert, key = p.client("resumer")
+    sess = os.path.join(str(tmp_path), "sess.pem")
+    base = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-CAfile",
+        p.ca_file,
+        "-cert",
+        cert,
+        "-key",
+        key,
+        "-tls1_2",
+    ]
+    first = support.run([*base, "-sess_out", sess], input="")
+    assert "New, TLSv1.2" in first.stdout, first.stdout + first.stderr
+    second = support.run([*base, "-sess_in", sess], input="")
+    assert "Reused, TLSv1.2" in second.stdout, second.stdout + second.stderr
+
+
+def test_non_mqtt_and_oversized_connect_refused(gw: dict[str, object], p: support.Pki) -> None:
+    """HTTP bytes after the handshake, or a CONNECT above max_packet_size, close the connection."""
+    port = gw["ports"]["ec"]  # type: ignore[index]
+    ctx = support.client_context(p, p.client("dev-bad"))
+    process = gw["process"]
+    with support.tls_connect(port, ctx) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(10) == b""
+    support.wait_until(lambda: "not_connect: first packet is not CONNECT" in process.log())  # type: ignore[attr-defined]
+    with support.tls_connect(port, ctx) as s:
+        s.sendall(b"\x10" + support.encode_length(10_000_000))
+        assert s.recv(10) == b""
+    support.wait_until(lambda: "exceeds max_packet_size 65536" in process.log())  # type: ignore[attr-defined]
+
+
+def test_handshake_timeout(gw: dict[str, object]) -> None:
+    """A TCP connection that never starts TLS is closed after handshake_timeout (1s here)."""
+    port = gw["ports"]["ec"]  # type: ignore[index]
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass  # the gateway aborts stalled connections
+    elapsed = time.monotonic() - start
+    assert 0.8 < elapsed < 5, elapsed
+    process = gw["process"]
+    support.wait_until(lambda: "reason=handshake_timeout" in process.log())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "level, expected", [(4, b"\x20\x02\x00\x03"), (5, b"\x20\x03\x00\x88\x00")]
+)
+def test_broker_down_gives_server_unavailable(
+    p: support.Pki, workdir: str, level: int, expected: bytes
+) -> None:
+    """With the broker down, the client gets CONNACK 'server unavailable' and is closed."""
+    dead = support.free_port()
+    port = support.free_port()
+    process = support.start_gateway(workdir, support.listener_conf("x", port, dead, p))
+    try:
+        with support.tls_connect(port, support.client_context(p, p.client("dev-x"))) as s:
+            s.sendall(support.connect_packet("x", level=level))
+            assert support.read_exact(s, len(expected)) == expected
+            assert s.recv(10) == b""
+        assert "reason=upstream_unavailable" in process.log()
+        # paho sees it as "server unavailable" too.
+        client = paho_client("paho-x", p, p.client("dev-paho"), "1.3", level == 5)
+        result: list[object] = []
+        done = threading.Event()
+
+        def on_connect(
+            c: paho.Client, u: object, flags: object, rc: object, props: object = None
+        ) -> None:
+            result.append(rc)
+            done.set()
+
+        client.on_connect = on_connect
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        assert done.wait(10)
+        client.loop_stop()
+        assert "unavailable" in str(result[0]).lower()
+    finally:
+        process.stop()
+
+
+def test_two_listeners_two_upstreams(p: support.Pki, workdir: str) -> None:
+    """Each listener relays to its own broker."""
+    brokers = [support.start_mosquitto(workdir) for _ in range(2)]
+    ports = [support.free_port(), support.free_port()]
+    conf = "".join(support.listener_conf(f"l{i}", ports[i], brokers[i][1], p) for i in range(2))
+    process = support.start_gateway(workdir, conf)
+    try:
+        for i in range(2):
+            with support.tls_connect(
+                ports[i], support.client_context(p, p.client(f"two-{i}"))
+            ) as s:
+                s.sendall(support.connect_packet(f"two-listeners-{i}"))
+                assert support.read_exact(s, 4) == b"\x20\x02\x00\x00"
+                s.sendall(support.publish_packet("which", f"l{i}".encode(), retain=True))
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+        for i in range(2):
+            assert _retained(brokers[i][1], "which") == f"l{i}"
+    finally:
+        process.stop()
+        for b, _ in brokers:
+            b.stop()
+
+
+def test_bad_configuration_exits_before_listening(workdir: str, p: support.Pki) -> None:
+    """twistd exits non-zero with one line naming file, line, key and reason; no traceback."""
+    port = support.free_port()
+    conf_path = os.path.join(workdir, "bad.conf")
+    with open(conf_path, "w") as f:
+        f.write(support.listener_conf("x", port, 1883, p) + "listener.ssl.x.verfy = verify_peer\n")
+    result = support.run(
+        [os.path.join(support.BIN, "twistd"), "-n", "--pidfile=", "mqttgw", "-c", conf_path]
+    )
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    expected = "listener.ssl.x.verfy: unknown listener option (did you mean 'verify'?)"
+    assert lines == [f"mqttgw: {conf_path}:6: {expected}"]
+    assert not support.port_open(port)
+
+
+def test_check_config_prints_effective_configuration(workdir: str, p: support.Pki) -> None:
+    """mqttgw check-config validates and prints every key with defaults filled in."""
+    conf_path = os.path.join(workdir, "ok.conf")
+    with open(conf_path, "w") as f:
+        f.write(support.listener_conf("x", 8883, 1883, p))
+    result = support.run([os.path.join(support.BIN, "mqttgw"), "check-config", conf_path])
+    assert result.returncode == 0, result.stderr
+    assert "listener.ssl.x.handshake_timeout = 15s" in result.stdout
+    assert "listener.ssl.x.tls_versions = tlsv1.3,tlsv1.2" in result.stdout
+    bad = support.run([os.path.join(support.BIN, "mqttgw"), "check-config", "/nonexistent.conf"])
+    assert bad.returncode == 1 and "cannot read configuration" in bad.stderr
+
+
+def _retained(broker_port: int, topic: str) -> str:
+    result = support.run(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker_port),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ]
+    )
+    return result.stdout.strip()
