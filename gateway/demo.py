@@ -86,7 +86,7 @@ Refused at the TLS handshake (watch the 'refused' lines in this log):
   mosquitto_pub {tls} -t demo/hello -m 'no certificate'
   mosquitto_pub {tls} {intruder} -t demo/hello -m 'certificate from another CA'
 
-The same gateway under twistd:  twistd -n mqttgw -c {files['conf']}
+The same gateway under twistd:  twistd -n mqttgw -c {files["conf"]}
 Ctrl-C stops the gateway and mosquitto.
 """
 
@@ -126,7 +126,7 @@ def run_demo(directory: str | None, port: int) -> int:
         gateway.startService()
         print(instructions(directory, port, broker_port, files), flush=True)
         reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
-        reactor.run()  # type: ignore[attr-defined]
+        reactor.run()
     finally:
         broker.terminate()
         broker.wait(10)

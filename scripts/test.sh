@@ -4,9 +4,12 @@ set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check 'tox>=4'
-# Where pyenv manages the interpreters, make every installed 3.10-3.13 visible to tox.
+# Where pyenv manages the interpreters, put every installed 3.10-3.13 on PATH for tox (its
+# shims do not work in the scrubbed environment tox queries interpreters with).
 if command -v pyenv >/dev/null 2>&1; then
-    versions=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[0-3]\.[0-9]+$' | sort -rV | tr '\n' ':')
-    [ -n "$versions" ] && export PYENV_VERSION="${versions%:}"
+    for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[0-3]\.[0-9]+$'); do
+        PATH="$(pyenv root)/versions/$v/bin:$PATH"
+    done
+    export PATH
 fi
 exec .venv/bin/tox "$@"

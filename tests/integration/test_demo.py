@@ -35,7 +35,9 @@ def test_demo_commands_work(workdir: str) -> None:
         )
         out = "".join(lines)
         assert proc.poll() is None, out
-        commands = [line.strip() for line in out.splitlines() if line.strip().startswith("mosquitto_")]
+        commands = [
+            line.strip() for line in out.splitlines() if line.strip().startswith("mosquitto_")
+        ]
         sub_cmd, pub_cmd, no_cert, intruder = commands[:4]
         sub = subprocess.Popen(
             shlex.split(sub_cmd) + ["-C", "1", "-W", "15"], stdout=subprocess.PIPE, text=True
