@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.config import Config, ListenerConfig
 from gateway.metrics import ListenerStats
-from gateway.proxy.relay import ConnectUpstream, GatewayFactory
+from gateway.proxy.relay import ConnectUpstream, GatewayFactory, UpstreamFactory
 from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
 
 log = Logger()
@@ -49,21 +50,29 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
 
 
 def upstream_connector(reactor: Any, listener: ListenerConfig) -> ConnectUpstream:
-    """A function opening a TCP connection to the listener's broker."""
+    """A function opening a TCP connection to the listener's broker.
+
+    IP literals go straight to ``connectTCP`` (no resolver round trip, no endpoint wrapper
+    in the relay's data path); host names go through HostnameEndpoint, which resolves them
+    without blocking the reactor.
+    """
     host, port = listener.upstream
     timeout = listener.upstream_connect_timeout
-    endpoint: Any
-    if isIPAddress(host):
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    elif isIPv6Address(host):
-        endpoint = endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    else:
-        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if isIPAddress(host) or isIPv6Address(host):
 
-    def connect(factory: protocol.Factory) -> defer.Deferred[Any]:
-        return endpoint.connect(factory)
+        def connect_ip(factory: UpstreamFactory) -> Callable[[], None]:
+            connector = reactor.connectTCP(host, port, factory, timeout=timeout)
+            return connector.stopConnecting
 
-    return connect
+        return connect_ip
+    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+    def connect_name(factory: UpstreamFactory) -> Callable[[], None]:
+        attempt = endpoint.connect(factory)
+        attempt.addErrback(lambda reason: factory.clientConnectionFailed(None, reason))
+        return attempt.cancel
+
+    return connect_name
 
 
 class ListenerService(service.MultiService):

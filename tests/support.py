@@ -5,6 +5,7 @@ Everything binds 127.0.0.1 on free ports and is stopped by the fixture that star
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -107,6 +108,9 @@ def start_mosquitto(
     with open(conf, "w") as f:
         f.write(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            # Started as root, mosquitto would switch to user 'mosquitto' and lose access to
+            # the test's private directory.
+            f"user {getpass.getuser()}\n"
             f"max_queued_messages 0\nmax_queued_bytes 0\nlog_dest file {log_path}\n" + extra
         )
     open(log_path, "wb").close()

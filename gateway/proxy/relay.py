@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import defer, error, protocol
+from twisted.internet import error, protocol
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,7 +30,9 @@ from gateway.tls.context import verify_error_text
 
 log = Logger()
 
-ConnectUpstream = Callable[[protocol.Factory], "defer.Deferred[Any]"]
+# Opens the broker connection for one client. The factory is told the outcome: its protocol's
+# connectionMade on success, its clientConnectionFailed on failure. Returns a cancel function.
+ConnectUpstream = Callable[["UpstreamFactory"], Callable[[], None]]
 
 
 def ssl_error_text(exc: BaseException | None) -> str:
@@ -102,7 +104,7 @@ class ClientProtocol(protocol.Protocol):
         self._timer: IDelayedCall | None = None
         self._verify_failure: tuple[str, int, int] | None = None
         self._refusal: str | None = None
-        self._upstream_attempt: defer.Deferred[Any] | None = None
+        self._cancel_upstream: Callable[[], None] | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -198,15 +200,10 @@ class ClientProtocol(protocol.Protocol):
         self._open_upstream()
 
     def _open_upstream(self) -> None:
-        attempt = self.factory.connect_upstream(UpstreamFactory(self))
-        self._upstream_attempt = attempt
-        attempt.addCallbacks(self._upstream_connected, self._upstream_failed)
-        attempt.addErrback(
-            lambda f: log.failure("relay set-up failed", f, listener=self.listener.name)
-        )
+        self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
 
-    def _upstream_connected(self, upstream: UpstreamProtocol) -> None:
-        self._upstream_attempt = None
+    def upstream_connected(self, upstream: UpstreamProtocol) -> None:
+        self._cancel_upstream = None
         if self.state != "upstream":  # the client went away meanwhile
             upstream.transport.loseConnection()
             return
@@ -233,8 +230,8 @@ class ClientProtocol(protocol.Protocol):
             mqtt_level=self.connect.protocol_level,
         )
 
-    def _upstream_failed(self, reason: Failure) -> None:
-        self._upstream_attempt = None
+    def upstream_failed(self, reason: Failure) -> None:
+        self._cancel_upstream = None
         if self.state != "upstream":
             return
         host, port = self.listener.upstream
@@ -266,8 +263,9 @@ class ClientProtocol(protocol.Protocol):
                 self.refuse(classify_handshake_failure(reason), ssl_error_text(reason.value))
         elif state == "connect" and self._refusal is None:
             self.refuse("bad_connect", "closed before a complete CONNECT")
-        elif state == "upstream" and self._upstream_attempt is not None:
-            self._upstream_attempt.cancel()
+        elif state == "upstream" and self._cancel_upstream is not None:
+            cancel, self._cancel_upstream = self._cancel_upstream, None
+            cancel()
         elif state in ("relay", "closing") and self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             upstream.transport.unregisterProducer()
@@ -282,7 +280,7 @@ class ClientProtocol(protocol.Protocol):
                 )
 
 
-class UpstreamFactory(protocol.Factory):
+class UpstreamFactory(protocol.ClientFactory):
     """One per upstream connection, carrying the client it serves."""
 
     noisy = False
@@ -295,6 +293,9 @@ class UpstreamFactory(protocol.Factory):
         upstream.factory = self
         return upstream
 
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.client.upstream_failed(reason)
+
 
 @implementer(IHalfCloseableProtocol)
 class UpstreamProtocol(protocol.Protocol):
@@ -302,6 +303,9 @@ class UpstreamProtocol(protocol.Protocol):
 
     factory: UpstreamFactory
     transport: Any  # the TCP connection to the broker
+
+    def connectionMade(self) -> None:
+        self.factory.client.upstream_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
         client: ClientProtocol = self.factory.client

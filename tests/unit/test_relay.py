@@ -87,7 +87,7 @@ def test_upstream_unavailable_gets_connack(
     pump.flush()
     client.transport.write(support.connect_packet("x", level=level))
     pump.flush()
-    listener.upstream.attempts[0][1].errback(Failure(error.ConnectionRefusedError()))
+    listener.upstream.fail(Failure(error.ConnectionRefusedError()))
     pump.flush()
     assert client.data == expected
     assert client.lost is not None
@@ -188,3 +188,20 @@ def test_swapped_context_serves_new_connections_only(p: support.Pki, good: tuple
     client.transport.write(support.connect_packet("still-works"))
     pump.flush()
     assert len(listener.upstream.attempts) == 1
+
+
+def test_client_gone_while_upstream_connects(p: support.Pki, good: tuple[str, str]) -> None:
+    """A client that leaves while the broker connection opens cancels the attempt."""
+    listener = Listener.make(p)
+    _, client, pump = listener.connect(p, good)
+    pump.flush()
+    client.transport.write(support.connect_packet("leaver"))
+    pump.flush()
+    assert len(listener.upstream.attempts) == 1
+    client.transport.loseConnection()
+    pump.flush()
+    assert listener.upstream.cancelled == 1
+    assert listener.stats.active == 0
+    # A late success is closed at once rather than relayed.
+    upstream, broker = listener.upstream.succeed()
+    assert broker.disconnecting

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.ssl import (
     Certificate,
@@ -40,22 +40,28 @@ class RecordingClient(protocol.Protocol):
 
 @attrs.define
 class FakeUpstream:
-    """Stands in for ``connect_upstream``: each call returns a Deferred the test controls."""
+    """Stands in for ``connect_upstream``: the test decides each attempt's outcome."""
 
-    attempts: list[tuple[protocol.Factory, defer.Deferred[Any]]] = attrs.Factory(list)
+    attempts: list[Any] = attrs.Factory(list)
+    cancelled: int = 0
 
-    def __call__(self, factory: protocol.Factory) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.attempts.append((factory, d))
-        return d
+    def __call__(self, factory: Any) -> Any:
+        self.attempts.append(factory)
+
+        def cancel() -> None:
+            self.cancelled += 1
+
+        return cancel
 
     def succeed(self, index: int = -1) -> tuple[Any, StringTransport]:
-        factory, d = self.attempts[index]
+        factory = self.attempts[index]
         upstream = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1883))
         transport = StringTransport()
         upstream.makeConnection(transport)
-        d.callback(upstream)
         return upstream, transport
+
+    def fail(self, reason: Any, index: int = -1) -> None:
+        self.attempts[index].clientConnectionFailed(None, reason)
 
 
 def listener_config(p: support.Pki, **extra: str) -> ListenerConfig:
