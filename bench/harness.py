@@ -68,12 +68,16 @@ def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
         broker.stop()
 
 
-def report(title: str, rows: list[tuple[str, float, float]], unit: str, higher_is_better: bool) -> None:
+def report(
+    title: str, rows: list[tuple[str, float, float]], unit: str, higher_is_better: bool
+) -> None:
     """Print gateway vs mosquitto-direct side by side, with the ratio."""
     print(f"\n{title}")
     print(f"  {'measure':44} {'gateway':>12} {'mosquitto':>12} {'ratio':>7}")
     for name, gw, direct in rows:
         ratio = gw / direct if direct else float("nan")
         print(f"  {name:44} {gw:12.1f} {direct:12.1f} {ratio:7.2f}   ({unit})")
-    print("  (ratio = gateway / mosquitto reached directly over mutual TLS, same run; "
-          + ("higher is better)" if higher_is_better else "lower is better)"))
+    print(
+        "  (ratio = gateway / mosquitto reached directly over mutual TLS, same run; "
+        + ("higher is better)" if higher_is_better else "lower is better)")
+    )

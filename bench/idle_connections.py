@@ -50,10 +50,14 @@ def main() -> None:
             time.sleep(1.0)
             after = support.rss_kib(pid)
             if name == "gateway":
-                broker_growth_via_gateway = (support.rss_kib(s.broker.pid) - broker_before) / args.count
+                broker_growth_via_gateway = (
+                    support.rss_kib(s.broker.pid) - broker_before
+                ) / args.count
             results[name] = (after - before) / args.count
-            print(f"{name}: {args.count} idle connections opened in {elapsed:.1f}s, "
-                  f"RSS {before} -> {after} KiB")
+            print(
+                f"{name}: {args.count} idle connections opened in {elapsed:.1f}s, "
+                f"RSS {before} -> {after} KiB"
+            )
             for sock in socks:
                 sock.close()
             del socks
@@ -65,8 +69,10 @@ def main() -> None:
             "KiB",
             higher_is_better=False,
         )
-        print(f"  (mosquitto's own growth for the gateway's plain upstream connections: "
-              f"{broker_growth_via_gateway:.1f} KiB per connection)")
+        print(
+            f"  (mosquitto's own growth for the gateway's plain upstream connections: "
+            f"{broker_growth_via_gateway:.1f} KiB per connection)"
+        )
 
 
 if __name__ == "__main__":
