@@ -149,6 +149,20 @@ def parse_tls_versions(text: str) -> tuple[str, ...]:
     return tuple(sorted(set(versions), key=TLS_VERSIONS.index))
 
 
+def parse_duration_or_zero(text: str) -> float:
+    if text.strip() in ("0", "0s", "0ms"):
+        return 0.0
+    return parse_duration(text)
+
+
+def parse_urls(text: str) -> tuple[str, ...]:
+    urls = parse_list(text)
+    for url in urls:
+        if not re.match(r"^https?://[^\s/]+", url, re.I):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
+
+
 def parse_path(text: str) -> str:
     if not text.strip():
         raise ValueError("a path is required")
@@ -170,6 +184,11 @@ class Key:
     listener: bool = True  # listener.ssl.<name>.<key>
     global_: bool = False  # <key> at the top level
     required: bool = False
+    aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)
+
+    @property
+    def field(self) -> str:
+        return self.name.replace(".", "_")
 
 
 def _fmt_list(value: tuple[str, ...]) -> str:
@@ -287,9 +306,104 @@ KEYS: tuple[Key, ...] = (
     ),
 )
 
+_DURATION = {"format": format_duration}
+
+KEYS += (
+    Key(
+        "enable_crl_cache",
+        parse_bool,
+        False,
+        "Check client certificates against CRLs that the gateway fetches and refreshes "
+        "itself (EMQX's name; enable_crl_check is accepted too).",
+        format=_fmt_bool,
+        aliases=("enable_crl_check",),
+    ),
+    Key(
+        "crl_cache_urls",
+        parse_urls,
+        (),
+        "Comma-separated http(s) URLs of CRLs (PEM, one or more per URL, or DER). Each is "
+        "fetched at start-up and then refreshed.",
+        format=_fmt_list,
+    ),
+    Key(
+        "crl_cache_http_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed for one CRL download, redirects and body included.",
+        global_=True,
+        **_DURATION,  # type: ignore[arg-type]
+    ),
+    Key(
+        "crl_cache.refresh_interval",
+        parse_duration,
+        900.0,
+        "Global: how often every CRL is fetched again. A CRL whose nextUpdate comes sooner "
+        "is fetched at its nextUpdate; failures are retried with backoff (10s, 20s, 40s, ... "
+        "up to this interval).",
+        listener=False,
+        global_=True,
+        aliases=("crl_cache_refresh_interval",),
+        **_DURATION,  # type: ignore[arg-type]
+    ),
+    Key(
+        "crl_cache.dir",
+        parse_path,
+        None,
+        "Global: directory where each last good CRL is written (atomically) and read back at "
+        "start-up, so that a restart during a CA outage keeps enforcing revocation. Unset: "
+        "nothing is persisted.",
+        format=lambda v: "" if v is None else v,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "crl_cache_max_size",
+        parse_size,
+        128 * 1024 * 1024,
+        "Largest CRL body accepted; a larger download is abandoned and the last good CRL kept.",
+        format=format_size,
+        global_=True,
+    ),
+    Key(
+        "crl_expired_policy",
+        _enum("reject", "accept"),
+        "reject",
+        "What happens when a client certificate's CRL is past its nextUpdate (plus "
+        "crl_grace_period) and no newer one could be fetched, or when no CRL for its issuer "
+        "was ever obtained: reject (fail closed) or accept. Logged loudly either way.",
+    ),
+    Key(
+        "crl_grace_period",
+        parse_duration_or_zero,
+        0.0,
+        "How long after its nextUpdate a CRL is still used as if fresh.",
+        **_DURATION,  # type: ignore[arg-type]
+    ),
+    Key(
+        "crl_cache_from_cert",
+        parse_bool,
+        False,
+        "Also fetch and refresh the CRLs named in the CRL Distribution Points of client "
+        "certificates whose chain verified. A client whose CRL is not cached yet is held after "
+        "its CONNECT until the CRL arrives (at most crl_cache_http_timeout), then forwarded or "
+        "refused with CONNACK 'not authorized'.",
+        format=_fmt_bool,
+    ),
+    Key(
+        "crl_cache_capacity",
+        parse_positive_int,
+        64,
+        "How many distribution-point CRLs are kept; the least recently used is dropped.",
+    ),
+)
+
 KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
+ALIASES: Mapping[str, str] = {a: k.name for k in KEYS for a in k.aliases}
 LISTENER_KEYS = tuple(k.name for k in KEYS if k.listener)
 GLOBAL_KEYS = tuple(k.name for k in KEYS if k.global_)
+LISTENER_ALIASES = {a: k for a, k in ALIASES.items() if KEYS_BY_NAME[k].listener}
+GLOBAL_ALIASES = {a: k for a, k in ALIASES.items() if KEYS_BY_NAME[k].global_}
 
 
 # --- values ----------------------------------------------------------------------------
@@ -313,6 +427,16 @@ class ListenerConfig:
     upstream_connect_timeout: float
     connect_timeout: float
     max_packet_size: int
+    enable_crl_cache: bool
+    crl_cache_urls: tuple[str, ...]
+    crl_cache_http_timeout: float
+    crl_cache_refresh_interval: float
+    crl_cache_dir: str | None
+    crl_cache_max_size: int
+    crl_expired_policy: str
+    crl_grace_period: float
+    crl_cache_from_cert: bool
+    crl_cache_capacity: int
 
     @property
     def verify_peer(self) -> bool:
@@ -367,6 +491,8 @@ def _suggest(word: str, candidates: Iterable[str]) -> str:
 
 
 def _parse_value(path: str, entry: _Line, key: Key) -> Any:
+    if entry.value == "" and key.default is None and not key.required:
+        return None  # an optional key written empty: unset
     try:
         return key.parse(entry.value)
     except ValueError as e:
@@ -406,14 +532,20 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                     raise ConfigError(path, entry.line, entry.key, str(e)) from None
             else:
                 pending_options.append((name, option, entry))
-        elif entry.key in GLOBAL_KEYS:
-            globals_[entry.key] = (_parse_value(path, entry, KEYS_BY_NAME[entry.key]), entry)
+        elif entry.key in GLOBAL_KEYS or entry.key in GLOBAL_ALIASES:
+            name = GLOBAL_ALIASES.get(entry.key, entry.key)
+            if name in globals_:
+                raise ConfigError(
+                    path, entry.line, entry.key, f"already set at line {globals_[name][1].line}"
+                )
+            globals_[name] = (_parse_value(path, entry, KEYS_BY_NAME[name]), entry)
         else:
             raise ConfigError(
                 path, entry.line, entry.key, "unknown key" + _suggest(entry.key, all_full_keys)
             )
 
     for name, option, entry in pending_options:
+        option = LISTENER_ALIASES.get(option, option)
         if option not in LISTENER_KEYS:
             raise ConfigError(
                 path,
@@ -428,6 +560,9 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                 entry.key,
                 f"listener {name!r} is not declared (add '{LISTENER_PREFIX}{name} = [ip:]port')",
             )
+        if option in options.get(name, {}):
+            first = options[name][option][1]
+            raise ConfigError(path, entry.line, entry.key, f"already set at line {first.line}")
         options.setdefault(name, {})[option] = (
             _parse_value(path, entry, KEYS_BY_NAME[option]),
             entry,
@@ -533,7 +668,20 @@ def _build_listener(
         except ValueError as e:
             raise fail("ciphers", str(e)) from None
 
-    return ListenerConfig(name=name, bind=bind, **values)
+    if values["crl_cache.dir"] is not None:
+        values["crl_cache.dir"] = os.path.normpath(os.path.join(base_dir, values["crl_cache.dir"]))
+    if values["enable_crl_cache"]:
+        if not verify_peer:
+            raise fail("enable_crl_cache", "CRL checking needs verify = verify_peer")
+        if not values["crl_cache_urls"] and not values["crl_cache_from_cert"]:
+            raise fail(
+                "enable_crl_cache",
+                "no CRL source: set crl_cache_urls, or crl_cache_from_cert = true",
+            )
+
+    return ListenerConfig(
+        name=name, bind=bind, **{KEYS_BY_NAME[k].field: v for k, v in values.items()}
+    )
 
 
 def _with_reason(template: ConfigError, reason: str) -> ConfigError:
@@ -572,12 +720,19 @@ def _load_private_key(filename: str, template: ConfigError) -> Any:
 def format_config(config: Config) -> str:
     """The effective configuration, defaults filled in, in the file's own syntax."""
     out = [f"# effective configuration of {config.path}"]
+
+    def line(name: str, key: Key, listener: ListenerConfig) -> str:
+        value = getattr(listener, key.field)
+        return f"{name} = {'' if value is None else key.format(value)}"
+
+    for key in KEYS:
+        if not key.listener:  # global-only: the same for every listener
+            out.append(line(key.name, key, config.listeners[0]))
     for listener in config.listeners:
         prefix = f"{LISTENER_PREFIX}{listener.name}"
         out.append("")
         out.append(f"{prefix} = {format_bind(listener.bind)}")
         for key in KEYS:
-            value = getattr(listener, key.name)
-            text = "" if value is None else key.format(value)
-            out.append(f"{prefix}.{key.name} = {text}")
+            if key.listener:
+                out.append(line(f"{prefix}.{key.name}", key, listener))
     return "\n".join(out) + "\n"

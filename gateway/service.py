@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import treq
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.config import Config, ListenerConfig
 from gateway.metrics import ListenerStats
 from gateway.proxy.relay import ConnectUpstream, GatewayFactory, UpstreamFactory
+from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.crl_service import CrlCache, CrlService
+from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.process import SubprocessProcessor
 from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
 
 log = Logger()
@@ -75,31 +81,130 @@ def upstream_connector(reactor: Any, listener: ListenerConfig) -> ConnectUpstrea
     return connect_name
 
 
-class ListenerService(service.MultiService):
-    """One listener: its context, its port, its counters."""
+class PortService(service.Service):
+    """Binds the listener's port in privilegedStartService (before twistd drops privileges).
 
-    def __init__(self, listener: ListenerConfig, reactor: Any) -> None:
+    Until ``ready`` fires (the first CRL round is done), the port does not accept:
+    connections wait in the kernel's backlog instead of meeting an empty CRL cache.
+    """
+
+    def __init__(
+        self,
+        endpoint: Any,
+        factory: Any,
+        ready: defer.Deferred[None] | None,
+        reactor: Any,
+        ready_timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.ready = ready
+        self.reactor = reactor
+        self.ready_timeout = ready_timeout
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self.port is not None:
+            return
+        result: list[Any] = []
+        self.endpoint.listen(self.factory).addBoth(result.append)
+        if isinstance(result[0], Failure):
+            result[0].raiseException()  # a port that cannot be bound stops start-up
+        self.port = result[0]
+        if self.ready is not None and not self.ready.called:
+            self.port.stopReading()
+            timer = self.reactor.callLater(self.ready_timeout, self._accept, "timeout")
+
+            def on_ready(result: None) -> None:
+                if timer.active():
+                    timer.cancel()
+                    self._accept("ready")
+
+            self.ready.addCallback(on_ready)
+
+    def _accept(self, why: str) -> None:
+        if self.port is not None and self.running:
+            if why == "timeout":
+                log.warn("accepting connections before the first CRL round finished (timeout)")
+            self.port.startReading()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+class ListenerService(service.MultiService):
+    """One listener: its context, its port, its counters, its CRL service."""
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        reactor: Any,
+        http_client: Any = None,
+        crl_processor: Any = None,
+    ) -> None:
         super().__init__()
         self.setName(listener.name)
         self.listener = listener
         self.stats = ListenerStats(listener.name)
-        self.verifier = CertificateVerifier()
+        self.crl_service: CrlService | None = None
+        checker = None
+        if listener.enable_crl_cache:
+            checker = self._make_crl(listener, reactor, http_client, crl_processor)
+        self.verifier = CertificateVerifier(checker)
         self.creator = ServerConnectionCreator(build_context(listener, self.verifier))
         self.factory = GatewayFactory(
-            listener, reactor, upstream_connector(reactor, listener), self.stats
+            listener, reactor, upstream_connector(reactor, listener), self.stats, checker
         )
+        if self.crl_service is not None:
+            self.crl_service.on_update = self.factory.sweep_revoked
         host, port = listener.bind
         server_endpoint: Any
         if ":" in host:
             server_endpoint = endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
         else:
             server_endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
-        port_service = StreamServerEndpointService(
-            server_endpoint, ListenerTLSFactory(self.creator, self.factory, reactor)
+        self.port_service = PortService(
+            server_endpoint,
+            ListenerTLSFactory(self.creator, self.factory, reactor),
+            self.crl_service.ready if self.crl_service is not None else None,
+            reactor,
+            listener.crl_cache_http_timeout * 2 + 30,
         )
-        # A port that cannot be bound stops start-up instead of being logged and ignored.
-        port_service._raiseSynchronously = True
-        port_service.setServiceParent(self)
+        self.port_service.setServiceParent(self)
+
+    def _make_crl(
+        self, listener: ListenerConfig, reactor: Any, http_client: Any, processor: Any
+    ) -> RevocationChecker:
+        assert listener.cacertfile is not None
+        with open(listener.cacertfile, "rb") as f:
+            trust_pem = f.read()
+        if http_client is None:
+            http_client = treq.client.HTTPClient(
+                Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+            )
+        cache = CrlCache(reactor, listener.crl_grace_period)
+        self.crl_service = CrlService(
+            listener,
+            reactor,
+            HttpFetcher(http_client, reactor),
+            processor or SubprocessProcessor(reactor),
+            cache,
+            trust_pem,
+        )
+        self.crl_service.setServiceParent(self)
+        return RevocationChecker(
+            cache, listener.crl_expired_policy, self.crl_service, listener.crl_cache_from_cert
+        )
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()

@@ -13,11 +13,11 @@ A connection goes through four states:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet import error, protocol
+from twisted.internet import defer, error, protocol, task
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,14 +73,35 @@ class GatewayFactory(protocol.Factory):
         reactor: Any,
         connect_upstream: ConnectUpstream,
         stats: ListenerStats,
+        revocation: Any = None,
     ) -> None:
         self.listener = listener
         self.reactor = reactor
         self.connect_upstream = connect_upstream
         self.stats = stats
+        self.revocation = revocation  # RevocationChecker, when CRL checking is on
+        self.live: set[ClientProtocol] = set()  # connections in the relay state
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:
         return ClientProtocol(self, addr)
+
+    def sweep_revoked(self, _crls: object = None) -> defer.Deferred[None]:
+        """After a CRL update: close live sessions whose certificate is now revoked.
+
+        Works through the connections cooperatively, so that a large listener does not
+        stall the reactor.
+        """
+        checker = self.revocation
+        if checker is None:
+            return defer.succeed(None)
+
+        def sweep() -> Iterator[None]:
+            for client in list(self.live):
+                if client.state == "relay" and checker.chain_revoked(client.chain):
+                    client.revoke_session()
+                yield None
+
+        return task.cooperate(sweep()).whenDone().addCallback(lambda _: None)
 
 
 @implementer(IHandshakeListener)
@@ -105,6 +126,10 @@ class ClientProtocol(protocol.Protocol):
         self._verify_failure: tuple[str, int, int] | None = None
         self._refusal: str | None = None
         self._cancel_upstream: Callable[[], None] | None = None
+        # Filled by the verify callback: (issuer DER, serial) of each certificate in the
+        # verified chain, and a distribution point still to fetch for the leaf.
+        self.chain: list[tuple[bytes, int]] = []
+        self.crl_pending: tuple[str, bytes, int] | None = None
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -197,7 +222,41 @@ class ClientProtocol(protocol.Protocol):
         self._reader = None
         self.state = "upstream"
         self.transport.pauseProducing()
-        self._open_upstream()
+        if self.crl_pending is not None and self.factory.revocation is not None:
+            self._hold_for_crl()
+        else:
+            self._open_upstream()
+
+    def _hold_for_crl(self) -> None:
+        """The leaf's CRL is being fetched from its distribution point: decide when it is in."""
+        assert self.crl_pending is not None
+        url, issuer, serial = self.crl_pending
+        checker = self.factory.revocation
+        log.info(
+            "holding {listener} peer={peer} subject={subject} until the CRL at {url} is fetched",
+            listener=self.listener.name,
+            peer=self.peer,
+            subject=self.subject,
+            url=url,
+        )
+        wait = checker.crl_service.when_attempted(url)
+        wait.addTimeout(self.listener.crl_cache_http_timeout + 5, self.factory.reactor)
+
+        def decide(_: object) -> None:
+            if self.state != "upstream":
+                return
+            refusal = checker.decide_held(issuer, serial)
+            if refusal is None:
+                self._open_upstream()
+                return
+            self.refuse(refusal, f"after fetching {url}")
+            self.state = "closing"
+            assert self.connect is not None
+            self.transport.write(mqtt.connack(self.connect.protocol_level, mqtt.NOT_AUTHORIZED))
+            self.transport.loseConnection()
+
+        wait.addBoth(decide)
+        wait.addErrback(lambda f: log.failure("CRL hold failed", f))
 
     def _open_upstream(self) -> None:
         self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
@@ -216,6 +275,7 @@ class ClientProtocol(protocol.Protocol):
         upstream.transport.registerProducer(self.transport, True)
         self.transport.registerProducer(upstream.transport, True)
         self.transport.resumeProducing()
+        self.factory.live.add(self)
         stats = self.factory.stats
         stats.accepted += 1
         assert self.connect is not None
@@ -241,6 +301,28 @@ class ClientProtocol(protocol.Protocol):
         self.transport.write(mqtt.connack(self.connect.protocol_level, mqtt.SERVER_UNAVAILABLE))
         self.transport.loseConnection()
 
+    def revoke_session(self) -> None:
+        """This live session's certificate was revoked by a CRL update: close it.
+
+        The gateway does not parse the relayed stream, so it cannot place an MQTT 5
+        DISCONNECT at a packet boundary; the session ends with a TLS close_notify.
+        """
+        self.factory.stats.refuse("revoked_live")
+        log.warn(
+            "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
+            "revoked by a CRL update",
+            listener=self.listener.name,
+            peer=self.peer,
+            subject=self.subject,
+            serial=self.serial,
+        )
+        self.state = "closing"
+        if self.upstream is not None:
+            self.upstream.transport.unregisterProducer()
+            self.upstream.transport.loseConnection()
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def upstream_lost(self, reason: Failure) -> None:
         """The broker closed (or half-closed): flush what we have to the device and close."""
         if self.state == "relay":
@@ -250,6 +332,7 @@ class ClientProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._cancel_timer()
+        self.factory.live.discard(self)
         self.factory.stats.active -= 1
         state, self.state = self.state, "closed"
         if state == "handshake":

@@ -8,7 +8,8 @@ that ``ServerConnectionCreator.swap`` puts in place for new connections only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -33,8 +34,6 @@ _REASONS = {
     _V.ERR_DEPTH_ZERO_SELF_SIGNED_CERT: "unknown_ca",
     _V.ERR_SELF_SIGNED_CERT_IN_CHAIN: "unknown_ca",
 }
-
-VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 
 
 def verify_reason(error_number: int) -> str:
@@ -81,7 +80,7 @@ def session_id_context(listener_name: str) -> bytes:
     return hashlib.sha256(b"mqttgw:" + listener_name.encode("utf-8")).digest()[:16]
 
 
-def build_context(listener: ListenerConfig, verify_callback: VerifyCallback) -> SSL.Context:
+def build_context(listener: ListenerConfig, verify_callback: CertificateVerifier) -> SSL.Context:
     """A server context for one listener, from its (already validated) configuration."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     versions = [_VERSIONS[v] for v in listener.tls_versions]
@@ -108,7 +107,7 @@ def build_context(listener: ListenerConfig, verify_callback: VerifyCallback) -> 
         mode = SSL.VERIFY_PEER
         if listener.fail_if_no_peer_cert:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode, verify_callback)
+        install_verify(ctx, mode, verify_callback)
         ctx.set_verify_depth(listener.depth)
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
@@ -136,28 +135,105 @@ class ServerConnectionCreator:
 
 
 class CertificateVerifier:
-    """The verify callback: keeps OpenSSL's verdict and tells the connection why it failed.
+    """Decides each certificate of a client's chain, from the root down to the leaf.
 
-    Exceptions never escape into OpenSSL (they would fail the handshake with a confusing
-    error, as Twisted's ``_tolerateErrors`` notes): they are logged and the certificate is
-    refused, failing closed.
+    OpenSSL's own verdict is kept: a certificate OpenSSL refused is never accepted. For a
+    chain OpenSSL accepted, the revocation checker (if CRL checking is on) may refuse a
+    certificate. ``decide`` returns 0 to accept, else the X509 error to fail with, which
+    OpenSSL turns into the TLS alert (certificate_revoked for a revoked one).
+
+    Exceptions never escape into OpenSSL (as Twisted's ``_tolerateErrors`` notes, they would
+    fail the handshake confusingly): they are logged and the certificate refused.
     """
 
+    def __init__(self, revocation: Any = None) -> None:
+        self.revocation = revocation
+
+    def decide(
+        self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> int:
+        state = _connection_state(connection)
+        if not ok:
+            _note_failure(state, verify_reason(errno), errno, depth)
+            return errno or _V.ERR_APPLICATION_VERIFICATION
+        if self.revocation is None:
+            return 0
+        parsed = cert.to_cryptography()
+        issuer = parsed.issuer.public_bytes()
+        serial = parsed.serial_number
+        if state is not None:
+            state.chain.append((issuer, serial))
+        if parsed.issuer == parsed.subject:
+            return 0  # a trust anchor: nothing above it to revoke it
+        verdict = self.revocation.check(parsed, issuer, serial, depth, state)
+        if verdict is None:
+            return 0
+        reason, code = verdict
+        _note_failure(state, reason, code, depth)
+        return code
+
+    # pyOpenSSL-style callback, for the fallback path.
     def __call__(
         self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
     ) -> bool:
         try:
-            if not ok:
-                _note_failure(connection, verify_reason(errno), errno, depth)
-            return bool(ok)
+            return self.decide(connection, cert, errno, depth, ok) == 0
         except Exception:
             log.failure("certificate verification callback failed; refusing the certificate")
             return False
 
 
-def _note_failure(connection: SSL.Connection, reason: str, errno: int, depth: int) -> None:
+def _connection_state(connection: SSL.Connection) -> Any:
+    """The ClientProtocol of a connection (set as app data by ServerConnectionCreator)."""
     tls_protocol = connection.get_app_data()
-    protocol = getattr(tls_protocol, "wrappedProtocol", None)
-    note = getattr(protocol, "note_verify_failure", None)
+    return getattr(tls_protocol, "wrappedProtocol", None)
+
+
+def _note_failure(state: Any, reason: str, errno: int, depth: int) -> None:
+    note = getattr(state, "note_verify_failure", None)
     if note is not None:
         note(reason, errno, depth)
+
+
+def install_verify(ctx: SSL.Context, mode: int, verifier: CertificateVerifier) -> None:
+    """Install ``verifier`` as the context's verify callback.
+
+    pyOpenSSL's ``set_verify`` cannot set the X509 error of a certificate the callback
+    refuses, so OpenSSL would send a generic alert for a revoked certificate. This installs
+    a cffi callback of the same shape that does set it. If pyOpenSSL's internals differ
+    from what is expected, it falls back to ``set_verify`` (correct, with a generic alert).
+    """
+    try:
+        from OpenSSL._util import ffi, lib
+
+        reverse = SSL.Connection._reverse_mapping
+        from_raw = crypto.X509._from_raw_x509_ptr
+        context_ptr = ctx._context  # type: ignore[attr-defined,unused-ignore]
+    except (ImportError, AttributeError):
+        log.warn("pyOpenSSL internals not as expected: revoked certificates get a generic alert")
+        ctx.set_verify(mode, verifier)
+        return
+
+    @ffi.callback("int (*)(int, X509_STORE_CTX *)")  # type: ignore[untyped-decorator]
+    def callback(ok: int, store_ctx: Any) -> int:
+        try:
+            raw = lib.X509_STORE_CTX_get_current_cert(store_ctx)
+            lib.X509_up_ref(raw)
+            cert = from_raw(raw)
+            errno = lib.X509_STORE_CTX_get_error(store_ctx)
+            depth = lib.X509_STORE_CTX_get_error_depth(store_ctx)
+            ssl = lib.X509_STORE_CTX_get_ex_data(
+                store_ctx, lib.SSL_get_ex_data_X509_STORE_CTX_idx()
+            )
+            code = verifier.decide(reverse[ssl], cert, errno, depth, ok)
+        except Exception:
+            log.failure("certificate verification callback failed; refusing the certificate")
+            code = _V.ERR_APPLICATION_VERIFICATION
+        if code:
+            if ok:
+                lib.X509_STORE_CTX_set_error(store_ctx, code)
+            return 0
+        return 1
+
+    lib.SSL_CTX_set_verify(context_ptr, mode, callback)
+    ctx._mqttgw_verify_callback = callback  # type: ignore[attr-defined]  # keep it alive

@@ -1,0 +1,1 @@
+"""Revocation: CRL validation and indexing (pure), fetching (treq), refresh services."""

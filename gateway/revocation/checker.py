@@ -1,0 +1,89 @@
+"""The handshake-time revocation decision: a synchronous, read-only lookup in the CrlCache."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+
+from gateway.revocation.crl import distribution_point_urls
+from gateway.revocation.crl_service import CrlCache, CrlService
+
+_V = SSL.X509VerificationCodes
+# X509 errors imposed on a refused certificate; OpenSSL turns them into TLS alerts
+# (certificate_revoked for the first).
+ERR_REVOKED = _V.ERR_CERT_REVOKED
+ERR_NO_CRL = _V.ERR_UNABLE_TO_GET_CRL
+ERR_CRL_EXPIRED = _V.ERR_CRL_HAS_EXPIRED
+
+
+class RevocationChecker:
+    """Decides, for each certificate of a verified chain, whether revocation refuses it.
+
+    Reads only what the CrlService prepared. The leaf must be covered by a CRL (else the
+    crl_expired_policy decides, or, with crl_cache_from_cert, the client is held after its
+    CONNECT while the distribution point is fetched); intermediates are checked whenever a
+    CRL of their issuer is held.
+    """
+
+    def __init__(
+        self,
+        cache: CrlCache,
+        policy: str,
+        crl_service: CrlService | None = None,
+        discover: bool = False,
+    ) -> None:
+        self.cache = cache
+        self.reject_unknown = policy == "reject"
+        self.crl_service = crl_service
+        self.discover = discover
+        self.counts: Counter[str] = Counter()
+
+    def check(
+        self, cert: x509.Certificate, issuer: bytes, serial: int, depth: int, connection_state: Any
+    ) -> tuple[str, int] | None:
+        """None to accept; else (reason class, X509 error to fail with)."""
+        status = self.cache.status(issuer, serial)
+        if status == "good":
+            return None
+        if status == "revoked":
+            self.counts["revoked"] += 1
+            return "revoked", ERR_REVOKED
+        if status == "missing" and depth > 0:
+            return None  # intermediates: checked when their issuer's CRL is held
+        if status == "missing" and self.discover and self.crl_service is not None:
+            urls = distribution_point_urls(cert)
+            if urls:
+                for url in urls:
+                    self.crl_service.discover(url)
+                if connection_state is not None:
+                    connection_state.crl_pending = (urls[0], issuer, serial)
+                self.counts["held_for_crl"] += 1
+                return None  # decided after CONNECT, once the CRL is fetched
+        reason = "crl_missing" if status == "missing" else "crl_expired"
+        if self.reject_unknown:
+            self.counts[reason] += 1
+            return reason, ERR_NO_CRL if status == "missing" else ERR_CRL_EXPIRED
+        self.counts[reason + "_accepted"] += 1
+        return None
+
+    def decide_held(self, issuer: bytes, serial: int) -> str | None:
+        """After a held client's distribution point was fetched: None or a refusal reason."""
+        status = self.cache.status(issuer, serial)
+        if status == "good":
+            return None
+        if status == "revoked":
+            self.counts["revoked"] += 1
+            return "revoked"
+        reason = "crl_missing" if status == "missing" else "crl_expired"
+        if self.reject_unknown:
+            self.counts[reason] += 1
+            return reason
+        self.counts[reason + "_accepted"] += 1
+        return None
+
+    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool:
+        """For live sessions: is any certificate of a recorded chain now revoked?"""
+        return any(self.cache.status(issuer, serial) == "revoked" for issuer, serial in chain)

@@ -1,0 +1,90 @@
+"""The CRL worker: ``python -m gateway.revocation.worker``, one CRL body per run.
+
+Runs in a child process so that parsing and verifying a large CRL (cryptography holds the
+GIL for hundreds of milliseconds on a 37 MB CRL) never stalls the gateway's reactor, and so
+that a hostile CRL can at worst kill this process.
+
+stdin:  one JSON line {"trust_pem": str, "now": float, "skew": float,
+        "persist": path or null, "url": str, "current": {issuer_hex: info or null},
+        "body_path": path or absent}, then the raw body until EOF (empty with body_path).
+stdout: one JSON line {"ok": true, "crls": [info + {"width", "blob_len"}], "persisted": bool}
+        followed by the index blobs in order; or {"ok": false, "kind", "detail"}.
+A body whose CRLs are all older than the current ones is not persisted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any, BinaryIO
+
+from cryptography import x509
+
+from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, load
+
+
+def write_atomically(path: str, data: bytes, meta: dict[str, Any]) -> None:
+    """Write ``path`` (and ``path.json``) so that a reader sees the old or the new, never half."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for target, content in ((path, data), (path + ".json", json.dumps(meta).encode())):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[LoadedCrl]]:
+    trust = x509.load_pem_x509_certificates(request["trust_pem"].encode())
+    try:
+        loaded = load(body, trust, float(request["now"]), float(request["skew"]))
+    except CrlError as e:
+        return {"ok": False, "kind": e.kind, "detail": e.detail}, []
+    current = {
+        bytes.fromhex(k): (CrlInfo.from_json(v) if v else None)
+        for k, v in request.get("current", {}).items()
+    }
+    persisted = False
+    if request.get("persist") and any(
+        c.info.compare(current.get(c.info.issuer)) != "older" for c in loaded
+    ):
+        write_atomically(request["persist"], body, {"url": request.get("url")})
+        persisted = True
+    crls = [dict(c.info.to_json(), width=c.index.width, blob_len=len(c.index.blob)) for c in loaded]
+    return {"ok": True, "crls": crls, "persisted": persisted}, loaded
+
+
+def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffer) -> int:
+    header = stdin.readline(16 * 1024 * 1024)
+    request = json.loads(header)
+    body = stdin.read()
+    if request.get("body_path"):  # a persisted CRL, read here rather than in the gateway
+        with open(request["body_path"], "rb") as f:
+            body = f.read()
+    try:
+        result, loaded = process(request, body)
+    except Exception as e:  # reported to the gateway, which logs it and keeps the old CRL
+        result, loaded = {"ok": False, "kind": "worker_error", "detail": repr(e)[:500]}, []
+    stdout.write(json.dumps(result).encode() + b"\n")
+    for crl in loaded:
+        stdout.write(crl.index.blob)
+    stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
