@@ -102,6 +102,7 @@ class PortService(service.Service):
         self.reactor = reactor
         self.ready_timeout = ready_timeout
         self.port: Any = None
+        self._ready_seen = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -110,6 +111,8 @@ class PortService(service.Service):
     def startService(self) -> None:
         super().startService()
         self._listen()
+        if self._ready_seen:
+            self.port.startReading()
 
     def _listen(self) -> None:
         if self.port is not None:
@@ -131,10 +134,12 @@ class PortService(service.Service):
             self.ready.addCallback(on_ready)
 
     def _accept(self, why: str) -> None:
-        if self.port is not None and self.running:
-            if why == "timeout":
-                log.warn("accepting connections before the first CRL round finished (timeout)")
+        if why == "timeout":
+            log.warn("accepting connections before the first CRL round finished (timeout)")
+        if self.running and self.port is not None:
             self.port.startReading()
+        else:
+            self._ready_seen = True  # startService will resume accepting
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()

@@ -53,15 +53,30 @@ class HttpFetcher:
         url: str,
         timeout: float,
         max_size: int,
-        method: bytes = b"GET",
+        method: str = "GET",
         body: bytes | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
     ) -> defer.Deferred[bytes]:
         d = defer.ensureDeferred(self._fetch(url, max_size, method, body, headers))
-        d.addTimeout(timeout, self._reactor)
+        # One deadline for the whole exchange (redirects and body included). Cancelling
+        # surfaces as various errors (ResponseNeverReceived, CancelledError), hence the flag.
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(timeout, expire)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
 
         def translate(failure: Any) -> Any:
-            if failure.check(defer.TimeoutError, defer.CancelledError):
+            if timed_out:
                 raise FetchError("timeout", f"{url}: no complete answer within {timeout:g}s")
             if failure.check(FetchError):
                 return failure
@@ -74,7 +89,7 @@ class HttpFetcher:
         self,
         url: str,
         max_size: int,
-        method: bytes,
+        method: str,
         body: bytes | None,
         headers: dict[bytes, list[bytes]] | None,
     ) -> bytes:
@@ -91,7 +106,7 @@ class HttpFetcher:
                 if not url.lower().startswith(("http://", "https://")):
                     raise FetchError("redirects", f"redirect to a non-HTTP URL {url!r}")
                 if response.code == 303:
-                    method, body = b"GET", None
+                    method, body = "GET", None
                 continue
             if response.code != 200:
                 await self._drain(response, url)

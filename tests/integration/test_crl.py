@@ -1,0 +1,361 @@
+"""CRL checking end to end: openssl-made CRLs over HTTP, the gateway under twistd, real clients."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+
+import paho.mqtt.client as paho
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway import pki
+from tests import support
+from tests.crl_support import CrlHttpServer, OpensslCA
+from tests.unit.test_crl_core import make_crl, pem
+
+pytestmark = pytest.mark.integration
+
+
+class World:
+    """A PKI whose devices CA and root CA publish CRLs with `openssl ca`, served over HTTP."""
+
+    def __init__(self, directory: str, key_kind: str = "ec") -> None:
+        self.dir = directory
+        self.p = support.make_pki(directory, key_kind)
+        self.devices_ca = OpensslCA.create(os.path.join(directory, "devices-ca"), self.p.inter)
+        self.root_ca = OpensslCA.create(os.path.join(directory, "root-ca"), self.p.root)
+        self.http = CrlHttpServer()
+        self.publish()
+
+    def publish(self) -> None:
+        for name, ca in (("devices", self.devices_ca), ("root", self.root_ca)):
+            path = os.path.join(self.dir, f"{name}.crl.pem")
+            with open(path, "wb") as f:
+                f.write(ca.gencrl())
+            self.http.serve_file(f"/{name}.crl", path)
+
+    def url(self, name: str) -> str:
+        return self.http.url(f"/{name}.crl")
+
+    def conf(self, port: int, broker: int, name: str = "crl", **extra: str) -> str:
+        opts = {"enable_crl_cache": "true", "crl_cache_urls": self.url("devices")}
+        globals_ = extra.pop("globals", "crl_cache.refresh_interval = 1s\n")
+        opts.update(extra)
+        return support.listener_conf(name, port, broker, self.p, opts) + globals_
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(str(tmp_path_factory.mktemp("crl-world")))
+    yield w
+    w.http.stop()
+
+
+def mqtt_connect(
+    port: int, p: support.Pki, cert: tuple[str, str], tls: str = "1.3", level: int = 4
+) -> bytes | str:
+    """CONNECT over TLS; the CONNACK bytes, or the error text if TLS refused us."""
+    try:
+        with support.tls_connect(port, support.client_context(p, cert, tls)) as s:
+            s.sendall(support.connect_packet("crl-client", level=level))
+            return support.read_exact(s, 5 if level == 5 else 4)
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        return str(e)
+
+
+ACCEPTED = b"\x20\x02\x00\x00"
+
+
+def paho_outcome(port: int, p: support.Pki, cert: tuple[str, str], tls: str) -> str:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"paho-{tls}")
+    client.tls_set_context(support.client_context(p, cert, tls))
+    result: list[str] = []
+    done = threading.Event()
+    client.on_connect = lambda c, u, f, rc, props=None: (
+        result.append(f"connected {rc}"),
+        done.set(),
+    )
+    client.on_disconnect = lambda c, u, f, rc, props=None: (
+        result.append(f"disconnected {rc}"),
+        done.set(),
+    )
+    try:
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        done.wait(10)
+    except (ssl.SSLError, OSError) as e:
+        result.append(f"refused {e}")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return result[0] if result else "nothing"
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_revoked_client_refused_at_handshake(
+    world: World, broker: int, workdir: str, tls: str
+) -> None:
+    """A revoked device is refused in the TLS handshake (alert certificate_revoked); others pass."""
+    good = world.p.client(f"good-{tls}")
+    revoked = world.p.client(f"revoked-{tls}")
+    world.devices_ca.revoke(revoked[0])
+    world.publish()
+    port = support.free_port()
+    gw = support.start_gateway(workdir, world.conf(port, broker), ready="crl crl: ready")
+    try:
+        support.wait_until(lambda: support.port_open(port), what="accepting")
+        assert mqtt_connect(port, world.p, good, tls) == ACCEPTED
+        assert "revoked" in str(mqtt_connect(port, world.p, revoked, tls))
+        assert paho_outcome(port, world.p, good, tls).startswith("connected Success")
+        assert not paho_outcome(port, world.p, revoked, tls).startswith("connected")
+        s_client = support.run(
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                world.p.ca_file,
+                "-cert",
+                revoked[0],
+                "-key",
+                revoked[1],
+                f"-tls{tls.replace('.', '_')}",
+                "-ign_eof",  # read until the server closes, so the alert is seen
+            ],
+            input="",
+        )
+        assert "certificate revoked" in s_client.stdout + s_client.stderr
+        support.wait_until(lambda: "reason=revoked" in gw.log())
+    finally:
+        gw.stop()
+
+
+def test_revoked_while_running_closes_live_session(world: World, broker: int, workdir: str) -> None:
+    """Revoked while connected: the session is closed after the next refresh; reconnects refused."""
+    victim = world.p.client("live-victim")
+    bystander = world.p.client("live-bystander")
+    port = support.free_port()
+    gw = support.start_gateway(workdir, world.conf(port, broker), ready="crl crl: ready")
+    try:
+        support.wait_until(lambda: support.port_open(port))
+        ctx = support.client_context(world.p, victim)
+        live = support.tls_connect(port, ctx, timeout=15)
+        live.sendall(support.connect_packet("victim"))
+        assert support.read_exact(live, 4) == ACCEPTED
+        other = support.tls_connect(port, support.client_context(world.p, bystander), timeout=15)
+        other.sendall(support.connect_packet("bystander"))
+        assert support.read_exact(other, 4) == ACCEPTED
+
+        world.devices_ca.revoke(victim[0])
+        world.publish()
+        start = time.monotonic()
+        try:
+            assert live.recv(10) == b""  # closed by the gateway
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - start < 8
+        assert "revoked" in str(mqtt_connect(port, world.p, victim))
+        other.sendall(b"\xc0\x00")  # PINGREQ: the bystander's session is untouched
+        assert support.read_exact(other, 2) == b"\xd0\x00"
+        other.close()
+        assert "certificate revoked by a CRL update" in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_crl_server_down_at_start(world: World, broker: int, workdir: str) -> None:
+    """Down at start: fail closed without a persisted CRL; enforce the persisted one if any."""
+    good = world.p.client("down-good")
+    revoked = world.p.client("down-revoked")
+    world.devices_ca.revoke(revoked[0])
+    world.publish()
+    cache = os.path.join(workdir, "crl-cache")
+    port = support.free_port()
+    globals_ = f"crl_cache.refresh_interval = 1s\ncrl_cache.dir = {cache}\n"
+    gw = support.start_gateway(
+        workdir, world.conf(port, broker, globals=globals_), "gw1", "crl crl: ready"
+    )
+    support.wait_until(lambda: support.port_open(port))
+    gw.stop()
+    world.http.serve("/devices.crl", 503, b"down for maintenance")
+    try:
+        gw2 = support.start_gateway(
+            workdir, world.conf(port, broker, globals=globals_), "gw2", "crl crl: ready"
+        )
+        try:
+            support.wait_until(lambda: support.port_open(port))
+            assert "loaded_from_disk" in gw2.log()
+            assert mqtt_connect(port, world.p, good) == ACCEPTED
+            assert "revoked" in str(mqtt_connect(port, world.p, revoked))
+        finally:
+            gw2.stop()
+        # No persisted copy: nothing is known, the default policy refuses everyone.
+        gw3 = support.start_gateway(workdir, world.conf(port, broker), "gw3", "crl crl: ready")
+        try:
+            support.wait_until(lambda: support.port_open(port))
+            assert mqtt_connect(port, world.p, good) != ACCEPTED
+            support.wait_until(lambda: "reason=crl_missing" in gw3.log())
+            assert "HTTP 503" in gw3.log()
+        finally:
+            gw3.stop()
+    finally:
+        world.publish()
+
+
+def test_bad_answers_after_a_good_fetch_keep_enforcing(
+    world: World, broker: int, workdir: str
+) -> None:
+    """404, 500, garbage, another CA's CRL and an older CRL never displace the good CRL."""
+    good = world.p.client("bad-answers-good")
+    revoked = world.p.client("bad-answers-revoked")
+    world.devices_ca.revoke(revoked[0])
+    world.publish()
+    with open(os.path.join(world.dir, "devices.crl.pem"), "rb") as f:
+        current = f.read()
+    from cryptography import x509
+
+    number = (
+        x509.load_pem_x509_crl(current)
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+    )
+    other = pki.make_ca("mqttgw test devices CA")
+    answers = [
+        (404, b"gone", "HTTP 404"),
+        (500, b"oops", "HTTP 500"),
+        (200, b"<html>surprise</html>", "garbage"),
+        (200, pem(make_crl(other, [], number=number + 100)), "bad_signature"),
+        (200, pem(make_crl(world.p.inter, [], number=number - 1)), "older than the CRL held"),
+    ]
+    port = support.free_port()
+    gw = support.start_gateway(workdir, world.conf(port, broker), ready="crl crl: ready")
+    try:
+        support.wait_until(lambda: support.port_open(port))
+        for status, body, logged in answers:
+            world.http.serve("/devices.crl", status, body)
+            support.wait_until(lambda text=logged: text in gw.log(), what=logged)
+            assert mqtt_connect(port, world.p, good) == ACCEPTED
+            assert "revoked" in str(mqtt_connect(port, world.p, revoked))
+    finally:
+        gw.stop()
+        world.publish()
+
+
+@pytest.mark.parametrize("policy", ["reject", "accept"])
+def test_expired_crl_policy(world: World, broker: int, workdir: str, policy: str) -> None:
+    """A CRL past its nextUpdate: reject refuses everyone, accept lets good clients in."""
+    good = world.p.client(f"expired-{policy}-good")
+    revoked = world.p.client(f"expired-{policy}-revoked")
+    from cryptography import x509
+
+    revoked_serial = x509.load_pem_x509_certificate(open(revoked[0], "rb").read()).serial_number
+    stale = make_crl(
+        world.p.inter,
+        [revoked_serial],
+        number=1,
+        this_update=pki.now() - datetime.timedelta(days=2),
+        next_update=datetime.timedelta(days=1),
+    )
+    world.http.serve("/stale.crl", 200, stale.public_bytes(serialization.Encoding.DER))
+    port = support.free_port()
+    conf = world.conf(
+        port, broker, crl_cache_urls=world.http.url("/stale.crl"), crl_expired_policy=policy
+    )
+    gw = support.start_gateway(workdir, conf, ready="crl crl: ready")
+    try:
+        support.wait_until(lambda: support.port_open(port))
+        outcome = mqtt_connect(port, world.p, good)
+        if policy == "reject":
+            assert outcome != ACCEPTED
+            support.wait_until(lambda: "reason=crl_expired" in gw.log())
+        else:
+            assert outcome == ACCEPTED
+        assert "revoked" in str(mqtt_connect(port, world.p, revoked))  # revoked stays revoked
+        support.wait_until(lambda: "expired at" in gw.log())
+    finally:
+        gw.stop()
+
+
+def test_revoked_intermediate(world: World, broker: int, workdir: str, tmp_path: object) -> None:
+    """A root CRL revoking the devices CA refuses every device under it."""
+    directory = str(tmp_path)
+    w2 = World(directory)
+    try:
+        good = w2.p.client("under-revoked-intermediate")
+        port = support.free_port()
+        urls = f"{w2.url('devices')}, {w2.url('root')}"
+        gw = support.start_gateway(
+            workdir, w2.conf(port, broker, crl_cache_urls=urls), ready="crl crl: ready"
+        )
+        try:
+            support.wait_until(lambda: support.port_open(port))
+            assert mqtt_connect(port, w2.p, good) == ACCEPTED
+            inter_path = os.path.join(directory, "inter.pem")
+            with open(inter_path, "wb") as f:
+                f.write(pki.cert_pem(w2.p.inter.cert))
+            w2.root_ca.revoke(inter_path)
+            w2.publish()
+            support.wait_until(lambda: "revoked" in str(mqtt_connect(port, w2.p, good)), 15)
+        finally:
+            gw.stop()
+    finally:
+        w2.http.stop()
+
+
+@pytest.mark.parametrize("level, refusal", [(4, b"\x20\x02\x00\x05"), (5, b"\x20\x03\x00\x87\x00")])
+def test_distribution_point_discovery(
+    world: World, broker: int, workdir: str, level: int, refusal: bytes
+) -> None:
+    """With crl_cache_from_cert, an uncached CRL is fetched while the CONNECT is held."""
+    dp = world.url("devices")
+    good = world.p.client(f"dp-good-{level}", crl_url=dp)
+    revoked = world.p.client(f"dp-revoked-{level}", crl_url=dp)
+    world.devices_ca.revoke(revoked[0])
+    world.publish()
+    port = support.free_port()
+    conf = world.conf(port, broker, crl_cache_urls="", crl_cache_from_cert="true")
+    gw = support.start_gateway(workdir, conf, ready="crl crl: ready")
+    try:
+        support.wait_until(lambda: support.port_open(port))
+        assert mqtt_connect(port, world.p, revoked, level=level) == refusal
+        support.wait_until(lambda: "added distribution point" in gw.log())
+        assert "holding crl" in gw.log()
+        connack = mqtt_connect(port, world.p, good, level=level)
+        assert isinstance(connack, bytes) and connack[0] == 0x20 and connack[3] == 0, connack
+        # Now cached: the revoked one is refused at the handshake itself.
+        assert "revoked" in str(mqtt_connect(port, world.p, revoked, level=level))
+    finally:
+        gw.stop()
+
+
+def test_two_listeners_with_different_ca_chains(
+    world: World, broker: int, workdir: str, tmp_path: object
+) -> None:
+    """Each listener trusts its own CAs and enforces its own CRLs."""
+    other = World(str(tmp_path))
+    try:
+        a_port, b_port = support.free_port(), support.free_port()
+        conf = world.conf(a_port, broker, name="a") + other.conf(
+            b_port, broker, name="b", globals=""
+        )
+        revoked_b = other.p.client("b-revoked")
+        other.devices_ca.revoke(revoked_b[0])
+        other.publish()
+        gw = support.start_gateway(workdir, conf, ready="crl b: ready")
+        try:
+            support.wait_until(lambda: "crl a: ready" in gw.log() and support.port_open(b_port))
+            good_a, good_b = world.p.client("a-good"), other.p.client("b-good")
+            assert mqtt_connect(a_port, world.p, good_a) == ACCEPTED
+            assert mqtt_connect(b_port, other.p, good_b) == ACCEPTED
+            assert "revoked" in str(mqtt_connect(b_port, other.p, revoked_b))
+            assert mqtt_connect(a_port, world.p, revoked_b) != ACCEPTED  # wrong CA for a
+        finally:
+            gw.stop()
+    finally:
+        other.http.stop()

@@ -1,0 +1,326 @@
+"""The CRL refresh service, deterministically: Clock, StubTreq, the worker run in process."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cryptography import x509
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from gateway import pki
+from gateway.config import ListenerConfig, parse_config
+from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.crl_service import CrlCache, CrlService
+from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.process import InlineProcessor
+from tests import support
+from tests.unit.test_crl_core import make_crl, pem
+
+URL = "http://ca.test/devices.crl"
+
+
+class Routes(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: dict[str, Callable[[], tuple[int, bytes]]] = {}
+        self.hits: Counter[str] = Counter()
+        self.hanging: list[Any] = []
+
+    def set(self, path: str, status: int, body: bytes = b"") -> None:
+        self.routes[path] = lambda: (status, body)
+
+    def render_GET(self, request: Any) -> Any:
+        path = request.path.decode()
+        self.hits[path] += 1
+        route = self.routes.get(path)
+        status, body = route() if route else (404, b"not found")
+        if status == 0:
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        request.setResponseCode(status)
+        return body
+
+
+@pytest.fixture(scope="module")
+def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def listener(p: support.Pki, **extra: str) -> ListenerConfig:
+    opts = {"enable_crl_cache": "true", "crl_cache_urls": URL}
+    opts.update(extra)
+    globals_ = opts.pop("globals", "")
+    return parse_config(support.listener_conf("t", 8883, 1883, p, opts) + globals_).listener("t")
+
+
+class Harness:
+    def __init__(self, p: support.Pki, **extra: str) -> None:
+        self.p = p
+        self.config = listener(p, **extra)
+        self.clock = Clock()
+        self.clock.advance(pki.now().timestamp())
+        self.routes = Routes()
+        self.stub = StubTreq(self.routes)
+        self.cache = CrlCache(self.clock, self.config.crl_grace_period)
+        with open(p.ca_file, "rb") as f:
+            trust_pem = f.read()
+        self.updates: list[Any] = []
+        self.service = CrlService(
+            self.config,
+            self.clock,
+            HttpFetcher(self.stub, self.clock),
+            InlineProcessor(),
+            self.cache,
+            trust_pem,
+            on_update=self.updates.append,
+        )
+        self.checker = RevocationChecker(
+            self.cache,
+            self.config.crl_expired_policy,
+            self.service,
+            self.config.crl_cache_from_cert,
+        )
+
+    def flush(self) -> None:
+        for _ in range(3):
+            self.stub.flush()
+            self.clock.advance(0)
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        while seconds > 0:
+            self.clock.advance(min(step, seconds))
+            seconds -= step
+            self.flush()
+
+    def crl(self, serials: list[int], number: int = 1, hours: float = 1) -> bytes:
+        return pem(
+            make_crl(
+                self.p.inter,
+                serials,
+                number=number,
+                next_update=datetime.timedelta(hours=hours),
+                this_update=datetime.datetime.fromtimestamp(
+                    self.clock.seconds() - 60, datetime.timezone.utc
+                ),
+            )
+        )
+
+    def status(self, serial: int) -> str:
+        return self.cache.status(self.p.inter.cert.subject.public_bytes(), serial)
+
+    def state(self) -> Any:
+        return self.service.sources[URL].state
+
+
+def test_first_fetch_installs_and_reports(p: support.Pki) -> None:
+    """At start-up the CRL is fetched, validated, installed; state says what happened."""
+    h = Harness(p)
+    h.routes.set("/devices.crl", 200, h.crl([42, 43], number=9))
+    h.service.startService()
+    h.flush()
+    assert h.service.ready.called
+    assert h.status(42) == "revoked" and h.status(44) == "good"
+    snap = h.state().snapshot()
+    assert snap["last_result"] == "updated" and snap["last_error"] is None
+    assert snap["crls"][0]["entries"] == 2 and snap["crls"][0]["number"] == 9
+    assert snap["next_refresh"] != "-" and snap["size"] > 0
+    assert len(h.updates) == 1
+
+
+def test_refresh_on_interval_and_before_next_update(p: support.Pki) -> None:
+    """Refreshes happen every refresh_interval, or at nextUpdate when that comes sooner."""
+    h = Harness(p, globals="crl_cache.refresh_interval = 10m\n")
+    h.routes.set("/devices.crl", 200, h.crl([1], number=1, hours=1))
+    h.service.startService()
+    h.flush()
+    h.advance(599)
+    assert h.routes.hits["/devices.crl"] == 1
+    # thisUpdate a minute ago, nextUpdate in two minutes
+    h.routes.set("/devices.crl", 200, h.crl([1, 2], number=2, hours=3 / 60))
+    h.advance(2)
+    assert h.routes.hits["/devices.crl"] == 2 and h.status(2) == "revoked"
+    h.advance(110)
+    assert h.routes.hits["/devices.crl"] == 2
+    h.advance(20)
+    assert h.routes.hits["/devices.crl"] == 3  # at nextUpdate, before the 10m interval
+
+
+@pytest.mark.parametrize(
+    "status, body, error",
+    [
+        (404, b"nope", "http_status: http://ca.test/devices.crl: HTTP 404"),
+        (500, b"oops", "http_status: http://ca.test/devices.crl: HTTP 500"),
+        (200, b"<html>garbage with status 200</html>", "garbage"),
+        (0, b"", "timeout"),
+    ],
+)
+def test_failures_keep_the_last_good_crl_and_back_off(
+    p: support.Pki, status: int, body: bytes, error: str
+) -> None:
+    """A failed refresh is logged with its reason, keeps the CRL held, and retries with backoff."""
+    h = Harness(p, globals="crl_cache.refresh_interval = 5m\n", crl_cache_http_timeout="3s")
+    h.routes.set("/devices.crl", 200, h.crl([7]))
+    h.service.startService()
+    h.flush()
+    h.routes.set("/devices.crl", status, body)
+    with capturedLogs() as events:
+        h.advance(301)
+        h.advance(4)  # past the HTTP timeout for the hanging case
+    assert h.status(7) == "revoked"
+    assert h.state().last_result == "error" and error in h.state().last_error
+    assert any("keeping the last good CRL" in str(e.get("log_format")) for e in events)
+    hits = h.routes.hits["/devices.crl"]
+    h.advance(11)
+    assert h.routes.hits["/devices.crl"] == hits + 1  # retry after ~10s
+    h.advance(21)
+    assert h.routes.hits["/devices.crl"] == hits + 2  # then ~20s
+
+
+def test_crl_of_another_ca_and_older_crl_are_refused(p: support.Pki) -> None:
+    """A CRL signed by another CA, or older than the one held, never replaces it."""
+    h = Harness(p, globals="crl_cache.refresh_interval = 1m\n")
+    h.routes.set("/devices.crl", 200, h.crl([5], number=10))
+    h.service.startService()
+    h.flush()
+    other = pki.make_ca("mqttgw test devices CA")  # same name, other key
+    h.routes.set("/devices.crl", 200, pem(make_crl(other, [], number=11)))
+    h.advance(61)
+    assert h.state().last_result == "error" and "bad_signature" in h.state().last_error
+    assert h.status(5) == "revoked"
+    h.routes.set("/devices.crl", 200, h.crl([], number=9))
+    h.advance(61)
+    assert h.state().last_result == "older"
+    assert h.status(5) == "revoked"
+    assert h.cache.get(h.p.inter.cert.subject.public_bytes()).info.number == 10  # type: ignore[union-attr]
+
+
+def test_timer_survives_unexpected_errors(p: support.Pki) -> None:
+    """An exception inside a refresh is logged; the LoopingCall keeps running."""
+    h = Harness(p, globals="crl_cache.refresh_interval = 1m\n")
+    h.routes.set("/devices.crl", 200, h.crl([1]))
+
+    class Exploding:
+        def process(self, request: bytes, max_output: int) -> Any:
+            raise TypeError("boom")
+
+    h.service._processor = Exploding()
+    with capturedLogs() as events:
+        h.service.startService()
+        h.flush()
+        h.advance(30)
+    assert h.service._loop is not None and h.service._loop.running
+    assert h.routes.hits["/devices.crl"] >= 2  # retried
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+@pytest.mark.parametrize("policy", ["reject", "accept"])
+def test_expired_crl_and_missing_crl_policy(p: support.Pki, policy: str) -> None:
+    """Past nextUpdate (+ grace) or with no CRL ever obtained, the policy decides."""
+    h = Harness(p, crl_expired_policy=policy, crl_grace_period="1m")
+    leaf = pki.issue(h.p.inter, "leaf").cert
+    issuer = leaf.issuer.public_bytes()
+    missing = h.checker.check(leaf, issuer, leaf.serial_number, 0, None)
+    h.routes.set("/devices.crl", 200, h.crl([], hours=0.5))
+    h.service.startService()
+    h.flush()
+    assert h.checker.check(leaf, issuer, leaf.serial_number, 0, None) is None
+    h.routes.set("/devices.crl", 503)
+    h.clock.advance(1790)  # 50s past nextUpdate: within the 1m grace period
+    assert h.checker.check(leaf, issuer, leaf.serial_number, 0, None) is None  # within grace
+    with capturedLogs() as events:
+        h.advance(20)
+    expired = h.checker.check(leaf, issuer, leaf.serial_number, 0, None)
+    if policy == "reject":
+        assert missing is not None and missing[0] == "crl_missing"
+        assert expired is not None and expired[0] == "crl_expired"
+    else:
+        assert missing is None and expired is None
+        assert h.checker.counts["crl_expired_accepted"] == 1
+    assert any(e.get("log_level").name == "critical" for e in events)
+
+
+def test_revoked_intermediate_and_unheld_intermediate(p: support.Pki) -> None:
+    """Intermediates are checked when their issuer's CRL is held, else skipped."""
+    h = Harness(p)
+    inter = h.p.inter.cert
+    root_name = inter.issuer.public_bytes()
+    assert h.checker.check(inter, root_name, inter.serial_number, 1, None) is None
+    root_crl = make_crl(h.p.root, [inter.serial_number])
+    from gateway.revocation.crl import load
+
+    for loaded in load(pem(root_crl), [h.p.root.cert], h.clock.seconds()):
+        h.cache.install(loaded, "http://ca.test/root.crl")
+    verdict = h.checker.check(inter, root_name, inter.serial_number, 1, None)
+    assert verdict is not None and verdict[0] == "revoked"
+
+
+def test_persisted_crl_is_used_when_the_ca_is_down(p: support.Pki, tmp_path: object) -> None:
+    """A restart during a CA outage loads the last good CRL from crl_cache.dir."""
+    directory = os.path.join(str(tmp_path), "crl")
+    h = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    h.routes.set("/devices.crl", 200, h.crl([77]))
+    h.service.startService()
+    h.flush()
+    h.service.stopService()
+    files = os.listdir(os.path.join(directory, "t"))
+    assert len([f for f in files if f.endswith(".crl")]) == 1
+    again = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    again.routes.set("/devices.crl", 500)
+    again.service.startService()
+    again.flush()
+    assert again.status(77) == "revoked"
+    assert again.state().last_result == "error"  # the fetch failed; the disk copy serves
+    # Without a persisted copy, nothing is held.
+    cold = Harness(p)
+    cold.routes.set("/devices.crl", 500)
+    cold.service.startService()
+    cold.flush()
+    assert cold.status(77) == "missing"
+    assert cold.service.ready.called  # ready even so: the policy decides
+
+
+def test_distribution_points_capacity_and_eviction(p: support.Pki) -> None:
+    """Discovered CRL URLs are fetched; beyond capacity the least recently used is dropped."""
+    h = Harness(p, crl_cache_urls="", crl_cache_from_cert="true", crl_cache_capacity="2")
+    cas = [pki.make_ca(f"dp CA {i}") for i in range(3)]
+    for i, ca in enumerate(cas):
+        h.routes.set(f"/dp{i}.crl", 200, pem(make_crl(ca, [i + 100])))
+    h.service._trust_pem = pki.cert_pem(*[ca.cert for ca in cas])
+    h.service.startService()
+    for i in range(3):
+        leaf = pki.issue(cas[i], f"dp-leaf-{i}", crl_url=f"http://ca.test/dp{i}.crl").cert
+        state = type("S", (), {"crl_pending": None})()
+        assert (
+            h.checker.check(leaf, leaf.issuer.public_bytes(), leaf.serial_number, 0, state) is None
+        )
+        assert state.crl_pending[0] == f"http://ca.test/dp{i}.crl"
+        h.flush()
+        assert h.cache.status(leaf.issuer.public_bytes(), i + 100) == "revoked"
+    assert list(h.service.sources) == ["http://ca.test/dp1.crl", "http://ca.test/dp2.crl"]
+    assert h.cache.status(cas[0].cert.subject.public_bytes(), 100) == "missing"  # evicted
+    # A held client is decided once the distribution point was fetched.
+    assert h.checker.decide_held(cas[2].cert.subject.public_bytes(), 102) == "revoked"
+    assert h.checker.decide_held(cas[2].cert.subject.public_bytes(), 5) is None
+
+
+def test_alias_keys_are_accepted(p: support.Pki) -> None:
+    """EMQX 4.4's code names work as aliases."""
+    text = support.listener_conf(
+        "t", 8883, 1883, p, {"enable_crl_check": "true", "crl_cache_urls": URL}
+    )
+    text += "crl_cache_refresh_interval = 2m\ncrl_cache_http_timeout = 4s\n"
+    config = parse_config(text).listener("t")
+    assert config.enable_crl_cache and config.crl_cache_refresh_interval == 120
+    assert config.crl_cache_http_timeout == 4
+    assert x509  # imported for type use in helpers
