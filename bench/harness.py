@@ -69,15 +69,20 @@ def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
 
 
 def report(
-    title: str, rows: list[tuple[str, float, float]], unit: str, higher_is_better: bool
+    title: str,
+    rows: list[tuple[str, float, float]],
+    unit: str,
+    higher_is_better: bool,
+    columns: tuple[str, str] = ("gateway", "mosquitto"),
+    note: str = "mosquitto reached directly over mutual TLS",
 ) -> None:
-    """Print gateway vs mosquitto-direct side by side, with the ratio."""
+    """Print the gateway beside a reference measured in the same run, with the ratio."""
     print(f"\n{title}")
-    print(f"  {'measure':44} {'gateway':>12} {'mosquitto':>12} {'ratio':>7}")
+    print(f"  {'measure':44} {columns[0]:>12} {columns[1]:>12} {'ratio':>7}")
     for name, gw, direct in rows:
         ratio = gw / direct if direct else float("nan")
         print(f"  {name:44} {gw:12.1f} {direct:12.1f} {ratio:7.2f}   ({unit})")
     print(
-        "  (ratio = gateway / mosquitto reached directly over mutual TLS, same run; "
+        f"  (ratio = {columns[0]} / {note}, same run; "
         + ("higher is better)" if higher_is_better else "lower is better)")
     )

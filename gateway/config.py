@@ -398,6 +398,20 @@ KEYS += (
     ),
 )
 
+KEYS += (
+    Key(
+        "stats_log_interval",
+        parse_duration,
+        300.0,
+        "Global: every this often, one log line per listener with active, accepted and refused "
+        "connections (by reason), bytes relayed, CRL counts, and the longest reactor stall "
+        "measured in the period (a 10 ms LoopingCall probe).",
+        listener=False,
+        global_=True,
+        **_DURATION,  # type: ignore[arg-type]
+    ),
+)
+
 KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
 ALIASES: Mapping[str, str] = {a: k.name for k in KEYS for a in k.aliases}
 LISTENER_KEYS = tuple(k.name for k in KEYS if k.listener)
@@ -437,6 +451,7 @@ class ListenerConfig:
     crl_grace_period: float
     crl_cache_from_cert: bool
     crl_cache_capacity: int
+    stats_log_interval: float
 
     @property
     def verify_peer(self) -> bool:

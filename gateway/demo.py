@@ -35,31 +35,42 @@ def _mosquitto() -> str:
     return path
 
 
-def write_demo_files(directory: str, port: int, broker_port: int) -> dict[str, str]:
+def write_demo_files(directory: str, port: int, broker_port: int, ca_port: int) -> dict[str, str]:
     root = pki.make_ca("mqttgw demo root CA")
     devices = pki.make_ca("mqttgw demo devices CA", issuer=root)
     files = {"ca": pki.write_ca_bundle(os.path.join(directory, "ca.pem"), root, devices)}
     files["server_cert"], files["server_key"] = pki.issue(devices, "localhost", server=True).write(
         directory, "server"
     )
-    files["device_cert"], files["device_key"] = pki.issue(devices, "device-1").write(
-        directory, "device-1"
-    )
+    for name in ("device-1", "device-2", "device-revoked"):
+        files[f"{name}_cert"], files[f"{name}_key"] = pki.issue(devices, name).write(
+            directory, name
+        )
     stranger = pki.make_ca("not the demo CA")
     files["stranger_cert"], files["stranger_key"] = pki.issue(stranger, "intruder").write(
         directory, "intruder"
     )
+    # The devices CA keeps its database for `openssl ca`; its CRL is served on loopback.
+    ca = pki.OpensslCA.create(os.path.join(directory, "ca"), devices)
+    ca.revoke(files["device-revoked_cert"])
+    files["crl"] = os.path.join(ca.dir, "devices.crl.pem")
+    with open(files["crl"], "wb") as f:
+        f.write(ca.gencrl("devices.crl.pem"))
+    files["ca_config"] = ca.config
     files["conf"] = os.path.join(directory, "mqttgw.conf")
     with open(files["conf"], "w") as f:
         f.write(
             "# Written by 'mqttgw demo'. See docs/configuration.md for every key.\n"
             f"upstream = 127.0.0.1:{broker_port}\n"
+            "crl_cache.refresh_interval = 10s\n"
             f"listener.ssl.demo = 127.0.0.1:{port}\n"
             "listener.ssl.demo.keyfile = server.key\n"
             "listener.ssl.demo.certfile = server.pem\n"
             "listener.ssl.demo.cacertfile = ca.pem\n"
             "listener.ssl.demo.verify = verify_peer\n"
             "listener.ssl.demo.fail_if_no_peer_cert = true\n"
+            "listener.ssl.demo.enable_crl_cache = true\n"
+            f"listener.ssl.demo.crl_cache_urls = http://127.0.0.1:{ca_port}/devices.crl.pem\n"
         )
     files["mosquitto_conf"] = os.path.join(directory, "mosquitto.conf")
     with open(files["mosquitto_conf"], "w") as f:
@@ -67,24 +78,38 @@ def write_demo_files(directory: str, port: int, broker_port: int) -> dict[str, s
     return files
 
 
-def instructions(directory: str, port: int, broker_port: int, files: dict[str, str]) -> str:
+def instructions(
+    directory: str, port: int, broker_port: int, ca_port: int, files: dict[str, str]
+) -> str:
     tls = f"-h localhost -p {port} --cafile {files['ca']}"
-    device = f"--cert {files['device_cert']} --key {files['device_key']}"
-    intruder = f"--cert {files['stranger_cert']} --key {files['stranger_key']}"
+
+    def device(name: str) -> str:
+        return f"--cert {files[name + '_cert']} --key {files[name + '_key']}"
+
+    ca = f"openssl ca -config {files['ca_config']}"
+    revoke = f"{ca} -revoke {files['device-2_cert']} && {ca} -gencrl -out {files['crl']}"
+
     return f"""
 mqttgw demo: files in {directory}
   gateway   127.0.0.1:{port}  (mutual TLS; device certificates from the demo CA)
   mosquitto 127.0.0.1:{broker_port}  (plain MQTT, reached only through the gateway)
+  demo CA   http://127.0.0.1:{ca_port}/devices.crl.pem  (its CRL, refreshed every 10s)
 
 In another terminal, subscribe through the gateway:
-  mosquitto_sub {tls} {device} -t 'demo/#' -v
+  mosquitto_sub {tls} {device("device-1")} -t 'demo/#' -v
 
 and publish through the gateway:
-  mosquitto_pub {tls} {device} -t demo/hello -m 'hello through mqttgw'
+  mosquitto_pub {tls} {device("device-1")} -t demo/hello -m 'hello through mqttgw'
 
 Refused at the TLS handshake (watch the 'refused' lines in this log):
   mosquitto_pub {tls} -t demo/hello -m 'no certificate'
-  mosquitto_pub {tls} {intruder} -t demo/hello -m 'certificate from another CA'
+  mosquitto_pub {tls} {device("stranger")} -t demo/hello -m 'certificate from another CA'
+  mosquitto_pub {tls} {device("device-revoked")} -t demo/hello -m 'revoked certificate'
+
+Revoke a device while it is connected: subscribe with device-2,
+  mosquitto_sub {tls} {device("device-2")} -t 'demo/#' -v
+then revoke it with the CA's own tool; within 10s its session is closed and it is refused:
+  {revoke}
 
 The same gateway under twistd:  twistd -n mqttgw -c {files["conf"]}
 Ctrl-C stops the gateway and mosquitto.
@@ -94,6 +119,7 @@ Ctrl-C stops the gateway and mosquitto.
 def run_demo(directory: str | None, port: int) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.web import server, static
 
     from gateway.config import load_config
     from gateway.service import make_gateway_service
@@ -102,7 +128,8 @@ def run_demo(directory: str | None, port: int) -> int:
     os.makedirs(directory, exist_ok=True)
     port = _free_port(port)
     broker_port = _free_port(0)
-    files = write_demo_files(directory, port, broker_port)
+    ca_port = _free_port(0)
+    files = write_demo_files(directory, port, broker_port, ca_port)
     broker = subprocess.Popen(
         [_mosquitto(), "-c", files["mosquitto_conf"]],
         stdout=subprocess.DEVNULL,
@@ -118,13 +145,18 @@ def run_demo(directory: str | None, port: int) -> int:
                 if broker.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("mqttgw demo: mosquitto did not start") from None
                 time.sleep(0.05)
-        gateway = make_gateway_service(load_config(files["conf"]), reactor)
         globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(sys.stdout)], redirectStandardIO=False
         )
+        # The demo CA publishes its CRL directory over HTTP, on loopback only.
+        ca_site = server.Site(static.File(os.path.dirname(files["crl"])))
+        ca_site.noisy = False
+        reactor.listenTCP(ca_port, ca_site, interface="127.0.0.1")  # type: ignore[arg-type]
+        gateway = make_gateway_service(load_config(files["conf"]), reactor)
         gateway.privilegedStartService()
         gateway.startService()
-        print(instructions(directory, port, broker_port, files), flush=True)
+        text = instructions(directory, port, broker_port, ca_port, files)
+        reactor.callWhenRunning(lambda: print(text, flush=True))
         reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
         reactor.run()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import subprocess
 from typing import Any
 
 import attrs
@@ -196,3 +197,73 @@ def write_ca_bundle(path: str, *cas: Issued) -> str:
     with open(path, "wb") as f:
         f.write(cert_pem(*[ca.cert for ca in cas]))
     return path
+
+
+_CNF = """\
+[ca]
+default_ca = CA_default
+[CA_default]
+dir = {dir}
+database = $dir/index.txt
+crlnumber = $dir/crlnumber
+certificate = $dir/ca.pem
+private_key = $dir/ca.key
+default_md = sha256
+default_crl_days = 1
+crl_extensions = crl_ext
+[crl_ext]
+authorityKeyIdentifier = keyid:always
+"""
+
+
+@attrs.define
+class OpensslCA:
+    """A CA whose CRLs are made by `openssl ca -gencrl` from its index.txt."""
+
+    dir: str
+    issued: Issued
+
+    @classmethod
+    def create(cls, directory: str, issued: Issued) -> OpensslCA:
+        os.makedirs(directory, exist_ok=True)
+        issued.write(directory, "ca")  # ca.pem (with its chain) and ca.key
+        with open(os.path.join(directory, "ca.pem"), "wb") as f:
+            f.write(cert_pem(issued.cert))
+        open(os.path.join(directory, "index.txt"), "w").close()
+        with open(os.path.join(directory, "index.txt.attr"), "w") as f:
+            f.write("unique_subject = no\n")
+        with open(os.path.join(directory, "crlnumber"), "w") as f:
+            f.write("1000\n")
+        with open(os.path.join(directory, "openssl.cnf"), "w") as f:
+            f.write(_CNF.format(dir=directory))
+        return cls(directory, issued)
+
+    def _openssl(self, *args: str) -> None:
+        result = subprocess.run(
+            ["openssl", "ca", "-batch", "-config", os.path.join(self.dir, "openssl.cnf"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl ca {args}: {result.stderr}")
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.dir, "openssl.cnf")
+
+    def revoke(self, cert_path: str) -> None:
+        self._openssl("-revoke", cert_path)
+
+    def gencrl(self, name: str = "ca.crl", hours: int | None = None, der: bool = False) -> bytes:
+        out = os.path.join(self.dir, name)
+        args = ["-gencrl", "-out", out]
+        if hours is not None:
+            args += ["-crlhours", str(hours)]
+        self._openssl(*args)
+        if der:
+            subprocess.run(
+                ["openssl", "crl", "-in", out, "-outform", "DER", "-out", out], check=True
+            )
+        with open(out, "rb") as f:
+            return f.read()

@@ -12,10 +12,11 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from gateway.config import Config, ListenerConfig
 from gateway.metrics import ListenerStats
+from gateway.monitor import Monitor
 from gateway.proxy.relay import ConnectUpstream, GatewayFactory, UpstreamFactory
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -79,6 +80,17 @@ def upstream_connector(reactor: Any, listener: ListenerConfig) -> ConnectUpstrea
         return attempt.cancel
 
     return connect_name
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line for every CRL or OCSP fetch
+
+
+def quiet_http_client(reactor: Any) -> treq.client.HTTPClient:
+    """treq's HTTP client on the given reactor, without per-connection log noise."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietHTTP11ClientFactory
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))
 
 
 class PortService(service.Service):
@@ -194,9 +206,7 @@ class ListenerService(service.MultiService):
         with open(listener.cacertfile, "rb") as f:
             trust_pem = f.read()
         if http_client is None:
-            http_client = treq.client.HTTPClient(
-                Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-            )
+            http_client = quiet_http_client(reactor)
         cache = CrlCache(reactor, listener.crl_grace_period)
         self.crl_service = CrlService(
             listener,
@@ -239,8 +249,24 @@ class ListenerService(service.MultiService):
 
 
 def make_gateway_service(config: Config, reactor: Any) -> service.MultiService:
-    """The whole gateway: a MultiService with one ListenerService per listener."""
+    """The whole gateway: one ListenerService per listener, and the monitor."""
     top = service.MultiService()
-    for listener in config.listeners:
-        ListenerService(listener, reactor).setServiceParent(top)
+    listeners = [ListenerService(listener, reactor) for listener in config.listeners]
+    for listener_service in listeners:
+        listener_service.setServiceParent(top)
+
+    def crl_counts(name: str) -> dict[str, Any]:
+        for ls in listeners:
+            if ls.listener.name == name and ls.factory.revocation is not None:
+                counts = dict(ls.factory.revocation.counts)
+                held = len(ls.factory.revocation.cache.current_infos())
+                return {"crls_held": held, **{f"crl_{k}": v for k, v in counts.items()}}
+        return {}
+
+    Monitor(
+        reactor,
+        config.listeners[0].stats_log_interval,
+        lambda: [ls.stats for ls in listeners],
+        crl_counts,
+    ).setServiceParent(top)
     return top

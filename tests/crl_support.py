@@ -1,84 +1,20 @@
-"""Real CRLs for tests: an `openssl ca` directory, and an HTTP server on 127.0.0.1."""
+"""Real CRLs for tests: an HTTP server on 127.0.0.1 and a large-CRL generator.
+
+The `openssl ca` helper lives in gateway.pki (the demo uses it too).
+"""
 
 from __future__ import annotations
 
 import http.server
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from gateway import pki
+from gateway.pki import OpensslCA
 
-_CNF = """\
-[ca]
-default_ca = CA_default
-[CA_default]
-dir = {dir}
-database = $dir/index.txt
-crlnumber = $dir/crlnumber
-certificate = $dir/ca.pem
-private_key = $dir/ca.key
-default_md = sha256
-default_crl_days = 1
-crl_extensions = crl_ext
-[crl_ext]
-authorityKeyIdentifier = keyid:always
-"""
-
-
-@attrs.define
-class OpensslCA:
-    """A CA whose CRLs are made by `openssl ca -gencrl` from its index.txt."""
-
-    dir: str
-    issued: pki.Issued
-
-    @classmethod
-    def create(cls, directory: str, issued: pki.Issued) -> OpensslCA:
-        os.makedirs(directory, exist_ok=True)
-        issued.write(directory, "ca")  # ca.pem (with its chain) and ca.key
-        with open(os.path.join(directory, "ca.pem"), "wb") as f:
-            f.write(pki.cert_pem(issued.cert))
-        open(os.path.join(directory, "index.txt"), "w").close()
-        with open(os.path.join(directory, "index.txt.attr"), "w") as f:
-            f.write("unique_subject = no\n")
-        with open(os.path.join(directory, "crlnumber"), "w") as f:
-            f.write("1000\n")
-        with open(os.path.join(directory, "openssl.cnf"), "w") as f:
-            f.write(_CNF.format(dir=directory))
-        return cls(directory, issued)
-
-    def _openssl(self, *args: str) -> None:
-        result = subprocess.run(
-            ["openssl", "ca", "-batch", "-config", os.path.join(self.dir, "openssl.cnf"), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"openssl ca {args}: {result.stderr}")
-
-    def revoke(self, cert_path: str) -> None:
-        self._openssl("-revoke", cert_path)
-
-    def gencrl(self, name: str = "ca.crl", hours: int | None = None, der: bool = False) -> bytes:
-        out = os.path.join(self.dir, name)
-        args = ["-gencrl", "-out", out]
-        if hours is not None:
-            args += ["-crlhours", str(hours)]
-        self._openssl(*args)
-        if der:
-            subprocess.run(
-                ["openssl", "crl", "-in", out, "-outform", "DER", "-out", out], check=True
-            )
-        with open(out, "rb") as f:
-            return f.read()
-
+__all__ = ["CrlHttpServer", "OpensslCA", "big_crl_der"]
 
 Route = Callable[[], tuple[int, bytes]]
 
@@ -146,3 +82,58 @@ class CrlHttpServer(http.server.ThreadingHTTPServer):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{path}: {self.hits.get(path, 0)} hits, wanted {count}")
             time.sleep(0.02)
+
+
+def _der_len(n: int) -> bytes:
+    if n < 128:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_len(len(body)) + body
+
+
+def _der_int(value: int) -> bytes:
+    b = value.to_bytes((value.bit_length() + 8) // 8 or 1, "big")
+    return _tlv(0x02, b)
+
+
+def _gtime(ts: float) -> bytes:
+    import datetime
+
+    dt = datetime.datetime.fromtimestamp(int(ts), datetime.timezone.utc)
+    return _tlv(0x18, dt.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+_ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
+
+
+def big_crl_der(ca: pki.Issued, count: int, number: int = 1, lifetime: float = 86400) -> bytes:
+    """A CRL with ``count`` entries (random-looking 16-byte serials), signed by an EC CA.
+
+    Built as DER by hand, since cryptography's builder takes minutes for a million entries.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = time.time()
+    revoked_at = _gtime(now - 86400)
+    base = 0x4000_0000_0000_0000_0000_0000_0000_0000
+    entries = b"".join(
+        _tlv(0x30, _der_int(base + i * 0x9E3779B97F4A7C15) + revoked_at) for i in range(count)
+    )
+    crl_number = _tlv(0x30, bytes.fromhex("0603551d14") + _tlv(0x04, _der_int(number)))
+    tbs = _tlv(
+        0x30,
+        _der_int(1)
+        + _ECDSA_SHA256
+        + ca.cert.subject.public_bytes()
+        + _gtime(now - 60)
+        + _gtime(now + lifetime)
+        + _tlv(0x30, entries)
+        + _tlv(0xA0, _tlv(0x30, crl_number)),
+    )
+    signature = ca.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return _tlv(0x30, tbs + _ECDSA_SHA256 + _tlv(0x03, b"\x00" + signature))

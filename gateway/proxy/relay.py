@@ -166,10 +166,13 @@ class ClientProtocol(protocol.Protocol):
             detail=detail,
         )
 
-    def note_verify_failure(self, reason: str, errno: int, depth: int) -> None:
+    def note_verify_failure(
+        self, reason: str, errno: int, depth: int, subject: str, serial: str
+    ) -> None:
         """Called from the verify callback: remember the first failure for the log."""
         if self._verify_failure is None:
             self._verify_failure = (reason, errno, depth)
+            self.subject, self.serial = subject, serial
 
     # -- Twisted callbacks --------------------------------------------------------------
 

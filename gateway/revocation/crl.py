@@ -91,14 +91,29 @@ class SerialIndex:
     constant; a lookup is a bisection over ``len`` entries with no allocation per step.
     """
 
-    __slots__ = ("blob", "count", "width")
+    __slots__ = ("blob", "count", "offset", "width")
 
-    def __init__(self, width: int, blob: bytes) -> None:
-        if width <= 0 or len(blob) % width:
-            raise ValueError("index blob is not a whole number of entries")
+    def __init__(
+        self, width: int, blob: bytes | bytearray, offset: int = 0, count: int | None = None
+    ) -> None:
+        """``blob[offset:offset + count * width]`` holds the entries (shared, not copied)."""
+        if count is None:
+            count, rest = divmod(len(blob) - offset, width) if width > 0 else (0, 1)
+            if rest:
+                raise ValueError("index blob is not a whole number of entries")
+        if width <= 0 or offset + count * width > len(blob):
+            raise ValueError("index blob is shorter than its entries")
         self.width = width
         self.blob = blob
-        self.count = len(blob) // width
+        self.offset = offset
+        self.count = count
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.width
+
+    def entries(self) -> bytes:
+        return bytes(self.blob[self.offset : self.offset + self.nbytes])
 
     @classmethod
     def from_serials(cls, serials: Iterable[int]) -> SerialIndex:
@@ -117,10 +132,12 @@ class SerialIndex:
             return False
         key = serial.to_bytes(width, "big")
         blob = self.blob
+        base = self.offset
         lo, hi = 0, self.count
         while lo < hi:
             mid = (lo + hi) // 2
-            entry = blob[mid * width : (mid + 1) * width]
+            start = base + mid * width
+            entry = blob[start : start + width]
             if entry < key:
                 lo = mid + 1
             elif entry > key:

@@ -261,8 +261,7 @@ class CrlService(service.Service):
         return d
 
     def _load_persisted(self, source: _Source, path: str) -> defer.Deferred[None]:
-        request = encode_request(
-            b"",
+        header = encode_request(
             self._trust_pem,
             self._reactor.seconds(),
             CLOCK_SKEW,
@@ -271,7 +270,7 @@ class CrlService(service.Service):
             {},
             body_path=path,
         )
-        d = self._processor.process(request, self.listener.crl_cache_max_size * 2)
+        d = self._processor.process(header, [], self.listener.crl_cache_max_size * 2)
 
         def loaded(crls: list[LoadedCrl]) -> None:
             self._install(source, crls, "loaded_from_disk")
@@ -291,13 +290,13 @@ class CrlService(service.Service):
         if source.in_flight is not None:
             return source.in_flight
         limit = self.listener.crl_cache_max_size
-        d: defer.Deferred[Any] = self._fetcher.fetch(
+        d: defer.Deferred[Any] = self._fetcher.fetch_chunks(
             source.url, self.listener.crl_cache_http_timeout, limit
         )
 
-        def process(body: bytes) -> defer.Deferred[list[LoadedCrl]]:
-            request = encode_request(
-                body,
+        def process(body: list[bytes]) -> defer.Deferred[list[LoadedCrl]]:
+            size = sum(map(len, body))
+            header = encode_request(
                 self._trust_pem,
                 self._reactor.seconds(),
                 CLOCK_SKEW,
@@ -305,7 +304,7 @@ class CrlService(service.Service):
                 source.url,
                 self.cache.current_infos(),
             )
-            return self._processor.process(request, max(len(body), 4096) * _OUTPUT_PER_BODY_BYTE)
+            return self._processor.process(header, body, max(size, 4096) * _OUTPUT_PER_BODY_BYTE)
 
         d.addCallback(process)
         d.addCallbacks(lambda crls: self._fetched(source, crls), lambda f: self._failed(source, f))
@@ -326,10 +325,11 @@ class CrlService(service.Service):
     def _fetched(self, source: _Source, crls: list[LoadedCrl]) -> None:
         source.state.last_fetch = self._reactor.seconds()
         source.state.last_error = None
-        self._install(source, crls, None)
-        self._schedule(source, ok=True)
+        self._install(source, crls, None, schedule=True)
 
-    def _install(self, source: _Source, crls: list[LoadedCrl], result: str | None) -> None:
+    def _install(
+        self, source: _Source, crls: list[LoadedCrl], result: str | None, schedule: bool = False
+    ) -> None:
         verdicts = [self.cache.install(c, source.url) for c in crls]
         installed = [c for c, v in zip(crls, verdicts, strict=True) if v == "newer"]
         if result is None:
@@ -346,6 +346,8 @@ class CrlService(service.Service):
             }
             for c in crls
         ]
+        if schedule:
+            self._schedule(source, ok=True)
         level = log.warn if result == "older" else log.info
         level(
             "crl {listener} {url}: {result}; {details} next refresh {next_refresh}",

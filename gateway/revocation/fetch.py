@@ -57,6 +57,21 @@ class HttpFetcher:
         body: bytes | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
     ) -> defer.Deferred[bytes]:
+        """The body, joined (for small bodies such as OCSP responses)."""
+        return self.fetch_chunks(url, timeout, max_size, method, body, headers).addCallback(
+            b"".join
+        )
+
+    def fetch_chunks(
+        self,
+        url: str,
+        timeout: float,
+        max_size: int,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> defer.Deferred[list[bytes]]:
+        """The body as received, in chunks: a large CRL is never joined on the reactor."""
         d = defer.ensureDeferred(self._fetch(url, max_size, method, body, headers))
         # One deadline for the whole exchange (redirects and body included). Cancelling
         # surfaces as various errors (ResponseNeverReceived, CancelledError), hence the flag.
@@ -92,7 +107,7 @@ class HttpFetcher:
         method: str,
         body: bytes | None,
         headers: dict[bytes, list[bytes]] | None,
-    ) -> bytes:
+    ) -> list[bytes]:
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._client.request(
                 method, url, data=body, headers=headers, allow_redirects=False
@@ -123,7 +138,7 @@ class HttpFetcher:
                 raise FetchError("too_large", f"{url}: Content-Length {length} > {max_size}")
             chunks, collect = _limited_collector(max_size, url)
             await treq.collect(response, collect)
-            return b"".join(chunks)
+            return chunks
         raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects")
 
     async def _drain(self, response: Any, url: str) -> None:

@@ -81,7 +81,7 @@ def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffe
         result, loaded = {"ok": False, "kind": "worker_error", "detail": repr(e)[:500]}, []
     stdout.write(json.dumps(result).encode() + b"\n")
     for crl in loaded:
-        stdout.write(crl.index.blob)
+        stdout.write(crl.index.entries())
     stdout.flush()
     return 0
 

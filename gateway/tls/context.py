@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -154,7 +155,7 @@ class CertificateVerifier:
     ) -> int:
         state = _connection_state(connection)
         if not ok:
-            _note_failure(state, verify_reason(errno), errno, depth)
+            _note_failure(state, verify_reason(errno), errno, depth, cert.to_cryptography())
             return errno or _V.ERR_APPLICATION_VERIFICATION
         if self.revocation is None:
             return 0
@@ -169,7 +170,7 @@ class CertificateVerifier:
         if verdict is None:
             return 0
         reason, code = verdict
-        _note_failure(state, reason, code, depth)
+        _note_failure(state, reason, code, depth, parsed)
         return code
 
     # pyOpenSSL-style callback, for the fallback path.
@@ -189,10 +190,10 @@ def _connection_state(connection: SSL.Connection) -> Any:
     return getattr(tls_protocol, "wrappedProtocol", None)
 
 
-def _note_failure(state: Any, reason: str, errno: int, depth: int) -> None:
+def _note_failure(state: Any, reason: str, errno: int, depth: int, cert: x509.Certificate) -> None:
     note = getattr(state, "note_verify_failure", None)
     if note is not None:
-        note(reason, errno, depth)
+        note(reason, errno, depth, cert.subject.rfc4514_string(), format(cert.serial_number, "X"))
 
 
 def install_verify(ctx: SSL.Context, mode: int, verifier: CertificateVerifier) -> None:

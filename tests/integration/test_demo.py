@@ -36,9 +36,11 @@ def test_demo_commands_work(workdir: str) -> None:
         out = "".join(lines)
         assert proc.poll() is None, out
         commands = [
-            line.strip() for line in out.splitlines() if line.strip().startswith("mosquitto_")
+            line.strip()
+            for line in out.splitlines()
+            if line.strip().startswith(("mosquitto_", "openssl ca"))
         ]
-        sub_cmd, pub_cmd, no_cert, intruder = commands[:4]
+        sub_cmd, pub_cmd, no_cert, intruder, revoked, sub2_cmd, revoke_cmd = commands[:7]
         sub = subprocess.Popen(
             shlex.split(sub_cmd) + ["-C", "1", "-W", "15"], stdout=subprocess.PIPE, text=True
         )
@@ -46,12 +48,22 @@ def test_demo_commands_work(workdir: str) -> None:
         assert subprocess.run(shlex.split(pub_cmd), timeout=15).returncode == 0
         received, _ = sub.communicate(timeout=20)
         assert received.strip() == "demo/hello hello through mqttgw"
-        for cmd in (no_cert, intruder):
+        for cmd in (no_cert, intruder, revoked):
             assert subprocess.run(shlex.split(cmd), capture_output=True, timeout=15).returncode != 0
-        time.sleep(0.5)
+        # Revoke device-2 while it is subscribed: the gateway closes its session.
+        sub2 = subprocess.Popen(shlex.split(sub2_cmd) + ["-W", "40"], stdout=subprocess.PIPE)
+        support.wait_until(lambda: "subject=CN=device-2" in "".join(lines), 15, what="device-2")
+        assert (
+            subprocess.run(revoke_cmd, shell=True, capture_output=True, timeout=30).returncode == 0
+        )
+        support.wait_until(
+            lambda: "certificate revoked by a CRL update" in "".join(lines), 30, what="live revoke"
+        )
+        sub2.kill()
         out = "".join(lines)
         assert re.search(r"refused demo .*reason=no_certificate", out), out
         assert re.search(r"refused demo .*reason=unknown_ca", out), out
+        assert re.search(r"refused demo .*reason=revoked subject=CN=device-revoked", out), out
         assert "twistd -n mqttgw -c" in out
     finally:
         proc.send_signal(signal.SIGINT)

@@ -61,6 +61,10 @@ def test_serial_index_membership() -> None:
     assert len(index) == len(serials)
     assert 5 not in C.SerialIndex.from_serials([])
     assert len(index.blob) == 20 * len(serials)  # width bytes per entry, nothing more
+    # An index can live inside a larger buffer (the worker's answer), without a copy.
+    buffer = bytearray(b"header\n") + index.blob + b"next"
+    shared = C.SerialIndex(20, buffer, 7, len(serials))
+    assert all(s in shared for s in serials) and 2 not in shared and shared.blob is buffer
 
 
 def test_load_pem_bundle_and_der(chain: tuple[pki.Issued, pki.Issued]) -> None:
@@ -142,7 +146,7 @@ def test_worker_round_trip_and_persistence(
     path = os.path.join(str(tmp_path), "l", "x.crl")
     out = io.BytesIO()
     worker.main(
-        io.BytesIO(encode_request(body, trust_pem, time.time(), 300, path, "http://u", {})), out
+        io.BytesIO(encode_request(trust_pem, time.time(), 300, path, "http://u", {}) + body), out
     )
     loaded = decode_answer(out.getvalue())
     assert len(loaded) == 1 and 1050 in loaded[0].index and 999 not in loaded[0].index
@@ -155,7 +159,7 @@ def test_worker_round_trip_and_persistence(
     current = {loaded[0].info.issuer: loaded[0].info}
     out = io.BytesIO()
     worker.main(
-        io.BytesIO(encode_request(older, trust_pem, time.time(), 300, path, "http://u", current)),
+        io.BytesIO(encode_request(trust_pem, time.time(), 300, path, "http://u", current) + older),
         out,
     )
     assert json.loads(out.getvalue().split(b"\n")[0])["persisted"] is False
@@ -164,7 +168,7 @@ def test_worker_round_trip_and_persistence(
     # A bad body yields a refusal, not a crash.
     out = io.BytesIO()
     worker.main(
-        io.BytesIO(encode_request(b"junk", trust_pem, time.time(), 300, None, "u", {})), out
+        io.BytesIO(encode_request(trust_pem, time.time(), 300, None, "u", {}) + b"junk"), out
     )
     with pytest.raises(C.CrlError) as info:
         decode_answer(out.getvalue())

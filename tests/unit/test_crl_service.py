@@ -211,7 +211,7 @@ def test_timer_survives_unexpected_errors(p: support.Pki) -> None:
     h.routes.set("/devices.crl", 200, h.crl([1]))
 
     class Exploding:
-        def process(self, request: bytes, max_output: int) -> Any:
+        def process(self, header: bytes, body: list[bytes], max_output: int) -> Any:
             raise TypeError("boom")
 
     h.service._processor = Exploding()
