@@ -163,6 +163,13 @@ def parse_urls(text: str) -> tuple[str, ...]:
     return urls
 
 
+def parse_urls_one(text: str) -> str:
+    urls = parse_urls(text)
+    if len(urls) != 1:
+        raise ValueError("expected one http:// or https:// URL")
+    return urls[0]
+
+
 def parse_path(text: str) -> str:
     if not text.strip():
         raise ValueError("a path is required")
@@ -400,6 +407,71 @@ KEYS += (
 
 KEYS += (
     Key(
+        "enable_ocsp_stapling",
+        parse_bool,
+        False,
+        "Staple a cached, verified OCSP response for the server certificate to handshakes "
+        "of clients that ask for one (TLS status_request).",
+        format=_fmt_bool,
+    ),
+    Key(
+        "ocsp_responder_url",
+        parse_urls_one,
+        None,
+        "The OCSP responder. Unset: the OCSP URL of the certificate's Authority Information "
+        "Access extension (what `openssl x509 -noout -ocsp_uri` prints).",
+        format=lambda v: "" if v is None else v,
+    ),
+    Key(
+        "ocsp_issuer_pem",
+        parse_path,
+        None,
+        "PEM certificate of the server certificate's issuer. Unset: taken from certfile's "
+        "chain, else from cacertfile.",
+        format=lambda v: "" if v is None else v,
+    ),
+    Key(
+        "ocsp_refresh_interval",
+        parse_duration,
+        300.0,
+        "How often the OCSP response is fetched again; in any case at the latest halfway to "
+        "the cached response's nextUpdate. Failures are retried at 10s, 20s, 40s, ...",
+        **_DURATION,  # type: ignore[arg-type]
+    ),
+    Key(
+        "ocsp_refresh_http_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed for one OCSP request, redirects and body included.",
+        **_DURATION,  # type: ignore[arg-type]
+    ),
+    Key(
+        "ocsp_request_method",
+        _enum("post", "get"),
+        "post",
+        "post: POST application/ocsp-request; get: the GET form of RFC 6960 appendix A.1 "
+        "(base64 request in the URL, cacheable by HTTP proxies).",
+    ),
+    Key(
+        "ocsp_nonce",
+        parse_bool,
+        False,
+        "Send a nonce in each request and require the responder to echo it. Off by default: "
+        "many responders answer from pre-signed caches and ignore nonces.",
+        format=_fmt_bool,
+    ),
+    Key(
+        "ocsp_cache.dir",
+        parse_path,
+        None,
+        "Global: directory where each listener's last valid OCSP response is written "
+        "(atomically) and read back at start-up if still valid, so that the first handshakes "
+        "after a restart are stapled even while the responder is down. Unset: not persisted.",
+        format=lambda v: "" if v is None else v,
+        listener=False,
+        global_=True,
+    ),
+    Key(
         "stats_log_interval",
         parse_duration,
         300.0,
@@ -451,6 +523,14 @@ class ListenerConfig:
     crl_grace_period: float
     crl_cache_from_cert: bool
     crl_cache_capacity: int
+    enable_ocsp_stapling: bool
+    ocsp_responder_url: str | None
+    ocsp_issuer_pem: str | None
+    ocsp_refresh_interval: float
+    ocsp_refresh_http_timeout: float
+    ocsp_request_method: str
+    ocsp_nonce: bool
+    ocsp_cache_dir: str | None
     stats_log_interval: float
 
     @property
@@ -683,8 +763,11 @@ def _build_listener(
         except ValueError as e:
             raise fail("ciphers", str(e)) from None
 
-    if values["crl_cache.dir"] is not None:
-        values["crl_cache.dir"] = os.path.normpath(os.path.join(base_dir, values["crl_cache.dir"]))
+    for option in ("crl_cache.dir", "ocsp_cache.dir", "ocsp_issuer_pem"):
+        if values[option] is not None:
+            values[option] = os.path.normpath(os.path.join(base_dir, values[option]))
+    if values["enable_ocsp_stapling"]:
+        _check_ocsp(values, certs, fail)
     if values["enable_crl_cache"]:
         if not verify_peer:
             raise fail("enable_crl_cache", "CRL checking needs verify = verify_peer")
@@ -697,6 +780,38 @@ def _build_listener(
     return ListenerConfig(
         name=name, bind=bind, **{KEYS_BY_NAME[k].field: v for k, v in values.items()}
     )
+
+
+def _check_ocsp(
+    values: dict[str, Any], certs: list[x509.Certificate], fail: Callable[[str, str], ConfigError]
+) -> None:
+    """Stapling needs a responder URL and the issuer; say which key to set if either is missing."""
+    from gateway.revocation.ocsp import find_issuer, responder_url_of
+
+    if values["ocsp_responder_url"] is None and responder_url_of(certs[0]) is None:
+        raise fail(
+            "enable_ocsp_stapling",
+            "the certificate has no OCSP URL (Authority Information Access); "
+            "set ocsp_responder_url",
+        )
+    candidates = list(certs[1:])
+    if values["ocsp_issuer_pem"] is not None:
+        candidates = _load_certificates(
+            values["ocsp_issuer_pem"], fail("ocsp_issuer_pem", ""), "ocsp_issuer_pem"
+        )
+    elif values["cacertfile"] is not None:
+        candidates += _load_certificates(values["cacertfile"], fail("cacertfile", ""), "cacertfile")
+    if find_issuer(certs[0], candidates) is None:
+        where = "ocsp_issuer_pem" if values["ocsp_issuer_pem"] else "enable_ocsp_stapling"
+        raise fail(
+            where,
+            f"no issuer of {certs[0].subject.rfc4514_string()} found "
+            + (
+                "in ocsp_issuer_pem"
+                if values["ocsp_issuer_pem"]
+                else "in certfile's chain or cacertfile; set ocsp_issuer_pem"
+            ),
+        )
 
 
 def _with_reason(template: ConfigError, reason: str) -> ConfigError:

@@ -255,6 +255,10 @@ class OpensslCA:
     def revoke(self, cert_path: str) -> None:
         self._openssl("-revoke", cert_path)
 
+    def register(self, cert_path: str) -> None:
+        """Record a certificate as valid in index.txt (so OCSP answers 'good', not 'unknown')."""
+        self._openssl("-valid", cert_path)
+
     def gencrl(self, name: str = "ca.crl", hours: int | None = None, der: bool = False) -> bytes:
         out = os.path.join(self.dir, name)
         args = ["-gencrl", "-out", out]

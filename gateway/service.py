@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import treq
+from cryptography import x509
+from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -21,6 +23,8 @@ from gateway.proxy.relay import ConnectUpstream, GatewayFactory, UpstreamFactory
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.ocsp import find_issuer, responder_url_of
+from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
 from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
 
@@ -178,7 +182,10 @@ class ListenerService(service.MultiService):
         if listener.enable_crl_cache:
             checker = self._make_crl(listener, reactor, http_client, crl_processor)
         self.verifier = CertificateVerifier(checker)
-        self.creator = ServerConnectionCreator(build_context(listener, self.verifier))
+        self.stapler: OcspStapler | None = None
+        if listener.enable_ocsp_stapling:
+            self.stapler = self._make_stapler(listener, reactor, http_client)
+        self.creator = ServerConnectionCreator(self.build_context())
         self.factory = GatewayFactory(
             listener, reactor, upstream_connector(reactor, listener), self.stats, checker
         )
@@ -198,6 +205,43 @@ class ListenerService(service.MultiService):
             listener.crl_cache_http_timeout * 2 + 30,
         )
         self.port_service.setServiceParent(self)
+
+    def build_context(self) -> SSL.Context:
+        """A new context for this listener, with the stapling callback installed.
+
+        pyOpenSSL freezes a context once its first connection exists, so the callback goes
+        in before the context is handed to ServerConnectionCreator (here, and on a rebuild).
+        """
+        ctx = build_context(self.listener, self.verifier)
+        if self.stapler is not None:
+            self.stapler.install(ctx)
+        return ctx
+
+    def _make_stapler(
+        self, listener: ListenerConfig, reactor: Any, http_client: Any
+    ) -> OcspStapler:
+        with open(listener.certfile, "rb") as f:
+            chain = x509.load_pem_x509_certificates(f.read())
+        candidates = chain[1:]
+        extra = listener.ocsp_issuer_pem or listener.cacertfile
+        if listener.ocsp_issuer_pem:
+            candidates = []
+        if extra:
+            with open(extra, "rb") as f:
+                candidates += x509.load_pem_x509_certificates(f.read())
+        issuer = find_issuer(chain[0], candidates)
+        responder = listener.ocsp_responder_url or responder_url_of(chain[0])
+        assert issuer is not None and responder is not None  # checked by the configuration
+        stapler = OcspStapler(
+            listener,
+            reactor,
+            HttpFetcher(http_client or quiet_http_client(reactor), reactor),
+            chain[0],
+            issuer,
+            responder,
+        )
+        stapler.setServiceParent(self)
+        return stapler
 
     def _make_crl(
         self, listener: ListenerConfig, reactor: Any, http_client: Any, processor: Any
