@@ -35,13 +35,17 @@ def _mosquitto() -> str:
     return path
 
 
-def write_demo_files(directory: str, port: int, broker_port: int, ca_port: int) -> dict[str, str]:
+def write_demo_files(
+    directory: str, port: int, broker_port: int, ca_port: int
+) -> tuple[dict[str, str], pki.Issued]:
     root = pki.make_ca("mqttgw demo root CA")
     devices = pki.make_ca("mqttgw demo devices CA", issuer=root)
     files = {"ca": pki.write_ca_bundle(os.path.join(directory, "ca.pem"), root, devices)}
-    files["server_cert"], files["server_key"] = pki.issue(devices, "localhost", server=True).write(
-        directory, "server"
+    # The server certificate names the demo CA's OCSP responder (AIA): stapling needs no URL.
+    server = pki.issue(
+        devices, "localhost", server=True, ocsp_url=f"http://127.0.0.1:{ca_port}/ocsp"
     )
+    files["server_cert"], files["server_key"] = server.write(directory, "server")
     for name in ("device-1", "device-2", "device-revoked"):
         files[f"{name}_cert"], files[f"{name}_key"] = pki.issue(devices, name).write(
             directory, name
@@ -52,7 +56,9 @@ def write_demo_files(directory: str, port: int, broker_port: int, ca_port: int) 
     )
     # The devices CA keeps its database for `openssl ca`; its CRL is served on loopback.
     ca = pki.OpensslCA.create(os.path.join(directory, "ca"), devices)
+    ca.register(files["server_cert"])
     ca.revoke(files["device-revoked_cert"])
+    files["ca_index"] = os.path.join(ca.dir, "index.txt")
     files["crl"] = os.path.join(ca.dir, "devices.crl.pem")
     with open(files["crl"], "wb") as f:
         f.write(ca.gencrl("devices.crl.pem"))
@@ -71,11 +77,12 @@ def write_demo_files(directory: str, port: int, broker_port: int, ca_port: int) 
             "listener.ssl.demo.fail_if_no_peer_cert = true\n"
             "listener.ssl.demo.enable_crl_cache = true\n"
             f"listener.ssl.demo.crl_cache_urls = http://127.0.0.1:{ca_port}/devices.crl.pem\n"
+            "listener.ssl.demo.enable_ocsp_stapling = true\n"
         )
     files["mosquitto_conf"] = os.path.join(directory, "mosquitto.conf")
     with open(files["mosquitto_conf"], "w") as f:
         f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    return files
+    return files, devices
 
 
 def instructions(
@@ -86,6 +93,10 @@ def instructions(
     def device(name: str) -> str:
         return f"--cert {files[name + '_cert']} --key {files[name + '_key']}"
 
+    s_client = (
+        f"openssl s_client -connect localhost:{port} -status -CAfile {files['ca']} "
+        f"-cert {files['device-1_cert']} -key {files['device-1_key']} </dev/null"
+    )
     ca = f"openssl ca -config {files['ca_config']}"
     revoke = f"{ca} -revoke {files['device-2_cert']} && {ca} -gencrl -out {files['crl']}"
 
@@ -94,6 +105,7 @@ mqttgw demo: files in {directory}
   gateway   127.0.0.1:{port}  (mutual TLS; device certificates from the demo CA)
   mosquitto 127.0.0.1:{broker_port}  (plain MQTT, reached only through the gateway)
   demo CA   http://127.0.0.1:{ca_port}/devices.crl.pem  (its CRL, refreshed every 10s)
+            http://127.0.0.1:{ca_port}/ocsp  (its OCSP responder)
 
 In another terminal, subscribe through the gateway:
   mosquitto_sub {tls} {device("device-1")} -t 'demo/#' -v
@@ -111,6 +123,9 @@ Revoke a device while it is connected: subscribe with device-2,
 then revoke it with the CA's own tool; within 10s its session is closed and it is refused:
   {revoke}
 
+The gateway staples the CA's OCSP answer about its own certificate:
+  {s_client}
+
 The same gateway under twistd:  twistd -n mqttgw -c {files["conf"]}
 Ctrl-C stops the gateway and mosquitto.
 """
@@ -119,9 +134,10 @@ Ctrl-C stops the gateway and mosquitto.
 def run_demo(directory: str | None, port: int) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.web import server, static
+    from twisted.web import resource, server, static
 
     from gateway.config import load_config
+    from gateway.demo_ocsp import DemoOcspResponder
     from gateway.service import make_gateway_service
 
     directory = directory or tempfile.mkdtemp(prefix="mqttgw-demo-")
@@ -129,7 +145,7 @@ def run_demo(directory: str | None, port: int) -> int:
     port = _free_port(port)
     broker_port = _free_port(0)
     ca_port = _free_port(0)
-    files = write_demo_files(directory, port, broker_port, ca_port)
+    files, devices_ca = write_demo_files(directory, port, broker_port, ca_port)
     broker = subprocess.Popen(
         [_mosquitto(), "-c", files["mosquitto_conf"]],
         stdout=subprocess.DEVNULL,
@@ -148,8 +164,11 @@ def run_demo(directory: str | None, port: int) -> int:
         globalLogBeginner.beginLoggingTo(
             [textFileLogObserver(sys.stdout)], redirectStandardIO=False
         )
-        # The demo CA publishes its CRL directory over HTTP, on loopback only.
-        ca_site = server.Site(static.File(os.path.dirname(files["crl"])))
+        # The demo CA publishes its CRL and answers OCSP over HTTP, on loopback only.
+        ca_root = resource.Resource()
+        ca_root.putChild(b"devices.crl.pem", static.File(files["crl"]))
+        ca_root.putChild(b"ocsp", DemoOcspResponder(devices_ca, files["ca_index"]))
+        ca_site = server.Site(ca_root)
         ca_site.noisy = False
         reactor.listenTCP(ca_port, ca_site, interface="127.0.0.1")  # type: ignore[arg-type]
         gateway = make_gateway_service(load_config(files["conf"]), reactor)

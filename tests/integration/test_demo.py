@@ -65,6 +65,11 @@ def test_demo_commands_work(workdir: str) -> None:
         assert re.search(r"refused demo .*reason=unknown_ca", out), out
         assert re.search(r"refused demo .*reason=revoked subject=CN=device-revoked", out), out
         assert "twistd -n mqttgw -c" in out
+        # The printed s_client line shows the stapled OCSP answer.
+        s_client = next(line.strip() for line in out.splitlines() if "s_client" in line)
+        shown = subprocess.run(s_client, shell=True, capture_output=True, text=True, timeout=30)
+        assert "OCSP Response Status: successful" in shown.stdout, shown.stdout
+        assert "Cert Status: good" in shown.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         try:
