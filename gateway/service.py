@@ -206,6 +206,20 @@ class ListenerService(service.MultiService):
         )
         self.port_service.setServiceParent(self)
 
+    def status(self) -> dict[str, Any]:
+        """Everything an operator (or a status endpoint) wants about this listener, in one
+        object: counters, each CRL source's state, the OCSP staple's state."""
+        out: dict[str, Any] = {"stats": self.stats.snapshot()}
+        if self.crl_service is not None and self.factory.revocation is not None:
+            out["crl"] = {
+                "held": len(self.factory.revocation.cache.current_infos()),
+                "counts": dict(self.factory.revocation.counts),
+                "sources": self.crl_service.snapshot(),
+            }
+        if self.stapler is not None:
+            out["ocsp"] = dict(self.stapler.snapshot(), staples_sent=self.stapler.requests_stapled)
+        return out
+
     def build_context(self) -> SSL.Context:
         """A new context for this listener, with the stapling callback installed.
 
@@ -299,18 +313,27 @@ def make_gateway_service(config: Config, reactor: Any) -> service.MultiService:
     for listener_service in listeners:
         listener_service.setServiceParent(top)
 
-    def crl_counts(name: str) -> dict[str, Any]:
+    def extra(name: str) -> dict[str, Any]:
+        """The CRL and OCSP figures of a listener's stats line."""
         for ls in listeners:
-            if ls.listener.name == name and ls.factory.revocation is not None:
-                counts = dict(ls.factory.revocation.counts)
-                held = len(ls.factory.revocation.cache.current_infos())
-                return {"crls_held": held, **{f"crl_{k}": v for k, v in counts.items()}}
+            if ls.listener.name != name:
+                continue
+            status = ls.status()
+            fields: dict[str, Any] = {}
+            if "crl" in status:
+                fields["crls_held"] = status["crl"]["held"]
+                fields.update({f"crl_{k}": v for k, v in status["crl"]["counts"].items()})
+            if "ocsp" in status:
+                fields["ocsp_status"] = status["ocsp"]["status"] or "none"
+                fields["ocsp_next_update"] = status["ocsp"]["next_update"]
+                fields["ocsp_staples_sent"] = status["ocsp"]["staples_sent"]
+            return fields
         return {}
 
     Monitor(
         reactor,
         config.listeners[0].stats_log_interval,
         lambda: [ls.stats for ls in listeners],
-        crl_counts,
+        extra,
     ).setServiceParent(top)
     return top

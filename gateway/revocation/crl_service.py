@@ -290,9 +290,12 @@ class CrlService(service.Service):
         if source.in_flight is not None:
             return source.in_flight
         limit = self.listener.crl_cache_max_size
-        d: defer.Deferred[Any] = self._fetcher.fetch_chunks(
-            source.url, self.listener.crl_cache_http_timeout, limit
-        )
+        try:
+            d: defer.Deferred[Any] = self._fetcher.fetch_chunks(
+                source.url, self.listener.crl_cache_http_timeout, limit
+            )
+        except Exception:
+            d = defer.fail()
 
         def process(body: list[bytes]) -> defer.Deferred[list[LoadedCrl]]:
             size = sum(map(len, body))

@@ -181,6 +181,13 @@ class OcspStapler(service.Service):
             log.failure("OCSP refresh tick failed")
 
     def _refresh(self) -> None:
+        try:
+            self._start_refresh()
+        except Exception:
+            log.failure("ocsp {listener}: refresh failed to start", listener=self.listener.name)
+            self._schedule(ok=False)
+
+    def _start_refresh(self) -> None:
         nonce = ocsp.new_nonce() if self.listener.ocsp_nonce else None
         request = ocsp.build_request(self._cert, self._issuer, nonce)
         responder = self.state.responder

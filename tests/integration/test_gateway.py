@@ -351,3 +351,62 @@ def _retained(broker_port: int, topic: str) -> str:
         ]
     )
     return result.stdout.strip()
+
+
+def test_twistd_lists_the_plugin_and_its_options() -> None:
+    """After a plain install, twistd knows mqttgw and its options."""
+    twistd = os.path.join(support.BIN, "twistd")
+    listing = support.run([twistd, "--help"])
+    assert "mqttgw" in listing.stdout
+    help_ = support.run([twistd, "mqttgw", "--help"])
+    assert help_.returncode == 0 and "--config" in help_.stdout
+
+
+def _privileged_port() -> int:
+    for port in range(980, 1020):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="binding below 1024 and dropping privileges need root"
+)
+def test_uid_gid_drop_privileges_after_binding(p: support.Pki, broker: int, workdir: str) -> None:
+    """twistd --uid/--gid: the port below 1024 is bound first, then the gateway runs as nobody."""
+    port = _privileged_port()
+    conf_path = os.path.join(workdir, "priv.conf")
+    with open(conf_path, "w") as f:
+        f.write(support.listener_conf("priv", port, broker, p))
+    log_path = os.path.join(workdir, "priv.log")
+    proc = subprocess.Popen(
+        [
+            os.path.join(support.BIN, "twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={log_path}",
+            "--uid=65534",
+            "--gid=65534",
+            "mqttgw",
+            "-c",
+            conf_path,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        support.wait_until(lambda: support.port_open(port) or proc.poll() is not None, 20)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        with open(f"/proc/{proc.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert set(uids) == {"65534"}
+        with support.tls_connect(port, support.client_context(p, p.client("priv"))) as s:
+            s.sendall(support.connect_packet("privileged-port"))
+            assert support.read_exact(s, 4) == b"\x20\x02\x00\x00"
+    finally:
+        proc.terminate()
+        proc.wait(10)

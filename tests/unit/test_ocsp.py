@@ -365,3 +365,26 @@ def test_missing_responder_or_issuer_is_a_start_up_error(p: support.Pki, tmp_pat
     with pytest.raises(ConfigError) as info:
         parse_config(text)
     assert "set ocsp_issuer_pem" in info.value.reason
+
+
+def test_timer_survives_unexpected_errors(
+    p: support.Pki, server: pki.Issued, tmp_path: Any
+) -> None:
+    """An exception inside a refresh is logged; the LoopingCall keeps running and retries."""
+    h = Harness(p, server, str(tmp_path), ocsp_refresh_interval="1m")
+    h.answer(200, h.good())
+
+    class Exploding:
+        def fetch(self, *args: Any, **kwargs: Any) -> Any:
+            raise TypeError("boom")
+
+    h.stapler._fetcher = Exploding()  # type: ignore[assignment]
+    with capturedLogs() as events:
+        h.stapler.startService()
+        h.flush()
+        h.advance(3)
+    assert h.stapler._loop is not None and h.stapler._loop.running
+    assert any(e.get("log_failure") is not None for e in events)
+    h.stapler._fetcher = HttpFetcher(h.stub, h.clock)
+    h.advance(70)
+    assert h.staple() != b""

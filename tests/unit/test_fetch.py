@@ -1,0 +1,87 @@
+"""The treq fetcher: redirects, limits, refused connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer, error
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+
+from gateway.revocation.fetch import MAX_REDIRECTS, FetchError, HttpFetcher
+
+
+class Redirector(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        path = request.path.decode()
+        if path.startswith("/hop/"):
+            n = int(path.rsplit("/", 1)[1])
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"/final" if n == 0 else f"/hop/{n - 1}".encode())
+            return b""
+        if path == "/big":
+            return b"x" * 5000
+        if path == "/ftp":
+            request.setResponseCode(301)
+            request.setHeader(b"location", b"ftp://example/x")
+            return b""
+        return b"the body"
+
+
+def run(fetcher: HttpFetcher, stub: StubTreq, url: str, max_size: int = 1 << 20) -> Any:
+    d = fetcher.fetch(url, 10, max_size)
+    stub.flush()
+    results: list[Any] = []
+    d.addBoth(results.append)
+    return results[0]
+
+
+def test_redirects_followed_up_to_the_limit() -> None:
+    """Up to MAX_REDIRECTS redirects are followed; one more is an error."""
+    stub = StubTreq(Redirector())
+    fetcher = HttpFetcher(stub, Clock())
+    assert run(fetcher, stub, f"http://ca.test/hop/{MAX_REDIRECTS - 1}") == b"the body"
+    failure = run(fetcher, stub, f"http://ca.test/hop/{MAX_REDIRECTS}")
+    assert failure.check(FetchError) and failure.value.kind == "redirects"
+    failure = run(fetcher, stub, "http://ca.test/ftp")
+    assert failure.value.kind == "redirects"
+
+
+def test_size_limit() -> None:
+    """A body over max_size is refused."""
+    stub = StubTreq(Redirector())
+    failure = run(HttpFetcher(stub, Clock()), stub, "http://ca.test/big", max_size=1000)
+    assert failure.check(FetchError) and failure.value.kind == "too_large"
+
+
+def test_connection_refused() -> None:
+    """A CA that refuses connections is a 'connect' failure, not a crash."""
+
+    class Refusing:
+        def request(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            return defer.fail(error.ConnectionRefusedError("127.0.0.1:1"))
+
+    results: list[Any] = []
+    HttpFetcher(Refusing(), Clock()).fetch("http://ca.test/x", 5, 100).addBoth(results.append)
+    assert results[0].check(FetchError) and results[0].value.kind == "connect"
+
+
+@pytest.mark.parametrize("seconds", [5.0])
+def test_deadline_covers_everything(seconds: float) -> None:
+    """No answer at all within the timeout: 'timeout'."""
+
+    class Silent:
+        def request(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            return defer.Deferred()
+
+    clock = Clock()
+    results: list[Any] = []
+    HttpFetcher(Silent(), clock).fetch("http://ca.test/x", seconds, 100).addBoth(results.append)
+    clock.advance(seconds - 0.1)
+    assert results == []
+    clock.advance(0.2)
+    assert results[0].check(FetchError) and results[0].value.kind == "timeout"
