@@ -253,6 +253,15 @@ def read_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def s_client(
+    port: int, ca_file: str, cert: tuple[str, str], tls: str = "1.3", *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`openssl s_client` with a client certificate, stdin closed."""
+    version = "-tls1_3" if tls == "1.3" else "-tls1_2"
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", ca_file]
+    return run([*args, "-cert", cert[0], "-key", cert[1], version, *extra], input="")
+
+
 def run(cmd: list[str], timeout: float = 20, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 

@@ -253,10 +253,7 @@ class ClientProtocol(protocol.Protocol):
                 self._open_upstream()
                 return
             self.refuse(refusal, f"after fetching {url}")
-            self.state = "closing"
-            assert self.connect is not None
-            self.transport.write(mqtt.connack(self.connect.protocol_level, mqtt.NOT_AUTHORIZED))
-            self.transport.loseConnection()
+            self._close_with_connack(mqtt.NOT_AUTHORIZED)
 
         wait.addBoth(decide)
         wait.addErrback(lambda f: log.failure("CRL hold failed", f))
@@ -299,9 +296,13 @@ class ClientProtocol(protocol.Protocol):
             return
         host, port = self.listener.upstream
         self.refuse("upstream_unavailable", f"{host}:{port}: {reason.getErrorMessage()}")
+        self._close_with_connack(mqtt.SERVER_UNAVAILABLE)
+
+    def _close_with_connack(self, code: tuple[int, int]) -> None:
+        """Answer the held CONNECT with a refusing CONNACK in its dialect, then close."""
         self.state = "closing"
         assert self.connect is not None
-        self.transport.write(mqtt.connack(self.connect.protocol_level, mqtt.SERVER_UNAVAILABLE))
+        self.transport.write(mqtt.connack(self.connect.protocol_level, code))
         self.transport.loseConnection()
 
     def revoke_session(self) -> None:

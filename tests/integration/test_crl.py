@@ -113,23 +113,8 @@ def test_revoked_client_refused_at_handshake(
         assert "revoked" in str(mqtt_connect(port, world.p, revoked, tls))
         assert paho_outcome(port, world.p, good, tls).startswith("connected Success")
         assert not paho_outcome(port, world.p, revoked, tls).startswith("connected")
-        s_client = support.run(
-            [
-                "openssl",
-                "s_client",
-                "-connect",
-                f"127.0.0.1:{port}",
-                "-CAfile",
-                world.p.ca_file,
-                "-cert",
-                revoked[0],
-                "-key",
-                revoked[1],
-                f"-tls{tls.replace('.', '_')}",
-                "-ign_eof",  # read until the server closes, so the alert is seen
-            ],
-            input="",
-        )
+        # -ign_eof: read until the server closes, so the TLS 1.3 alert is seen.
+        s_client = support.s_client(port, world.p.ca_file, revoked, tls, "-ign_eof")
         assert "certificate revoked" in s_client.stdout + s_client.stderr
         support.wait_until(lambda: "reason=revoked" in gw.log())
     finally:

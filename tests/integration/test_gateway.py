@@ -172,22 +172,7 @@ def test_openssl_s_client_alerts(gw: dict[str, object], p: support.Pki, tmp_path
     port = gw["ports"]["ec"]  # type: ignore[index]
     old = pki.now() - datetime.timedelta(days=10)
     cert, key = p.client("expired-s-client", not_before=old, valid_days=1)
-    result = support.run(
-        [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{port}",
-            "-CAfile",
-            p.ca_file,
-            "-cert",
-            cert,
-            "-key",
-            key,
-            "-tls1_2",
-        ],
-        input="",
-    )
+    result = support.s_client(port, p.ca_file, (cert, key), "1.2")
     assert "certificate expired" in (result.stdout + result.stderr)
 
 
@@ -196,22 +181,9 @@ def test_tls12_session_resumption(gw: dict[str, object], p: support.Pki, tmp_pat
     port = gw["ports"]["ec"]  # type: ignore[index]
     cert, key = p.client("resumer")
     sess = os.path.join(str(tmp_path), "sess.pem")
-    base = [
-        "openssl",
-        "s_client",
-        "-connect",
-        f"127.0.0.1:{port}",
-        "-CAfile",
-        p.ca_file,
-        "-cert",
-        cert,
-        "-key",
-        key,
-        "-tls1_2",
-    ]
-    first = support.run([*base, "-sess_out", sess], input="")
+    first = support.s_client(port, p.ca_file, (cert, key), "1.2", "-sess_out", sess)
     assert "New, TLSv1.2" in first.stdout, first.stdout + first.stderr
-    second = support.run([*base, "-sess_in", sess], input="")
+    second = support.s_client(port, p.ca_file, (cert, key), "1.2", "-sess_in", sess)
     assert "Reused, TLSv1.2" in second.stdout, second.stdout + second.stderr
 
 
@@ -401,9 +373,13 @@ def test_uid_gid_drop_privileges_after_binding(p: support.Pki, broker: int, work
     try:
         support.wait_until(lambda: support.port_open(port) or proc.poll() is not None, 20)
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        with open(f"/proc/{proc.pid}/status") as f:
-            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
-        assert set(uids) == {"65534"}
+
+        def uids() -> set[str]:
+            with open(f"/proc/{proc.pid}/status") as f:
+                return set(next(line for line in f if line.startswith("Uid:")).split()[1:])
+
+        # The port is bound first (as root), then twistd drops privileges.
+        support.wait_until(lambda: uids() == {"65534"}, 10, what="privileges dropped")
         with support.tls_connect(port, support.client_context(p, p.client("priv"))) as s:
             s.sendall(support.connect_packet("privileged-port"))
             assert support.read_exact(s, 4) == b"\x20\x02\x00\x00"

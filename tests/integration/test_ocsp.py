@@ -49,23 +49,8 @@ class OcspWorld:
 
 
 def s_client(port: int, p: support.Pki, tls: str = "1.3", status: bool = True) -> str:
-    cert, key = p.client(f"ocsp-client-{port}")
-    args = [
-        "openssl",
-        "s_client",
-        "-connect",
-        f"127.0.0.1:{port}",
-        "-CAfile",
-        p.ca_file,
-        "-cert",
-        cert,
-        "-key",
-        key,
-        f"-tls{tls.replace('.', '_')}",
-    ]
-    if status:
-        args.append("-status")
-    result = support.run(args, input="")
+    cert = p.client(f"ocsp-client-{port}")
+    result = support.s_client(port, p.ca_file, cert, tls, *(["-status"] if status else []))
     return result.stdout + result.stderr
 
 
