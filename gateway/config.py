@@ -313,8 +313,6 @@ KEYS: tuple[Key, ...] = (
     ),
 )
 
-_DURATION = {"format": format_duration}
-
 KEYS += (
     Key(
         "enable_crl_cache",
@@ -339,7 +337,7 @@ KEYS += (
         15.0,
         "Time allowed for one CRL download, redirects and body included.",
         global_=True,
-        **_DURATION,  # type: ignore[arg-type]
+        format=format_duration,
     ),
     Key(
         "crl_cache.refresh_interval",
@@ -351,7 +349,7 @@ KEYS += (
         listener=False,
         global_=True,
         aliases=("crl_cache_refresh_interval",),
-        **_DURATION,  # type: ignore[arg-type]
+        format=format_duration,
     ),
     Key(
         "crl_cache.dir",
@@ -385,7 +383,7 @@ KEYS += (
         parse_duration_or_zero,
         0.0,
         "How long after its nextUpdate a CRL is still used as if fresh.",
-        **_DURATION,  # type: ignore[arg-type]
+        format=format_duration,
     ),
     Key(
         "crl_cache_from_cert",
@@ -436,14 +434,14 @@ KEYS += (
         300.0,
         "How often the OCSP response is fetched again; in any case at the latest halfway to "
         "the cached response's nextUpdate. Failures are retried at 10s, 20s, 40s, ...",
-        **_DURATION,  # type: ignore[arg-type]
+        format=format_duration,
     ),
     Key(
         "ocsp_refresh_http_timeout",
         parse_duration,
         15.0,
         "Time allowed for one OCSP request, redirects and body included.",
-        **_DURATION,  # type: ignore[arg-type]
+        format=format_duration,
     ),
     Key(
         "ocsp_request_method",
@@ -480,7 +478,7 @@ KEYS += (
         "measured in the period (a 10 ms LoopingCall probe).",
         listener=False,
         global_=True,
-        **_DURATION,  # type: ignore[arg-type]
+        format=format_duration,
     ),
 )
 
@@ -786,7 +784,7 @@ def _check_ocsp(
     values: dict[str, Any], certs: list[x509.Certificate], fail: Callable[[str, str], ConfigError]
 ) -> None:
     """Stapling needs a responder URL and the issuer; say which key to set if either is missing."""
-    from gateway.revocation.ocsp import find_issuer, responder_url_of
+    from gateway.revocation.ocsp import find_issuer, issuer_candidates, responder_url_of
 
     if values["ocsp_responder_url"] is None and responder_url_of(certs[0]) is None:
         raise fail(
@@ -794,14 +792,14 @@ def _check_ocsp(
             "the certificate has no OCSP URL (Authority Information Access); "
             "set ocsp_responder_url",
         )
-    candidates = list(certs[1:])
+    issuer_pem = cacerts = None
     if values["ocsp_issuer_pem"] is not None:
-        candidates = _load_certificates(
+        issuer_pem = _load_certificates(
             values["ocsp_issuer_pem"], fail("ocsp_issuer_pem", ""), "ocsp_issuer_pem"
         )
     elif values["cacertfile"] is not None:
-        candidates += _load_certificates(values["cacertfile"], fail("cacertfile", ""), "cacertfile")
-    if find_issuer(certs[0], candidates) is None:
+        cacerts = _load_certificates(values["cacertfile"], fail("cacertfile", ""), "cacertfile")
+    if find_issuer(certs[0], issuer_candidates(certs, issuer_pem, cacerts)) is None:
         where = "ocsp_issuer_pem" if values["ocsp_issuer_pem"] else "enable_ocsp_stapling"
         raise fail(
             where,

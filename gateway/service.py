@@ -23,7 +23,7 @@ from gateway.proxy.relay import ConnectUpstream, GatewayFactory, UpstreamFactory
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
-from gateway.revocation.ocsp import find_issuer, responder_url_of
+from gateway.revocation.ocsp import find_issuer, issuer_candidates, responder_url_of
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
 from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
@@ -234,15 +234,16 @@ class ListenerService(service.MultiService):
     def _make_stapler(
         self, listener: ListenerConfig, reactor: Any, http_client: Any
     ) -> OcspStapler:
-        with open(listener.certfile, "rb") as f:
-            chain = x509.load_pem_x509_certificates(f.read())
-        candidates = chain[1:]
-        extra = listener.ocsp_issuer_pem or listener.cacertfile
-        if listener.ocsp_issuer_pem:
-            candidates = []
-        if extra:
-            with open(extra, "rb") as f:
-                candidates += x509.load_pem_x509_certificates(f.read())
+        def load(path: str | None) -> list[x509.Certificate] | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return x509.load_pem_x509_certificates(f.read())
+
+        chain = load(listener.certfile) or []
+        candidates = issuer_candidates(
+            chain, load(listener.ocsp_issuer_pem), load(listener.cacertfile)
+        )
         issuer = find_issuer(chain[0], candidates)
         responder = listener.ocsp_responder_url or responder_url_of(chain[0])
         assert issuer is not None and responder is not None  # checked by the configuration

@@ -62,12 +62,7 @@ class RevocationChecker:
                     connection_state.crl_pending = (urls[0], issuer, serial)
                 self.counts["held_for_crl"] += 1
                 return None  # decided after CONNECT, once the CRL is fetched
-        reason = "crl_missing" if status == "missing" else "crl_expired"
-        if self.reject_unknown:
-            self.counts[reason] += 1
-            return reason, ERR_NO_CRL if status == "missing" else ERR_CRL_EXPIRED
-        self.counts[reason + "_accepted"] += 1
-        return None
+        return self._policy(status)
 
     def decide_held(self, issuer: bytes, serial: int) -> str | None:
         """After a held client's distribution point was fetched: None or a refusal reason."""
@@ -77,10 +72,15 @@ class RevocationChecker:
         if status == "revoked":
             self.counts["revoked"] += 1
             return "revoked"
+        verdict = self._policy(status)
+        return None if verdict is None else verdict[0]
+
+    def _policy(self, status: str) -> tuple[str, int] | None:
+        """crl_expired_policy for a 'missing' or 'expired' CRL: refuse (reject) or count."""
         reason = "crl_missing" if status == "missing" else "crl_expired"
         if self.reject_unknown:
             self.counts[reason] += 1
-            return reason
+            return reason, ERR_NO_CRL if status == "missing" else ERR_CRL_EXPIRED
         self.counts[reason + "_accepted"] += 1
         return None
 

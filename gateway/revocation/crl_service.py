@@ -9,6 +9,7 @@ installs what is newer, and keeps ``CrlSourceState`` per source for operators.
 from __future__ import annotations
 
 import collections
+import datetime
 import hashlib
 import json
 import os
@@ -36,8 +37,6 @@ _OUTPUT_PER_BODY_BYTE = 2  # the worker's index is smaller than the CRL; bound i
 def _iso(ts: float | None) -> str:
     if ts is None:
         return "-"
-    import datetime
-
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -87,6 +87,18 @@ def find_issuer(
     return None
 
 
+def issuer_candidates(
+    chain: Sequence[x509.Certificate],
+    issuer_pem: Sequence[x509.Certificate] | None,
+    cacerts: Sequence[x509.Certificate] | None,
+) -> list[x509.Certificate]:
+    """Where the issuer of chain[0] is looked for: ocsp_issuer_pem if set, else the rest of
+    certfile's chain, then cacertfile."""
+    if issuer_pem is not None:
+        return list(issuer_pem)
+    return list(chain[1:]) + list(cacerts or [])
+
+
 def new_nonce() -> bytes:
     return os.urandom(16)
 
