@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["gateway", "gateway.*"]) + ["twisted.plugins"],
     install_requires=[
         "twisted>=24.7",
-        "pyOpenSSL>=24.2",
+        "pyOpenSSL>=25.0",
         "service_identity>=24.1",
         "treq>=24.9",
         "cryptography>=43",

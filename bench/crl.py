@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 
 import handshakes
 from harness import raise_fd_limit, report
 
-from tests import support
-from tests.crl_support import CrlHttpServer, big_crl_der
+from gateway import testing as support
+from gateway.testing.crl import CrlHttpServer, big_crl_der
 
 
-def lags(log: str) -> list[float]:
-    return [float(x) for x in re.findall(r"max_reactor_lag_ms=([0-9.]+)", log)]
+def lags(gateway: support.Process) -> list[float]:
+    """The max_reactor_lag_ms field of each stats line, from the structured log."""
+    return [float(e["max_reactor_lag_ms"]) for e in gateway.events() if "max_reactor_lag_ms" in e]
 
 
 def main() -> None:
@@ -81,15 +81,15 @@ def main() -> None:
         without = handshakes.measure(plain_port, plain.pid, setup, ns)
 
         # Stall: two more refreshes, each installing a new big CRL.
-        before = len(lags(gw.log()))
-        plain_before = len(lags(plain.log()))
+        before = len(lags(gw))
+        plain_before = len(lags(plain))
         for body in bodies[1:]:
             count = gw.log().count(f"entries={args.entries}")
             http.serve("/devices.crl", 200, body)
             support.wait_until(lambda c=count: gw.log().count(f"entries={args.entries}") > c, 120)
         time.sleep(2)
-        crl_lag = max(lags(gw.log())[before:])
-        plain_lag = max(lags(plain.log())[plain_before:])
+        crl_lag = max(lags(gw)[before:])
+        plain_lag = max(lags(plain)[plain_before:])
 
         report(
             f"CRL with {args.entries} entries in force (TLS 1.3, ECDSA, "

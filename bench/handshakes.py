@@ -16,7 +16,7 @@ import time
 
 from harness import report, setup
 
-from tests import support
+from gateway import testing as support
 
 
 def worker(

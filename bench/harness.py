@@ -17,7 +17,7 @@ import attrs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests import support  # noqa: E402
+from gateway import testing as support
 
 
 def raise_fd_limit() -> None:

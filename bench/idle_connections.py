@@ -16,7 +16,7 @@ import time
 
 from harness import report, setup
 
-from tests import support
+from gateway import testing as support
 
 
 def hold(port: int, setup_: object, count: int, device: tuple[str, str]) -> list[object]:

@@ -19,9 +19,9 @@ import time
 from harness import raise_fd_limit, report
 from OpenSSL import SSL
 
-from gateway import pki
-from tests import support
-from tests.ocsp_support import OpensslOcspResponder
+from gateway import testing as support
+from gateway.demo import pki
+from gateway.testing.ocsp import OpensslOcspResponder
 
 
 def worker(

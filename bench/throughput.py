@@ -18,7 +18,7 @@ import time
 
 from harness import report, setup
 
-from tests import support
+from gateway import testing as support
 
 TOPIC = "b"
 PAYLOAD = 64

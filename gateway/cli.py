@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gateway.config import format_config, load_config
+from gateway.config import format_config
 from gateway.errors import ConfigError
+from gateway.prepare import prepare
 
 
 def check_config(path: str) -> int:
     try:
-        config = load_config(path)
+        config = prepare(path).config
     except ConfigError as e:
         print(f"mqttgw: {e}", file=sys.stderr)
         return 1
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
-    from gateway.demo import run_demo
+    from gateway.demo.run import run_demo
 
     return run_demo(args.dir, args.port)
 

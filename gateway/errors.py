@@ -1,9 +1,34 @@
-"""Errors raised while loading configuration."""
+"""The error taxonomy shared by every concern: one base, a ``kind`` and a ``detail``.
+
+``kind`` is a short machine-readable class (counted, logged as ``reason=``); ``detail`` is the
+operator's sentence. The codec, the fetcher, CRL and OCSP validation and the configuration
+each raise a subclass, so a caller can catch one concern's errors or all of them.
+"""
 
 from __future__ import annotations
 
 
-class ConfigError(Exception):
+class GatewayError(Exception):
+    """Base of mqttgw's own errors: ``kind`` (machine-readable) and ``detail`` (for people)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+    def describe(self) -> str:
+        """``kind: detail``, the form logs and status use."""
+        return f"{self.kind}: {self.detail}"
+
+
+def describe_error(error: BaseException) -> str:
+    """``kind: detail`` for a GatewayError, else the exception's own text."""
+    if isinstance(error, GatewayError):
+        return error.describe()
+    return str(error) or error.__class__.__name__
+
+
+class ConfigError(GatewayError):
     """A configuration problem, located at file:line and naming the key.
 
     ``str()`` is the one line an operator sees:
@@ -11,7 +36,7 @@ class ConfigError(Exception):
     """
 
     def __init__(self, path: str, line: int | None, key: str | None, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__("config", reason)
         self.path = path
         self.line = line
         self.key = key

@@ -1,8 +1,9 @@
 """Reactor lag probe and the periodic stats line.
 
-A LoopingCall every 10 ms measures how late it runs: the worst lateness in a period is the
-longest the reactor was unable to serve connections. Every ``stats_log_interval`` one line
-per listener says what the gateway did, with that figure.
+A LoopingCall every ``PROBE_INTERVAL`` measures how late it runs: the worst lateness in a
+period is the longest the reactor was unable to serve connections. Every
+``stats_log_interval`` one line per listener says what the gateway did, with that figure,
+rendered from the listeners' status records; its fields are structured log keys.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from gateway.metrics import ListenerStats
+from gateway.status import ListenerStatus, render_stats_line, stats_fields
 
 log = Logger()
 
-PROBE_INTERVAL = 0.01
+PROBE_INTERVAL = 0.01  # fine enough to see a stall a device would notice
 STALL_WARNING = 0.25  # a stall this long is logged at once
 
 
@@ -27,13 +28,11 @@ class Monitor(service.Service):
         self,
         reactor: Any,
         interval: float,
-        stats: Callable[[], Iterable[ListenerStats]],
-        extra: Callable[[str], dict[str, Any]] = lambda name: {},
+        statuses: Callable[[], Iterable[ListenerStatus]],
     ) -> None:
         self._reactor = reactor
         self._interval = interval
-        self._stats = stats
-        self._extra = extra
+        self._statuses = statuses
         self.max_lag = 0.0  # worst lateness in the current period, seconds
         self._expected = 0.0
         self._probe: task.LoopingCall | None = None
@@ -66,17 +65,11 @@ class Monitor(service.Service):
 
     def report(self) -> None:
         try:
-            lag_ms = self.max_lag * 1000
-            self.max_lag = 0.0
-            for stats in self._stats():
-                snap = stats.snapshot()
-                log.info(
-                    "stats {listener}: active={active} accepted={accepted} refused={refused} "
-                    "bytes_in={bytes_in} bytes_out={bytes_out} max_reactor_lag_ms={lag:.1f}"
-                    "{extra}",
-                    lag=lag_ms,
-                    extra="".join(f" {k}={v}" for k, v in self._extra(stats.name).items()),
-                    **snap,
-                )
+            lag, self.max_lag = self.max_lag, 0.0
+            for status in self._statuses():
+                fields = stats_fields(status, lag)
+                # The text is rendered from the fields; the fields travel as structured
+                # keys (a JSON log observer sees each one).
+                log.info("{stats_line}", stats_line=render_stats_line(fields), **fields)
         except Exception:
             log.failure("stats report failed")

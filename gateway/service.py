@@ -1,34 +1,44 @@
-"""The service tree: one service per listener (its TCP port, later its refreshers)."""
+"""The service tree: one service per listener (its port, its CRL and OCSP services), and the
+monitor. ``make_gateway_service`` is the wiring; it takes what ``gateway.prepare`` loaded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import treq
-from cryptography import x509
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from gateway.config import Config, ListenerConfig
-from gateway.metrics import ListenerStats
+from gateway.config.model import ConnectionLimits, GlobalSettings, ListenerSettings
 from gateway.monitor import Monitor
-from gateway.proxy.relay import ConnectUpstream, GatewayFactory, UpstreamFactory
+from gateway.prepare import Prepared
+from gateway.proxy.relay import GatewayFactory
+from gateway.proxy.upstream import upstream_connector
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
-from gateway.revocation.ocsp import find_issuer, issuer_candidates, responder_url_of
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
-from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
+from gateway.status import CrlCheckStatus, ListenerStats, ListenerStatus
+from gateway.tls.context import ServerConnectionCreator, build_context
+from gateway.tls.material import TlsMaterial
+from gateway.tls.verify import CertificateVerifier
 
 log = Logger()
+
+# If the first CRL round has not ended by then, the port accepts anyway (and the policy
+# decides each client): a download may take crl_cache_http_timeout, processing may take
+# as long again (the worker), and a persisted CRL is loaded first; plus a margin.
+_READY_MARGIN = 30.0
+
+
+def ready_timeout(crl_http_timeout: float) -> float:
+    return crl_http_timeout * 2 + _READY_MARGIN
 
 
 class ListenerTLSFactory(TLSMemoryBIOFactory):
@@ -40,50 +50,25 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
         self,
         creator: ServerConnectionCreator,
         wrapped: GatewayFactory,
+        limits: ConnectionLimits,
         reactor: Any,
     ) -> None:
         super().__init__(creator, False, wrapped, clock=reactor)
         self.gateway = wrapped
+        self.max_connections = limits.max_connections
 
     def buildProtocol(self, addr: Any) -> Any:
-        listener = self.gateway.listener
-        if len(self.protocols) >= listener.max_connections:
+        if len(self.protocols) >= self.max_connections:
             self.gateway.stats.refuse("too_many_connections")
             log.warn(
                 "refused {listener} peer={peer} reason=too_many_connections: "
                 "{count} connections open (max_connections)",
-                listener=listener.name,
+                listener=self.gateway.name,
                 peer=f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}",
                 count=len(self.protocols),
             )
             return None
         return super().buildProtocol(addr)
-
-
-def upstream_connector(reactor: Any, listener: ListenerConfig) -> ConnectUpstream:
-    """A function opening a TCP connection to the listener's broker.
-
-    IP literals go straight to ``connectTCP`` (no resolver round trip, no endpoint wrapper
-    in the relay's data path); host names go through HostnameEndpoint, which resolves them
-    without blocking the reactor.
-    """
-    host, port = listener.upstream
-    timeout = listener.upstream_connect_timeout
-    if isIPAddress(host) or isIPv6Address(host):
-
-        def connect_ip(factory: UpstreamFactory) -> Callable[[], None]:
-            connector = reactor.connectTCP(host, port, factory, timeout=timeout)
-            return connector.stopConnecting
-
-        return connect_ip
-    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-    def connect_name(factory: UpstreamFactory) -> Callable[[], None]:
-        attempt = endpoint.connect(factory)
-        attempt.addErrback(lambda reason: factory.clientConnectionFailed(None, reason))
-        return attempt.cancel
-
-    return connect_name
 
 
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
@@ -93,6 +78,8 @@ class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
 def quiet_http_client(reactor: Any) -> treq.client.HTTPClient:
     """treq's HTTP client on the given reactor, without per-connection log noise."""
     pool = HTTPConnectionPool(reactor, persistent=False)
+    # HTTPConnectionPool takes no factory argument; this private attribute is the only way
+    # to silence the per-connection "Starting factory" lines.
     pool._factory = _QuietHTTP11ClientFactory
     return treq.client.HTTPClient(Agent(reactor, pool=pool))
 
@@ -164,11 +151,13 @@ class PortService(service.Service):
 
 
 class ListenerService(service.MultiService):
-    """One listener: its context, its port, its counters, its CRL service."""
+    """One listener: its context, its port, its counters, its CRL and OCSP services."""
 
     def __init__(
         self,
-        listener: ListenerConfig,
+        listener: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
         reactor: Any,
         http_client: Any = None,
         crl_processor: Any = None,
@@ -176,18 +165,44 @@ class ListenerService(service.MultiService):
         super().__init__()
         self.setName(listener.name)
         self.listener = listener
+        self.material = material
         self.stats = ListenerStats(listener.name)
+        http = HttpFetcher(http_client or quiet_http_client(reactor), reactor)
         self.crl_service: CrlService | None = None
-        checker = None
-        if listener.enable_crl_cache:
-            checker = self._make_crl(listener, reactor, http_client, crl_processor)
-        self.verifier = CertificateVerifier(checker)
+        self.revocation: RevocationChecker | None = None
+        if listener.crl is not None:
+            cache = CrlCache(reactor, listener.crl.grace_period)
+            assert material.ca_pem is not None  # CRL checking needs verify_peer and its CAs
+            self.crl_service = CrlService(
+                listener.name,
+                listener.crl,
+                globals_.crl_refresh_interval,
+                globals_.crl_cache_dir,
+                reactor,
+                http,
+                crl_processor or SubprocessProcessor(reactor),
+                cache,
+                material.ca_pem,
+            )
+            self.crl_service.setServiceParent(self)
+            self.revocation = RevocationChecker(cache, listener.crl, self.crl_service, reactor)
+        self.verifier = CertificateVerifier(self.revocation)
         self.stapler: OcspStapler | None = None
-        if listener.enable_ocsp_stapling:
-            self.stapler = self._make_stapler(listener, reactor, http_client)
+        if listener.ocsp is not None:
+            assert material.ocsp is not None  # found, or the configuration was refused
+            self.stapler = OcspStapler(
+                listener.name, listener.ocsp, globals_.ocsp_cache_dir, reactor, http, material.ocsp
+            )
+            self.stapler.setServiceParent(self)
         self.creator = ServerConnectionCreator(self.build_context())
         self.factory = GatewayFactory(
-            listener, reactor, upstream_connector(reactor, listener), self.stats, checker
+            listener.name,
+            listener.limits,
+            listener.upstream,
+            reactor,
+            upstream_connector(reactor, listener.upstream),
+            self.stats,
+            self.revocation,
         )
         if self.crl_service is not None:
             self.crl_service.on_update = self.factory.sweep_revoked
@@ -199,86 +214,37 @@ class ListenerService(service.MultiService):
             server_endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
         self.port_service = PortService(
             server_endpoint,
-            ListenerTLSFactory(self.creator, self.factory, reactor),
+            ListenerTLSFactory(self.creator, self.factory, listener.limits, reactor),
             self.crl_service.ready if self.crl_service is not None else None,
             reactor,
-            listener.crl_cache_http_timeout * 2 + 30,
+            ready_timeout(listener.crl.http_timeout) if listener.crl is not None else 0.0,
         )
         self.port_service.setServiceParent(self)
+        self._logged = False
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ListenerStatus:
         """Everything an operator (or a status endpoint) wants about this listener, in one
-        object: counters, each CRL source's state, the OCSP staple's state."""
-        out: dict[str, Any] = {"stats": self.stats.snapshot()}
-        if self.crl_service is not None and self.factory.revocation is not None:
-            out["crl"] = {
-                "held": len(self.factory.revocation.cache.current_infos()),
-                "counts": dict(self.factory.revocation.counts),
-                "sources": self.crl_service.snapshot(),
-            }
-        if self.stapler is not None:
-            out["ocsp"] = dict(self.stapler.snapshot(), staples_sent=self.stapler.requests_stapled)
-        return out
+        record: counters, each CRL source's state, the OCSP staple's state."""
+        crl = None
+        if self.crl_service is not None and self.revocation is not None:
+            crl = CrlCheckStatus(
+                held=len(self.revocation.cache.current_infos()),
+                counts=dict(self.revocation.counts),
+                sources=self.crl_service.status(),
+            )
+        ocsp = self.stapler.status() if self.stapler is not None else None
+        return ListenerStatus(self.stats.snapshot(), crl, ocsp)
 
     def build_context(self) -> SSL.Context:
         """A new context for this listener, with the stapling callback installed.
 
         pyOpenSSL freezes a context once its first connection exists, so the callback goes
-        in before the context is handed to ServerConnectionCreator (here, and on a rebuild).
+        in before the context is handed to the connection creator (here, and on a rebuild).
         """
-        ctx = build_context(self.listener, self.verifier)
+        ctx = build_context(self.listener.name, self.listener.tls, self.material, self.verifier)
         if self.stapler is not None:
             self.stapler.install(ctx)
         return ctx
-
-    def _make_stapler(
-        self, listener: ListenerConfig, reactor: Any, http_client: Any
-    ) -> OcspStapler:
-        def load(path: str | None) -> list[x509.Certificate] | None:
-            if path is None:
-                return None
-            with open(path, "rb") as f:
-                return x509.load_pem_x509_certificates(f.read())
-
-        chain = load(listener.certfile) or []
-        candidates = issuer_candidates(
-            chain, load(listener.ocsp_issuer_pem), load(listener.cacertfile)
-        )
-        issuer = find_issuer(chain[0], candidates)
-        responder = listener.ocsp_responder_url or responder_url_of(chain[0])
-        assert issuer is not None and responder is not None  # checked by the configuration
-        stapler = OcspStapler(
-            listener,
-            reactor,
-            HttpFetcher(http_client or quiet_http_client(reactor), reactor),
-            chain[0],
-            issuer,
-            responder,
-        )
-        stapler.setServiceParent(self)
-        return stapler
-
-    def _make_crl(
-        self, listener: ListenerConfig, reactor: Any, http_client: Any, processor: Any
-    ) -> RevocationChecker:
-        assert listener.cacertfile is not None
-        with open(listener.cacertfile, "rb") as f:
-            trust_pem = f.read()
-        if http_client is None:
-            http_client = quiet_http_client(reactor)
-        cache = CrlCache(reactor, listener.crl_grace_period)
-        self.crl_service = CrlService(
-            listener,
-            reactor,
-            HttpFetcher(http_client, reactor),
-            processor or SubprocessProcessor(reactor),
-            cache,
-            trust_pem,
-        )
-        self.crl_service.setServiceParent(self)
-        return RevocationChecker(
-            cache, listener.crl_expired_policy, self.crl_service, listener.crl_cache_from_cert
-        )
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -289,11 +255,11 @@ class ListenerService(service.MultiService):
         self._log_listening()
 
     def _log_listening(self) -> None:
-        if getattr(self, "_logged", False):
+        if self._logged:
             return
         self._logged = True
         host, port = self.listener.bind
-        up_host, up_port = self.listener.upstream
+        up_host, up_port = self.listener.upstream.address
         log.info(
             "listener {listener} on {host}:{port} -> upstream {up_host}:{up_port} "
             "(verify={verify}, tls={tls})",
@@ -302,39 +268,24 @@ class ListenerService(service.MultiService):
             port=port,
             up_host=up_host,
             up_port=up_port,
-            verify=self.listener.verify,
-            tls=",".join(self.listener.tls_versions),
+            verify="verify_peer" if self.listener.tls.verify_peer else "verify_none",
+            tls=",".join(self.listener.tls.versions),
         )
 
 
-def make_gateway_service(config: Config, reactor: Any) -> service.MultiService:
+def make_gateway_service(prepared: Prepared, reactor: Any) -> service.MultiService:
     """The whole gateway: one ListenerService per listener, and the monitor."""
     top = service.MultiService()
-    listeners = [ListenerService(listener, reactor) for listener in config.listeners]
+    config = prepared.config
+    listeners = [
+        ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
+        for listener in config.listeners
+    ]
     for listener_service in listeners:
         listener_service.setServiceParent(top)
-
-    def extra(name: str) -> dict[str, Any]:
-        """The CRL and OCSP figures of a listener's stats line."""
-        for ls in listeners:
-            if ls.listener.name != name:
-                continue
-            status = ls.status()
-            fields: dict[str, Any] = {}
-            if "crl" in status:
-                fields["crls_held"] = status["crl"]["held"]
-                fields.update({f"crl_{k}": v for k, v in status["crl"]["counts"].items()})
-            if "ocsp" in status:
-                fields["ocsp_status"] = status["ocsp"]["status"] or "none"
-                fields["ocsp_next_update"] = status["ocsp"]["next_update"]
-                fields["ocsp_staples_sent"] = status["ocsp"]["staples_sent"]
-            return fields
-        return {}
-
     Monitor(
         reactor,
-        config.listeners[0].stats_log_interval,
-        lambda: [ls.stats for ls in listeners],
-        extra,
+        config.globals.stats_log_interval,
+        lambda: [ls.status() for ls in listeners],
     ).setServiceParent(top)
     return top

@@ -7,8 +7,8 @@ import sys
 from twisted.application import service
 from twisted.python import usage
 
-from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.prepare import prepare
 
 DEFAULT_CONFIG = "/etc/mqttgw/mqttgw.conf"
 
@@ -22,7 +22,7 @@ class Options(usage.Options):
         # A configuration error is not a usage error: print the one line that names
         # file, line, key and reason, and exit non-zero before anything listens.
         try:
-            self["loaded"] = load_config(self["config"])
+            self["prepared"] = prepare(self["config"])
         except ConfigError as e:
             print(f"mqttgw: {e}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -33,7 +33,7 @@ def makeService(options: Options) -> service.MultiService:
 
     from gateway.service import make_gateway_service
 
-    return make_gateway_service(options["loaded"], reactor)
+    return make_gateway_service(options["prepared"], reactor)
 
 
 __all__ = ["Options", "makeService"]

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import support
+from gateway import testing as support
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+from gateway.errors import GatewayError
 
-class ProtocolError(Exception):
+
+class ProtocolError(GatewayError):
     """Base of the codec's errors. ``kind`` is a short machine-readable class."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
 
 
 class RemoteProtocolError(ProtocolError):

@@ -1,38 +1,51 @@
-"""Client and upstream protocols of the relay.
+"""The Twisted adapter around ``gateway.proxy.session``: client and upstream protocols.
 
-A connection goes through four states:
-
-1. ``handshake``: TLS in progress, bounded by ``handshake_timeout``.
-2. ``connect``: handshake done, reading the client's CONNECT (sans-IO ``ConnectReader``),
-   bounded by ``connect_timeout`` and ``max_packet_size``.
-3. ``upstream``: CONNECT valid; the client transport is paused while the broker connection
-   opens. Nothing reaches the broker before the client certificate has been verified.
-4. ``relay``: bytes flow untouched in both directions, with producers registered both ways
-   (as in twisted.protocols.portforward) so neither side buffers without bound.
+``ClientProtocol`` turns Twisted callbacks into session events and carries out the actions
+the session returns (timers, logs, the broker connection, closes). In the relay state the
+bytes take a short path (straight to the other transport) with producers registered both
+ways, as in twisted.protocols.portforward, so neither side buffers without bound.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from OpenSSL import SSL
-from twisted.internet import defer, error, protocol, task
+from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import mqtt
-from gateway.config import ListenerConfig
-from gateway.metrics import ListenerStats
-from gateway.tls.context import verify_error_text
+from gateway.config.model import ConnectionLimits, UpstreamSettings
+from gateway.config.values import format_bind
+from gateway.peer import PeerVerification, PendingCrl
+from gateway.proxy import session as S
+from gateway.status import ListenerStats
+from gateway.tls.verify import GatewayConnection, verify_error_text
 
 log = Logger()
 
 # Opens the broker connection for one client. The factory is told the outcome: its protocol's
 # connectionMade on success, its clientConnectionFailed on failure. Returns a cancel function.
 ConnectUpstream = Callable[["UpstreamFactory"], Callable[[], None]]
+
+
+class CrlHold(Protocol):
+    """Decides a client held after its CONNECT while its leaf's CRL is fetched."""
+
+    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[str | None, str]]:
+        """Fires with (refusal reason or None, detail); never fails."""
+        ...
+
+
+class LiveRevocation(Protocol):
+    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool: ...
+
+
+class Revocation(CrlHold, LiveRevocation, Protocol):
+    """What the relay asks of CRL checking (``RevocationChecker``)."""
 
 
 def ssl_error_text(exc: BaseException | None) -> str:
@@ -69,17 +82,28 @@ class GatewayFactory(protocol.Factory):
 
     def __init__(
         self,
-        listener: ListenerConfig,
+        name: str,
+        limits: ConnectionLimits,
+        upstream: UpstreamSettings,
         reactor: Any,
         connect_upstream: ConnectUpstream,
         stats: ListenerStats,
-        revocation: Any = None,
+        revocation: Revocation | None = None,
+        cooperate: Callable[
+            [Iterator[None]], task.CooperativeTask[Iterator[None]]
+        ] = task.cooperate,
     ) -> None:
-        self.listener = listener
+        self.name = name
+        self.limits = limits
+        self.session_limits = S.SessionLimits(
+            limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size
+        )
+        self.upstream_name = format_bind(upstream.address)
         self.reactor = reactor
         self.connect_upstream = connect_upstream
         self.stats = stats
-        self.revocation = revocation  # RevocationChecker, when CRL checking is on
+        self.revocation = revocation
+        self._cooperate = cooperate
         self.live: set[ClientProtocol] = set()  # connections in the relay state
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:
@@ -97,11 +121,13 @@ class GatewayFactory(protocol.Factory):
 
         def sweep() -> Iterator[None]:
             for client in list(self.live):
-                if client.state == "relay" and checker.chain_revoked(client.chain):
+                if client.session.state is S.State.RELAY and checker.chain_revoked(
+                    client.verification.chain
+                ):
                     client.revoke_session()
                 yield None
 
-        return task.cooperate(sweep()).whenDone().addCallback(lambda _: None)
+        return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)
 
 
 @implementer(IHandshakeListener)
@@ -114,257 +140,195 @@ class ClientProtocol(protocol.Protocol):
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
         self.factory = factory
         self.peer = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}"
-        self.state = "handshake"
+        self.session = S.Session(factory.session_limits)
+        self.verification = PeerVerification()  # replaced by the connection's own record
         self.subject = "-"
         self.serial = "-"
-        self.connect: mqtt.Connect | None = None
         self.upstream: UpstreamProtocol | None = None
-        self._reader: mqtt.ConnectReader | None = None
-        self._pending: list[bytes] = []
-        self._pending_size = 0
         self._timer: IDelayedCall | None = None
-        self._verify_failure: tuple[str, int, int] | None = None
-        self._refusal: str | None = None
         self._cancel_upstream: Callable[[], None] | None = None
-        # Filled by the verify callback: (issuer DER, serial) of each certificate in the
-        # verified chain, and a distribution point still to fetch for the leaf.
-        self.chain: list[tuple[bytes, int]] = []
-        self.crl_pending: tuple[str, bytes, int] | None = None
 
-    # -- helpers ------------------------------------------------------------------------
+    # -- Twisted callbacks --------------------------------------------------------------
 
-    @property
-    def listener(self) -> ListenerConfig:
-        return self.factory.listener
+    def connectionMade(self) -> None:
+        self.factory.stats.active += 1
+        handle = self.transport.getHandle()
+        if isinstance(handle, GatewayConnection):
+            self.verification = handle.verification
+        self._run(self.session.start())
 
-    def _start_timer(self, seconds: float, what: str) -> None:
-        self._cancel_timer()
-        self._timer = self.factory.reactor.callLater(seconds, self._timed_out, what)
+    def handshakeCompleted(self) -> None:
+        self.subject, self.serial = describe_peer_certificate(self.transport.getHandle())
+        self._run(self.session.handshake_done(self.verification.crl_pending))
+
+    def dataReceived(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None and self.session.state is S.State.RELAY:
+            self.factory.stats.bytes_in += len(data)  # the relay's short path
+            upstream.transport.write(data)
+        else:
+            self._run(self.session.receive(data))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.factory.live.discard(self)
+        self.factory.stats.active -= 1
+        in_handshake = self.session.state is S.State.HANDSHAKE
+        why_not = self._why_not(reason) if in_handshake else None
+        self._run(self.session.connection_lost(reason.getErrorMessage(), why_not))
+
+    def _why_not(self, reason: Failure) -> tuple[str, str]:
+        """(reason class, detail) of a handshake that did not complete."""
+        failure = self.verification.failure
+        if failure is not None:
+            self.subject, self.serial = failure.subject, failure.serial
+            return failure.reason, (
+                f"certificate verification failed at depth {failure.depth}: "
+                + verify_error_text(failure.errno)
+            )
+        return classify_handshake_failure(reason), ssl_error_text(reason.value)
+
+    # -- events from elsewhere -----------------------------------------------------------
+
+    def upstream_connected(self, upstream: UpstreamProtocol) -> None:
+        self._cancel_upstream = None
+        self.upstream = upstream
+        self._run(self.session.upstream_connected())
+
+    def upstream_failed(self, reason: Failure) -> None:
+        self._cancel_upstream = None
+        detail = f"{self.factory.upstream_name}: {reason.getErrorMessage()}"
+        self._run(self.session.upstream_failed(detail))
+
+    def upstream_lost(self, half: bool = False) -> None:
+        self._run(self.session.upstream_lost(half))
+
+    def revoke_session(self) -> None:
+        self._run(self.session.revoked())
+
+    def _timed_out(self, what: str) -> None:
+        self._timer = None
+        self._run(self.session.timer_fired(what))
+
+    def _crl_decided(self, verdict: tuple[str | None, str]) -> None:
+        self._run(self.session.crl_decided(*verdict))
+
+    # -- actions -----------------------------------------------------------------------
+
+    def _run(self, actions: list[S.Action]) -> None:
+        for action in actions:
+            self._do(action)
+
+    def _do(self, action: S.Action) -> None:  # noqa: C901  (one branch per action type)
+        if isinstance(action, S.StartTimer):
+            self._cancel_timer()
+            self._timer = self.factory.reactor.callLater(
+                action.seconds, self._timed_out, action.what
+            )
+        elif isinstance(action, S.CancelTimer):
+            self._cancel_timer()
+        elif isinstance(action, S.Refuse):
+            self._log_refusal(action)
+        elif isinstance(action, S.PauseClient):
+            self.transport.pauseProducing()
+        elif isinstance(action, S.OpenUpstream):
+            self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
+        elif isinstance(action, S.CancelUpstream):
+            cancel, self._cancel_upstream = self._cancel_upstream, None
+            if cancel is not None:
+                cancel()
+        elif isinstance(action, S.HoldForCrl):
+            self._hold_for_crl(action.pending)
+        elif isinstance(action, S.StartRelay):
+            self._start_relay(action.first)
+        elif isinstance(action, S.SendToClient):
+            self.transport.write(action.data)
+        elif isinstance(action, S.SendToUpstream):
+            if self.upstream is not None:
+                self.factory.stats.bytes_in += len(action.data)
+                self.upstream.transport.write(action.data)
+        elif isinstance(action, S.CloseClient):
+            self.transport.unregisterProducer()
+            if action.abort:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+        elif isinstance(action, S.CloseUpstream):
+            upstream, self.upstream = self.upstream, None
+            if upstream is not None:
+                if action.unhook:
+                    upstream.transport.unregisterProducer()
+                upstream.transport.loseConnection()
+        elif isinstance(action, S.RevokedLive):
+            self.factory.stats.refuse("revoked_live")
+            log.warn(
+                "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
+                "revoked by a CRL update",
+                listener=self.factory.name,
+                peer=self.peer,
+                subject=self.subject,
+                serial=self.serial,
+            )
+        elif isinstance(action, S.SessionEnded):
+            log.info(
+                "closed {listener} peer={peer} subject={subject}: {why}",
+                listener=self.factory.name,
+                peer=self.peer,
+                subject=self.subject,
+                why=action.why,
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _timed_out(self, what: str) -> None:
-        self._timer = None
-        self.refuse(f"{what}_timeout", f"no {what} within the time allowed")
-        self.transport.abortConnection()
-
-    def refuse(self, reason: str, detail: str) -> None:
-        """Record and log why this connection is being turned away (once)."""
-        if self._refusal is not None:
-            return
-        self._refusal = reason
-        self.factory.stats.refuse(reason)
+    def _log_refusal(self, refusal: S.Refuse) -> None:
+        self.factory.stats.refuse(refusal.reason)
         log.warn(
             "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
-            listener=self.listener.name,
+            listener=self.factory.name,
             peer=self.peer,
-            reason=reason,
+            reason=refusal.reason,
             subject=self.subject,
-            detail=detail,
+            detail=refusal.detail,
         )
 
-    def note_verify_failure(
-        self, reason: str, errno: int, depth: int, subject: str, serial: str
-    ) -> None:
-        """Called from the verify callback: remember the first failure for the log."""
-        if self._verify_failure is None:
-            self._verify_failure = (reason, errno, depth)
-            self.subject, self.serial = subject, serial
-
-    # -- Twisted callbacks --------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        self.factory.stats.active += 1
-        self._start_timer(self.listener.handshake_timeout, "handshake")
-
-    def handshakeCompleted(self) -> None:
-        self.state = "connect"
-        tls = self.transport._tlsConnection
-        self.subject, self.serial = describe_peer_certificate(tls)
-        self._reader = mqtt.ConnectReader(self.listener.max_packet_size)
-        self._start_timer(self.listener.connect_timeout, "connect")
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.state == "relay":
-            self.factory.stats.bytes_in += len(data)
-            self.upstream.transport.write(data)  # type: ignore[union-attr]
-        elif self.state == "connect":
-            self._read_connect(data)
-        elif self.state == "upstream":
-            # The TLS layer may deliver records decrypted from the same read after a pause.
-            self._pending.append(data)
-            self._pending_size += len(data)
-            if self._pending_size > self.listener.max_packet_size:
-                self.refuse("bad_connect", "too much data before the broker connection opened")
-                self.transport.loseConnection()
-
-    def _read_connect(self, data: bytes) -> None:
-        assert self._reader is not None
-        try:
-            self._reader.receive_data(data)
-            event = self._reader.next_event()
-        except mqtt.RemoteProtocolError as e:
-            self.state = "closing"
-            self._cancel_timer()
-            self.refuse("bad_connect", f"{e.kind}: {e.detail}")
-            self.transport.loseConnection()
-            return
-        if event is mqtt.NEED_DATA:
-            return
-        assert isinstance(event, mqtt.Connect)
-        self._cancel_timer()
-        self.connect = event
-        self._pending = [event.packet]
-        trailing = self._reader.trailing_data
-        if trailing:
-            self._pending.append(trailing)
-        self._pending_size = len(trailing)
-        self._reader = None
-        self.state = "upstream"
-        self.transport.pauseProducing()
-        if self.crl_pending is not None and self.factory.revocation is not None:
-            self._hold_for_crl()
-        else:
-            self._open_upstream()
-
-    def _hold_for_crl(self) -> None:
-        """The leaf's CRL is being fetched from its distribution point: decide when it is in."""
-        assert self.crl_pending is not None
-        url, issuer, serial = self.crl_pending
-        checker = self.factory.revocation
+    def _hold_for_crl(self, pending: PendingCrl) -> None:
+        revocation = self.factory.revocation
+        assert revocation is not None  # a pending CRL comes only from the checker
         log.info(
             "holding {listener} peer={peer} subject={subject} until the CRL at {url} is fetched",
-            listener=self.listener.name,
+            listener=self.factory.name,
             peer=self.peer,
             subject=self.subject,
-            url=url,
+            url=pending.url,
         )
-        wait = checker.crl_service.when_attempted(url)
-        wait.addTimeout(self.listener.crl_cache_http_timeout + 5, self.factory.reactor)
+        revocation.decide_later(pending).addCallback(self._crl_decided).addErrback(
+            lambda f: log.failure("CRL hold failed", f)
+        )
 
-        def decide(_: object) -> None:
-            if self.state != "upstream":
-                return
-            refusal = checker.decide_held(issuer, serial)
-            if refusal is None:
-                self._open_upstream()
-                return
-            self.refuse(refusal, f"after fetching {url}")
-            self._close_with_connack(mqtt.NOT_AUTHORIZED)
-
-        wait.addBoth(decide)
-        wait.addErrback(lambda f: log.failure("CRL hold failed", f))
-
-    def _open_upstream(self) -> None:
-        self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
-
-    def upstream_connected(self, upstream: UpstreamProtocol) -> None:
-        self._cancel_upstream = None
-        if self.state != "upstream":  # the client went away meanwhile
-            upstream.transport.loseConnection()
-            return
-        self.state = "relay"
-        self.upstream = upstream
-        upstream.transport.write(b"".join(self._pending))
-        self._pending = []
-        self._pending_size = 0
+    def _start_relay(self, first: bytes) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        upstream.transport.write(first)
         # Flow control both ways: a full write buffer on one side pauses reading on the other.
         upstream.transport.registerProducer(self.transport, True)
         self.transport.registerProducer(upstream.transport, True)
         self.transport.resumeProducing()
         self.factory.live.add(self)
-        stats = self.factory.stats
-        stats.accepted += 1
-        assert self.connect is not None
+        self.factory.stats.accepted += 1
+        connect = self.session.connect
+        assert connect is not None
         log.info(
             "accepted {listener} peer={peer} subject={subject} serial={serial} "
             "client_id={client_id!r} mqtt={mqtt_level}",
-            listener=self.listener.name,
+            listener=self.factory.name,
             peer=self.peer,
             subject=self.subject,
             serial=self.serial,
-            client_id=self.connect.client_id,
-            mqtt_level=self.connect.protocol_level,
+            client_id=connect.client_id,
+            mqtt_level=connect.protocol_level,
         )
-
-    def upstream_failed(self, reason: Failure) -> None:
-        self._cancel_upstream = None
-        if self.state != "upstream":
-            return
-        host, port = self.listener.upstream
-        self.refuse("upstream_unavailable", f"{host}:{port}: {reason.getErrorMessage()}")
-        self._close_with_connack(mqtt.SERVER_UNAVAILABLE)
-
-    def _close_with_connack(self, code: tuple[int, int]) -> None:
-        """Answer the held CONNECT with a refusing CONNACK in its dialect, then close."""
-        self.state = "closing"
-        assert self.connect is not None
-        self.transport.write(mqtt.connack(self.connect.protocol_level, code))
-        self.transport.loseConnection()
-
-    def revoke_session(self) -> None:
-        """This live session's certificate was revoked by a CRL update: close it.
-
-        The gateway does not parse the relayed stream, so it cannot place an MQTT 5
-        DISCONNECT at a packet boundary; the session ends with a TLS close_notify.
-        """
-        self.factory.stats.refuse("revoked_live")
-        log.warn(
-            "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
-            "revoked by a CRL update",
-            listener=self.listener.name,
-            peer=self.peer,
-            subject=self.subject,
-            serial=self.serial,
-        )
-        self.state = "closing"
-        if self.upstream is not None:
-            self.upstream.transport.unregisterProducer()
-            self.upstream.transport.loseConnection()
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-
-    def upstream_lost(self, reason: Failure) -> None:
-        """The broker closed (or half-closed): flush what we have to the device and close."""
-        if self.state == "relay":
-            self.state = "closing"
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._cancel_timer()
-        self.factory.live.discard(self)
-        self.factory.stats.active -= 1
-        state, self.state = self.state, "closed"
-        if state == "handshake":
-            if self._verify_failure is not None:
-                why, errno, depth = self._verify_failure
-                detail = f"certificate verification failed at depth {depth}: " + verify_error_text(
-                    errno
-                )
-                self.refuse(why, detail)
-            else:
-                self.refuse(classify_handshake_failure(reason), ssl_error_text(reason.value))
-        elif state == "connect" and self._refusal is None:
-            self.refuse("bad_connect", "closed before a complete CONNECT")
-        elif state == "upstream" and self._cancel_upstream is not None:
-            cancel, self._cancel_upstream = self._cancel_upstream, None
-            cancel()
-        elif state in ("relay", "closing") and self.upstream is not None:
-            upstream, self.upstream = self.upstream, None
-            upstream.transport.unregisterProducer()
-            upstream.transport.loseConnection()
-            if state == "relay":
-                log.info(
-                    "closed {listener} peer={peer} subject={subject}: {why}",
-                    listener=self.listener.name,
-                    peer=self.peer,
-                    subject=self.subject,
-                    why=reason.getErrorMessage(),
-                )
 
 
 class UpstreamFactory(protocol.ClientFactory):
@@ -396,16 +360,16 @@ class UpstreamProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         client: ClientProtocol = self.factory.client
-        if client.state in ("relay", "closing"):
+        if client.session.state in (S.State.RELAY, S.State.CLOSING):
             client.factory.stats.bytes_out += len(data)
             client.transport.write(data)
 
     def readConnectionLost(self) -> None:
         # The broker half-closed: everything it sent is queued for the client; close after it.
-        self.factory.client.upstream_lost(Failure(error.ConnectionDone()))
+        self.factory.client.upstream_lost(half=True)
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.factory.client.upstream_lost(reason)
+        self.factory.client.upstream_lost()

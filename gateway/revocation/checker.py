@@ -1,4 +1,5 @@
-"""The handshake-time revocation decision: a synchronous, read-only lookup in the CrlCache."""
+"""The handshake-time revocation decision: a synchronous, read-only lookup in the CrlCache,
+and the decision on a client held after its CONNECT while its CRL is fetched."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet import defer
 
+from gateway.config.model import CrlSettings
+from gateway.peer import PeerVerification, PendingCrl
 from gateway.revocation.crl import distribution_point_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
 
@@ -17,6 +21,10 @@ _V = SSL.X509VerificationCodes
 ERR_REVOKED = _V.ERR_CERT_REVOKED
 ERR_NO_CRL = _V.ERR_UNABLE_TO_GET_CRL
 ERR_CRL_EXPIRED = _V.ERR_CRL_HAS_EXPIRED
+
+# A held client waits for its distribution point's first fetch: the download
+# (crl_cache_http_timeout) plus this much for the worker to verify and index the CRL.
+HOLD_PROCESSING_ALLOWANCE = 5.0
 
 
 class RevocationChecker:
@@ -31,18 +39,24 @@ class RevocationChecker:
     def __init__(
         self,
         cache: CrlCache,
-        policy: str,
+        settings: CrlSettings,
         crl_service: CrlService | None = None,
-        discover: bool = False,
+        reactor: Any = None,
     ) -> None:
         self.cache = cache
-        self.reject_unknown = policy == "reject"
+        self.settings = settings
+        self.reject_unknown = settings.expired_policy == "reject"
         self.crl_service = crl_service
-        self.discover = discover
+        self._reactor = reactor
         self.counts: Counter[str] = Counter()
 
     def check(
-        self, cert: x509.Certificate, issuer: bytes, serial: int, depth: int, connection_state: Any
+        self,
+        cert: x509.Certificate,
+        issuer: bytes,
+        serial: int,
+        depth: int,
+        verification: PeerVerification | None,
     ) -> tuple[str, int] | None:
         """None to accept; else (reason class, X509 error to fail with)."""
         status = self.cache.status(issuer, serial)
@@ -53,16 +67,29 @@ class RevocationChecker:
             return "revoked", ERR_REVOKED
         if status == "missing" and depth > 0:
             return None  # intermediates: checked when their issuer's CRL is held
-        if status == "missing" and self.discover and self.crl_service is not None:
+        if status == "missing" and self.settings.from_cert and self.crl_service is not None:
             urls = distribution_point_urls(cert)
             if urls:
                 for url in urls:
                     self.crl_service.discover(url)
-                if connection_state is not None:
-                    connection_state.crl_pending = (urls[0], issuer, serial)
+                if verification is not None:
+                    verification.crl_pending = PendingCrl(urls[0], issuer, serial)
                 self.counts["held_for_crl"] += 1
                 return None  # decided after CONNECT, once the CRL is fetched
         return self._policy(status)
+
+    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[str | None, str]]:
+        """For a held client: wait for its distribution point's first fetch (bounded), then
+        (None, detail) to admit it or (reason, detail) to refuse it. Never fails."""
+        assert self.crl_service is not None
+        wait = self.crl_service.when_attempted(pending.url)
+        if self._reactor is not None:
+            wait.addTimeout(self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor)
+
+        def decide(_: object) -> tuple[str | None, str]:
+            return self.decide_held(pending.issuer, pending.serial), f"after fetching {pending.url}"
+
+        return wait.addBoth(decide)
 
     def decide_held(self, issuer: bytes, serial: int) -> str | None:
         """After a held client's distribution point was fetched: None or a refusal reason."""

@@ -8,7 +8,6 @@ searched by bisection) and ``CrlInfo``.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -17,20 +16,16 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-CLOCK_SKEW = 300.0  # seconds a thisUpdate may lie in the future (clocks differ)
+from gateway.clock import CLOCK_SKEW, utc_timestamp
+from gateway.errors import GatewayError
 
 _PEM_CRL = re.compile(
     rb"-----BEGIN X509 CRL-----\s+([A-Za-z0-9+/=\s]+?)-----END X509 CRL-----", re.S
 )
 
 
-class CrlError(Exception):
+class CrlError(GatewayError):
     """A CRL that must not be used. ``kind`` is a short machine-readable class."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @attrs.frozen
@@ -173,14 +168,6 @@ def parse_bundle(data: bytes) -> list[x509.CertificateRevocationList]:
         raise CrlError("garbage", f"not a CRL ({e})") from None
 
 
-def _utc_ts(value: datetime.datetime) -> float:
-    return (
-        value.replace(tzinfo=datetime.timezone.utc).timestamp()
-        if value.tzinfo is None
-        else value.timestamp()
-    )
-
-
 def _signature_valid(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     key = issuer.public_key()
     if not isinstance(
@@ -230,7 +217,7 @@ def validate(
         raise CrlError("delta_crl", "delta CRLs are not supported")
     except x509.ExtensionNotFound:
         pass
-    this_update = _utc_ts(crl.last_update_utc)
+    this_update = utc_timestamp(crl.last_update_utc)
     if this_update > now + skew:
         raise CrlError(
             "not_yet_valid", f"thisUpdate {crl.last_update_utc.isoformat()} is in the future"
@@ -258,8 +245,8 @@ def load(
             issuer=crl.issuer.public_bytes(),
             issuer_text=crl.issuer.rfc4514_string(),
             number=crl_number(crl),
-            this_update=_utc_ts(crl.last_update_utc),
-            next_update=None if next_update is None else _utc_ts(next_update),
+            this_update=utc_timestamp(crl.last_update_utc),
+            next_update=None if next_update is None else utc_timestamp(next_update),
             count=len(crl),
             size=len(body),
             sha256=digest,

@@ -2,15 +2,14 @@
 
 ``CrlCache`` is what the TLS verify callback reads (synchronously, no I/O). ``CrlService``
 owns the sources (configured URLs and, optionally, distribution points found in client
-certificates), fetches them with treq, has the CRL worker process parse and verify them,
-installs what is newer, and keeps ``CrlSourceState`` per source for operators.
+certificates), fetches them with treq on the shared refresh scheduler, has the CRL worker
+process parse and verify them, installs what is newer, and keeps ``CrlSourceState`` per
+source for operators.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -18,56 +17,26 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import ListenerConfig
-from gateway.revocation.crl import CLOCK_SKEW, CrlError, CrlInfo, LoadedCrl
-from gateway.revocation.fetch import FetchError, HttpFetcher
+from gateway.clock import CLOCK_SKEW, format_timestamp
+from gateway.config.model import CrlSettings
+from gateway.errors import GatewayError, describe_error
+from gateway.revocation.crl import CrlInfo, LoadedCrl
+from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.process import encode_request
+from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
+from gateway.revocation.store import crl_path
+from gateway.status import CrlSourceStatus, CrlStatus
 
 log = Logger()
 
-TICK = 1.0  # seconds between checks of what is due
-RETRY_BASE = 10.0  # first retry after a failure; doubles up to the refresh interval
-_OUTPUT_PER_BODY_BYTE = 2  # the worker's index is smaller than the CRL; bound its answer
-
-
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@attrs.define
-class CrlSourceState:
-    """What an operator wants to know about one CRL source."""
-
-    url: str
-    discovered: bool = False
-    last_fetch: float | None = None
-    last_result: str | None = None  # updated, unchanged, older, loaded_from_disk, error
-    last_error: str | None = None
-    failures: int = 0
-    next_refresh: float | None = None
-    size: int | None = None
-    crls: list[dict[str, Any]] = attrs.Factory(list)  # one per issuer in the body
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "discovered": self.discovered,
-            "last_fetch": _iso(self.last_fetch),
-            "last_result": self.last_result,
-            "last_error": self.last_error,
-            "next_refresh": _iso(self.next_refresh),
-            "size": self.size,
-            "crls": [
-                dict(c, this_update=_iso(c["this_update"]), next_update=_iso(c["next_update"]))
-                for c in self.crls
-            ],
-        }
+# The worker's answer (an index of fixed-width serials) is smaller than the CRL it came
+# from; bound it at twice the body so a broken worker cannot flood the reactor.
+_OUTPUT_PER_BODY_BYTE = 2
+_MIN_OUTPUT_LIMIT = 4096  # room for the answer's JSON line with a tiny CRL
 
 
 class CrlCache:
@@ -78,9 +47,6 @@ class CrlCache:
         self._grace = grace
         self._by_issuer: dict[bytes, LoadedCrl] = {}
         self._providers: dict[bytes, set[str]] = collections.defaultdict(set)
-
-    def get(self, issuer: bytes) -> LoadedCrl | None:
-        return self._by_issuer.get(issuer)
 
     def current_infos(self) -> dict[bytes, CrlInfo | None]:
         return {k: v.info for k, v in self._by_issuer.items()}
@@ -123,14 +89,41 @@ class CrlCache:
         ]
 
 
+@attrs.define
+class CrlSourceState:
+    """What an operator wants to know about one CRL source (beyond its schedule)."""
+
+    url: str
+    discovered: bool = False
+    last_fetch: float | None = None
+    last_result: str | None = None  # updated, unchanged, older, loaded_from_disk, error
+    last_error: str | None = None
+    size: int | None = None
+    crls: tuple[CrlInfo, ...] = ()  # one per issuer in the body
+
+
 @attrs.define(eq=False)
 class _Source:
-    url: str
     state: CrlSourceState
-    due: float = 0.0
-    in_flight: defer.Deferred[None] | None = None
-    attempted: bool = False
-    waiters: list[defer.Deferred[None]] = attrs.Factory(list)
+    job: RefreshJob
+    restored: bool = False  # the persisted copy was tried (first run only)
+
+    def status(self) -> CrlSourceStatus:
+        s = self.state
+        return CrlSourceStatus(
+            url=s.url,
+            discovered=s.discovered,
+            last_fetch=s.last_fetch,
+            last_result=s.last_result,
+            last_error=s.last_error,
+            failures=self.job.failures,
+            next_refresh=self.job.next_refresh,
+            size=s.size,
+            crls=tuple(
+                CrlStatus(c.issuer_text, c.number, c.this_update, c.next_update, c.count)
+                for c in s.crls
+            ),
+        )
 
 
 class CrlService(service.Service):
@@ -138,7 +131,10 @@ class CrlService(service.Service):
 
     def __init__(
         self,
-        listener: ListenerConfig,
+        listener: str,
+        settings: CrlSettings,
+        refresh_interval: float,
+        cache_dir: str | None,
         reactor: Any,
         fetcher: HttpFetcher,
         processor: Any,
@@ -147,117 +143,90 @@ class CrlService(service.Service):
         on_update: Callable[[list[LoadedCrl]], Any] = lambda crls: None,
     ) -> None:
         self.listener = listener
-        self.name = f"crl:{listener.name}"
+        self.settings = settings
+        self.name = f"crl:{listener}"
+        self._interval = refresh_interval
+        self._cache_dir = cache_dir
         self._reactor = reactor
         self._fetcher = fetcher
         self._processor = processor
         self.cache = cache
         self._trust_pem = trust_pem
         self.on_update = on_update  # e.g. the listener's sweep of live sessions
+        self.scheduler = RefreshScheduler(reactor, on_tick=self._log_expiry)
         self.sources: dict[str, _Source] = {}
         self._discovered: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._loop: task.LoopingCall | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._expired_logged: set[bytes] = set()
-        for url in listener.crl_cache_urls:
-            self.sources[url] = _Source(url, CrlSourceState(url))
+        for url in settings.urls:
+            self._add_source(url, discovered=False)
+
+    def _add_source(self, url: str, discovered: bool) -> _Source:
+        job = RefreshJob(url, lambda: self._refresh(source), self._interval)
+        source = _Source(CrlSourceState(url, discovered=discovered), job)
+        self.scheduler.add(job)
+        self.sources[url] = source
+        return source
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
         self._restore_discovered()
-        first = [
-            self._first_round(s) for s in list(self.sources.values()) if not s.state.discovered
-        ]
-        for s in self.sources.values():
+        configured = [s for s in self.sources.values() if not s.state.discovered]
+        first = [self.scheduler.run_now(s.job) for s in configured]
+        for s in list(self.sources.values()):
             if s.state.discovered:
-                self._first_round(s)
+                self.scheduler.run_now(s.job)
         defer.DeferredList(first).addCallback(lambda _: self._ready())
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._reactor
-        self._loop.start(TICK, now=False).addErrback(
-            lambda f: log.failure("CRL timer stopped", f)  # not expected: _tick catches all
-        )
+        self.scheduler.start()
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        for source in self.sources.values():
-            if source.in_flight is not None:
-                source.in_flight.cancel()
+        self.scheduler.stop()
 
     def _ready(self) -> None:
         if not self.ready.called:
-            held = len(self.cache.current_infos())
             log.info(
                 "crl {listener}: ready, {held} CRL(s) held from {sources} source(s)",
-                listener=self.listener.name,
-                held=held,
+                listener=self.listener,
+                held=len(self.cache.current_infos()),
                 sources=len(self.sources),
             )
             self.ready.callback(None)
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [s.state.snapshot() for s in self.sources.values()]
-
-    # -- scheduling -----------------------------------------------------------------------
-
-    def _tick(self) -> None:
-        try:
-            now = self._reactor.seconds()
-            for source in list(self.sources.values()):
-                if source.in_flight is None and source.attempted and source.due <= now:
-                    self._refresh(source)
-            self._log_expiry()
-        except Exception:
-            log.failure("CRL refresh tick failed")
+    def status(self) -> tuple[CrlSourceStatus, ...]:
+        return tuple(s.status() for s in self.sources.values())
 
     def _log_expiry(self) -> None:
         expired = {info.issuer: info for info in self.cache.expired_issuers()}
         for issuer, info in expired.items():
             if issuer not in self._expired_logged:
                 self._expired_logged.add(issuer)
+                reject = self.settings.expired_policy == "reject"
                 log.critical(
                     "crl {listener}: CRL of {issuer} expired at {next_update} and no newer one "
                     "could be fetched; crl_expired_policy = {policy}: clients it covers are "
                     "{effect}",
-                    listener=self.listener.name,
+                    listener=self.listener,
                     issuer=info.issuer_text,
-                    next_update=_iso(info.next_update),
-                    policy=self.listener.crl_expired_policy,
-                    effect="REFUSED"
-                    if self.listener.crl_expired_policy == "reject"
-                    else "ACCEPTED UNCHECKED",
+                    next_update=format_timestamp(info.next_update),
+                    policy=self.settings.expired_policy,
+                    effect="REFUSED" if reject else "ACCEPTED UNCHECKED",
                 )
         self._expired_logged &= set(expired)
 
-    def _schedule(self, source: _Source, ok: bool) -> None:
-        now = self._reactor.seconds()
-        interval = self.listener.crl_cache_refresh_interval
-        if ok:
-            source.state.failures = 0
-            delay = interval
-            next_updates = [c["next_update"] for c in source.state.crls if c["next_update"]]
-            if next_updates:
-                until = min(next_updates) - now
-                delay = min(interval, until) if until > 0 else min(interval, RETRY_BASE * 6)
-        else:
-            source.state.failures += 1
-            delay = min(interval, RETRY_BASE * 2 ** (source.state.failures - 1))
-        source.due = now + max(delay, TICK)
-        source.state.next_refresh = source.due
-
     # -- one refresh ------------------------------------------------------------------------
 
-    def _first_round(self, source: _Source) -> defer.Deferred[None]:
+    def _refresh(self, source: _Source) -> defer.Deferred[None]:
+        """One run of a source's job: (the first time) its persisted copy, then a fetch."""
         d: defer.Deferred[None] = defer.succeed(None)
-        path = self._persist_path(source.url)
-        if path and os.path.exists(path):
-            d = self._load_persisted(source, path)
-        d.addCallback(lambda _: self._refresh(source))
-        return d
+        path = self._persist_path(source.state.url)
+        if not source.restored:
+            source.restored = True
+            if path and os.path.exists(path):
+                d = self._load_persisted(source, path)
+        return d.addCallback(lambda _: self._fetch(source, path))
 
     def _load_persisted(self, source: _Source, path: str) -> defer.Deferred[None]:
         header = encode_request(
@@ -265,11 +234,11 @@ class CrlService(service.Service):
             self._reactor.seconds(),
             CLOCK_SKEW,
             None,
-            source.url,
+            source.state.url,
             {},
             body_path=path,
         )
-        d = self._processor.process(header, [], self.listener.crl_cache_max_size * 2)
+        d = self._processor.process(header, [], self.settings.max_size * _OUTPUT_PER_BODY_BYTE)
 
         def loaded(crls: list[LoadedCrl]) -> None:
             self._install(source, crls, "loaded_from_disk")
@@ -277,24 +246,19 @@ class CrlService(service.Service):
         def failed(reason: Failure) -> None:
             log.warn(
                 "crl {listener} {url}: persisted CRL {path} not usable: {why}",
-                listener=self.listener.name,
-                url=source.url,
+                listener=self.listener,
+                url=source.state.url,
                 path=path,
                 why=reason.getErrorMessage(),
             )
 
         return d.addCallbacks(loaded, failed)
 
-    def _refresh(self, source: _Source) -> defer.Deferred[None]:
-        if source.in_flight is not None:
-            return source.in_flight
-        limit = self.listener.crl_cache_max_size
-        try:
-            d: defer.Deferred[Any] = self._fetcher.fetch_chunks(
-                source.url, self.listener.crl_cache_http_timeout, limit
-            )
-        except Exception:
-            d = defer.fail()
+    def _fetch(self, source: _Source, persist: str | None) -> defer.Deferred[None]:
+        url = source.state.url
+        d: defer.Deferred[Any] = self._fetcher.fetch_chunks(
+            url, self.settings.http_timeout, self.settings.max_size
+        )
 
         def process(body: list[bytes]) -> defer.Deferred[list[LoadedCrl]]:
             size = sum(map(len, body))
@@ -302,26 +266,15 @@ class CrlService(service.Service):
                 self._trust_pem,
                 self._reactor.seconds(),
                 CLOCK_SKEW,
-                self._persist_path(source.url),
-                source.url,
+                persist,
+                url,
                 self.cache.current_infos(),
             )
-            return self._processor.process(header, body, max(size, 4096) * _OUTPUT_PER_BODY_BYTE)
+            limit = max(size, _MIN_OUTPUT_LIMIT) * _OUTPUT_PER_BODY_BYTE
+            return self._processor.process(header, body, limit)
 
         d.addCallback(process)
         d.addCallbacks(lambda crls: self._fetched(source, crls), lambda f: self._failed(source, f))
-        d.addErrback(lambda f: log.failure("CRL refresh of {url} failed", f, url=source.url))
-
-        def done(_: object) -> None:
-            source.in_flight = None
-            source.attempted = True
-            waiters, source.waiters = source.waiters, []
-            for w in waiters:
-                w.callback(None)
-
-        d.addBoth(done)
-        if not d.called:
-            source.in_flight = d
         return d
 
     def _fetched(self, source: _Source, crls: list[LoadedCrl]) -> None:
@@ -329,63 +282,58 @@ class CrlService(service.Service):
         source.state.last_error = None
         self._install(source, crls, None, schedule=True)
 
+    def _next_update(self, source: _Source) -> float | None:
+        """The soonest nextUpdate of the CRLs the source last delivered."""
+        updates = [c.next_update for c in source.state.crls if c.next_update is not None]
+        return min(updates) if updates else None
+
     def _install(
         self, source: _Source, crls: list[LoadedCrl], result: str | None, schedule: bool = False
     ) -> None:
-        verdicts = [self.cache.install(c, source.url) for c in crls]
+        url = source.state.url
+        verdicts = [self.cache.install(c, url) for c in crls]
         installed = [c for c, v in zip(crls, verdicts, strict=True) if v == "newer"]
         if result is None:
             result = "updated" if installed else ("older" if "older" in verdicts else "unchanged")
         source.state.last_result = result
         source.state.size = crls[0].info.size if crls else None
-        source.state.crls = [
-            {
-                "issuer": c.info.issuer_text,
-                "number": c.info.number,
-                "this_update": c.info.this_update,
-                "next_update": c.info.next_update,
-                "entries": c.info.count,
-            }
-            for c in crls
-        ]
+        source.state.crls = tuple(c.info for c in crls)
         if schedule:
-            self._schedule(source, ok=True)
+            self.scheduler.schedule(source.job, Outcome(True, self._next_update(source)))
         level = log.warn if result == "older" else log.info
         level(
             "crl {listener} {url}: {result}; {details} next refresh {next_refresh}",
-            listener=self.listener.name,
-            url=source.url,
+            listener=self.listener,
+            url=url,
             result=result if result != "older" else "older than the CRL held, kept the held one",
             details="; ".join(
                 f"issuer={c.info.issuer_text} number={c.info.number} "
-                f"thisUpdate={_iso(c.info.this_update)} nextUpdate={_iso(c.info.next_update)} "
+                f"thisUpdate={format_timestamp(c.info.this_update)} "
+                f"nextUpdate={format_timestamp(c.info.next_update)} "
                 f"entries={c.info.count} size={c.info.size}"
                 for c in crls
             ),
-            next_refresh=_iso(source.state.next_refresh),
+            next_refresh=format_timestamp(source.job.next_refresh),
         )
         if installed:
             self.on_update(installed)
 
     def _failed(self, source: _Source, reason: Failure) -> None:
-        error = reason.value
-        kind = getattr(error, "kind", None)
-        if not isinstance(error, (FetchError, CrlError)):
-            log.failure("crl {url}: unexpected failure", reason, url=source.url)
+        error: BaseException = reason.value  # type: ignore[assignment]  # set on a Failure
+        if not isinstance(error, GatewayError):
+            log.failure("crl {url}: unexpected failure", reason, url=source.state.url)
         source.state.last_fetch = self._reactor.seconds()
         source.state.last_result = "error"
-        source.state.last_error = (
-            f"{kind}: {getattr(error, 'detail', str(error))}" if kind else str(error)
-        )
-        self._schedule(source, ok=False)
+        source.state.last_error = describe_error(error)
+        self.scheduler.schedule(source.job, Outcome(False, self._next_update(source)))
         log.warn(
             "crl {listener} {url}: fetch failed ({error}); keeping the last good CRL "
             "({held}); retry at {retry}",
-            listener=self.listener.name,
-            url=source.url,
+            listener=self.listener,
+            url=source.state.url,
             error=source.state.last_error,
             held="none held" if not source.state.crls else "held",
-            retry=_iso(source.state.next_refresh),
+            retry=format_timestamp(source.job.next_refresh),
         )
 
     # -- distribution points -------------------------------------------------------------
@@ -401,25 +349,21 @@ class CrlService(service.Service):
     def _add_discovered(self, url: str, fetch: bool = True) -> _Source | None:
         if url in self.sources or (fetch and not self.running):
             return self.sources.get(url)
-        source = _Source(url, CrlSourceState(url, discovered=True))
-        self.sources[url] = source
+        source = self._add_source(url, discovered=True)
         self._discovered[url] = None
-        while len(self._discovered) > self.listener.crl_cache_capacity:
+        while len(self._discovered) > self.settings.capacity:
             old, _ = self._discovered.popitem(last=False)
-            evicted = self.sources.pop(old)
-            if evicted.in_flight is not None:
-                evicted.in_flight.cancel()
+            self.sources.pop(old)
+            self.scheduler.remove(old)
             self.cache.forget_source(old)
             log.info(
                 "crl {listener}: evicted distribution point {url} (capacity)",
-                listener=self.listener.name,
+                listener=self.listener,
                 url=old,
             )
-        log.info(
-            "crl {listener}: added distribution point {url}", listener=self.listener.name, url=url
-        )
+        log.info("crl {listener}: added distribution point {url}", listener=self.listener, url=url)
         if fetch:
-            self._first_round(source)
+            self.scheduler.run_now(source.job)
         return source
 
     def when_attempted(self, url: str) -> defer.Deferred[None]:
@@ -427,28 +371,19 @@ class CrlService(service.Service):
         source = self.sources.get(url) or self._add_discovered(url)
         if source is None:
             return defer.succeed(None)
-        if source.attempted and source.in_flight is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        source.waiters.append(d)
-        return d
+        return self.scheduler.when_attempted(source.job)
 
     # -- persistence -----------------------------------------------------------------------
 
-    def _persist_dir(self) -> str | None:
-        base = self.listener.crl_cache_dir
-        return os.path.join(base, self.listener.name) if base else None
-
     def _persist_path(self, url: str) -> str | None:
-        directory = self._persist_dir()
-        if directory is None:
-            return None
-        return os.path.join(directory, hashlib.sha256(url.encode()).hexdigest()[:32] + ".crl")
+        return crl_path(self._cache_dir, self.listener, url)
 
     def _restore_discovered(self) -> None:
         """Re-add the distribution points persisted by an earlier run (start-up only)."""
-        directory = self._persist_dir()
-        if not self.listener.crl_cache_from_cert or not directory or not os.path.isdir(directory):
+        if not self.settings.from_cert or self._cache_dir is None:
+            return
+        directory = os.path.join(self._cache_dir, self.listener)
+        if not os.path.isdir(directory):
             return
         for name in sorted(os.listdir(directory)):
             if not name.endswith(".crl.json"):

@@ -13,19 +13,16 @@ import attrs
 import treq
 from twisted.internet import defer
 
+from gateway.errors import GatewayError
+
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
-class FetchError(Exception):
+class FetchError(GatewayError):
     """A download that did not yield a usable body. ``kind``: http_status, too_large,
     timeout, redirects, connect."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 def _limited_collector(limit: int, url: str) -> tuple[list[bytes], Any]:

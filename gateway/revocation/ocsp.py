@@ -25,16 +25,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-CLOCK_SKEW = 300.0
+from gateway.clock import CLOCK_SKEW, utc_timestamp
+from gateway.errors import GatewayError
 
 
-class OcspError(Exception):
+class OcspError(GatewayError):
     """A response that must not be stapled. ``kind`` is a short machine-readable class."""
 
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
+
+@attrs.frozen
+class OcspTarget:
+    """What stapling asks the responder about: our certificate, its issuer, the URL."""
+
+    cert: x509.Certificate
+    issuer: x509.Certificate
+    responder: str
 
 
 @attrs.frozen
@@ -51,11 +56,7 @@ class OcspInfo:
 
 
 def _ts(value: datetime.datetime | None) -> float | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.timestamp()
+    return None if value is None else utc_timestamp(value)
 
 
 def responder_url_of(cert: x509.Certificate) -> str | None:

@@ -2,7 +2,8 @@
 
 The stapling callback installed on the listener's SSL context is a synchronous read of
 ``current``: it returns the cached DER or b"" (no staple), and never raises (an exception
-or None there aborts the client's handshake).
+or None there aborts the client's handshake). Refreshes run on the shared refresh
+scheduler: at the interval, and at the latest halfway to the held response's nextUpdate.
 """
 
 from __future__ import annotations
@@ -12,22 +13,25 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from cryptography import x509
 from OpenSSL import SSL
 from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import ListenerConfig
+from gateway.clock import format_timestamp
+from gateway.config.model import OcspSettings
+from gateway.errors import GatewayError, describe_error
 from gateway.revocation import ocsp
-from gateway.revocation.crl_service import RETRY_BASE, TICK, _iso
-from gateway.revocation.fetch import FetchError, HttpFetcher
-from gateway.revocation.worker import write_atomically
+from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
+from gateway.revocation.store import ocsp_path, write_atomically
+from gateway.status import OcspStatus
 
 log = Logger()
 
-MAX_RESPONSE_SIZE = 64 * 1024
+MAX_RESPONSE_SIZE = 64 * 1024  # real responses are a few KB; more is not an OCSP answer
+REFRESH_LEAD = 0.5  # refresh at the latest halfway to the held response's nextUpdate
 
 
 @attrs.define
@@ -44,23 +48,6 @@ class OcspState:
     last_fetch: float | None = None
     last_result: str | None = None  # updated, unchanged, error, loaded_from_disk, dropped
     last_error: str | None = None
-    failures: int = 0
-    next_refresh: float | None = None
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "certificate": self.certificate,
-            "serial": self.serial,
-            "responder": self.responder,
-            "status": self.status,
-            "produced_at": _iso(self.produced_at),
-            "this_update": _iso(self.this_update),
-            "next_update": _iso(self.next_update),
-            "last_fetch": _iso(self.last_fetch),
-            "last_result": self.last_result,
-            "last_error": self.last_error,
-            "next_refresh": _iso(self.next_refresh),
-        }
 
 
 def _write_in_thread(reactor: Any) -> Callable[[str, bytes, dict[str, Any]], defer.Deferred[None]]:
@@ -77,28 +64,33 @@ class OcspStapler(service.Service):
 
     def __init__(
         self,
-        listener: ListenerConfig,
+        listener: str,
+        settings: OcspSettings,
+        cache_dir: str | None,
         reactor: Any,
         fetcher: HttpFetcher,
-        cert: x509.Certificate,
-        issuer: x509.Certificate,
-        responder: str,
+        target: ocsp.OcspTarget,
         write: Callable[[str, bytes, dict[str, Any]], defer.Deferred[None]] | None = None,
     ) -> None:
         self.listener = listener
-        self.name = f"ocsp:{listener.name}"
+        self.settings = settings
+        self.name = f"ocsp:{listener}"
+        self._cache_dir = cache_dir
         self._reactor = reactor
         self._fetcher = fetcher
-        self._cert = cert
-        self._issuer = issuer
+        self._cert = target.cert
+        self._issuer = target.issuer
         self._write = write or _write_in_thread(reactor)
         self.current: ocsp.OcspInfo | None = None
         self.state = OcspState(
-            cert.subject.rfc4514_string(), format(cert.serial_number, "X"), responder
+            target.cert.subject.rfc4514_string(),
+            format(target.cert.serial_number, "X"),
+            target.responder,
         )
-        self._due = 0.0
-        self._in_flight: defer.Deferred[Any] | None = None
-        self._loop: task.LoopingCall | None = None
+        self.scheduler = RefreshScheduler(reactor, on_tick=self._drop_expired)
+        self.job = self.scheduler.add(
+            RefreshJob(target.responder, self._refresh, settings.refresh_interval, REFRESH_LEAD)
+        )
         self.requests_stapled = 0
 
     # -- the handshake side ------------------------------------------------------------------
@@ -122,24 +114,33 @@ class OcspStapler(service.Service):
     def startService(self) -> None:
         super().startService()
         self._load_persisted()
-        self._refresh()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._reactor
-        self._loop.start(TICK, now=False).addErrback(lambda f: log.failure("OCSP timer stopped", f))
+        self.scheduler.run_now(self.job)
+        self.scheduler.start()
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        if self._in_flight is not None:
-            self._in_flight.cancel()
+        self.scheduler.stop()
 
-    def snapshot(self) -> dict[str, Any]:
-        return self.state.snapshot()
+    def status(self) -> OcspStatus:
+        s = self.state
+        return OcspStatus(
+            certificate=s.certificate,
+            serial=s.serial,
+            responder=s.responder,
+            status=s.status,
+            produced_at=s.produced_at,
+            this_update=s.this_update,
+            next_update=s.next_update,
+            last_fetch=s.last_fetch,
+            last_result=s.last_result,
+            last_error=s.last_error,
+            failures=self.job.failures,
+            next_refresh=self.job.next_refresh,
+            staples_sent=self.requests_stapled,
+        )
 
     def _persist_path(self) -> str | None:
-        directory = self.listener.ocsp_cache_dir
-        return os.path.join(directory, f"{self.listener.name}.ocsp.der") if directory else None
+        return ocsp_path(self._cache_dir, self.listener)
 
     def _load_persisted(self) -> None:
         path = self._persist_path()
@@ -152,7 +153,7 @@ class OcspStapler(service.Service):
         except (OSError, ocsp.OcspError) as e:
             log.info(
                 "ocsp {listener}: persisted response {path} not used: {why}",
-                listener=self.listener.name,
+                listener=self.listener,
                 path=path,
                 why=e,
             )
@@ -161,39 +162,26 @@ class OcspStapler(service.Service):
 
     # -- refresh ---------------------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        try:
-            now = self._reactor.seconds()
-            current = self.current
-            if current is not None and now >= current.next_update:
-                self.current = None
-                self.state.status = None
-                self.state.last_result = "dropped"
-                log.warn(
-                    "ocsp {listener}: response reached its nextUpdate {next_update} with no "
-                    "newer valid one; stapling stopped until one arrives",
-                    listener=self.listener.name,
-                    next_update=_iso(current.next_update),
-                )
-            if self._in_flight is None and now >= self._due:
-                self._refresh()
-        except Exception:
-            log.failure("OCSP refresh tick failed")
+    def _drop_expired(self) -> None:
+        current = self.current
+        if current is not None and self._reactor.seconds() >= current.next_update:
+            self.current = None
+            self.state.status = None
+            self.state.last_result = "dropped"
+            log.warn(
+                "ocsp {listener}: response reached its nextUpdate {next_update} with no "
+                "newer valid one; stapling stopped until one arrives",
+                listener=self.listener,
+                next_update=format_timestamp(current.next_update),
+            )
 
-    def _refresh(self) -> None:
-        try:
-            self._start_refresh()
-        except Exception:
-            log.failure("ocsp {listener}: refresh failed to start", listener=self.listener.name)
-            self._schedule(ok=False)
-
-    def _start_refresh(self) -> None:
-        nonce = ocsp.new_nonce() if self.listener.ocsp_nonce else None
+    def _refresh(self) -> defer.Deferred[None]:
+        nonce = ocsp.new_nonce() if self.settings.nonce else None
         request = ocsp.build_request(self._cert, self._issuer, nonce)
         responder = self.state.responder
-        timeout = self.listener.ocsp_refresh_http_timeout
+        timeout = self.settings.http_timeout
         d: defer.Deferred[Any]
-        if self.listener.ocsp_request_method == "get":
+        if self.settings.request_method == "get":
             d = self._fetcher.fetch(ocsp.get_url(responder, request), timeout, MAX_RESPONSE_SIZE)
         else:
             d = self._fetcher.fetch(
@@ -207,30 +195,12 @@ class OcspStapler(service.Service):
         d.addCallback(
             lambda der: ocsp.validate(der, self._cert, self._issuer, self._reactor.seconds(), nonce)
         )
-        d.addCallbacks(lambda info: self._accept(info, None), self._failed)
-        d.addErrback(lambda f: log.failure("OCSP refresh failed", f))
-
-        def done(_: object) -> None:
-            self._in_flight = None
-
-        d.addBoth(done)
-        if not d.called:
-            self._in_flight = d
+        return d.addCallbacks(lambda info: self._accept(info, None), self._failed)
 
     def _schedule(self, ok: bool) -> None:
-        now = self._reactor.seconds()
-        interval = self.listener.ocsp_refresh_interval
-        if ok:
-            self.state.failures = 0
-            delay = interval
-        else:
-            self.state.failures += 1
-            delay = min(interval, RETRY_BASE * 2 ** (self.state.failures - 1))
-        if self.current is not None:
-            # Well before nextUpdate: at the latest halfway there.
-            delay = min(delay, (self.current.next_update - now) / 2)
-        self._due = now + max(delay, TICK)
-        self.state.next_refresh = self._due
+        current = self.current
+        next_update = current.next_update if current is not None else None
+        self.scheduler.schedule(self.job, Outcome(ok, next_update))
 
     def _accept(self, info: ocsp.OcspInfo, result: str | None, persist: bool = True) -> None:
         now = self._reactor.seconds()
@@ -256,13 +226,13 @@ class OcspStapler(service.Service):
             log.info(
                 "ocsp {listener}: {result}; status={status} producedAt={produced} "
                 "thisUpdate={this_update} nextUpdate={next_update} next refresh {next_refresh}",
-                listener=self.listener.name,
+                listener=self.listener,
                 result=result,
                 status=info.status,
-                produced=_iso(info.produced_at),
-                this_update=_iso(info.this_update),
-                next_update=_iso(info.next_update),
-                next_refresh=_iso(self._due),
+                produced=format_timestamp(info.produced_at),
+                this_update=format_timestamp(info.this_update),
+                next_update=format_timestamp(info.next_update),
+                next_refresh=format_timestamp(self.job.next_refresh),
             )
             path = self._persist_path()
             if persist and path is not None:
@@ -273,29 +243,28 @@ class OcspStapler(service.Service):
             log.critical(
                 "ocsp {listener}: THE SERVER CERTIFICATE {subject} (serial {serial}) IS REVOKED "
                 "(since {when}, reason {reason}); the revoked status is being stapled",
-                listener=self.listener.name,
+                listener=self.listener,
                 subject=self.state.certificate,
                 serial=self.state.serial,
-                when=_iso(info.revocation_time),
+                when=format_timestamp(info.revocation_time),
                 reason=info.revocation_reason or "unspecified",
             )
 
     def _failed(self, reason: Failure) -> None:
-        error = reason.value
-        if not isinstance(error, (FetchError, ocsp.OcspError)):
-            log.failure("ocsp {listener}: unexpected failure", reason, listener=self.listener.name)
-        kind = getattr(error, "kind", None)
+        error: BaseException = reason.value  # type: ignore[assignment]  # set on a Failure
+        if not isinstance(error, GatewayError):
+            log.failure("ocsp {listener}: unexpected failure", reason, listener=self.listener)
         self.state.last_fetch = self._reactor.seconds()
         self.state.last_result = "error"
-        self.state.last_error = f"{kind}: {getattr(error, 'detail', error)}" if kind else str(error)
+        self.state.last_error = describe_error(error)
         self._schedule(ok=False)
         log.warn(
             "ocsp {listener}: refresh failed ({error}); {kept}; retry at {retry}",
-            listener=self.listener.name,
+            listener=self.listener,
             error=self.state.last_error,
             kept="keeping the previous response until its nextUpdate "
-            + _iso(self.current.next_update)
+            + format_timestamp(self.current.next_update)
             if self.current is not None
             else "nothing to staple",
-            retry=_iso(self._due),
+            retry=format_timestamp(self.job.next_refresh),
         )

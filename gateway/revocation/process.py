@@ -13,7 +13,6 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.revocation import worker
 from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, SerialIndex
 
 
@@ -157,20 +156,3 @@ class SubprocessProcessor:
         timer = self._reactor.callLater(self.timeout, kill)
         done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return done.addCallback(decode_answer)
-
-
-@attrs.define
-class InlineProcessor:
-    """The same work in this process: for deterministic unit tests only."""
-
-    def process(
-        self, header: bytes, body: list[bytes], max_output: int
-    ) -> defer.Deferred[list[LoadedCrl]]:
-        import io
-
-        out = io.BytesIO()
-        worker.main(io.BytesIO(header + b"".join(body)), out)
-        try:
-            return defer.succeed(decode_answer(out.getvalue()))
-        except CrlError as e:
-            return defer.fail(e)

@@ -15,37 +15,13 @@ A body whose CRLs are all older than the current ones is not persisted.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from typing import Any, BinaryIO
 
 from cryptography import x509
 
 from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, load
-
-
-def write_atomically(path: str, data: bytes, meta: dict[str, Any]) -> None:
-    """Write ``path`` (and ``path.json``) so that a reader sees the old or the new, never half."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    for target, content in ((path, data), (path + ".json", json.dumps(meta).encode())):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+from gateway.revocation.store import write_atomically
 
 
 def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[LoadedCrl]]:

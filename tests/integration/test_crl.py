@@ -13,9 +13,9 @@ import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway import pki
-from tests import support
-from tests.crl_support import CrlHttpServer, OpensslCA
+from gateway import testing as support
+from gateway.demo import pki
+from gateway.testing.crl import CrlHttpServer, OpensslCA
 from tests.unit.test_crl_core import make_crl, pem
 
 pytestmark = pytest.mark.integration

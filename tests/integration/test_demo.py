@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests import support
+from gateway import testing as support
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,9 @@ def test_demo_commands_work(workdir: str) -> None:
         assert "OCSP Response Status: successful" in shown.stdout, shown.stdout
         assert "Cert Status: good" in shown.stdout
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(
+            signal.SIGTERM
+        )  # as a service manager would; SIGINT may be ignored in a background job
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:

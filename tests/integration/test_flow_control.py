@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests import support
+from gateway import testing as support
 
 pytestmark = pytest.mark.integration
 

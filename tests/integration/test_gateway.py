@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import paho.mqtt.client as paho
 import pytest
 
-from gateway import pki
-from tests import support
+from gateway import testing as support
+from gateway.demo import pki
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway import pki
-from tests import support
-from tests.ocsp_support import OpensslOcspResponder
+from gateway import testing as support
+from gateway.demo import pki
+from gateway.testing.ocsp import OpensslOcspResponder
 
 pytestmark = pytest.mark.integration
 

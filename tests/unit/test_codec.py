@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import mqtt
-from tests.support import connect_packet, encode_length
+from gateway.testing import connect_packet, encode_length
 
 
 def _string(s: bytes) -> bytes:

@@ -9,9 +9,11 @@ import shutil
 import pytest
 
 from gateway import config as cfg
-from gateway import pki
+from gateway import testing as support
+from gateway.config.values import parse_bool
+from gateway.demo import pki
 from gateway.errors import ConfigError
-from tests import support
+from gateway.prepare import prepare, prepare_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,8 +29,9 @@ def base(p: support.Pki, **extra: str) -> str:
 
 
 def error_of(text: str, path: str = "gw.conf") -> ConfigError:
+    """The error of a configuration, whether the text or the files it names are at fault."""
     with pytest.raises(ConfigError) as info:
-        cfg.parse_config(text, path)
+        prepare_text(text, path)
     return info.value
 
 
@@ -36,14 +39,15 @@ def test_defaults_are_filled_in(certs: support.Pki) -> None:
     """A minimal listener gets the documented defaults."""
     listener = cfg.parse_config(base(certs)).listener("ext")
     assert listener.bind == ("127.0.0.1", 8883)
-    assert listener.verify == "verify_peer"
-    assert listener.fail_if_no_peer_cert is True
-    assert listener.tls_versions == ("tlsv1.3", "tlsv1.2")
-    assert listener.handshake_timeout == 15.0
-    assert listener.connect_timeout == 10.0
-    assert listener.upstream_connect_timeout == 5.0
-    assert listener.max_packet_size == 65536
-    assert listener.upstream == ("127.0.0.1", 1883)
+    assert listener.tls.verify_peer is True
+    assert listener.tls.fail_if_no_peer_cert is True
+    assert listener.tls.versions == ("tlsv1.3", "tlsv1.2")
+    assert listener.limits.handshake_timeout == 15.0
+    assert listener.limits.connect_timeout == 10.0
+    assert listener.upstream.connect_timeout == 5.0
+    assert listener.limits.max_packet_size == 65536
+    assert listener.upstream.address == ("127.0.0.1", 1883)
+    assert listener.crl is None and listener.ocsp is None
 
 
 def test_value_syntax(certs: support.Pki) -> None:
@@ -56,12 +60,12 @@ def test_value_syntax(certs: support.Pki) -> None:
         "listener.ssl.ext.ciphers = TLS_AES_128_GCM_SHA256, ECDHE-ECDSA-AES128-GCM-SHA256\n"
     )
     listener = cfg.parse_config(text).listener("ext")
-    assert listener.handshake_timeout == 1.5
-    assert listener.connect_timeout == 120
-    assert listener.max_packet_size == 1024 * 1024
-    assert listener.tls_versions == ("tlsv1.2",)
-    assert listener.ciphers == ("TLS_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
-    assert cfg.parse_bool("on") and not cfg.parse_bool("off")
+    assert listener.limits.handshake_timeout == 1.5
+    assert listener.limits.connect_timeout == 120
+    assert listener.limits.max_packet_size == 1024 * 1024
+    assert listener.tls.versions == ("tlsv1.2",)
+    assert listener.tls.ciphers == ("TLS_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert parse_bool("on") and not parse_bool("off")
 
 
 def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> None:
@@ -72,9 +76,9 @@ def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> Non
     text += support.listener_conf("b", 8884, 1884, certs)
     text += "upstream = broker.internal:1999\nconnect_timeout = 3s\n"
     config = cfg.parse_config(text)
-    assert config.listener("a").upstream == ("broker.internal", 1999)
-    assert config.listener("b").upstream == ("127.0.0.1", 1884)
-    assert config.listener("a").connect_timeout == 3.0
+    assert config.listener("a").upstream.address == ("broker.internal", 1999)
+    assert config.listener("b").upstream.address == ("127.0.0.1", 1884)
+    assert config.listener("a").limits.connect_timeout == 3.0
 
 
 @pytest.mark.parametrize(
@@ -177,8 +181,8 @@ def test_verify_none_needs_no_ca(certs: support.Pki) -> None:
     text = base(certs).replace(f"listener.ssl.ext.cacertfile = {certs.ca_file}\n", "")
     text += "listener.ssl.ext.verify = verify_none\n"
     listener = cfg.parse_config(text).listener("ext")
-    assert listener.fail_if_no_peer_cert is False
-    assert listener.cacertfile is None
+    assert listener.tls.fail_if_no_peer_cert is False
+    assert listener.tls.cacertfile is None
 
 
 def test_unreadable_config_file() -> None:
@@ -199,14 +203,34 @@ def test_sample_configuration_loads_as_is(certs: support.Pki, tmp_path: object) 
         (certs.ca_file, "ca.pem"),
     ]:
         shutil.copy(src, os.path.join(directory, "certs", dst))
-    config = cfg.load_config(os.path.join(directory, "mqttgw.conf"))
+    config = prepare(os.path.join(directory, "mqttgw.conf")).config
     listener = config.listener("external")
     assert listener.bind == ("0.0.0.0", 8883)
-    assert listener.certfile == os.path.join(directory, "certs", "server.pem")
-    assert listener.upstream == ("127.0.0.1", 1883)
+    assert listener.tls.certfile == os.path.join(directory, "certs", "server.pem")
+    assert listener.upstream.address == ("127.0.0.1", 1883)
     # The effective configuration printed by check-config parses back to the same values.
     again = cfg.parse_config(cfg.format_config(config), os.path.join(directory, "x.conf"))
     assert again.listeners == config.listeners
+    assert again.globals == config.globals
+
+
+def test_effective_configuration_round_trips_every_key(certs: support.Pki) -> None:
+    """With every optional section on, check-config's text names every key once per listener
+    (or once globally) and parses back to the same settings: each key's model path resolves."""
+    text = base(certs) + (
+        "listener.ssl.ext.enable_crl_cache = true\n"
+        "listener.ssl.ext.crl_cache_urls = http://ca.test/a.crl\n"
+        "listener.ssl.ext.enable_ocsp_stapling = true\n"
+        "listener.ssl.ext.ocsp_responder_url = http://ocsp.test/\n"
+        "crl_cache.dir = /var/lib/mqttgw/crl\nstats_log_interval = 1m\n"
+    )
+    config = cfg.parse_config(text, "/etc/mqttgw/gw.conf")
+    shown = cfg.format_config(config)
+    for key in cfg.KEYS:
+        name = key.name if not key.listener else f"listener.ssl.ext.{key.name}"
+        assert re.search(rf"^{re.escape(name)} =", shown, re.M), key.name
+    again = cfg.parse_config(shown, "/etc/mqttgw/gw.conf")
+    assert again.listeners == config.listeners and again.globals == config.globals
 
 
 def test_every_key_is_documented_and_in_the_sample() -> None:

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from gateway import pki
+from gateway.demo import pki
 from gateway.revocation import crl as C
 from gateway.revocation import worker
 from gateway.revocation.process import decode_answer, encode_request

@@ -16,13 +16,14 @@ from twisted.logger import capturedLogs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from gateway import pki
-from gateway.config import ListenerConfig, parse_config
+from gateway import testing as support
+from gateway.config import Config, parse_config
+from gateway.demo import pki
+from gateway.peer import PeerVerification, PendingCrl
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
-from gateway.revocation.process import InlineProcessor
-from tests import support
+from gateway.testing import InlineProcessor
 from tests.unit.test_crl_core import make_crl, pem
 
 URL = "http://ca.test/devices.crl"
@@ -57,27 +58,32 @@ def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
     return support.make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-def listener(p: support.Pki, **extra: str) -> ListenerConfig:
+def listener(p: support.Pki, **extra: str) -> Config:
     opts = {"enable_crl_cache": "true", "crl_cache_urls": URL}
     opts.update(extra)
     globals_ = opts.pop("globals", "")
-    return parse_config(support.listener_conf("t", 8883, 1883, p, opts) + globals_).listener("t")
+    return parse_config(support.listener_conf("t", 8883, 1883, p, opts) + globals_)
 
 
 class Harness:
     def __init__(self, p: support.Pki, **extra: str) -> None:
         self.p = p
-        self.config = listener(p, **extra)
+        config = listener(p, **extra)
+        self.config = config.listener("t").crl
+        assert self.config is not None
         self.clock = Clock()
         self.clock.advance(pki.now().timestamp())
         self.routes = Routes()
         self.stub = StubTreq(self.routes)
-        self.cache = CrlCache(self.clock, self.config.crl_grace_period)
+        self.cache = CrlCache(self.clock, self.config.grace_period)
         with open(p.ca_file, "rb") as f:
             trust_pem = f.read()
         self.updates: list[Any] = []
         self.service = CrlService(
+            "t",
             self.config,
+            config.globals.crl_refresh_interval,
+            config.globals.crl_cache_dir,
             self.clock,
             HttpFetcher(self.stub, self.clock),
             InlineProcessor(),
@@ -85,12 +91,7 @@ class Harness:
             trust_pem,
             on_update=self.updates.append,
         )
-        self.checker = RevocationChecker(
-            self.cache,
-            self.config.crl_expired_policy,
-            self.service,
-            self.config.crl_cache_from_cert,
-        )
+        self.checker = RevocationChecker(self.cache, self.config, self.service, self.clock)
 
     def flush(self) -> None:
         for _ in range(3):
@@ -131,10 +132,10 @@ def test_first_fetch_installs_and_reports(p: support.Pki) -> None:
     h.flush()
     assert h.service.ready.called
     assert h.status(42) == "revoked" and h.status(44) == "good"
-    snap = h.state().snapshot()
-    assert snap["last_result"] == "updated" and snap["last_error"] is None
-    assert snap["crls"][0]["entries"] == 2 and snap["crls"][0]["number"] == 9
-    assert snap["next_refresh"] != "-" and snap["size"] > 0
+    (snap,) = h.service.status()
+    assert snap.last_result == "updated" and snap.last_error is None
+    assert snap.crls[0].entries == 2 and snap.crls[0].number == 9
+    assert snap.next_refresh is not None and snap.size is not None and snap.size > 0
     assert len(h.updates) == 1
 
 
@@ -202,7 +203,7 @@ def test_crl_of_another_ca_and_older_crl_are_refused(p: support.Pki) -> None:
     h.advance(61)
     assert h.state().last_result == "older"
     assert h.status(5) == "revoked"
-    assert h.cache.get(h.p.inter.cert.subject.public_bytes()).info.number == 10  # type: ignore[union-attr]
+    assert h.cache.current_infos()[h.p.inter.cert.subject.public_bytes()].number == 10  # type: ignore[union-attr]
 
 
 def test_timer_survives_unexpected_errors(p: support.Pki) -> None:
@@ -219,7 +220,7 @@ def test_timer_survives_unexpected_errors(p: support.Pki) -> None:
         h.service.startService()
         h.flush()
         h.advance(30)
-    assert h.service._loop is not None and h.service._loop.running
+    assert h.service.scheduler._loop is not None and h.service.scheduler._loop.running
     assert h.routes.hits["/devices.crl"] >= 2  # retried
     assert any(e.get("log_failure") is not None for e in events)
 
@@ -300,11 +301,12 @@ def test_distribution_points_capacity_and_eviction(p: support.Pki) -> None:
     h.service.startService()
     for i in range(3):
         leaf = pki.issue(cas[i], f"dp-leaf-{i}", crl_url=f"http://ca.test/dp{i}.crl").cert
-        state = type("S", (), {"crl_pending": None})()
+        state = PeerVerification()
         assert (
             h.checker.check(leaf, leaf.issuer.public_bytes(), leaf.serial_number, 0, state) is None
         )
-        assert state.crl_pending[0] == f"http://ca.test/dp{i}.crl"
+        assert state.crl_pending is not None
+        assert state.crl_pending.url == f"http://ca.test/dp{i}.crl"
         h.flush()
         assert h.cache.status(leaf.issuer.public_bytes(), i + 100) == "revoked"
     assert list(h.service.sources) == ["http://ca.test/dp1.crl", "http://ca.test/dp2.crl"]
@@ -312,6 +314,31 @@ def test_distribution_points_capacity_and_eviction(p: support.Pki) -> None:
     # A held client is decided once the distribution point was fetched.
     assert h.checker.decide_held(cas[2].cert.subject.public_bytes(), 102) == "revoked"
     assert h.checker.decide_held(cas[2].cert.subject.public_bytes(), 5) is None
+    issuer = cas[2].cert.subject.public_bytes()
+    verdicts: list[Any] = []
+    h.checker.decide_later(PendingCrl("http://ca.test/dp2.crl", issuer, 102)).addCallback(
+        verdicts.append
+    )
+    assert verdicts == [("revoked", "after fetching http://ca.test/dp2.crl")]
+
+
+def test_hold_is_bounded_by_the_download_timeout(p: support.Pki) -> None:
+    """A held client's CRL that never arrives is decided by the policy after
+    crl_cache_http_timeout plus the processing allowance, not left waiting."""
+    h = Harness(p, crl_cache_urls="", crl_cache_from_cert="true", crl_cache_http_timeout="3s")
+    h.routes.set("/slow.crl", 0)  # hangs
+    h.service.startService()
+    h.flush()
+    leaf = pki.issue(h.p.inter, "held", crl_url="http://ca.test/slow.crl").cert
+    issuer = leaf.issuer.public_bytes()
+    verdicts: list[Any] = []
+    h.checker.decide_later(PendingCrl("http://ca.test/slow.crl", issuer, 1)).addCallback(
+        verdicts.append
+    )
+    h.advance(2)
+    assert verdicts == []
+    h.advance(7)
+    assert verdicts == [("crl_missing", "after fetching http://ca.test/slow.crl")]
 
 
 def test_alias_keys_are_accepted(p: support.Pki) -> None:
@@ -320,7 +347,8 @@ def test_alias_keys_are_accepted(p: support.Pki) -> None:
         "t", 8883, 1883, p, {"enable_crl_check": "true", "crl_cache_urls": URL}
     )
     text += "crl_cache_refresh_interval = 2m\ncrl_cache_http_timeout = 4s\n"
-    config = parse_config(text).listener("t")
-    assert config.enable_crl_cache and config.crl_cache_refresh_interval == 120
-    assert config.crl_cache_http_timeout == 4
+    config = parse_config(text)
+    crl = config.listener("t").crl
+    assert crl is not None and config.globals.crl_refresh_interval == 120
+    assert crl.http_timeout == 4
     assert x509  # imported for type use in helpers

@@ -8,8 +8,8 @@ from typing import Any
 
 from cryptography.x509 import ocsp as cocsp
 
-from gateway import pki
-from gateway.demo_ocsp import answer
+from gateway.demo import pki
+from gateway.demo.ocsp import answer
 from gateway.revocation import ocsp
 
 

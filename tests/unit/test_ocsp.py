@@ -14,13 +14,14 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from gateway import pki
-from gateway.config import parse_config
+from gateway import testing as support
+from gateway.demo import pki
+from gateway.prepare import prepare_text
 from gateway.revocation import ocsp
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_service import OcspStapler
-from gateway.revocation.worker import write_atomically
-from tests import ocsp_support, support
+from gateway.revocation.store import write_atomically
+from gateway.testing import ocsp as ocsp_support
 from tests.unit.test_crl_service import Routes
 
 RESPONDER = "http://ocsp.test/"
@@ -140,9 +141,13 @@ class Harness:
         opts = {"enable_ocsp_stapling": "true", "certfile": cert, "keyfile": key}
         opts.update(extra)
         globals_ = opts.pop("globals", "")
-        self.config = parse_config(
-            support.listener_conf("o", 8883, 1883, p, opts) + globals_
-        ).listener("o")
+        prepared = prepare_text(support.listener_conf("o", 8883, 1883, p, opts) + globals_)
+        listener = prepared.config.listener("o")
+        assert listener.ocsp is not None
+        self.config = listener.ocsp
+        self.cache_dir = prepared.config.globals.ocsp_cache_dir
+        target = prepared.materials["o"].ocsp
+        assert target is not None
         self.p, self.server = p, server
         self.clock = Clock()
         self.clock.advance(time.time())
@@ -156,12 +161,12 @@ class Harness:
             return defer.succeed(None)
 
         self.stapler = OcspStapler(
+            "o",
             self.config,
+            self.cache_dir,
             self.clock,
             HttpFetcher(self.stub, self.clock),
-            server.cert,
-            p.inter.cert,
-            RESPONDER,
+            ocsp.ocsp.OcspTarget(server.cert, p.inter.cert, RESPONDER),
             write,
         )
 
@@ -206,16 +211,16 @@ def test_fetch_validate_staple_and_refresh(
     h.stapler.startService()
     h.flush()
     assert h.staple() == first
-    snap = h.stapler.snapshot()
-    assert snap["status"] == "good" and snap["last_result"] == "updated"
-    assert snap["next_refresh"] != "-"
+    snap = h.stapler.status()
+    assert snap.status == "good" and snap.last_result == "updated"
+    assert snap.next_refresh is not None and snap.staples_sent == 1
     second = h.good(minutes=10)
     h.answer(200, second)
     h.advance(301)
     assert h.staple() == second
     # nextUpdate is now 4 minutes away: the next refresh comes at the latest halfway there.
-    assert h.stapler.state.next_refresh is not None
-    assert h.stapler.state.next_refresh - h.clock.seconds() <= 150
+    assert h.stapler.job.next_refresh is not None
+    assert h.stapler.job.next_refresh - h.clock.seconds() <= 150
 
 
 @pytest.mark.parametrize(
@@ -345,7 +350,7 @@ def test_missing_responder_or_issuer_is_a_start_up_error(p: support.Pki, tmp_pat
         "o", 8883, 1883, p, {"enable_ocsp_stapling": "true", "certfile": cert, "keyfile": key}
     )
     with pytest.raises(ConfigError) as info:
-        parse_config(text)
+        prepare_text(text)
     assert (
         info.value.key == "listener.ssl.o.enable_ocsp_stapling"
         and "ocsp_responder_url" in info.value.reason
@@ -354,7 +359,8 @@ def test_missing_responder_or_issuer_is_a_start_up_error(p: support.Pki, tmp_pat
         "enable_ocsp_stapling = true",
         "enable_ocsp_stapling = true\nlistener.ssl.o.ocsp_responder_url = http://x.test/",
     )
-    assert parse_config(text).listener("o").ocsp_responder_url == "http://x.test/"
+    ocsp_settings = prepare_text(text).config.listener("o").ocsp
+    assert ocsp_settings is not None and ocsp_settings.responder_url == "http://x.test/"
     orphan = pki.issue(
         pki.make_ca("unrelated"), "localhost", server=True, ocsp_url="http://x.test/"
     )
@@ -363,7 +369,7 @@ def test_missing_responder_or_issuer_is_a_start_up_error(p: support.Pki, tmp_pat
         "o", 8883, 1883, p, {"enable_ocsp_stapling": "true", "certfile": cert, "keyfile": key}
     )
     with pytest.raises(ConfigError) as info:
-        parse_config(text)
+        prepare_text(text)
     assert "set ocsp_issuer_pem" in info.value.reason
 
 
@@ -383,7 +389,7 @@ def test_timer_survives_unexpected_errors(
         h.stapler.startService()
         h.flush()
         h.advance(3)
-    assert h.stapler._loop is not None and h.stapler._loop.running
+    assert h.stapler.scheduler._loop is not None and h.stapler.scheduler._loop.running
     assert any(e.get("log_failure") is not None for e in events)
     h.stapler._fetcher = HttpFetcher(h.stub, h.clock)
     h.advance(70)

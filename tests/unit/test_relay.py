@@ -10,8 +10,8 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from gateway import pki
-from tests import support
+from gateway import testing as support
+from gateway.demo import pki
 from tests.unit.tlsloop import Listener
 
 
@@ -172,15 +172,17 @@ def test_max_connections(p: support.Pki) -> None:
 
 
 def test_swapped_context_serves_new_connections_only(p: support.Pki, good: tuple[str, str]) -> None:
-    """swap() changes the context for new connections; live ones keep theirs."""
-    from gateway.tls.context import CertificateVerifier, build_context
+    """A new context given to the creator serves new connections; live ones keep theirs."""
+    from gateway.tls.context import build_context
+    from gateway.tls.verify import CertificateVerifier
 
     listener = Listener.make(p)
     server, client, pump = listener.connect(p, good)
     pump.flush()
     old_context = server._tlsConnection.get_context()
-    new_context = build_context(listener.config, CertificateVerifier())
-    listener.creator.swap(new_context)
+    config = listener.config
+    new_context = build_context(config.name, config.tls, listener.material, CertificateVerifier())
+    listener.creator.context = new_context
     server2, client2, pump2 = listener.connect(p, good)
     pump2.flush()
     assert server._tlsConnection.get_context() is old_context

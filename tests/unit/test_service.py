@@ -10,11 +10,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from gateway import pki
-from gateway.config import parse_config
-from gateway.revocation.process import InlineProcessor
+from gateway import testing as support
+from gateway.demo import pki
+from gateway.prepare import prepare_text
 from gateway.service import ListenerService, make_gateway_service
-from tests import support
+from gateway.testing import InlineProcessor
 
 
 class Hanging(Resource):
@@ -74,10 +74,19 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
             "enable_ocsp_stapling": "true",
         },
     )
-    config = parse_config(text).listener("s")
+    prepared = prepare_text(text)
+    config = prepared.config.listener("s")
+    assert config.crl is not None
     reactor = Reactor()
     stub = StubTreq(Hanging())
-    ls = ListenerService(config, reactor, http_client=stub, crl_processor=InlineProcessor())
+    ls = ListenerService(
+        config,
+        prepared.materials["s"],
+        prepared.config.globals,
+        reactor,
+        http_client=stub,
+        crl_processor=InlineProcessor(),
+    )
     ls.privilegedStartService()
     ls.startService()
     port = reactor.tcpServers[0]
@@ -85,20 +94,21 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
     assert ls.crl_service is not None and not ls.crl_service.ready.called
     assert reactor.port.reading is False  # bound, not accepting yet
     stub.flush()
-    reactor.advance(config.crl_cache_http_timeout + 0.1)
+    reactor.advance(config.crl.http_timeout + 0.1)
     assert ls.crl_service.ready.called  # the timeout ended the first round: policy decides now
     assert reactor.port.reading is True
     status = ls.status()
-    assert status["stats"]["listener"] == "s"
-    assert status["crl"]["sources"][0]["last_result"] == "error"
-    assert "timeout" in status["crl"]["sources"][0]["last_error"]
-    assert status["ocsp"]["status"] is None and "timeout" in status["ocsp"]["last_error"]
+    assert status.stats.listener == "s"
+    assert status.crl is not None and status.crl.sources[0].last_result == "error"
+    assert "timeout" in (status.crl.sources[0].last_error or "")
+    assert status.ocsp is not None and status.ocsp.status is None
+    assert "timeout" in (status.ocsp.last_error or "")
     ls.stopService()
 
 
 def test_gateway_tree_has_listeners_and_monitor(p: support.Pki) -> None:
     """make_gateway_service builds one service per listener, plus the monitor."""
     text = support.listener_conf("a", 18884, 1883, p) + support.listener_conf("b", 18885, 1884, p)
-    top = make_gateway_service(parse_config(text), MemoryReactorClock())
+    top = make_gateway_service(prepare_text(text), MemoryReactorClock())
     names = [getattr(s, "name", None) for s in top]
     assert names[:2] == ["a", "b"] and len(names) == 3

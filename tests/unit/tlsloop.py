@@ -17,12 +17,15 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
-from gateway.config import ListenerConfig, parse_config
-from gateway.metrics import ListenerStats
+from gateway import testing as support
+from gateway.config import ListenerSettings
+from gateway.prepare import prepare_text
 from gateway.proxy.relay import GatewayFactory
 from gateway.service import ListenerTLSFactory
-from gateway.tls.context import CertificateVerifier, ServerConnectionCreator, build_context
-from tests import support
+from gateway.status import ListenerStats
+from gateway.tls.context import ServerConnectionCreator, build_context
+from gateway.tls.material import TlsMaterial
+from gateway.tls.verify import CertificateVerifier
 
 
 class RecordingClient(protocol.Protocol):
@@ -64,14 +67,15 @@ class FakeUpstream:
         self.attempts[index].clientConnectionFailed(None, reason)
 
 
-def listener_config(p: support.Pki, **extra: str) -> ListenerConfig:
-    text = support.listener_conf("t", 8883, 1883, p, extra)
-    return parse_config(text).listener("t")
+def listener_config(p: support.Pki, **extra: str) -> tuple[ListenerSettings, TlsMaterial]:
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    return prepared.config.listener("t"), prepared.materials["t"]
 
 
 @attrs.define
 class Listener:
-    config: ListenerConfig
+    config: ListenerSettings
+    material: TlsMaterial
     reactor: MemoryReactorClock
     upstream: FakeUpstream
     stats: ListenerStats
@@ -80,14 +84,24 @@ class Listener:
 
     @classmethod
     def make(cls, p: support.Pki, **extra: str) -> Listener:
-        config = listener_config(p, **extra)
+        config, material = listener_config(p, **extra)
         reactor = MemoryReactorClock()
         upstream = FakeUpstream()
         stats = ListenerStats(config.name)
-        creator = ServerConnectionCreator(build_context(config, CertificateVerifier()))
-        gateway = GatewayFactory(config, reactor, upstream, stats)
+        creator = ServerConnectionCreator(
+            build_context(config.name, config.tls, material, CertificateVerifier())
+        )
+        gateway = GatewayFactory(
+            config.name, config.limits, config.upstream, reactor, upstream, stats
+        )
         return cls(
-            config, reactor, upstream, stats, creator, ListenerTLSFactory(creator, gateway, reactor)
+            config,
+            material,
+            reactor,
+            upstream,
+            stats,
+            creator,
+            ListenerTLSFactory(creator, gateway, config.limits, reactor),
         )
 
     def connect(

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from twisted.web.resource import Resource
 
-from gateway.pki import Issued
+from gateway.demo.pki import Issued
 
 MAX_REQUEST = 16 * 1024
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from gateway import pki
+from gateway.demo import pki
 
 
 def _free_port(preferred: int) -> int:
@@ -136,8 +136,8 @@ def run_demo(directory: str | None, port: int) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web import resource, server, static
 
-    from gateway.config import load_config
-    from gateway.demo_ocsp import DemoOcspResponder
+    from gateway.demo.ocsp import DemoOcspResponder
+    from gateway.prepare import prepare
     from gateway.service import make_gateway_service
 
     directory = directory or tempfile.mkdtemp(prefix="mqttgw-demo-")
@@ -171,7 +171,7 @@ def run_demo(directory: str | None, port: int) -> int:
         ca_site = server.Site(ca_root)
         ca_site.noisy = False
         reactor.listenTCP(ca_port, ca_site, interface="127.0.0.1")  # type: ignore[arg-type]
-        gateway = make_gateway_service(load_config(files["conf"]), reactor)
+        gateway = make_gateway_service(prepare(files["conf"]), reactor)
         gateway.privilegedStartService()
         gateway.startService()
         text = instructions(directory, port, broker_port, ca_port, files)

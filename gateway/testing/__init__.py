@@ -1,6 +1,8 @@
-"""Real components for integration tests: mosquitto, the gateway under twistd, clients.
+"""Test and benchmark helpers, shipped with the package as Twisted ships its own: real
+components (mosquitto, the gateway under twistd, clients) and in-process stand-ins (the CRL
+worker run inline). Nothing in the gateway itself imports this.
 
-Everything binds 127.0.0.1 on free ports and is stopped by the fixture that started it.
+Everything binds 127.0.0.1 on free ports and is stopped by whoever started it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
+from twisted.internet import defer
+from twisted.logger import eventsFromJSONLogFile, jsonFileLogObserver, textFileLogObserver
 
-from gateway import pki
+from gateway.demo import pki
+from gateway.revocation import worker
+from gateway.revocation.crl import CrlError, LoadedCrl
+from gateway.revocation.process import decode_answer
 
 BIN = os.path.dirname(sys.executable)
 
@@ -79,6 +86,11 @@ class Process:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def events(self) -> list[dict[str, Any]]:
+        """The structured log events (the JSON twin of the text log, see dual_log_observer)."""
+        with open(self.log_path + ".json", encoding="utf-8") as f:
+            return list(eventsFromJSONLogFile(f))
+
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
         return wait_until(lambda: text in self.log() and self.log(), timeout, what=repr(text))
 
@@ -128,6 +140,21 @@ def start_mosquitto(
     return process, port
 
 
+def dual_log_observer() -> Any:
+    """For ``twistd --logger``: the classic text log at $MQTTGW_TEST_LOG, and every event as
+    JSON at the same path plus ``.json``, so that tests and benchmarks read structured fields
+    (``max_reactor_lag_ms`` of the stats line) instead of parsing text."""
+    path = os.environ["MQTTGW_TEST_LOG"]
+    text = textFileLogObserver(open(path, "a", encoding="utf-8"))  # noqa: SIM115
+    as_json = jsonFileLogObserver(open(path + ".json", "a", encoding="utf-8"))  # noqa: SIM115
+
+    def observe(event: dict[str, Any]) -> None:
+        text(event)
+        as_json(event)
+
+    return observe
+
+
 def start_gateway(
     directory: str, conf_text: str, name: str = "gateway", ready: str = "listener "
 ) -> Process:
@@ -139,13 +166,16 @@ def start_gateway(
         os.path.join(BIN, "twistd"),
         "-n",
         "--pidfile=",
-        f"--logfile={log_path}",
+        "--logger=gateway.testing.dual_log_observer",
         "mqttgw",
         "--config",
         conf,
     ]
     open(log_path, "w").close()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=directory)
+    env = dict(os.environ, MQTTGW_TEST_LOG=log_path)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=directory, env=env
+    )
     process = Process(proc, log_path)
     try:
         wait_until(
@@ -269,3 +299,20 @@ def run(cmd: list[str], timeout: float = 20, **kw: Any) -> subprocess.CompletedP
 def children_stopped(processes: Iterator[Process]) -> None:
     for p in processes:
         p.stop()
+
+
+@attrs.define
+class InlineProcessor:
+    """The CRL worker's work in this process: for deterministic unit tests only."""
+
+    def process(
+        self, header: bytes, body: list[bytes], max_output: int
+    ) -> defer.Deferred[list[LoadedCrl]]:
+        import io
+
+        out = io.BytesIO()
+        worker.main(io.BytesIO(header + b"".join(body)), out)
+        try:
+            return defer.succeed(decode_answer(out.getvalue()))
+        except CrlError as e:
+            return defer.fail(e)

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway import pki
-from gateway.pki import OpensslCA
+from gateway.demo import pki
+from gateway.demo.pki import OpensslCA
 
 __all__ = ["CrlHttpServer", "OpensslCA", "big_crl_der"]
 

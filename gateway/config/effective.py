@@ -1,0 +1,31 @@
+"""The effective configuration, defaults filled in, in the file's own syntax
+(what ``mqttgw check-config`` prints; it parses back to the same settings)."""
+
+from __future__ import annotations
+
+from gateway.config.keys import KEYS, LISTENER_PREFIX, Key
+from gateway.config.model import Config
+from gateway.config.values import format_bind
+
+
+def _line(name: str, key: Key, settings: object) -> str:
+    value = key.value_of(settings)
+    return f"{name} = {'' if value is None else key.format(value)}"
+
+
+def format_config(config: Config) -> str:
+    out = [f"# effective configuration of {config.path}"]
+    for key in KEYS:
+        if not key.listener:  # global-only: the same for every listener
+            out.append(_line(key.name, key, config.globals))
+    for listener in config.listeners:
+        prefix = f"{LISTENER_PREFIX}{listener.name}"
+        out.append("")
+        out.append(f"{prefix} = {format_bind(listener.bind)}")
+        for key in KEYS:
+            if not key.listener:
+                continue
+            if key.section is not None and getattr(listener, key.section) is None:
+                continue  # a section that is off: its keys have no effect
+            out.append(_line(f"{prefix}.{key.name}", key, listener))
+    return "\n".join(out) + "\n"

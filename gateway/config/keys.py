@@ -1,0 +1,406 @@
+"""The key table: every configuration key, where it may appear, how it parses, its default,
+where it lands in the settings model, and its meaning. One table drives parsing,
+``check-config``'s output, and the tests that hold docs/configuration.md and the sample
+configuration to it."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from gateway.config.values import (
+    enum_of,
+    format_bind,
+    format_bool,
+    format_duration,
+    format_list,
+    format_optional,
+    format_size,
+    parse_bool,
+    parse_duration,
+    parse_duration_or_zero,
+    parse_host_port,
+    parse_list,
+    parse_path,
+    parse_positive_int,
+    parse_size,
+    parse_tls_versions,
+    parse_urls,
+    parse_urls_one,
+)
+
+LISTENER_PREFIX = "listener.ssl."
+
+
+@attrs.frozen
+class Key:
+    """One configuration key.
+
+    ``attr`` is the dotted path of its value in the model: from ``ListenerSettings`` for a
+    listener key (``tls.certfile``; a first part ``crl`` or ``ocsp`` names a section that
+    exists only when enabled), from ``GlobalSettings`` for a global-only key.
+    """
+
+    name: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    format: Callable[[Any], str] = str
+    listener: bool = True  # listener.ssl.<name>.<key>
+    global_: bool = False  # <key> at the top level
+    required: bool = False
+    aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)
+
+    @property
+    def section(self) -> str | None:
+        """``crl`` or ``ocsp`` for the keys of an optional section, else None."""
+        head, dot, _ = self.attr.partition(".")
+        return head if dot and head in ("crl", "ocsp") else None
+
+    @property
+    def enables(self) -> str | None:
+        """The section this key switches on (``enable_crl_cache`` -> ``crl``)."""
+        return self.attr if self.attr in ("crl", "ocsp") else None
+
+    def value_of(self, settings: Any) -> Any:
+        """This key's effective value, read from a ListenerSettings or GlobalSettings."""
+        if self.enables is not None:
+            return getattr(settings, self.attr) is not None
+        return operator.attrgetter(self.attr)(settings)
+
+
+def _parse_verify(text: str) -> bool:
+    return enum_of("verify_peer", "verify_none")(text) == "verify_peer"
+
+
+def _format_verify(verify_peer: bool) -> str:
+    return "verify_peer" if verify_peer else "verify_none"
+
+
+def _format_tristate(value: bool | None) -> str:
+    return "" if value is None else format_bool(value)
+
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "keyfile",
+        "tls.keyfile",
+        parse_path,
+        None,
+        "PEM private key of the server certificate.",
+        required=True,
+    ),
+    Key(
+        "certfile",
+        "tls.certfile",
+        parse_path,
+        None,
+        "PEM server certificate followed by its intermediate chain.",
+        required=True,
+    ),
+    Key(
+        "cacertfile",
+        "tls.cacertfile",
+        parse_path,
+        None,
+        "PEM CA certificates (roots and intermediates) that client certificates must chain "
+        "to. Required with verify = verify_peer.",
+    ),
+    Key(
+        "verify",
+        "tls.verify_peer",
+        _parse_verify,
+        True,
+        "verify_peer asks for and verifies a client certificate; verify_none asks for none.",
+        format=_format_verify,
+    ),
+    Key(
+        "fail_if_no_peer_cert",
+        "tls.fail_if_no_peer_cert",
+        parse_bool,
+        None,
+        "Refuse clients that present no certificate. Default: true with verify_peer, false "
+        "with verify_none (setting it true with verify_none is an error).",
+        format=_format_tristate,
+    ),
+    Key(
+        "depth",
+        "tls.depth",
+        parse_positive_int,
+        10,
+        "Maximum number of intermediate certificates allowed between a client certificate "
+        "and a trusted CA.",
+    ),
+    Key(
+        "tls_versions",
+        "tls.versions",
+        parse_tls_versions,
+        ("tlsv1.3", "tlsv1.2"),
+        "TLS versions accepted: tlsv1.3 and/or tlsv1.2. Nothing older is accepted.",
+        format=format_list,
+    ),
+    Key(
+        "ciphers",
+        "tls.ciphers",
+        parse_list,
+        (),
+        "Cipher suites, comma-separated, in OpenSSL names. Names starting with TLS_ are TLS 1.3 "
+        "suites; the others are TLS 1.2 ciphers. Empty: OpenSSL's defaults.",
+        format=format_list,
+    ),
+    Key(
+        "handshake_timeout",
+        "limits.handshake_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed from TCP accept to the end of the TLS handshake.",
+        format=format_duration,
+    ),
+    Key(
+        "max_connections",
+        "limits.max_connections",
+        parse_positive_int,
+        100000,
+        "Concurrent connections accepted on this listener; connections beyond are closed "
+        "at once and logged.",
+    ),
+    Key(
+        "upstream",
+        "upstream.address",
+        parse_host_port,
+        None,
+        "The broker behind this listener, host:port, plain TCP. A listener without one "
+        "uses the global upstream; having neither is an error.",
+        format=format_bind,
+        global_=True,
+    ),
+    Key(
+        "upstream_connect_timeout",
+        "upstream.connect_timeout",
+        parse_duration,
+        5.0,
+        "Time allowed to open the TCP connection to the upstream broker. On failure the "
+        "client gets CONNACK 'server unavailable'.",
+        format=format_duration,
+        global_=True,
+    ),
+    Key(
+        "connect_timeout",
+        "limits.connect_timeout",
+        parse_duration,
+        10.0,
+        "Time allowed after the TLS handshake for the client's complete CONNECT packet.",
+        format=format_duration,
+        global_=True,
+    ),
+    Key(
+        "max_packet_size",
+        "limits.max_packet_size",
+        parse_size,
+        65536,
+        "Largest CONNECT packet accepted (the only packet the gateway reads); larger ones "
+        "are refused as soon as their length is known.",
+        format=format_size,
+        global_=True,
+    ),
+)
+
+KEYS += (
+    Key(
+        "enable_crl_cache",
+        "crl",
+        parse_bool,
+        False,
+        "Check client certificates against CRLs that the gateway fetches and refreshes "
+        "itself (EMQX's name; enable_crl_check is accepted too).",
+        format=format_bool,
+        aliases=("enable_crl_check",),
+    ),
+    Key(
+        "crl_cache_urls",
+        "crl.urls",
+        parse_urls,
+        (),
+        "Comma-separated http(s) URLs of CRLs (PEM, one or more per URL, or DER). Each is "
+        "fetched at start-up and then refreshed.",
+        format=format_list,
+    ),
+    Key(
+        "crl_cache_http_timeout",
+        "crl.http_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed for one CRL download, redirects and body included.",
+        global_=True,
+        format=format_duration,
+    ),
+    Key(
+        "crl_cache.refresh_interval",
+        "crl_refresh_interval",
+        parse_duration,
+        900.0,
+        "Global: how often every CRL is fetched again. A CRL whose nextUpdate comes sooner "
+        "is fetched at its nextUpdate; failures are retried with backoff (10s, 20s, 40s, ... "
+        "up to this interval).",
+        listener=False,
+        global_=True,
+        aliases=("crl_cache_refresh_interval",),
+        format=format_duration,
+    ),
+    Key(
+        "crl_cache.dir",
+        "crl_cache_dir",
+        parse_path,
+        None,
+        "Global: directory where each last good CRL is written (atomically) and read back at "
+        "start-up, so that a restart during a CA outage keeps enforcing revocation. Unset: "
+        "nothing is persisted.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "crl_cache_max_size",
+        "crl.max_size",
+        parse_size,
+        128 * 1024 * 1024,
+        "Largest CRL body accepted; a larger download is abandoned and the last good CRL kept.",
+        format=format_size,
+        global_=True,
+    ),
+    Key(
+        "crl_expired_policy",
+        "crl.expired_policy",
+        enum_of("reject", "accept"),
+        "reject",
+        "What happens when a client certificate's CRL is past its nextUpdate (plus "
+        "crl_grace_period) and no newer one could be fetched, or when no CRL for its issuer "
+        "was ever obtained: reject (fail closed) or accept. Logged loudly either way.",
+    ),
+    Key(
+        "crl_grace_period",
+        "crl.grace_period",
+        parse_duration_or_zero,
+        0.0,
+        "How long after its nextUpdate a CRL is still used as if fresh.",
+        format=format_duration,
+    ),
+    Key(
+        "crl_cache_from_cert",
+        "crl.from_cert",
+        parse_bool,
+        False,
+        "Also fetch and refresh the CRLs named in the CRL Distribution Points of client "
+        "certificates whose chain verified. A client whose CRL is not cached yet is held after "
+        "its CONNECT until the CRL arrives (at most crl_cache_http_timeout + 5s), then forwarded or "
+        "refused with CONNACK 'not authorized'.",
+        format=format_bool,
+    ),
+    Key(
+        "crl_cache_capacity",
+        "crl.capacity",
+        parse_positive_int,
+        64,
+        "How many distribution-point CRLs are kept; the least recently used is dropped.",
+    ),
+)
+
+KEYS += (
+    Key(
+        "enable_ocsp_stapling",
+        "ocsp",
+        parse_bool,
+        False,
+        "Staple a cached, verified OCSP response for the server certificate to handshakes "
+        "of clients that ask for one (TLS status_request).",
+        format=format_bool,
+    ),
+    Key(
+        "ocsp_responder_url",
+        "ocsp.responder_url",
+        parse_urls_one,
+        None,
+        "The OCSP responder. Unset: the OCSP URL of the certificate's Authority Information "
+        "Access extension (what `openssl x509 -noout -ocsp_uri` prints).",
+        format=format_optional,
+    ),
+    Key(
+        "ocsp_issuer_pem",
+        "ocsp.issuer_pem",
+        parse_path,
+        None,
+        "PEM certificate of the server certificate's issuer. Unset: taken from certfile's "
+        "chain, else from cacertfile.",
+        format=format_optional,
+    ),
+    Key(
+        "ocsp_refresh_interval",
+        "ocsp.refresh_interval",
+        parse_duration,
+        300.0,
+        "How often the OCSP response is fetched again; in any case at the latest halfway to "
+        "the cached response's nextUpdate. Failures are retried at 10s, 20s, 40s, ...",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_refresh_http_timeout",
+        "ocsp.http_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed for one OCSP request, redirects and body included.",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_request_method",
+        "ocsp.request_method",
+        enum_of("post", "get"),
+        "post",
+        "post: POST application/ocsp-request; get: the GET form of RFC 6960 appendix A.1 "
+        "(base64 request in the URL, cacheable by HTTP proxies).",
+    ),
+    Key(
+        "ocsp_nonce",
+        "ocsp.nonce",
+        parse_bool,
+        False,
+        "Send a nonce in each request and require the responder to echo it. Off by default: "
+        "many responders answer from pre-signed caches and ignore nonces.",
+        format=format_bool,
+    ),
+    Key(
+        "ocsp_cache.dir",
+        "ocsp_cache_dir",
+        parse_path,
+        None,
+        "Global: directory where each listener's last valid OCSP response is written "
+        "(atomically) and read back at start-up if still valid, so that the first handshakes "
+        "after a restart are stapled even while the responder is down. Unset: not persisted.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "stats_log_interval",
+        "stats_log_interval",
+        parse_duration,
+        300.0,
+        "Global: every this often, one log line per listener with active, accepted and refused "
+        "connections (by reason), bytes relayed, CRL counts, and the longest reactor stall "
+        "measured in the period (a 10 ms LoopingCall probe).",
+        listener=False,
+        global_=True,
+        format=format_duration,
+    ),
+)
+
+
+KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
+ALIASES: Mapping[str, str] = {a: k.name for k in KEYS for a in k.aliases}
+LISTENER_KEYS = tuple(k.name for k in KEYS if k.listener)
+GLOBAL_KEYS = tuple(k.name for k in KEYS if k.global_)
+LISTENER_ALIASES = {a: k for a, k in ALIASES.items() if KEYS_BY_NAME[k].listener}
+GLOBAL_ALIASES = {a: k for a, k in ALIASES.items() if KEYS_BY_NAME[k].global_}

@@ -1,0 +1,320 @@
+"""Configuration file -> ``Config``: reading lines, merging global and listener values,
+cross-key checks, and building the settings model.
+
+The format is EMQX 4's: ``key = value`` lines, ``#`` comments (at the start of a line or
+after white space). A listener is declared by ``listener.ssl.<name> = [ip:]port`` and
+configured by ``listener.ssl.<name>.<option>``. Relative paths are taken relative to the
+directory of the configuration file.
+
+Nothing here reads the files a configuration names: certificates and keys are read and
+checked once, by ``gateway.tls.material``, which reports at the line that named them.
+Every error names file, line, key and reason (see ``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from gateway.config.keys import (
+    GLOBAL_ALIASES,
+    GLOBAL_KEYS,
+    KEYS,
+    KEYS_BY_NAME,
+    LISTENER_ALIASES,
+    LISTENER_KEYS,
+    LISTENER_PREFIX,
+    Key,
+)
+from gateway.config.model import (
+    Config,
+    ConnectionLimits,
+    CrlSettings,
+    GlobalSettings,
+    ListenerSettings,
+    OcspSettings,
+    TlsSettings,
+    UpstreamSettings,
+)
+from gateway.config.values import parse_bind
+from gateway.errors import ConfigError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Options holding paths: made absolute, relative to the configuration file's directory.
+_PATH_OPTIONS = ("keyfile", "certfile", "cacertfile", "ocsp_issuer_pem")
+_GLOBAL_PATH_KEYS = ("crl_cache.dir", "ocsp_cache.dir")
+
+
+@attrs.frozen
+class _Line:
+    key: str
+    value: str
+    line: int
+
+
+def _read_lines(path: str, text: str) -> list[_Line]:
+    seen: dict[str, int] = {}
+    out: list[_Line] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not stripped:
+            continue
+        if "=" not in stripped:
+            raise ConfigError(path, number, None, f"expected 'key = value', got {stripped!r}")
+        key, _, value = stripped.partition("=")
+        key, value = key.strip(), value.strip()
+        if not _KEY_RE.match(key):
+            raise ConfigError(path, number, key or None, "malformed key")
+        if key in seen:
+            raise ConfigError(path, number, key, f"already set at line {seen[key]}")
+        seen[key] = number
+        out.append(_Line(key, value, number))
+    return out
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    near = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.75)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _parse_value(path: str, entry: _Line, key: Key) -> Any:
+    if entry.value == "" and key.default is None and not key.required:
+        return None  # an optional key written empty: unset
+    try:
+        return key.parse(entry.value)
+    except ValueError as e:
+        raise ConfigError(path, entry.line, entry.key, str(e)) from None
+
+
+def load_config(path: str) -> Config:
+    """Read, parse and validate a configuration file (not the files it names)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, None, None, f"cannot read configuration: {e}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    base_dir = os.path.dirname(os.path.abspath(path))
+    lines = _read_lines(path, text)
+
+    globals_: dict[str, tuple[Any, _Line]] = {}
+    declared: dict[str, tuple[tuple[str, int], _Line]] = {}
+    options: dict[str, dict[str, tuple[Any, _Line]]] = {}
+    pending_options: list[tuple[str, str, _Line]] = []
+    all_full_keys = list(GLOBAL_KEYS) + [f"{LISTENER_PREFIX}<name>.{k}" for k in LISTENER_KEYS]
+
+    for entry in lines:
+        if entry.key.startswith(LISTENER_PREFIX):
+            rest = entry.key[len(LISTENER_PREFIX) :]
+            name, dot, option = rest.partition(".")
+            if not name or not _NAME_RE.match(name):
+                raise ConfigError(path, entry.line, entry.key, "malformed listener name")
+            if not dot:
+                try:
+                    declared[name] = (parse_bind(entry.value), entry)
+                except ValueError as e:
+                    raise ConfigError(path, entry.line, entry.key, str(e)) from None
+            else:
+                pending_options.append((name, option, entry))
+        elif entry.key in GLOBAL_KEYS or entry.key in GLOBAL_ALIASES:
+            name = GLOBAL_ALIASES.get(entry.key, entry.key)
+            if name in globals_:
+                raise ConfigError(
+                    path, entry.line, entry.key, f"already set at line {globals_[name][1].line}"
+                )
+            globals_[name] = (_parse_value(path, entry, KEYS_BY_NAME[name]), entry)
+        else:
+            raise ConfigError(
+                path, entry.line, entry.key, "unknown key" + _suggest(entry.key, all_full_keys)
+            )
+
+    for name, option, entry in pending_options:
+        option = LISTENER_ALIASES.get(option, option)
+        if option not in LISTENER_KEYS:
+            raise ConfigError(
+                path,
+                entry.line,
+                entry.key,
+                "unknown listener option" + _suggest(option, LISTENER_KEYS),
+            )
+        if name not in declared:
+            raise ConfigError(
+                path,
+                entry.line,
+                entry.key,
+                f"listener {name!r} is not declared (add '{LISTENER_PREFIX}{name} = [ip:]port')",
+            )
+        if option in options.get(name, {}):
+            first = options[name][option][1]
+            raise ConfigError(path, entry.line, entry.key, f"already set at line {first.line}")
+        options.setdefault(name, {})[option] = (
+            _parse_value(path, entry, KEYS_BY_NAME[option]),
+            entry,
+        )
+
+    if not declared:
+        raise ConfigError(
+            path, None, None, f"no listener declared (add '{LISTENER_PREFIX}<name> = [ip:]port')"
+        )
+    origins: dict[str, dict[str, tuple[int, str]]] = {}
+    listeners = []
+    for name, (bind, _) in declared.items():
+        listener, origin = _build_listener(
+            path, base_dir, name, bind, options.get(name, {}), globals_
+        )
+        listeners.append(listener)
+        origins[name] = origin
+    _check_distinct_binds(path, listeners, declared)
+    return Config(
+        path=path,
+        globals=_build_globals(base_dir, globals_),
+        listeners=tuple(listeners),
+        origins=origins,
+    )
+
+
+def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> GlobalSettings:
+    def value(name: str) -> Any:
+        found = globals_.get(name)
+        value = KEYS_BY_NAME[name].default if found is None else found[0]
+        if name in _GLOBAL_PATH_KEYS and value is not None:
+            value = os.path.normpath(os.path.join(base_dir, value))
+        return value
+
+    return GlobalSettings(
+        crl_refresh_interval=value("crl_cache.refresh_interval"),
+        crl_cache_dir=value("crl_cache.dir"),
+        ocsp_cache_dir=value("ocsp_cache.dir"),
+        stats_log_interval=value("stats_log_interval"),
+    )
+
+
+def _check_distinct_binds(
+    path: str,
+    listeners: list[ListenerSettings],
+    declared: Mapping[str, tuple[tuple[str, int], _Line]],
+) -> None:
+    by_port: dict[int, ListenerSettings] = {}
+    for listener in listeners:
+        other = by_port.get(listener.bind[1])
+        if other is not None and (
+            other.bind == listener.bind or "0.0.0.0" in (other.bind[0], listener.bind[0])
+        ):
+            entry = declared[listener.name][1]
+            raise ConfigError(
+                path,
+                entry.line,
+                entry.key,
+                f"port {listener.bind[1]} is already used by listener {other.name!r}",
+            )
+        by_port[listener.bind[1]] = listener
+
+
+def _build_listener(
+    path: str,
+    base_dir: str,
+    name: str,
+    bind: tuple[str, int],
+    opts: Mapping[str, tuple[Any, _Line]],
+    globals_: Mapping[str, tuple[Any, _Line]],
+) -> tuple[ListenerSettings, dict[str, tuple[int, str]]]:
+    """One listener's settings (its own values, else the global ones, else the defaults),
+    and the line each option came from."""
+    prefix = f"{LISTENER_PREFIX}{name}"
+    v: dict[str, Any] = {}
+    origin: dict[str, tuple[int, str]] = {}
+    for key in KEYS:
+        if not key.listener:
+            continue
+        found = opts.get(key.name) or (globals_.get(key.name) if key.global_ else None)
+        if found is None:
+            v[key.name] = key.default
+        else:
+            v[key.name] = found[0]
+            origin[key.name] = (found[1].line, found[1].key)
+
+    def fail(option: str, reason: str) -> ConfigError:
+        where = origin.get(option)
+        if where is None:
+            return ConfigError(path, None, f"{prefix}.{option}", reason)
+        return ConfigError(path, where[0], where[1], reason)
+
+    for key in KEYS:
+        if key.listener and key.required and v[key.name] is None:
+            raise ConfigError(path, None, f"{prefix}.{key.name}", "required for every listener")
+    if v["upstream"] is None:
+        raise fail("upstream", "listener has no upstream (set it, or a global upstream)")
+    verify_peer: bool = v["verify"]
+    if v["fail_if_no_peer_cert"] is None:
+        v["fail_if_no_peer_cert"] = verify_peer
+    elif v["fail_if_no_peer_cert"] and not verify_peer:
+        raise fail("fail_if_no_peer_cert", "cannot be true together with verify = verify_none")
+    for option in _PATH_OPTIONS:
+        if v[option] is not None:
+            v[option] = os.path.normpath(os.path.join(base_dir, v[option]))
+    if verify_peer and v["cacertfile"] is None:
+        raise fail("verify", "verify_peer needs cacertfile (the CAs client certificates chain to)")
+
+    crl = None
+    if v["enable_crl_cache"]:
+        if not verify_peer:
+            raise fail("enable_crl_cache", "CRL checking needs verify = verify_peer")
+        if not v["crl_cache_urls"] and not v["crl_cache_from_cert"]:
+            raise fail(
+                "enable_crl_cache",
+                "no CRL source: set crl_cache_urls, or crl_cache_from_cert = true",
+            )
+        crl = CrlSettings(
+            urls=v["crl_cache_urls"],
+            http_timeout=v["crl_cache_http_timeout"],
+            max_size=v["crl_cache_max_size"],
+            expired_policy=v["crl_expired_policy"],
+            grace_period=v["crl_grace_period"],
+            from_cert=v["crl_cache_from_cert"],
+            capacity=v["crl_cache_capacity"],
+        )
+    ocsp = None
+    if v["enable_ocsp_stapling"]:
+        ocsp = OcspSettings(
+            responder_url=v["ocsp_responder_url"],
+            issuer_pem=v["ocsp_issuer_pem"],
+            refresh_interval=v["ocsp_refresh_interval"],
+            http_timeout=v["ocsp_refresh_http_timeout"],
+            request_method=v["ocsp_request_method"],
+            nonce=v["ocsp_nonce"],
+        )
+    listener = ListenerSettings(
+        name=name,
+        bind=bind,
+        tls=TlsSettings(
+            certfile=v["certfile"],
+            keyfile=v["keyfile"],
+            cacertfile=v["cacertfile"],
+            verify_peer=verify_peer,
+            fail_if_no_peer_cert=v["fail_if_no_peer_cert"],
+            depth=v["depth"],
+            versions=v["tls_versions"],
+            ciphers=v["ciphers"],
+        ),
+        limits=ConnectionLimits(
+            handshake_timeout=v["handshake_timeout"],
+            connect_timeout=v["connect_timeout"],
+            max_packet_size=v["max_packet_size"],
+            max_connections=v["max_connections"],
+        ),
+        upstream=UpstreamSettings(
+            address=v["upstream"], connect_timeout=v["upstream_connect_timeout"]
+        ),
+        crl=crl,
+        ocsp=ocsp,
+    )
+    return listener, origin

@@ -1,0 +1,114 @@
+"""The configuration as frozen, typed settings: global settings apart, and per listener one
+record per concern. Each service takes the record it uses; mypy checks every field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from gateway.errors import ConfigError
+
+
+@attrs.frozen
+class GlobalSettings:
+    """Settings of the whole gateway (top-level keys only)."""
+
+    crl_refresh_interval: float = 900.0
+    crl_cache_dir: str | None = None
+    ocsp_cache_dir: str | None = None
+    stats_log_interval: float = 300.0
+
+
+@attrs.frozen
+class TlsSettings:
+    """What the listener's TLS context is built from (the files are read into TlsMaterial)."""
+
+    certfile: str
+    keyfile: str
+    cacertfile: str | None
+    verify_peer: bool
+    fail_if_no_peer_cert: bool
+    depth: int
+    versions: tuple[str, ...]
+    ciphers: tuple[str, ...]
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """Per-connection time and size limits, and the listener's connection cap."""
+
+    handshake_timeout: float
+    connect_timeout: float
+    max_packet_size: int
+    max_connections: int
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """The broker behind the listener."""
+
+    address: tuple[str, int]
+    connect_timeout: float
+
+
+@attrs.frozen
+class CrlSettings:
+    """CRL checking of client certificates (present only when enabled)."""
+
+    urls: tuple[str, ...]
+    http_timeout: float
+    max_size: int
+    expired_policy: str  # reject | accept
+    grace_period: float
+    from_cert: bool
+    capacity: int
+
+
+@attrs.frozen
+class OcspSettings:
+    """OCSP stapling of the listener's own certificate (present only when enabled)."""
+
+    responder_url: str | None
+    issuer_pem: str | None
+    refresh_interval: float
+    http_timeout: float
+    request_method: str  # post | get
+    nonce: bool
+
+
+@attrs.frozen
+class ListenerSettings:
+    name: str
+    bind: tuple[str, int]
+    tls: TlsSettings
+    limits: ConnectionLimits
+    upstream: UpstreamSettings
+    crl: CrlSettings | None
+    ocsp: OcspSettings | None
+
+
+# Where each listener option was set: option name -> (line, key as written), for errors
+# found after parsing (certificate files, the OCSP issuer).
+Origins = Mapping[str, Mapping[str, tuple[int, str]]]
+
+
+@attrs.frozen
+class Config:
+    path: str
+    globals: GlobalSettings
+    listeners: tuple[ListenerSettings, ...]
+    origins: Origins = attrs.field(factory=dict, eq=False, repr=False)
+
+    def listener(self, name: str) -> ListenerSettings:
+        for listener in self.listeners:
+            if listener.name == name:
+                return listener
+        raise KeyError(name)
+
+    def error(self, listener: str, option: str, reason: str) -> ConfigError:
+        """A ConfigError at the line that set ``option`` of ``listener`` (or naming the key)."""
+        where = self.origins.get(listener, {}).get(option)
+        if where is None:
+            return ConfigError(self.path, None, f"listener.ssl.{listener}.{option}", reason)
+        return ConfigError(self.path, where[0], where[1], reason)

@@ -1,0 +1,166 @@
+"""Value syntax of the configuration file (EMQX 4's): durations, sizes, booleans, lists,
+addresses, URLs. Each parser takes the raw text and returns the value or raises ValueError
+with the reason the operator reads; each formatter gives the text back."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", text.strip())
+    if not m:
+        raise ValueError(f"expected a duration such as 500ms, 15s, 5m, 1h, got {text!r}")
+    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    value = float(m.group(1)) * scale
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def format_duration(value: float) -> str:
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if value >= scale and value % scale == 0:
+            return f"{int(value // scale)}{unit}"
+    return f"{round(value * 1000)}ms"
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "on"):
+        return True
+    if lowered in ("false", "off"):
+        return False
+    raise ValueError(f"expected true, false, on or off, got {text!r}")
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*(b|kb|mb|gb)?", text.strip().lower())
+    if not m:
+        raise ValueError(f"expected a size such as 65536, 64KB or 1MB, got {text!r}")
+    value = (
+        int(m.group(1)) * {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[m.group(2)]
+    )
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def format_size(value: int) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if value % scale == 0:
+            return f"{value // scale}{unit}"
+    return str(value)
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"port must be 1-65535, got {text!r}")
+    return int(text)
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``[ip:]port``; IPv6 addresses in brackets. No host names: a listener binds an address."""
+    text = text.strip()
+    if text.isdigit():
+        return "0.0.0.0", parse_port(text)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
+    if not m:
+        raise ValueError(f"expected [ip:]port such as 8883 or 127.0.0.1:8883, got {text!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    return host, parse_port(port)
+
+
+def format_bind(value: tuple[str, int]) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([A-Za-z0-9.-]+):(\d+)", text)
+    if not m:
+        raise ValueError(f"expected host:port such as 127.0.0.1:1883, got {text!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    return host, parse_port(port)
+
+
+def enum_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text.strip()
+
+    return parse
+
+
+TLS_VERSIONS = ("tlsv1.3", "tlsv1.2")
+
+
+def parse_tls_versions(text: str) -> tuple[str, ...]:
+    versions = parse_list(text.lower())
+    if not versions:
+        raise ValueError("at least one TLS version is required")
+    for v in versions:
+        if v not in TLS_VERSIONS:
+            raise ValueError(f"{v!r} is not accepted; mqttgw speaks tlsv1.3 and tlsv1.2 only")
+    return tuple(sorted(set(versions), key=TLS_VERSIONS.index))
+
+
+def parse_duration_or_zero(text: str) -> float:
+    if text.strip() in ("0", "0s", "0ms"):
+        return 0.0
+    return parse_duration(text)
+
+
+def parse_urls(text: str) -> tuple[str, ...]:
+    urls = parse_list(text)
+    for url in urls:
+        if not re.match(r"^https?://[^\s/]+", url, re.I):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
+
+
+def parse_urls_one(text: str) -> str:
+    urls = parse_urls(text)
+    if len(urls) != 1:
+        raise ValueError("expected one http:// or https:// URL")
+    return urls[0]
+
+
+def parse_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("a path is required")
+    return text.strip()
+
+
+def format_list(value: tuple[str, ...]) -> str:
+    return ",".join(value)
+
+
+def format_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def format_optional(value: str | None) -> str:
+    return "" if value is None else value

@@ -1,0 +1,50 @@
+"""The one seam between the handshake and the relay: a per-connection record.
+
+(Top level because both sides use it: ``gateway.tls`` and ``gateway.revocation`` write it,
+``gateway.proxy`` reads it; in any one of them it would make the others depend on it.)
+
+``ServerConnectionCreator`` makes a ``PeerVerification`` for each connection and attaches it
+to the connection (``GatewayConnection.verification``). During the handshake the verify
+callback and the revocation checker write into it, and nothing else; the connection's
+protocol reads it through ``transport.getHandle()``.
+Pure data: no Twisted, no OpenSSL.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class VerifyFailure:
+    """Why the client's chain was refused: the first failure, for the log."""
+
+    reason: str  # reason class: revoked, unknown_ca, expired, crl_missing, ...
+    errno: int  # the X509 verification error OpenSSL reports
+    depth: int
+    subject: str
+    serial: str
+
+
+@attrs.frozen
+class PendingCrl:
+    """The leaf's CRL is being fetched from its distribution point; decide after CONNECT."""
+
+    url: str
+    issuer: bytes  # DER of the issuer Name
+    serial: int
+
+
+@attrs.define(slots=True, eq=False)
+class PeerVerification:
+    """What the handshake learnt about the client's certificate chain."""
+
+    # (issuer DER, serial) of each verified certificate below the trust anchor: what the
+    # live-session sweep re-checks after each CRL update.
+    chain: list[tuple[bytes, int]] = attrs.Factory(list)
+    failure: VerifyFailure | None = None
+    crl_pending: PendingCrl | None = None
+
+    def note_failure(self, failure: VerifyFailure) -> None:
+        if self.failure is None:
+            self.failure = failure

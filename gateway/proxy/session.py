@@ -1,0 +1,341 @@
+"""A client connection's life as a sans-IO state machine.
+
+Events go in as method calls (handshake done, bytes, a timer fired, the broker connected or
+failed, a CRL verdict, the connection lost); each returns the actions the adapter must
+carry out, in order (start a timer, refuse, send a CONNACK, open the broker connection,
+close). Nothing here imports Twisted or does I/O: ``gateway.proxy.relay`` is the adapter,
+and whole conversations are tested as scripts of events (tests/unit/test_session.py).
+
+    HANDSHAKE --handshake_done--> CONNECT --CONNECT parsed--> UPSTREAM --connected--> RELAY
+                                     |          (CRL to fetch)  ^
+                                     |                          |
+                                     +------------------> CRL_HOLD --crl_decided(None)
+    any state --refusal, timeout, revocation, broker gone--> CLOSING --connection_lost--> CLOSED
+
+Invariant: nothing reaches the broker before the client certificate has been verified and a
+complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT or CRL_HOLD).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from gateway import mqtt
+from gateway.peer import PendingCrl
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"  # TLS in progress, bounded by handshake_timeout
+    CONNECT = "connect"  # reading the client's CONNECT, bounded by connect_timeout
+    CRL_HOLD = "crl_hold"  # CONNECT held while the leaf's CRL is fetched
+    UPSTREAM = "upstream"  # CONNECT valid; the broker connection is opening
+    RELAY = "relay"  # bytes flow untouched both ways
+    CLOSING = "closing"  # the gateway is closing the connection
+    CLOSED = "closed"
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StartTimer:
+    """(Re)start the connection's one timer; on expiry call ``timer_fired(what)``."""
+
+    seconds: float
+    what: str
+
+
+@attrs.frozen
+class CancelTimer:
+    pass
+
+
+@attrs.frozen
+class Refuse:
+    """Count and log why this connection is turned away (emitted once per connection)."""
+
+    reason: str
+    detail: str
+
+
+@attrs.frozen
+class PauseClient:
+    """Stop reading from the client until the relay starts."""
+
+
+@attrs.frozen
+class OpenUpstream:
+    """Open the broker connection; report ``upstream_connected`` / ``upstream_failed``."""
+
+
+@attrs.frozen
+class CancelUpstream:
+    """Abandon a broker connection attempt still in progress."""
+
+
+@attrs.frozen
+class HoldForCrl:
+    """Fetch the leaf's CRL; report ``crl_decided`` (always, also on timeout)."""
+
+    pending: PendingCrl
+
+
+@attrs.frozen
+class StartRelay:
+    """Write ``first`` (the CONNECT and what followed it) to the broker, register producers
+    both ways, resume the client, record the session as live and accepted."""
+
+    first: bytes
+
+
+@attrs.frozen
+class SendToClient:
+    data: bytes
+
+
+@attrs.frozen
+class SendToUpstream:
+    data: bytes
+
+
+@attrs.frozen
+class CloseClient:
+    """Close the client connection after what was written to it (TLS close_notify)."""
+
+    abort: bool = False  # drop at once, without flushing (timeouts)
+
+
+@attrs.frozen
+class CloseUpstream:
+    """Close the broker connection (``unhook``: the relay's flow control first)."""
+
+    unhook: bool = True
+
+
+@attrs.frozen
+class RevokedLive:
+    """A live session's certificate was revoked by a CRL update: count and log it."""
+
+
+@attrs.frozen
+class SessionEnded:
+    """A relayed session ended: log it with ``why``."""
+
+    why: str
+
+
+Action = (
+    StartTimer
+    | CancelTimer
+    | Refuse
+    | PauseClient
+    | OpenUpstream
+    | CancelUpstream
+    | HoldForCrl
+    | StartRelay
+    | SendToClient
+    | SendToUpstream
+    | CloseClient
+    | CloseUpstream
+    | RevokedLive
+    | SessionEnded
+)
+
+
+@attrs.frozen
+class SessionLimits:
+    handshake_timeout: float
+    connect_timeout: float
+    max_packet_size: int
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+
+class Session:
+    """One client connection's state and the rules between states."""
+
+    __slots__ = (
+        "_limits",
+        "_pending",
+        "_pending_crl",
+        "_pending_size",
+        "_reader",
+        "connect",
+        "refusal",
+        "state",
+        "upstream_attempt",
+        "upstream_open",
+    )
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self._limits = limits
+        self.state = State.HANDSHAKE
+        self.connect: mqtt.Connect | None = None
+        self.refusal: str | None = None  # the reason class, once refused
+        self.upstream_attempt = False  # a broker connection attempt is in progress
+        self.upstream_open = False  # the broker connection is open
+        self._reader: mqtt.ConnectReader | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._pending_crl: PendingCrl | None = None
+
+    # -- events ------------------------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """The TCP connection was accepted; the TLS handshake begins."""
+        return [StartTimer(self._limits.handshake_timeout, "handshake")]
+
+    def handshake_done(self, pending_crl: PendingCrl | None = None) -> list[Action]:
+        """The handshake completed; ``pending_crl`` if the leaf's CRL is still to be fetched."""
+        if self.state is not State.HANDSHAKE:
+            return []
+        self.state = State.CONNECT
+        self._pending_crl = pending_crl
+        self._reader = mqtt.ConnectReader(self._limits.max_packet_size)
+        return [StartTimer(self._limits.connect_timeout, "connect")]
+
+    def receive(self, data: bytes) -> list[Action]:
+        """Bytes from the client (decrypted)."""
+        state = self.state
+        if state is State.RELAY:
+            return [SendToUpstream(data)]
+        if state is State.CONNECT:
+            return self._read_connect(data)
+        if state in (State.UPSTREAM, State.CRL_HOLD):
+            # The TLS layer may deliver records decrypted from the same read after a pause.
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > self._limits.max_packet_size:
+                return self._refuse_and_close(
+                    "bad_connect", "too much data before the broker connection opened"
+                )
+        return []
+
+    def timer_fired(self, what: str) -> list[Action]:
+        if self.state in (State.CLOSING, State.CLOSED):
+            return []
+        self.state = State.CLOSING
+        return [
+            *self._refuse(f"{what}_timeout", f"no {what} within the time allowed"),
+            CloseClient(abort=True),
+        ]
+
+    def crl_decided(self, refusal: str | None, detail: str) -> list[Action]:
+        """The held client's CRL was fetched (or the wait timed out): None admits it."""
+        if self.state is not State.CRL_HOLD:
+            return []
+        if refusal is None:
+            return self._open_upstream()
+        return [*self._refuse(refusal, detail), *self._connack(mqtt.NOT_AUTHORIZED)]
+
+    def upstream_connected(self) -> list[Action]:
+        self.upstream_attempt = False
+        self.upstream_open = True
+        if self.state is not State.UPSTREAM:  # the client went away meanwhile
+            self.upstream_open = False
+            return [CloseUpstream(unhook=False)]
+        self.state = State.RELAY
+        first = b"".join(self._pending)
+        self._pending = []
+        self._pending_size = 0
+        return [StartRelay(first)]
+
+    def upstream_failed(self, detail: str) -> list[Action]:
+        self.upstream_attempt = False
+        if self.state is not State.UPSTREAM:
+            return []
+        return [
+            *self._refuse("upstream_unavailable", detail),
+            *self._connack(mqtt.SERVER_UNAVAILABLE),
+        ]
+
+    def upstream_lost(self, half: bool = False) -> list[Action]:
+        """The broker closed (``half``: only its sending side): flush what it sent to the
+        client and close."""
+        if not half:
+            self.upstream_open = False
+        if self.state is not State.RELAY:
+            return []
+        self.state = State.CLOSING
+        return [CloseClient()]
+
+    def revoked(self) -> list[Action]:
+        """A CRL update revoked this live session's certificate.
+
+        The gateway does not parse the relayed stream, so it cannot place an MQTT 5
+        DISCONNECT at a packet boundary; the session ends with a TLS close_notify.
+        """
+        if self.state is not State.RELAY:
+            return []
+        self.state = State.CLOSING
+        self.upstream_open = False
+        return [RevokedLive(), CloseUpstream(), CloseClient()]
+
+    def connection_lost(
+        self, why: str, handshake_refusal: tuple[str, str] | None = None
+    ) -> list[Action]:
+        """The client connection is gone. ``handshake_refusal``: (reason, detail) of a
+        handshake that failed, for the log."""
+        state, self.state = self.state, State.CLOSED
+        actions: list[Action] = [CancelTimer()]
+        if state is State.HANDSHAKE and handshake_refusal is not None:
+            actions += self._refuse(*handshake_refusal)
+        elif state is State.CONNECT:
+            actions += self._refuse("bad_connect", "closed before a complete CONNECT")
+        if self.upstream_attempt:
+            self.upstream_attempt = False
+            actions.append(CancelUpstream())
+        if self.upstream_open:
+            self.upstream_open = False
+            actions.append(CloseUpstream())
+        if state is State.RELAY:
+            actions.append(SessionEnded(why))
+        return actions
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _refuse(self, reason: str, detail: str) -> list[Action]:
+        if self.refusal is not None:
+            return []
+        self.refusal = reason
+        return [Refuse(reason, detail)]
+
+    def _refuse_and_close(self, reason: str, detail: str) -> list[Action]:
+        self.state = State.CLOSING
+        return [*self._refuse(reason, detail), CloseClient()]
+
+    def _connack(self, code: tuple[int, int]) -> list[Action]:
+        """Answer the held CONNECT with a refusing CONNACK in its dialect, then close."""
+        assert self.connect is not None
+        self.state = State.CLOSING
+        return [SendToClient(mqtt.connack(self.connect.protocol_level, code)), CloseClient()]
+
+    def _open_upstream(self) -> list[Action]:
+        self.state = State.UPSTREAM
+        self.upstream_attempt = True
+        return [OpenUpstream()]
+
+    def _read_connect(self, data: bytes) -> list[Action]:
+        reader = self._reader
+        assert reader is not None
+        try:
+            reader.receive_data(data)
+            event = reader.next_event()
+        except mqtt.RemoteProtocolError as e:
+            return [CancelTimer(), *self._refuse_and_close("bad_connect", f"{e.kind}: {e.detail}")]
+        if event is mqtt.NEED_DATA:
+            return []
+        assert isinstance(event, mqtt.Connect)
+        self.connect = event
+        trailing = reader.trailing_data
+        self._pending = [event.packet, trailing] if trailing else [event.packet]
+        self._pending_size = len(trailing)
+        self._reader = None
+        actions: list[Action] = [CancelTimer(), PauseClient()]
+        if self._pending_crl is not None:
+            self.state = State.CRL_HOLD
+            return [*actions, HoldForCrl(self._pending_crl)]
+        return [*actions, *self._open_upstream()]

@@ -1,0 +1,159 @@
+"""TLS material: the files a listener names, read and checked once.
+
+``load_material`` reads the server chain and key, the CA bundle, checks the cipher list, and
+finds the OCSP issuer and responder; every problem is a ``ConfigError`` at the line that
+named the file (the same one-line errors ``mqttgw check-config`` prints). Contexts, the CRL
+service and the OCSP stapler are then built from these objects, never from the files again:
+what was checked is what serves, and a reload rebuilds exactly this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL
+
+from gateway.config.model import Config, ListenerSettings
+from gateway.errors import ConfigError
+from gateway.revocation.ocsp import OcspTarget, find_issuer, issuer_candidates, responder_url_of
+
+# option, reason -> the error located at the line that set the option
+Fail = Callable[[str, str], ConfigError]
+
+
+@attrs.frozen(eq=False)
+class TlsMaterial:
+    """One listener's certificates and key, loaded and checked."""
+
+    chain: tuple[x509.Certificate, ...]  # certfile: the server certificate first
+    key: PrivateKeyTypes
+    ca_certs: tuple[x509.Certificate, ...]  # cacertfile (empty with verify_none)
+    ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
+    ciphers: tuple[str, ...]
+    ocsp: OcspTarget | None
+
+
+def split_ciphers(ciphers: Iterable[str]) -> tuple[str, str]:
+    """(TLS 1.3 suites, TLS 1.2 cipher list) in OpenSSL's colon-separated syntax."""
+    names = list(ciphers)
+    tls13 = ":".join(c for c in names if c.startswith("TLS_"))
+    tls12 = ":".join(c for c in names if not c.startswith("TLS_"))
+    return tls13, tls12
+
+
+def apply_ciphers(ctx: SSL.Context, ciphers: Iterable[str]) -> None:
+    """Set the cipher suites on a context; ValueError if OpenSSL accepts none of them."""
+    tls13, tls12 = split_ciphers(ciphers)
+    try:
+        if tls13:
+            ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+        if tls12:
+            ctx.set_cipher_list(tls12.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError) as e:
+        raise ValueError(f"OpenSSL accepts none of these ciphers ({e})") from None
+
+
+def _read_file(filename: str, option: str, fail: Fail) -> bytes:
+    try:
+        with open(filename, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise fail(option, f"cannot read {filename}: {e.strerror}") from None
+
+
+def _certificates(filename: str, option: str, fail: Fail) -> tuple[bytes, list[x509.Certificate]]:
+    data = _read_file(filename, option, fail)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise fail(option, f"{filename} holds no PEM certificate")
+    return data, certs
+
+
+def _private_key(filename: str, fail: Fail) -> PrivateKeyTypes:
+    data = _read_file(filename, "keyfile", fail)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise fail(
+            "keyfile", f"{filename} holds no usable unencrypted PEM private key ({e})"
+        ) from None
+
+
+def _spki(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
+    """Read and check everything the listener's TLS needs; ConfigError on any problem."""
+    tls = listener.tls
+    _, chain = _certificates(tls.certfile, "certfile", fail)
+    key = _private_key(tls.keyfile, fail)
+    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+        raise fail("keyfile", f"does not match the certificate in {tls.certfile}")
+    ca_pem: bytes | None = None
+    ca_certs: list[x509.Certificate] = []
+    if tls.cacertfile is not None:
+        ca_pem, ca_certs = _certificates(tls.cacertfile, "cacertfile", fail)
+    if tls.ciphers:
+        try:
+            apply_ciphers(SSL.Context(SSL.TLS_SERVER_METHOD), tls.ciphers)
+        except ValueError as e:
+            raise fail("ciphers", str(e)) from None
+    ocsp = None
+    if listener.ocsp is not None:
+        ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
+    return TlsMaterial(tuple(chain), key, tuple(ca_certs), ca_pem, tls.ciphers, ocsp)
+
+
+def _ocsp_target(
+    listener: ListenerSettings,
+    chain: list[x509.Certificate],
+    cacerts: list[x509.Certificate] | None,
+    fail: Fail,
+) -> OcspTarget:
+    """Stapling needs a responder URL and the issuer; say which key to set if either is missing."""
+    assert listener.ocsp is not None
+    responder = listener.ocsp.responder_url or responder_url_of(chain[0])
+    if responder is None:
+        raise fail(
+            "enable_ocsp_stapling",
+            "the certificate has no OCSP URL (Authority Information Access); "
+            "set ocsp_responder_url",
+        )
+    issuer_pem = None
+    if listener.ocsp.issuer_pem is not None:
+        _, issuer_pem = _certificates(listener.ocsp.issuer_pem, "ocsp_issuer_pem", fail)
+    issuer = find_issuer(chain[0], issuer_candidates(chain, issuer_pem, cacerts))
+    if issuer is None:
+        explicit = listener.ocsp.issuer_pem is not None
+        raise fail(
+            "ocsp_issuer_pem" if explicit else "enable_ocsp_stapling",
+            f"no issuer of {chain[0].subject.rfc4514_string()} found "
+            + (
+                "in ocsp_issuer_pem"
+                if explicit
+                else "in certfile's chain or cacertfile; set ocsp_issuer_pem"
+            ),
+        )
+    return OcspTarget(chain[0], issuer, responder)
+
+
+def load_materials(config: Config) -> dict[str, TlsMaterial]:
+    """Every listener's material, by listener name."""
+    out = {}
+    for listener in config.listeners:
+
+        def fail(option: str, reason: str, name: str = listener.name) -> ConfigError:
+            return config.error(name, option, reason)
+
+        out[listener.name] = load_material(listener, fail)
+    return out

@@ -1,0 +1,204 @@
+"""The connection state machine, tested as scripts of events and the actions they produce
+(no sockets, no reactor), in the manner of mitmproxy's layer tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway import mqtt
+from gateway.peer import PendingCrl
+from gateway.proxy import session as S
+from gateway.testing import connect_packet
+
+LIMITS = S.SessionLimits(handshake_timeout=15, connect_timeout=10, max_packet_size=1024)
+PENDING = PendingCrl("http://ca.test/dp.crl", b"issuer", 7)
+
+
+def play(script: list[tuple[str, tuple[Any, ...], list[S.Action]]]) -> S.Session:
+    """Run (event, arguments, expected actions) steps against a new session."""
+    session = S.Session(LIMITS)
+    for number, (event, args, expected) in enumerate(script):
+        actions = getattr(session, event)(*args)
+        assert actions == expected, f"step {number} ({event}): {actions!r}"
+    return session
+
+
+def test_happy_path_to_relay() -> None:
+    """Handshake, CONNECT, broker connected: relay starts with the CONNECT and what followed;
+    nothing is asked of the broker before the CONNECT is complete."""
+    connect = connect_packet("dev")
+    session = play(
+        [
+            ("start", (), [S.StartTimer(15, "handshake")]),
+            ("handshake_done", (), [S.StartTimer(10, "connect")]),
+            ("receive", (connect[:3],), []),
+            (
+                "receive",
+                (connect[3:] + b"\xc0\x00",),
+                [S.CancelTimer(), S.PauseClient(), S.OpenUpstream()],
+            ),
+            ("receive", (b"\xc0\x00",), []),  # buffered while the broker connection opens
+            ("upstream_connected", (), [S.StartRelay(connect + b"\xc0\x00\xc0\x00")]),
+            ("receive", (b"\x30\x00",), [S.SendToUpstream(b"\x30\x00")]),
+            ("upstream_lost", (), [S.CloseClient()]),
+            ("connection_lost", ("done",), [S.CancelTimer()]),
+        ]
+    )
+    assert session.state is S.State.CLOSED and session.refusal is None
+    assert session.connect is not None and session.connect.client_id == "dev"
+
+
+def test_connect_byte_by_byte() -> None:
+    """A CONNECT arriving one byte at a time is assembled before anything else happens."""
+    session = play(
+        [
+            ("start", (), [S.StartTimer(15, "handshake")]),
+            ("handshake_done", (), [S.StartTimer(10, "connect")]),
+        ]
+    )
+    packet = connect_packet("slow")
+    for byte in packet[:-1]:
+        assert session.receive(bytes([byte])) == []
+    assert session.receive(packet[-1:]) == [S.CancelTimer(), S.PauseClient(), S.OpenUpstream()]
+
+
+def test_bad_connect_is_refused_and_closed() -> None:
+    """Anything but a valid CONNECT refuses the connection once, with the codec's reason."""
+    # The codec's exact wording is its own test's business: check the shape here.
+    session = S.Session(LIMITS)
+    session.start()
+    session.handshake_done()
+    actions = session.receive(b"GET / HTTP/1.1\r\n\r\n")
+    assert actions[0] == S.CancelTimer() and actions[-1] == S.CloseClient()
+    refusal = actions[1]
+    assert isinstance(refusal, S.Refuse) and refusal.reason == "bad_connect"
+    assert session.state is S.State.CLOSING
+    assert session.connection_lost("gone") == [S.CancelTimer()]  # no second refusal
+
+
+@pytest.mark.parametrize("what, seconds", [("handshake", 15), ("connect", 10)])
+def test_timeouts_abort(what: str, seconds: float) -> None:
+    """A stalled handshake or CONNECT is refused with its timeout reason and aborted."""
+    session = S.Session(LIMITS)
+    assert session.start() == [S.StartTimer(15, "handshake")]
+    if what == "connect":
+        assert session.handshake_done() == [S.StartTimer(10, "connect")]
+    assert session.timer_fired(what) == [
+        S.Refuse(f"{what}_timeout", f"no {what} within the time allowed"),
+        S.CloseClient(abort=True),
+    ]
+    assert session.connection_lost("aborted", ("tls_error", "x")) == [S.CancelTimer()]
+
+
+def test_handshake_failure_is_refused_with_its_reason() -> None:
+    """A connection lost during the handshake is refused with the reason the adapter found."""
+    session = S.Session(LIMITS)
+    session.start()
+    assert session.connection_lost("lost", ("revoked", "certificate revoked")) == [
+        S.CancelTimer(),
+        S.Refuse("revoked", "certificate revoked"),
+    ]
+
+
+@pytest.mark.parametrize("level, connack", [(4, b"\x20\x02\x00\x03"), (5, b"\x20\x03\x00\x88\x00")])
+def test_broker_unavailable_gets_connack(level: int, connack: bytes) -> None:
+    """A failed broker connection answers the CONNECT in its own dialect, then closes."""
+    session = S.Session(LIMITS)
+    session.start()
+    session.handshake_done()
+    session.receive(connect_packet("x", level=level))
+    assert session.upstream_failed("127.0.0.1:1883: refused") == [
+        S.Refuse("upstream_unavailable", "127.0.0.1:1883: refused"),
+        S.SendToClient(connack),
+        S.CloseClient(),
+    ]
+    assert session.upstream_connected() == [S.CloseUpstream(unhook=False)]  # too late
+
+
+def test_client_gone_while_broker_connects() -> None:
+    """A client leaving while the broker connection opens cancels the attempt; a late success
+    is closed at once."""
+    session = S.Session(LIMITS)
+    session.start()
+    session.handshake_done()
+    session.receive(connect_packet("leaver"))
+    assert session.connection_lost("gone") == [S.CancelTimer(), S.CancelUpstream()]
+    assert session.upstream_connected() == [S.CloseUpstream(unhook=False)]
+
+
+def test_crl_hold_admits_or_refuses() -> None:
+    """With the leaf's CRL still to fetch, the CONNECT is held; the verdict opens the broker
+    connection or answers CONNACK 'not authorized'."""
+    for refusal, expected in [
+        (None, [S.OpenUpstream()]),
+        (
+            "revoked",
+            [
+                S.Refuse("revoked", "after fetching"),
+                S.SendToClient(mqtt.connack(4, mqtt.NOT_AUTHORIZED)),
+                S.CloseClient(),
+            ],
+        ),
+    ]:
+        session = S.Session(LIMITS)
+        session.start()
+        session.handshake_done(PENDING)
+        assert session.receive(connect_packet("held")) == [
+            S.CancelTimer(),
+            S.PauseClient(),
+            S.HoldForCrl(PENDING),
+        ]
+        assert session.state is S.State.CRL_HOLD
+        assert session.crl_decided(refusal, "after fetching") == expected
+        assert session.crl_decided(None, "twice") == []  # only the first verdict counts
+
+
+def test_too_much_data_before_relay() -> None:
+    """More than max_packet_size buffered before the broker answers is refused."""
+    session = S.Session(LIMITS)
+    session.start()
+    session.handshake_done()
+    session.receive(connect_packet("greedy"))
+    assert session.receive(b"x" * 1000) == []
+    assert session.receive(b"x" * 100) == [
+        S.Refuse("bad_connect", "too much data before the broker connection opened"),
+        S.CloseClient(),
+    ]
+    assert session.connection_lost("gone") == [S.CancelTimer(), S.CancelUpstream()]
+
+
+def test_revocation_of_a_live_session() -> None:
+    """A CRL update revoking a live session closes both sides; only relayed sessions count."""
+    session = S.Session(LIMITS)
+    session.start()
+    assert session.revoked() == []  # not relayed yet: the handshake check decides
+    session.handshake_done()
+    session.receive(connect_packet("live"))
+    session.upstream_connected()
+    assert session.revoked() == [S.RevokedLive(), S.CloseUpstream(), S.CloseClient()]
+    assert session.revoked() == []
+    assert session.connection_lost("closed") == [S.CancelTimer()]
+
+
+def test_relayed_session_end_is_reported_and_broker_closed() -> None:
+    """A relayed session whose client leaves closes the broker side and is logged as ended;
+    a broker that only half-closed is still closed by the gateway."""
+    session = S.Session(LIMITS)
+    session.start()
+    session.handshake_done()
+    session.receive(connect_packet("bye"))
+    session.upstream_connected()
+    assert session.connection_lost("Connection was closed cleanly.") == [
+        S.CancelTimer(),
+        S.CloseUpstream(),
+        S.SessionEnded("Connection was closed cleanly."),
+    ]
+    half = S.Session(LIMITS)
+    half.start()
+    half.handshake_done()
+    half.receive(connect_packet("half"))
+    half.upstream_connected()
+    assert half.upstream_lost(half=True) == [S.CloseClient()]
+    assert half.connection_lost("done") == [S.CancelTimer(), S.CloseUpstream()]
