@@ -1,7 +1,6 @@
 """Sans-IO MQTT: the first-packet reader and the packets the gateway writes."""
 
 from gateway.mqtt.codec import (
-    ADMINISTRATIVE_ACTION,
     MQTT_3_1,
     MQTT_3_1_1,
     MQTT_5,
@@ -11,12 +10,10 @@ from gateway.mqtt.codec import (
     Connect,
     ConnectReader,
     connack,
-    disconnect_v5,
 )
 from gateway.mqtt.errors import ProtocolError, RemoteProtocolError
 
 __all__ = [
-    "ADMINISTRATIVE_ACTION",
     "MQTT_3_1",
     "MQTT_3_1_1",
     "MQTT_5",
@@ -28,5 +25,4 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "connack",
-    "disconnect_v5",
 ]

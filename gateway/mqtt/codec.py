@@ -224,10 +224,3 @@ def connack(protocol_level: int, code: tuple[int, int]) -> bytes:
         return bytes((0x20, 3, 0, v5, 0))  # session present 0, reason, no properties
     return bytes((0x20, 2, 0, legacy))
 
-
-ADMINISTRATIVE_ACTION = 0x98
-
-
-def disconnect_v5(reason: int) -> bytes:
-    """An MQTT 5 server DISCONNECT with a reason code and no properties."""
-    return bytes((0xE0, 2, reason, 0))

@@ -185,10 +185,9 @@ def test_reader_is_single_use() -> None:
         reader.receive_data(b"x")
 
 
-def test_connack_and_disconnect_encodings() -> None:
+def test_connack_encodings() -> None:
     """Refusals are written in the client's dialect."""
     assert mqtt.connack(4, mqtt.SERVER_UNAVAILABLE) == b"\x20\x02\x00\x03"
     assert mqtt.connack(3, mqtt.NOT_AUTHORIZED) == b"\x20\x02\x00\x05"
     assert mqtt.connack(5, mqtt.SERVER_UNAVAILABLE) == b"\x20\x03\x00\x88\x00"
     assert mqtt.connack(5, mqtt.NOT_AUTHORIZED) == b"\x20\x03\x00\x87\x00"
-    assert mqtt.disconnect_v5(mqtt.ADMINISTRATIVE_ACTION) == b"\xe0\x02\x98\x00"
