@@ -296,8 +296,8 @@ KEYS += (
         False,
         "Also fetch and refresh the CRLs named in the CRL Distribution Points of client "
         "certificates whose chain verified. A client whose CRL is not cached yet is held after "
-        "its CONNECT until the CRL arrives (at most crl_cache_http_timeout + 5s), then forwarded or "
-        "refused with CONNACK 'not authorized'.",
+        "its CONNECT until the CRL arrives (at most crl_cache_http_timeout + 5s), then "
+        "forwarded or refused with CONNACK 'not authorized'.",
         format=format_bool,
     ),
     Key(

@@ -166,7 +166,7 @@ class Harness:
             self.cache_dir,
             self.clock,
             HttpFetcher(self.stub, self.clock),
-            ocsp.ocsp.OcspTarget(server.cert, p.inter.cert, RESPONDER),
+            ocsp.OcspTarget(server.cert, p.inter.cert, RESPONDER),
             write,
         )
 
