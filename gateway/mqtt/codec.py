@@ -223,4 +223,3 @@ def connack(protocol_level: int, code: tuple[int, int]) -> bytes:
     if protocol_level == MQTT_5:
         return bytes((0x20, 3, 0, v5, 0))  # session present 0, reason, no properties
     return bytes((0x20, 2, 0, legacy))
-
