@@ -20,8 +20,9 @@ import tempfile
 from harness import support  # noqa: F401  (sets sys.path)
 from OpenSSL import SSL
 
-from gateway.config import parse_config
-from gateway.tls.context import CertificateVerifier, build_context
+from gateway.prepare import prepare_text
+from gateway.tls.context import build_context
+from gateway.tls.verify import CertificateVerifier
 
 
 class _MallInfo2(ctypes.Structure):
@@ -87,7 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     p = support.make_pki(tempfile.mkdtemp(prefix="mqttgw-bench-"))
     device = p.client("device")
-    listener = parse_config(support.listener_conf("t", 8883, 1883, p)).listener("t")
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p))
+    listener, material = prepared.config.listener("t"), prepared.materials["t"]
     version = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
     print(f"server-side heap in use per connection ({version}, {args.count} connections)")
     for label, tls, client_cert in [
@@ -96,7 +98,7 @@ def main() -> None:
         ("TLS 1.3, no client certificate", SSL.TLS1_3_VERSION, False),
         ("TLS 1.2, no client certificate", SSL.TLS1_2_VERSION, False),
     ]:
-        server_ctx = build_context(listener, CertificateVerifier())
+        server_ctx = build_context(listener.name, listener.tls, material, CertificateVerifier())
         client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         client_ctx.set_max_proto_version(tls)
         if client_cert:
@@ -113,7 +115,7 @@ def main() -> None:
         print(f"  {label:45} {(heap_kib() - before) / len(kept):6.1f} KiB")
         del kept
         gc.collect()
-    server_ctx = build_context(listener, CertificateVerifier())
+    server_ctx = build_context(listener.name, listener.tls, material, CertificateVerifier())
     before = heap_kib()
     fresh = [SSL.Connection(server_ctx, None) for _ in range(args.count)]
     print(
