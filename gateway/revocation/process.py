@@ -16,6 +16,12 @@ from zope.interface import implementer
 from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, SerialIndex
 
 
+# A worker that has not answered by then is killed: verifying a 37 MB CRL takes about half
+# a second, so minutes mean a stuck or hostile input.
+WORKER_TIMEOUT = 300.0
+_STDERR_KEPT = 8192  # bytes of a failing worker's stderr kept for the log line
+
+
 def decode_answer(data: bytes | bytearray) -> list[LoadedCrl]:
     """Parse the worker's stdout: a JSON line, then the index blobs. Raises CrlError.
 
@@ -112,7 +118,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.output += data
 
     def errReceived(self, data: bytes) -> None:
-        if sum(map(len, self.errors)) < 8192:
+        if sum(map(len, self.errors)) < _STDERR_KEPT:
             self.errors.append(data)
 
     def processEnded(self, reason: Failure) -> None:
@@ -134,7 +140,7 @@ class SubprocessProcessor:
     """Processes each CRL body in ``python -m gateway.revocation.worker``."""
 
     _reactor: Any
-    timeout: float = 300.0
+    timeout: float = WORKER_TIMEOUT
 
     def process(
         self, header: bytes, body: list[bytes], max_output: int

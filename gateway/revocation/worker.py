@@ -24,6 +24,10 @@ from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, load
 from gateway.revocation.store import write_atomically
 
 
+# The request line carries the CA bundle as PEM: generous, but a bound all the same.
+MAX_HEADER = 16 * 1024 * 1024
+
+
 def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[LoadedCrl]]:
     trust = x509.load_pem_x509_certificates(request["trust_pem"].encode())
     try:
@@ -45,7 +49,7 @@ def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[
 
 
 def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffer) -> int:
-    header = stdin.readline(16 * 1024 * 1024)
+    header = stdin.readline(MAX_HEADER)
     request = json.loads(header)
     body = stdin.read()
     if request.get("body_path"):  # a persisted CRL, read here rather than in the gateway
