@@ -15,7 +15,6 @@ from zope.interface import implementer
 
 from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, SerialIndex
 
-
 # A worker that has not answered by then is killed: verifying a 37 MB CRL takes about half
 # a second, so minutes mean a stuck or hostile input.
 WORKER_TIMEOUT = 300.0

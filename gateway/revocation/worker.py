@@ -23,7 +23,6 @@ from cryptography import x509
 from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, load
 from gateway.revocation.store import write_atomically
 
-
 # The request line carries the CA bundle as PEM: generous, but a bound all the same.
 MAX_HEADER = 16 * 1024 * 1024
 
