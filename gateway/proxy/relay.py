@@ -94,7 +94,6 @@ class GatewayFactory(protocol.Factory):
         ] = task.cooperate,
     ) -> None:
         self.name = name
-        self.limits = limits
         self.session_limits = S.SessionLimits(
             limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size
         )
@@ -162,10 +161,8 @@ class ClientProtocol(protocol.Protocol):
         self._run(self.session.handshake_done(self.verification.crl_pending))
 
     def dataReceived(self, data: bytes) -> None:
-        upstream = self.upstream
-        if upstream is not None and self.session.state is S.State.RELAY:
-            self.factory.stats.bytes_in += len(data)  # the relay's short path
-            upstream.transport.write(data)
+        if self.session.state is S.State.RELAY:
+            self._send_upstream(data)  # the relay's short path: what receive() would say
         else:
             self._run(self.session.receive(data))
 
@@ -216,73 +213,86 @@ class ClientProtocol(protocol.Protocol):
 
     def _run(self, actions: list[S.Action]) -> None:
         for action in actions:
-            self._do(action)
+            _HANDLERS[type(action)](self, action)
 
-    def _do(self, action: S.Action) -> None:  # noqa: C901  (one branch per action type)
-        if isinstance(action, S.StartTimer):
-            self._cancel_timer()
-            self._timer = self.factory.reactor.callLater(
-                action.seconds, self._timed_out, action.what
-            )
-        elif isinstance(action, S.CancelTimer):
-            self._cancel_timer()
-        elif isinstance(action, S.Refuse):
-            self._log_refusal(action)
-        elif isinstance(action, S.PauseClient):
-            self.transport.pauseProducing()
-        elif isinstance(action, S.OpenUpstream):
-            self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
-        elif isinstance(action, S.CancelUpstream):
-            cancel, self._cancel_upstream = self._cancel_upstream, None
-            if cancel is not None:
-                cancel()
-        elif isinstance(action, S.HoldForCrl):
-            self._hold_for_crl(action.pending)
-        elif isinstance(action, S.StartRelay):
-            self._start_relay(action.first)
-        elif isinstance(action, S.SendToClient):
-            self.transport.write(action.data)
-        elif isinstance(action, S.SendToUpstream):
-            if self.upstream is not None:
-                self.factory.stats.bytes_in += len(action.data)
-                self.upstream.transport.write(action.data)
-        elif isinstance(action, S.CloseClient):
-            self.transport.unregisterProducer()
-            if action.abort:
-                self.transport.abortConnection()
-            else:
-                self.transport.loseConnection()
-        elif isinstance(action, S.CloseUpstream):
-            upstream, self.upstream = self.upstream, None
-            if upstream is not None:
-                if action.unhook:
-                    upstream.transport.unregisterProducer()
-                upstream.transport.loseConnection()
-        elif isinstance(action, S.RevokedLive):
-            self.factory.stats.refuse("revoked_live")
-            log.warn(
-                "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
-                "revoked by a CRL update",
-                listener=self.factory.name,
-                peer=self.peer,
-                subject=self.subject,
-                serial=self.serial,
-            )
-        elif isinstance(action, S.SessionEnded):
-            log.info(
-                "closed {listener} peer={peer} subject={subject}: {why}",
-                listener=self.factory.name,
-                peer=self.peer,
-                subject=self.subject,
-                why=action.why,
-            )
+    # One handler per action type; _HANDLERS (after the class) maps each type to its handler.
+
+    def _on_start_timer(self, action: S.StartTimer) -> None:
+        self._cancel_timer()
+        self._timer = self.factory.reactor.callLater(action.seconds, self._timed_out, action.what)
+
+    def _on_cancel_timer(self, action: S.CancelTimer) -> None:
+        self._cancel_timer()
+
+    def _on_pause_client(self, action: S.PauseClient) -> None:
+        self.transport.pauseProducing()
+
+    def _on_open_upstream(self, action: S.OpenUpstream) -> None:
+        self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
+
+    def _on_cancel_upstream(self, action: S.CancelUpstream) -> None:
+        cancel, self._cancel_upstream = self._cancel_upstream, None
+        if cancel is not None:
+            cancel()
+
+    def _on_hold_for_crl(self, action: S.HoldForCrl) -> None:
+        self._hold_for_crl(action.pending)
+
+    def _on_start_relay(self, action: S.StartRelay) -> None:
+        self._start_relay(action.first)
+
+    def _on_send_to_client(self, action: S.SendToClient) -> None:
+        self.transport.write(action.data)
+
+    def _on_send_to_upstream(self, action: S.SendToUpstream) -> None:
+        self._send_upstream(action.data)
+
+    def _send_upstream(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self.factory.stats.bytes_in += len(data)
+            upstream.transport.write(data)
+
+    def _on_close_client(self, action: S.CloseClient) -> None:
+        self.transport.unregisterProducer()
+        if action.abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def _on_close_upstream(self, action: S.CloseUpstream) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            if action.unhook:
+                upstream.transport.unregisterProducer()
+            upstream.transport.loseConnection()
+
+    def _on_revoked_live(self, action: S.RevokedLive) -> None:
+        self.factory.stats.refuse("revoked_live")
+        log.warn(
+            "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
+            "revoked by a CRL update",
+            listener=self.factory.name,
+            peer=self.peer,
+            subject=self.subject,
+            serial=self.serial,
+        )
+
+    def _on_session_ended(self, action: S.SessionEnded) -> None:
+        log.info(
+            "closed {listener} peer={peer} subject={subject}: {why}",
+            listener=self.factory.name,
+            peer=self.peer,
+            subject=self.subject,
+            why=action.why,
+        )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _log_refusal(self, refusal: S.Refuse) -> None:
+    def _on_refuse(self, refusal: S.Refuse) -> None:
         self.factory.stats.refuse(refusal.reason)
         log.warn(
             "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
@@ -329,6 +339,24 @@ class ClientProtocol(protocol.Protocol):
             client_id=connect.client_id,
             mqtt_level=connect.protocol_level,
         )
+
+
+_HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
+    S.StartTimer: ClientProtocol._on_start_timer,
+    S.CancelTimer: ClientProtocol._on_cancel_timer,
+    S.Refuse: ClientProtocol._on_refuse,
+    S.PauseClient: ClientProtocol._on_pause_client,
+    S.OpenUpstream: ClientProtocol._on_open_upstream,
+    S.CancelUpstream: ClientProtocol._on_cancel_upstream,
+    S.HoldForCrl: ClientProtocol._on_hold_for_crl,
+    S.StartRelay: ClientProtocol._on_start_relay,
+    S.SendToClient: ClientProtocol._on_send_to_client,
+    S.SendToUpstream: ClientProtocol._on_send_to_upstream,
+    S.CloseClient: ClientProtocol._on_close_client,
+    S.CloseUpstream: ClientProtocol._on_close_upstream,
+    S.RevokedLive: ClientProtocol._on_revoked_live,
+    S.SessionEnded: ClientProtocol._on_session_ended,
+}
 
 
 class UpstreamFactory(protocol.ClientFactory):

@@ -40,8 +40,8 @@ class RevocationChecker:
         self,
         cache: CrlCache,
         settings: CrlSettings,
-        crl_service: CrlService | None = None,
-        reactor: Any = None,
+        crl_service: CrlService | None,
+        reactor: Any,
     ) -> None:
         self.cache = cache
         self.settings = settings
@@ -83,8 +83,7 @@ class RevocationChecker:
         (None, detail) to admit it or (reason, detail) to refuse it. Never fails."""
         assert self.crl_service is not None
         wait = self.crl_service.when_attempted(pending.url)
-        if self._reactor is not None:
-            wait.addTimeout(self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor)
+        wait.addTimeout(self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor)
 
         def decide(_: object) -> tuple[str | None, str]:
             return self.decide_held(pending.issuer, pending.serial), f"after fetching {pending.url}"
