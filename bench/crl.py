@@ -58,8 +58,10 @@ def main() -> None:
     )
     plain_conf = support.listener_conf("plain", plain_port, broker_port, p)
     plain_conf += "stats_log_interval = 1s\n"
-    gw = support.start_gateway(directory, crl_conf, "gw-crl", ready="crl crl: ready")
-    plain = support.start_gateway(directory, plain_conf, "gw-plain")
+    gw = support.start_gateway(
+        directory, crl_conf, "gw-crl", ready="crl crl: ready", stats_json=True
+    )
+    plain = support.start_gateway(directory, plain_conf, "gw-plain", stats_json=True)
     try:
         support.wait_until(lambda: support.port_open(crl_port))
         time.sleep(3)
