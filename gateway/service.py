@@ -185,7 +185,9 @@ class ListenerService(service.MultiService):
                 material.ca_pem,
             )
             self.crl_service.setServiceParent(self)
-            self.revocation = RevocationChecker(cache, listener.crl, self.crl_service, reactor)
+            self.revocation = RevocationChecker(
+                cache, listener.crl, self.crl_service, reactor, material.issuers
+            )
         self.verifier = CertificateVerifier(self.revocation)
         self.stapler: OcspStapler | None = None
         if listener.ocsp is not None:

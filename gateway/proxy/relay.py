@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
@@ -46,6 +47,10 @@ class LiveRevocation(Protocol):
 
 class Revocation(CrlHold, LiveRevocation, Protocol):
     """What the relay asks of CRL checking (``RevocationChecker``)."""
+
+    def check_resumed(
+        self, leaf: x509.Certificate, serial: int, verification: PeerVerification
+    ) -> tuple[str, str] | None: ...
 
 
 def ssl_error_text(exc: BaseException | None) -> str:
@@ -157,8 +162,25 @@ class ClientProtocol(protocol.Protocol):
         self._run(self.session.start())
 
     def handshakeCompleted(self) -> None:
-        self.subject, self.serial = describe_peer_certificate(self.transport.getHandle())
-        self._run(self.session.handshake_done(self.verification.crl_pending))
+        handle = self.transport.getHandle()
+        self.subject, self.serial = describe_peer_certificate(handle)
+        self._run(
+            self.session.handshake_done(self.verification.crl_pending, self._check_resumed(handle))
+        )
+
+    def _check_resumed(self, handle: SSL.Connection) -> tuple[str, str] | None:
+        """With CRL checking on, a handshake whose chain no verify callback reported was a
+        resumed session (OpenSSL verifies nothing then): check it now, before any byte can
+        reach the broker. None to go on; else (reason, detail) to refuse."""
+        revocation = self.factory.revocation
+        if revocation is None or self.verification.chain:
+            return None
+        peer = handle.get_peer_certificate()
+        if peer is None:
+            return None
+        return revocation.check_resumed(
+            peer.to_cryptography(), peer.get_serial_number(), self.verification
+        )
 
     def dataReceived(self, data: bytes) -> None:
         if self.session.state is S.State.RELAY:

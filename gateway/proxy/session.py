@@ -188,10 +188,16 @@ class Session:
         """The TCP connection was accepted; the TLS handshake begins."""
         return [StartTimer(self._limits.handshake_timeout, "handshake")]
 
-    def handshake_done(self, pending_crl: PendingCrl | None = None) -> list[Action]:
-        """The handshake completed; ``pending_crl`` if the leaf's CRL is still to be fetched."""
+    def handshake_done(
+        self, pending_crl: PendingCrl | None = None, refusal: tuple[str, str] | None = None
+    ) -> list[Action]:
+        """The handshake completed; ``pending_crl`` if the leaf's CRL is still to be fetched;
+        ``refusal`` (reason, detail) if a check after the handshake refused the client (a
+        resumed session, which OpenSSL does not verify)."""
         if self.state is not State.HANDSHAKE:
             return []
+        if refusal is not None:
+            return [CancelTimer(), *self._refuse_and_close(*refusal)]
         self.state = State.CONNECT
         self._pending_crl = pending_crl
         self._reader = mqtt.ConnectReader(self._limits.max_packet_size)

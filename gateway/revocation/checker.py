@@ -12,6 +12,7 @@ from twisted.internet import defer
 
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, PendingCrl
+from gateway.revocation.chains import IssuerIndex
 from gateway.revocation.crl import distribution_point_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
 
@@ -42,8 +43,10 @@ class RevocationChecker:
         settings: CrlSettings,
         crl_service: CrlService | None,
         reactor: Any,
+        issuers: IssuerIndex | None = None,
     ) -> None:
         self.cache = cache
+        self.issuers = issuers or IssuerIndex.of([])
         self.settings = settings
         self.reject_unknown = settings.expired_policy == "reject"
         self.crl_service = crl_service
@@ -77,6 +80,31 @@ class RevocationChecker:
                 self.counts["held_for_crl"] += 1
                 return None  # decided after CONNECT, once the CRL is fetched
         return self._policy(status)
+
+    def check_resumed(
+        self, leaf: x509.Certificate, serial: int, verification: PeerVerification
+    ) -> tuple[str, str] | None:
+        """A resumed session ran no verify callback: check its chain now, exactly as a full
+        handshake would (trust anchor down to the leaf), recording it for the live sweep.
+        None to accept; else (reason class, detail)."""
+        path = self.issuers.path(leaf)
+        if path is None:
+            return "unknown_ca", "resumed session: the certificate no longer chains to cacertfile"
+        for depth in range(len(path) - 1, -1, -1):
+            cert = path[depth]
+            cert_serial = serial if depth == 0 else cert.serial_number
+            issuer = cert.issuer.public_bytes()
+            verification.chain.append((issuer, cert_serial))
+            if depth == len(path) - 1:
+                continue  # the trust anchor: nothing above it to revoke it
+            verdict = self.check(cert, issuer, cert_serial, depth, verification)
+            if verdict is not None:
+                self.counts["resumed_refused"] += 1
+                return verdict[0], (
+                    f"resumed session refused at depth {depth}: "
+                    f"{cert.subject.rfc4514_string()} ({verdict[0]})"
+                )
+        return None
 
     def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[str | None, str]]:
         """For a held client: wait for its distribution point's first fetch (bounded), then

@@ -19,6 +19,7 @@ from OpenSSL import SSL
 
 from gateway.config.model import Config, ListenerSettings
 from gateway.errors import ConfigError
+from gateway.revocation.chains import IssuerIndex
 from gateway.revocation.ocsp import OcspTarget, find_issuer, issuer_candidates, responder_url_of
 
 # option, reason -> the error located at the line that set the option
@@ -35,6 +36,7 @@ class TlsMaterial:
     ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
     ciphers: tuple[str, ...]
     ocsp: OcspTarget | None
+    issuers: IssuerIndex  # ca_certs indexed: rebuilds a resumed session's chain
 
 
 def split_ciphers(ciphers: Iterable[str]) -> tuple[str, str]:
@@ -111,7 +113,9 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     ocsp = None
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
-    return TlsMaterial(tuple(chain), key, tuple(ca_certs), ca_pem, tls.ciphers, ocsp)
+    return TlsMaterial(
+        tuple(chain), key, tuple(ca_certs), ca_pem, tls.ciphers, ocsp, IssuerIndex.of(ca_certs)
+    )
 
 
 def _ocsp_target(

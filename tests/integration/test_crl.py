@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import socket
 import ssl
 import threading
 import time
@@ -152,6 +154,97 @@ def test_revoked_while_running_closes_live_session(world: World, broker: int, wo
         assert "certificate revoked by a CRL update" in gw.log()
     finally:
         gw.stop()
+
+
+def _resume(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+
+
+def _closed(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(10) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_resumed_session_is_checked_against_revocation(
+    world: World, workdir: str, tls: str
+) -> None:
+    """Resumption skips OpenSSL's verification, not the gateway's: a session resumed before
+    the revocation is closed by the sweep, a resumption after it is refused with no byte
+    reaching the broker, and an unrevoked device still resumes."""
+    broker, broker_port = support.start_mosquitto(workdir)
+    device = world.p.client(f"resume-victim-{tls}")
+    bystander = world.p.client(f"resume-bystander-{tls}")
+    port = support.free_port()
+    gw = support.start_gateway(
+        workdir,
+        world.conf(port, broker_port, connect_timeout="2s"),
+        f"gw-resume-{tls}",
+        "crl crl: ready",
+    )
+    try:
+        support.wait_until(lambda: support.port_open(port))
+        ctx = support.client_context(world.p, device, tls)
+        with support.tls_connect(port, ctx) as first:
+            first.sendall(support.connect_packet(f"full-{tls}"))
+            assert support.read_exact(first, 4) == ACCEPTED
+            session = first.session
+        assert session is not None
+        live = _resume(port, ctx, session)
+        assert live.session_reused
+        live.sendall(support.connect_packet(f"resumed-before-{tls}"))
+        assert support.read_exact(live, 4) == ACCEPTED
+        session = live.session or session
+        other_ctx = support.client_context(world.p, bystander, tls)
+        with support.tls_connect(port, other_ctx) as other:
+            other.sendall(support.connect_packet(f"bystander-{tls}"))
+            assert support.read_exact(other, 4) == ACCEPTED
+            other_session = other.session
+        sess_file = os.path.join(workdir, f"sess-{tls}.pem")
+        # -ign_eof: read until the gateway closes (connect_timeout), so that a TLS 1.3 ticket,
+        # sent after the handshake, is received and saved.
+        saved = support.s_client(
+            port, world.p.ca_file, device, tls, "-sess_out", sess_file, "-ign_eof"
+        )
+        assert "New, TLSv1" in saved.stdout, saved.stdout + saved.stderr
+
+        world.devices_ca.revoke(device[0])
+        world.publish()
+        support.wait_until(
+            lambda: "revoked" in str(mqtt_connect(port, world.p, device, tls)), 15, what="CRL"
+        )
+        # The live session resumed before the revocation is closed by the sweep.
+        assert _closed(live)
+        # A resumption after it: the handshake resumes, then the gateway closes at once.
+        late = _resume(port, ctx, session)
+        assert late.session_reused
+        try:
+            late.sendall(support.connect_packet(f"resumed-after-{tls}"))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        assert _closed(late)
+        again = support.s_client(
+            port, world.p.ca_file, device, tls, "-sess_in", sess_file, "-ign_eof"
+        )
+        assert "Reused, TLSv1" in again.stdout, again.stdout + again.stderr
+        support.wait_until(lambda: gw.log().count("resumed session refused") >= 2, 10)
+        assert re.search(r"refused crl .*reason=revoked .*resumed session refused", gw.log())
+        # The unrevoked device still resumes and is relayed.
+        ok = _resume(port, other_ctx, other_session)  # type: ignore[arg-type]
+        assert ok.session_reused
+        ok.sendall(support.connect_packet(f"bystander-again-{tls}"))
+        assert support.read_exact(ok, 4) == ACCEPTED
+        ok.close()
+        time.sleep(0.3)
+        broker_log = broker.log()
+        assert f"resumed-before-{tls}" in broker_log and f"bystander-again-{tls}" in broker_log
+        assert f"resumed-after-{tls}" not in broker_log  # nothing reached the broker
+    finally:
+        gw.stop()
+        broker.stop()
 
 
 def test_crl_server_down_at_start(world: World, broker: int, workdir: str) -> None:

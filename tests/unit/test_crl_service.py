@@ -352,3 +352,31 @@ def test_alias_keys_are_accepted(p: support.Pki) -> None:
     assert crl is not None and config.globals.crl_refresh_interval == 120
     assert crl.http_timeout == 4
     assert x509  # imported for type use in helpers
+
+
+def test_resumed_session_chain_is_rebuilt_and_checked(p: support.Pki) -> None:
+    """A resumed session's leaf is checked through the chain rebuilt from cacertfile, and that
+    chain is recorded for the live sweep."""
+    from gateway.revocation.chains import IssuerIndex
+
+    h = Harness(p)
+    h.checker.issuers = IssuerIndex.of([p.root.cert, p.inter.cert])
+    good = pki.issue(p.inter, "resumed-good").cert
+    bad = pki.issue(p.inter, "resumed-bad").cert
+    h.routes.set("/devices.crl", 200, h.crl([bad.serial_number]))
+    h.service.startService()
+    h.flush()
+    record = PeerVerification()
+    assert h.checker.check_resumed(good, good.serial_number, record) is None
+    assert record.chain == [
+        (p.root.cert.subject.public_bytes(), p.root.cert.serial_number),
+        (p.root.cert.subject.public_bytes(), p.inter.cert.serial_number),
+        (p.inter.cert.subject.public_bytes(), good.serial_number),
+    ]
+    record = PeerVerification()
+    verdict = h.checker.check_resumed(bad, bad.serial_number, record)
+    assert verdict is not None and verdict[0] == "revoked" and "depth 0" in verdict[1]
+    assert h.checker.chain_revoked(record.chain)
+    stranger = pki.issue(pki.make_ca("elsewhere"), "stranger").cert
+    verdict = h.checker.check_resumed(stranger, stranger.serial_number, PeerVerification())
+    assert verdict is not None and verdict[0] == "unknown_ca"

@@ -202,3 +202,17 @@ def test_relayed_session_end_is_reported_and_broker_closed() -> None:
     half.upstream_connected()
     assert half.upstream_lost(half=True) == [S.CloseClient()]
     assert half.connection_lost("done") == [S.CancelTimer(), S.CloseUpstream()]
+
+
+def test_refusal_found_after_the_handshake() -> None:
+    """A resumed session refused by the post-handshake check is closed before any CONNECT is
+    read: no broker connection is ever asked for."""
+    session = S.Session(LIMITS)
+    session.start()
+    assert session.handshake_done(None, ("revoked", "resumed session refused")) == [
+        S.CancelTimer(),
+        S.Refuse("revoked", "resumed session refused"),
+        S.CloseClient(),
+    ]
+    assert session.receive(connect_packet("late")) == []
+    assert session.connection_lost("closed") == [S.CancelTimer()]

@@ -1,0 +1,81 @@
+"""The CA certificates of a listener's bundle, indexed to rebuild a client's chain without
+OpenSSL's help. Pure: no I/O, no Twisted.
+
+A resumed TLS session runs no certificate verification, so no verify callback reports the
+chain; the session still holds the leaf. Its issuers are looked up here (by name, then by key
+identifier or signature when names repeat), so that a resumed connection is checked against
+the revocation data in force exactly as a full handshake is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+
+def _key_id(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bytes | None:
+    try:
+        value = cert.extensions.get_extension_for_class(kind).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    if isinstance(value, x509.SubjectKeyIdentifier):
+        return value.digest
+    if isinstance(value, x509.AuthorityKeyIdentifier):
+        return value.key_identifier
+    return None
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` (names are compared by the caller)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@attrs.frozen(eq=False)
+class IssuerIndex:
+    """CA certificates by subject (DER), each with the path up to its trust anchor."""
+
+    _by_subject: dict[bytes, tuple[x509.Certificate, ...]]
+
+    @classmethod
+    def of(cls, cas: Sequence[x509.Certificate]) -> IssuerIndex:
+        by_subject: dict[bytes, list[x509.Certificate]] = {}
+        for ca in cas:
+            by_subject.setdefault(ca.subject.public_bytes(), []).append(ca)
+        return cls({k: tuple(v) for k, v in by_subject.items()})
+
+    def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
+        """The CA of the bundle that issued ``cert``."""
+        candidates = self._by_subject.get(cert.issuer.public_bytes(), ())
+        if len(candidates) == 1:
+            return candidates[0]
+        aki = _key_id(cert, x509.AuthorityKeyIdentifier)
+        for candidate in candidates:
+            ski = _key_id(candidate, x509.SubjectKeyIdentifier)
+            if aki is not None and ski is not None:
+                if aki == ski:
+                    return candidate
+            elif issued_by(cert, candidate):
+                return candidate
+        return None
+
+    def path(self, leaf: x509.Certificate, limit: int = 16) -> list[x509.Certificate] | None:
+        """[leaf, its issuer, ..., the self-signed anchor], or None if it does not chain to
+        the bundle. ``limit`` bounds the walk (a loop of cross-signed CAs)."""
+        out = [leaf]
+        cert = leaf
+        while cert.issuer != cert.subject:
+            if len(out) > limit:
+                return None
+            issuer = self.issuer_of(cert)
+            if issuer is None:
+                return None
+            out.append(issuer)
+            cert = issuer
+        return out
