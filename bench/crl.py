@@ -21,7 +21,7 @@ import handshakes
 from harness import raise_fd_limit, report
 
 from gateway import testing as support
-from gateway.testing.crl import CrlHttpServer, big_crl_der
+from gateway.testing.crl import CrlHttpServer, big_crl_der, crl_der
 
 
 def lags(gateway: support.Process) -> list[float]:
@@ -44,6 +44,7 @@ def main() -> None:
     bodies = [big_crl_der(p.inter, args.entries, number=n) for n in (2, 3, 4)]
     http = CrlHttpServer()
     http.serve("/devices.crl", 200, big_crl_der(p.inter, 1, number=1))
+    http.serve("/root.crl", 200, crl_der(p.root, []))  # the devices CA's own certificate
     broker, broker_port = support.start_mosquitto(directory)
     crl_port, plain_port = support.free_port(), support.free_port()
     crl_conf = (
@@ -52,7 +53,10 @@ def main() -> None:
             crl_port,
             broker_port,
             p,
-            {"enable_crl_cache": "true", "crl_cache_urls": http.url("/devices.crl")},
+            {
+                "enable_crl_cache": "true",
+                "crl_cache_urls": f"{http.url('/devices.crl')},{http.url('/root.crl')}",
+            },
         )
         + "crl_cache.refresh_interval = 15s\nstats_log_interval = 1s\n"
     )

@@ -13,6 +13,7 @@ Pure data: no Twisted, no OpenSSL.
 from __future__ import annotations
 
 import attrs
+from cryptography import x509
 
 
 @attrs.frozen
@@ -33,6 +34,7 @@ class PendingCrl:
     url: str
     issuer: bytes  # DER of the issuer Name
     serial: int
+    cert: x509.Certificate | None = None  # for the scope of the CRLs that cover it
 
 
 @attrs.define(slots=True, eq=False)

@@ -230,7 +230,7 @@ class ListenerService(service.MultiService):
         crl = None
         if self.crl_service is not None and self.revocation is not None:
             crl = CrlCheckStatus(
-                held=len(self.revocation.cache.current_infos()),
+                held=len(self.revocation.cache.infos()),
                 counts=dict(self.revocation.counts),
                 sources=self.crl_service.status(),
             )

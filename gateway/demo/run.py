@@ -63,6 +63,12 @@ def write_demo_files(
     with open(files["crl"], "wb") as f:
         f.write(ca.gencrl("devices.crl.pem"))
     files["ca_config"] = ca.config
+    # The root publishes a CRL too: every certificate below the trust anchor is checked,
+    # the devices CA's own certificate included.
+    root_ca = pki.OpensslCA.create(os.path.join(directory, "root-ca"), root)
+    files["root_crl"] = os.path.join(root_ca.dir, "root.crl.pem")
+    with open(files["root_crl"], "wb") as f:
+        f.write(root_ca.gencrl("root.crl.pem"))
     files["conf"] = os.path.join(directory, "mqttgw.conf")
     with open(files["conf"], "w") as f:
         f.write(
@@ -76,7 +82,8 @@ def write_demo_files(
             "listener.ssl.demo.verify = verify_peer\n"
             "listener.ssl.demo.fail_if_no_peer_cert = true\n"
             "listener.ssl.demo.enable_crl_cache = true\n"
-            f"listener.ssl.demo.crl_cache_urls = http://127.0.0.1:{ca_port}/devices.crl.pem\n"
+            f"listener.ssl.demo.crl_cache_urls = http://127.0.0.1:{ca_port}/devices.crl.pem, "
+            f"http://127.0.0.1:{ca_port}/root.crl.pem\n"
             "listener.ssl.demo.enable_ocsp_stapling = true\n"
         )
     files["mosquitto_conf"] = os.path.join(directory, "mosquitto.conf")
@@ -167,6 +174,7 @@ def run_demo(directory: str | None, port: int) -> int:
         # The demo CA publishes its CRL and answers OCSP over HTTP, on loopback only.
         ca_root = resource.Resource()
         ca_root.putChild(b"devices.crl.pem", static.File(files["crl"]))
+        ca_root.putChild(b"root.crl.pem", static.File(files["root_crl"]))
         ca_root.putChild(b"ocsp", DemoOcspResponder(devices_ca, files["ca_index"]))
         ca_site = server.Site(ca_root)
         ca_site.noisy = False

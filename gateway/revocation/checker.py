@@ -15,6 +15,7 @@ from gateway.peer import PeerVerification, PendingCrl
 from gateway.revocation.chains import IssuerIndex
 from gateway.revocation.crl import distribution_point_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
+from gateway.revocation.scope import cert_scope
 
 _V = SSL.X509VerificationCodes
 # X509 errors imposed on a refused certificate; OpenSSL turns them into TLS alerts
@@ -61,22 +62,22 @@ class RevocationChecker:
         depth: int,
         verification: PeerVerification | None,
     ) -> tuple[str, int] | None:
-        """None to accept; else (reason class, X509 error to fail with)."""
-        status = self.cache.status(issuer, serial)
+        """None to accept; else (reason class, X509 error to fail with). Every certificate
+        below the trust anchor is checked (as OpenSSL's crl_check_all): one whose status
+        cannot be determined follows crl_expired_policy."""
+        status = self.cache.status(issuer, serial, lambda: cert_scope(cert))
         if status == "good":
             return None
         if status == "revoked":
             self.counts["revoked"] += 1
             return "revoked", ERR_REVOKED
-        if status == "missing" and depth > 0:
-            return None  # intermediates: checked when their issuer's CRL is held
         if status == "missing" and self.settings.from_cert and self.crl_service is not None:
             urls = distribution_point_urls(cert)
-            if urls:
-                for url in urls:
-                    self.crl_service.discover(url)
+            for url in urls:
+                self.crl_service.discover(url)  # a CA's too: in force for its next device
+            if urls and depth == 0:
                 if verification is not None:
-                    verification.crl_pending = PendingCrl(urls[0], issuer, serial)
+                    verification.crl_pending = PendingCrl(urls[0], issuer, serial, cert)
                 self.counts["held_for_crl"] += 1
                 return None  # decided after CONNECT, once the CRL is fetched
         return self._policy(status)
@@ -114,13 +115,15 @@ class RevocationChecker:
         wait.addTimeout(self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor)
 
         def decide(_: object) -> tuple[str | None, str]:
-            return self.decide_held(pending.issuer, pending.serial), f"after fetching {pending.url}"
+            return self.decide_held(pending), f"after fetching {pending.url}"
 
         return wait.addBoth(decide)
 
-    def decide_held(self, issuer: bytes, serial: int) -> str | None:
+    def decide_held(self, pending: PendingCrl) -> str | None:
         """After a held client's distribution point was fetched: None or a refusal reason."""
-        status = self.cache.status(issuer, serial)
+        cert = pending.cert
+        scope = (lambda: cert_scope(cert)) if cert is not None else None
+        status = self.cache.status(pending.issuer, pending.serial, scope)
         if status == "good":
             return None
         if status == "revoked":
@@ -130,11 +133,12 @@ class RevocationChecker:
         return None if verdict is None else verdict[0]
 
     def _policy(self, status: str) -> tuple[str, int] | None:
-        """crl_expired_policy for a 'missing' or 'expired' CRL: refuse (reject) or count."""
-        reason = "crl_missing" if status == "missing" else "crl_expired"
+        """crl_expired_policy for a status that is not decided ('missing', 'expired',
+        'incomplete'): refuse (reject) or count."""
+        reason = "crl_" + status
         if self.reject_unknown:
             self.counts[reason] += 1
-            return reason, ERR_NO_CRL if status == "missing" else ERR_CRL_EXPIRED
+            return reason, ERR_CRL_EXPIRED if status == "expired" else ERR_NO_CRL
         self.counts[reason + "_accepted"] += 1
         return None
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from gateway.clock import CLOCK_SKEW, utc_timestamp
 from gateway.errors import GatewayError
+from gateway.revocation.scope import CrlScope, crl_scope
 
 _PEM_CRL = re.compile(
     rb"-----BEGIN X509 CRL-----\s+([A-Za-z0-9+/=\s]+?)-----END X509 CRL-----", re.S
@@ -40,6 +41,10 @@ class CrlInfo:
     count: int
     size: int  # bytes of the body it came in
     sha256: str  # of that body
+    scope: CrlScope = CrlScope()  # what its issuing distribution point limits it to
+
+    def expired(self, now: float, grace: float = 0.0) -> bool:
+        return self.next_update is not None and now > self.next_update + grace
 
     def compare(self, other: CrlInfo | None) -> str:
         """'newer', 'same' or 'older' than ``other`` (CRL number, else thisUpdate)."""
@@ -63,6 +68,7 @@ class CrlInfo:
             "count": self.count,
             "size": self.size,
             "sha256": self.sha256,
+            "scope": None if self.scope.complete else self.scope.to_json(),
         }
 
     @classmethod
@@ -76,14 +82,18 @@ class CrlInfo:
             count=int(data["count"]),  # type: ignore[call-overload]
             size=int(data["size"]),  # type: ignore[call-overload]
             sha256=str(data["sha256"]),
+            scope=CrlScope.from_json(data.get("scope")),  # type: ignore[arg-type]
         )
 
 
 class SerialIndex:
     """Revoked serial numbers as one sorted bytes object of fixed-width big-endian entries.
 
-    Memory is ``width`` bytes per entry (at most 21 for RFC 5280's 20-octet serials) plus a
-    constant; a lookup is a bisection over ``len`` entries with no allocation per step.
+    Each entry is the serial plus 2**(8*width - 1) (offset binary), so negative serials (old
+    CAs issued them) and serials longer than RFC 5280's 20 octets are stored and matched
+    exactly, and byte order is numeric order. Memory is ``width`` bytes per entry (20 for
+    RFC 5280's largest serials) plus a constant; a lookup is a bisection over ``len`` entries
+    with no allocation per step.
     """
 
     __slots__ = ("blob", "count", "offset", "width")
@@ -113,19 +123,22 @@ class SerialIndex:
     @classmethod
     def from_serials(cls, serials: Iterable[int]) -> SerialIndex:
         values = sorted(set(serials))
-        width = max(((v.bit_length() + 7) // 8 for v in values), default=1) or 1
-        return cls(width, b"".join(v.to_bytes(width, "big") for v in values))
+        bits = max((v.bit_length() for v in values), default=0) + 1  # one for the sign
+        width = (bits + 7) // 8
+        half = 1 << (8 * width - 1)
+        return cls(width, b"".join((v + half).to_bytes(width, "big") for v in values))
 
     def __len__(self) -> int:
         return self.count
 
     def __contains__(self, serial: object) -> bool:
-        if not isinstance(serial, int) or serial < 0:
+        if not isinstance(serial, int):
             return False
         width = self.width
-        if serial.bit_length() > width * 8:
+        half = 1 << (8 * width - 1)
+        if not -half <= serial < half:
             return False
-        key = serial.to_bytes(width, "big")
+        key = (serial + half).to_bytes(width, "big")
         blob = self.blob
         base = self.offset
         lo, hi = 0, self.count
@@ -212,17 +225,69 @@ def validate(
             )
     except x509.ExtensionNotFound:
         pass
-    try:
-        crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
-        raise CrlError("delta_crl", "delta CRLs are not supported")
-    except x509.ExtensionNotFound:
-        pass
+    _check_extensions(crl)
     this_update = utc_timestamp(crl.last_update_utc)
     if this_update > now + skew:
         raise CrlError(
             "not_yet_valid", f"thisUpdate {crl.last_update_utc.isoformat()} is in the future"
         )
     return issuer
+
+
+# CRL extensions this gateway interprets or may safely ignore (RFC 5280 §5.2). A critical
+# extension outside this list makes the CRL unusable (§5.2: "MUST NOT use the CRL").
+_CRL_EXTENSIONS = (
+    x509.AuthorityKeyIdentifier,
+    x509.IssuerAlternativeName,
+    x509.CRLNumber,
+    x509.IssuingDistributionPoint,
+    x509.FreshestCRL,
+    x509.AuthorityInformationAccess,
+)
+_ENTRY_EXTENSIONS = (x509.CRLReason, x509.InvalidityDate)
+
+
+def _check_extensions(crl: x509.CertificateRevocationList) -> None:
+    """Refuse what this gateway cannot interpret: unknown critical extensions of the CRL or
+    of an entry, delta CRLs, indirect CRLs (RFC 5280 §5.2.4, §5.2.5, §5.3.3)."""
+    name = crl.issuer.rfc4514_string()
+    try:
+        extensions = crl.extensions
+    except ValueError as e:
+        raise CrlError("garbage", f"CRL of {name}: unparsable extensions ({e})") from None
+    for ext in extensions:
+        if isinstance(ext.value, x509.DeltaCRLIndicator):
+            raise CrlError("delta_crl", f"CRL of {name} is a delta CRL (not supported)")
+        if isinstance(ext.value, x509.IssuingDistributionPoint) and ext.value.indirect_crl:
+            raise CrlError("indirect_crl", f"CRL of {name} is indirect (not supported)")
+        if ext.critical and not isinstance(ext.value, _CRL_EXTENSIONS):
+            raise CrlError(
+                "unknown_critical_extension",
+                f"CRL of {name} has a critical extension {ext.oid.dotted_string} this gateway "
+                "does not interpret; it must not be used",
+            )
+    for entry in crl:
+        try:
+            entry_extensions = entry.extensions
+        except ValueError as e:
+            raise CrlError("garbage", f"CRL of {name}: unparsable entry ({e})") from None
+        for ext in entry_extensions:
+            if isinstance(ext.value, x509.CertificateIssuer):
+                raise CrlError("indirect_crl", f"CRL of {name} has certificateIssuer entries")
+            if ext.critical and not isinstance(ext.value, _ENTRY_EXTENSIONS):
+                raise CrlError(
+                    "unknown_critical_extension",
+                    f"CRL of {name}: an entry has a critical extension "
+                    f"{ext.oid.dotted_string} this gateway does not interpret",
+                )
+
+
+def crl_scope_of(crl: x509.CertificateRevocationList) -> CrlScope:
+    try:
+        idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        idp = None
+    return crl_scope(idp, crl.issuer)
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int | None:
@@ -250,6 +315,7 @@ def load(
             count=len(crl),
             size=len(body),
             sha256=digest,
+            scope=crl_scope_of(crl),
         )
         out.append(LoadedCrl(info, SerialIndex.from_serials(r.serial_number for r in crl)))
     return out

@@ -28,6 +28,7 @@ from gateway.revocation.crl import CrlInfo, LoadedCrl
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.process import encode_request
 from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
+from gateway.revocation.scope import ALL_REASONS, CertScope, covered_reasons
 from gateway.revocation.store import crl_path
 from gateway.status import CrlSourceStatus, CrlStatus
 
@@ -39,54 +40,108 @@ _OUTPUT_PER_BODY_BYTE = 2
 _MIN_OUTPUT_LIMIT = 4096  # room for the answer's JSON line with a tiny CRL
 
 
+# Results of a fetch that installed nothing because what came was worse than what is held.
+_KEPT_OUT = {
+    "older": "older than the CRL held, kept the held one",
+    "expired": "already past its nextUpdate while the CRL held is not, kept the held one",
+}
+
+
 class CrlCache:
-    """issuer (DER Name) -> newest valid CRL. Read at handshake time; written by refreshes."""
+    """The CRLs in force, read at handshake time and written by refreshes.
+
+    Several CRLs of one issuer are held side by side, keyed by source URL and scope (their
+    issuing distribution point), and each is replaced only by a newer CRL of the same key:
+    two partitions of one CA with the same CRL number are both held, whichever arrives
+    first. A certificate's status is decided from every CRL whose scope covers it, so it
+    does not depend on download order (RFC 5280 §6.3.3).
+    """
 
     def __init__(self, clock: Any, grace: float) -> None:
         self._clock = clock
         self._grace = grace
-        self._by_issuer: dict[bytes, LoadedCrl] = {}
-        self._providers: dict[bytes, set[str]] = collections.defaultdict(set)
+        # issuer (DER Name) -> (source URL, scope key) -> CRL
+        self._by_issuer: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
 
-    def current_infos(self) -> dict[bytes, CrlInfo | None]:
-        return {k: v.info for k, v in self._by_issuer.items()}
+    def infos(self) -> list[CrlInfo]:
+        return [c.info for held in self._by_issuer.values() for c in held.values()]
+
+    def infos_from(self, url: str) -> list[CrlInfo]:
+        return [
+            c.info for held in self._by_issuer.values() for (u, _), c in held.items() if u == url
+        ]
 
     def install(self, loaded: LoadedCrl, url: str) -> str:
-        """Install if newer than what is held. Returns 'newer', 'same' or 'older'."""
-        current = self._by_issuer.get(loaded.info.issuer)
-        verdict = loaded.info.compare(current.info if current else None)
-        self._providers[loaded.info.issuer].add(url)
+        """Install if newer than the CRL held from the same source with the same scope.
+        Returns 'newer', 'same', 'older', or 'expired' (newer, but already past its
+        nextUpdate while the held one is not: kept out, it would only fail clients)."""
+        info = loaded.info
+        held = self._by_issuer.setdefault(info.issuer, {})
+        key = (url, info.scope.key())
+        current = held.get(key)
+        verdict = info.compare(current.info if current else None)
+        now = self._clock.seconds()
+        if (
+            verdict == "newer"
+            and current is not None
+            and info.expired(now, self._grace)
+            and not current.info.expired(now, self._grace)
+        ):
+            return "expired"
         if verdict == "newer":
-            self._by_issuer[loaded.info.issuer] = loaded
+            held[key] = loaded
         return verdict
 
     def forget_source(self, url: str) -> None:
-        """A source was evicted: drop the CRLs that no other source provides."""
-        for issuer, urls in list(self._providers.items()):
-            urls.discard(url)
-            if not urls:
-                del self._providers[issuer]
-                self._by_issuer.pop(issuer, None)
+        """A source was evicted: drop the CRLs it provided."""
+        for issuer, held in list(self._by_issuer.items()):
+            for key in [k for k in held if k[0] == url]:
+                del held[key]
+            if not held:
+                del self._by_issuer[issuer]
 
-    def status(self, issuer: bytes, serial: int) -> str:
-        """'good', 'revoked', 'expired' (past nextUpdate + grace) or 'missing'."""
-        entry = self._by_issuer.get(issuer)
-        if entry is None:
+    def status(
+        self, issuer: bytes, serial: int, cert: Callable[[], CertScope] | None = None
+    ) -> str:
+        """'revoked', 'good', or why it cannot be decided: 'expired' (the covering CRLs are
+        past nextUpdate + grace), 'incomplete' (the covering CRLs do not speak for every
+        reason) or 'missing' (no CRL covers it). ``cert`` gives the certificate's scope,
+        asked for only when a CRL of the issuer has an issuing distribution point; without
+        it (the live sweep), a serial listed in any CRL of the issuer counts as revoked."""
+        held = self._by_issuer.get(issuer)
+        if not held:
             return "missing"
-        if serial in entry.index:
-            return "revoked"
-        next_update = entry.info.next_update
-        if next_update is not None and self._clock.seconds() > next_update + self._grace:
-            return "expired"
-        return "good"
-
-    def expired_issuers(self) -> list[CrlInfo]:
         now = self._clock.seconds()
-        return [
-            e.info
-            for e in self._by_issuer.values()
-            if e.info.next_update is not None and now > e.info.next_update + self._grace
-        ]
+        covered: frozenset[str] = frozenset()
+        expired = False
+        scope_of_cert: CertScope | None = None
+        for crl in held.values():
+            scope = crl.info.scope
+            if scope.complete:
+                reasons = ALL_REASONS
+            elif cert is None:
+                reasons = frozenset() if scope.only_attribute else ALL_REASONS
+            else:
+                if scope_of_cert is None:
+                    scope_of_cert = cert()
+                reasons = covered_reasons(scope, scope_of_cert)
+            if not reasons:
+                continue
+            if serial in crl.index:
+                return "revoked"
+            if crl.info.expired(now, self._grace):
+                expired = True
+            else:
+                covered |= reasons
+        if covered >= ALL_REASONS:
+            return "good"
+        if expired:
+            return "expired"
+        return "incomplete" if covered else "missing"
+
+    def expired_crls(self) -> list[CrlInfo]:
+        now = self._clock.seconds()
+        return [info for info in self.infos() if info.expired(now, self._grace)]
 
 
 @attrs.define
@@ -157,7 +212,7 @@ class CrlService(service.Service):
         self.sources: dict[str, _Source] = {}
         self._discovered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.ready: defer.Deferred[None] = defer.Deferred()
-        self._expired_logged: set[bytes] = set()
+        self._expired_logged: set[tuple[bytes, str]] = set()
         for url in settings.urls:
             self._add_source(url, discovered=False)
 
@@ -190,7 +245,7 @@ class CrlService(service.Service):
             log.info(
                 "crl {listener}: ready, {held} CRL(s) held from {sources} source(s)",
                 listener=self.listener,
-                held=len(self.cache.current_infos()),
+                held=len(self.cache.infos()),
                 sources=len(self.sources),
             )
             self.ready.callback(None)
@@ -199,10 +254,10 @@ class CrlService(service.Service):
         return tuple(s.status() for s in self.sources.values())
 
     def _log_expiry(self) -> None:
-        expired = {info.issuer: info for info in self.cache.expired_issuers()}
-        for issuer, info in expired.items():
-            if issuer not in self._expired_logged:
-                self._expired_logged.add(issuer)
+        expired = {(info.issuer, info.scope.key()): info for info in self.cache.expired_crls()}
+        for key, info in expired.items():
+            if key not in self._expired_logged:
+                self._expired_logged.add(key)
                 reject = self.settings.expired_policy == "reject"
                 log.critical(
                     "crl {listener}: CRL of {issuer} expired at {next_update} and no newer one "
@@ -235,7 +290,7 @@ class CrlService(service.Service):
             CLOCK_SKEW,
             None,
             source.state.url,
-            {},
+            [],
             body_path=path,
         )
         d = self._processor.process(header, [], self.settings.max_size * _OUTPUT_PER_BODY_BYTE)
@@ -268,7 +323,7 @@ class CrlService(service.Service):
                 CLOCK_SKEW,
                 persist,
                 url,
-                self.cache.current_infos(),
+                self.cache.infos_from(url),
             )
             limit = max(size, _MIN_OUTPUT_LIMIT) * _OUTPUT_PER_BODY_BYTE
             return self._processor.process(header, body, limit)
@@ -294,18 +349,22 @@ class CrlService(service.Service):
         verdicts = [self.cache.install(c, url) for c in crls]
         installed = [c for c, v in zip(crls, verdicts, strict=True) if v == "newer"]
         if result is None:
-            result = "updated" if installed else ("older" if "older" in verdicts else "unchanged")
+            result = (
+                "updated"
+                if installed
+                else next((v for v in ("expired", "older") if v in verdicts), "unchanged")
+            )
         source.state.last_result = result
         source.state.size = crls[0].info.size if crls else None
         source.state.crls = tuple(c.info for c in crls)
         if schedule:
             self.scheduler.schedule(source.job, Outcome(True, self._next_update(source)))
-        level = log.warn if result == "older" else log.info
+        level = log.warn if result in _KEPT_OUT else log.info
         level(
             "crl {listener} {url}: {result}; {details} next refresh {next_refresh}",
             listener=self.listener,
             url=url,
-            result=result if result != "older" else "older than the CRL held, kept the held one",
+            result=_KEPT_OUT.get(result, result),
             details="; ".join(
                 f"issuer={c.info.issuer_text} number={c.info.number} "
                 f"thisUpdate={format_timestamp(c.info.this_update)} "

@@ -53,7 +53,7 @@ def encode_request(
     skew: float,
     persist: str | None,
     url: str,
-    current: dict[bytes, CrlInfo | None],
+    current: list[CrlInfo],
     body_path: str | None = None,
 ) -> bytes:
     header = {
@@ -63,7 +63,7 @@ def encode_request(
         "skew": skew,
         "persist": persist,
         "url": url,
-        "current": {k.hex(): (v.to_json() if v else None) for k, v in current.items()},
+        "current": [info.to_json() for info in current],
     }
     return json.dumps(header).encode() + b"\n"
 

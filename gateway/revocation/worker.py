@@ -5,7 +5,7 @@ GIL for hundreds of milliseconds on a 37 MB CRL) never stalls the gateway's reac
 that a hostile CRL can at worst kill this process.
 
 stdin:  one JSON line {"trust_pem": str, "now": float, "skew": float,
-        "persist": path or null, "url": str, "current": {issuer_hex: info or null},
+        "persist": path or null, "url": str, "current": [info of each CRL held from url],
         "body_path": path or absent}, then the raw body until EOF (empty with body_path).
 stdout: one JSON line {"ok": true, "crls": [info + {"width", "blob_len"}], "persisted": bool}
         followed by the index blobs in order; or {"ok": false, "kind", "detail"}.
@@ -34,12 +34,12 @@ def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[
     except CrlError as e:
         return {"ok": False, "kind": e.kind, "detail": e.detail}, []
     current = {
-        bytes.fromhex(k): (CrlInfo.from_json(v) if v else None)
-        for k, v in request.get("current", {}).items()
+        (info.issuer, info.scope.key()): info
+        for info in map(CrlInfo.from_json, request.get("current", []))
     }
     persisted = False
     if request.get("persist") and any(
-        c.info.compare(current.get(c.info.issuer)) != "older" for c in loaded
+        c.info.compare(current.get((c.info.issuer, c.info.scope.key()))) != "older" for c in loaded
     ):
         write_atomically(request["persist"], body, {"url": request.get("url")})
         persisted = True

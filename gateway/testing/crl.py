@@ -96,8 +96,9 @@ def _tlv(tag: int, body: bytes) -> bytes:
 
 
 def _der_int(value: int) -> bytes:
-    b = value.to_bytes((value.bit_length() + 8) // 8 or 1, "big")
-    return _tlv(0x02, b)
+    """A DER INTEGER, minimal two's complement (negative values too)."""
+    magnitude = value if value >= 0 else ~value
+    return _tlv(0x02, value.to_bytes((magnitude.bit_length() + 8) // 8, "big", signed=True))
 
 
 def _gtime(ts: float) -> bytes:
@@ -110,20 +111,19 @@ def _gtime(ts: float) -> bytes:
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
 
 
-def big_crl_der(ca: pki.Issued, count: int, number: int = 1, lifetime: float = 86400) -> bytes:
-    """A CRL with ``count`` entries (random-looking 16-byte serials), signed by an EC CA.
+def crl_der(ca: pki.Issued, serials: list[int], number: int = 1, lifetime: float = 86400) -> bytes:
+    """A CRL listing exactly ``serials``, negative ones included (cryptography's builder
+    refuses those; old CAs issued them), signed by an EC CA."""
+    now = time.time()
+    revoked_at = _gtime(now - 86400)
+    entries = b"".join(_tlv(0x30, _der_int(s) + revoked_at) for s in serials)
+    return _signed_crl(ca, entries, number, now, lifetime)
 
-    Built as DER by hand, since cryptography's builder takes minutes for a million entries.
-    """
+
+def _signed_crl(ca: pki.Issued, entries: bytes, number: int, now: float, lifetime: float) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    now = time.time()
-    revoked_at = _gtime(now - 86400)
-    base = 0x4000_0000_0000_0000_0000_0000_0000_0000
-    entries = b"".join(
-        _tlv(0x30, _der_int(base + i * 0x9E3779B97F4A7C15) + revoked_at) for i in range(count)
-    )
     crl_number = _tlv(0x30, bytes.fromhex("0603551d14") + _tlv(0x04, _der_int(number)))
     tbs = _tlv(
         0x30,
@@ -137,3 +137,17 @@ def big_crl_der(ca: pki.Issued, count: int, number: int = 1, lifetime: float = 8
     )
     signature = ca.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
     return _tlv(0x30, tbs + _ECDSA_SHA256 + _tlv(0x03, b"\x00" + signature))
+
+
+def big_crl_der(ca: pki.Issued, count: int, number: int = 1, lifetime: float = 86400) -> bytes:
+    """A CRL with ``count`` entries (random-looking 16-byte serials), signed by an EC CA.
+
+    Built as DER by hand, since cryptography's builder takes minutes for a million entries.
+    """
+    now = time.time()
+    revoked_at = _gtime(now - 86400)
+    base = 0x4000_0000_0000_0000_0000_0000_0000_0000
+    entries = b"".join(
+        _tlv(0x30, _der_int(base + i * 0x9E3779B97F4A7C15) + revoked_at) for i in range(count)
+    )
+    return _signed_crl(ca, entries, number, now, lifetime)

@@ -111,7 +111,7 @@ class CertificateVerifier:
             return 0
         parsed = cert.to_cryptography()
         issuer = parsed.issuer.public_bytes()
-        serial = parsed.serial_number
+        serial = cert.get_serial_number()  # OpenSSL's: exact for the negative serials of old CAs
         if verification is not None:
             verification.chain.append((issuer, serial))
         if parsed.issuer == parsed.subject:

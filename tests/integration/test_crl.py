@@ -45,7 +45,9 @@ class World:
         return self.http.url(f"/{name}.crl")
 
     def conf(self, port: int, broker: int, name: str = "crl", **extra: str) -> str:
-        opts = {"enable_crl_cache": "true", "crl_cache_urls": self.url("devices")}
+        # Both CRLs: every certificate below the trust anchor is checked (crl_check_all).
+        urls = f"{self.url('devices')},{self.url('root')}"
+        opts = {"enable_crl_cache": "true", "crl_cache_urls": urls}
         globals_ = extra.pop("globals", "crl_cache.refresh_interval = 1s\n")
         opts.update(extra)
         return support.listener_conf(name, port, broker, self.p, opts) + globals_
@@ -343,7 +345,10 @@ def test_expired_crl_policy(world: World, broker: int, workdir: str, policy: str
     world.http.serve("/stale.crl", 200, stale.public_bytes(serialization.Encoding.DER))
     port = support.free_port()
     conf = world.conf(
-        port, broker, crl_cache_urls=world.http.url("/stale.crl"), crl_expired_policy=policy
+        port,
+        broker,
+        crl_cache_urls=f"{world.http.url('/stale.crl')},{world.url('root')}",
+        crl_expired_policy=policy,
     )
     gw = support.start_gateway(workdir, conf, ready="crl crl: ready")
     try:
@@ -397,7 +402,9 @@ def test_distribution_point_discovery(
     world.devices_ca.revoke(revoked[0])
     world.publish()
     port = support.free_port()
-    conf = world.conf(port, broker, crl_cache_urls="", crl_cache_from_cert="true")
+    # The devices CA's own certificate names no distribution point: its issuer's CRL is
+    # configured (every certificate below the anchor is checked).
+    conf = world.conf(port, broker, crl_cache_urls=world.url("root"), crl_cache_from_cert="true")
     gw = support.start_gateway(workdir, conf, ready="crl crl: ready")
     try:
         support.wait_until(lambda: support.port_open(port))

@@ -56,7 +56,7 @@ def test_serial_index_membership() -> None:
     assert index.width == 20
     for s in serials:
         assert s in index
-    for s in [0, 2, 254, 257, 2**64 + 1, 2**160, -1]:
+    for s in [0, 2, 254, 257, 2**64 + 1, 2**160, -1, -255, -(2**159)]:
         assert s not in index
     assert len(index) == len(serials)
     assert 5 not in C.SerialIndex.from_serials([])
@@ -65,6 +65,18 @@ def test_serial_index_membership() -> None:
     buffer = bytearray(b"header\n") + index.blob + b"next"
     shared = C.SerialIndex(20, buffer, 7, len(serials))
     assert all(s in shared for s in serials) and 2 not in shared and shared.blob is buffer
+
+
+def test_serial_index_negative_and_overlong_serials() -> None:
+    """Negative serials (seen from old CAs) and serials longer than 20 octets are stored and
+    matched exactly; their neighbours and their absolute values are not matched."""
+    serials = [-1, -(2**70), 0, 5, -128, 2**200 + 3]
+    index = C.SerialIndex.from_serials(serials)
+    assert all(s in index for s in serials)
+    for s in [1, -2, 2**70, 128, 2**200 + 2, -(2**70) + 1, 2**300]:
+        assert s not in index
+    small = C.SerialIndex.from_serials([-1, 1])
+    assert small.width == 1 and -1 in small and 1 in small and 0 not in small
 
 
 def test_load_pem_bundle_and_der(chain: tuple[pki.Issued, pki.Issued]) -> None:
@@ -146,7 +158,7 @@ def test_worker_round_trip_and_persistence(
     path = os.path.join(str(tmp_path), "l", "x.crl")
     out = io.BytesIO()
     worker.main(
-        io.BytesIO(encode_request(trust_pem, time.time(), 300, path, "http://u", {}) + body), out
+        io.BytesIO(encode_request(trust_pem, time.time(), 300, path, "http://u", []) + body), out
     )
     loaded = decode_answer(out.getvalue())
     assert len(loaded) == 1 and 1050 in loaded[0].index and 999 not in loaded[0].index
@@ -156,7 +168,7 @@ def test_worker_round_trip_and_persistence(
         assert json.load(f) == {"url": "http://u"}
     # An older body is answered but not persisted over the newer one.
     older = pem(make_crl(inter, [], number=2))
-    current = {loaded[0].info.issuer: loaded[0].info}
+    current = [loaded[0].info]
     out = io.BytesIO()
     worker.main(
         io.BytesIO(encode_request(trust_pem, time.time(), 300, path, "http://u", current) + older),

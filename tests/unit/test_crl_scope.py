@@ -1,0 +1,214 @@
+"""RFC 5280 §6.3 as the gateway applies it: several CRLs per issuer, IDP scope, reasons,
+unusable CRLs, negative serials, expired CRLs. Each case with sources delivered in both
+orders, since a verdict must never depend on download order."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ObjectIdentifier
+from twisted.internet.task import Clock
+
+from gateway.config.model import CrlSettings
+from gateway.demo import pki
+from gateway.revocation import crl as C
+from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.crl_service import CrlCache
+from gateway.testing.crl import crl_der
+
+SETTINGS = CrlSettings(
+    urls=("http://a",),
+    http_timeout=5,
+    max_size=1 << 20,
+    expired_policy="reject",
+    grace_period=0,
+    from_cert=False,
+    capacity=8,
+)
+R = x509.ReasonFlags
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.Issued:
+    return pki.make_ca("scope root")
+
+
+def build(
+    ca: pki.Issued,
+    serials: list[int],
+    number: int = 1,
+    idp: x509.IssuingDistributionPoint | None = None,
+    extra: list[tuple[x509.ExtensionType, bool]] = (),  # type: ignore[assignment]
+    next_update: datetime.timedelta = datetime.timedelta(hours=1),
+    this_update: datetime.datetime | None = None,
+) -> bytes:
+    now = this_update or pki.now() - datetime.timedelta(minutes=1)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(now + next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    if idp is not None:
+        builder = builder.add_extension(idp, critical=True)
+    for ext, critical in extra:
+        builder = builder.add_extension(ext, critical=critical)
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def idp(
+    url: str | None = None,
+    user: bool = False,
+    ca_only: bool = False,
+    reasons: frozenset[x509.ReasonFlags] | None = None,
+) -> x509.IssuingDistributionPoint:
+    return x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)] if url else None,
+        relative_name=None,
+        only_contains_user_certs=user,
+        only_contains_ca_certs=ca_only,
+        only_some_reasons=reasons,
+        indirect_crl=False,
+        only_contains_attribute_certs=False,
+    )
+
+
+def checker_with(ca: pki.Issued, sources: list[tuple[str, bytes]]) -> RevocationChecker:
+    clock = Clock()
+    clock.advance(time.time())
+    cache = CrlCache(clock, 0)
+    for url, body in sources:
+        for loaded in C.load(body, [ca.cert], clock.seconds()):
+            cache.install(loaded, url)
+    return RevocationChecker(cache, SETTINGS, None, clock)
+
+
+def verdict(checker: RevocationChecker, cert: x509.Certificate) -> str:
+    refused = checker.check(cert, cert.issuer.public_bytes(), cert.serial_number, 0, None)
+    return "good" if refused is None else refused[0]
+
+
+def verdicts(
+    ca: pki.Issued, sources: list[tuple[str, bytes]], certs: list[x509.Certificate]
+) -> set[tuple[str, ...]]:
+    """The verdicts on the certificates, for every order of the sources: a set holding one
+    tuple when the order does not matter."""
+    out = set()
+    for order in itertools.permutations(sources):
+        checker = checker_with(ca, list(order))
+        out.add(tuple(verdict(checker, c) for c in certs))
+    return out
+
+
+def test_partitions_with_the_same_number_are_both_in_force(ca: pki.Issued) -> None:
+    """Two partitions of one CA, same CRL number, from two URLs: both are held, and a
+    certificate listed in either is refused whichever arrived first."""
+    a = pki.issue(ca, "part-a", crl_url="http://ca.test/a.crl").cert
+    b = pki.issue(ca, "part-b", crl_url="http://ca.test/b.crl").cert
+    sources = [
+        ("http://ca.test/a.crl", build(ca, [], 7, idp("http://ca.test/a.crl"))),
+        ("http://ca.test/b.crl", build(ca, [b.serial_number], 7, idp("http://ca.test/b.crl"))),
+    ]
+    assert verdicts(ca, sources, [a, b]) == {("good", "revoked")}
+
+
+def test_idp_distribution_point_scope(ca: pki.Issued) -> None:
+    """A CRL limited to one distribution point covers only certificates naming it; one with
+    no CRL Distribution Points, or another one, is not covered: no CRL in force, refused."""
+    inside = pki.issue(ca, "dp-in", crl_url="http://ca.test/p1.crl").cert
+    other = pki.issue(ca, "dp-other", crl_url="http://ca.test/p2.crl").cert
+    bare = pki.issue(ca, "dp-none").cert
+    sources = [("http://ca.test/p1.crl", build(ca, [], 1, idp("http://ca.test/p1.crl")))]
+    assert verdicts(ca, sources, [inside, other, bare]) == {("good", "crl_missing", "crl_missing")}
+
+
+def test_only_user_and_only_ca_scopes(ca: pki.Issued) -> None:
+    """onlyContainsUserCerts does not cover a CA certificate, onlyContainsCACerts not a leaf."""
+    sub = pki.make_ca("scope sub", issuer=ca).cert
+    leaf = pki.issue(ca, "scope-leaf").cert
+    users = [("http://u", build(ca, [], 1, idp(user=True)))]
+    cas = [("http://c", build(ca, [], 1, idp(ca_only=True)))]
+    assert verdicts(ca, users, [leaf, sub]) == {("good", "crl_missing")}
+    assert verdicts(ca, cas, [leaf, sub]) == {("crl_missing", "good")}
+    assert verdicts(ca, users + cas, [leaf, sub]) == {("good", "good")}
+
+
+def test_reasons_must_all_be_covered(ca: pki.Issued) -> None:
+    """A CRL for some reasons alone leaves the status undetermined (refused by policy); with
+    a second CRL for the other reasons it is decided, in either order."""
+    leaf = pki.issue(ca, "reasons-leaf").cert
+    listed = pki.issue(ca, "reasons-listed").cert
+    some = frozenset({R.key_compromise, R.ca_compromise})
+    rest = frozenset(
+        {
+            R.affiliation_changed,
+            R.superseded,
+            R.cessation_of_operation,
+            R.certificate_hold,
+            R.privilege_withdrawn,
+            R.aa_compromise,
+        }
+    )
+    first = ("http://k", build(ca, [listed.serial_number], 3, idp(reasons=some)))
+    second = ("http://r", build(ca, [], 3, idp(reasons=rest)))
+    assert verdicts(ca, [first], [leaf, listed]) == {("crl_incomplete", "revoked")}
+    assert verdicts(ca, [first, second], [leaf, listed]) == {("good", "revoked")}
+
+
+def test_unknown_critical_extensions(ca: pki.Issued) -> None:
+    """An unknown critical extension makes the CRL unusable; a non-critical one is ignored."""
+    odd = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    with pytest.raises(C.CrlError) as info:
+        C.load(build(ca, [1], extra=[(odd, True)]), [ca.cert], time.time())
+    assert info.value.kind == "unknown_critical_extension"
+    assert C.load(build(ca, [1], extra=[(odd, False)]), [ca.cert], time.time())
+
+
+def test_indirect_and_delta_crls_are_kept_out(ca: pki.Issued) -> None:
+    """Indirect and delta CRLs are not interpreted: refused, never applied half-understood."""
+    indirect = x509.IssuingDistributionPoint(None, None, False, False, None, True, False)
+    with pytest.raises(C.CrlError) as info:
+        C.load(build(ca, [], idp=indirect), [ca.cert], time.time())
+    assert info.value.kind == "indirect_crl"
+    with pytest.raises(C.CrlError) as info:
+        C.load(build(ca, [], extra=[(x509.DeltaCRLIndicator(1), True)]), [ca.cert], time.time())
+    assert info.value.kind == "delta_crl"
+
+
+def test_negative_serials_are_matched(ca: pki.Issued) -> None:
+    """A CRL listing negative serials (old CAs) loads; the listed ones are revoked, others
+    (their absolute values included) are not."""
+    body = crl_der(ca, [-5, -(2**100), 7])
+    (loaded,) = C.load(body, [ca.cert], time.time())
+    for serial, listed in [(-5, True), (-(2**100), True), (7, True), (5, False), (-7, False)]:
+        assert (serial in loaded.index) is listed
+
+
+def test_expired_newer_crl_never_replaces_a_valid_one(ca: pki.Issued) -> None:
+    """A CRL with a higher number but past its nextUpdate is kept out while the held one is
+    valid; devices are not refused as crl_expired."""
+    clock = Clock()
+    clock.advance(time.time())
+    cache = CrlCache(clock, 0)
+    (valid,) = C.load(build(ca, [], 1), [ca.cert], clock.seconds())
+    old = pki.now() - datetime.timedelta(hours=3)
+    stale = build(ca, [], 2, this_update=old, next_update=datetime.timedelta(hours=1))
+    (expired,) = C.load(stale, [ca.cert], clock.seconds())
+    assert cache.install(valid, "http://a") == "newer"
+    assert cache.install(expired, "http://a") == "expired"
+    assert cache.status(ca.cert.subject.public_bytes(), 5) == "good"
+    # With nothing valid held, the expired one is still better than nothing (it lists
+    # revocations), and the policy decides for the rest.
+    fresh = CrlCache(clock, 0)
+    assert fresh.install(expired, "http://a") == "newer"
+    assert fresh.status(ca.cert.subject.public_bytes(), 5) == "expired"
