@@ -277,9 +277,9 @@ KEYS += (
         "crl.expired_policy",
         enum_of("reject", "accept"),
         "reject",
-        "What happens when a client certificate's CRL is past its nextUpdate (plus "
-        "crl_grace_period) and no newer one could be fetched, or when no CRL for its issuer "
-        "was ever obtained: reject (fail closed) or accept. Logged loudly either way.",
+        "What happens when the revocation status of a certificate of the client's chain "
+        "cannot be determined (its CRLs past nextUpdate plus crl_grace_period, none ever "
+        "obtained, or not covering every reason): reject (fail closed) or accept.",
     ),
     Key(
         "crl_grace_period",
