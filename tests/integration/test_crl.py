@@ -444,3 +444,61 @@ def test_two_listeners_with_different_ca_chains(
             gw.stop()
     finally:
         other.http.stop()
+
+
+def openssl_verdict(w: World, cert: str, crls: list[str]) -> bool:
+    """What `openssl verify -crl_check_all -extended_crl -use_deltas` says: True if OK."""
+    args = ["openssl", "verify", "-crl_check_all", "-extended_crl", "-use_deltas"]
+    args += ["-CAfile", w.p.ca_file]
+    for name in crls:
+        args += ["-CRLfile", os.path.join(w.dir, f"{name}.crl.pem")]
+    result = support.run([*args, cert])
+    return result.returncode == 0 and ": OK" in result.stdout
+
+
+def test_verdicts_agree_with_openssl_verify(broker: int, workdir: str, tmp_path: object) -> None:
+    """For real `openssl ca` CRLs, the gateway refuses exactly the devices that
+    `openssl verify -crl_check_all -extended_crl -use_deltas` rejects: a good device, a revoked
+    one, and (with the root's CRL missing, then revoking the devices CA) every device under
+    the intermediate."""
+    w = World(str(tmp_path))
+    try:
+        good = w.p.client("agree-good")
+        revoked = w.p.client("agree-revoked")
+        w.devices_ca.revoke(revoked[0])
+        w.publish()
+        cases: list[tuple[str, str, list[str]]] = [
+            ("good", good[0], ["devices", "root"]),
+            ("revoked", revoked[0], ["devices", "root"]),
+            ("no root CRL", good[0], ["devices"]),  # the intermediate cannot be checked
+        ]
+        for what, cert_path, crls in cases:
+            port = support.free_port()
+            urls = ",".join(w.url(name) for name in crls)
+            conf = w.conf(port, broker, crl_cache_urls=urls)
+            gw = support.start_gateway(workdir, conf, f"gw-agree-{len(crls)}", "crl crl: ready")
+            try:
+                support.wait_until(lambda p=port: support.port_open(p))
+                device = good if cert_path == good[0] else revoked
+                accepted = mqtt_connect(port, w.p, device) == ACCEPTED
+                assert accepted == openssl_verdict(w, cert_path, crls), what
+            finally:
+                gw.stop()
+        # The root revokes the devices CA: both tools refuse even the good device.
+        inter_path = os.path.join(str(tmp_path), "inter.pem")
+        with open(inter_path, "wb") as f:
+            f.write(pki.cert_pem(w.p.inter.cert))
+        w.root_ca.revoke(inter_path)
+        w.publish()
+        assert not openssl_verdict(w, good[0], ["devices", "root"])
+        port = support.free_port()
+        gw = support.start_gateway(
+            workdir, w.conf(port, broker), "gw-agree-inter", "crl crl: ready"
+        )
+        try:
+            support.wait_until(lambda: support.port_open(port))
+            assert "revoked" in str(mqtt_connect(port, w.p, good))
+        finally:
+            gw.stop()
+    finally:
+        w.http.stop()
