@@ -164,9 +164,8 @@ class ClientProtocol(protocol.Protocol):
     def handshakeCompleted(self) -> None:
         handle = self.transport.getHandle()
         self.subject, self.serial = describe_peer_certificate(handle)
-        self._run(
-            self.session.handshake_done(self.verification.crl_pending, self._check_resumed(handle))
-        )
+        refusal = self._check_resumed(handle)  # first: it may set crl_pending
+        self._run(self.session.handshake_done(self.verification.crl_pending, refusal))
 
     def _check_resumed(self, handle: SSL.Connection) -> tuple[str, str] | None:
         """With CRL checking on, a handshake whose chain no verify callback reported was a

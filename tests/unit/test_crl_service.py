@@ -383,3 +383,18 @@ def test_resumed_session_chain_is_rebuilt_and_checked(p: support.Pki) -> None:
     stranger = pki.issue(pki.make_ca("elsewhere"), "stranger").cert
     verdict = h.checker.check_resumed(stranger, stranger.serial_number, PeerVerification())
     assert verdict is not None and verdict[0] == "unknown_ca"
+
+
+def test_resumed_session_with_uncached_crl_is_held(p: support.Pki) -> None:
+    """With crl_cache_from_cert, a resumed session whose leaf CRL is not cached yet is held
+    like a full handshake (crl_pending set), not let through."""
+    from gateway.revocation.chains import IssuerIndex
+
+    h = Harness(p, crl_cache_urls="", crl_cache_from_cert="true")
+    ca = pki.make_ca("resumed dp CA")
+    h.checker.issuers = IssuerIndex.of([ca.cert])
+    h.service.startService()
+    leaf = pki.issue(ca, "resumed-dp", crl_url="http://ca.test/rdp.crl").cert
+    record = PeerVerification()
+    assert h.checker.check_resumed(leaf, leaf.serial_number, record) is None
+    assert record.crl_pending is not None and record.crl_pending.url == "http://ca.test/rdp.crl"
