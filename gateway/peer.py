@@ -35,6 +35,7 @@ class PendingCrl:
     issuer: bytes  # DER of the issuer Name
     serial: int
     cert: x509.Certificate | None = None  # for the scope of the CRLs that cover it
+    chain: tuple[tuple[bytes, int], ...] = ()  # the chain checked above it
 
 
 @attrs.define(slots=True, eq=False)

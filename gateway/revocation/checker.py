@@ -65,7 +65,8 @@ class RevocationChecker:
         """None to accept; else (reason class, X509 error to fail with). Every certificate
         below the trust anchor is checked (as OpenSSL's crl_check_all): one whose status
         cannot be determined follows crl_expired_policy."""
-        status = self.cache.status(issuer, serial, lambda: cert_scope(cert))
+        trusted = set(verification.chain) if verification is not None else None
+        status = self.cache.status(issuer, serial, lambda: cert_scope(cert), trusted)
         if status == "good":
             return None
         if status == "revoked":
@@ -77,7 +78,9 @@ class RevocationChecker:
                 self.crl_service.discover(url)  # a CA's too: in force for its next device
             if urls and depth == 0:
                 if verification is not None:
-                    verification.crl_pending = PendingCrl(urls[0], issuer, serial, cert)
+                    verification.crl_pending = PendingCrl(
+                        urls[0], issuer, serial, cert, tuple(verification.chain)
+                    )
                 self.counts["held_for_crl"] += 1
                 return None  # decided after CONNECT, once the CRL is fetched
         return self._policy(status)
@@ -123,7 +126,7 @@ class RevocationChecker:
         """After a held client's distribution point was fetched: None or a refusal reason."""
         cert = pending.cert
         scope = (lambda: cert_scope(cert)) if cert is not None else None
-        status = self.cache.status(pending.issuer, pending.serial, scope)
+        status = self.cache.status(pending.issuer, pending.serial, scope, set(pending.chain))
         if status == "good":
             return None
         if status == "revoked":

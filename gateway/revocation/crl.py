@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from gateway.clock import CLOCK_SKEW, utc_timestamp
 from gateway.errors import GatewayError
+from gateway.revocation.chains import issued_by
 from gateway.revocation.scope import CrlScope, crl_scope
 
 _PEM_CRL = re.compile(
@@ -42,6 +43,9 @@ class CrlInfo:
     size: int  # bytes of the body it came in
     sha256: str  # of that body
     scope: CrlScope = CrlScope()  # what its issuing distribution point limits it to
+    # (issuer DER, serial) of each certificate of the signer's path below its trust anchor:
+    # the CRL is usable only while none of them is revoked (RFC 5280 §6.3.3 (f)).
+    signer: tuple[tuple[bytes, int], ...] = ()
 
     def expired(self, now: float, grace: float = 0.0) -> bool:
         return self.next_update is not None and now > self.next_update + grace
@@ -69,6 +73,7 @@ class CrlInfo:
             "size": self.size,
             "sha256": self.sha256,
             "scope": None if self.scope.complete else self.scope.to_json(),
+            "signer": [[issuer.hex(), serial] for issuer, serial in self.signer],
         }
 
     @classmethod
@@ -83,6 +88,10 @@ class CrlInfo:
             size=int(data["size"]),  # type: ignore[call-overload]
             sha256=str(data["sha256"]),
             scope=CrlScope.from_json(data.get("scope")),  # type: ignore[arg-type]
+            signer=tuple(
+                (bytes.fromhex(str(i)), int(s))
+                for i, s in data.get("signer", ())  # type: ignore[attr-defined]
+            ),
         )
 
 
@@ -234,6 +243,43 @@ def validate(
     return issuer
 
 
+_MAX_SIGNER_PATH = 16  # certificates from a CRL signer up to its trust anchor
+
+
+def signer_path(
+    signer: x509.Certificate, trust: Sequence[x509.Certificate], now: float, skew: float
+) -> list[x509.Certificate]:
+    """The CRL signer's certification path up to a self-signed anchor of the trust chain,
+    each link's signature checked and each certificate valid now (RFC 5280 §6.3.3 (f));
+    raise CrlError otherwise."""
+    path = [signer]
+    cert = signer
+    while cert.issuer != cert.subject:
+        if len(path) > _MAX_SIGNER_PATH:
+            raise CrlError("untrusted_signer", "CRL signer path too long")
+        parent = next(
+            (c for c in trust if c.subject == cert.issuer and c is not cert and issued_by(cert, c)),
+            None,
+        )
+        if parent is None:
+            raise CrlError(
+                "untrusted_signer",
+                f"CRL signer {signer.subject.rfc4514_string()} does not chain to a trust "
+                "anchor of cacertfile",
+            )
+        path.append(parent)
+        cert = parent
+    for link in path:
+        start = utc_timestamp(link.not_valid_before_utc)
+        end = utc_timestamp(link.not_valid_after_utc)
+        if not start - skew <= now <= end + skew:
+            raise CrlError(
+                "signer_expired",
+                f"CRL signer path certificate {link.subject.rfc4514_string()} is not valid now",
+            )
+    return path
+
+
 # CRL extensions this gateway interprets or may safely ignore (RFC 5280 §5.2). A critical
 # extension outside this list makes the CRL unusable (§5.2: "MUST NOT use the CRL").
 _CRL_EXTENSIONS = (
@@ -304,7 +350,8 @@ def load(
     digest = hashlib.sha256(body).hexdigest()
     out = []
     for crl in parse_bundle(body):
-        validate(crl, trust, now, skew)
+        signer = validate(crl, trust, now, skew)
+        path = signer_path(signer, trust, now, skew)
         next_update = crl.next_update_utc
         info = CrlInfo(
             issuer=crl.issuer.public_bytes(),
@@ -316,6 +363,7 @@ def load(
             size=len(body),
             sha256=digest,
             scope=crl_scope_of(crl),
+            signer=tuple((c.issuer.public_bytes(), c.serial_number) for c in path[:-1]),
         )
         out.append(LoadedCrl(info, SerialIndex.from_serials(r.serial_number for r in crl)))
     return out

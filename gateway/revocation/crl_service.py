@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -101,13 +101,21 @@ class CrlCache:
                 del self._by_issuer[issuer]
 
     def status(
-        self, issuer: bytes, serial: int, cert: Callable[[], CertScope] | None = None
+        self,
+        issuer: bytes,
+        serial: int,
+        cert: Callable[[], CertScope] | None = None,
+        trusted: Collection[tuple[bytes, int]] | None = None,
     ) -> str:
         """'revoked', 'good', or why it cannot be decided: 'expired' (the covering CRLs are
         past nextUpdate + grace), 'incomplete' (the covering CRLs do not speak for every
         reason) or 'missing' (no CRL covers it). ``cert`` gives the certificate's scope,
         asked for only when a CRL of the issuer has an issuing distribution point; without
-        it (the live sweep), a serial listed in any CRL of the issuer counts as revoked."""
+        it (the live sweep), a serial listed in any CRL of the issuer counts as revoked.
+        ``trusted``: the (issuer, serial) of the chain's certificates checked already; a CRL
+        whose signer path holds another certificate is used only while that one is good
+        (a CRL-signing certificate revoked by its issuer's CRL voids the CRLs it signed).
+        None skips this (the sweep only asks whether a serial is listed)."""
         held = self._by_issuer.get(issuer)
         if not held:
             return "missing"
@@ -127,6 +135,8 @@ class CrlCache:
                 reasons = covered_reasons(scope, scope_of_cert)
             if not reasons:
                 continue
+            if trusted is not None and not self._signer_good(crl.info, trusted):
+                continue
             if serial in crl.index:
                 return "revoked"
             if crl.info.expired(now, self._grace):
@@ -138,6 +148,9 @@ class CrlCache:
         if expired:
             return "expired"
         return "incomplete" if covered else "missing"
+
+    def _signer_good(self, info: CrlInfo, trusted: Collection[tuple[bytes, int]]) -> bool:
+        return all(entry in trusted or self.status(*entry) == "good" for entry in info.signer)
 
     def expired_crls(self) -> list[CrlInfo]:
         now = self._clock.seconds()

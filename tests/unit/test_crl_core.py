@@ -132,8 +132,8 @@ def test_validation_failures(chain: tuple[pki.Issued, pki.Issued]) -> None:
 
 def test_compare_by_number_then_this_update(chain: tuple[pki.Issued, pki.Issued]) -> None:
     """A CRL is newer by CRL number when both have one, else by thisUpdate."""
-    _, inter = chain
-    trust = [inter.cert]
+    root, inter = chain
+    trust = [root.cert, inter.cert]
     t0 = pki.now() - datetime.timedelta(hours=1)
     old = C.load(pem(make_crl(inter, [], number=5, this_update=t0)), trust, time.time())[0].info
     new = C.load(pem(make_crl(inter, [], number=6, this_update=t0)), trust, time.time())[0].info

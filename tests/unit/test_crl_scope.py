@@ -46,6 +46,7 @@ def build(
     extra: list[tuple[x509.ExtensionType, bool]] = (),  # type: ignore[assignment]
     next_update: datetime.timedelta = datetime.timedelta(hours=1),
     this_update: datetime.datetime | None = None,
+    signer: pki.Issued | None = None,
 ) -> bytes:
     now = this_update or pki.now() - datetime.timedelta(minutes=1)
     builder = (
@@ -63,7 +64,8 @@ def build(
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
         )
-    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    key = (signer or ca).key
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def idp(
@@ -83,12 +85,16 @@ def idp(
     )
 
 
-def checker_with(ca: pki.Issued, sources: list[tuple[str, bytes]]) -> RevocationChecker:
+def checker_with(
+    ca: pki.Issued,
+    sources: list[tuple[str, bytes]],
+    trust: list[x509.Certificate] | None = None,
+) -> RevocationChecker:
     clock = Clock()
     clock.advance(time.time())
     cache = CrlCache(clock, 0)
     for url, body in sources:
-        for loaded in C.load(body, [ca.cert], clock.seconds()):
+        for loaded in C.load(body, trust or [ca.cert], clock.seconds()):
             cache.install(loaded, url)
     return RevocationChecker(cache, SETTINGS, None, clock)
 
@@ -212,3 +218,31 @@ def test_expired_newer_crl_never_replaces_a_valid_one(ca: pki.Issued) -> None:
     fresh = CrlCache(clock, 0)
     assert fresh.install(expired, "http://a") == "newer"
     assert fresh.status(ca.cert.subject.public_bytes(), 5) == "expired"
+
+
+def test_crl_signer_path_and_revocation() -> None:
+    """A CRL signed by a separate CRL-signing certificate (same name as the CA, its own key,
+    issued by the root) is used while that certificate is good; once the root's CRL revokes
+    it, the CRLs it signed are void and the devices' status cannot be determined. A signer
+    that does not chain to a trust anchor is refused at load."""
+    from gateway.peer import PeerVerification
+
+    root = pki.make_ca("signer root")
+    dev = pki.make_ca("signer devices CA", issuer=root)
+    signer = pki.make_ca("signer devices CA", issuer=root)  # same name, its own key
+    leaf = pki.issue(dev, "signed-elsewhere").cert
+    trust = [root.cert, dev.cert, signer.cert]
+    devices = ("http://d", build(dev, [], signer=signer))
+    root_name, dev_name = root.cert.subject.public_bytes(), dev.cert.subject.public_bytes()
+    chain = [(root_name, root.cert.serial_number), (root_name, dev.cert.serial_number)]
+    results = []
+    for root_crl in (build(root, []), build(root, [signer.cert.serial_number], 2)):
+        for order in itertools.permutations([devices, ("http://r", root_crl)]):
+            checker = checker_with(root, list(order), trust)
+            record = PeerVerification(chain=[*chain, (dev_name, leaf.serial_number)])
+            refused = checker.check(leaf, dev_name, leaf.serial_number, 0, record)
+            results.append("good" if refused is None else refused[0])
+    assert results == ["good", "good", "crl_missing", "crl_missing"]
+    with pytest.raises(C.CrlError) as info:
+        C.load(devices[1], [dev.cert, signer.cert], time.time())  # no anchor for the signer
+    assert info.value.kind == "untrusted_signer"
