@@ -46,6 +46,8 @@ class CrlInfo:
     # (issuer DER, serial) of each certificate of the signer's path below its trust anchor:
     # the CRL is usable only while none of them is revoked (RFC 5280 §6.3.3 (f)).
     signer: tuple[tuple[bytes, int], ...] = ()
+    delta_base: int | None = None  # a delta CRL: the number of the base CRL it completes
+    freshest: tuple[str, ...] = ()  # http(s) URLs of its delta CRLs (FreshestCRL)
 
     def expired(self, now: float, grace: float = 0.0) -> bool:
         return self.next_update is not None and now > self.next_update + grace
@@ -74,6 +76,8 @@ class CrlInfo:
             "sha256": self.sha256,
             "scope": None if self.scope.complete else self.scope.to_json(),
             "signer": [[issuer.hex(), serial] for issuer, serial in self.signer],
+            "delta_base": self.delta_base,
+            "freshest": list(self.freshest),
         }
 
     @classmethod
@@ -92,6 +96,8 @@ class CrlInfo:
                 (bytes.fromhex(str(i)), int(s))
                 for i, s in data.get("signer", ())  # type: ignore[attr-defined]
             ),
+            delta_base=None if data.get("delta_base") is None else int(data["delta_base"]),  # type: ignore[call-overload]
+            freshest=tuple(map(str, data.get("freshest", ()))),  # type: ignore[call-overload]
         )
 
 
@@ -167,7 +173,10 @@ class SerialIndex:
 @attrs.frozen
 class LoadedCrl:
     info: CrlInfo
-    index: SerialIndex
+    index: SerialIndex  # the serials it revokes
+    # A delta CRL's removeFromCRL entries: serials its base lists that are no longer revoked
+    # (a certificateHold released).
+    removed: SerialIndex | None = None
 
 
 def parse_bundle(data: bytes) -> list[x509.CertificateRevocationList]:
@@ -283,6 +292,7 @@ def signer_path(
 # CRL extensions this gateway interprets or may safely ignore (RFC 5280 §5.2). A critical
 # extension outside this list makes the CRL unusable (§5.2: "MUST NOT use the CRL").
 _CRL_EXTENSIONS = (
+    x509.DeltaCRLIndicator,
     x509.AuthorityKeyIdentifier,
     x509.IssuerAlternativeName,
     x509.CRLNumber,
@@ -302,8 +312,8 @@ def _check_extensions(crl: x509.CertificateRevocationList) -> None:
     except ValueError as e:
         raise CrlError("garbage", f"CRL of {name}: unparsable extensions ({e})") from None
     for ext in extensions:
-        if isinstance(ext.value, x509.DeltaCRLIndicator):
-            raise CrlError("delta_crl", f"CRL of {name} is a delta CRL (not supported)")
+        if isinstance(ext.value, x509.DeltaCRLIndicator) and crl_number(crl) is None:
+            raise CrlError("delta_crl", f"delta CRL of {name} has no CRL number")
         if isinstance(ext.value, x509.IssuingDistributionPoint) and ext.value.indirect_crl:
             raise CrlError("indirect_crl", f"CRL of {name} is indirect (not supported)")
         if ext.critical and not isinstance(ext.value, _CRL_EXTENSIONS):
@@ -353,6 +363,13 @@ def load(
         signer = validate(crl, trust, now, skew)
         path = signer_path(signer, trust, now, skew)
         next_update = crl.next_update_utc
+        extensions = crl.extensions
+        try:
+            base: int | None = extensions.get_extension_for_class(
+                x509.DeltaCRLIndicator
+            ).value.crl_number
+        except x509.ExtensionNotFound:
+            base = None
         info = CrlInfo(
             issuer=crl.issuer.public_bytes(),
             issuer_text=crl.issuer.rfc4514_string(),
@@ -364,17 +381,32 @@ def load(
             sha256=digest,
             scope=crl_scope_of(crl),
             signer=tuple((c.issuer.public_bytes(), c.serial_number) for c in path[:-1]),
+            delta_base=base,
+            freshest=_freshest_urls(extensions),
         )
-        out.append(LoadedCrl(info, SerialIndex.from_serials(r.serial_number for r in crl)))
+        if base is None:
+            out.append(LoadedCrl(info, SerialIndex.from_serials(r.serial_number for r in crl)))
+            continue
+        revoked: list[int] = []
+        removed: list[int] = []
+        for entry in crl:
+            (removed if _reason(entry) == x509.ReasonFlags.remove_from_crl else revoked).append(
+                entry.serial_number
+            )
+        out.append(
+            LoadedCrl(info, SerialIndex.from_serials(revoked), SerialIndex.from_serials(removed))
+        )
     return out
 
 
-def distribution_point_urls(cert: x509.Certificate) -> list[str]:
-    """http(s) URLs of the certificate's CRL Distribution Points."""
+def _reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
     try:
-        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    except (x509.ExtensionNotFound, ValueError):
-        return []
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _http_urls(points: Iterable[x509.DistributionPoint]) -> list[str]:
     urls = []
     for point in points:
         for name in point.full_name or []:
@@ -383,3 +415,27 @@ def distribution_point_urls(cert: x509.Certificate) -> list[str]:
             ):
                 urls.append(name.value)
     return urls
+
+
+def _freshest_urls(extensions: x509.Extensions) -> tuple[str, ...]:
+    try:
+        return tuple(_http_urls(extensions.get_extension_for_class(x509.FreshestCRL).value))
+    except x509.ExtensionNotFound:
+        return ()
+
+
+def freshest_urls(cert: x509.Certificate) -> list[str]:
+    """http(s) URLs of the certificate's FreshestCRL (its delta CRLs)."""
+    try:
+        return list(_freshest_urls(cert.extensions))
+    except ValueError:
+        return []
+
+
+def distribution_point_urls(cert: x509.Certificate) -> list[str]:
+    """http(s) URLs of the certificate's CRL Distribution Points."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return _http_urls(points)

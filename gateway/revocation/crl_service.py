@@ -60,23 +60,31 @@ class CrlCache:
     def __init__(self, clock: Any, grace: float) -> None:
         self._clock = clock
         self._grace = grace
-        # issuer (DER Name) -> (source URL, scope key) -> CRL
+        # issuer (DER Name) -> (source URL, scope key) -> CRL; complete CRLs and deltas apart
         self._by_issuer: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
+        self._deltas: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
+
+    def _all(self) -> list[tuple[tuple[str, str], LoadedCrl]]:
+        return [
+            item
+            for shelf in (self._by_issuer, self._deltas)
+            for held in shelf.values()
+            for item in held.items()
+        ]
 
     def infos(self) -> list[CrlInfo]:
-        return [c.info for held in self._by_issuer.values() for c in held.values()]
+        return [c.info for _, c in self._all()]
 
     def infos_from(self, url: str) -> list[CrlInfo]:
-        return [
-            c.info for held in self._by_issuer.values() for (u, _), c in held.items() if u == url
-        ]
+        return [c.info for (u, _), c in self._all() if u == url]
 
     def install(self, loaded: LoadedCrl, url: str) -> str:
         """Install if newer than the CRL held from the same source with the same scope.
         Returns 'newer', 'same', 'older', or 'expired' (newer, but already past its
         nextUpdate while the held one is not: kept out, it would only fail clients)."""
         info = loaded.info
-        held = self._by_issuer.setdefault(info.issuer, {})
+        shelf = self._deltas if info.delta_base is not None else self._by_issuer
+        held = shelf.setdefault(info.issuer, {})
         key = (url, info.scope.key())
         current = held.get(key)
         verdict = info.compare(current.info if current else None)
@@ -94,11 +102,12 @@ class CrlCache:
 
     def forget_source(self, url: str) -> None:
         """A source was evicted: drop the CRLs it provided."""
-        for issuer, held in list(self._by_issuer.items()):
-            for key in [k for k in held if k[0] == url]:
-                del held[key]
-            if not held:
-                del self._by_issuer[issuer]
+        for shelf in (self._by_issuer, self._deltas):
+            for issuer, held in list(shelf.items()):
+                for key in [k for k in held if k[0] == url]:
+                    del held[key]
+                if not held:
+                    del shelf[issuer]
 
     def status(
         self,
@@ -137,7 +146,10 @@ class CrlCache:
                 continue
             if trusted is not None and not self._signer_good(crl.info, trusted):
                 continue
-            if serial in crl.index:
+            delta = self._delta_for(crl.info, now, trusted)
+            if delta is not None and delta.removed is not None and serial in delta.removed:
+                pass  # released from hold since the base: the delta says not revoked
+            elif serial in crl.index or (delta is not None and serial in delta.index):
                 return "revoked"
             if crl.info.expired(now, self._grace):
                 expired = True
@@ -149,12 +161,42 @@ class CrlCache:
             return "expired"
         return "incomplete" if covered else "missing"
 
+    def _delta_for(
+        self, base: CrlInfo, now: float, trusted: Collection[tuple[bytes, int]] | None
+    ) -> LoadedCrl | None:
+        """The newest current delta CRL that completes ``base``: same issuer and scope, its
+        base number at most the base's number, its own number above it (RFC 5280 §5.2.4).
+        A delta is never used without its base."""
+        if base.number is None:
+            return None
+        best = None
+        scope = base.scope.key()
+        for (_, key), delta in self._deltas.get(base.issuer, {}).items():
+            info = delta.info
+            if (
+                key != scope
+                or info.delta_base is None
+                or info.number is None
+                or not info.delta_base <= base.number < info.number
+                or info.expired(now, self._grace)
+                or (trusted is not None and not self._signer_good(info, trusted))
+            ):
+                continue
+            if best is None or info.number > (best.info.number or 0):
+                best = delta
+        return best
+
     def _signer_good(self, info: CrlInfo, trusted: Collection[tuple[bytes, int]]) -> bool:
         return all(entry in trusted or self.status(*entry) == "good" for entry in info.signer)
 
     def expired_crls(self) -> list[CrlInfo]:
         now = self._clock.seconds()
-        return [info for info in self.infos() if info.expired(now, self._grace)]
+        return [
+            c.info
+            for held in self._by_issuer.values()  # an expired delta is merely not applied
+            for c in held.values()
+            if c.info.expired(now, self._grace)
+        ]
 
 
 @attrs.define
@@ -387,6 +429,10 @@ class CrlService(service.Service):
             ),
             next_refresh=format_timestamp(source.job.next_refresh),
         )
+        for c in installed:
+            for delta_url in c.info.freshest:  # the base names its deltas (FreshestCRL)
+                if delta_url not in self.sources:
+                    self._add_discovered(delta_url)
         if installed:
             self.on_update(installed)
 

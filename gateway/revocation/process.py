@@ -36,15 +36,22 @@ def decode_answer(data: bytes | bytearray) -> list[LoadedCrl]:
     out = []
     pos = end + 1
     for item in answer["crls"]:
-        width, size = int(item["width"]), int(item["blob_len"])
-        if width <= 0 or size % width:
-            raise CrlError("worker_error", "CRL worker answer is malformed")
-        index = SerialIndex(width, data, pos, size // width)
-        out.append(LoadedCrl(CrlInfo.from_json(item), index))
-        pos += size
+        index, pos = _index_at(data, pos, int(item["width"]), int(item["blob_len"]))
+        removed = None
+        if item.get("removed_width"):
+            removed, pos = _index_at(
+                data, pos, int(item["removed_width"]), int(item["removed_len"])
+            )
+        out.append(LoadedCrl(CrlInfo.from_json(item), index, removed))
     if pos != len(data):
         raise CrlError("worker_error", "CRL worker answer has trailing bytes")
     return out
+
+
+def _index_at(data: bytes | bytearray, pos: int, width: int, size: int) -> tuple[SerialIndex, int]:
+    if width <= 0 or size < 0 or size % width or pos + size > len(data):
+        raise CrlError("worker_error", "CRL worker answer is malformed")
+    return SerialIndex(width, data, pos, size // width), pos + size
 
 
 def encode_request(

@@ -8,7 +8,8 @@ stdin:  one JSON line {"trust_pem": str, "now": float, "skew": float,
         "persist": path or null, "url": str, "current": [info of each CRL held from url],
         "body_path": path or absent}, then the raw body until EOF (empty with body_path).
 stdout: one JSON line {"ok": true, "crls": [info + {"width", "blob_len"}], "persisted": bool}
-        followed by the index blobs in order; or {"ok": false, "kind", "detail"}.
+        followed by the index blobs in order (each CRL's, then for a delta CRL the index of its
+        removeFromCRL entries); or {"ok": false, "kind", "detail"}.
 A body whose CRLs are all older than the current ones is not persisted.
 """
 
@@ -43,7 +44,16 @@ def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[
     ):
         write_atomically(request["persist"], body, {"url": request.get("url")})
         persisted = True
-    crls = [dict(c.info.to_json(), width=c.index.width, blob_len=len(c.index.blob)) for c in loaded]
+    crls = [
+        dict(
+            c.info.to_json(),
+            width=c.index.width,
+            blob_len=c.index.nbytes,
+            removed_width=c.removed.width if c.removed is not None else 0,
+            removed_len=c.removed.nbytes if c.removed is not None else 0,
+        )
+        for c in loaded
+    ]
     return {"ok": True, "crls": crls, "persisted": persisted}, loaded
 
 
@@ -61,6 +71,8 @@ def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffe
     stdout.write(json.dumps(result).encode() + b"\n")
     for crl in loaded:
         stdout.write(crl.index.entries())
+        if crl.removed is not None:
+            stdout.write(crl.removed.entries())
     stdout.flush()
     return 0
 

@@ -180,15 +180,54 @@ def test_unknown_critical_extensions(ca: pki.Issued) -> None:
     assert C.load(build(ca, [1], extra=[(odd, False)]), [ca.cert], time.time())
 
 
-def test_indirect_and_delta_crls_are_kept_out(ca: pki.Issued) -> None:
-    """Indirect and delta CRLs are not interpreted: refused, never applied half-understood."""
+def test_indirect_crls_are_kept_out(ca: pki.Issued) -> None:
+    """Indirect CRLs are not interpreted yet: refused, never applied half-understood."""
     indirect = x509.IssuingDistributionPoint(None, None, False, False, None, True, False)
     with pytest.raises(C.CrlError) as info:
         C.load(build(ca, [], idp=indirect), [ca.cert], time.time())
     assert info.value.kind == "indirect_crl"
-    with pytest.raises(C.CrlError) as info:
-        C.load(build(ca, [], extra=[(x509.DeltaCRLIndicator(1), True)]), [ca.cert], time.time())
-    assert info.value.kind == "delta_crl"
+
+
+def delta(ca: pki.Issued, base: int, number: int, revoked: list[int], removed: list[int]) -> bytes:
+    """A delta CRL: entries revoked since the base, and removeFromCRL entries."""
+    now = pki.now() - datetime.timedelta(minutes=1)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(now + datetime.timedelta(hours=1))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(x509.DeltaCRLIndicator(base), critical=True)
+    )
+    for serial, reason in [(s, R.key_compromise) for s in revoked] + [
+        (s, R.remove_from_crl) for s in removed
+    ]:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now)
+            .add_extension(x509.CRLReason(reason), critical=False)
+            .build()
+        )
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_delta_crls_complete_their_base(ca: pki.Issued) -> None:
+    """A delta on a held base adds revocations and releases holds (removeFromCRL), in either
+    order; a delta whose base is not held, or on its own, is never used."""
+    held, kept, late, fine = (pki.issue(ca, f"delta-{n}").cert for n in range(4))
+    base = ("http://base", build(ca, [held.serial_number, kept.serial_number], 10))
+    d = ("http://delta", delta(ca, 10, 11, [late.serial_number], [held.serial_number]))
+    certs = [held, kept, late, fine]
+    assert verdicts(ca, [base], certs) == {("revoked", "revoked", "good", "good")}
+    assert verdicts(ca, [base, d], certs) == {("good", "revoked", "revoked", "good")}
+    newer_base = ("http://delta", delta(ca, 12, 13, [late.serial_number], [held.serial_number]))
+    assert verdicts(ca, [base, newer_base], certs) == {("revoked", "revoked", "good", "good")}
+    assert verdicts(ca, [d], certs) == {("crl_missing",) * 4}
+    undated = build(ca, [], 5, extra=[(x509.DeltaCRLIndicator(4), True)])
+    (loaded,) = C.load(undated, [ca.cert], time.time())
+    assert loaded.info.delta_base == 4 and loaded.removed is not None
 
 
 def test_negative_serials_are_matched(ca: pki.Issued) -> None:
@@ -246,3 +285,18 @@ def test_crl_signer_path_and_revocation() -> None:
     with pytest.raises(C.CrlError) as info:
         C.load(devices[1], [dev.cert, signer.cert], time.time())  # no anchor for the signer
     assert info.value.kind == "untrusted_signer"
+
+
+def test_delta_crl_through_the_worker(ca: pki.Issued) -> None:
+    """The worker's answer carries a delta's removeFromCRL index beside its revoked one."""
+    from gateway.revocation.process import encode_request
+    from gateway.testing import InlineProcessor
+
+    body = delta(ca, 10, 11, [11, 12], [13])
+    header = encode_request(pki.cert_pem(ca.cert), time.time(), 300, None, "http://delta", [])
+    results: list[list[C.LoadedCrl]] = []
+    InlineProcessor().process(header, [body], 1 << 20).addCallback(results.append)
+    ((loaded,),) = results
+    assert loaded.info.delta_base == 10 and loaded.info.number == 11
+    assert 11 in loaded.index and 12 in loaded.index and 13 not in loaded.index
+    assert loaded.removed is not None and 13 in loaded.removed and 11 not in loaded.removed
