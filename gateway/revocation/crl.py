@@ -177,6 +177,9 @@ class LoadedCrl:
     # A delta CRL's removeFromCRL entries: serials its base lists that are no longer revoked
     # (a certificateHold released).
     removed: SerialIndex | None = None
+    # An indirect CRL's entries for other certificate issuers (certificateIssuer): issuer
+    # DER -> index. ``index`` holds those of the CRL's own issuer.
+    sections: dict[bytes, SerialIndex] | None = None
 
 
 def parse_bundle(data: bytes) -> list[x509.CertificateRevocationList]:
@@ -300,13 +303,15 @@ _CRL_EXTENSIONS = (
     x509.FreshestCRL,
     x509.AuthorityInformationAccess,
 )
-_ENTRY_EXTENSIONS = (x509.CRLReason, x509.InvalidityDate)
+_ENTRY_EXTENSIONS = (x509.CRLReason, x509.InvalidityDate, x509.CertificateIssuer)
 
 
 def _check_extensions(crl: x509.CertificateRevocationList) -> None:
     """Refuse what this gateway cannot interpret: unknown critical extensions of the CRL or
-    of an entry, delta CRLs, indirect CRLs (RFC 5280 §5.2.4, §5.2.5, §5.3.3)."""
+    of an entry, a delta CRL without a number, certificateIssuer entries outside an
+    indirect CRL (RFC 5280 §5.2, §5.2.4, §5.3.3)."""
     name = crl.issuer.rfc4514_string()
+    indirect = crl_scope_of(crl).indirect
     try:
         extensions = crl.extensions
     except ValueError as e:
@@ -314,8 +319,6 @@ def _check_extensions(crl: x509.CertificateRevocationList) -> None:
     for ext in extensions:
         if isinstance(ext.value, x509.DeltaCRLIndicator) and crl_number(crl) is None:
             raise CrlError("delta_crl", f"delta CRL of {name} has no CRL number")
-        if isinstance(ext.value, x509.IssuingDistributionPoint) and ext.value.indirect_crl:
-            raise CrlError("indirect_crl", f"CRL of {name} is indirect (not supported)")
         if ext.critical and not isinstance(ext.value, _CRL_EXTENSIONS):
             raise CrlError(
                 "unknown_critical_extension",
@@ -328,8 +331,10 @@ def _check_extensions(crl: x509.CertificateRevocationList) -> None:
         except ValueError as e:
             raise CrlError("garbage", f"CRL of {name}: unparsable entry ({e})") from None
         for ext in entry_extensions:
-            if isinstance(ext.value, x509.CertificateIssuer):
-                raise CrlError("indirect_crl", f"CRL of {name} has certificateIssuer entries")
+            if isinstance(ext.value, x509.CertificateIssuer) and not indirect:
+                raise CrlError(
+                    "garbage", f"CRL of {name} has certificateIssuer entries but is not indirect"
+                )
             if ext.critical and not isinstance(ext.value, _ENTRY_EXTENSIONS):
                 raise CrlError(
                     "unknown_critical_extension",
@@ -384,6 +389,9 @@ def load(
             delta_base=base,
             freshest=_freshest_urls(extensions),
         )
+        if info.scope.indirect:
+            out.append(_indirect(crl, info))
+            continue
         if base is None:
             out.append(LoadedCrl(info, SerialIndex.from_serials(r.serial_number for r in crl)))
             continue
@@ -397,6 +405,30 @@ def load(
             LoadedCrl(info, SerialIndex.from_serials(revoked), SerialIndex.from_serials(removed))
         )
     return out
+
+
+def _indirect(crl: x509.CertificateRevocationList, info: CrlInfo) -> LoadedCrl:
+    """Split an indirect CRL's entries by certificate issuer: each certificateIssuer entry
+    extension names the issuer of it and of the entries after it (RFC 5280 §5.3.3); before
+    the first, the CRL's own issuer."""
+    by_issuer: dict[bytes, list[int]] = {}
+    current = info.issuer
+    for entry in crl:
+        try:
+            names = entry.extensions.get_extension_for_class(x509.CertificateIssuer).value
+        except x509.ExtensionNotFound:
+            names = None
+        if names is not None:
+            directory = names.get_values_for_type(x509.DirectoryName)
+            if not directory:
+                raise CrlError(
+                    "garbage", f"CRL of {info.issuer_text}: certificateIssuer without a name"
+                )
+            current = directory[0].public_bytes()
+        by_issuer.setdefault(current, []).append(entry.serial_number)
+    own = SerialIndex.from_serials(by_issuer.pop(info.issuer, []))
+    sections = {issuer: SerialIndex.from_serials(s) for issuer, s in by_issuer.items()}
+    return LoadedCrl(info, own, sections=sections)
 
 
 def _reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:

@@ -24,11 +24,11 @@ from twisted.python.failure import Failure
 from gateway.clock import CLOCK_SKEW, format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.errors import GatewayError, describe_error
-from gateway.revocation.crl import CrlInfo, LoadedCrl
+from gateway.revocation.crl import CrlInfo, LoadedCrl, SerialIndex
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.process import encode_request
 from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
-from gateway.revocation.scope import ALL_REASONS, CertScope, covered_reasons
+from gateway.revocation.scope import ALL_REASONS, CertScope, covered_reasons, issuer_key
 from gateway.revocation.store import crl_path
 from gateway.status import CrlSourceStatus, CrlStatus
 
@@ -39,6 +39,8 @@ log = Logger()
 _OUTPUT_PER_BODY_BYTE = 2
 _MIN_OUTPUT_LIMIT = 4096  # room for the answer's JSON line with a tiny CRL
 
+
+_NO_ENTRIES = SerialIndex.from_serials([])
 
 # Results of a fetch that installed nothing because what came was worse than what is held.
 _KEPT_OUT = {
@@ -63,11 +65,12 @@ class CrlCache:
         # issuer (DER Name) -> (source URL, scope key) -> CRL; complete CRLs and deltas apart
         self._by_issuer: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
         self._deltas: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
+        self._indirect: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}  # by CRL issuer
 
     def _all(self) -> list[tuple[tuple[str, str], LoadedCrl]]:
         return [
             item
-            for shelf in (self._by_issuer, self._deltas)
+            for shelf in (self._by_issuer, self._deltas, self._indirect)
             for held in shelf.values()
             for item in held.items()
         ]
@@ -83,7 +86,12 @@ class CrlCache:
         Returns 'newer', 'same', 'older', or 'expired' (newer, but already past its
         nextUpdate while the held one is not: kept out, it would only fail clients)."""
         info = loaded.info
-        shelf = self._deltas if info.delta_base is not None else self._by_issuer
+        if info.delta_base is not None:
+            shelf = self._deltas
+        elif info.scope.indirect:
+            shelf = self._indirect
+        else:
+            shelf = self._by_issuer
         held = shelf.setdefault(info.issuer, {})
         key = (url, info.scope.key())
         current = held.get(key)
@@ -102,7 +110,7 @@ class CrlCache:
 
     def forget_source(self, url: str) -> None:
         """A source was evicted: drop the CRLs it provided."""
-        for shelf in (self._by_issuer, self._deltas):
+        for shelf in (self._by_issuer, self._deltas, self._indirect):
             for issuer, held in list(shelf.items()):
                 for key in [k for k in held if k[0] == url]:
                     del held[key]
@@ -125,14 +133,14 @@ class CrlCache:
         whose signer path holds another certificate is used only while that one is good
         (a CRL-signing certificate revoked by its issuer's CRL voids the CRLs it signed).
         None skips this (the sweep only asks whether a serial is listed)."""
-        held = self._by_issuer.get(issuer)
-        if not held:
+        candidates = self._candidates(issuer)
+        if not candidates:
             return "missing"
         now = self._clock.seconds()
         covered: frozenset[str] = frozenset()
         expired = False
         scope_of_cert: CertScope | None = None
-        for crl in held.values():
+        for crl, index, direct in candidates:
             scope = crl.info.scope
             if scope.complete:
                 reasons = ALL_REASONS
@@ -141,15 +149,15 @@ class CrlCache:
             else:
                 if scope_of_cert is None:
                     scope_of_cert = cert()
-                reasons = covered_reasons(scope, scope_of_cert)
+                reasons = covered_reasons(scope, scope_of_cert, direct, issuer_key(crl.info.issuer))
             if not reasons:
                 continue
             if trusted is not None and not self._signer_good(crl.info, trusted):
                 continue
-            delta = self._delta_for(crl.info, now, trusted)
+            delta = self._delta_for(crl.info, now, trusted) if direct else None
             if delta is not None and delta.removed is not None and serial in delta.removed:
                 pass  # released from hold since the base: the delta says not revoked
-            elif serial in crl.index or (delta is not None and serial in delta.index):
+            elif serial in index or (delta is not None and serial in delta.index):
                 return "revoked"
             if crl.info.expired(now, self._grace):
                 expired = True
@@ -160,6 +168,20 @@ class CrlCache:
         if expired:
             return "expired"
         return "incomplete" if covered else "missing"
+
+    def _candidates(self, issuer: bytes) -> list[tuple[LoadedCrl, SerialIndex, bool]]:
+        """The CRLs that may speak for certificates of ``issuer``, each with the index of
+        its entries for that issuer and whether it is direct: the issuer's own complete
+        CRLs, and every indirect CRL (its section for the issuer, maybe empty; whether it
+        covers a certificate is up to the certificate's cRLIssuer)."""
+        out = [(crl, crl.index, True) for crl in self._by_issuer.get(issuer, {}).values()]
+        for crl_issuer, held in self._indirect.items():
+            for crl in held.values():
+                if crl_issuer == issuer:
+                    out.append((crl, crl.index, True))
+                else:
+                    out.append((crl, (crl.sections or {}).get(issuer, _NO_ENTRIES), False))
+        return out
 
     def _delta_for(
         self, base: CrlInfo, now: float, trusted: Collection[tuple[bytes, int]] | None
@@ -193,7 +215,8 @@ class CrlCache:
         now = self._clock.seconds()
         return [
             c.info
-            for held in self._by_issuer.values()  # an expired delta is merely not applied
+            for shelf in (self._by_issuer, self._indirect)  # an expired delta: not applied
+            for held in shelf.values()
             for c in held.values()
             if c.info.expired(now, self._grace)
         ]

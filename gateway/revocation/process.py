@@ -42,7 +42,10 @@ def decode_answer(data: bytes | bytearray) -> list[LoadedCrl]:
             removed, pos = _index_at(
                 data, pos, int(item["removed_width"]), int(item["removed_len"])
             )
-        out.append(LoadedCrl(CrlInfo.from_json(item), index, removed))
+        sections = {}
+        for issuer_hex, width, size in item.get("sections", []):
+            sections[bytes.fromhex(issuer_hex)], pos = _index_at(data, pos, int(width), int(size))
+        out.append(LoadedCrl(CrlInfo.from_json(item), index, removed, sections or None))
     if pos != len(data):
         raise CrlError("worker_error", "CRL worker answer has trailing bytes")
     return out

@@ -71,6 +71,7 @@ class CrlScope:
     only_attribute: bool = False
     names: frozenset[str] | None = None  # the IDP's distribution point names
     reasons: frozenset[str] | None = None  # onlySomeReasons; None: all
+    indirect: bool = False  # indirectCRL: speaks for certificates of other issuers too
 
     @property
     def complete(self) -> bool:
@@ -88,6 +89,7 @@ class CrlScope:
             "only_attribute": self.only_attribute,
             "names": None if self.names is None else sorted(self.names),
             "reasons": None if self.reasons is None else sorted(self.reasons),
+            "indirect": self.indirect,
         }
 
     @classmethod
@@ -101,6 +103,7 @@ class CrlScope:
             only_attribute=bool(data.get("only_attribute")),
             names=None if names is None else frozenset(map(str, names)),  # type: ignore[call-overload]
             reasons=None if reasons is None else frozenset(map(str, reasons)),  # type: ignore[call-overload]
+            indirect=bool(data.get("indirect")),
         )
 
 
@@ -116,14 +119,20 @@ def crl_scope(idp: x509.IssuingDistributionPoint | None, issuer: x509.Name) -> C
         only_attribute=idp.only_contains_attribute_certs,
         names=point_names(idp.full_name, idp.relative_name, issuer),
         reasons=_reasons(idp.only_some_reasons),
+        indirect=idp.indirect_crl,
     )
+
+
+def issuer_key(name_der: bytes) -> str:
+    """The name_key of a DirectoryName, from the Name's DER (CRL issuers are compared so)."""
+    return "dn:" + name_der.hex()
 
 
 @attrs.frozen
 class CertPoint:
     names: frozenset[str] | None
     reasons: frozenset[str] | None
-    has_crl_issuer: bool  # an indirect CRL is named for it
+    crl_issuers: frozenset[str] | None  # cRLIssuer: the (indirect) CRL issuers named for it
 
 
 @attrs.frozen
@@ -147,26 +156,33 @@ def cert_scope(cert: x509.Certificate) -> CertScope:
         CertPoint(
             point_names(dp.full_name, dp.relative_name, cert.issuer),
             _reasons(dp.reasons),
-            bool(dp.crl_issuer),
+            frozenset(name_key(n) for n in dp.crl_issuer) if dp.crl_issuer else None,
         )
         for dp in dps or ()
     )
     return CertScope(is_ca, points)
 
 
-def covered_reasons(scope: CrlScope, cert: CertScope) -> frozenset[str]:
-    """The reasons for which a CRL of the certificate's issuer speaks for it (empty: not in
-    its scope). As OpenSSL's crl_crldp_check: the IDP's kind limits first; then a
-    distribution point of the certificate whose names meet the IDP's; else, only an IDP
-    naming no distribution point covers it."""
+def covered_reasons(
+    scope: CrlScope, cert: CertScope, direct: bool = True, crl_issuer: str = ""
+) -> frozenset[str]:
+    """The reasons for which a CRL speaks for the certificate (empty: not in its scope).
+    ``direct``: the CRL's issuer is the certificate's; otherwise ``crl_issuer`` (its
+    issuer_key) must be named as cRLIssuer by a distribution point of the certificate.
+    As OpenSSL's crl_crldp_check: the IDP's kind limits first; then a distribution point of
+    the certificate for this CRL issuer whose names meet the IDP's; else, only a direct CRL
+    whose IDP names no distribution point covers it."""
     if scope.only_attribute:
         return frozenset()
     if (cert.is_ca and scope.only_user) or (not cert.is_ca and scope.only_ca):
         return frozenset()
     reasons = ALL_REASONS if scope.reasons is None else scope.reasons
     for point in cert.points:
-        if point.has_crl_issuer:
-            continue  # that point names an indirect CRL issuer, not this CRL's issuer
+        if point.crl_issuers is not None:
+            if crl_issuer not in point.crl_issuers:
+                continue  # that point names another CRL issuer
+        elif not direct:
+            continue  # a point without cRLIssuer is for its issuer's own CRLs
         if scope.names is None or point.names is None or point.names & scope.names:
             return reasons & (ALL_REASONS if point.reasons is None else point.reasons)
-    return reasons if scope.names is None else frozenset()
+    return reasons if scope.names is None and direct else frozenset()

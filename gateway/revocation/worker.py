@@ -9,7 +9,8 @@ stdin:  one JSON line {"trust_pem": str, "now": float, "skew": float,
         "body_path": path or absent}, then the raw body until EOF (empty with body_path).
 stdout: one JSON line {"ok": true, "crls": [info + {"width", "blob_len"}], "persisted": bool}
         followed by the index blobs in order (each CRL's, then for a delta CRL the index of its
-        removeFromCRL entries); or {"ok": false, "kind", "detail"}.
+        removeFromCRL entries, then for an indirect CRL those of its "sections");
+        or {"ok": false, "kind", "detail"}.
 A body whose CRLs are all older than the current ones is not persisted.
 """
 
@@ -51,6 +52,10 @@ def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[
             blob_len=c.index.nbytes,
             removed_width=c.removed.width if c.removed is not None else 0,
             removed_len=c.removed.nbytes if c.removed is not None else 0,
+            sections=[
+                [issuer.hex(), index.width, index.nbytes]
+                for issuer, index in (c.sections or {}).items()
+            ],
         )
         for c in loaded
     ]
@@ -73,6 +78,8 @@ def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffe
         stdout.write(crl.index.entries())
         if crl.removed is not None:
             stdout.write(crl.removed.entries())
+        for index in (crl.sections or {}).values():
+            stdout.write(index.entries())
     stdout.flush()
     return 0
 

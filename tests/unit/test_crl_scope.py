@@ -180,12 +180,93 @@ def test_unknown_critical_extensions(ca: pki.Issued) -> None:
     assert C.load(build(ca, [1], extra=[(odd, False)]), [ca.cert], time.time())
 
 
-def test_indirect_crls_are_kept_out(ca: pki.Issued) -> None:
-    """Indirect CRLs are not interpreted yet: refused, never applied half-understood."""
-    indirect = x509.IssuingDistributionPoint(None, None, False, False, None, True, False)
+def leaf_for(ca: pki.Issued, cn: str, url: str, crl_issuer: x509.Name | None) -> x509.Certificate:
+    """A device certificate whose distribution point names ``crl_issuer`` as its cRLIssuer."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    point = x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)],
+        relative_name=None,
+        reasons=None,
+        crl_issuer=[x509.DirectoryName(crl_issuer)] if crl_issuer is not None else None,
+    )
+    start = pki.now() - datetime.timedelta(hours=1)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+        .add_extension(x509.CRLDistributionPoints([point]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def indirect_crl(
+    crl_issuer: pki.Issued, entries: list[tuple[x509.Name, int]], indirect: bool = True
+) -> bytes:
+    """An indirect CRL by ``crl_issuer``: each entry carries its certificate's issuer
+    (``indirect=False``: the same without an IDP, a malformed CRL)."""
+    now = pki.now() - datetime.timedelta(minutes=1)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(crl_issuer.cert.subject)
+        .last_update(now)
+        .next_update(now + datetime.timedelta(hours=1))
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )
+    if indirect:
+        builder = builder.add_extension(
+            x509.IssuingDistributionPoint(None, None, False, False, None, True, False),
+            critical=True,
+        )
+    for name, serial in entries:
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now)
+            .add_extension(x509.CertificateIssuer([x509.DirectoryName(name)]), critical=True)
+            .build()
+        )
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(crl_issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_indirect_crls() -> None:
+    """An indirect CRL (another entity's, entries carrying certificateIssuer) covers the
+    devices whose distribution point names it as cRLIssuer, and only those; a device naming
+    no cRLIssuer needs a direct CRL of its own issuer. Verdicts do not depend on order."""
+    root = pki.make_ca("indirect root")
+    dev = pki.make_ca("indirect devices CA", issuer=root)
+    xca = pki.make_ca("indirect CRL issuer", issuer=root)
+    url = "http://ca.test/indirect.crl"
+    good = leaf_for(dev, "ind-good", url, xca.cert.subject)
+    bad = leaf_for(dev, "ind-bad", url, xca.cert.subject)
+    plain = leaf_for(dev, "ind-plain", "http://ca.test/dev.crl", None)
+    trust = [root.cert, dev.cert, xca.cert]
+    ind = (url, indirect_crl(xca, [(dev.cert.subject, bad.serial_number)]))
+    direct = ("http://ca.test/dev.crl", build(dev, []))
+    certs = [good, bad, plain]
+    for sources, expected in [
+        ([ind], ("good", "revoked", "crl_missing")),
+        ([ind, direct], ("good", "revoked", "good")),
+    ]:
+        seen = set()
+        for order in itertools.permutations(sources):
+            checker = checker_with(root, list(order), trust)
+            seen.add(tuple(verdict(checker, c) for c in certs))
+        assert seen == {expected}
+    # The live sweep (no certificate at hand) finds the listed serial too.
+    checker = checker_with(root, [ind], trust)
+    assert checker.chain_revoked([(dev.cert.subject.public_bytes(), bad.serial_number)])
+    # certificateIssuer entries in a CRL that is not indirect are refused.
     with pytest.raises(C.CrlError) as info:
-        C.load(build(ca, [], idp=indirect), [ca.cert], time.time())
-    assert info.value.kind == "indirect_crl"
+        C.load(indirect_crl(xca, [(dev.cert.subject, 5)], indirect=False), trust, time.time())
+    assert "not indirect" in info.value.detail
 
 
 def delta(ca: pki.Issued, base: int, number: int, revoked: list[int], removed: list[int]) -> bytes:
@@ -300,3 +381,23 @@ def test_delta_crl_through_the_worker(ca: pki.Issued) -> None:
     assert loaded.info.delta_base == 10 and loaded.info.number == 11
     assert 11 in loaded.index and 12 in loaded.index and 13 not in loaded.index
     assert loaded.removed is not None and 13 in loaded.removed and 11 not in loaded.removed
+
+
+def test_indirect_crl_through_the_worker() -> None:
+    """The worker's answer carries an indirect CRL's entries per certificate issuer."""
+    from gateway.revocation.process import encode_request
+    from gateway.testing import InlineProcessor
+
+    root = pki.make_ca("wire root")
+    dev = pki.make_ca("wire devices CA", issuer=root)
+    xca = pki.make_ca("wire CRL issuer", issuer=root)
+    body = indirect_crl(xca, [(xca.cert.subject, 3), (dev.cert.subject, 7), (dev.cert.subject, 8)])
+    trust_pem = pki.cert_pem(root.cert, dev.cert, xca.cert)
+    header = encode_request(trust_pem, time.time(), 300, None, "http://x", [])
+    results: list[list[C.LoadedCrl]] = []
+    InlineProcessor().process(header, [body], 1 << 20).addCallback(results.append)
+    ((loaded,),) = results
+    assert loaded.info.scope.indirect and 3 in loaded.index and 7 not in loaded.index
+    assert loaded.sections is not None
+    section = loaded.sections[dev.cert.subject.public_bytes()]
+    assert 7 in section and 8 in section and 3 not in section
