@@ -120,19 +120,17 @@ def make_ca(
 
 
 def _add_revocation_pointers(
-    builder: x509.CertificateBuilder, crl_url: str | None, ocsp_url: str | None
+    builder: x509.CertificateBuilder,
+    crl_url: str | None,
+    ocsp_url: str | None,
+    crl_issuer: x509.Name | None = None,
 ) -> x509.CertificateBuilder:
     if crl_url:
-        builder = builder.add_extension(
-            x509.CRLDistributionPoints(
-                [
-                    x509.DistributionPoint(
-                        [x509.UniformResourceIdentifier(crl_url)], None, None, None
-                    )
-                ]
-            ),
-            critical=False,
+        issuer = [x509.DirectoryName(crl_issuer)] if crl_issuer is not None else None
+        point = x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(crl_url)], None, None, issuer
         )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     if ocsp_url:
         builder = builder.add_extension(
             x509.AuthorityInformationAccess(
@@ -159,6 +157,7 @@ def issue(
     ocsp_url: str | None = None,
     serial: int | None = None,
     ocsp_signing: bool = False,
+    crl_issuer: x509.Name | None = None,
 ) -> Issued:
     """A leaf certificate (server: localhost/127.0.0.1 SANs and serverAuth)."""
     key = new_key(key_kind)
@@ -187,7 +186,7 @@ def issue(
             ),
             critical=False,
         )
-    builder = _add_revocation_pointers(builder, crl_url, ocsp_url)
+    builder = _add_revocation_pointers(builder, crl_url, ocsp_url, crl_issuer)
     cert = builder.sign(ca.key, hashes.SHA256())
     chain = tuple(c for c in (ca.cert,) + ca.chain if c.issuer != c.subject)
     return Issued(cert, key, chain)

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, PendingCrl
 from gateway.revocation.chains import IssuerIndex
-from gateway.revocation.crl import distribution_point_urls
+from gateway.revocation.crl import distribution_point_urls, freshest_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.scope import cert_scope
 
@@ -65,6 +65,9 @@ class RevocationChecker:
         """None to accept; else (reason class, X509 error to fail with). Every certificate
         below the trust anchor is checked (as OpenSSL's crl_check_all): one whose status
         cannot be determined follows crl_expired_policy."""
+        if self.settings.from_cert and self.crl_service is not None:
+            for url in freshest_urls(cert):  # its delta CRLs: in force from the next check
+                self.crl_service.discover(url)
         trusted = set(verification.chain) if verification is not None else None
         status = self.cache.status(issuer, serial, lambda: cert_scope(cert), trusted)
         if status == "good":
