@@ -8,15 +8,21 @@ import sys
 from gateway.config import format_config
 from gateway.errors import ConfigError
 from gateway.prepare import prepare
+from gateway.tls.context import describe_offer
 
 
 def check_config(path: str) -> int:
     try:
-        config = prepare(path).config
+        prepared = prepare(path)
     except ConfigError as e:
         print(f"mqttgw: {e}", file=sys.stderr)
         return 1
+    config = prepared.config
     sys.stdout.write(format_config(config))
+    for listener in config.listeners:
+        print(f"\n# listener {listener.name} offers (as OpenSSL expands the settings):")
+        for line in describe_offer(listener.tls, prepared.materials[listener.name]):
+            print(f"#   {line}")
     print(f"# {path}: OK, {len(config.listeners)} listener(s)")
     return 0
 

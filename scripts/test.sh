@@ -4,6 +4,12 @@ set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check 'tox>=4'
+# sslyze, for the Mozilla TLS profile test, in an environment of its own: it pins a
+# cryptography older than the one pyOpenSSL needs (tests/tools/sslyze_scan.py runs in it).
+if [ ! -x .venv-sslyze/bin/python ]; then
+    python3 -m venv .venv-sslyze
+fi
+.venv-sslyze/bin/python -m pip install -q --disable-pip-version-check 'sslyze>=6.1,<7'
 # Where pyenv manages the interpreters, put every installed 3.10-3.13 on PATH for tox (its
 # shims do not work in the scrubbed environment tox queries interpreters with).
 if command -v pyenv >/dev/null 2>&1; then

@@ -41,6 +41,7 @@ from gateway.config.model import (
     TlsSettings,
     UpstreamSettings,
 )
+from gateway.config.profiles import PROFILES, effective_ciphers
 from gateway.config.values import parse_bind
 from gateway.errors import ConfigError
 
@@ -264,6 +265,9 @@ def _build_listener(
     if verify_peer and v["cacertfile"] is None:
         raise fail("verify", "verify_peer needs cacertfile (the CAs client certificates chain to)")
 
+    profile = PROFILES[v["tls_profile"]]
+    if v["ecdh_curves"] == ():
+        raise fail("ecdh_curves", "at least one group is required")
     crl = None
     if v["enable_crl_cache"]:
         if not verify_peer:
@@ -302,8 +306,15 @@ def _build_listener(
             verify_peer=verify_peer,
             fail_if_no_peer_cert=v["fail_if_no_peer_cert"],
             depth=v["depth"],
-            versions=v["tls_versions"],
-            ciphers=v["ciphers"],
+            profile=v["tls_profile"],
+            versions=profile.versions if v["tls_versions"] is None else v["tls_versions"],
+            ciphers=effective_ciphers(profile, v["ciphers"]),
+            groups=profile.groups if v["ecdh_curves"] is None else v["ecdh_curves"],
+            honor_cipher_order=(
+                profile.honor_cipher_order
+                if v["honor_cipher_order"] is None
+                else v["honor_cipher_order"]
+            ),
         ),
         limits=ConnectionLimits(
             handshake_timeout=v["handshake_timeout"],

@@ -30,8 +30,11 @@ class TlsSettings:
     verify_peer: bool
     fail_if_no_peer_cert: bool
     depth: int
+    profile: str
     versions: tuple[str, ...]
-    ciphers: tuple[str, ...]
+    ciphers: tuple[str, ...]  # effective: the profile's where not set
+    groups: tuple[str, ...]
+    honor_cipher_order: bool
 
 
 @attrs.frozen

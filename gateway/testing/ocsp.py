@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from gateway import testing
 from gateway.demo import pki
 
 
@@ -140,3 +142,39 @@ class OpensslOcspResponder:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class OcspWorld:
+    """A devices CA with an `openssl ca` database and a responder; servers with AIA URLs."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.p = testing.make_pki(directory)
+        self.ca = pki.OpensslCA.create(os.path.join(directory, "ca"), self.p.inter)
+        self.ca_cert = os.path.join(directory, "inter.pem")
+        with open(self.ca_cert, "wb") as f:
+            f.write(pki.cert_pem(self.p.inter.cert))
+        self.signer = (self.ca_cert, os.path.join(self.ca.dir, "ca.key"))
+        self.responder = OpensslOcspResponder(self.ca.dir, self.ca_cert, self.signer)
+
+    def server_cert(
+        self, name: str, key_kind: str = "ec", register: bool = True, valid_days: float = 365
+    ) -> tuple[str, str]:
+        issued = pki.issue(
+            self.p.inter,
+            "localhost",
+            server=True,
+            key_kind=key_kind,
+            ocsp_url=self.responder.url,
+            valid_days=valid_days,
+        )
+        paths = issued.write(self.dir, name)
+        if register:
+            self.ca.register(paths[0])
+        return paths
+
+    def conf(self, name: str, port: int, broker: int, cert: tuple[str, str], **extra: str) -> str:
+        opts = {"certfile": cert[0], "keyfile": cert[1], "enable_ocsp_stapling": "true"}
+        globals_ = extra.pop("globals", "")
+        opts.update(extra)
+        return testing.listener_conf(name, port, broker, self.p, opts) + globals_

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from gateway.config.model import TlsSettings
 from gateway.peer import PeerVerification
-from gateway.tls.material import TlsMaterial, apply_ciphers
+from gateway.tls.material import TlsMaterial, apply_suites
 from gateway.tls.verify import CertificateVerifier, GatewayConnection, install_verify
 
 _VERSIONS = {"tlsv1.2": SSL.TLS1_2_VERSION, "tlsv1.3": SSL.TLS1_3_VERSION}
@@ -35,9 +36,7 @@ def build_context(
     versions = [_VERSIONS[v] for v in tls.versions]
     ctx.set_min_proto_version(min(versions))
     ctx.set_max_proto_version(max(versions))
-    ctx.set_options(
-        SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-    )
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     # Idle connections are MQTT's normal state: give the read/write buffers back meanwhile.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.use_certificate(material.chain[0])
@@ -45,8 +44,7 @@ def build_context(
         ctx.add_extra_chain_cert(cert)
     ctx.use_privatekey(material.key)  # type: ignore[arg-type]  # checked: a signing key
     ctx.check_privatekey()
-    if material.ciphers:
-        apply_ciphers(ctx, material.ciphers)
+    apply_suites(ctx, tls)  # checked when the material was loaded
     # Without a session id context, OpenSSL fails a TLS 1.2 client's resumption attempt.
     ctx.set_session_id(session_id_context(name))
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
@@ -80,3 +78,32 @@ class ServerConnectionCreator:
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> GatewayConnection:
         return GatewayConnection(self.context, PeerVerification())
+
+
+def describe_offer(tls: TlsSettings, material: TlsMaterial) -> list[str]:
+    """What a listener's context really offers, as OpenSSL expanded it (check-config's
+    comment lines): versions, TLS 1.3 suites, the TLS 1.2 suites the server key can use,
+    and the key-exchange groups."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    apply_suites(ctx, tls)
+    names = SSL.Connection(ctx, None).get_cipher_list()
+    tls13 = [n for n in names if n.startswith("TLS_")]
+    auth = "ECDSA" if isinstance(material.key, ec.EllipticCurvePrivateKey) else "RSA"
+    tls12 = [n for n in names if not n.startswith("TLS_") and _auth_of(n) == auth]
+    lines = [f"versions: {', '.join(tls.versions)}"]
+    if "tlsv1.3" in tls.versions:
+        lines.append(f"TLS 1.3 suites: {', '.join(tls13) or 'none'}")
+    if "tlsv1.2" in tls.versions:
+        lines.append(f"TLS 1.2 suites usable with its {auth} key: {', '.join(tls12) or 'NONE'}")
+    lines.append(f"key-exchange groups: {', '.join(tls.groups)}")
+    order = "server's" if tls.honor_cipher_order else "client's"
+    lines.append(f"cipher order: the {order}")
+    return lines
+
+
+def _auth_of(cipher: str) -> str:
+    if "ECDSA" in cipher:
+        return "ECDSA"
+    if cipher.startswith(("PSK", "SRP", "ADH", "AECDH")):
+        return "other"
+    return "RSA"

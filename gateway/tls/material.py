@@ -9,7 +9,7 @@ what was checked is what serves, and a reload rebuilds exactly this.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import attrs
 from cryptography import x509
@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 
-from gateway.config.model import Config, ListenerSettings
+from gateway.config.model import Config, ListenerSettings, TlsSettings
+from gateway.config.profiles import split_ciphers
 from gateway.errors import ConfigError
 from gateway.revocation.chains import IssuerIndex
 from gateway.revocation.ocsp import OcspTarget, find_issuer, issuer_candidates, responder_url_of
+from gateway.tls.native import set_groups
 
 # option, reason -> the error located at the line that set the option
 Fail = Callable[[str, str], ConfigError]
@@ -34,29 +36,27 @@ class TlsMaterial:
     key: PrivateKeyTypes
     ca_certs: tuple[x509.Certificate, ...]  # cacertfile (empty with verify_none)
     ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
-    ciphers: tuple[str, ...]
     ocsp: OcspTarget | None
     issuers: IssuerIndex  # ca_certs indexed: rebuilds a resumed session's chain
 
 
-def split_ciphers(ciphers: Iterable[str]) -> tuple[str, str]:
-    """(TLS 1.3 suites, TLS 1.2 cipher list) in OpenSSL's colon-separated syntax."""
-    names = list(ciphers)
-    tls13 = ":".join(c for c in names if c.startswith("TLS_"))
-    tls12 = ":".join(c for c in names if not c.startswith("TLS_"))
-    return tls13, tls12
-
-
-def apply_ciphers(ctx: SSL.Context, ciphers: Iterable[str]) -> None:
-    """Set the cipher suites on a context; ValueError if OpenSSL accepts none of them."""
-    tls13, tls12 = split_ciphers(ciphers)
+def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:
+    """Set the listener's cipher suites, key-exchange groups and cipher order on a context.
+    ConfigError-ready: ValueError (with the key at fault as args[1]) if OpenSSL refuses."""
+    tls13, tls12 = split_ciphers(tls.ciphers)
     try:
         if tls13:
-            ctx.set_tls13_ciphersuites(tls13.encode("ascii"))
+            ctx.set_tls13_ciphersuites(":".join(tls13).encode("ascii"))
         if tls12:
-            ctx.set_cipher_list(tls12.encode("ascii"))
+            ctx.set_cipher_list(":".join(tls12).encode("ascii"))
     except (SSL.Error, UnicodeEncodeError) as e:
-        raise ValueError(f"OpenSSL accepts none of these ciphers ({e})") from None
+        raise ValueError(f"OpenSSL accepts none of these ciphers ({e})", "ciphers") from None
+    try:
+        set_groups(ctx, tls.groups)
+    except ValueError as e:
+        raise ValueError(str(e), "ecdh_curves") from None
+    if tls.honor_cipher_order:
+        ctx.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
 
 
 def _read_file(filename: str, option: str, fail: Fail) -> bytes:
@@ -105,17 +105,14 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     ca_certs: list[x509.Certificate] = []
     if tls.cacertfile is not None:
         ca_pem, ca_certs = _certificates(tls.cacertfile, "cacertfile", fail)
-    if tls.ciphers:
-        try:
-            apply_ciphers(SSL.Context(SSL.TLS_SERVER_METHOD), tls.ciphers)
-        except ValueError as e:
-            raise fail("ciphers", str(e)) from None
+    try:
+        apply_suites(SSL.Context(SSL.TLS_SERVER_METHOD), tls)
+    except ValueError as e:
+        raise fail(e.args[1], e.args[0]) from None
     ocsp = None
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
-    return TlsMaterial(
-        tuple(chain), key, tuple(ca_certs), ca_pem, tls.ciphers, ocsp, IssuerIndex.of(ca_certs)
-    )
+    return TlsMaterial(tuple(chain), key, tuple(ca_certs), ca_pem, ocsp, IssuerIndex.of(ca_certs))
 
 
 def _ocsp_target(

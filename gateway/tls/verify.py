@@ -1,21 +1,19 @@
 """The verify callback: OpenSSL's verdict, then revocation, written into PeerVerification.
 
-This is the only module that touches pyOpenSSL's internals (``OpenSSL._util``): pyOpenSSL's
-public ``set_verify`` cannot set the X509 error of a certificate the callback refuses, so
-OpenSSL would send a generic alert for a revoked certificate. ``install_verify`` installs a
-cffi callback of the same shape that does set it, and falls back (with a warning) to
-``set_verify`` where those internals are not as expected.
+``install_verify`` installs it through ``gateway.tls.native`` (pyOpenSSL's public
+``set_verify`` cannot set the X509 error of a refused certificate, which picks the alert).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
 from gateway.peer import PeerVerification, VerifyFailure
+from gateway.tls.native import install_verify_callback, verify_error_string
 
 log = Logger()
 
@@ -33,6 +31,18 @@ _REASONS = {
 }
 
 
+# OpenSSL alerts unknown_ca for "unable to get CRL" and certificate_expired for "CRL has
+# expired": both send device-side debugging the wrong way (to the CA bundle, to the device's
+# certificate). A certificate whose revocation status cannot be determined is refused with
+# certificate_unknown instead: OpenSSL's alert for an X509 error outside its alert table. The
+# log and the counters keep the precise error.
+ALERT_UNDETERMINED = _V.ERR_CRL_PATH_VALIDATION_ERROR
+_ALERT_CODES = {
+    _V.ERR_UNABLE_TO_GET_CRL: ALERT_UNDETERMINED,
+    _V.ERR_CRL_HAS_EXPIRED: ALERT_UNDETERMINED,
+}
+
+
 def verify_reason(error_number: int) -> str:
     """The reason class of an OpenSSL X509 verification error."""
     return _REASONS.get(error_number, "bad_certificate")
@@ -40,12 +50,7 @@ def verify_reason(error_number: int) -> str:
 
 def verify_error_text(error_number: int) -> str:
     """OpenSSL's text for an X509 verification error (e.g. 'certificate has expired')."""
-    try:
-        from OpenSSL._util import ffi, lib  # pyOpenSSL exposes no public helper for this
-
-        return str(ffi.string(lib.X509_verify_cert_error_string(error_number)).decode())
-    except Exception:
-        return f"X509 verification error {error_number}"
+    return verify_error_string(error_number)
 
 
 class GatewayConnection(SSL.Connection):
@@ -122,7 +127,7 @@ class CertificateVerifier:
         reason, code = verdict
         if verification is not None:
             verification.note_failure(_failure(reason, code, depth, parsed))
-        return code
+        return _ALERT_CODES.get(code, code)
 
     # pyOpenSSL-style callback, for the fallback path.
     def __call__(
@@ -136,38 +141,5 @@ class CertificateVerifier:
 
 
 def install_verify(ctx: SSL.Context, mode: int, verifier: CertificateVerifier) -> None:
-    """Install ``verifier`` as the context's verify callback (see the module docstring)."""
-    try:
-        from OpenSSL._util import ffi, lib
-
-        reverse = SSL.Connection._reverse_mapping
-        from_raw = crypto.X509._from_raw_x509_ptr
-        context_ptr = ctx._context  # type: ignore[attr-defined,unused-ignore]
-    except (ImportError, AttributeError):
-        log.warn("pyOpenSSL internals not as expected: revoked certificates get a generic alert")
-        ctx.set_verify(mode, verifier)
-        return
-
-    @ffi.callback("int (*)(int, X509_STORE_CTX *)")  # type: ignore[untyped-decorator]
-    def callback(ok: int, store_ctx: Any) -> int:
-        try:
-            raw = lib.X509_STORE_CTX_get_current_cert(store_ctx)
-            lib.X509_up_ref(raw)
-            cert = from_raw(raw)
-            errno = lib.X509_STORE_CTX_get_error(store_ctx)
-            depth = lib.X509_STORE_CTX_get_error_depth(store_ctx)
-            ssl = lib.X509_STORE_CTX_get_ex_data(
-                store_ctx, lib.SSL_get_ex_data_X509_STORE_CTX_idx()
-            )
-            code = verifier.decide(reverse[ssl], cert, errno, depth, ok)
-        except Exception:
-            log.failure("certificate verification callback failed; refusing the certificate")
-            code = _V.ERR_APPLICATION_VERIFICATION
-        if code:
-            if ok:
-                lib.X509_STORE_CTX_set_error(store_ctx, code)
-            return 0
-        return 1
-
-    lib.SSL_CTX_set_verify(context_ptr, mode, callback)
-    ctx._mqttgw_verify_callback = callback  # type: ignore[attr-defined]  # keep it alive
+    """Install ``verifier`` as the context's verify callback."""
+    install_verify_callback(ctx, mode, verifier.decide, verifier)

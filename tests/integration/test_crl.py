@@ -283,6 +283,13 @@ def test_crl_server_down_at_start(world: World, broker: int, workdir: str) -> No
             assert mqtt_connect(port, world.p, good) != ACCEPTED
             support.wait_until(lambda: "reason=crl_missing" in gw3.log())
             assert "HTTP 503" in gw3.log()
+            # The device learns what happened: certificate_unknown, not unknown_ca (which
+            # is what OpenSSL sends for "unable to get certificate CRL").
+            for tls in ("1.3", "1.2"):
+                seen = support.s_client(port, world.p.ca_file, good, tls, "-ign_eof")
+                out = seen.stdout + seen.stderr
+                assert "alert certificate unknown" in out and "unknown ca" not in out, out
+            assert "unable to get certificate CRL" in gw3.log()
         finally:
             gw3.stop()
     finally:
@@ -358,6 +365,9 @@ def test_expired_crl_policy(world: World, broker: int, workdir: str, policy: str
         if policy == "reject":
             assert outcome != ACCEPTED
             support.wait_until(lambda: "reason=crl_expired" in gw.log())
+            seen = support.s_client(port, world.p.ca_file, good, "1.3", "-ign_eof")
+            out = seen.stdout + seen.stderr
+            assert "alert certificate unknown" in out and "expired" not in out, out
         else:
             assert outcome == ACCEPTED
         assert "revoked" in str(mqtt_connect(port, world.p, revoked))  # revoked stays revoked

@@ -168,12 +168,17 @@ def test_refused_at_handshake(
 
 
 def test_openssl_s_client_alerts(gw: dict[str, object], p: support.Pki, tmp_path: object) -> None:
-    """openssl s_client sees the verification alert for an expired certificate."""
+    """openssl s_client sees the verification alert for an expired certificate and for an
+    unknown issuer."""
     port = gw["ports"]["ec"]  # type: ignore[index]
     old = pki.now() - datetime.timedelta(days=10)
     cert, key = p.client("expired-s-client", not_before=old, valid_days=1)
     result = support.s_client(port, p.ca_file, (cert, key), "1.2")
     assert "certificate expired" in (result.stdout + result.stderr)
+    # An issuer the listener does not know: unknown_ca (a missing CRL gets another alert).
+    stranger = pki.issue(pki.make_ca("another CA"), "stranger-s").write(str(tmp_path), "s")
+    result = support.s_client(port, p.ca_file, stranger, "1.3", "-ign_eof")
+    assert "alert unknown ca" in (result.stdout + result.stderr)
 
 
 def test_tls12_session_resumption(gw: dict[str, object], p: support.Pki, tmp_path: object) -> None:
@@ -302,6 +307,13 @@ def test_check_config_prints_effective_configuration(workdir: str, p: support.Pk
     assert result.returncode == 0, result.stderr
     assert "listener.ssl.x.handshake_timeout = 15s" in result.stdout
     assert "listener.ssl.x.tls_versions = tlsv1.3,tlsv1.2" in result.stdout
+    assert "listener.ssl.x.ecdh_curves = X25519,P-256,P-384" in result.stdout
+    # The suites as OpenSSL expanded them, those the (ECDSA) key can use.
+    assert (
+        "#   TLS 1.2 suites usable with its ECDSA key: ECDHE-ECDSA-AES128-GCM-SHA256, "
+        "ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-ECDSA-CHACHA20-POLY1305\n" in result.stdout
+    ), result.stdout
+    assert "#   key-exchange groups: X25519, P-256, P-384" in result.stdout
     bad = support.run([os.path.join(support.BIN, "mqttgw"), "check-config", "/nonexistent.conf"])
     assert bad.returncode == 1 and "cannot read configuration" in bad.stderr
 

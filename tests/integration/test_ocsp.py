@@ -9,43 +9,12 @@ import pytest
 
 from gateway import testing as support
 from gateway.demo import pki
-from gateway.testing.ocsp import OpensslOcspResponder
+from gateway.testing.ocsp import OcspWorld, OpensslOcspResponder
 
 pytestmark = pytest.mark.integration
 
 SUCCESS = "OCSP Response Status: successful"
 NO_RESPONSE = "OCSP response: no response sent"
-
-
-class OcspWorld:
-    """A devices CA with an `openssl ca` database and a responder; servers with AIA URLs."""
-
-    def __init__(self, directory: str) -> None:
-        self.dir = directory
-        self.p = support.make_pki(directory)
-        self.ca = pki.OpensslCA.create(os.path.join(directory, "ca"), self.p.inter)
-        self.ca_cert = os.path.join(directory, "inter.pem")
-        with open(self.ca_cert, "wb") as f:
-            f.write(pki.cert_pem(self.p.inter.cert))
-        self.signer = (self.ca_cert, os.path.join(self.ca.dir, "ca.key"))
-        self.responder = OpensslOcspResponder(self.ca.dir, self.ca_cert, self.signer)
-
-    def server_cert(
-        self, name: str, key_kind: str = "ec", register: bool = True
-    ) -> tuple[str, str]:
-        issued = pki.issue(
-            self.p.inter, "localhost", server=True, key_kind=key_kind, ocsp_url=self.responder.url
-        )
-        paths = issued.write(self.dir, name)
-        if register:
-            self.ca.register(paths[0])
-        return paths
-
-    def conf(self, name: str, port: int, broker: int, cert: tuple[str, str], **extra: str) -> str:
-        opts = {"certfile": cert[0], "keyfile": cert[1], "enable_ocsp_stapling": "true"}
-        globals_ = extra.pop("globals", "")
-        opts.update(extra)
-        return support.listener_conf(name, port, broker, self.p, opts) + globals_
 
 
 def s_client(port: int, p: support.Pki, tls: str = "1.3", status: bool = True) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from gateway import config as cfg
 from gateway import testing as support
+from gateway.config.profiles import PROFILES, TLS13_SUITES
 from gateway.config.values import parse_bool
 from gateway.demo import pki
 from gateway.errors import ConfigError
@@ -68,6 +69,28 @@ def test_value_syntax(certs: support.Pki) -> None:
     assert parse_bool("on") and not parse_bool("off")
 
 
+def test_tls_profiles_and_explicit_keys(certs: support.Pki) -> None:
+    """The profile sets versions, suites, groups and order; explicit keys win, each half of
+    an explicit cipher list replacing only the profile's half."""
+    tls = cfg.parse_config(base(certs)).listener("ext").tls
+    assert tls.profile == "intermediate" and tls.versions == ("tlsv1.3", "tlsv1.2")
+    assert tls.ciphers == PROFILES["intermediate"].ciphers
+    assert all(c.startswith(("TLS_", "ECDHE-")) and "CBC" not in c for c in tls.ciphers)
+    assert tls.groups == ("X25519", "P-256", "P-384") and tls.honor_cipher_order is False
+    modern = cfg.parse_config(base(certs, tls_profile="modern")).listener("ext").tls
+    assert modern.versions == ("tlsv1.3",) and modern.groups == tls.groups
+    text = base(certs, tls_profile="modern") + (
+        "listener.ssl.ext.tls_versions = tlsv1.3, tlsv1.2\n"
+        "listener.ssl.ext.ciphers = ECDHE-ECDSA-AES256-GCM-SHA384\n"
+        "listener.ssl.ext.curves = P-384\n"  # HAProxy's name
+        "listener.ssl.ext.honor_cipher_order = true\n"
+    )
+    mixed = cfg.parse_config(text).listener("ext").tls
+    assert mixed.versions == ("tlsv1.3", "tlsv1.2")
+    assert mixed.ciphers == TLS13_SUITES + ("ECDHE-ECDSA-AES256-GCM-SHA384",)
+    assert mixed.groups == ("P-384",) and mixed.honor_cipher_order is True
+
+
 def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> None:
     """A listener without its own upstream takes the global one."""
     text = support.listener_conf("a", 8883, 1883, certs).replace(
@@ -111,6 +134,12 @@ def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> Non
             "listener.ssl.ext.ciphers",
             "OpenSSL accepts none",
         ),
+        (
+            "listener.ssl.ext.ecdh_curves = X25519, P-999",
+            "listener.ssl.ext.ecdh_curves",
+            "OpenSSL refuses the group list 'X25519:P-999'",
+        ),
+        ("tls_profile = old", "tls_profile", "expected one of intermediate, modern"),
         ("listener.ssl.other.verify = verify_peer", "listener.ssl.other.verify", "not declared"),
         (
             "listener.ssl.ext.upstream = 127.0.0.1:1884",

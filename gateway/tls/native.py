@@ -1,0 +1,101 @@
+"""The only module that touches pyOpenSSL's internals (``OpenSSL._util``), for the three
+things its public API cannot do:
+
+- set a context's key-exchange groups (``SSL_CTX_set1_groups_list``; pyOpenSSL offers only
+  ``set_tmp_ecdh``, a single curve);
+- install a verify callback that sets the X509 error of a certificate it refuses, so that
+  OpenSSL sends the alert that says why (certificate_revoked for a revoked certificate);
+  pyOpenSSL's ``set_verify`` can only answer yes or no;
+- read OpenSSL's text for an X509 verification error.
+
+Each falls back (with a warning, or a plain text) where the internals are not as expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from twisted.logger import Logger
+
+log = Logger()
+
+_V = SSL.X509VerificationCodes
+
+# (connection, certificate, OpenSSL's error, depth, OpenSSL's verdict) -> 0 or the X509 error
+Decide = Callable[[SSL.Connection, crypto.X509, int, int, int], int]
+
+
+def set_groups(ctx: SSL.Context, groups: Sequence[str]) -> None:
+    """The key-exchange groups the context offers and accepts, in preference order (OpenSSL
+    names: X25519, P-256, P-384, ...). ValueError naming the groups if OpenSSL refuses them."""
+    try:
+        from OpenSSL._util import lib
+    except ImportError:  # pragma: no cover - pyOpenSSL reorganised
+        raise ValueError("this pyOpenSSL cannot set key-exchange groups") from None
+    setter = getattr(lib, "SSL_CTX_set1_groups_list", None) or lib.SSL_CTX_set1_curves_list
+    try:
+        text = ":".join(groups).encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("group names are ASCII") from None
+    ok = setter(ctx._context, text)  # type: ignore[attr-defined,unused-ignore]
+    if ok != 1:
+        lib.ERR_clear_error()
+        raise ValueError(
+            f"OpenSSL refuses the group list {':'.join(groups)!r} "
+            "(known names: X25519, X448, P-256, P-384, P-521, ...)"
+        )
+
+
+def verify_error_string(error_number: int) -> str:
+    """OpenSSL's text for an X509 verification error (e.g. 'certificate has expired')."""
+    try:
+        from OpenSSL._util import ffi, lib
+
+        return str(ffi.string(lib.X509_verify_cert_error_string(error_number)).decode())
+    except Exception:
+        return f"X509 verification error {error_number}"
+
+
+def install_verify_callback(
+    ctx: SSL.Context, mode: int, decide: Decide, fallback: Callable[..., bool]
+) -> None:
+    """Install ``decide`` as the context's verify callback; a non-zero answer becomes the
+    certificate's X509 error (and so the TLS alert). Exceptions never reach OpenSSL: they
+    are logged and the certificate refused. Without the expected internals, ``fallback``
+    (a pyOpenSSL-style callback) is installed with ``set_verify``."""
+    try:
+        from OpenSSL._util import ffi, lib
+
+        reverse = SSL.Connection._reverse_mapping
+        from_raw = crypto.X509._from_raw_x509_ptr
+        context_ptr = ctx._context  # type: ignore[attr-defined,unused-ignore]
+    except (ImportError, AttributeError):
+        log.warn("pyOpenSSL internals not as expected: revoked certificates get a generic alert")
+        ctx.set_verify(mode, fallback)
+        return
+
+    @ffi.callback("int (*)(int, X509_STORE_CTX *)")  # type: ignore[untyped-decorator]
+    def callback(ok: int, store_ctx: Any) -> int:
+        try:
+            raw = lib.X509_STORE_CTX_get_current_cert(store_ctx)
+            lib.X509_up_ref(raw)
+            cert = from_raw(raw)
+            errno = lib.X509_STORE_CTX_get_error(store_ctx)
+            depth = lib.X509_STORE_CTX_get_error_depth(store_ctx)
+            ssl = lib.X509_STORE_CTX_get_ex_data(
+                store_ctx, lib.SSL_get_ex_data_X509_STORE_CTX_idx()
+            )
+            code = decide(reverse[ssl], cert, errno, depth, ok)
+        except Exception:
+            log.failure("certificate verification callback failed; refusing the certificate")
+            code = _V.ERR_APPLICATION_VERIFICATION
+        if code:
+            if ok:
+                lib.X509_STORE_CTX_set_error(store_ctx, code)
+            return 0
+        return 1
+
+    lib.SSL_CTX_set_verify(context_ptr, mode, callback)
+    ctx._mqttgw_verify_callback = callback  # type: ignore[attr-defined]  # keep it alive
