@@ -17,6 +17,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from gateway.config.model import ConnectionLimits, GlobalSettings, ListenerSettings
 from gateway.monitor import Monitor
 from gateway.prepare import Prepared
+from gateway.proxy.admission import Admission, RefusalLog, address_key
 from gateway.proxy.relay import GatewayFactory
 from gateway.proxy.upstream import upstream_connector
 from gateway.revocation.checker import RevocationChecker
@@ -42,7 +43,9 @@ def ready_timeout(crl_http_timeout: float) -> float:
 
 
 class ListenerTLSFactory(TLSMemoryBIOFactory):
-    """TLS wrapping factory that enforces ``max_connections`` before any TLS work."""
+    """TLS wrapping factory that admits each connection before any TLS work: connection
+    caps and rates (``gateway.proxy.admission``); a refused connection is closed at once
+    and counted, logged one by one up to a threshold per interval, then summarised."""
 
     noisy = False
 
@@ -55,20 +58,79 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
     ) -> None:
         super().__init__(creator, False, wrapped, clock=reactor)
         self.gateway = wrapped
-        self.max_connections = limits.max_connections
+        self.reactor = reactor
+        self.admission = Admission(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_conn_rate,
+            limits.max_conn_rate_per_ip,
+            reactor.seconds(),
+        )
+        self.refusals = RefusalLog(REFUSALS_LOGGED_PER_INTERVAL)
+        self._summary: Any = None  # the pending summary call, while refusals are suppressed
+        self._keys: dict[Any, str] = {}  # admitted protocol -> its address key
 
     def buildProtocol(self, addr: Any) -> Any:
-        if len(self.protocols) >= self.max_connections:
-            self.gateway.stats.refuse("too_many_connections")
-            log.warn(
-                "refused {listener} peer={peer} reason=too_many_connections: "
-                "{count} connections open (max_connections)",
-                listener=self.gateway.name,
-                peer=f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}",
-                count=len(self.protocols),
-            )
+        host = getattr(addr, "host", str(addr))
+        key = address_key(host)
+        refused = self.admission.admit(key, self.reactor.seconds())
+        if refused is not None:
+            self._refuse(refused, key, f"{host}:{getattr(addr, 'port', '')}")
             return None
-        return super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)
+        if protocol is None:  # pragma: no cover - the wrapped factory refused
+            self.admission.release(key)
+            return None
+        self._keys[protocol] = key
+        return protocol
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        key = self._keys.pop(p, None)
+        if key is not None:
+            self.admission.release(key)
+
+    def _refuse(self, reason: str, key: str, peer: str) -> None:
+        self.gateway.stats.refuse(reason)
+        if self.refusals.note(reason, key):
+            log.warn(
+                "refused {listener} peer={peer} reason={reason}: {why}",
+                listener=self.gateway.name,
+                peer=peer,
+                reason=reason,
+                why=_REFUSAL_TEXT[reason],
+            )
+        elif self._summary is None:
+            self._summary = self.reactor.callLater(REFUSAL_SUMMARY_INTERVAL, self._summarise)
+
+    def _summarise(self) -> None:
+        self._summary = None
+        self.admission.prune(self.reactor.seconds())
+        text = self.refusals.summary()
+        if text is not None:
+            log.warn(
+                "refused {listener}: {summary} in the last {interval:.0f}s",
+                listener=self.gateway.name,
+                summary=text,
+                interval=REFUSAL_SUMMARY_INTERVAL,
+            )
+
+    def stop(self) -> None:
+        """Log what is still suppressed (at shutdown)."""
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+            self._summarise()
+
+
+# Refusals before TLS: this many per interval are logged one by one, the rest summarised.
+REFUSALS_LOGGED_PER_INTERVAL = 10
+REFUSAL_SUMMARY_INTERVAL = 10.0
+_REFUSAL_TEXT = {
+    "too_many_connections": "listener at max_connections",
+    "too_many_connections_per_ip": "address at max_connections_per_ip",
+    "rate_limited": "listener above max_conn_rate",
+    "rate_limited_per_ip": "address above max_conn_rate_per_ip",
+}
 
 
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
@@ -146,6 +208,8 @@ class PortService(service.Service):
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
+        if isinstance(self.factory, ListenerTLSFactory):
+            self.factory.stop()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
 

@@ -24,6 +24,7 @@ from gateway.config.values import (
     parse_duration,
     parse_duration_or_zero,
     parse_host_port,
+    parse_limit,
     parse_list,
     parse_path,
     parse_positive_int,
@@ -205,6 +206,36 @@ KEYS: tuple[Key, ...] = (
         100000,
         "Concurrent connections accepted on this listener; connections beyond are closed "
         "at once and logged.",
+    ),
+    Key(
+        "max_connections_per_ip",
+        "limits.max_connections_per_ip",
+        parse_limit,
+        1000,
+        "Concurrent connections from one address (an IPv6 client counts by its /64); beyond, "
+        "closed at once, before any TLS work (reason too_many_connections_per_ip). Raise it "
+        "for fleets behind one NAT address. 0: no limit.",
+        global_=True,
+    ),
+    Key(
+        "max_conn_rate",
+        "limits.max_conn_rate",
+        parse_limit,
+        2000,
+        "New connections per second on this listener (EMQX's key; a token bucket holding one "
+        "second's worth); beyond, closed at once, before any TLS work (reason rate_limited). "
+        "0: no limit.",
+        global_=True,
+    ),
+    Key(
+        "max_conn_rate_per_ip",
+        "limits.max_conn_rate_per_ip",
+        parse_limit,
+        200,
+        "New connections per second from one address (a token bucket holding one second's "
+        "worth); beyond, closed at once, before any TLS work (reason rate_limited_per_ip). "
+        "0: no limit.",
+        global_=True,
     ),
     Key(
         "upstream",

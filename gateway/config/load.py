@@ -321,6 +321,9 @@ def _build_listener(
             connect_timeout=v["connect_timeout"],
             max_packet_size=v["max_packet_size"],
             max_connections=v["max_connections"],
+            max_connections_per_ip=v["max_connections_per_ip"],
+            max_conn_rate=v["max_conn_rate"],
+            max_conn_rate_per_ip=v["max_conn_rate_per_ip"],
         ),
         upstream=UpstreamSettings(
             address=v["upstream"], connect_timeout=v["upstream_connect_timeout"]

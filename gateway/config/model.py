@@ -45,6 +45,9 @@ class ConnectionLimits:
     connect_timeout: float
     max_packet_size: int
     max_connections: int
+    max_connections_per_ip: int = 0  # 0: no limit
+    max_conn_rate: int = 0  # new connections per second; 0: no limit
+    max_conn_rate_per_ip: int = 0
 
 
 @attrs.frozen

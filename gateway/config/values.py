@@ -55,6 +55,17 @@ def format_size(value: int) -> str:
     return str(value)
 
 
+def parse_limit(text: str) -> int:
+    """A whole number of at least zero; 0 switches the limit off."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number (0: no limit), got {text!r}") from None
+    if value < 0:
+        raise ValueError("must be 0 (no limit) or more")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
     try:
         value = int(text.strip())
