@@ -145,7 +145,8 @@ def test_factory_refuses_before_tls_and_summarises(p: support.Pki) -> None:
         listener.reactor.advance(10)  # the interval ends: one summary line
     summaries = [e for e in events if "in the last" in e.get("log_format", "")]
     assert len(summaries) == 1
-    assert "20 more connections refused before TLS (too_many_connections_per_ip=20)" in (
-        summaries[0]["summary"]
+    assert (
+        "20 more connections refused before TLS (too_many_connections_per_ip=20)"
+        in (summaries[0]["summary"])
     )
     assert "203.0.113.9 (20)" in summaries[0]["summary"]
