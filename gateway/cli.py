@@ -18,6 +18,9 @@ def check_config(path: str) -> int:
         print(f"mqttgw: {e}", file=sys.stderr)
         return 1
     config = prepared.config
+    for material in prepared.materials.values():
+        for warning in material.warnings:
+            print(f"mqttgw: {warning}", file=sys.stderr)
     sys.stdout.write(format_config(config))
     for listener in config.listeners:
         print(f"\n# listener {listener.name} offers (as OpenSSL expands the settings):")

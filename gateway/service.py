@@ -9,12 +9,15 @@ import treq
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from gateway.config.model import ConnectionLimits, GlobalSettings, ListenerSettings
+from gateway.config.model import Config, ConnectionLimits, GlobalSettings, ListenerSettings
+from gateway.config.values import format_bind
+from gateway.errors import GatewayError
 from gateway.monitor import Monitor
 from gateway.prepare import Prepared
 from gateway.proxy.admission import Admission, RefusalLog, address_key
@@ -146,6 +149,33 @@ def quiet_http_client(reactor: Any) -> treq.client.HTTPClient:
     return treq.client.HTTPClient(Agent(reactor, pool=pool))
 
 
+class ListenError(GatewayError):
+    """A listener's address cannot be bound (in use, not ours, not allowed)."""
+
+    def __init__(self, listener: str, bind: tuple[str, int], error: CannotListenError) -> None:
+        cause = error.socketError
+        text = getattr(cause, "strerror", None) or str(cause)
+        super().__init__(
+            "listen", f"cannot listen on {format_bind(bind)}: {text[:1].lower()}{text[1:]}"
+        )
+        self.listener = listener
+
+
+class GatewayService(service.MultiService):
+    """The top of the tree. A listener that cannot bind stops the start before anything
+    else starts, as a ConfigError at the line that declared it."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise self.config.error(e.listener, "", e.detail) from None
+
+
 class PortService(service.Service):
     """Binds the listener's port in privilegedStartService (before twistd drops privileges).
 
@@ -156,12 +186,16 @@ class PortService(service.Service):
     def __init__(
         self,
         endpoint: Any,
+        bind: tuple[str, int],
         factory: Any,
         ready: defer.Deferred[None] | None,
         reactor: Any,
         ready_timeout: float,
+        listener_name: str = "?",
     ) -> None:
+        self.listener_name = listener_name
         self.endpoint = endpoint
+        self.bind = bind
         self.factory = factory
         self.ready = ready
         self.reactor = reactor
@@ -185,7 +219,10 @@ class PortService(service.Service):
         result: list[Any] = []
         self.endpoint.listen(self.factory).addBoth(result.append)
         if isinstance(result[0], Failure):
-            result[0].raiseException()  # a port that cannot be bound stops start-up
+            failure = result[0]
+            if isinstance(failure.value, CannotListenError):
+                raise ListenError(self.listener_name, self.bind, failure.value) from None
+            failure.raiseException()  # a port that cannot be bound stops start-up
         self.port = result[0]
         if self.ready is not None and not self.ready.called:
             self.port.stopReading()
@@ -280,10 +317,12 @@ class ListenerService(service.MultiService):
             server_endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
         self.port_service = PortService(
             server_endpoint,
+            listener.bind,
             ListenerTLSFactory(self.creator, self.factory, listener.limits, reactor),
             self.crl_service.ready if self.crl_service is not None else None,
             reactor,
             ready_timeout(listener.crl.http_timeout) if listener.crl is not None else 0.0,
+            listener.name,
         )
         self.port_service.setServiceParent(self)
         self._logged = False
@@ -312,12 +351,12 @@ class ListenerService(service.MultiService):
             self.stapler.install(ctx)
         return ctx
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._log_listening()
-
     def startService(self) -> None:
+        # Logged once every port is bound (privilegedStartService): a start that fails on
+        # another listener's port does not claim this one listens.
         super().startService()
+        for warning in self.material.warnings:
+            log.warn("{warning}", warning=warning)
         self._log_listening()
 
     def _log_listening(self) -> None:
@@ -339,10 +378,10 @@ class ListenerService(service.MultiService):
         )
 
 
-def make_gateway_service(prepared: Prepared, reactor: Any) -> service.MultiService:
+def make_gateway_service(prepared: Prepared, reactor: Any) -> GatewayService:
     """The whole gateway: one ListenerService per listener, and the monitor."""
-    top = service.MultiService()
     config = prepared.config
+    top = GatewayService(config)
     listeners = [
         ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
         for listener in config.listeners

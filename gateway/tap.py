@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.prepare import prepare
 
 DEFAULT_CONFIG = "/etc/mqttgw/mqttgw.conf"
@@ -33,7 +35,28 @@ def makeService(options: Options) -> service.MultiService:
 
     from gateway.service import make_gateway_service
 
+    _one_line_start_errors()
     return make_gateway_service(options["prepared"], reactor)
+
+
+def _one_line_start_errors() -> None:
+    """An error of mqttgw's own that stops the start after the options were read (a port
+    that cannot be bound) reaches the top of twistd as an exception: print its one line,
+    not a traceback, to the real standard error (twistd's logging has taken over
+    ``sys.stderr``) and to the log. twistd has already removed its pid file; exit status 1."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, GatewayError):
+            Logger().critical("{error}; not started", error=str(value))
+            stream = sys.__stderr__
+            if stream is not None:
+                stream.write(f"mqttgw: {value}\n")
+                stream.flush()
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 __all__ = ["Options", "makeService"]

@@ -96,11 +96,35 @@ def _parse_value(path: str, entry: _Line, key: Key) -> Any:
 def load_config(path: str) -> Config:
     """Read, parse and validate a configuration file (not the files it names)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, None, None, f"cannot read configuration: {e}") from None
-    return parse_config(text, path)
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_SIZE + 1)
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read configuration: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_SIZE:
+        raise ConfigError(path, None, None, f"larger than {MAX_CONFIG_SIZE // 1024 // 1024} MB")
+    return parse_config(decode_text(path, data), path)
+
+
+# A configuration file is a few kilobytes; anything near this is not one.
+MAX_CONFIG_SIZE = 16 * 1024 * 1024
+
+
+def decode_text(path: str, data: bytes) -> str:
+    """UTF-8 text (a BOM is allowed), or a ConfigError at the line and column of the first
+    byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise ConfigError(
+            path,
+            line,
+            None,
+            f"byte 0x{data[start]:02x} at column {column} is not UTF-8 "
+            "(the file must be UTF-8 text)",
+        ) from None
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
@@ -168,13 +192,15 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         )
     origins: dict[str, dict[str, tuple[int, str]]] = {}
     listeners = []
-    for name, (bind, _) in declared.items():
+    for name, (bind, declaration) in declared.items():
         listener, origin = _build_listener(
             path, base_dir, name, bind, options.get(name, {}), globals_
         )
+        origin[""] = (declaration.line, declaration.key)
         listeners.append(listener)
         origins[name] = origin
     _check_distinct_binds(path, listeners, declared)
+    _check_no_loop(path, listeners, origins)
     return Config(
         path=path,
         globals=_build_globals(base_dir, globals_),
@@ -197,6 +223,48 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> 
         ocsp_cache_dir=value("ocsp_cache.dir"),
         stats_log_interval=value("stats_log_interval"),
     )
+
+
+_LOCAL_NAMES = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
+
+
+def _reaches(upstream: tuple[str, int], bind: tuple[str, int]) -> bool:
+    """Would a connection to ``upstream`` land on a listener bound to ``bind``?"""
+    (up_host, up_port), (host, port) = upstream, bind
+    if up_port != port:
+        return False
+    up_host = up_host.lower().strip("[]")
+    if up_host == host:
+        return True
+    if host in ("0.0.0.0", "::"):
+        return up_host in _LOCAL_NAMES or up_host.startswith("127.")
+    return host == "127.0.0.1" and up_host == "localhost"
+
+
+def _check_no_loop(
+    path: str, listeners: list[ListenerSettings], origins: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """A listener whose upstream is a listener of this gateway (its own address, most
+    often) would relay MQTT to a TLS port of its own: a configuration error."""
+    for listener in listeners:
+        for other in listeners:
+            if not _reaches(listener.upstream.address, other.bind):
+                continue
+            where = origins[listener.name].get("upstream")
+            line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.upstream")
+            whose = (
+                "this listener's own address"
+                if other is listener
+                else f"the address of listener {other.name!r}"
+            )
+            host, port = listener.upstream.address
+            raise ConfigError(
+                path,
+                line,
+                key,
+                f"{host}:{port} is {whose}: the gateway would relay to itself "
+                "(upstream is the broker's address)",
+            )
 
 
 def _check_distinct_binds(

@@ -113,8 +113,10 @@ class Config:
         raise KeyError(name)
 
     def error(self, listener: str, option: str, reason: str) -> ConfigError:
-        """A ConfigError at the line that set ``option`` of ``listener`` (or naming the key)."""
+        """A ConfigError at the line that set ``option`` of ``listener`` (or naming the key);
+        option "" is the listener's declaration."""
         where = self.origins.get(listener, {}).get(option)
         if where is None:
-            return ConfigError(self.path, None, f"listener.ssl.{listener}.{option}", reason)
+            key = f"listener.ssl.{listener}" + (f".{option}" if option else "")
+            return ConfigError(self.path, None, key, reason)
         return ConfigError(self.path, where[0], where[1], reason)

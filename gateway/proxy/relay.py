@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 from OpenSSL import SSL
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, error, protocol, task
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -217,8 +217,8 @@ class ClientProtocol(protocol.Protocol):
         detail = f"{self.factory.upstream_name}: {reason.getErrorMessage()}"
         self._run(self.session.upstream_failed(detail))
 
-    def upstream_lost(self, half: bool = False) -> None:
-        self._run(self.session.upstream_lost(half))
+    def upstream_lost(self, half: bool = False, why: str = "") -> None:
+        self._run(self.session.upstream_lost(half, why))
 
     def revoke_session(self) -> None:
         self._run(self.session.revoked())
@@ -415,10 +415,19 @@ class UpstreamProtocol(protocol.Protocol):
 
     def readConnectionLost(self) -> None:
         # The broker half-closed: everything it sent is queued for the client; close after it.
-        self.factory.client.upstream_lost(half=True)
+        self.factory.client.upstream_lost(half=True, why="it closed its sending side")
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.factory.client.upstream_lost()
+        self.factory.client.upstream_lost(why=lost_text(reason))
+
+
+def lost_text(reason: Failure) -> str:
+    """How a TCP connection ended, in plain words (never a repr)."""
+    if reason.check(error.ConnectionDone):
+        return "connection closed cleanly"
+    if reason.check(error.ConnectionLost):
+        return "connection lost (reset, or the network cut)"
+    return reason.getErrorMessage()

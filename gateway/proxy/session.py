@@ -164,6 +164,7 @@ class Session:
         "_pending_size",
         "_reader",
         "connect",
+        "ended_by",
         "refusal",
         "state",
         "upstream_attempt",
@@ -175,6 +176,7 @@ class Session:
         self.state = State.HANDSHAKE
         self.connect: mqtt.Connect | None = None
         self.refusal: str | None = None  # the reason class, once refused
+        self.ended_by: str | None = None  # who ended a relayed session, and why (the log)
         self.upstream_attempt = False  # a broker connection attempt is in progress
         self.upstream_open = False  # the broker connection is open
         self._reader: mqtt.ConnectReader | None = None
@@ -258,14 +260,16 @@ class Session:
             *self._connack(mqtt.SERVER_UNAVAILABLE),
         ]
 
-    def upstream_lost(self, half: bool = False) -> list[Action]:
-        """The broker closed (``half``: only its sending side): flush what it sent to the
-        client and close."""
+    def upstream_lost(self, half: bool = False, why: str = "") -> list[Action]:
+        """The broker closed (``half``: only its sending side; ``why``: how, for the log):
+        flush what it sent to the client and close. The session's end is logged once the
+        client connection is gone, as closed by the broker."""
         if not half:
             self.upstream_open = False
         if self.state is not State.RELAY:
             return []
         self.state = State.CLOSING
+        self.ended_by = "closed by the broker" + (f": {why}" if why else "")
         return [CloseClient()]
 
     def revoked(self) -> list[Action]:
@@ -298,7 +302,9 @@ class Session:
             self.upstream_open = False
             actions.append(CloseUpstream())
         if state is State.RELAY:
-            actions.append(SessionEnded(why))
+            actions.append(SessionEnded(f"closed by the client: {why}"))
+        elif state is State.CLOSING and self.ended_by is not None:
+            actions.append(SessionEnded(self.ended_by))
         return actions
 
     # -- helpers -------------------------------------------------------------------------

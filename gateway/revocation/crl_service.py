@@ -382,7 +382,7 @@ class CrlService(service.Service):
                 listener=self.listener,
                 url=source.state.url,
                 path=path,
-                why=reason.getErrorMessage(),
+                why=describe_error(reason.value),  # type: ignore[arg-type]
             )
 
         return d.addCallbacks(loaded, failed)

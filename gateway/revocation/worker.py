@@ -72,7 +72,10 @@ def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffe
     try:
         result, loaded = process(request, body)
     except Exception as e:  # reported to the gateway, which logs it and keeps the old CRL
-        result, loaded = {"ok": False, "kind": "worker_error", "detail": repr(e)[:500]}, []
+        result, loaded = (
+            {"ok": False, "kind": "worker_error", "detail": f"{type(e).__name__}: {e}"[:500]},
+            [],
+        )
     stdout.write(json.dumps(result).encode() + b"\n")
     for crl in loaded:
         stdout.write(crl.index.entries())

@@ -9,6 +9,8 @@ what was checked is what serves, and a reload rebuilds exactly this.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 
 import attrs
@@ -38,6 +40,7 @@ class TlsMaterial:
     ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
     ocsp: OcspTarget | None
     issuers: IssuerIndex  # ca_certs indexed: rebuilds a resumed session's chain
+    warnings: tuple[str, ...] = ()  # file:line: key: text, for the log and check-config
 
 
 def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:
@@ -112,7 +115,26 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     ocsp = None
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
-    return TlsMaterial(tuple(chain), key, tuple(ca_certs), ca_pem, ocsp, IssuerIndex.of(ca_certs))
+    warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile))
+    return TlsMaterial(
+        tuple(chain), key, tuple(ca_certs), ca_pem, ocsp, IssuerIndex.of(ca_certs), warnings
+    )
+
+
+def _key_file_warnings(filename: str) -> list[str]:
+    """As ssh does: a private key others may read is named, with its mode (not refused:
+    a group-readable key for a service group is a deliberate set-up)."""
+    try:
+        mode = os.stat(filename).st_mode
+    except OSError:
+        return []
+    readers = [who for who, bit in (("group", 0o040), ("others", 0o004)) if mode & bit]
+    if not readers:
+        return []
+    return [
+        f"warning: private key {filename} is readable by {' and '.join(readers)} "
+        f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+    ]
 
 
 def _ocsp_target(

@@ -8,6 +8,8 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from gateway.revocation.fetch import MAX_REDIRECTS, FetchError, HttpFetcher
@@ -85,3 +87,45 @@ def test_deadline_covers_everything(seconds: float) -> None:
     assert results == []
     clock.advance(0.2)
     assert results[0].check(FetchError) and results[0].value.kind == "timeout"
+
+
+def _ssl_error() -> Exception:
+    from OpenSSL import SSL
+
+    return SSL.Error([("SSL routines", "", "certificate verify failed")])
+
+
+@pytest.mark.parametrize(
+    "exc, text",
+    [
+        (
+            ResponseNeverReceived([Failure(error.ConnectionDone())]),
+            "connection closed by the server before an answer",
+        ),
+        (
+            ResponseNeverReceived([Failure(error.ConnectionLost())]),
+            "connection closed by the server before an answer",
+        ),
+        (
+            ResponseFailed([Failure(error.ConnectionDone())]),
+            "connection closed by the server in the middle of the answer",
+        ),
+        (error.ConnectionRefusedError("127.0.0.1:1"), "connection refused"),
+        (error.DNSLookupError("ca.example"), "cannot resolve the host name"),
+        (error.TCPTimedOutError(), "connection timed out"),
+        (ResponseNeverReceived([Failure(_ssl_error())]), "TLS error: certificate verify failed"),
+        (ValueError("<object at 0x7f>"), "ValueError"),
+    ],
+)
+def test_fetch_failures_in_plain_words(exc: Exception, text: str) -> None:
+    """Every fetch failure is logged in plain words, never with a Python repr."""
+
+    class Failing:
+        def request(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            return defer.fail(exc)
+
+    results: list[Any] = []
+    HttpFetcher(Failing(), Clock()).fetch("http://ca.test/x", 5, 100).addBoth(results.append)
+    assert results[0].check(FetchError) and results[0].value.kind == "connect"
+    assert results[0].value.detail == f"http://ca.test/x: {text}"
+    assert "<" not in results[0].value.detail and "Failure" not in results[0].value.detail

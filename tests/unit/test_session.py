@@ -43,7 +43,11 @@ def test_happy_path_to_relay() -> None:
             ("upstream_connected", (), [S.StartRelay(connect + b"\xc0\x00\xc0\x00")]),
             ("receive", (b"\x30\x00",), [S.SendToUpstream(b"\x30\x00")]),
             ("upstream_lost", (), [S.CloseClient()]),
-            ("connection_lost", ("done",), [S.CancelTimer()]),
+            (
+                "connection_lost",
+                ("done",),
+                [S.CancelTimer(), S.SessionEnded("closed by the broker")],
+            ),
         ]
     )
     assert session.state is S.State.CLOSED and session.refusal is None
@@ -193,15 +197,31 @@ def test_relayed_session_end_is_reported_and_broker_closed() -> None:
     assert session.connection_lost("Connection was closed cleanly.") == [
         S.CancelTimer(),
         S.CloseUpstream(),
-        S.SessionEnded("Connection was closed cleanly."),
+        S.SessionEnded("closed by the client: Connection was closed cleanly."),
     ]
     half = S.Session(LIMITS)
     half.start()
     half.handshake_done()
     half.receive(connect_packet("half"))
     half.upstream_connected()
-    assert half.upstream_lost(half=True) == [S.CloseClient()]
-    assert half.connection_lost("done") == [S.CancelTimer(), S.CloseUpstream()]
+    assert half.upstream_lost(half=True, why="it closed its sending side") == [S.CloseClient()]
+    assert half.connection_lost("done") == [
+        S.CancelTimer(),
+        S.CloseUpstream(),
+        S.SessionEnded("closed by the broker: it closed its sending side"),
+    ]
+    gone = S.Session(LIMITS)
+    gone.start()
+    gone.handshake_done()
+    gone.receive(connect_packet("gone"))
+    gone.upstream_connected()
+    assert gone.upstream_lost(why="connection lost (reset, or the network cut)") == [
+        S.CloseClient()
+    ]
+    assert gone.connection_lost("Connection was closed cleanly.") == [
+        S.CancelTimer(),
+        S.SessionEnded("closed by the broker: connection lost (reset, or the network cut)"),
+    ]
 
 
 def test_refusal_found_after_the_handshake() -> None:
