@@ -18,7 +18,7 @@ import os
 import time
 
 import handshakes
-from harness import raise_fd_limit, report
+from harness import NO_LIMITS, raise_fd_limit, report
 
 from gateway import testing as support
 from gateway.testing.crl import CrlHttpServer, big_crl_der, crl_der
@@ -59,9 +59,10 @@ def main() -> None:
             },
         )
         + "crl_cache.refresh_interval = 15s\nstats_log_interval = 1s\n"
+        + NO_LIMITS
     )
     plain_conf = support.listener_conf("plain", plain_port, broker_port, p)
-    plain_conf += "stats_log_interval = 1s\n"
+    plain_conf += "stats_log_interval = 1s\n" + NO_LIMITS
     gw = support.start_gateway(
         directory, crl_conf, "gw-crl", ready="crl crl: ready", stats_json=True
     )

@@ -44,6 +44,9 @@ class Setup:
         }
 
 
+NO_LIMITS = "max_conn_rate = 0\nmax_conn_rate_per_ip = 0\nmax_connections_per_ip = 0\n"
+
+
 @contextlib.contextmanager
 def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
     raise_fd_limit()
@@ -59,7 +62,10 @@ def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
         ),
     )
     port = support.free_port()
-    conf = support.listener_conf("bench", port, plain, p) + gateway_extra
+    # The load generator is one address (127.0.0.1) running as fast as it can: the
+    # per-address and rate limits are off here, as the broker's own are
+    # (bench/admission_cost.py measures what the limits cost).
+    conf = support.listener_conf("bench", port, plain, p) + NO_LIMITS + gateway_extra
     gateway = support.start_gateway(directory, conf)
     try:
         yield Setup(directory, p, broker, plain, tls_port, gateway, port, p.client("bench-device"))

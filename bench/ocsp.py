@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-from harness import raise_fd_limit, report
+from harness import NO_LIMITS, raise_fd_limit, report
 from OpenSSL import SSL
 
 from gateway import testing as support
@@ -119,7 +119,8 @@ def main() -> None:
     on_conf = support.listener_conf(
         "on", on_port, broker_port, p, dict(certs, enable_ocsp_stapling="true")
     )
-    off_conf = support.listener_conf("off", off_port, broker_port, p, certs)
+    off_conf = support.listener_conf("off", off_port, broker_port, p, certs) + NO_LIMITS
+    on_conf += NO_LIMITS
     gw_on = support.start_gateway(directory, on_conf, "gw-on")
     gw_off = support.start_gateway(directory, off_conf, "gw-off")
     device = p.client("bench-device")

@@ -69,16 +69,17 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
             limits.max_conn_rate_per_ip,
             reactor.seconds(),
         )
+        self.per_address = self.admission.per_address
         self.refusals = RefusalLog(REFUSALS_LOGGED_PER_INTERVAL)
         self._summary: Any = None  # the pending summary call, while refusals are suppressed
         self._keys: dict[Any, str] = {}  # admitted protocol -> its address key
 
     def buildProtocol(self, addr: Any) -> Any:
         host = getattr(addr, "host", str(addr))
-        key = address_key(host)
+        key = address_key(host) if self.per_address else ""
         refused = self.admission.admit(key, self.reactor.seconds())
         if refused is not None:
-            self._refuse(refused, key, f"{host}:{getattr(addr, 'port', '')}")
+            self._refuse(refused, key or host, f"{host}:{getattr(addr, 'port', '')}")
             return None
         protocol = super().buildProtocol(addr)
         if protocol is None:  # pragma: no cover - the wrapped factory refused

@@ -57,6 +57,8 @@ class TokenBucket:
 
 def address_key(host: str) -> str:
     """The unit per-address limits count: the IPv4 address, an IPv6 /64."""
+    if ":" not in host:
+        return host  # IPv4, as the socket layer wrote it (the common case: no parsing)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -90,6 +92,11 @@ class Admission:
             TokenBucket(max_conn_rate, max(1.0, max_conn_rate), now) if max_conn_rate else None
         )
         self.buckets: dict[str, TokenBucket] = {}
+
+    @property
+    def per_address(self) -> bool:
+        """Whether any limit counts by address (else the caller need not compute keys)."""
+        return bool(self.max_per_ip or self.rate_per_ip)
 
     def admit(self, key: str, now: float) -> str | None:
         if self.active >= self.max_connections:
