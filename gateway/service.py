@@ -3,12 +3,14 @@ monitor. ``make_gateway_service`` is the wiring; it takes what ``gateway.prepare
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import treq
 from OpenSSL import SSL
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -21,7 +23,7 @@ from gateway.errors import GatewayError
 from gateway.monitor import Monitor
 from gateway.prepare import Prepared
 from gateway.proxy.admission import Admission, RefusalLog, address_key
-from gateway.proxy.relay import GatewayFactory
+from gateway.proxy.relay import ClientProtocol, GatewayFactory
 from gateway.proxy.upstream import upstream_connector
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -137,6 +139,45 @@ _REFUSAL_TEXT = {
 }
 
 
+def drain(
+    factory: ListenerTLSFactory, reactor: Any, seconds: float, by: str, why: str
+) -> defer.Deferred[int]:
+    """Let the factory's connections end by themselves for ``seconds``, then end the rest
+    (``ClientProtocol.stop``: each relayed session logged as closed by ``by``), and abort
+    whatever has not closed two seconds later. Fires with the number the gateway ended."""
+    done: defer.Deferred[int] = defer.Deferred()
+    deadline = reactor.seconds() + seconds
+    ended = [0]
+    stage = ["wait"]
+
+    def tick() -> None:
+        if not factory.protocols:
+            poll.stop()
+            done.callback(ended[0])
+            return
+        now = reactor.seconds()
+        if stage[0] == "wait" and now >= deadline:
+            stage[0] = "stopping"
+            for tls in list(factory.protocols):
+                client = getattr(tls, "wrappedProtocol", None)
+                if isinstance(client, ClientProtocol):
+                    ended[0] += 1
+                    client.stop(by, why)
+        elif stage[0] == "stopping" and now >= deadline + _ABORT_AFTER:
+            stage[0] = "aborting"
+            for tls in list(factory.protocols):
+                tls.transport.abortConnection()
+
+    poll = task.LoopingCall(tick)
+    poll.clock = reactor
+    poll.start(_DRAIN_POLL, now=True)
+    return done
+
+
+_DRAIN_POLL = 0.1
+_ABORT_AFTER = 2.0  # after a stop: time for close_notify and the broker side to close
+
+
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line for every CRL or OCSP fetch
 
@@ -166,15 +207,35 @@ class GatewayService(service.MultiService):
     """The top of the tree. A listener that cannot bind stops the start before anything
     else starts, as a ConfigError at the line that declared it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
+        self.reactor = reactor
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except ListenError as e:
             raise self.config.error(e.listener, "", e.detail) from None
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(_stop_cleanly_on_sigterm, self.reactor)
+
+
+def _stop_cleanly_on_sigterm(reactor: Any) -> None:
+    """SIGTERM is the ordinary way to stop a service (systemd, docker, kill): stop the
+    reactor (which runs the graceful drain) and exit 0. Twisted's own handler makes twistd
+    end by re-raising the signal, which service managers read as a failure."""
+    if not getattr(reactor, "running", False) or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 class PortService(service.Service):
@@ -268,6 +329,8 @@ class ListenerService(service.MultiService):
         self.setName(listener.name)
         self.listener = listener
         self.material = material
+        self.reactor = reactor
+        self.shutdown_drain = globals_.shutdown_drain
         self.stats = ListenerStats(listener.name)
         http = HttpFetcher(http_client or quiet_http_client(reactor), reactor)
         self.crl_service: CrlService | None = None
@@ -352,6 +415,24 @@ class ListenerService(service.MultiService):
             self.stapler.install(ctx)
         return ctx
 
+    def stopService(self) -> defer.Deferred[Any]:
+        """Graceful stop: the port stops accepting (its service stops first), the CRL and
+        OCSP services stop, live sessions get ``shutdown_drain`` to end, then are closed."""
+        stopped = defer.maybeDeferred(super().stopService)
+        tls_factory = self.port_service.factory
+        count = len(tls_factory.protocols)
+        if count:
+            log.info(
+                "stopping {listener}: {count} connection(s) get {drain:g}s to end",
+                listener=self.listener.name,
+                count=count,
+                drain=self.shutdown_drain,
+            )
+        drained = drain(
+            tls_factory, self.reactor, self.shutdown_drain, "shutdown", "the gateway is stopping"
+        )
+        return defer.gatherResults([stopped, drained])
+
     def startService(self) -> None:
         # Logged once every port is bound (privilegedStartService): a start that fails on
         # another listener's port does not claim this one listens.
@@ -382,7 +463,7 @@ class ListenerService(service.MultiService):
 def make_gateway_service(prepared: Prepared, reactor: Any) -> GatewayService:
     """The whole gateway: one ListenerService per listener, and the monitor."""
     config = prepared.config
-    top = GatewayService(config)
+    top = GatewayService(config, reactor)
     listeners = [
         ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
         for listener in config.listeners

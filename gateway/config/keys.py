@@ -467,6 +467,22 @@ KEYS += (
 )
 
 
+KEYS += (
+    Key(
+        "shutdown_drain",
+        "shutdown_drain",
+        parse_duration_or_zero,
+        5.0,
+        "Global: on SIGTERM the gateway stops accepting, gives open connections this long "
+        "to end by themselves, then closes the rest (each relayed session logged with "
+        "closed_by=shutdown) and exits 0.",
+        listener=False,
+        global_=True,
+        format=format_duration,
+    ),
+)
+
+
 KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}
 ALIASES: Mapping[str, str] = {a: k.name for k in KEYS for a in k.aliases}
 LISTENER_KEYS = tuple(k.name for k in KEYS if k.listener)

@@ -222,6 +222,7 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> 
         crl_cache_dir=value("crl_cache.dir"),
         ocsp_cache_dir=value("ocsp_cache.dir"),
         stats_log_interval=value("stats_log_interval"),
+        shutdown_drain=value("shutdown_drain"),
     )
 
 

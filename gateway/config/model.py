@@ -18,6 +18,7 @@ class GlobalSettings:
     crl_cache_dir: str | None = None
     ocsp_cache_dir: str | None = None
     stats_log_interval: float = 300.0
+    shutdown_drain: float = 5.0
 
 
 @attrs.frozen

@@ -149,6 +149,9 @@ class ClientProtocol(protocol.Protocol):
         self.subject = "-"
         self.serial = "-"
         self.upstream: UpstreamProtocol | None = None
+        self.bytes_in = 0  # this session's bytes, client -> broker, after the CONNECT
+        self.bytes_out = 0  # broker -> client
+        self.relay_started = 0.0
         self._timer: IDelayedCall | None = None
         self._cancel_upstream: Callable[[], None] | None = None
 
@@ -217,6 +220,10 @@ class ClientProtocol(protocol.Protocol):
         detail = f"{self.factory.upstream_name}: {reason.getErrorMessage()}"
         self._run(self.session.upstream_failed(detail))
 
+    def stop(self, by: str, why: str) -> None:
+        """The gateway ends this connection (shutdown, or a removed listener's drain)."""
+        self._run(self.session.stop(by, why))
+
     def upstream_lost(self, half: bool = False, why: str = "") -> None:
         self._run(self.session.upstream_lost(half, why))
 
@@ -271,6 +278,7 @@ class ClientProtocol(protocol.Protocol):
     def _send_upstream(self, data: bytes) -> None:
         upstream = self.upstream
         if upstream is not None:
+            self.bytes_in += len(data)
             self.factory.stats.bytes_in += len(data)
             upstream.transport.write(data)
 
@@ -300,11 +308,21 @@ class ClientProtocol(protocol.Protocol):
         )
 
     def _on_session_ended(self, action: S.SessionEnded) -> None:
+        """The session log: one structured line per relayed session."""
+        connect = self.session.connect
         log.info(
-            "closed {listener} peer={peer} subject={subject}: {why}",
+            "session ended {listener} peer={peer} subject={subject} serial={serial} "
+            "client_id={client_id!r} duration={duration:.1f}s bytes_in={bytes_in} "
+            "bytes_out={bytes_out} closed_by={closed_by}: {why}",
             listener=self.factory.name,
             peer=self.peer,
             subject=self.subject,
+            serial=self.serial,
+            client_id=connect.client_id if connect is not None else "",
+            duration=self.factory.reactor.seconds() - self.relay_started,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            closed_by=action.by,
             why=action.why,
         )
 
@@ -348,6 +366,7 @@ class ClientProtocol(protocol.Protocol):
         self.transport.resumeProducing()
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
+        self.relay_started = self.factory.reactor.seconds()
         connect = self.session.connect
         assert connect is not None
         log.info(
@@ -410,6 +429,7 @@ class UpstreamProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         client: ClientProtocol = self.factory.client
         if client.session.state in (S.State.RELAY, S.State.CLOSING):
+            client.bytes_out += len(data)
             client.factory.stats.bytes_out += len(data)
             client.transport.write(data)
 

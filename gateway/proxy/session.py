@@ -121,8 +121,10 @@ class RevokedLive:
 
 @attrs.frozen
 class SessionEnded:
-    """A relayed session ended: log it with ``why``."""
+    """A relayed session ended: log it (the session log), with who ended it (``by``:
+    client, broker, revoked, shutdown, reload) and ``why``."""
 
+    by: str
     why: str
 
 
@@ -176,7 +178,7 @@ class Session:
         self.state = State.HANDSHAKE
         self.connect: mqtt.Connect | None = None
         self.refusal: str | None = None  # the reason class, once refused
-        self.ended_by: str | None = None  # who ended a relayed session, and why (the log)
+        self.ended_by: tuple[str, str] | None = None  # who ended a relayed session, and why
         self.upstream_attempt = False  # a broker connection attempt is in progress
         self.upstream_open = False  # the broker connection is open
         self._reader: mqtt.ConnectReader | None = None
@@ -269,7 +271,7 @@ class Session:
         if self.state is not State.RELAY:
             return []
         self.state = State.CLOSING
-        self.ended_by = "closed by the broker" + (f": {why}" if why else "")
+        self.ended_by = ("broker", why or "closed")
         return [CloseClient()]
 
     def revoked(self) -> list[Action]:
@@ -282,7 +284,25 @@ class Session:
             return []
         self.state = State.CLOSING
         self.upstream_open = False
+        self.ended_by = ("revoked", "certificate revoked by a CRL update")
         return [RevokedLive(), CloseUpstream(), CloseClient()]
+
+    def stop(self, by: str, why: str) -> list[Action]:
+        """The gateway ends this connection (``by``: shutdown, or reload when its listener
+        was removed and the drain time is over). A relayed session is closed on both sides
+        and logged as ended by the gateway; an earlier one is refused with reason ``by``."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return []
+        if self.state is State.RELAY:
+            self.state = State.CLOSING
+            self.upstream_open = False
+            self.ended_by = (by, why)
+            return [CloseUpstream(), CloseClient()]
+        actions: list[Action] = [CancelTimer()]
+        if self.upstream_attempt:
+            self.upstream_attempt = False
+            actions.append(CancelUpstream())
+        return actions + self._refuse_and_close(by, why)
 
     def connection_lost(
         self, why: str, handshake_refusal: tuple[str, str] | None = None
@@ -302,9 +322,9 @@ class Session:
             self.upstream_open = False
             actions.append(CloseUpstream())
         if state is State.RELAY:
-            actions.append(SessionEnded(f"closed by the client: {why}"))
+            actions.append(SessionEnded("client", why))
         elif state is State.CLOSING and self.ended_by is not None:
-            actions.append(SessionEnded(self.ended_by))
+            actions.append(SessionEnded(*self.ended_by))
         return actions
 
     # -- helpers -------------------------------------------------------------------------

@@ -140,14 +140,15 @@ def test_broker_closing_a_session_is_logged(p: support.Pki, workdir: str) -> Non
             assert support.read_exact(s, 4) == b"\x20\x02\x00\x00"
             broker.stop()
             assert s.recv(10) == b""  # the gateway closed us after the broker went
-        support.wait_until(lambda: "closed by the broker" in gw.log())
-        line = next(x for x in gw.log().splitlines() if "closed by the broker" in x)
-        assert "closed x peer=127.0.0.1:" in line and "CN=broker-victim" in line
+        support.wait_until(lambda: "closed_by=broker" in gw.log())
+        line = next(x for x in gw.log().splitlines() if "closed_by=broker" in x)
+        assert "#info] session ended x peer=127.0.0.1:" in line and "CN=broker-victim" in line
+        assert "client_id='broker-victim' duration=" in line and " bytes_in=0 " in line
         assert line.endswith(
             (
-                "closed by the broker: connection closed cleanly",
-                "closed by the broker: connection lost (reset, or the network cut)",
-                "closed by the broker: it closed its sending side",
+                "closed_by=broker: connection closed cleanly",
+                "closed_by=broker: connection lost (reset, or the network cut)",
+                "closed_by=broker: it closed its sending side",
             )
         ), line
         # A client-side close reads the same way, from the other side.
@@ -160,7 +161,9 @@ def test_broker_closing_a_session_is_logged(p: support.Pki, workdir: str) -> Non
             with support.tls_connect(y_port, ctx) as s:
                 s.sendall(support.connect_packet("client-leaves"))
                 assert support.read_exact(s, 4) == b"\x20\x02\x00\x00"
-            support.wait_until(lambda: "closed by the client" in gw2.log())
+            support.wait_until(lambda: "closed_by=client" in gw2.log())
+            ended = next(x for x in gw2.log().splitlines() if "closed_by=client" in x)
+            assert "#info] session ended y peer=127.0.0.1:" in ended
         finally:
             gw2.stop()
             broker2.stop()
@@ -199,3 +202,31 @@ def test_crl_server_closing_before_an_answer(
         assert "Failure" not in line and "<" not in line
     finally:
         gw.stop()
+
+
+def test_sigterm_drains_then_closes(p: support.Pki, workdir: str, broker: int) -> None:
+    """SIGTERM: no new connection is accepted, a live session gets shutdown_drain to end,
+    then is closed and logged with closed_by=shutdown; twistd exits 0."""
+    import subprocess
+    import time
+
+    port = support.free_port()
+    conf = support.listener_conf("x", port, broker, p) + "shutdown_drain = 2s\n"
+    gw = support.start_gateway(workdir, conf)
+    ctx = support.client_context(p, p.client("draining"))
+    with support.tls_connect(port, ctx) as s:
+        s.sendall(support.connect_packet("draining"))
+        assert support.read_exact(s, 4) == b"\x20\x02\x00\x00"
+        start = time.monotonic()
+        gw.proc.send_signal(subprocess.signal.SIGTERM)  # type: ignore[attr-defined]
+        support.wait_until(lambda: not support.port_open(port), 5, what="port closed")
+        s.sendall(b"\xc0\x00")  # still relayed during the drain
+        assert support.read_exact(s, 2) == b"\xd0\x00"
+        s.settimeout(10)
+        assert s.recv(10) == b""  # then closed by the gateway
+        waited = time.monotonic() - start
+        assert 1.8 <= waited <= 5, waited
+    assert gw.proc.wait(10) == 0
+    log = gw.log()
+    assert "stopping x: 1 connection(s) get 2s to end" in log
+    assert "client_id='draining'" in log and "closed_by=shutdown: the gateway is stopping" in log

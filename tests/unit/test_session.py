@@ -46,7 +46,7 @@ def test_happy_path_to_relay() -> None:
             (
                 "connection_lost",
                 ("done",),
-                [S.CancelTimer(), S.SessionEnded("closed by the broker")],
+                [S.CancelTimer(), S.SessionEnded("broker", "closed")],
             ),
         ]
     )
@@ -183,7 +183,10 @@ def test_revocation_of_a_live_session() -> None:
     session.upstream_connected()
     assert session.revoked() == [S.RevokedLive(), S.CloseUpstream(), S.CloseClient()]
     assert session.revoked() == []
-    assert session.connection_lost("closed") == [S.CancelTimer()]
+    assert session.connection_lost("closed") == [
+        S.CancelTimer(),
+        S.SessionEnded("revoked", "certificate revoked by a CRL update"),
+    ]
 
 
 def test_relayed_session_end_is_reported_and_broker_closed() -> None:
@@ -197,7 +200,7 @@ def test_relayed_session_end_is_reported_and_broker_closed() -> None:
     assert session.connection_lost("Connection was closed cleanly.") == [
         S.CancelTimer(),
         S.CloseUpstream(),
-        S.SessionEnded("closed by the client: Connection was closed cleanly."),
+        S.SessionEnded("client", "Connection was closed cleanly."),
     ]
     half = S.Session(LIMITS)
     half.start()
@@ -208,7 +211,7 @@ def test_relayed_session_end_is_reported_and_broker_closed() -> None:
     assert half.connection_lost("done") == [
         S.CancelTimer(),
         S.CloseUpstream(),
-        S.SessionEnded("closed by the broker: it closed its sending side"),
+        S.SessionEnded("broker", "it closed its sending side"),
     ]
     gone = S.Session(LIMITS)
     gone.start()
@@ -220,7 +223,7 @@ def test_relayed_session_end_is_reported_and_broker_closed() -> None:
     ]
     assert gone.connection_lost("Connection was closed cleanly.") == [
         S.CancelTimer(),
-        S.SessionEnded("closed by the broker: connection lost (reset, or the network cut)"),
+        S.SessionEnded("broker", "connection lost (reset, or the network cut)"),
     ]
 
 
@@ -236,3 +239,32 @@ def test_refusal_found_after_the_handshake() -> None:
     ]
     assert session.receive(connect_packet("late")) == []
     assert session.connection_lost("closed") == [S.CancelTimer()]
+
+
+def test_stop_for_shutdown_or_reload() -> None:
+    """The gateway ends connections itself at shutdown (or after a reload's drain): a relayed
+    session is closed on both sides and logged as ended by it; an earlier one is refused."""
+    relayed = S.Session(LIMITS)
+    relayed.start()
+    relayed.handshake_done()
+    relayed.receive(connect_packet("stopping"))
+    relayed.upstream_connected()
+    assert relayed.stop("shutdown", "the gateway is stopping") == [
+        S.CloseUpstream(),
+        S.CloseClient(),
+    ]
+    assert relayed.stop("shutdown", "again") == []
+    assert relayed.connection_lost("closed") == [
+        S.CancelTimer(),
+        S.SessionEnded("shutdown", "the gateway is stopping"),
+    ]
+    early = S.Session(LIMITS)
+    early.start()
+    early.handshake_done()
+    early.receive(connect_packet("opening"))  # the broker connection is being opened
+    assert early.stop("reload", "listener removed") == [
+        S.CancelTimer(),
+        S.CancelUpstream(),
+        S.Refuse("reload", "listener removed"),
+        S.CloseClient(),
+    ]
