@@ -18,6 +18,7 @@ setup(
         "treq>=24.9",
         "cryptography>=43",
         "attrs>=23.1",
+        "prometheus_client>=0.20",
     ],
     entry_points={"console_scripts": ["mqttgw = gateway.cli:main"]},
     classifiers=[

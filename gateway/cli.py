@@ -1,4 +1,4 @@
-"""The ``mqttgw`` console script: ``check-config`` and ``demo``."""
+"""The ``mqttgw`` console script: ``check-config``, ``status`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ def check_config(path: str) -> int:
         print(f"mqttgw: {e}", file=sys.stderr)
         return 1
     config = prepared.config
-    for material in prepared.materials.values():
-        for warning in material.warnings:
-            print(f"mqttgw: {warning}", file=sys.stderr)
+    for warning in prepared.all_warnings():
+        print(f"mqttgw: {warning}", file=sys.stderr)
     sys.stdout.write(format_config(config))
     for listener in config.listeners:
         print(f"\n# listener {listener.name} offers (as OpenSSL expands the settings):")
@@ -30,6 +29,49 @@ def check_config(path: str) -> int:
     return 0
 
 
+DEFAULT_ADMIN = "http://127.0.0.1:9180"
+
+
+def status(admin: str, as_json: bool, token_file: str | None) -> int:
+    """``mqttgw status``: the admin listener's /status for a terminal. Exit status as a
+    Nagios plugin's: 0 fine, 1 warnings, 2 a problem (or not ready), 3 no answer."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    from gateway.admin.render import render_text
+
+    token = os.environ.get("MQTTGW_ADMIN_TOKEN")
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            print(f"mqttgw: cannot read {token_file}: {e.strerror}", file=sys.stderr)
+            return 3
+    request = urllib.request.Request(admin.rstrip("/") + "/status")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            doc = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        print(
+            f"mqttgw: {admin}/status answered {e.code}: {e.read().decode()[:200]}".strip(),
+            file=sys.stderr,
+        )
+        return 3
+    except (OSError, ValueError) as e:
+        print(f"mqttgw: no status from {admin}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 3
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n" if as_json else render_text(doc))
+    severities = {p["severity"] for p in doc.get("problems", [])}
+    if "error" in severities or not doc.get("ready", {}).get("ok", False):
+        return 2
+    return 1 if severities else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqttgw", description="mqttgw utilities")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,12 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         "check-config", help="validate a file, print the effective configuration"
     )
     check.add_argument("path")
+    st = sub.add_parser(
+        "status",
+        help="the running gateway's status (exit 0 ok, 1 warnings, 2 problems, 3 no answer)",
+    )
+    st.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL (default {DEFAULT_ADMIN})")
+    st.add_argument("--json", action="store_true", help="print the JSON document")
+    st.add_argument("--token-file", help="file holding the admin token (or set MQTTGW_ADMIN_TOKEN)")
     demo = sub.add_parser("demo", help="throwaway CA + mosquitto + gateway on this machine")
     demo.add_argument("--dir", help="where to write the demo files (default: a new temp dir)")
     demo.add_argument("--port", type=int, default=8883, help="gateway port (default 8883)")
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "status":
+        return status(args.admin, args.json, args.token_file)
     from gateway.demo.run import run_demo
 
     return run_demo(args.dir, args.port)

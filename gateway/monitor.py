@@ -15,12 +15,13 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from gateway.status import ListenerStatus, render_stats_line, stats_fields
+from gateway.status import Histogram, ListenerStatus, render_stats_line, stats_fields
 
 log = Logger()
 
 PROBE_INTERVAL = 0.01  # fine enough to see a stall a device would notice
 STALL_WARNING = 0.25  # a stall this long is logged at once
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Monitor(service.Service):
@@ -34,6 +35,9 @@ class Monitor(service.Service):
         self._interval = interval
         self._statuses = statuses
         self.max_lag = 0.0  # worst lateness in the current period, seconds
+        self.max_lag_ever = 0.0  # since start (the metrics' gauge)
+        self.lag = Histogram(LAG_BUCKETS)  # every probe's lateness
+        self.last_tick = reactor.seconds()  # /live: the reactor turns
         self._expected = 0.0
         self._probe: task.LoopingCall | None = None
         self._report: task.LoopingCall | None = None
@@ -48,6 +52,13 @@ class Monitor(service.Service):
         self._report.clock = self._reactor
         self._report.start(self._interval, now=False)
 
+    def set_interval(self, interval: float) -> None:
+        """A reload changed stats_log_interval: the next line comes ``interval`` from now."""
+        self._interval = interval
+        if self._report is not None and self._report.running:
+            self._report.stop()
+            self._report.start(interval, now=False)
+
     def stopService(self) -> None:
         super().stopService()
         for loop in (self._probe, self._report):
@@ -58,8 +69,12 @@ class Monitor(service.Service):
         now = self._reactor.seconds()
         lag = max(0.0, now - self._expected)
         self._expected = now + PROBE_INTERVAL
+        self.last_tick = now
+        self.lag.observe(lag)
         if lag > self.max_lag:
             self.max_lag = lag
+            if lag > self.max_lag_ever:
+                self.max_lag_ever = lag
         if lag >= STALL_WARNING:
             log.warn("reactor stalled for {ms:.0f} ms", ms=lag * 1000)
 

@@ -3,6 +3,8 @@ and each listener's TLS material. Any problem is one ``ConfigError`` line."""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 
 import attrs
@@ -15,15 +17,55 @@ from gateway.tls.material import TlsMaterial, load_materials
 class Prepared:
     config: Config
     materials: Mapping[str, TlsMaterial]
+    admin_token: bytes | None = None
+    warnings: tuple[str, ...] = ()  # besides the materials' own
+
+    def all_warnings(self) -> list[str]:
+        return [w for m in self.materials.values() for w in m.warnings] + list(self.warnings)
 
 
 def prepare(path: str) -> Prepared:
     """Load ``path`` and every file it names; raises ConfigError."""
-    config = load_config(path)
-    return Prepared(config, load_materials(config))
+    return _prepared(load_config(path))
 
 
 def prepare_text(text: str, path: str = "<config>") -> Prepared:
     """The same for configuration text (tests, the demo)."""
-    config = parse_config(text, path)
-    return Prepared(config, load_materials(config))
+    return _prepared(parse_config(text, path))
+
+
+MIN_TOKEN_LENGTH = 16
+MAX_TOKEN_FILE = 4096
+
+
+def _prepared(config: Config) -> Prepared:
+    materials = load_materials(config)
+    token, warnings = None, []
+    path = config.globals.admin_token_file
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_TOKEN_FILE + 1)
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            raise config.global_error(
+                "admin.token_file", f"cannot read {path}: {e.strerror}"
+            ) from None
+        token = raw.strip()
+        if len(raw) > MAX_TOKEN_FILE or b"\n" in token or len(token) < MIN_TOKEN_LENGTH:
+            raise config.global_error(
+                "admin.token_file",
+                f"{path} must hold one token of {MIN_TOKEN_LENGTH} to {MAX_TOKEN_FILE} "
+                "characters on one line (for example: openssl rand -hex 32)",
+            )
+        if mode & 0o077:
+            warnings.append(
+                str(
+                    config.global_error(
+                        "admin.token_file",
+                        f"warning: token file {path} is readable by others than its owner "
+                        f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it",
+                    )
+                )
+            )
+    return Prepared(config, materials, token, tuple(warnings))

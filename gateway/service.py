@@ -10,27 +10,34 @@ from typing import Any
 import treq
 from OpenSSL import SSL
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
-from gateway.config.model import Config, ConnectionLimits, GlobalSettings, ListenerSettings
+from gateway.clock import format_timestamp
+from gateway.config.model import ConnectionLimits, GlobalSettings, ListenerSettings
 from gateway.config.values import format_bind
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, describe_error
 from gateway.monitor import Monitor
-from gateway.prepare import Prepared
+from gateway.prepare import Prepared, prepare
 from gateway.proxy.admission import Admission, RefusalLog, address_key
-from gateway.proxy.relay import ClientProtocol, GatewayFactory
+from gateway.proxy.relay import ClientProtocol, GatewayFactory, session_limits
 from gateway.proxy.upstream import upstream_connector
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
-from gateway.status import CrlCheckStatus, ListenerStats, ListenerStatus
+from gateway.status import (
+    CrlCheckStatus,
+    GatewayStatus,
+    ListenerStats,
+    ListenerStatus,
+    ReloadStatus,
+)
 from gateway.tls.context import ServerConnectionCreator, build_context
 from gateway.tls.material import TlsMaterial
 from gateway.tls.verify import CertificateVerifier
@@ -178,6 +185,25 @@ _DRAIN_POLL = 0.1
 _ABORT_AFTER = 2.0  # after a stop: time for close_notify and the broker side to close
 
 
+def _crl_globals(g: GlobalSettings) -> tuple[Any, ...]:
+    return (g.crl_refresh_interval, g.crl_cache_dir)
+
+
+def _bounded(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
+    """``d``, but at most ``seconds`` long; never fails (a reload goes on either way)."""
+    waiter: defer.Deferred[Any] = defer.Deferred()
+
+    def done(result: object = None) -> None:
+        if timer.active():
+            timer.cancel()
+        if not waiter.called:
+            waiter.callback(None)
+
+    timer = reactor.callLater(seconds, done)
+    d.addBoth(done)
+    return waiter
+
+
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line for every CRL or OCSP fetch
 
@@ -204,23 +230,260 @@ class ListenError(GatewayError):
 
 
 class GatewayService(service.MultiService):
-    """The top of the tree. A listener that cannot bind stops the start before anything
-    else starts, as a ConfigError at the line that declared it."""
+    """The top of the tree: the listeners, the monitor, the admin listener; status, refresh
+    and reload for the whole gateway.
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    A listener that cannot bind stops the start before anything else starts, as a
+    ConfigError at the line that declared it. SIGTERM stops cleanly (exit 0); SIGHUP and
+    ``POST /reload`` reload.
+    """
+
+    def __init__(self, prepared: Prepared, reactor: Any) -> None:
         super().__init__()
-        self.config = config
+        self.prepared = prepared
+        self.config = prepared.config
         self.reactor = reactor
+        self.started = reactor.seconds()
+        self.listeners: dict[str, ListenerService] = {}
+        self.reloads = ReloadStatus()
+        self._reloading: defer.Deferred[dict[str, Any]] | None = None
+        self.monitor = Monitor(
+            reactor,
+            self.config.globals.stats_log_interval,
+            lambda: [ls.status() for ls in self.listeners.values()],
+        )
+        self.admin: PortService | None = None
+        self.admin_resource: Any = None
+
+    def add_listener(self, listener_service: ListenerService) -> None:
+        self.listeners[listener_service.listener.name] = listener_service
+        listener_service.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except ListenError as e:
+            if e.listener == ADMIN:
+                raise self.config.global_error("admin.listen", e.detail) from None
             raise self.config.error(e.listener, "", e.detail) from None
 
     def startService(self) -> None:
         super().startService()
-        self.reactor.callWhenRunning(_stop_cleanly_on_sigterm, self.reactor)
+        self.reactor.callWhenRunning(_install_signal_handlers, self.reactor, self)
+        for warning in self.prepared.warnings:
+            log.warn("{warning}", warning=warning)
+
+    # -- what the admin listener and the CLI read ---------------------------------------------
+
+    def status(self) -> GatewayStatus:
+        return GatewayStatus(
+            version=_version(),
+            config_path=self.config.path,
+            started=self.started,
+            now=self.reactor.seconds(),
+            listeners=tuple(ls.status() for ls in self.listeners.values()),
+            reactor_max_lag=self.monitor.max_lag_ever,
+            reactor_lag=self.monitor.lag.snapshot(),
+            reload=self.reloads,
+        )
+
+    def alive(self) -> tuple[bool, str]:
+        """The reactor turns: the monitor's 10 ms probe ran within the last 5 seconds."""
+        quiet = self.reactor.seconds() - self.monitor.last_tick
+        if quiet > LIVE_LIMIT:
+            return False, f"the event loop has not turned for {quiet:.1f}s"
+        return True, "alive"
+
+    def refresh(self, listener: str | None) -> defer.Deferred[dict[str, Any]]:
+        """Fetch CRLs and OCSP now (one listener or all); fires with what happened."""
+        targets = [ls for name, ls in self.listeners.items() if listener in (None, name)]
+        log.info("refresh asked for {which}", which=listener or "every listener")
+        runs: list[defer.Deferred[Any]] = []
+        for ls in targets:
+            if ls.crl_service is not None:
+                runs.append(ls.crl_service.refresh_now())
+            if ls.stapler is not None:
+                runs.append(ls.stapler.refresh_now())
+
+        def report(_: object) -> dict[str, Any]:
+            out: dict[str, Any] = {"ok": True, "listeners": {}}
+            for ls in targets:
+                entry: dict[str, Any] = {}
+                if ls.crl_service is not None:
+                    entry["crl"] = [
+                        {
+                            "url": src.url,
+                            "result": src.last_result,
+                            "error": src.last_error,
+                            "crls": [
+                                {"issuer": c.issuer, "number": c.number, "entries": c.entries}
+                                for c in src.crls
+                            ],
+                        }
+                        for src in ls.crl_service.status()
+                    ]
+                if ls.stapler is not None:
+                    o = ls.stapler.status()
+                    entry["ocsp"] = {
+                        "status": o.status,
+                        "result": o.last_result,
+                        "error": o.last_error,
+                        "next_update": format_timestamp(o.next_update),
+                    }
+                out["listeners"][ls.listener.name] = entry or "nothing to refresh"
+            return out
+
+        return defer.DeferredList(runs, consumeErrors=True).addCallback(report)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def reload(self, origin: str) -> defer.Deferred[dict[str, Any]]:
+        """Re-read the configuration file and every file it names (in a thread), and apply
+        it; an invalid one is refused and the running one stays in force. Fires with
+        {"ok", "changes"} or {"ok": False, "error"}; one reload at a time."""
+        if self._reloading is not None:
+            return defer.succeed({"ok": False, "error": "a reload is already in progress"})
+        log.info("reload ({origin}): reading {path}", origin=origin, path=self.config.path)
+        pool = self.reactor.getThreadPool()
+        read: defer.Deferred[Prepared] = threads.deferToThreadPool(
+            self.reactor, pool, prepare, self.config.path
+        )
+        d: defer.Deferred[dict[str, Any]] = read.addCallback(self._apply)
+        d.addErrback(self._refused)
+        self._reloading = d
+
+        def done(result: dict[str, Any]) -> dict[str, Any]:
+            self._reloading = None
+            return result
+
+        return d.addBoth(done)
+
+    def _refused(self, reason: Failure) -> dict[str, Any]:
+        error = reason.value
+        if not isinstance(error, GatewayError):
+            log.failure("reload failed unexpectedly", reason)
+        text = str(error) if isinstance(error, GatewayError) else describe_error(error)  # type: ignore[arg-type]
+        log.error("reload refused: {error}; the running configuration stays in force", error=text)
+        r = self.reloads
+        self.reloads = ReloadStatus(
+            r.count, r.failures + 1, self.reactor.seconds(), "failed", text, ()
+        )
+        return {"ok": False, "error": text}
+
+    def _apply(self, prepared: Prepared) -> defer.Deferred[dict[str, Any]]:
+        config, old = prepared.config, self.config
+        new_names = {ls.name for ls in config.listeners}
+        changes: list[str] = []
+        # 1. Everything that can fail is done first: binding new addresses. If one cannot
+        #    be bound, the ports bound so far are closed and the reload is refused.
+        added: list[ListenerService] = []
+        moved: dict[str, PortService] = {}
+        bound: list[PortService] = []
+        try:
+            for listener in config.listeners:
+                current = self.listeners.get(listener.name)
+                if current is None:
+                    ls = ListenerService(
+                        listener,
+                        prepared.materials[listener.name],
+                        config.globals,
+                        self.reactor,
+                    )
+                    ls.port_service._listen()
+                    bound.append(ls.port_service)
+                    added.append(ls)
+                else:
+                    port = current.bind_for(listener)
+                    if port is not None:
+                        bound.append(port)
+                        moved[listener.name] = port
+        except ListenError as e:
+            for port in bound:
+                if port.port is not None:
+                    port.port.stopListening()
+            raise config.error(e.listener, "", e.detail) from None
+        # 2. Apply: removed listeners drain, kept ones reconfigure, new ones start.
+        waits: list[defer.Deferred[Any]] = []
+        for name in [n for n in self.listeners if n not in new_names]:
+            ls = self.listeners.pop(name)
+            changes.append(f"listener {name} removed (drain {config.globals.reload_drain:g}s)")
+            ls.retire(config.globals.reload_drain)
+        for listener in config.listeners:
+            current = self.listeners.get(listener.name)
+            if current is None:
+                continue
+            material = prepared.materials[listener.name]
+            what = current.changes(listener, material, config.globals)
+            if not what and current.globals.shutdown_drain == config.globals.shutdown_drain:
+                continue
+            if what:
+                changes.append(f"listener {listener.name}: {', '.join(what)}")
+            waits.append(
+                current.reconfigure(listener, material, config.globals, moved.get(listener.name))
+            )
+        for ls in added:
+            changes.append(f"listener {ls.listener.name} added on {format_bind(ls.listener.bind)}")
+            self.add_listener(ls)
+        for key in ("stats_log_interval", "shutdown_drain", "reload_drain"):
+            if getattr(old.globals, key) != getattr(config.globals, key):
+                changes.append(
+                    f"{key} {getattr(old.globals, key):g}s -> {getattr(config.globals, key):g}s"
+                )
+        if old.globals.stats_log_interval != config.globals.stats_log_interval:
+            self.monitor.set_interval(config.globals.stats_log_interval)
+        if self.admin_resource is not None:
+            self.admin_resource.token = prepared.admin_token
+            self.admin_resource.open_read = config.globals.admin_open_read
+        if (old.globals.admin_listen, old.globals.admin_token_file) != (
+            config.globals.admin_listen,
+            config.globals.admin_token_file,
+        ):
+            changes.append(
+                "admin settings (the admin listener's address is kept until a restart)"
+                if old.globals.admin_listen != config.globals.admin_listen
+                else "admin token"
+            )
+        self.prepared, self.config = prepared, config
+        for warning in prepared.all_warnings():
+            log.warn("{warning}", warning=warning)
+
+        def applied(_: object) -> dict[str, Any]:
+            r = self.reloads
+            self.reloads = ReloadStatus(
+                r.count + 1, r.failures, self.reactor.seconds(), "ok", None, tuple(changes)
+            )
+            log.info(
+                "reload applied: {changes}",
+                changes="; ".join(changes) if changes else "nothing changed",
+            )
+            return {"ok": True, "changes": changes}
+
+        return defer.gatherResults(waits).addCallback(applied)
+
+
+ADMIN = "<admin>"  # the PortService name of the admin listener
+LIVE_LIMIT = 5.0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mqttgw")
+    except Exception:
+        return "dev"
+
+
+def _install_signal_handlers(reactor: Any, gateway: GatewayService) -> None:
+    """SIGHUP reloads. SIGTERM stops cleanly (see below)."""
+    _stop_cleanly_on_sigterm(reactor)
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(gateway.reload, "SIGHUP")
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 def _stop_cleanly_on_sigterm(reactor: Any) -> None:
@@ -264,6 +527,18 @@ class PortService(service.Service):
         self.ready_timeout = ready_timeout
         self.port: Any = None
         self._ready_seen = False
+        self._waiting = False  # bound, but not reading until the first CRL round is done
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the port accepts connections now (what /ready reports)."""
+        return bool(self.running) and self.port is not None and not self._waiting
+
+    @property
+    def waiting_reason(self) -> str:
+        if self.port is None or not self.running:
+            return "not listening"
+        return "waiting for the first CRL round" if self._waiting else ""
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -288,6 +563,7 @@ class PortService(service.Service):
         self.port = result[0]
         if self.ready is not None and not self.ready.called:
             self.port.stopReading()
+            self._waiting = True
             timer = self.reactor.callLater(self.ready_timeout, self._accept, "timeout")
 
             def on_ready(result: None) -> None:
@@ -300,6 +576,7 @@ class PortService(service.Service):
     def _accept(self, why: str) -> None:
         if why == "timeout":
             log.warn("accepting connections before the first CRL round finished (timeout)")
+        self._waiting = False
         if self.running and self.port is not None:
             self.port.startReading()
         else:
@@ -332,34 +609,15 @@ class ListenerService(service.MultiService):
         self.reactor = reactor
         self.shutdown_drain = globals_.shutdown_drain
         self.stats = ListenerStats(listener.name)
-        http = HttpFetcher(http_client or quiet_http_client(reactor), reactor)
-        self.crl_service: CrlService | None = None
-        self.revocation: RevocationChecker | None = None
-        if listener.crl is not None:
-            cache = CrlCache(reactor, listener.crl.grace_period)
-            assert material.ca_pem is not None  # CRL checking needs verify_peer and its CAs
-            self.crl_service = CrlService(
-                listener.name,
-                listener.crl,
-                globals_.crl_refresh_interval,
-                globals_.crl_cache_dir,
-                reactor,
-                http,
-                crl_processor or SubprocessProcessor(reactor),
-                cache,
-                material.ca_pem,
-            )
+        self.globals = globals_
+        self._http = HttpFetcher(http_client or quiet_http_client(reactor), reactor)
+        self._processor = crl_processor
+        self.crl_service, self.revocation = self._build_crl(listener, material, globals_, None)
+        if self.crl_service is not None:
             self.crl_service.setServiceParent(self)
-            self.revocation = RevocationChecker(
-                cache, listener.crl, self.crl_service, reactor, material.issuers
-            )
         self.verifier = CertificateVerifier(self.revocation)
-        self.stapler: OcspStapler | None = None
-        if listener.ocsp is not None:
-            assert material.ocsp is not None  # found, or the configuration was refused
-            self.stapler = OcspStapler(
-                listener.name, listener.ocsp, globals_.ocsp_cache_dir, reactor, http, material.ocsp
-            )
+        self.stapler = self._build_stapler(listener, material, globals_)
+        if self.stapler is not None:
             self.stapler.setServiceParent(self)
         self.creator = ServerConnectionCreator(self.build_context())
         self.factory = GatewayFactory(
@@ -373,23 +631,220 @@ class ListenerService(service.MultiService):
         )
         if self.crl_service is not None:
             self.crl_service.on_update = self.factory.sweep_revoked
+        self.tls_factory = ListenerTLSFactory(self.creator, self.factory, listener.limits, reactor)
+        self.port_service = self._port_service(listener)
+        self.port_service.setServiceParent(self)
+        self._logged = False
+
+    # -- building blocks (at start, and again on a reload) -----------------------------------
+
+    def _port_service(self, listener: ListenerSettings) -> PortService:
         host, port = listener.bind
         server_endpoint: Any
         if ":" in host:
-            server_endpoint = endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
+            server_endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
         else:
-            server_endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
-        self.port_service = PortService(
+            server_endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+        return PortService(
             server_endpoint,
             listener.bind,
-            ListenerTLSFactory(self.creator, self.factory, listener.limits, reactor),
+            self.tls_factory,
             self.crl_service.ready if self.crl_service is not None else None,
-            reactor,
+            self.reactor,
             ready_timeout(listener.crl.http_timeout) if listener.crl is not None else 0.0,
             listener.name,
         )
-        self.port_service.setServiceParent(self)
-        self._logged = False
+
+    def _build_crl(
+        self,
+        listener: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        cache: CrlCache | None,
+    ) -> tuple[CrlService | None, RevocationChecker | None]:
+        if listener.crl is None:
+            return None, None
+        if cache is None:
+            cache = CrlCache(self.reactor, listener.crl.grace_period)
+        assert material.ca_pem is not None  # CRL checking needs verify_peer and its CAs
+        crl_service = CrlService(
+            listener.name,
+            listener.crl,
+            globals_.crl_refresh_interval,
+            globals_.crl_cache_dir,
+            self.reactor,
+            self._http,
+            self._processor or SubprocessProcessor(self.reactor),
+            cache,
+            material.ca_pem,
+        )
+        checker = RevocationChecker(
+            cache, listener.crl, crl_service, self.reactor, material.issuers
+        )
+        return crl_service, checker
+
+    def _build_stapler(
+        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> OcspStapler | None:
+        if listener.ocsp is None:
+            return None
+        assert material.ocsp is not None  # found, or the configuration was refused
+        return OcspStapler(
+            listener.name,
+            listener.ocsp,
+            globals_.ocsp_cache_dir,
+            self.reactor,
+            self._http,
+            material.ocsp,
+        )
+
+    # -- reload --------------------------------------------------------------------------
+
+    def changes(
+        self, new: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> list[str]:
+        """What a reload would change in this listener, in words (empty: nothing)."""
+        old, out = self.listener, []
+        for field in ("bind", "tls", "limits", "upstream", "crl", "ocsp"):
+            if getattr(old, field) != getattr(new, field):
+                out.append(f"{field} settings" if field not in ("bind", "upstream") else field)
+        if material.chain[0] != self.material.chain[0]:
+            out.append(
+                f"certificate (serial {self.material.chain[0].serial_number:X} -> "
+                f"{material.chain[0].serial_number:X})"
+            )
+        elif [c for c in material.chain] != [c for c in self.material.chain]:
+            out.append("certificate chain")
+        if material.ca_pem != self.material.ca_pem:
+            out.append("CA bundle")
+        if _crl_globals(globals_) != _crl_globals(self.globals) and new.crl is not None:
+            out.append("global CRL settings")
+        if globals_.ocsp_cache_dir != self.globals.ocsp_cache_dir and new.ocsp is not None:
+            out.append("ocsp_cache.dir")
+        return out
+
+    def bind_for(self, new: ListenerSettings) -> PortService | None:
+        """For a reload that moves this listener: a port service on the new address, bound
+        now (ListenError if it cannot be). None if the address stays."""
+        if new.bind == self.listener.bind:
+            return None
+        port = self._port_service(new)
+        port._listen()
+        return port
+
+    def reconfigure(
+        self,
+        new: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        new_port: PortService | None,
+    ) -> defer.Deferred[None]:
+        """Apply a reload to this listener; live connections are untouched.
+
+        New CRL and OCSP services (only where their settings, the CA bundle or the server
+        certificate changed) are started first and swapped in once their first round is
+        over (bounded), so new handshakes never meet an empty cache; CRLs already held stay
+        in force where the CA bundle did not change. Then the new context serves the next
+        handshake, the new limits and upstream the next connection, and a moved listener's
+        old port closes.
+        """
+        old_listener, old_material, old_globals = self.listener, self.material, self.globals
+        ca_same = material.ca_pem == old_material.ca_pem
+        crl_changed = (
+            new.crl != old_listener.crl
+            or not ca_same
+            or _crl_globals(globals_) != _crl_globals(old_globals)
+        )
+        ocsp_changed = (
+            new.ocsp != old_listener.ocsp
+            or material.chain[0] != old_material.chain[0]
+            or material.ocsp != old_material.ocsp
+            or globals_.ocsp_cache_dir != old_globals.ocsp_cache_dir
+        )
+        waits: list[defer.Deferred[Any]] = []
+        crl_service, checker = self.crl_service, self.revocation
+        if crl_changed:
+            cache = None
+            if ca_same and self.revocation is not None and new.crl is not None:
+                cache = self.revocation.cache  # CRLs validated against the same CAs
+                cache._grace = new.crl.grace_period
+                keep = set(new.crl.urls)
+                for url in self.crl_service.sources if self.crl_service else ():
+                    if url not in keep and not new.crl.from_cert:
+                        cache.forget_source(url)
+            crl_service, checker = self._build_crl(new, material, globals_, cache)
+            if crl_service is not None:
+                crl_service.setServiceParent(self)
+                if cache is None:  # a new CA: wait for its CRLs before using them
+                    assert new.crl is not None
+                    waits.append(
+                        _bounded(
+                            crl_service.ready, ready_timeout(new.crl.http_timeout), self.reactor
+                        )
+                    )
+        stapler = self.stapler
+        if ocsp_changed:
+            stapler = self._build_stapler(new, material, globals_)
+            if stapler is not None:
+                stapler.setServiceParent(self)
+                assert new.ocsp is not None
+                waits.append(
+                    _bounded(
+                        stapler.scheduler.when_attempted(stapler.job),
+                        new.ocsp.http_timeout + 5,
+                        self.reactor,
+                    )
+                )
+
+        def swap(_: object) -> None:
+            old_crl, old_stapler = self.crl_service, self.stapler
+            self.listener, self.material, self.globals = new, material, globals_
+            self.shutdown_drain = globals_.shutdown_drain
+            self.crl_service, self.revocation, self.stapler = crl_service, checker, stapler
+            self.verifier = CertificateVerifier(checker)
+            self.creator.context = self.build_context()  # the next handshake on
+            factory = self.factory
+            factory.revocation = checker
+            factory.session_limits = session_limits(new.limits)
+            factory.connect_upstream = upstream_connector(self.reactor, new.upstream)
+            factory.upstream_name = format_bind(new.upstream.address)
+            if crl_service is not None:
+                crl_service.on_update = factory.sweep_revoked
+            self.tls_factory.admission.reconfigure(new.limits)
+            self.tls_factory.per_address = self.tls_factory.admission.per_address
+            for old, current in ((old_crl, crl_service), (old_stapler, stapler)):
+                if old is not None and old is not current:
+                    old.disownServiceParent()
+            if new_port is not None:
+                old_port = self.port_service
+                new_port.setServiceParent(self)
+                self.port_service = new_port
+                old_port.disownServiceParent()  # stops listening; accepted connections stay
+            if crl_service is not old_crl and crl_service is not None:
+                factory.sweep_revoked()  # live sessions against the new revocation data
+
+        return defer.gatherResults(waits).addCallback(swap)
+
+    def retire(self, drain_seconds: float) -> defer.Deferred[Any]:
+        """A reload removed this listener: stop accepting now, let its connections end for
+        ``drain_seconds``, close the rest (closed_by=reload), then stop its services."""
+        self.port_service.disownServiceParent()
+        count = len(self.tls_factory.protocols)
+        log.info(
+            "listener {listener} removed: stopped accepting; {count} connection(s) get "
+            "{drain:g}s to end",
+            listener=self.listener.name,
+            count=count,
+            drain=drain_seconds,
+        )
+        drained = drain(
+            self.tls_factory,
+            self.reactor,
+            drain_seconds,
+            "reload",
+            "its listener was removed by a reload",
+        )
+        return drained.addCallback(lambda _: self.disownServiceParent())
 
     def status(self) -> ListenerStatus:
         """Everything an operator (or a status endpoint) wants about this listener, in one
@@ -402,7 +857,17 @@ class ListenerService(service.MultiService):
                 sources=self.crl_service.status(),
             )
         ocsp = self.stapler.status() if self.stapler is not None else None
-        return ListenerStatus(self.stats.snapshot(), crl, ocsp)
+        tls = self.listener.tls
+        return ListenerStatus(
+            self.stats.snapshot(),
+            crl,
+            ocsp,
+            bind=format_bind(self.listener.bind),
+            upstream=format_bind(self.listener.upstream.address),
+            accepting=self.port_service.accepting,
+            not_accepting=self.port_service.waiting_reason,
+            tls=f"{tls.profile} ({','.join(tls.versions)})",
+        )
 
     def build_context(self) -> SSL.Context:
         """A new context for this listener, with the stapling callback installed.
@@ -461,18 +926,26 @@ class ListenerService(service.MultiService):
 
 
 def make_gateway_service(prepared: Prepared, reactor: Any) -> GatewayService:
-    """The whole gateway: one ListenerService per listener, and the monitor."""
+    """The whole gateway: one ListenerService per listener, the monitor, and the admin
+    listener if configured."""
     config = prepared.config
-    top = GatewayService(config, reactor)
-    listeners = [
-        ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
-        for listener in config.listeners
-    ]
-    for listener_service in listeners:
-        listener_service.setServiceParent(top)
-    Monitor(
-        reactor,
-        config.globals.stats_log_interval,
-        lambda: [ls.status() for ls in listeners],
-    ).setServiceParent(top)
+    top = GatewayService(prepared, reactor)
+    for listener in config.listeners:
+        top.add_listener(
+            ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
+        )
+    top.monitor.setServiceParent(top)
+    if config.globals.admin_listen is not None:
+        from gateway.admin.web import admin_site
+
+        site = admin_site(top, prepared.admin_token, config.globals.admin_open_read, reactor)
+        top.admin_resource = site.resource
+        host, port = config.globals.admin_listen
+        endpoint = (
+            endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
+            if ":" in host
+            else endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
+        )
+        top.admin = PortService(endpoint, (host, port), site, None, reactor, 0.0, ADMIN)
+        top.admin.setServiceParent(top)
     return top

@@ -8,12 +8,49 @@ page) read the same records. Pure: no Twisted.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from typing import Any
 
 import attrs
 
 from gateway.clock import format_timestamp
+
+# Upper bounds (seconds) of the duration histograms: a handshake is milliseconds when the
+# gateway keeps up, seconds when it does not (handshake_timeout is 15s by default).
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@attrs.define(slots=True)
+class Histogram:
+    """Cumulative-bucket histogram as Prometheus exposes it, for the single-threaded reactor:
+    ``observe`` is a bisection and two additions, no lock."""
+
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+    counts: list[int] = attrs.Factory(lambda self: [0] * (len(self.bounds) + 1), takes_self=True)
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        cumulative, running = [], 0
+        for count in self.counts:
+            running += count
+            cumulative.append(running)
+        return HistogramSnapshot(self.bounds, tuple(cumulative), self.total)
+
+
+@attrs.frozen
+class HistogramSnapshot:
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]  # one per bound, then +Inf (= the count)
+    total: float
+
+    @property
+    def count(self) -> int:
+        return self.cumulative[-1]
 
 
 @attrs.define(slots=True)
@@ -26,6 +63,10 @@ class ListenerStats:
     refused: Counter[str] = attrs.Factory(Counter)  # reason class -> count
     bytes_in: int = 0  # client -> broker, after the CONNECT
     bytes_out: int = 0  # broker -> client
+    closed: Counter[str] = attrs.Factory(Counter)  # relayed sessions ended, by closed_by
+    handshake_seconds: Histogram = attrs.Factory(Histogram)
+    upstream_connect_seconds: Histogram = attrs.Factory(Histogram)
+    upstream_failures: int = 0
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] += 1
@@ -38,6 +79,10 @@ class ListenerStats:
             dict(self.refused),
             self.bytes_in,
             self.bytes_out,
+            dict(self.closed),
+            self.handshake_seconds.snapshot(),
+            self.upstream_connect_seconds.snapshot(),
+            self.upstream_failures,
         )
 
 
@@ -49,6 +94,10 @@ class StatsSnapshot:
     refused: dict[str, int]
     bytes_in: int
     bytes_out: int
+    closed: dict[str, int] = attrs.Factory(dict)
+    handshake_seconds: HistogramSnapshot | None = None
+    upstream_connect_seconds: HistogramSnapshot | None = None
+    upstream_failures: int = 0
 
 
 @attrs.frozen
@@ -73,6 +122,9 @@ class CrlSourceStatus:
     next_refresh: float | None
     size: int | None
     crls: tuple[CrlStatus, ...]
+    last_success: float | None = None
+    last_failure: float | None = None
+    failure_kinds: dict[str, int] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -99,6 +151,9 @@ class OcspStatus:
     failures: int
     next_refresh: float | None
     staples_sent: int
+    last_success: float | None = None
+    last_failure: float | None = None
+    failure_kinds: dict[str, int] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -106,6 +161,43 @@ class ListenerStatus:
     stats: StatsSnapshot
     crl: CrlCheckStatus | None = None
     ocsp: OcspStatus | None = None
+    bind: str = ""
+    upstream: str = ""
+    accepting: bool = True
+    not_accepting: str = ""  # why not, when not accepting
+    tls: str = ""
+
+
+@attrs.frozen
+class ReloadStatus:
+    count: int = 0  # reloads applied
+    failures: int = 0  # refused (the running configuration stayed)
+    last_time: float | None = None
+    last_result: str | None = None  # ok | failed
+    last_error: str | None = None
+    last_changes: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class GatewayStatus:
+    """The whole gateway: what /status, /metrics, the status page and ``mqttgw status`` show."""
+
+    version: str
+    config_path: str
+    started: float
+    now: float
+    listeners: tuple[ListenerStatus, ...]
+    reactor_max_lag: float  # since start
+    reactor_lag: HistogramSnapshot | None
+    reload: ReloadStatus = ReloadStatus()
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        """(every listener accepts, the reason when not)."""
+        waiting = [
+            f"{ls.stats.listener}: {ls.not_accepting}" for ls in self.listeners if not ls.accepting
+        ]
+        return (not waiting, "; ".join(waiting))
 
 
 def stats_fields(status: ListenerStatus, max_lag: float) -> dict[str, Any]:

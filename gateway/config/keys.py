@@ -19,7 +19,9 @@ from gateway.config.values import (
     format_duration,
     format_list,
     format_optional,
+    format_optional_bind,
     format_size,
+    parse_admin_bind,
     parse_bool,
     parse_duration,
     parse_duration_or_zero,
@@ -479,6 +481,56 @@ KEYS += (
         listener=False,
         global_=True,
         format=format_duration,
+    ),
+)
+
+
+KEYS += (
+    Key(
+        "reload_drain",
+        "reload_drain",
+        parse_duration_or_zero,
+        60.0,
+        "Global: when a reload removes a listener, it stops accepting at once and its open "
+        "connections get this long to end before they are closed (closed_by=reload).",
+        listener=False,
+        global_=True,
+        format=format_duration,
+    ),
+    Key(
+        "admin.listen",
+        "admin_listen",
+        parse_admin_bind,
+        None,
+        "Global: the admin HTTP listener ([ip:]port; a bare port binds 127.0.0.1): status "
+        "page, /status, /metrics, /ready, /live, POST /refresh and /reload. Unset: off. An "
+        "address other than loopback requires admin.token_file.",
+        format=format_optional_bind,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "admin.token_file",
+        "admin_token_file",
+        parse_path,
+        None,
+        "Global: a file holding the bearer token of the admin listener (at least 16 "
+        "characters; compared in constant time). Needed for /reload and /refresh, and for any "
+        "bind other than loopback.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "admin.open_read",
+        "admin_open_read",
+        parse_bool,
+        False,
+        "Global: with a token, leave the reading endpoints (/, /status, /metrics, /ready, "
+        "/live) open to requests without it. /reload and /refresh always need the token.",
+        format=format_bool,
+        listener=False,
+        global_=True,
     ),
 )
 

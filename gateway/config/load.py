@@ -49,7 +49,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Options holding paths: made absolute, relative to the configuration file's directory.
 _PATH_OPTIONS = ("keyfile", "certfile", "cacertfile", "ocsp_issuer_pem")
-_GLOBAL_PATH_KEYS = ("crl_cache.dir", "ocsp_cache.dir")
+_GLOBAL_PATH_KEYS = ("crl_cache.dir", "ocsp_cache.dir", "admin.token_file")
 
 
 @attrs.frozen
@@ -201,9 +201,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         origins[name] = origin
     _check_distinct_binds(path, listeners, declared)
     _check_no_loop(path, listeners, origins)
+    settings = _build_globals(base_dir, globals_)
+    _check_admin(path, settings, globals_, listeners)
     return Config(
         path=path,
-        globals=_build_globals(base_dir, globals_),
+        globals=settings,
+        global_lines={name: entry.line for name, (_, entry) in globals_.items()},
         listeners=tuple(listeners),
         origins=origins,
     )
@@ -223,7 +226,44 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> 
         ocsp_cache_dir=value("ocsp_cache.dir"),
         stats_log_interval=value("stats_log_interval"),
         shutdown_drain=value("shutdown_drain"),
+        reload_drain=value("reload_drain"),
+        admin_listen=value("admin.listen"),
+        admin_token_file=value("admin.token_file"),
+        admin_open_read=value("admin.open_read"),
     )
+
+
+def _check_admin(
+    path: str,
+    settings: GlobalSettings,
+    globals_: Mapping[str, tuple[Any, _Line]],
+    listeners: list[ListenerSettings],
+) -> None:
+    """A non-loopback admin listener needs a token; it may not share a listener's port."""
+    if settings.admin_listen is None:
+        return
+    entry = globals_["admin.listen"][1]
+    host, port = settings.admin_listen
+    if settings.admin_token_file is None and not _is_loopback(host):
+        raise ConfigError(
+            path,
+            entry.line,
+            entry.key,
+            f"{host} is not a loopback address: set admin.token_file (anyone who reaches "
+            "the admin listener could read the status and the metrics)",
+        )
+    for listener in listeners:
+        if _reaches((host, port), listener.bind) or _reaches(listener.bind, (host, port)):
+            raise ConfigError(
+                path,
+                entry.line,
+                entry.key,
+                f"port {port} is already used by listener {listener.name!r}",
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 _LOCAL_NAMES = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::")

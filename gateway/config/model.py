@@ -19,6 +19,10 @@ class GlobalSettings:
     ocsp_cache_dir: str | None = None
     stats_log_interval: float = 300.0
     shutdown_drain: float = 5.0
+    reload_drain: float = 60.0
+    admin_listen: tuple[str, int] | None = None
+    admin_token_file: str | None = None
+    admin_open_read: bool = False
 
 
 @attrs.frozen
@@ -106,12 +110,17 @@ class Config:
     globals: GlobalSettings
     listeners: tuple[ListenerSettings, ...]
     origins: Origins = attrs.field(factory=dict, eq=False, repr=False)
+    global_lines: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
 
     def listener(self, name: str) -> ListenerSettings:
         for listener in self.listeners:
             if listener.name == name:
                 return listener
         raise KeyError(name)
+
+    def global_error(self, key: str, reason: str) -> ConfigError:
+        """A ConfigError at the line that set the global ``key`` (or naming it)."""
+        return ConfigError(self.path, self.global_lines.get(key), key, reason)
 
     def error(self, listener: str, option: str, reason: str) -> ConfigError:
         """A ConfigError at the line that set ``option`` of ``listener`` (or naming the key);

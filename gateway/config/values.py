@@ -175,3 +175,15 @@ def format_bool(value: bool) -> str:
 
 def format_optional(value: str | None) -> str:
     return "" if value is None else value
+
+
+def format_optional_bind(value: tuple[str, int] | None) -> str:
+    return "" if value is None else format_bind(value)
+
+
+def parse_admin_bind(text: str) -> tuple[str, int]:
+    """Like parse_bind, but a bare port binds loopback: the admin listener is local unless
+    the operator names another address."""
+    if text.strip().isdigit():
+        return "127.0.0.1", parse_port(text.strip())
+    return parse_bind(text)

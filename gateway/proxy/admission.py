@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from typing import Any
 
 # Per-address buckets are dropped once full again (an idle address costs nothing); if an
 # attack brings more distinct addresses than this within a second, the table starts over
@@ -98,6 +99,23 @@ class Admission:
         """Whether any limit counts by address (else the caller need not compute keys)."""
         return bool(self.max_per_ip or self.rate_per_ip)
 
+    def reconfigure(self, limits: Any, now: float | None = None) -> None:
+        """New limits (a reload) for the connections to come; the counts of the open ones
+        stay (they are still open)."""
+        self.max_connections = limits.max_connections
+        self.max_per_ip = limits.max_connections_per_ip
+        if not self.max_per_ip:
+            self.per_ip.clear()
+        if limits.max_conn_rate != self.rate:
+            self.rate = limits.max_conn_rate
+            stamp = self.listener_bucket.stamp if self.listener_bucket else (now or 0.0)
+            self.listener_bucket = (
+                TokenBucket(self.rate, max(1.0, self.rate), stamp) if self.rate else None
+            )
+        if limits.max_conn_rate_per_ip != self.rate_per_ip:
+            self.rate_per_ip = limits.max_conn_rate_per_ip
+            self.buckets.clear()
+
     def admit(self, key: str, now: float) -> str | None:
         if self.active >= self.max_connections:
             return "too_many_connections"
@@ -129,10 +147,10 @@ class Admission:
 
     def release(self, key: str) -> None:
         self.active -= 1
-        if self.max_per_ip:
-            left = self.per_ip[key] - 1
-            if left > 0:
-                self.per_ip[key] = left
+        count = self.per_ip.get(key)
+        if count is not None:  # not counted when admitted before a reload turned it on
+            if count > 1:
+                self.per_ip[key] = count - 1
             else:
                 del self.per_ip[key]
 

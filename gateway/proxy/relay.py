@@ -99,9 +99,7 @@ class GatewayFactory(protocol.Factory):
         ] = task.cooperate,
     ) -> None:
         self.name = name
-        self.session_limits = S.SessionLimits(
-            limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size
-        )
+        self.session_limits = session_limits(limits)
         self.upstream_name = format_bind(upstream.address)
         self.reactor = reactor
         self.connect_upstream = connect_upstream
@@ -151,13 +149,14 @@ class ClientProtocol(protocol.Protocol):
         self.upstream: UpstreamProtocol | None = None
         self.bytes_in = 0  # this session's bytes, client -> broker, after the CONNECT
         self.bytes_out = 0  # broker -> client
-        self.relay_started = 0.0
+        self._since = 0.0  # start of the current phase: accept, broker connect, relay
         self._timer: IDelayedCall | None = None
         self._cancel_upstream: Callable[[], None] | None = None
 
     # -- Twisted callbacks --------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._since = self.factory.reactor.seconds()
         self.factory.stats.active += 1
         handle = self.transport.getHandle()
         if isinstance(handle, GatewayConnection):
@@ -165,6 +164,8 @@ class ClientProtocol(protocol.Protocol):
         self._run(self.session.start())
 
     def handshakeCompleted(self) -> None:
+        stats = self.factory.stats
+        stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
         self.subject, self.serial = describe_peer_certificate(handle)
         refusal = self._check_resumed(handle)  # first: it may set crl_pending
@@ -195,7 +196,7 @@ class ClientProtocol(protocol.Protocol):
         self.factory.stats.active -= 1
         in_handshake = self.session.state is S.State.HANDSHAKE
         why_not = self._why_not(reason) if in_handshake else None
-        self._run(self.session.connection_lost(reason.getErrorMessage(), why_not))
+        self._run(self.session.connection_lost(lost_text(reason), why_not))
 
     def _why_not(self, reason: Failure) -> tuple[str, str]:
         """(reason class, detail) of a handshake that did not complete."""
@@ -211,11 +212,14 @@ class ClientProtocol(protocol.Protocol):
     # -- events from elsewhere -----------------------------------------------------------
 
     def upstream_connected(self, upstream: UpstreamProtocol) -> None:
+        stats = self.factory.stats
+        stats.upstream_connect_seconds.observe(self.factory.reactor.seconds() - self._since)
         self._cancel_upstream = None
         self.upstream = upstream
         self._run(self.session.upstream_connected())
 
     def upstream_failed(self, reason: Failure) -> None:
+        self.factory.stats.upstream_failures += 1
         self._cancel_upstream = None
         detail = f"{self.factory.upstream_name}: {reason.getErrorMessage()}"
         self._run(self.session.upstream_failed(detail))
@@ -256,6 +260,7 @@ class ClientProtocol(protocol.Protocol):
         self.transport.pauseProducing()
 
     def _on_open_upstream(self, action: S.OpenUpstream) -> None:
+        self._since = self.factory.reactor.seconds()
         self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
 
     def _on_cancel_upstream(self, action: S.CancelUpstream) -> None:
@@ -310,6 +315,7 @@ class ClientProtocol(protocol.Protocol):
     def _on_session_ended(self, action: S.SessionEnded) -> None:
         """The session log: one structured line per relayed session."""
         connect = self.session.connect
+        self.factory.stats.closed[action.by] += 1
         log.info(
             "session ended {listener} peer={peer} subject={subject} serial={serial} "
             "client_id={client_id!r} duration={duration:.1f}s bytes_in={bytes_in} "
@@ -319,7 +325,7 @@ class ClientProtocol(protocol.Protocol):
             subject=self.subject,
             serial=self.serial,
             client_id=connect.client_id if connect is not None else "",
-            duration=self.factory.reactor.seconds() - self.relay_started,
+            duration=self.factory.reactor.seconds() - self._since,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             closed_by=action.by,
@@ -366,7 +372,7 @@ class ClientProtocol(protocol.Protocol):
         self.transport.resumeProducing()
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
-        self.relay_started = self.factory.reactor.seconds()
+        self._since = self.factory.reactor.seconds()
         connect = self.session.connect
         assert connect is not None
         log.info(
@@ -414,6 +420,10 @@ class UpstreamFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.client.upstream_failed(reason)
+
+
+def session_limits(limits: ConnectionLimits) -> S.SessionLimits:
+    return S.SessionLimits(limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size)
 
 
 @implementer(IHalfCloseableProtocol)

@@ -233,6 +233,9 @@ class CrlSourceState:
     last_error: str | None = None
     size: int | None = None
     crls: tuple[CrlInfo, ...] = ()  # one per issuer in the body
+    last_success: float | None = None  # a fetch that gave a valid CRL (new or unchanged)
+    last_failure: float | None = None
+    failure_kinds: dict[str, int] = attrs.Factory(dict)  # since start, by error kind
 
 
 @attrs.define(eq=False)
@@ -252,6 +255,9 @@ class _Source:
             failures=self.job.failures,
             next_refresh=self.job.next_refresh,
             size=s.size,
+            last_success=s.last_success,
+            last_failure=s.last_failure,
+            failure_kinds=dict(s.failure_kinds),
             crls=tuple(
                 CrlStatus(c.issuer_text, c.number, c.this_update, c.next_update, c.count)
                 for c in s.crls
@@ -330,6 +336,13 @@ class CrlService(service.Service):
 
     def status(self) -> tuple[CrlSourceStatus, ...]:
         return tuple(s.status() for s in self.sources.values())
+
+    def refresh_now(self) -> defer.Deferred[tuple[CrlSourceStatus, ...]]:
+        """Fetch every source now (joining runs in flight); fires with their status once
+        all are over (each run is bounded by crl_cache_http_timeout and the worker)."""
+        runs = [self.scheduler.run_now(s.job) for s in list(self.sources.values())]
+        done = defer.DeferredList(runs, consumeErrors=True)
+        return done.addCallback(lambda _: self.status())
 
     def _log_expiry(self) -> None:
         expired = {(info.issuer, info.scope.key()): info for info in self.cache.expired_crls()}
@@ -433,6 +446,13 @@ class CrlService(service.Service):
                 else next((v for v in ("expired", "older") if v in verdicts), "unchanged")
             )
         source.state.last_result = result
+        now = self._reactor.seconds()
+        if result in _KEPT_OUT:
+            source.state.last_failure = now
+            kinds = source.state.failure_kinds
+            kinds[result] = kinds.get(result, 0) + 1
+        else:
+            source.state.last_success = now
         source.state.size = crls[0].info.size if crls else None
         source.state.crls = tuple(c.info for c in crls)
         if schedule:
@@ -466,6 +486,9 @@ class CrlService(service.Service):
         source.state.last_fetch = self._reactor.seconds()
         source.state.last_result = "error"
         source.state.last_error = describe_error(error)
+        source.state.last_failure = source.state.last_fetch
+        kind = error.kind if isinstance(error, GatewayError) else "unexpected"
+        source.state.failure_kinds[kind] = source.state.failure_kinds.get(kind, 0) + 1
         self.scheduler.schedule(source.job, Outcome(False, self._next_update(source)))
         log.warn(
             "crl {listener} {url}: fetch failed ({error}); keeping the last good CRL "

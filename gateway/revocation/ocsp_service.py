@@ -48,6 +48,9 @@ class OcspState:
     last_fetch: float | None = None
     last_result: str | None = None  # updated, unchanged, error, loaded_from_disk, dropped
     last_error: str | None = None
+    last_success: float | None = None
+    last_failure: float | None = None
+    failure_kinds: dict[str, int] = attrs.Factory(dict)  # since start, by error kind
 
 
 def _write_in_thread(reactor: Any) -> Callable[[str, bytes, dict[str, Any]], defer.Deferred[None]]:
@@ -121,6 +124,10 @@ class OcspStapler(service.Service):
         super().stopService()
         self.scheduler.stop()
 
+    def refresh_now(self) -> defer.Deferred[OcspStatus]:
+        """Ask the responder now (joining a run in flight); fires with the staple's status."""
+        return self.scheduler.run_now(self.job).addBoth(lambda _: self.status())
+
     def status(self) -> OcspStatus:
         s = self.state
         return OcspStatus(
@@ -137,6 +144,9 @@ class OcspStapler(service.Service):
             failures=self.job.failures,
             next_refresh=self.job.next_refresh,
             staples_sent=self.requests_stapled,
+            last_success=s.last_success,
+            last_failure=s.last_failure,
+            failure_kinds=dict(s.failure_kinds),
         )
 
     def _persist_path(self) -> str | None:
@@ -221,6 +231,11 @@ class OcspStapler(service.Service):
             self.state.this_update = info.this_update
             self.state.next_update = info.next_update
         self.state.last_result = result
+        if result == "older":
+            self.state.last_failure = self._reactor.seconds()
+            self.state.failure_kinds["older"] = self.state.failure_kinds.get("older", 0) + 1
+        else:
+            self.state.last_success = self._reactor.seconds()
         self._schedule(ok=True)
         if result in ("updated", "loaded_from_disk"):
             log.info(
@@ -257,6 +272,9 @@ class OcspStapler(service.Service):
         self.state.last_fetch = self._reactor.seconds()
         self.state.last_result = "error"
         self.state.last_error = describe_error(error)
+        self.state.last_failure = self.state.last_fetch
+        kind = error.kind if isinstance(error, GatewayError) else "unexpected"
+        self.state.failure_kinds[kind] = self.state.failure_kinds.get(kind, 0) + 1
         self._schedule(ok=False)
         log.warn(
             "ocsp {listener}: refresh failed ({error}); {kept}; retry at {retry}",

@@ -126,9 +126,12 @@ def test_openssl_defaults_fail_the_check(world: OcspWorld, gateway: dict[str, in
     issues = out["issues"]
     assert isinstance(issues, dict)
     assert set(issues) == {"ciphers", "tls_curves"}, out
-    # With static-RSA key exchange offered and a client certificate required, sslyze cannot
-    # run ROBOT's probes; the scanner says so rather than skipping the whole check.
-    assert str(out["robot"]).startswith("NOT_PROBED"), out
+    # With static-RSA key exchange offered and a client certificate required, ROBOT's probes
+    # (handshakes without a client certificate) may be cut before the oracle shows: then the
+    # scanner says NOT_PROBED rather than skipping the whole check; when they do run, OpenSSL
+    # shows no oracle. Seen both ways from one run to the next.
+    robot = str(out["robot"])
+    assert robot.startswith("NOT_PROBED") or robot.startswith("NOT_VULNERABLE"), out
     assert "TLS_RSA_WITH_AES_128_CBC_SHA" in issues["ciphers"]
     assert "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384" in issues["ciphers"]
     assert "X448" in issues["tls_curves"] and "secp521r1" in issues["tls_curves"]

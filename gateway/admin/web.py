@@ -1,0 +1,271 @@
+"""The admin HTTP listener (twisted.web, in the gateway's reactor).
+
+    GET  /         the status page (HTML, no JavaScript)
+    GET  /status   the status as JSON
+    GET  /metrics  Prometheus exposition (prometheus_client)
+    GET  /ready    200 once every listener accepts, else 503 with the reason
+    GET  /live     200 while the reactor turns
+    POST /refresh  fetch CRLs and OCSP now (?listener=NAME for one listener)
+    POST /reload   re-read the configuration and every file it names (as SIGHUP)
+
+Access: with ``admin.token_file`` every request needs ``Authorization: Bearer <token>``
+(compared in constant time), except the reading endpoints when ``admin.open_read`` is
+true. Without a token (only possible on a loopback address) the reading endpoints are open
+and the changing ones refused: ``/reload`` and ``/refresh`` never work without a token.
+
+Bad requests get plain HTTP errors (404, 405 with Allow, 401, 403, 413), never a traceback
+page; a request body larger than ``MAX_BODY`` is answered 413 as soon as its length is known.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from prometheus_client.twisted import MetricsResource
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+
+from gateway.admin.metrics import registry_for
+from gateway.admin.render import document, render_html
+from gateway.status import GatewayStatus
+
+log = Logger()
+
+MAX_BODY = 1024  # the admin API takes no body; a small one is tolerated and ignored
+REQUEST_TIMEOUT = 30  # seconds of silence before an admin connection is closed
+READ = "read"
+CHANGE = "change"
+
+
+class Control(Protocol):
+    """What the admin listener asks of the gateway (``GatewayService``)."""
+
+    def status(self) -> GatewayStatus: ...
+
+    def alive(self) -> tuple[bool, str]: ...
+
+    def refresh(self, listener: str | None) -> defer.Deferred[dict[str, Any]]: ...
+
+    def reload(self, origin: str) -> defer.Deferred[dict[str, Any]]: ...
+
+
+class AdminRequest(server.Request):
+    """Refuses an oversized body as soon as its length is known (413), and keeps none of
+    it; a chunked body that grows too large is cut the same way."""
+
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            self._refuse_body()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse_body()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_body(self) -> None:
+        if self.too_large:
+            return
+        self.too_large = True
+        super().gotLength(0)  # a content buffer exists, holding nothing
+        body = f"413 request body larger than {MAX_BODY} bytes\n".encode()
+        transport = self.channel.transport
+        assert transport is not None
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        transport.loseConnection()
+
+    def process(self) -> None:
+        if self.too_large:
+            return  # answered already
+        super().process()
+
+
+class AdminSite(server.Site):
+    requestFactory = AdminRequest
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass  # a scrape every few seconds would fill the log; handlers log what changes
+
+
+def _send(request: Any, code: int, body: bytes, content_type: str, **headers: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type.encode())
+    request.setHeader(b"cache-control", b"no-store")
+    for name, value in headers.items():
+        request.setHeader(name.replace("_", "-").encode(), value.encode())
+    return body
+
+
+def _text(request: Any, code: int, text: str, **headers: str) -> bytes:
+    return _send(request, code, (text + "\n").encode(), "text/plain; charset=utf-8", **headers)
+
+
+def _json(request: Any, code: int, value: Any) -> bytes:
+    body = json.dumps(value, indent=2, sort_keys=False).encode() + b"\n"
+    return _send(request, code, body, "application/json")
+
+
+class AdminResource(resource.Resource):
+    """Every path of the admin API (a leaf: routing is the table below)."""
+
+    isLeaf = True
+
+    def __init__(
+        self, control: Control, token: bytes | None, open_read: bool, reactor: Any
+    ) -> None:
+        super().__init__()
+        self.control = control
+        self.token = token
+        self.open_read = open_read
+        # prometheus_client's Twisted resource serves its WSGI app from the reactor's thread
+        # pool: the status records are gathered on the reactor thread (they are the
+        # reactor's to change), only the formatting runs in the pool.
+        registry = registry_for(_on_reactor_thread(control.status, reactor))
+        self.metrics = MetricsResource(registry=registry)
+        self.routes: dict[bytes, tuple[bytes, str, Callable[[Any], Any]]] = {
+            b"/": (b"GET", READ, self.page),
+            b"/status": (b"GET", READ, self.status_json),
+            b"/metrics": (b"GET", READ, self.metrics.render),
+            b"/ready": (b"GET", READ, self.ready),
+            b"/live": (b"GET", READ, self.live),
+            b"/refresh": (b"POST", CHANGE, self.refresh),
+            b"/reload": (b"POST", CHANGE, self.reload),
+        }
+
+    def render(self, request: Any) -> Any:
+        try:
+            route = self.routes.get(request.path)
+            if route is None:
+                return _text(request, 404, f"404 no such endpoint; try {self._index()}")
+            method, kind, handler = route
+            allowed = [method, b"HEAD"] if method == b"GET" else [method]
+            if request.method not in allowed:
+                return _text(
+                    request,
+                    405,
+                    f"405 {request.path.decode()} takes {method.decode()}",
+                    allow=", ".join(m.decode() for m in allowed),
+                )
+            refusal = self._authorize(request, kind)
+            if refusal is not None:
+                return refusal
+            return handler(request)
+        except Exception:
+            log.failure("admin request {path} failed", path=request.path)
+            return _text(request, 500, "500 internal error (logged)")
+
+    def _index(self) -> str:
+        return ", ".join(f"{m.decode()} {p.decode()}" for p, (m, _, _) in self.routes.items())
+
+    def _authorize(self, request: Any, kind: str) -> bytes | None:
+        if kind == READ and (self.token is None or self.open_read):
+            return None
+        if self.token is None:
+            return _text(
+                request,
+                403,
+                "403 changing endpoints need a token: set admin.token_file (SIGHUP reloads)",
+            )
+        header = request.getHeader(b"authorization") or b""
+        if isinstance(header, str):
+            header = header.encode("latin-1")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+            return _text(
+                request,
+                401,
+                "401 a valid 'Authorization: Bearer <token>' header is required",
+                www_authenticate='Bearer realm="mqttgw"',
+            )
+        return None
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    def page(self, request: Any) -> bytes:
+        html = render_html(document(self.control.status()))
+        return _send(request, 200, html.encode(), "text/html; charset=utf-8")
+
+    def status_json(self, request: Any) -> bytes:
+        return _json(request, 200, document(self.control.status()))
+
+    def ready(self, request: Any) -> bytes:
+        ok, reason = self.control.status().ready
+        if ok:
+            return _text(request, 200, "ready")
+        return _text(request, 503, f"not ready: {reason}")
+
+    def live(self, request: Any) -> bytes:
+        ok, detail = self.control.alive()
+        return _text(request, 200 if ok else 503, detail)
+
+    def refresh(self, request: Any) -> Any:
+        names = parse_qs(request.uri.partition(b"?")[2].decode("latin-1")).get("listener")
+        name = names[0] if names else None
+        if name is not None and name not in {
+            ls.stats.listener for ls in self.control.status().listeners
+        }:
+            return _text(request, 404, f"404 no listener {name!r}")
+        return self._later(request, self.control.refresh(name))
+
+    def reload(self, request: Any) -> Any:
+        return self._later(request, self.control.reload("POST /reload"))
+
+    def _later(self, request: Any, result: defer.Deferred[dict[str, Any]]) -> Any:
+        finished: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: finished.append(True))
+
+        def answer(value: dict[str, Any]) -> None:
+            if not finished:
+                request.write(_json(request, 200 if value.get("ok", True) else 409, value))
+                request.finish()
+
+        def failed(reason: Any) -> None:
+            log.failure("admin request failed", reason)
+            if not finished:
+                request.write(_text(request, 500, "500 internal error (logged)"))
+                request.finish()
+
+        result.addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+
+def _on_reactor_thread(
+    status: Callable[[], GatewayStatus], reactor: Any
+) -> Callable[[], GatewayStatus]:
+    from twisted.internet.threads import blockingCallFromThread
+    from twisted.python.threadable import isInIOThread
+
+    def call() -> GatewayStatus:
+        if isInIOThread():
+            return status()
+        result: GatewayStatus = blockingCallFromThread(reactor, status)
+        return result
+
+    return call
+
+
+def admin_site(control: Control, token: bytes | None, open_read: bool, reactor: Any) -> AdminSite:
+    site = AdminSite(AdminResource(control, token, open_read, reactor), timeout=REQUEST_TIMEOUT)
+    return site
+
+
+__all__ = ["MAX_BODY", "AdminSite", "admin_site", "http"]

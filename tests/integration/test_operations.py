@@ -1,0 +1,353 @@
+"""Operating the gateway as a user would: the admin listener (metrics, status, readiness,
+access rules), reload by SIGHUP and POST /reload, ``mqttgw status``, and the status page
+in a real headless Chromium."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import testing as support
+from gateway.demo import pki
+
+pytestmark = pytest.mark.integration
+
+ACCEPTED = b"\x20\x02\x00\x00"
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def http(
+    port: int, path: str, method: str = "GET", token: str | None = None, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=body)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def metrics(
+    port: int, token: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code, _, body = http(port, "/metrics", token=token)
+    assert code == 200, body
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def connect(port: int, ctx: ssl.SSLContext, client_id: str) -> bytes | str:
+    try:
+        with support.tls_connect(port, ctx) as s:
+            s.sendall(support.connect_packet(client_id))
+            return support.read_exact(s, 4)
+    except (ssl.SSLError, OSError) as e:
+        return str(e)
+
+
+def server_fingerprint(port: int, p: support.Pki, cert: tuple[str, str]) -> str:
+    """The SHA-256 of the certificate openssl s_client is shown."""
+    out = support.s_client(port, p.ca_file, cert, "1.3", "-showcerts").stdout
+    pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
+    assert pem, out
+    cert = x509.load_pem_x509_certificate(pem.group(0).encode())
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def write_token(directory: str) -> str:
+    path = os.path.join(directory, "admin.token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(TOKEN + "\n")
+    return path
+
+
+def test_metrics_move_with_connections(p: support.Pki, workdir: str, broker: int) -> None:
+    """A stock Prometheus parser reads /metrics; accepted and refused (by reason) move."""
+    port, admin = support.free_port(), support.free_port()
+    conf = support.listener_conf("m", port, broker, p) + f"admin.listen = {admin}\n"
+    gw = support.start_gateway(workdir, conf)
+    try:
+        before = metrics(admin)
+        assert before[("mqttgw_connections_accepted_total", (("listener", "m"),))] == 0
+        assert before[("mqttgw_ready", ())] == 1
+        assert connect(port, support.client_context(p, p.client("metered")), "metered") == (
+            ACCEPTED
+        )
+        assert connect(port, support.client_context(p, None), "anonymous") != ACCEPTED
+        stranger = pki.issue(pki.make_ca("other CA"), "stranger").write(workdir, "stranger")
+        assert connect(port, support.client_context(p, stranger), "stranger") != ACCEPTED
+        support.wait_until(
+            lambda: (
+                metrics(admin)[
+                    (
+                        "mqttgw_connections_refused_total",
+                        (("listener", "m"), ("reason", "unknown_ca")),
+                    )
+                ]
+                == 1
+            )
+        )
+        after = metrics(admin)
+        key = (("listener", "m"),)
+        assert after[("mqttgw_connections_accepted_total", key)] == 1
+        refused = "mqttgw_connections_refused_total"
+        assert after[(refused, (("listener", "m"), ("reason", "no_certificate")))] == 1
+        assert after[(refused, (("listener", "m"), ("reason", "revoked")))] == 0
+        assert after[("mqttgw_handshake_duration_seconds_count", key)] >= 1
+        assert after[("mqttgw_upstream_connect_duration_seconds_count", key)] == 1
+        closed = ("mqttgw_sessions_closed_total", (("closed_by", "client"), ("listener", "m")))
+        support.wait_until(lambda: metrics(admin)[closed] == 1)
+        assert after[("mqttgw_reactor_lag_seconds_count", ())] > 0
+        # No per-client label anywhere.
+        assert not any(
+            name for name, labels in after for k, _ in labels if k in ("peer", "client_id")
+        )
+    finally:
+        gw.stop()
+
+
+def test_status_ready_live_and_access(p: support.Pki, workdir: str, broker: int) -> None:
+    """/status field by field, /ready and /live, and the access rules: a token (401 without
+    or with a wrong one), open_read, 404, 405, 413."""
+    port, admin = support.free_port(), support.free_port()
+    token_file = write_token(workdir)
+    conf = support.listener_conf("s", port, broker, p) + (
+        f"admin.listen = 127.0.0.1:{admin}\nadmin.token_file = {token_file}\n"
+        "admin.open_read = true\n"
+    )
+    gw = support.start_gateway(workdir, conf)
+    try:
+        code, headers, body = http(admin, "/status")
+        assert code == 200 and headers["Content-Type"] == "application/json"
+        doc = json.loads(body)
+        assert doc["ready"] == {"ok": True, "reason": ""}
+        assert doc["problems"] == []
+        (listener,) = doc["listeners"]
+        assert listener["name"] == "s" and listener["bind"] == f"127.0.0.1:{port}"
+        assert listener["upstream"] == f"127.0.0.1:{broker}"
+        assert listener["accepting"] is True and listener["tls"].startswith("intermediate")
+        assert listener["counters"]["active"] == 0 and listener["crl"] is None
+        assert http(admin, "/ready")[0] == 200 and http(admin, "/live")[0] == 200
+        # Changing endpoints never without the token, even with open_read.
+        code, headers, _ = http(admin, "/reload", "POST")
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert http(admin, "/reload", "POST", token="wrong-token-wrong-token")[0] == 401
+        assert http(admin, "/refresh", "POST", token=TOKEN)[0] == 200
+        assert http(admin, "/nothing-here")[0] == 404
+        code, headers, _ = http(admin, "/reload")
+        assert code == 405 and headers["Allow"] == "POST"
+        assert http(admin, "/status", "DELETE")[0] == 405
+        code, _, body = http(admin, "/reload", "POST", token=TOKEN, body=b"x" * 5000)
+        assert code == 413, body
+        code, _, body = http(admin, "/reload", "POST", token=TOKEN)
+        assert code == 200 and json.loads(body) == {"ok": True, "changes": []}
+        assert "Traceback" not in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_admin_needs_a_token_off_loopback(p: support.Pki, workdir: str) -> None:
+    conf_path = os.path.join(workdir, "open.conf")
+    with open(conf_path, "w") as f:
+        f.write(support.listener_conf("x", 8883, 1883, p) + "admin.listen = 0.0.0.0:9180\n")
+    result = support.run([os.path.join(support.BIN, "mqttgw"), "check-config", conf_path])
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"mqttgw: {conf_path}:6: admin.listen: 0.0.0.0 is not a loopback address: set "
+        "admin.token_file (anyone who reaches the admin listener could read the status and "
+        "the metrics)"
+    )
+
+
+def _subscribe(port: int, ctx: ssl.SSLContext, topic: str) -> ssl.SSLSocket:
+    s = support.tls_connect(port, ctx, timeout=15)
+    s.sendall(support.connect_packet("subscriber", keep_alive=0))
+    assert support.read_exact(s, 4) == ACCEPTED
+    t = topic.encode()
+    body = b"\x00\x01" + len(t).to_bytes(2, "big") + t + b"\x00"
+    s.sendall(b"\x82" + support.encode_length(len(body)) + body)
+    assert support.read_exact(s, 5)[0] == 0x90  # SUBACK
+    return s
+
+
+def _publish(broker: int, topic: str, message: str) -> None:
+    support.run(["mosquitto_pub", "-p", str(broker), "-t", topic, "-m", message], check=True)
+
+
+def _received(sock: ssl.SSLSocket, message: str) -> bool:
+    data = b""
+    deadline = time.monotonic() + 10
+    while message.encode() not in data and time.monotonic() < deadline:
+        data += sock.recv(4096)
+    return message.encode() in data
+
+
+def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: int) -> None:
+    """SIGHUP and POST /reload: a subscriber connected before keeps receiving; a new server
+    certificate is shown to the next client; a new CA bundle lets the new CA's devices in and
+    refuses the old one's; a listener is added, then removed (its client closed after
+    reload_drain, closed_by=reload); a broken file is refused and the running configuration
+    keeps serving."""
+    port, extra_port, admin = support.free_port(), support.free_port(), support.free_port()
+    cert_path, key_path = os.path.join(workdir, "srv.pem"), os.path.join(workdir, "srv.key")
+    ca_path = os.path.join(workdir, "cas.pem")
+    shutil.copy(p.server_cert, cert_path)
+    shutil.copy(p.server_key, key_path)
+    shutil.copy(p.ca_file, ca_path)
+    token_file = write_token(workdir)
+    common = f"admin.listen = {admin}\nadmin.token_file = {token_file}\nreload_drain = 1s\n"
+    files = {"certfile": cert_path, "keyfile": key_path, "cacertfile": ca_path}
+    base = support.listener_conf("main", port, broker, p, files) + common
+    gw = support.start_gateway(workdir, base)
+    conf_path = os.path.join(workdir, "gateway.conf")
+
+    def reload_by(how: str, count: int) -> None:
+        if how == "hup":
+            gw.proc.send_signal(signal.SIGHUP)
+        else:
+            code, _, body = http(admin, "/reload", "POST", token=TOKEN)
+            assert code == 200, body
+        support.wait_until(lambda: gw.log().count("reload applied") >= count, 20)
+
+    try:
+        device = p.client("device-a")
+        sub = _subscribe(port, support.client_context(p, device), "fleet/news")
+        first = server_fingerprint(port, p, device)
+
+        # 1. A new server certificate on disk, SIGHUP: new clients see it.
+        pki.issue(p.inter, "localhost", server=True).write(workdir, "srv")
+        reload_by("hup", 1)
+        assert server_fingerprint(port, p, device) != first
+        assert "certificate (serial" in gw.log()
+        _publish(broker, "fleet/news", "after-certificate-reload")
+        assert _received(sub, "after-certificate-reload")
+
+        # 2. A new CA bundle: only the new CA's devices get in.
+        os.makedirs(os.path.join(workdir, "b"))
+        other = support.make_pki(os.path.join(workdir, "b"))
+        shutil.copy(other.ca_file, ca_path)
+        reload_by("post", 2)
+        newcomer = other.client("device-b")
+        ctx_b = ssl.create_default_context(cafile=p.ca_file)  # the server is still p's
+        ctx_b.load_cert_chain(*newcomer)
+        assert connect(port, ctx_b, "device-b") == ACCEPTED
+        assert connect(port, support.client_context(p, p.client("device-a2")), "a2") != ACCEPTED
+        support.wait_until(lambda: "reason=unknown_ca" in gw.log())
+        _publish(broker, "fleet/news", "after-ca-reload")
+        assert _received(sub, "after-ca-reload")  # the live session was not touched
+
+        # 3. A listener added, then removed.
+        shutil.copy(p.ca_file, ca_path)
+        with open(conf_path, "w") as f:
+            f.write(base + support.listener_conf("extra", extra_port, broker, p))
+        reload_by("hup", 3)
+        assert "listener extra added" in gw.log()
+        ctx_a = support.client_context(p, p.client("device-a3"))
+        held = support.tls_connect(extra_port, ctx_a)
+        held.sendall(support.connect_packet("on-extra"))
+        assert support.read_exact(held, 4) == ACCEPTED
+        with open(conf_path, "w") as f:
+            f.write(base)
+        reload_by("hup", 4)
+        assert not support.port_open(extra_port)
+        held.settimeout(10)
+        assert held.recv(10) == b""  # closed after reload_drain
+        support.wait_until(lambda: "closed_by=reload" in gw.log())
+
+        # 4. A broken file is refused; the running configuration keeps serving.
+        with open(conf_path, "w") as f:
+            f.write(base + "listener.ssl.main.verfy = verify_peer\n")
+        code, _, body = http(admin, "/reload", "POST", token=TOKEN)
+        assert code == 409
+        error = json.loads(body)["error"]
+        assert error.endswith(
+            "listener.ssl.main.verfy: unknown listener option (did you mean 'verify'?)"
+        )
+        assert "reload refused: " + error + "; the running configuration stays in force" in gw.log()
+        assert connect(port, ctx_a, "still-served") == ACCEPTED
+        _publish(broker, "fleet/news", "after-refused-reload")
+        assert _received(sub, "after-refused-reload")
+        doc = json.loads(http(admin, "/status", token=TOKEN)[2])
+        assert doc["reload"]["count"] == 4 and doc["reload"]["failures"] == 1
+        assert doc["problems"][0]["what"].startswith("the last reload was refused")
+        sub.close()
+        held.close()
+    finally:
+        gw.stop()
+
+
+def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker: int) -> None:
+    """``mqttgw status`` (exit 0, then 2 for a listener in a bad state) and the status page
+    in headless Chromium, with the bad listener shown first, in red."""
+    good, bad, admin = support.free_port(), support.free_port(), support.free_port()
+    dead = support.free_port()  # nothing listens there: the CRL source fails
+    conf = support.listener_conf("good", good, broker, p)
+    conf += support.listener_conf(
+        "bad",
+        bad,
+        broker,
+        p,
+        {"enable_crl_cache": "true", "crl_cache_urls": f"http://127.0.0.1:{dead}/ca.crl"},
+    )
+    conf += f"admin.listen = {admin}\n"
+    gw = support.start_gateway(workdir, conf, ready="fetch failed")
+    try:
+        support.wait_until(lambda: "crl bad: ready" in gw.log())
+        mqttgw = os.path.join(support.BIN, "mqttgw")
+        result = support.run([mqttgw, "status", "--admin", f"http://127.0.0.1:{admin}"])
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].endswith("ready")
+        assert lines[2].startswith("ERROR    bad: no CRL from http://127.0.0.1:")
+        assert "connection refused" in lines[2]
+        assert any(line.startswith("listener good ") for line in lines)
+        as_json = support.run([mqttgw, "status", "--json", "--admin", f"http://127.0.0.1:{admin}"])
+        assert json.loads(as_json.stdout)["listeners"][1]["name"] == "bad"
+        nothing = support.run([mqttgw, "status", "--admin", f"http://127.0.0.1:{dead}"])
+        assert nothing.returncode == 3 and "no status from" in nothing.stderr
+
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        assert chromium, "headless Chromium is needed (Debian package chromium; scripts/test.sh)"
+        profile = os.path.join(workdir, "chromium-profile")
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
+            + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
+            + ["--disable-component-update", f"--user-data-dir={profile}"]
+            + ["--dump-dom", f"http://127.0.0.1:{admin}/"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        ).stdout
+        assert "<h1>mqttgw status</h1>" in dom, dom[:2000]
+        problems = dom.index('id="problems"')
+        assert dom.index('class="problem-error"') > problems
+        assert "ERROR bad: no CRL from http://127.0.0.1:" in dom
+        assert dom.index("problem-error") < dom.index("Listener good")
+        assert "Listener bad" in dom and "Listener good" in dom
+    finally:
+        gw.stop()
