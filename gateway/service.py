@@ -17,6 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
+from gateway import sdnotify
 from gateway.clock import format_timestamp
 from gateway.config.model import ConnectionLimits, GlobalSettings, ListenerSettings
 from gateway.config.values import format_bind
@@ -272,6 +273,27 @@ class GatewayService(service.MultiService):
         self.reactor.callWhenRunning(_install_signal_handlers, self.reactor, self)
         for warning in self.prepared.warnings:
             log.warn("{warning}", warning=warning)
+        self._notified_ready = False
+        self._ready_poll = task.LoopingCall(self._notify_when_ready)
+        self._ready_poll.clock = self.reactor
+        self._ready_poll.start(0.2, now=True)
+
+    def _notify_when_ready(self) -> None:
+        """systemd (Type=notify) learns READY=1 once every listener accepts."""
+        ok, _ = self.status().ready
+        if ok:
+            self._ready_poll.stop()
+            if not self._notified_ready:
+                self._notified_ready = True
+                if sdnotify.notify("READY=1"):
+                    log.info("told systemd: ready")
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        sdnotify.notify("STOPPING=1")
+        poll = getattr(self, "_ready_poll", None)
+        if poll is not None and poll.running:
+            poll.stop()
+        return super().stopService()
 
     # -- what the admin listener and the CLI read ---------------------------------------------
 
@@ -343,6 +365,7 @@ class GatewayService(service.MultiService):
         {"ok", "changes"} or {"ok": False, "error"}; one reload at a time."""
         if self._reloading is not None:
             return defer.succeed({"ok": False, "error": "a reload is already in progress"})
+        sdnotify.notify("RELOADING=1")
         log.info("reload ({origin}): reading {path}", origin=origin, path=self.config.path)
         pool = self.reactor.getThreadPool()
         read: defer.Deferred[Prepared] = threads.deferToThreadPool(
@@ -354,6 +377,7 @@ class GatewayService(service.MultiService):
 
         def done(result: dict[str, Any]) -> dict[str, Any]:
             self._reloading = None
+            sdnotify.notify("READY=1")
             return result
 
         return d.addBoth(done)

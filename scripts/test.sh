@@ -3,6 +3,12 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
+# Headless Chromium (Debian's package) loads the status page in the operations tests.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "installing Debian package: chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check 'tox>=4'
 # sslyze, for the Mozilla TLS profile test, in an environment of its own: it pins a
 # cryptography older than the one pyOpenSSL needs (tests/tools/sslyze_scan.py runs in it).

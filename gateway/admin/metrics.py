@@ -263,6 +263,11 @@ def _process(status: GatewayStatus) -> Iterator[Metric]:
         "Reloads refused (the running configuration stayed in force).",
         value=status.reload.failures,
     )
+    yield GaugeMetricFamily(
+        "mqttgw_reload_last_success",
+        "0 when the last reload was refused, else 1.",
+        value=0 if status.reload.last_result == "failed" else 1,
+    )
     ready, _ = status.ready
     yield GaugeMetricFamily(
         "mqttgw_ready", "1 when every listener accepts connections.", value=1 if ready else 0

@@ -351,3 +351,101 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
         assert "Listener bad" in dom and "Listener good" in dom
     finally:
         gw.stop()
+
+
+def test_systemd_unit_verifies(workdir: str) -> None:
+    """conf/systemd/mqttgw.service passes systemd-analyze verify (with the binaries of this
+    environment in place of /usr/local/bin)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "conf", "systemd", "mqttgw.service")) as f:
+        unit = f.read().replace("/usr/local/bin/", support.BIN + "/")
+    path = os.path.join(workdir, "mqttgw.service")
+    with open(path, "w") as f:
+        f.write(unit)
+    result = support.run([analyze, "verify", path], timeout=60)
+    assert result.returncode == 0 and "mqttgw.service" not in result.stderr, result.stderr
+    for option in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes"):
+        assert option in unit
+    assert "ProtectSystem=strict" in unit and "User=mqttgw" in unit
+
+
+def test_sd_notify_ready_reloading_stopping(p: support.Pki, workdir: str, broker: int) -> None:
+    """Under a Type=notify unit: READY=1 once listening, RELOADING=1 then READY=1 around a
+    reload, STOPPING=1 at stop, on the socket systemd names in NOTIFY_SOCKET."""
+    import socket
+
+    path = os.path.join(workdir, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(15)
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        gw = support.start_gateway(
+            workdir, support.listener_conf("n", support.free_port(), broker, p)
+        )
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    try:
+        assert sock.recv(100) == b"READY=1"
+        gw.proc.send_signal(signal.SIGHUP)
+        assert sock.recv(100) == b"RELOADING=1"
+        assert sock.recv(100) == b"READY=1"
+    finally:
+        gw.stop()
+    assert sock.recv(100) == b"STOPPING=1"
+    sock.close()
+
+
+def test_prometheus_alert_rules_name_exported_metrics(
+    p: support.Pki, workdir: str, broker: int
+) -> None:
+    """Every mqttgw_* metric the sample alert rules use is exported (a live scrape of a
+    gateway with CRL checking and OCSP stapling on); promtool checks the file where it is
+    installed."""
+    from gateway.testing.crl import CrlHttpServer, crl_der
+    from gateway.testing.ocsp import OcspWorld
+
+    os.makedirs(os.path.join(workdir, "ocsp"))
+    world = OcspWorld(os.path.join(workdir, "ocsp"))
+    http_server = CrlHttpServer()
+    http_server.serve("/d.crl", 200, crl_der(world.p.inter, []))
+    http_server.serve("/r.crl", 200, crl_der(world.p.root, []))
+    port, admin = support.free_port(), support.free_port()
+    conf = (
+        world.conf(
+            "full",
+            port,
+            broker,
+            world.server_cert("srv"),
+            enable_crl_cache="true",
+            crl_cache_urls=f"{http_server.url('/d.crl')},{http_server.url('/r.crl')}",
+        )
+        + f"admin.listen = {admin}\n"
+    )
+    gw = support.start_gateway(workdir, conf, ready="status=good")
+    try:
+        support.wait_until(lambda: "crl full: ready" in gw.log())
+        code, _, body = http(admin, "/metrics")
+        exported = set(re.findall(r"^# TYPE (\S+) ", body.decode(), re.M))
+        samples = metrics(admin)
+    finally:
+        gw.stop()
+        world.responder.stop()
+        http_server.stop()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    rules_path = os.path.join(root, "conf", "prometheus", "mqttgw-alerts.yml")
+    with open(rules_path) as f:
+        used = set(re.findall(r"\b(mqttgw_[a-z_]+)", f.read()))
+    assert used
+    for name in used:
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert name in exported or base in exported, f"{name} is used but not exported"
+    assert any(k[0] == "mqttgw_crl_next_update_timestamp_seconds" for k in samples)
+    assert samples[("mqttgw_ocsp_status", (("listener", "full"), ("status", "good")))] == 1
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        result = support.run([promtool, "check", "rules", rules_path])
+        assert result.returncode == 0, result.stdout + result.stderr
