@@ -659,6 +659,7 @@ class ListenerService(service.MultiService):
         self.port_service = self._port_service(listener)
         self.port_service.setServiceParent(self)
         self._logged = False
+        self._generation = 0  # reloads that replaced a service (unique child names)
 
     # -- building blocks (at start, and again on a reload) -----------------------------------
 
@@ -798,6 +799,8 @@ class ListenerService(service.MultiService):
                         cache.forget_source(url)
             crl_service, checker = self._build_crl(new, material, globals_, cache)
             if crl_service is not None:
+                self._generation += 1  # the old service runs until the swap: another name
+                crl_service.setName(f"{crl_service.name}#{self._generation}")
                 crl_service.setServiceParent(self)
                 if cache is None:  # a new CA: wait for its CRLs before using them
                     assert new.crl is not None
@@ -810,6 +813,8 @@ class ListenerService(service.MultiService):
         if ocsp_changed:
             stapler = self._build_stapler(new, material, globals_)
             if stapler is not None:
+                self._generation += 1
+                stapler.setName(f"{stapler.name}#{self._generation}")
                 stapler.setServiceParent(self)
                 assert new.ocsp is not None
                 waits.append(
@@ -841,6 +846,8 @@ class ListenerService(service.MultiService):
                     old.disownServiceParent()
             if new_port is not None:
                 old_port = self.port_service
+                self._generation += 1
+                new_port.setName(f"port#{self._generation}")
                 new_port.setServiceParent(self)
                 self.port_service = new_port
                 old_port.disownServiceParent()  # stops listening; accepted connections stay

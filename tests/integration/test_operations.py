@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import testing as support
 from gateway.demo import pki
+from gateway.testing.crl import CrlHttpServer, crl_der
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +222,20 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
     shutil.copy(p.ca_file, ca_path)
     token_file = write_token(workdir)
     common = f"admin.listen = {admin}\nadmin.token_file = {token_file}\nreload_drain = 1s\n"
-    files = {"certfile": cert_path, "keyfile": key_path, "cacertfile": ca_path}
+    # CRL checking on, with the CRLs of both CAs the test uses: each validates only while
+    # its CA is in the bundle (a reload that changes the bundle replaces the CRL service).
+    os.makedirs(os.path.join(workdir, "b"))
+    other = support.make_pki(os.path.join(workdir, "b"))
+    crls = CrlHttpServer()
+    for name, ca in (("d", p.inter), ("r", p.root), ("od", other.inter), ("or", other.root)):
+        crls.serve(f"/{name}.crl", 200, crl_der(ca, []))
+    files = {
+        "certfile": cert_path,
+        "keyfile": key_path,
+        "cacertfile": ca_path,
+        "enable_crl_cache": "true",
+        "crl_cache_urls": ",".join(crls.url(f"/{n}.crl") for n in ("d", "r", "od", "or")),
+    }
     base = support.listener_conf("main", port, broker, p, files) + common
     gw = support.start_gateway(workdir, base)
     conf_path = os.path.join(workdir, "gateway.conf")
@@ -244,12 +258,11 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
         reload_by("hup", 1)
         assert server_fingerprint(port, p, device) != first
         assert "certificate (serial" in gw.log()
+        assert "crl settings" not in gw.log()  # the CRL service (and its CRLs) stayed
         _publish(broker, "fleet/news", "after-certificate-reload")
         assert _received(sub, "after-certificate-reload")
 
-        # 2. A new CA bundle: only the new CA's devices get in.
-        os.makedirs(os.path.join(workdir, "b"))
-        other = support.make_pki(os.path.join(workdir, "b"))
+        # 2. A new CA bundle: only the new CA's devices get in (its CRLs now validate).
         shutil.copy(other.ca_file, ca_path)
         reload_by("post", 2)
         newcomer = other.client("device-b")
@@ -261,7 +274,7 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
         _publish(broker, "fleet/news", "after-ca-reload")
         assert _received(sub, "after-ca-reload")  # the live session was not touched
 
-        # 3. A listener added, then removed.
+        # 3. A listener added, moved to another port, then removed.
         shutil.copy(p.ca_file, ca_path)
         with open(conf_path, "w") as f:
             f.write(base + support.listener_conf("extra", extra_port, broker, p))
@@ -271,10 +284,19 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
         held = support.tls_connect(extra_port, ctx_a)
         held.sendall(support.connect_packet("on-extra"))
         assert support.read_exact(held, 4) == ACCEPTED
+        moved_port = support.free_port()
+        with open(conf_path, "w") as f:
+            f.write(base + support.listener_conf("extra", moved_port, broker, p))
+        reload_by("hup", 4)
+        assert "listener extra: bind" in gw.log()
+        assert not support.port_open(extra_port)
+        assert connect(moved_port, ctx_a, "on-moved") == ACCEPTED
+        held.sendall(b"\xc0\x00")  # accepted on the old address: still relayed
+        assert support.read_exact(held, 2) == b"\xd0\x00"
         with open(conf_path, "w") as f:
             f.write(base)
-        reload_by("hup", 4)
-        assert not support.port_open(extra_port)
+        reload_by("hup", 5)
+        assert not support.port_open(moved_port)
         held.settimeout(10)
         assert held.recv(10) == b""  # closed after reload_drain
         support.wait_until(lambda: "closed_by=reload" in gw.log())
@@ -293,12 +315,16 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
         _publish(broker, "fleet/news", "after-refused-reload")
         assert _received(sub, "after-refused-reload")
         doc = json.loads(http(admin, "/status", token=TOKEN)[2])
-        assert doc["reload"]["count"] == 4 and doc["reload"]["failures"] == 1
-        assert doc["problems"][0]["what"].startswith("the last reload was refused")
+        assert doc["reload"]["count"] == 5 and doc["reload"]["failures"] == 1
+        assert any(
+            pr["what"].startswith("the last reload was refused") and pr["severity"] == "error"
+            for pr in doc["problems"]
+        )
         sub.close()
         held.close()
     finally:
         gw.stop()
+        crls.stop()
 
 
 def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker: int) -> None:
