@@ -270,17 +270,23 @@ class GatewayService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self.reactor.callWhenRunning(_install_signal_handlers, self.reactor, self)
+        self.reactor.callWhenRunning(_install_signal_handlers, self.reactor, self)  # first
         for warning in self.prepared.warnings:
             log.warn("{warning}", warning=warning)
         self._notified_ready = False
         self._ready_poll = task.LoopingCall(self._notify_when_ready)
         self._ready_poll.clock = self.reactor
-        self._ready_poll.start(0.2, now=True)
+        # Polled from when the reactor runs: by then SIGHUP is handled (systemd may send it
+        # as soon as it has READY=1; before the handler, the signal would end the process).
+        self.reactor.callWhenRunning(self._ready_poll.start, 0.2, True)
 
     def _notify_when_ready(self) -> None:
         """systemd (Type=notify) learns READY=1 once every listener accepts."""
-        ok, _ = self.status().ready
+        try:
+            ok, _ = self.status().ready
+        except Exception:
+            log.failure("readiness check failed")
+            return
         if ok:
             self._ready_poll.stop()
             if not self._notified_ready:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -262,9 +263,26 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
         _publish(broker, "fleet/news", "after-certificate-reload")
         assert _received(sub, "after-certificate-reload")
 
-        # 2. A new CA bundle: only the new CA's devices get in (its CRLs now validate).
+        # 2. A new CA bundle: only the new CA's devices get in (its CRLs now validate), and
+        #    a device of the removed CA cannot resume a TLS session it got before the reload
+        #    (the new context has its own session cache and ticket keys).
+        ctx_old = support.client_context(p, p.client("resumer"))
+        with support.tls_connect(port, ctx_old) as s:
+            s.sendall(support.connect_packet("resumer"))
+            assert support.read_exact(s, 4) == ACCEPTED  # the ticket came with the CONNACK
+            saved = s.session
+        assert saved is not None
         shutil.copy(other.ca_file, ca_path)
         reload_by("post", 2)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            with ctx_old.wrap_socket(raw, server_hostname="localhost", session=saved) as s:
+                assert not s.session_reused
+                s.sendall(support.connect_packet("resumer-again"))
+                refused = s.recv(4)
+        except (ssl.SSLError, OSError):
+            refused = b""
+        assert refused != ACCEPTED
         newcomer = other.client("device-b")
         ctx_b = ssl.create_default_context(cafile=p.ca_file)  # the server is still p's
         ctx_b.load_cert_chain(*newcomer)
@@ -401,7 +419,6 @@ def test_systemd_unit_verifies(workdir: str) -> None:
 def test_sd_notify_ready_reloading_stopping(p: support.Pki, workdir: str, broker: int) -> None:
     """Under a Type=notify unit: READY=1 once listening, RELOADING=1 then READY=1 around a
     reload, STOPPING=1 at stop, on the socket systemd names in NOTIFY_SOCKET."""
-    import socket
 
     path = os.path.join(workdir, "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
