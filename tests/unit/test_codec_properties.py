@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import mqtt
+from gateway.testing import encode_length
 
 MAX = 65536
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,7 +61,7 @@ def test_any_bytes_whole_split_or_one_by_one(data: bytes, cuts: list[int]) -> No
 @given(st.binary(max_size=300))
 def test_bytes_after_a_connect_header_never_crash(body: bytes) -> None:
     """Fuzz behind a plausible fixed header, so the body parser itself is exercised."""
-    packet = bytes([0x10]) + _varint(len(body)) + body
+    packet = bytes([0x10]) + encode_length(len(body)) + body
     run([packet])
     run([packet[i : i + 1] for i in range(len(packet))])
 
@@ -71,15 +72,6 @@ text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
     max_size=40,
 )
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _utf8(s: str) -> bytes:
@@ -113,18 +105,18 @@ class Spec:
             flags |= 0x40
         body = _binary(name) + bytes([self.level, flags]) + self.keep_alive.to_bytes(2, "big")
         if self.level == mqtt.MQTT_5:
-            body += _varint(len(self.properties)) + self.properties
+            body += encode_length(len(self.properties)) + self.properties
         body += _utf8(self.client_id)
         if self.will is not None:
             topic, payload, _, _, props = self.will
             if self.level == mqtt.MQTT_5:
-                body += _varint(len(props)) + props
+                body += encode_length(len(props)) + props
             body += _utf8(topic) + _binary(payload)
         if self.username is not None:
             body += _utf8(self.username)
         if self.password is not None:
             body += _binary(self.password)
-        return bytes([0x10]) + _varint(len(body)) + body
+        return bytes([0x10]) + encode_length(len(body)) + body
 
 
 @st.composite
