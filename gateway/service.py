@@ -25,14 +25,17 @@ from gateway.errors import GatewayError, describe_error
 from gateway.monitor import Monitor
 from gateway.prepare import Prepared, prepare
 from gateway.proxy.admission import Admission, RefusalLog, address_key
+from gateway.proxy.front import ProxyFrontFactory
+from gateway.proxy.pool import Broker, BrokerPool
 from gateway.proxy.relay import ClientProtocol, GatewayFactory, session_limits
-from gateway.proxy.upstream import upstream_connector
+from gateway.proxy.upstream import HealthChecker, PoolConnector
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
 from gateway.status import (
+    BrokerStatus,
     CrlCheckStatus,
     GatewayStatus,
     ListenerStats,
@@ -104,7 +107,7 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
         if key is not None:
             self.admission.release(key)
 
-    def _refuse(self, reason: str, key: str, peer: str) -> None:
+    def _refuse(self, reason: str, key: str, peer: str, detail: str | None = None) -> None:
         self.gateway.stats.refuse(reason)
         if self.refusals.note(reason, key):
             log.warn(
@@ -112,7 +115,7 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
                 listener=self.gateway.name,
                 peer=peer,
                 reason=reason,
-                why=_REFUSAL_TEXT[reason],
+                why=detail or _REFUSAL_TEXT[reason],
             )
         elif self._summary is None:
             self._summary = self.reactor.callLater(REFUSAL_SUMMARY_INTERVAL, self._summarise)
@@ -614,8 +617,9 @@ class PortService(service.Service):
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
-        if isinstance(self.factory, ListenerTLSFactory):
-            self.factory.stop()
+        inner = getattr(self.factory, "wrapped", self.factory)
+        if isinstance(inner, ListenerTLSFactory):
+            inner.stop()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
 
@@ -650,15 +654,17 @@ class ListenerService(service.MultiService):
         if self.stapler is not None:
             self.stapler.setServiceParent(self)
         self.creator = ServerConnectionCreator(self.build_context())
+        self.pool, self.connector, self.health = self._build_upstream(listener, material)
         self.factory = GatewayFactory(
             listener.name,
             listener.limits,
             listener.upstream,
             reactor,
-            upstream_connector(reactor, listener.upstream),
+            self.connector,
             self.stats,
             self.revocation,
         )
+        self.factory.identity = listener.identity
         if self.crl_service is not None:
             self.crl_service.on_update = self.factory.sweep_revoked
         self.tls_factory = ListenerTLSFactory(self.creator, self.factory, listener.limits, reactor)
@@ -669,6 +675,10 @@ class ListenerService(service.MultiService):
 
     # -- building blocks (at start, and again on a reload) -----------------------------------
 
+    def refuse_front(self, reason: str, peer: str, detail: str) -> None:
+        """A connection refused before TLS by the PROXY header reader."""
+        self.tls_factory._refuse(reason, peer.rpartition(":")[0], peer, detail)
+
     def _port_service(self, listener: ListenerSettings) -> PortService:
         host, port = listener.bind
         server_endpoint: Any
@@ -676,15 +686,48 @@ class ListenerService(service.MultiService):
             server_endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
         else:
             server_endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+        factory: Any = self.tls_factory
+        if listener.front.proxy_protocol:
+            factory = ProxyFrontFactory(
+                self.tls_factory,
+                listener.front.proxy_protocol_timeout,
+                self.reactor,
+                self.refuse_front,
+            )
         return PortService(
             server_endpoint,
             listener.bind,
-            self.tls_factory,
+            factory,
             self.crl_service.ready if self.crl_service is not None else None,
             self.reactor,
             ready_timeout(listener.crl.http_timeout) if listener.crl is not None else 0.0,
             listener.name,
         )
+
+    def _build_upstream(
+        self, listener: ListenerSettings, material: TlsMaterial
+    ) -> tuple[BrokerPool, PoolConnector, HealthChecker | None]:
+        """The broker pool, its connector (plain or TLS) and its health checks."""
+        name = listener.name
+
+        def changed(broker: Broker, why: str) -> None:
+            level = log.info if broker.up else log.warn
+            level(
+                "upstream {listener} broker {broker} is {state}: {why}",
+                listener=name,
+                broker=broker.name,
+                state="up" if broker.up else "DOWN",
+                why=why,
+            )
+
+        up = listener.upstream
+        pool = BrokerPool(up.addresses, up.balance, up.down_time, changed)
+        connector = PoolConnector(self.reactor, up, pool, material.upstream)
+        health = None
+        if up.check_interval > 0 and (len(up.addresses) > 1 or up.check == "mqtt"):
+            health = HealthChecker(connector, name)
+            health.setServiceParent(self)
+        return pool, connector, health
 
     def _build_crl(
         self,
@@ -736,7 +779,7 @@ class ListenerService(service.MultiService):
     ) -> list[str]:
         """What a reload would change in this listener, in words (empty: nothing)."""
         old, out = self.listener, []
-        for field in ("bind", "tls", "limits", "upstream", "crl", "ocsp"):
+        for field in ("bind", "tls", "limits", "upstream", "crl", "ocsp", "identity", "front"):
             if getattr(old, field) != getattr(new, field):
                 out.append(f"{field} settings" if field not in ("bind", "upstream") else field)
         if material.chain[0] != self.material.chain[0]:
@@ -841,10 +884,23 @@ class ListenerService(service.MultiService):
             factory = self.factory
             factory.revocation = checker
             factory.session_limits = session_limits(new.limits)
-            factory.connect_upstream = upstream_connector(self.reactor, new.upstream)
+            if new.upstream != old_listener.upstream or material.upstream is not None:
+                if self.health is not None:
+                    self.health.disownServiceParent()
+                self.pool, self.connector, self.health = self._build_upstream(new, material)
+                factory.connect_upstream = self.connector
             factory.upstream_name = format_bind(new.upstream.address)
+            factory.upstream_proxy_protocol = new.upstream.proxy_protocol
+            factory.identity = new.identity
             if crl_service is not None:
                 crl_service.on_update = factory.sweep_revoked
+            if new.front != old_listener.front and new_port is None:
+                # Same address, a PROXY header now expected (or no longer): the listening
+                # socket stays, new connections get the new front factory.
+                front = self._port_service(new).factory
+                self.port_service.factory = front
+                if self.port_service.port is not None:
+                    self.port_service.port.factory = front
             self.tls_factory.admission.reconfigure(new.limits)
             self.tls_factory.per_address = self.tls_factory.admission.per_address
             for old, current in ((old_crl, crl_service), (old_stapler, stapler)):
@@ -904,6 +960,10 @@ class ListenerService(service.MultiService):
             accepting=self.port_service.accepting,
             not_accepting=self.port_service.waiting_reason,
             tls=f"{tls.profile} ({','.join(tls.versions)})",
+            brokers=tuple(
+                BrokerStatus(b.name, b.up, b.active, b.sessions, b.failures, b.last_error)
+                for b in self.pool.brokers
+            ),
         )
 
     def build_context(self) -> SSL.Context:

@@ -157,6 +157,16 @@ class OcspStatus:
 
 
 @attrs.frozen
+class BrokerStatus:
+    name: str
+    up: bool
+    active: int  # relayed sessions now
+    sessions: int  # relayed since start
+    failures: int  # failed connects and checks since start
+    last_error: str | None
+
+
+@attrs.frozen
 class ListenerStatus:
     stats: StatsSnapshot
     crl: CrlCheckStatus | None = None
@@ -166,6 +176,7 @@ class ListenerStatus:
     accepting: bool = True
     not_accepting: str = ""  # why not, when not accepting
     tls: str = ""
+    brokers: tuple[BrokerStatus, ...] = ()
 
 
 @attrs.frozen

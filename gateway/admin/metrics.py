@@ -46,6 +46,8 @@ REASONS = (
     "revoked_live",
     "shutdown",
     "reload",
+    "bad_proxy_header",
+    "bad_identity",
 )
 CLOSED_BY = ("client", "broker", "revoked", "shutdown", "reload")
 OCSP_STATUSES = ("good", "revoked", "none")
@@ -153,6 +155,31 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         accepting.add_metric([name], 1 if ls.accepting else 0)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
     yield from (upstream_failures, accepting)
+    broker_up = _family(
+        GaugeMetricFamily,
+        "mqttgw_broker_up",
+        "1 when the broker is healthy.",
+        ["listener", "broker"],
+    )
+    broker_active = _family(
+        GaugeMetricFamily,
+        "mqttgw_broker_sessions_active",
+        "Sessions relayed to the broker now.",
+        ["listener", "broker"],
+    )
+    broker_failures = _family(
+        CounterMetricFamily,
+        "mqttgw_broker_failures",
+        "Failed connects and health checks of the broker.",
+        ["listener", "broker"],
+    )
+    for ls in status.listeners:
+        for b in ls.brokers:
+            labels = [ls.stats.listener, b.name]
+            broker_up.add_metric(labels, 1 if b.up else 0)
+            broker_active.add_metric(labels, b.active)
+            broker_failures.add_metric(labels, b.failures)
+    yield from (broker_up, broker_active, broker_failures)
 
 
 def _revocation(status: GatewayStatus) -> Iterator[Metric]:

@@ -41,6 +41,16 @@ def problems(status: GatewayStatus) -> list[dict[str, str]]:
                 _crl_problems(add, name, src, now)
         if ls.ocsp is not None:
             _ocsp_problems(add, name, ls.ocsp, now)
+        down = [b for b in ls.brokers if not b.up]
+        if down and len(down) == len(ls.brokers):
+            add(
+                ERROR,
+                name,
+                "every broker is down: " + "; ".join(f"{b.name} ({b.last_error})" for b in down),
+            )
+        else:
+            for b in down:
+                add(WARNING, name, f"broker {b.name} is down: {b.last_error}")
     if status.reload.last_result == "failed":
         add(ERROR, "", f"the last reload was refused: {status.reload.last_error}")
     out.sort(key=lambda p: p["severity"] != ERROR)
@@ -123,6 +133,17 @@ def _listener(ls: ListenerStatus) -> dict[str, Any]:
             "bytes_out": s.bytes_out,
             "upstream_failures": s.upstream_failures,
         },
+        "brokers": [
+            {
+                "broker": b.name,
+                "up": b.up,
+                "active": b.active,
+                "sessions": b.sessions,
+                "failures": b.failures,
+                "last_error": b.last_error,
+            }
+            for b in ls.brokers
+        ],
         "crl": None,
         "ocsp": None,
     }
@@ -242,6 +263,13 @@ def render_html(doc: dict[str, Any]) -> str:
                     ("sessions ended", _pairs(c["closed"])),
                     ("bytes in / out", f"{c['bytes_in']} / {c['bytes_out']}"),
                     ("upstream connect failures", c["upstream_failures"]),
+                    (
+                        "brokers",
+                        "; ".join(
+                            f"{b['broker']} {'up' if b['up'] else 'DOWN'} ({b['active']} active)"
+                            for b in ls.get("brokers", [])
+                        ),
+                    ),
                 ]
             )
         )
@@ -340,6 +368,14 @@ def render_text(doc: dict[str, Any]) -> str:
             f"  sessions ended {_pairs(c['closed'])}  bytes in {c['bytes_in']} "
             f"out {c['bytes_out']}",
         ]
+        brokers = ls.get("brokers", [])
+        if len(brokers) > 1 or any(not b["up"] for b in brokers):
+            lines.append(
+                "  brokers "
+                + "  ".join(
+                    f"{b['broker']} {'up' if b['up'] else 'DOWN'} {b['active']}" for b in brokers
+                )
+            )
         if ls["crl"] is not None:
             lines.append(f"  CRLs held {ls['crl']['held']}")
             for src in ls["crl"]["sources"]:

@@ -5,7 +5,6 @@ configuration to it."""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,9 +13,9 @@ import attrs
 from gateway.config.profiles import GROUPS, PROFILES, TLS12_SUITES, TLS13_SUITES
 from gateway.config.values import (
     enum_of,
-    format_bind,
     format_bool,
     format_duration,
+    format_host_port_list,
     format_list,
     format_optional,
     format_optional_bind,
@@ -25,7 +24,7 @@ from gateway.config.values import (
     parse_bool,
     parse_duration,
     parse_duration_or_zero,
-    parse_host_port,
+    parse_host_port_list,
     parse_limit,
     parse_list,
     parse_path,
@@ -37,6 +36,7 @@ from gateway.config.values import (
 )
 
 LISTENER_PREFIX = "listener.ssl."
+IDENTITY_SOURCES = ("cn", "dn", "crt", "pem", "md5")
 
 
 @attrs.frozen
@@ -58,6 +58,7 @@ class Key:
     global_: bool = False  # <key> at the top level
     required: bool = False
     aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)
+    presence: bool = False  # a boolean key whose value is whether ``attr`` is set
 
     @property
     def section(self) -> str | None:
@@ -74,7 +75,14 @@ class Key:
         """This key's effective value, read from a ListenerSettings or GlobalSettings."""
         if self.enables is not None:
             return getattr(settings, self.attr) is not None
-        return operator.attrgetter(self.attr)(settings)
+        value = settings
+        for part in self.attr.split("."):
+            if value is None:
+                return None  # inside an optional record that is off
+            value = getattr(value, part)
+        if self.presence:
+            return value is not None
+        return value
 
 
 def _parse_verify(text: str) -> bool:
@@ -241,13 +249,158 @@ KEYS: tuple[Key, ...] = (
     ),
     Key(
         "upstream",
-        "upstream.address",
-        parse_host_port,
+        "upstream.addresses",
+        parse_host_port_list,
         None,
-        "The broker behind this listener, host:port, plain TCP. A listener without one "
-        "uses the global upstream; having neither is an error.",
-        format=format_bind,
+        "The broker(s) behind this listener: host:port, or a pool (host:port, host:port, "
+        "...) balanced by upstream_balance. A listener without one uses the global upstream; "
+        "having neither is an error.",
+        format=format_host_port_list,
         global_=True,
+    ),
+    Key(
+        "upstream_balance",
+        "upstream.balance",
+        enum_of("least_conn", "round_robin", "client_id"),
+        "least_conn",
+        "How a pool's broker is chosen: least_conn (fewest relayed sessions), round_robin, "
+        "or client_id (consistent hashing of the MQTT client id: a device keeps reaching the "
+        "broker that holds its session; adding a broker moves about 1/N of the devices).",
+        global_=True,
+    ),
+    Key(
+        "upstream_down_time",
+        "upstream.down_time",
+        parse_duration,
+        10.0,
+        "How long a broker whose connect or health check failed is left out of the pool "
+        "(it is tried again sooner only if every broker is down).",
+        format=format_duration,
+        global_=True,
+    ),
+    Key(
+        "upstream_check_interval",
+        "upstream.check_interval",
+        parse_duration_or_zero,
+        5.0,
+        "How often each broker of the pool is health-checked (0: no active check; failed "
+        "connects still mark a broker down).",
+        format=format_duration,
+        global_=True,
+    ),
+    Key(
+        "upstream_check",
+        "upstream.check",
+        enum_of("tcp", "mqtt"),
+        "tcp",
+        "tcp: a TCP (or TLS, with upstream_tls) connect; mqtt: a real CONNECT answered by a "
+        "CONNACK accepting it, with upstream_check_client_id.",
+        global_=True,
+    ),
+    Key(
+        "upstream_check_client_id",
+        "upstream.check_client_id",
+        str,
+        "mqttgw-health-check",
+        "The client id of the MQTT health check (clean session, no will, no credentials).",
+        global_=True,
+    ),
+    Key(
+        "upstream_tls",
+        "upstream.tls",
+        parse_bool,
+        False,
+        "Speak TLS to the broker. The broker's certificate must chain to upstream_cacertfile "
+        "and name upstream_server_name; on failure the device gets CONNACK 'server "
+        "unavailable' and the verification error is logged.",
+        format=format_bool,
+        global_=True,
+        presence=True,
+    ),
+    Key(
+        "upstream_cacertfile",
+        "upstream.tls.cacertfile",
+        parse_path,
+        None,
+        "PEM CA certificate(s) the broker's certificate must chain to (required with "
+        "upstream_tls).",
+        format=format_optional,
+        global_=True,
+    ),
+    Key(
+        "upstream_server_name",
+        "upstream.tls.server_name",
+        str,
+        None,
+        "The name (DNS name or IP address) the broker's certificate must carry, also sent as "
+        "SNI. Unset: the broker's host as written in upstream.",
+        format=format_optional,
+        global_=True,
+    ),
+    Key(
+        "upstream_certfile",
+        "upstream.tls.certfile",
+        parse_path,
+        None,
+        "PEM client certificate (and chain) the gateway presents to the broker (optional).",
+        format=format_optional,
+        global_=True,
+    ),
+    Key(
+        "upstream_keyfile",
+        "upstream.tls.keyfile",
+        parse_path,
+        None,
+        "PEM private key of upstream_certfile.",
+        format=format_optional,
+        global_=True,
+    ),
+    Key(
+        "upstream_proxy_protocol",
+        "upstream.proxy_protocol",
+        enum_of("v1", "v2"),
+        None,
+        "Send a PROXY protocol header to the broker first, with the device's address; v2 "
+        "also carries TLS facts (version, cipher, verify result, client certificate CN). "
+        "Unset: none.",
+        format=format_optional,
+        global_=True,
+    ),
+    Key(
+        "peer_cert_as_username",
+        "identity.username",
+        enum_of(*IDENTITY_SOURCES),
+        None,
+        "Replace the CONNECT's user name with the verified client certificate's cn, dn, "
+        "crt (base64 DER), pem or md5 (hex MD5 of the DER), so that the broker's per-user "
+        "ACLs apply per device (EMQX's key). Unset: the device's own.",
+        format=format_optional,
+    ),
+    Key(
+        "peer_cert_as_clientid",
+        "identity.client_id",
+        enum_of(*IDENTITY_SOURCES),
+        None,
+        "Replace the CONNECT's client id the same way (EMQX's key). Unset: the device's own.",
+        format=format_optional,
+    ),
+    Key(
+        "proxy_protocol",
+        "front.proxy_protocol",
+        parse_bool,
+        False,
+        "Expect a PROXY protocol header (v1 or v2) from a load balancer before the TLS "
+        "handshake: logs, limits and PROXY headers to the broker then carry the device's "
+        "address. A connection without a valid header is closed and logged (EMQX's key).",
+        format=format_bool,
+    ),
+    Key(
+        "proxy_protocol_timeout",
+        "front.proxy_protocol_timeout",
+        parse_duration,
+        3.0,
+        "Time allowed for the PROXY header to arrive (EMQX's key).",
+        format=format_duration,
     ),
     Key(
         "upstream_connect_timeout",

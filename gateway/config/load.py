@@ -35,11 +35,14 @@ from gateway.config.model import (
     Config,
     ConnectionLimits,
     CrlSettings,
+    FrontSettings,
     GlobalSettings,
+    IdentitySettings,
     ListenerSettings,
     OcspSettings,
     TlsSettings,
     UpstreamSettings,
+    UpstreamTls,
 )
 from gateway.config.profiles import PROFILES, effective_ciphers
 from gateway.config.values import parse_bind
@@ -48,7 +51,15 @@ from gateway.errors import ConfigError
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Options holding paths: made absolute, relative to the configuration file's directory.
-_PATH_OPTIONS = ("keyfile", "certfile", "cacertfile", "ocsp_issuer_pem")
+_PATH_OPTIONS = (
+    "keyfile",
+    "certfile",
+    "cacertfile",
+    "ocsp_issuer_pem",
+    "upstream_cacertfile",
+    "upstream_certfile",
+    "upstream_keyfile",
+)
 _GLOBAL_PATH_KEYS = ("crl_cache.dir", "ocsp_cache.dir", "admin.token_file")
 
 
@@ -288,8 +299,8 @@ def _check_no_loop(
     """A listener whose upstream is a listener of this gateway (its own address, most
     often) would relay MQTT to a TLS port of its own: a configuration error."""
     for listener in listeners:
-        for other in listeners:
-            if not _reaches(listener.upstream.address, other.bind):
+        for other, address in ((o, a) for o in listeners for a in listener.upstream.addresses):
+            if not _reaches(address, other.bind):
                 continue
             where = origins[listener.name].get("upstream")
             line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.upstream")
@@ -298,7 +309,7 @@ def _check_no_loop(
                 if other is listener
                 else f"the address of listener {other.name!r}"
             )
-            host, port = listener.upstream.address
+            host, port = address
             raise ConfigError(
                 path,
                 line,
@@ -374,6 +385,26 @@ def _build_listener(
     if verify_peer and v["cacertfile"] is None:
         raise fail("verify", "verify_peer needs cacertfile (the CAs client certificates chain to)")
 
+    upstream_tls = None
+    if v["upstream_tls"]:
+        if v["upstream_cacertfile"] is None:
+            raise fail("upstream_tls", "upstream_tls needs upstream_cacertfile (the broker's CA)")
+        if (v["upstream_certfile"] is None) != (v["upstream_keyfile"] is None):
+            which = "upstream_keyfile" if v["upstream_certfile"] else "upstream_certfile"
+            raise fail(which, "upstream_certfile and upstream_keyfile go together")
+        upstream_tls = UpstreamTls(
+            v["upstream_cacertfile"],
+            v["upstream_server_name"],
+            v["upstream_certfile"],
+            v["upstream_keyfile"],
+        )
+    for option in ("peer_cert_as_username", "peer_cert_as_clientid"):
+        if v[option] is not None and not (verify_peer and v["fail_if_no_peer_cert"]):
+            raise fail(
+                option,
+                "needs verify = verify_peer and fail_if_no_peer_cert = true (a device "
+                "without a certificate would keep the name it claims)",
+            )
     profile = PROFILES[v["tls_profile"]]
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
@@ -435,9 +466,19 @@ def _build_listener(
             max_conn_rate_per_ip=v["max_conn_rate_per_ip"],
         ),
         upstream=UpstreamSettings(
-            address=v["upstream"], connect_timeout=v["upstream_connect_timeout"]
+            addresses=v["upstream"],
+            connect_timeout=v["upstream_connect_timeout"],
+            balance=v["upstream_balance"],
+            down_time=v["upstream_down_time"],
+            check_interval=v["upstream_check_interval"],
+            check=v["upstream_check"],
+            check_client_id=v["upstream_check_client_id"],
+            tls=upstream_tls,
+            proxy_protocol=v["upstream_proxy_protocol"],
         ),
         crl=crl,
         ocsp=ocsp,
+        identity=IdentitySettings(v["peer_cert_as_username"], v["peer_cert_as_clientid"]),
+        front=FrontSettings(v["proxy_protocol"], v["proxy_protocol_timeout"]),
     )
     return listener, origin

@@ -56,11 +56,52 @@ class ConnectionLimits:
 
 
 @attrs.frozen
-class UpstreamSettings:
-    """The broker behind the listener."""
+class UpstreamTls:
+    """TLS to the broker: its CA, the name its certificate must carry, and optionally the
+    gateway's own client certificate."""
 
-    address: tuple[str, int]
+    cacertfile: str
+    server_name: str | None  # None: the broker's host as written in upstream
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """The broker(s) behind the listener: the pool, its balancing and health, the
+    transport (TCP or TLS) and the PROXY header sent first."""
+
+    addresses: tuple[tuple[str, int], ...]
     connect_timeout: float
+    balance: str = "least_conn"
+    down_time: float = 10.0
+    check_interval: float = 5.0  # 0: no active check
+    check: str = "tcp"  # tcp | mqtt
+    check_client_id: str = "mqttgw-health-check"
+    tls: UpstreamTls | None = None
+    proxy_protocol: str | None = None  # None | v1 | v2
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The first broker (a pool of one is today's single upstream)."""
+        return self.addresses[0]
+
+
+@attrs.frozen
+class IdentitySettings:
+    """What of the verified client certificate replaces the CONNECT's user name and client
+    id (EMQX's peer_cert_as_username / peer_cert_as_clientid): cn, dn, crt, pem, md5."""
+
+    username: str | None = None
+    client_id: str | None = None
+
+
+@attrs.frozen
+class FrontSettings:
+    """What comes before TLS on the listener: a PROXY header from a load balancer."""
+
+    proxy_protocol: bool = False
+    proxy_protocol_timeout: float = 3.0
 
 
 @attrs.frozen
@@ -97,6 +138,8 @@ class ListenerSettings:
     upstream: UpstreamSettings
     crl: CrlSettings | None
     ocsp: OcspSettings | None
+    identity: IdentitySettings = IdentitySettings()
+    front: FrontSettings = FrontSettings()
 
 
 # Where each listener option was set: option name -> (line, key as written), for errors

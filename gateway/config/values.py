@@ -116,6 +116,21 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, parse_port(port)
 
 
+def parse_host_port_list(text: str) -> tuple[tuple[str, int], ...]:
+    """One or more ``host:port``, comma-separated (a broker pool)."""
+    items = parse_list(text)
+    if not items:
+        raise ValueError("expected host:port[, host:port ...]")
+    out = tuple(parse_host_port(item) for item in items)
+    if len(set(out)) != len(out):
+        raise ValueError("a broker is listed twice")
+    return out
+
+
+def format_host_port_list(value: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(format_bind(a) for a in value)
+
+
 def enum_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in choices:

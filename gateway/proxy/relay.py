@@ -19,10 +19,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config.model import ConnectionLimits, UpstreamSettings
+from gateway.config.model import ConnectionLimits, IdentitySettings, UpstreamSettings
 from gateway.config.values import format_bind
+from gateway.failures import plain_reason
+from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, PendingCrl
+from gateway.proxy import proxyproto
 from gateway.proxy import session as S
+from gateway.proxy.identity import common_name, identity_of
 from gateway.status import ListenerStats
 from gateway.tls.verify import GatewayConnection, verify_error_text
 
@@ -101,6 +105,9 @@ class GatewayFactory(protocol.Factory):
         self.name = name
         self.session_limits = session_limits(limits)
         self.upstream_name = format_bind(upstream.address)
+        self.upstream_proxy_protocol = upstream.proxy_protocol
+        self.identity = IdentitySettings()
+        self.local_address: tuple[str, int] | None = None  # for PROXY headers, the listener's
         self.reactor = reactor
         self.connect_upstream = connect_upstream
         self.stats = stats
@@ -221,7 +228,8 @@ class ClientProtocol(protocol.Protocol):
     def upstream_failed(self, reason: Failure) -> None:
         self.factory.stats.upstream_failures += 1
         self._cancel_upstream = None
-        detail = f"{self.factory.upstream_name}: {reason.getErrorMessage()}"
+        where = getattr(reason, "broker", None) or self.factory.upstream_name
+        detail = f"{where}: {plain_reason(reason)}"
         self._run(self.session.upstream_failed(detail))
 
     def stop(self, by: str, why: str) -> None:
@@ -365,7 +373,26 @@ class ClientProtocol(protocol.Protocol):
     def _start_relay(self, first: bytes) -> None:
         upstream = self.upstream
         assert upstream is not None
-        upstream.transport.write(first)
+        connect = self.session.connect
+        assert connect is not None
+        identity = self.factory.identity
+        if identity.username is not None or identity.client_id is not None:
+            try:
+                first = self._rewrite(first, connect, identity)
+            except ValueError as e:
+                self.factory.stats.refuse("bad_identity")
+                log.warn(
+                    "refused {listener} peer={peer} reason=bad_identity subject={subject}: "
+                    "{detail}",
+                    listener=self.factory.name,
+                    peer=self.peer,
+                    subject=self.subject,
+                    detail=str(e),
+                )
+                self._run(self.session.stop("bad_identity", str(e)))
+                return
+        header = self._proxy_header()
+        upstream.transport.write(header + first if header else first)
         # Flow control both ways: a full write buffer on one side pauses reading on the other.
         upstream.transport.registerProducer(self.transport, True)
         self.transport.registerProducer(upstream.transport, True)
@@ -373,8 +400,6 @@ class ClientProtocol(protocol.Protocol):
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
         self._since = self.factory.reactor.seconds()
-        connect = self.session.connect
-        assert connect is not None
         log.info(
             "accepted {listener} peer={peer} subject={subject} serial={serial} "
             "client_id={client_id!r} mqtt={mqtt_level}",
@@ -384,6 +409,50 @@ class ClientProtocol(protocol.Protocol):
             serial=self.serial,
             client_id=connect.client_id,
             mqtt_level=connect.protocol_level,
+        )
+
+    def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:
+        """The CONNECT with the user name / client id the certificate gives (the rest of
+        ``first``, bytes that came with the CONNECT, is relayed as it is)."""
+        handle = self.transport.getHandle()
+        cert = handle.get_peer_certificate() if handle is not None else None
+        if cert is None:  # checked at configuration: these listeners require a certificate
+            raise RuntimeError("no client certificate to take the identity from")
+        parsed = cert.to_cryptography()
+        username = identity_of(parsed, identity.username) if identity.username else None
+        client_id = identity_of(parsed, identity.client_id) if identity.client_id else None
+        packet = connect.packet
+        return rewrite_connect(packet, username, client_id) + first[len(packet) :]
+
+    def _proxy_header(self) -> bytes:
+        version = self.factory.upstream_proxy_protocol
+        if version is None:
+            return b""
+        # The device's address as the listener admitted it (from a PROXY header in front,
+        # when there is one), and the address it reached the gateway on.
+        peer_host, _, peer_port = self.peer.rpartition(":")
+        host = self.transport.getHost()
+        source = (peer_host.strip("[]"), int(peer_port) if peer_port.isdigit() else 0)
+        destination = (getattr(host, "host", "0.0.0.0"), getattr(host, "port", 0))
+        if version == "v1":
+            return proxyproto.header_v1(source, destination)
+        return proxyproto.header_v2(source, destination, self._tls_facts())
+
+    def _tls_facts(self) -> proxyproto.TlsFacts | None:
+        handle = self.transport.getHandle()
+        if not isinstance(handle, SSL.Connection):
+            return None
+        cert = handle.get_peer_certificate()
+        cn = None
+        if cert is not None:
+            cn = common_name(cert.to_cryptography())
+        return proxyproto.TlsFacts(
+            version=handle.get_protocol_version_name(),
+            cipher=handle.get_cipher_name() or "",
+            cert_in_connection=cert is not None,
+            verified=cert is not None and self.verification.failure is None,
+            cn=cn,
+            resumed=bool(handle.session_reused()),
         )
 
 
@@ -406,12 +475,21 @@ _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
 
 
 class UpstreamFactory(protocol.ClientFactory):
-    """One per upstream connection, carrying the client it serves."""
+    """One per upstream connection, carrying the client it serves. The connector (a broker
+    pool) may hook in: ``on_failed`` to try the next broker instead of failing the client,
+    ``on_connected`` / ``on_closed`` for its counts, ``tls`` when the connection is
+    wrapped in TLS (then it is up only once the handshake is done), ``tls_done`` to keep
+    the TLS session for resumption."""
 
     noisy = False
 
     def __init__(self, client: ClientProtocol) -> None:
         self.client = client
+        self.on_failed: Callable[[Failure], None] | None = None
+        self.on_connected: Callable[[], None] | None = None
+        self.on_closed: Callable[[], None] | None = None
+        self.tls_done: Callable[[Any], None] | None = None
+        self.tls = False
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:  # type: ignore[override]
         upstream = UpstreamProtocol()
@@ -419,24 +497,49 @@ class UpstreamFactory(protocol.ClientFactory):
         return upstream
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.client.upstream_failed(reason)
+        if self.on_failed is not None:
+            self.on_failed(reason)
+        else:
+            self.client.upstream_failed(reason)
 
 
 def session_limits(limits: ConnectionLimits) -> S.SessionLimits:
     return S.SessionLimits(limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class UpstreamProtocol(protocol.Protocol):
-    """The broker side: plain TCP, bytes straight to the client."""
+    """The broker side, bytes straight to the client: over plain TCP it is up when the
+    TCP connection is; over TLS when the handshake (the broker's certificate verified) is
+    done, and a connection lost before that is a failed connect."""
 
     factory: UpstreamFactory
-    transport: Any  # the TCP connection to the broker
+    transport: Any  # the TCP connection to the broker, or the TLS layer over it
+    up = False
+    _session_kept = False
 
     def connectionMade(self) -> None:
+        if not self.factory.tls:
+            self._up()
+
+    def handshakeCompleted(self) -> None:
+        self._keep_session()
+        self._up()
+
+    def _up(self) -> None:
+        self.up = True
+        if self.factory.on_connected is not None:
+            self.factory.on_connected()
         self.factory.client.upstream_connected(self)
 
+    def _keep_session(self) -> None:
+        if self.factory.tls_done is not None:
+            self.factory.tls_done(self.transport.getHandle())
+
     def dataReceived(self, data: bytes) -> None:
+        if self.factory.tls and not self._session_kept:
+            self._session_kept = True  # a TLS 1.3 ticket arrives after the handshake
+            self._keep_session()
         client: ClientProtocol = self.factory.client
         if client.session.state in (S.State.RELAY, S.State.CLOSING):
             client.bytes_out += len(data)
@@ -451,6 +554,11 @@ class UpstreamProtocol(protocol.Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if not self.up:  # a TLS handshake that failed (the broker's certificate, ...)
+            self.factory.clientConnectionFailed(None, reason)
+            return
+        if self.factory.on_closed is not None:
+            self.factory.on_closed()
         self.factory.client.upstream_lost(why=lost_text(reason))
 
 

@@ -1,38 +1,306 @@
-"""Opening the broker connection of one client."""
+"""Opening the broker connection of one client: a pool of brokers, plain TCP or TLS, with
+failover within one connect budget, and the pool's active health checks.
+
+IP literals go straight to ``connectTCP`` (no resolver round trip, no endpoint wrapper in
+the relay's data path); host names go through HostnameEndpoint, which resolves them without
+blocking the reactor. With ``upstream_tls`` the connection is wrapped in TLS: the broker's
+certificate is verified (chain to ``upstream_cacertfile``, name or IP address with
+service_identity, through Twisted's ``optionsForClientTLS``), and each broker's last TLS
+session is offered again, so that a reconnect storm resumes rather than doing full
+handshakes to the broker.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import endpoints
+from OpenSSL import SSL
+from twisted.application import service
+from twisted.internet import defer, endpoints, protocol, ssl, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.config.model import UpstreamSettings
+from gateway.failures import plain_reason
+from gateway.proxy.pool import Broker, BrokerPool
 from gateway.proxy.relay import ConnectUpstream, UpstreamFactory
 
+log = Logger()
 
-def upstream_connector(reactor: Any, upstream: UpstreamSettings) -> ConnectUpstream:
-    """A function opening a TCP connection to the listener's broker.
 
-    IP literals go straight to ``connectTCP`` (no resolver round trip, no endpoint wrapper
-    in the relay's data path); host names go through HostnameEndpoint, which resolves them
-    without blocking the reactor.
-    """
-    host, port = upstream.address
-    timeout = upstream.connect_timeout
-    if isIPAddress(host) or isIPv6Address(host):
+# -- TLS to the broker -------------------------------------------------------------------
 
-        def connect_ip(factory: UpstreamFactory) -> Callable[[], None]:
-            connector = reactor.connectTCP(host, port, factory, timeout=timeout)
-            return connector.stopConnecting
 
-        return connect_ip
-    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+@implementer(IOpenSSLClientConnectionCreator)
+class ResumingClientCreator:
+    """Twisted's verifying client TLS options for one broker, offering the broker's last
+    session again (OpenSSL clients resume only a session they are given)."""
 
-    def connect_name(factory: UpstreamFactory) -> Callable[[], None]:
-        attempt = endpoint.connect(factory)
-        attempt.addErrback(lambda reason: factory.clientConnectionFailed(None, reason))
+    def __init__(self, server_name: str, trust: Any, client: Any) -> None:
+        kwargs: dict[str, Any] = {"trustRoot": trust}
+        if client is not None:
+            kwargs["clientCertificate"] = client
+        self.options = ssl.optionsForClientTLS(server_name, **kwargs)
+        self.session: SSL.Session | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self.options.clientConnectionForTLS(tlsProtocol)
+        if self.session is not None:
+            connection.set_session(self.session)
+        return connection
+
+    def keep(self, connection: Any) -> None:
+        try:
+            session = connection.get_session()
+        except Exception:
+            return
+        if session is not None:
+            self.session = session
+
+
+# -- the connector -------------------------------------------------------------------------
+
+
+class PoolConnector:
+    """``connect(factory)`` for the relay: tries the pool's candidates for the client, in
+    balancing order, within one ``upstream_connect_timeout``; a failed broker is marked down
+    and the next one tried; returns the cancel function of the attempt in progress."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: UpstreamSettings,
+        pool: BrokerPool,
+        tls: Any = None,  # (trust, client certificate) from load_upstream_tls
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.pool = pool
+        self.creators: dict[int, ResumingClientCreator] = {}
+        if settings.tls is not None:
+            trust, client = tls
+            for broker in pool.brokers:
+                name = settings.tls.server_name or broker.host
+                self.creators[broker.index] = ResumingClientCreator(name, trust, client)
+
+    def __call__(self, factory: UpstreamFactory) -> Callable[[], None]:
+        connect = factory.client.session.connect
+        client_id = connect.client_id if connect is not None else ""
+        now = self.reactor.seconds()
+        attempt = _Attempt(
+            self, factory, self.pool.candidates(client_id, now), now + self.settings.connect_timeout
+        )
+        attempt.next()
         return attempt.cancel
 
-    return connect_name
+    def open(
+        self, broker: Broker, wrapped: protocol.ClientFactory, timeout: float
+    ) -> Callable[[], None]:
+        """Connect ``wrapped`` to ``broker`` (TLS-wrapped if configured); the cancel."""
+        factory: Any = wrapped
+        creator = self.creators.get(broker.index)
+        if creator is not None:
+            factory = TLSMemoryBIOFactory(creator, True, wrapped, clock=self.reactor)
+        host, port = broker.host, broker.port
+        if isIPAddress(host) or isIPv6Address(host):
+            connector = self.reactor.connectTCP(host, port, factory, timeout=timeout)
+            return connector.stopConnecting  # type: ignore[no-any-return,unused-ignore]
+        endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+        d = endpoint.connect(factory)
+
+        def failed(reason: Failure) -> None:
+            wrapped.clientConnectionFailed(None, reason)  # type: ignore[arg-type]
+
+        d.addErrback(failed)
+        return d.cancel
+
+
+class _Attempt:
+    def __init__(
+        self,
+        connector: PoolConnector,
+        factory: UpstreamFactory,
+        candidates: list[Broker],
+        deadline: float,
+    ) -> None:
+        self.connector = connector
+        self.factory = factory
+        self.candidates = candidates
+        self.deadline = deadline
+        self.broker: Broker | None = None
+        self._cancel: Callable[[], None] | None = None
+        self.errors: list[str] = []
+        factory.on_failed = self.failed
+        factory.on_connected = self.connected
+        factory.on_closed = self.closed
+        factory.tls = connector.settings.tls is not None
+
+    def next(self) -> None:
+        remaining = self.deadline - self.connector.reactor.seconds()
+        if not self.candidates or remaining <= 0:
+            reason = Failure(ConnectionError("; ".join(self.errors) or "no broker to try"))
+            reason.broker = "every broker of the pool"  # type: ignore[attr-defined]
+            if len(self.errors) == 1:
+                reason = self._last
+            self.factory.on_failed = None
+            self.factory.client.upstream_failed(reason)
+            return
+        self.broker = self.candidates.pop(0)
+        creator = self.connector.creators.get(self.broker.index)
+        self.factory.tls_done = creator.keep if creator is not None else None
+        self._cancel = self.connector.open(self.broker, self.factory, remaining)
+
+    def failed(self, reason: Failure) -> None:
+        broker = self.broker
+        assert broker is not None
+        text = plain_reason(reason)
+        self.errors.append(f"{broker.name}: {text}")
+        self.connector.pool.failed(broker, self.connector.reactor.seconds(), text)
+        reason.broker = broker.name  # type: ignore[attr-defined]
+        self._last = reason
+        self.next()
+
+    def connected(self) -> None:
+        assert self.broker is not None
+        self.connector.pool.connected(self.broker)
+
+    def closed(self) -> None:
+        if self.broker is not None:
+            self.connector.pool.released(self.broker)
+
+    def cancel(self) -> None:
+        self.candidates = []
+        self.factory.on_failed = lambda reason: None  # cancelled: nobody to tell
+        if self._cancel is not None:
+            self._cancel()
+
+
+def upstream_connector(
+    reactor: Any, upstream: UpstreamSettings, pool: BrokerPool | None = None, tls: Any = None
+) -> ConnectUpstream:
+    """The relay's connect function for ``upstream`` (a pool of one or more brokers)."""
+    if pool is None:
+        pool = BrokerPool(upstream.addresses, upstream.balance, upstream.down_time)
+    return PoolConnector(reactor, upstream, pool, tls)
+
+
+# -- active health checks ------------------------------------------------------------------
+
+
+@implementer(IHandshakeListener)
+class _Check(protocol.Protocol):
+    """TCP/TLS: up once connected (after the handshake with TLS). MQTT: up once a CONNACK
+    accepting a clean CONNECT arrives."""
+
+    transport: Any
+
+    def __init__(self, done: defer.Deferred[None], mqtt_connect: bytes | None, tls: bool) -> None:
+        self.done = done
+        self.mqtt_connect = mqtt_connect
+        self.tls = tls
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        if self.mqtt_connect is not None:
+            self.transport.write(self.mqtt_connect)
+        elif not self.tls:
+            self._finish(None)
+        # with TLS, handshakeCompleted says it is done
+
+    def handshakeCompleted(self) -> None:
+        if self.mqtt_connect is None:
+            self._finish(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= 4:
+            if self.buffer[0] == 0x20 and self.buffer[3] == 0:
+                self.transport.write(b"\xe0\x00")  # DISCONNECT
+                self._finish(None)
+            else:
+                self._finish(ConnectionError(f"CONNACK refused (code {self.buffer[3]})"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._finish(ConnectionError(plain_reason(reason)))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.done.called:
+            return
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+        self.transport.loseConnection()
+
+
+class HealthChecker(service.Service):
+    """Checks every broker of a pool every ``check_interval``: a TCP (or TLS) connect, or a
+    real MQTT CONNECT/CONNACK; pool.check_ok or pool.failed with the reason."""
+
+    def __init__(self, connector: PoolConnector, listener: str) -> None:
+        self.connector = connector
+        self.name = f"upstream-check:{listener}"
+        self._loop: task.LoopingCall | None = None
+        settings = connector.settings
+        self.mqtt_connect = (
+            _mqtt_check_packet(settings.check_client_id) if settings.check == "mqtt" else None
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        interval = self.connector.settings.check_interval
+        if interval > 0:
+            self._loop = task.LoopingCall(self.check_all)
+            self._loop.clock = self.connector.reactor
+            self._loop.start(interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def check_all(self) -> defer.Deferred[Any]:
+        return defer.DeferredList([self.check(b) for b in self.connector.pool.brokers])
+
+    def check(self, broker: Broker) -> defer.Deferred[None]:
+        connector = self.connector
+        done: defer.Deferred[None] = defer.Deferred()
+        tls = connector.settings.tls is not None
+        factory = _CheckFactory(done, self.mqtt_connect, tls)
+        timeout = connector.settings.connect_timeout
+        cancel = connector.open(broker, factory, timeout)
+        done.addTimeout(timeout + 1, connector.reactor, onTimeoutCancel=lambda *_: cancel())
+
+        def ok(_: object) -> None:
+            connector.pool.check_ok(broker)
+
+        def bad(reason: Failure) -> None:
+            text = plain_reason(reason) if not reason.check(defer.TimeoutError) else "timeout"
+            connector.pool.failed(broker, connector.reactor.seconds(), f"health check: {text}")
+
+        return done.addCallbacks(ok, bad)
+
+
+class _CheckFactory(protocol.ClientFactory):
+    noisy = False
+
+    def __init__(self, done: defer.Deferred[None], mqtt_connect: bytes | None, tls: bool) -> None:
+        self.done, self.mqtt_connect, self.tls = done, mqtt_connect, tls
+
+    def buildProtocol(self, addr: Any) -> _Check:
+        return _Check(self.done, self.mqtt_connect, self.tls)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.errback(ConnectionError(plain_reason(reason)))
+
+
+def _mqtt_check_packet(client_id: str) -> bytes:
+    raw = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x1e" + len(raw).to_bytes(2, "big") + raw
+    return bytes([0x10, len(body)]) + body

@@ -11,12 +11,10 @@ from urllib.parse import urljoin
 
 import attrs
 import treq
-from OpenSSL import SSL
-from twisted.internet import defer, error
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.internet import defer
 
 from gateway.errors import GatewayError
+from gateway.failures import plain_reason
 
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -39,50 +37,6 @@ def _limited_collector(limit: int, url: str) -> tuple[list[bytes], Any]:
         chunks.append(data)
 
     return chunks, collect
-
-
-def plain_reason(failure: Failure) -> str:
-    """Why a request failed, in plain words, never a Python repr (Twisted's web client
-    nests the real reasons, as Failure objects, inside its own errors)."""
-    value = failure.value
-    if isinstance(value, (ResponseNeverReceived, ResponseFailed)):
-        inner = [r for r in getattr(value, "reasons", []) if isinstance(r, Failure)]
-        before = isinstance(value, ResponseNeverReceived)
-        for reason in inner:
-            if reason.check(error.ConnectionDone, error.ConnectionLost):
-                if before:
-                    return "connection closed by the server before an answer"
-                return "connection closed by the server in the middle of the answer"
-        if inner:
-            return plain_reason(inner[0])
-        return "no answer" if before else "incomplete answer"
-    if isinstance(value, (ConnectionRefusedError, error.ConnectionRefusedError)):
-        return "connection refused"
-    if isinstance(value, error.DNSLookupError):
-        return "cannot resolve the host name"
-    if isinstance(value, (error.TCPTimedOutError, error.TimeoutError, TimeoutError)):
-        return "connection timed out"
-    if isinstance(value, error.ConnectionDone):
-        return "connection closed by the server before an answer"
-    if isinstance(value, error.ConnectionLost):
-        return "connection lost (reset, or the network cut)"
-    if isinstance(value, SSL.Error):
-        return "TLS error: " + ssl_error_words(value)
-    if isinstance(value, error.ConnectError):
-        return value.osError and str(value.osError) or value.__class__.__name__
-    text = str(value)
-    if not text or "<" in text:  # a repr inside: say only what kind of error it was
-        return value.__class__.__name__
-    return text
-
-
-def ssl_error_words(value: SSL.Error) -> str:
-    """OpenSSL's reason strings of a pyOpenSSL error (its args are lists of tuples)."""
-    words = []
-    for entry in value.args[0] if value.args and isinstance(value.args[0], list) else []:
-        if isinstance(entry, tuple) and entry:
-            words.append(str(entry[-1]))
-    return ", ".join(words) or "handshake failed"
 
 
 @attrs.define

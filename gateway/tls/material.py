@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
+from twisted.internet import ssl
 
-from gateway.config.model import Config, ListenerSettings, TlsSettings
+from gateway.config.model import Config, ListenerSettings, TlsSettings, UpstreamTls
 from gateway.config.profiles import split_ciphers
 from gateway.errors import ConfigError
 from gateway.revocation.chains import IssuerIndex
@@ -28,6 +30,15 @@ from gateway.tls.native import set_groups
 
 # option, reason -> the error located at the line that set the option
 Fail = Callable[[str, str], ConfigError]
+
+
+@attrs.frozen(eq=False)
+class UpstreamTrust:
+    """For TLS to the broker: the CAs its certificate must chain to (a Twisted trust root)
+    and the gateway's own client certificate, if any."""
+
+    trust: Any
+    client: Any  # twisted.internet.ssl.PrivateCertificate | None
 
 
 @attrs.frozen(eq=False)
@@ -40,6 +51,7 @@ class TlsMaterial:
     ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
     ocsp: OcspTarget | None
     issuers: IssuerIndex  # ca_certs indexed: rebuilds a resumed session's chain
+    upstream: UpstreamTrust | None = None  # with upstream_tls: the broker's CAs, our cert
     warnings: tuple[str, ...] = ()  # file:line: key: text, for the log and check-config
 
 
@@ -116,9 +128,54 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
     warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile))
+    upstream = None
+    if listener.upstream.tls is not None:
+        upstream = load_upstream_tls(listener.upstream.tls, fail)
+        if listener.upstream.tls.keyfile is not None:
+            for w in _key_file_warnings(listener.upstream.tls.keyfile):
+                warnings += (str(fail("upstream_keyfile", w)),)
     return TlsMaterial(
-        tuple(chain), key, tuple(ca_certs), ca_pem, ocsp, IssuerIndex.of(ca_certs), warnings
+        tuple(chain),
+        key,
+        tuple(ca_certs),
+        ca_pem,
+        ocsp,
+        IssuerIndex.of(ca_certs),
+        upstream=upstream,
+        warnings=warnings,
     )
+
+
+def load_upstream_tls(tls: UpstreamTls, fail: Fail) -> UpstreamTrust:
+    """The CA certificates and the optional client certificate, read and checked once (a
+    reload reads them again). ConfigError at the key that named a bad file."""
+
+    def read(path: str, option: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise fail(option, f"cannot read {path}: {e.strerror}") from None
+
+    pem = read(tls.cacertfile, "upstream_cacertfile")
+    try:
+        cas = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        cas = []
+    if not cas:
+        raise fail("upstream_cacertfile", f"{tls.cacertfile} holds no PEM certificate")
+    client = None
+    if tls.certfile is not None and tls.keyfile is not None:
+        chain = read(tls.certfile, "upstream_certfile")
+        key = read(tls.keyfile, "upstream_keyfile")
+        try:
+            client = ssl.PrivateCertificate.loadPEM(chain + b"\n" + key)
+        except Exception as e:
+            raise fail("upstream_keyfile", f"not a usable certificate and key ({e})") from None
+    trust = ssl.trustRootFromCertificates(
+        [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in cas]
+    )
+    return UpstreamTrust(trust, client)
 
 
 def _key_file_warnings(filename: str) -> list[str]:

@@ -1,0 +1,90 @@
+"""Rewriting the user name and client id of a CONNECT (sans-IO).
+
+With ``peer_cert_as_username`` / ``peer_cert_as_clientid`` the gateway replaces what the
+device claims with what its verified certificate says, so that the broker's per-user ACLs
+apply per device and a device cannot pass for another. Only the first packet is touched:
+every other field (protocol name and level, flags apart from the user name flag, keep
+alive, MQTT 5 properties, will properties, will topic and payload, password) is kept byte
+for byte, and the remaining length is recomputed.
+"""
+
+from __future__ import annotations
+
+from gateway.mqtt.codec import MQTT_5, _Cursor
+from gateway.mqtt.errors import RemoteProtocolError
+
+MAX_FIELD = 65535  # a UTF-8 string field of MQTT holds at most this many bytes
+
+
+def _utf8_field(value: str, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > MAX_FIELD:
+        raise ValueError(f"{what} of {len(raw)} bytes does not fit an MQTT string")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains U+0000")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _encode_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def rewrite_connect(
+    packet: bytes, username: str | None = None, client_id: str | None = None
+) -> bytes:
+    """``packet`` (one complete, valid CONNECT) with its user name and/or client id
+    replaced (None: kept). RemoteProtocolError if the packet is not a valid CONNECT;
+    ValueError if a new value cannot be encoded."""
+    if username is None and client_id is None:
+        return packet
+    # The fixed header: type byte, then the remaining length (at most four bytes).
+    length_end = 1
+    while length_end < min(len(packet), 5) and packet[length_end] & 0x80:
+        length_end += 1
+    header_size = length_end + 1
+    cur = _Cursor(packet, header_size)
+    start = cur.pos
+    cur.binary("protocol name")
+    level = cur.u8("protocol level")
+    flags_at = cur.pos
+    flags = cur.u8("connect flags")
+    cur.u16("keep alive")
+    if level == MQTT_5:
+        cur.properties("properties")
+    variable_header = bytearray(packet[start : cur.pos])
+    old_client_id = cur.binary("client identifier")
+    will_start = cur.pos
+    if flags & 0x04:
+        if level == MQTT_5:
+            cur.properties("will properties")
+        cur.binary("will topic")
+        cur.binary("will payload")
+    will = packet[will_start : cur.pos]
+    old_username = cur.binary("user name") if flags & 0x80 else None
+    password_start = cur.pos
+    if flags & 0x40:
+        cur.binary("password")
+    password = packet[password_start : cur.pos]
+    if cur.pos != len(packet):
+        raise RemoteProtocolError("malformed", "unexpected bytes at the end of CONNECT")
+    if username is not None:
+        flags |= 0x80
+    variable_header[flags_at - start] = flags
+    body = bytes(variable_header)
+    body += (
+        _utf8_field(client_id, "client id")
+        if client_id is not None
+        else len(old_client_id).to_bytes(2, "big") + old_client_id
+    )
+    body += will
+    if username is not None:
+        body += _utf8_field(username, "user name")
+    elif old_username is not None:
+        body += len(old_username).to_bytes(2, "big") + old_username
+    body += password
+    return bytes([packet[0]]) + _encode_length(len(body)) + body
