@@ -67,6 +67,8 @@ class ListenerStats:
     handshake_seconds: Histogram = attrs.Factory(Histogram)
     upstream_connect_seconds: Histogram = attrs.Factory(Histogram)
     upstream_failures: int = 0
+    upstream_tls: int = 0  # TLS handshakes to brokers
+    upstream_tls_resumed: int = 0  # of which resumed a session
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] += 1
@@ -83,6 +85,8 @@ class ListenerStats:
             self.handshake_seconds.snapshot(),
             self.upstream_connect_seconds.snapshot(),
             self.upstream_failures,
+            self.upstream_tls,
+            self.upstream_tls_resumed,
         )
 
 
@@ -98,6 +102,8 @@ class StatsSnapshot:
     handshake_seconds: HistogramSnapshot | None = None
     upstream_connect_seconds: HistogramSnapshot | None = None
     upstream_failures: int = 0
+    upstream_tls: int = 0
+    upstream_tls_resumed: int = 0
 
 
 @attrs.frozen

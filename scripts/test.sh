@@ -3,11 +3,17 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
-# Headless Chromium (Debian's package) loads the status page in the operations tests.
-if ! command -v chromium >/dev/null 2>&1; then
-    echo "installing Debian package: chromium"
+# Headless Chromium (Debian's package) loads the status page in the operations tests;
+# HAProxy (Debian's package) sends PROXY headers to the gateway in the broker-side tests.
+need=""
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
+if [ -n "$need" ]; then
+    echo "installing Debian packages:$need"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+    # The package starts a system-wide HAProxy; the tests start their own.
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop haproxy 2>/dev/null || true; fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check 'tox>=4'
 # sslyze, for the Mozilla TLS profile test, in an environment of its own: it pins a

@@ -127,6 +127,12 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "Broker connections that could not be opened.",
         L,
     )
+    upstream_tls = _family(
+        CounterMetricFamily,
+        "mqttgw_upstream_tls_handshakes",
+        "TLS handshakes to brokers (upstream_tls).",
+        ["listener", "resumed"],
+    )
     accepting = _family(
         GaugeMetricFamily,
         "mqttgw_listener_accepting",
@@ -152,9 +158,11 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
             h = s.upstream_connect_seconds
             upstream.add_metric([name], _buckets(h), h.total)
         upstream_failures.add_metric([name], s.upstream_failures)
+        upstream_tls.add_metric([name, "yes"], s.upstream_tls_resumed)
+        upstream_tls.add_metric([name, "no"], s.upstream_tls - s.upstream_tls_resumed)
         accepting.add_metric([name], 1 if ls.accepting else 0)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
-    yield from (upstream_failures, accepting)
+    yield from (upstream_failures, upstream_tls, accepting)
     broker_up = _family(
         GaugeMetricFamily,
         "mqttgw_broker_up",

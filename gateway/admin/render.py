@@ -132,6 +132,8 @@ def _listener(ls: ListenerStatus) -> dict[str, Any]:
             "bytes_in": s.bytes_in,
             "bytes_out": s.bytes_out,
             "upstream_failures": s.upstream_failures,
+            "upstream_tls_handshakes": s.upstream_tls,
+            "upstream_tls_resumed": s.upstream_tls_resumed,
         },
         "brokers": [
             {

@@ -28,6 +28,7 @@ from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.identity import common_name, identity_of
 from gateway.status import ListenerStats
+from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
 
 log = Logger()
@@ -452,7 +453,7 @@ class ClientProtocol(protocol.Protocol):
             cert_in_connection=cert is not None,
             verified=cert is not None and self.verification.failure is None,
             cn=cn,
-            resumed=bool(handle.session_reused()),
+            resumed=session_reused(handle),
         )
 
 
@@ -523,6 +524,10 @@ class UpstreamProtocol(protocol.Protocol):
             self._up()
 
     def handshakeCompleted(self) -> None:
+        stats = self.factory.client.factory.stats
+        stats.upstream_tls += 1
+        if session_reused(self.transport.getHandle()):
+            stats.upstream_tls_resumed += 1
         self._keep_session()
         self._up()
 

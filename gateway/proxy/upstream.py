@@ -76,14 +76,14 @@ class PoolConnector:
         reactor: Any,
         settings: UpstreamSettings,
         pool: BrokerPool,
-        tls: Any = None,  # (trust, client certificate) from load_upstream_tls
+        tls: Any = None,  # UpstreamTrust (tls.material): the broker's CAs, our certificate
     ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.pool = pool
         self.creators: dict[int, ResumingClientCreator] = {}
         if settings.tls is not None:
-            trust, client = tls
+            trust, client = tls.trust, tls.client
             for broker in pool.brokers:
                 name = settings.tls.server_name or broker.host
                 self.creators[broker.index] = ResumingClientCreator(name, trust, client)

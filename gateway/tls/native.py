@@ -1,4 +1,4 @@
-"""The only module that touches pyOpenSSL's internals (``OpenSSL._util``), for the three
+"""The only module that touches pyOpenSSL's internals (``OpenSSL._util``), for the few
 things its public API cannot do:
 
 - set a context's key-exchange groups (``SSL_CTX_set1_groups_list``; pyOpenSSL offers only
@@ -6,7 +6,8 @@ things its public API cannot do:
 - install a verify callback that sets the X509 error of a certificate it refuses, so that
   OpenSSL sends the alert that says why (certificate_revoked for a revoked certificate);
   pyOpenSSL's ``set_verify`` can only answer yes or no;
-- read OpenSSL's text for an X509 verification error.
+- read OpenSSL's text for an X509 verification error;
+- tell whether a handshake resumed a session.
 
 Each falls back (with a warning, or a plain text) where the internals are not as expected.
 """
@@ -46,6 +47,16 @@ def set_groups(ctx: SSL.Context, groups: Sequence[str]) -> None:
             f"OpenSSL refuses the group list {':'.join(groups)!r} "
             "(known names: X25519, X448, P-256, P-384, P-521, ...)"
         )
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session (pyOpenSSL has no public call for it)."""
+    try:
+        from OpenSSL._util import lib
+
+        return bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined,unused-ignore]
+    except Exception:
+        return False
 
 
 def verify_error_string(error_number: int) -> str:
