@@ -78,7 +78,7 @@ class Key:
         value = settings
         for part in self.attr.split("."):
             if value is None:
-                return None  # inside an optional record that is off
+                return self.default  # inside an optional record that is off
             value = getattr(value, part)
         if self.presence:
             return value is not None
@@ -353,6 +353,16 @@ KEYS: tuple[Key, ...] = (
         None,
         "PEM private key of upstream_certfile.",
         format=format_optional,
+        global_=True,
+    ),
+    Key(
+        "upstream_tls_session_reuse",
+        "upstream.tls.session_reuse",
+        parse_bool,
+        True,
+        "Offer each broker's last TLS session again (a reconnect storm then resumes instead "
+        "of doing full handshakes to the broker). false: a full handshake every time.",
+        format=format_bool,
         global_=True,
     ),
     Key(

@@ -397,6 +397,7 @@ def _build_listener(
             v["upstream_server_name"],
             v["upstream_certfile"],
             v["upstream_keyfile"],
+            v["upstream_tls_session_reuse"],
         )
     for option in ("peer_cert_as_username", "peer_cert_as_clientid"):
         if v[option] is not None and not (verify_peer and v["fail_if_no_peer_cert"]):

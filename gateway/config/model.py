@@ -64,6 +64,7 @@ class UpstreamTls:
     server_name: str | None  # None: the broker's host as written in upstream
     certfile: str | None = None
     keyfile: str | None = None
+    session_reuse: bool = True
 
 
 @attrs.frozen

@@ -41,7 +41,8 @@ class ResumingClientCreator:
     """Twisted's verifying client TLS options for one broker, offering the broker's last
     session again (OpenSSL clients resume only a session they are given)."""
 
-    def __init__(self, server_name: str, trust: Any, client: Any) -> None:
+    def __init__(self, server_name: str, trust: Any, client: Any, reuse: bool = True) -> None:
+        self.reuse = reuse
         kwargs: dict[str, Any] = {"trustRoot": trust}
         if client is not None:
             kwargs["clientCertificate"] = client
@@ -55,6 +56,8 @@ class ResumingClientCreator:
         return connection
 
     def keep(self, connection: Any) -> None:
+        if not self.reuse:
+            return
         try:
             session = connection.get_session()
         except Exception:
@@ -86,7 +89,9 @@ class PoolConnector:
             trust, client = tls.trust, tls.client
             for broker in pool.brokers:
                 name = settings.tls.server_name or broker.host
-                self.creators[broker.index] = ResumingClientCreator(name, trust, client)
+                self.creators[broker.index] = ResumingClientCreator(
+                    name, trust, client, settings.tls.session_reuse
+                )
 
     def __call__(self, factory: UpstreamFactory) -> Callable[[], None]:
         connect = factory.client.session.connect
