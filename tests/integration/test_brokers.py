@@ -447,3 +447,34 @@ def _open(host: str, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_mqtt_health_check_marks_down_and_up(p: support.Pki, workdir: str) -> None:
+    """upstream_check = mqtt: a broker that stops answering CONNECT is marked down by the
+    check alone (no client needed), and up again once it answers."""
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    conf = support.listener_conf(
+        "hc",
+        port,
+        broker_port,
+        p,
+        {
+            "upstream_check": "mqtt",
+            "upstream_check_interval": "500ms",
+            "upstream_check_client_id": "gw-check",
+        },
+    )
+    gw = support.start_gateway(workdir, conf)
+    try:
+        support.wait_until(lambda: " as gw-check " in broker.log(), what="an MQTT check")
+        broker.stop()
+        support.wait_until(lambda: "is DOWN: health check: " in gw.log(), 10)
+        again, _ = support.start_mosquitto(workdir, port=broker_port)
+        try:
+            support.wait_until(lambda: "is up: health check passed" in gw.log(), 10)
+            assert connect(port, p, p.client("after-check"), "after-check") == ACCEPTED
+        finally:
+            again.stop()
+    finally:
+        gw.stop()
