@@ -78,11 +78,14 @@ def classify_handshake_failure(reason: Failure) -> str:
     return "closed_in_handshake"
 
 
-def describe_peer_certificate(connection: SSL.Connection) -> tuple[str, str]:
+def describe_peer_certificate(
+    connection: SSL.Connection,
+) -> tuple[str, str, x509.Certificate | None]:
+    """(subject, serial, the parsed certificate) of the client, or ("-", "-", None)."""
     cert = connection.get_peer_certificate(as_cryptography=True)
     if cert is None:
-        return "-", "-"
-    return cert.subject.rfc4514_string(), format(cert.serial_number, "X")
+        return "-", "-", None
+    return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
 
 
 class GatewayFactory(protocol.Factory):
@@ -146,6 +149,8 @@ class ClientProtocol(protocol.Protocol):
 
     # The TLS protocol (TLSMemoryBIOProtocol): a transport, a producer and a consumer.
     transport: Any
+    # With peer_cert_as_*: (user name, client id) from the certificate, or why not.
+    _identity: tuple[str | None, str | None] | ValueError | None = None
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
         self.factory = factory
@@ -175,7 +180,18 @@ class ClientProtocol(protocol.Protocol):
         stats = self.factory.stats
         stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
-        self.subject, self.serial = describe_peer_certificate(handle)
+        self.subject, self.serial, cert = describe_peer_certificate(handle)
+        identity = self.factory.identity
+        if cert is not None and (identity.username or identity.client_id):
+            # Taken now, from the certificate just parsed: the CONNECT rewrite needs no
+            # second parse. Kept only on listeners that rewrite.
+            try:
+                self._identity = (
+                    identity_of(cert, identity.username) if identity.username else None,
+                    identity_of(cert, identity.client_id) if identity.client_id else None,
+                )
+            except ValueError as e:
+                self._identity = e
         refusal = self._check_resumed(handle)  # first: it may set crl_pending
         self._run(self.session.handshake_done(self.verification.crl_pending, refusal))
 
@@ -415,13 +431,12 @@ class ClientProtocol(protocol.Protocol):
     def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:
         """The CONNECT with the user name / client id the certificate gives (the rest of
         ``first``, bytes that came with the CONNECT, is relayed as it is)."""
-        handle = self.transport.getHandle()
-        cert = handle.get_peer_certificate() if handle is not None else None
-        if cert is None:  # checked at configuration: these listeners require a certificate
-            raise RuntimeError("no client certificate to take the identity from")
-        parsed = cert.to_cryptography()
-        username = identity_of(parsed, identity.username) if identity.username else None
-        client_id = identity_of(parsed, identity.client_id) if identity.client_id else None
+        taken = self._identity
+        if isinstance(taken, ValueError):
+            raise taken
+        if taken is None:  # checked at configuration: these listeners require a certificate
+            raise ValueError("no client certificate to take the identity from")
+        username, client_id = taken
         packet = connect.packet
         return rewrite_connect(packet, username, client_id) + first[len(packet) :]
 
