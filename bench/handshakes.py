@@ -14,7 +14,7 @@ import argparse
 import multiprocessing
 import time
 
-from harness import report, setup
+from harness import haproxy_column, report, setup
 
 from gateway import testing as support
 
@@ -79,11 +79,17 @@ def main() -> None:
             f"Full mTLS handshakes + CONNECT/CONNACK, TLS {args.tls}, ECDSA P-256, "
             f"{args.workers} client processes, {args.seconds:.0f}s each",
             [
-                ("handshakes per second", results["gateway"][0], results["mosquitto"][0]),
+                (
+                    "handshakes per second",
+                    results["gateway"][0],
+                    results["mosquitto"][0],
+                    *haproxy_column(results, 0),
+                ),
                 (
                     "handshakes per CPU-second of the server",
                     results["gateway"][1],
                     results["mosquitto"][1],
+                    *haproxy_column(results, 1),
                 ),
             ],
             "handshakes",

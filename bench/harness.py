@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -35,13 +38,47 @@ class Setup:
     gateway: support.Process
     gateway_port: int
     device: tuple[str, str]
+    haproxy: subprocess.Popen[bytes] | None = None
+    haproxy_port: int = 0
 
     def targets(self) -> dict[str, tuple[int, int]]:
         """name -> (port, pid of the process that terminates TLS)."""
-        return {
+        out = {
             "gateway": (self.gateway_port, self.gateway.pid),
             "mosquitto": (self.broker_tls, self.broker.pid),
         }
+        if self.haproxy is not None:
+            out["haproxy"] = (self.haproxy_port, self.haproxy.pid)
+        return out
+
+
+def start_haproxy(directory: str, p: support.Pki, upstream: int) -> tuple[Any, int]:
+    """HAProxy from Debian's packages terminating the same mutual TLS in front of the same
+    mosquitto (plain): server certificate, client CA, TCP mode. None if not installed."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        return None, 0
+    port = support.free_port()
+    crt = os.path.join(directory, "haproxy-server.pem")
+    with open(crt, "wb") as out:
+        for path in (p.server_cert, p.server_key):
+            with open(path, "rb") as f:
+                out.write(f.read())
+    cfg = os.path.join(directory, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(
+            "global\n  maxconn 9000\n"
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n"
+            "  timeout server 300s\n"
+            f"frontend mqtts\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {p.ca_file} "
+            "verify required\n  default_backend broker\n"
+            f"backend broker\n  server b 127.0.0.1:{upstream}\n"
+        )
+    proc = subprocess.Popen(
+        [haproxy, "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    support.wait_until(lambda: support.port_open(port), what="haproxy")
+    return proc, port
 
 
 NO_LIMITS = "max_conn_rate = 0\nmax_conn_rate_per_ip = 0\nmax_connections_per_ip = 0\n"
@@ -67,11 +104,34 @@ def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
     # (bench/admission_cost.py measures what the limits cost).
     conf = support.listener_conf("bench", port, plain, p) + NO_LIMITS + gateway_extra
     gateway = support.start_gateway(directory, conf)
+    haproxy, haproxy_port = start_haproxy(directory, p, plain)
     try:
-        yield Setup(directory, p, broker, plain, tls_port, gateway, port, p.client("bench-device"))
+        yield Setup(
+            directory,
+            p,
+            broker,
+            plain,
+            tls_port,
+            gateway,
+            port,
+            p.client("bench-device"),
+            haproxy,
+            haproxy_port,
+        )
     finally:
         gateway.stop()
+        if haproxy is not None:
+            haproxy.terminate()
+            haproxy.wait(10)
         broker.stop()
+
+
+def haproxy_column(results: dict[str, Any], index: int | None = None) -> list[float]:
+    """HAProxy's figure for a report row, when HAProxy ran (else nothing)."""
+    if "haproxy" not in results:
+        return []
+    value = results["haproxy"]
+    return [value if index is None else value[index]]
 
 
 def report(
@@ -85,9 +145,12 @@ def report(
     """Print the gateway beside a reference measured in the same run, with the ratio."""
     print(f"\n{title}")
     print(f"  {'measure':44} {columns[0]:>12} {columns[1]:>12} {'ratio':>7}")
-    for name, gw, direct in rows:
+    for name, gw, direct, *third in rows:
         ratio = gw / direct if direct else float("nan")
-        print(f"  {name:44} {gw:12.1f} {direct:12.1f} {ratio:7.2f}   ({unit})")
+        line = f"  {name:44} {gw:12.1f} {direct:12.1f} {ratio:7.2f}"
+        if third:
+            line += f"   haproxy {third[0]:10.1f}, gateway/haproxy {gw / third[0]:5.2f}"
+        print(line + f"   ({unit})")
     print(
         f"  (ratio = {columns[0]} / {note}, same run; "
         + ("higher is better)" if higher_is_better else "lower is better)")

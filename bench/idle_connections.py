@@ -14,7 +14,7 @@ import argparse
 import gc
 import time
 
-from harness import report, setup
+from harness import haproxy_column, report, setup
 
 from gateway import testing as support
 
@@ -65,7 +65,14 @@ def main() -> None:
             time.sleep(1.0)
         report(
             f"Memory per idle mTLS MQTT connection ({args.count} connections)",
-            [("RSS growth per connection", results["gateway"], results["mosquitto"])],
+            [
+                (
+                    "RSS growth per connection",
+                    results["gateway"],
+                    results["mosquitto"],
+                    *haproxy_column(results),
+                )
+            ],
             "KiB",
             higher_is_better=False,
         )

@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 
-from harness import report, setup
+from harness import haproxy_column, report, setup
 
 from gateway import testing as support
 
@@ -90,11 +90,17 @@ def main() -> None:
             f"QoS 0, 64-byte payloads, one PUBLISH per TLS record, {args.messages} messages "
             "(publisher and subscriber both through the server)",
             [
-                ("messages per second", results["gateway"][0], results["mosquitto"][0]),
+                (
+                    "messages per second",
+                    results["gateway"][0],
+                    results["mosquitto"][0],
+                    *haproxy_column(results, 0),
+                ),
                 (
                     "messages per CPU-second of the server",
                     results["gateway"][1],
                     results["mosquitto"][1],
+                    *haproxy_column(results, 1),
                 ),
             ],
             "messages",
