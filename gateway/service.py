@@ -259,6 +259,32 @@ class GatewayService(service.MultiService):
         self.admin: PortService | None = None
         self.admin_resource: Any = None
 
+    def admin_port(self, prepared: Prepared) -> PortService | None:
+        """The admin listener's port service for ``prepared`` (not yet bound), or None."""
+        settings = prepared.config.globals
+        if settings.admin_listen is None:
+            return None
+        from gateway.admin.web import admin_site
+
+        site = admin_site(self, prepared.admin_token, settings.admin_open_read, self.reactor)
+        host, port = settings.admin_listen
+        endpoint = (
+            endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
+            if ":" in host
+            else endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+        )
+        service_ = PortService(endpoint, (host, port), site, None, self.reactor, 0.0, ADMIN)
+        service_.setName("admin")
+        return service_
+
+    def set_admin(self, admin: PortService | None) -> None:
+        old, self.admin = self.admin, admin
+        self.admin_resource = admin.factory.resource if admin is not None else None
+        if old is not None:
+            old.disownServiceParent()  # stops listening
+        if admin is not None:
+            admin.setServiceParent(self)
+
     def add_listener(self, listener_service: ListenerService) -> None:
         self.listeners[listener_service.listener.name] = listener_service
         listener_service.setServiceParent(self)
@@ -430,10 +456,18 @@ class GatewayService(service.MultiService):
                     if port is not None:
                         bound.append(port)
                         moved[listener.name] = port
+            new_admin: PortService | None | bool = False  # False: the admin listener stays
+            if config.globals.admin_listen != old.globals.admin_listen:
+                new_admin = self.admin_port(prepared)
+                if new_admin is not None:
+                    new_admin._listen()
+                    bound.append(new_admin)
         except ListenError as e:
             for port in bound:
                 if port.port is not None:
                     port.port.stopListening()
+            if e.listener == ADMIN:
+                raise config.global_error("admin.listen", e.detail) from None
             raise config.error(e.listener, "", e.detail) from None
         # 2. Apply: removed listeners drain, kept ones reconfigure, new ones start.
         waits: list[defer.Deferred[Any]] = []
@@ -464,18 +498,15 @@ class GatewayService(service.MultiService):
                 )
         if old.globals.stats_log_interval != config.globals.stats_log_interval:
             self.monitor.set_interval(config.globals.stats_log_interval)
-        if self.admin_resource is not None:
+        if new_admin is not False:
+            self.set_admin(new_admin)  # type: ignore[arg-type]
+            where = config.globals.admin_listen
+            changes.append(f"admin listener {'on ' + format_bind(where) if where else 'off'}")
+        elif self.admin_resource is not None:
             self.admin_resource.token = prepared.admin_token
             self.admin_resource.open_read = config.globals.admin_open_read
-        if (old.globals.admin_listen, old.globals.admin_token_file) != (
-            config.globals.admin_listen,
-            config.globals.admin_token_file,
-        ):
-            changes.append(
-                "admin settings (the admin listener's address is kept until a restart)"
-                if old.globals.admin_listen != config.globals.admin_listen
-                else "admin token"
-            )
+            if old.globals.admin_token_file != config.globals.admin_token_file:
+                changes.append("admin token")
         self.prepared, self.config = prepared, config
         for warning in prepared.all_warnings():
             log.warn("{warning}", warning=warning)
@@ -1032,17 +1063,5 @@ def make_gateway_service(prepared: Prepared, reactor: Any) -> GatewayService:
             ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
         )
     top.monitor.setServiceParent(top)
-    if config.globals.admin_listen is not None:
-        from gateway.admin.web import admin_site
-
-        site = admin_site(top, prepared.admin_token, config.globals.admin_open_read, reactor)
-        top.admin_resource = site.resource
-        host, port = config.globals.admin_listen
-        endpoint = (
-            endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
-            if ":" in host
-            else endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
-        )
-        top.admin = PortService(endpoint, (host, port), site, None, reactor, 0.0, ADMIN)
-        top.admin.setServiceParent(top)
+    top.set_admin(top.admin_port(prepared))
     return top

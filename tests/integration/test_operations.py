@@ -492,3 +492,36 @@ def test_prometheus_alert_rules_name_exported_metrics(
     if promtool is not None:
         result = support.run([promtool, "check", "rules", rules_path])
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_reload_moves_the_admin_listener(p: support.Pki, workdir: str, broker: int) -> None:
+    """admin.listen follows a reload (the new address bound first); an address that cannot
+    be bound refuses the reload and the admin listener stays where it was."""
+    first, second = support.free_port(), support.free_port()
+    listener = support.listener_conf("a", support.free_port(), broker, p)
+    gw = support.start_gateway(workdir, listener + f"admin.listen = {first}\n")
+    conf_path = os.path.join(workdir, "gateway.conf")
+    try:
+        assert http(first, "/live")[0] == 200
+        with open(conf_path, "w") as f:
+            f.write(listener + f"admin.listen = {second}\n")
+        gw.proc.send_signal(signal.SIGHUP)
+        support.wait_until(lambda: "reload applied" in gw.log())
+        assert f"admin listener on 127.0.0.1:{second}" in gw.log()
+        assert http(second, "/live")[0] == 200
+        assert not support.port_open(first)
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        try:
+            with open(conf_path, "w") as f:
+                f.write(listener + f"admin.listen = {taken.getsockname()[1]}\n")
+            gw.proc.send_signal(signal.SIGHUP)
+            support.wait_until(lambda: "reload refused" in gw.log())
+            line = next(x for x in gw.log().splitlines() if "reload refused" in x)
+            assert "admin.listen: cannot listen on 127.0.0.1:" in line, line
+            assert http(second, "/live")[0] == 200
+        finally:
+            taken.close()
+    finally:
+        gw.stop()
