@@ -113,12 +113,8 @@ def header_v2(
         s = d = None  # type: ignore[assignment]
     tlvs = ssl_tlv(tls) if tls is not None else b""
     if s is not None and d is not None and s.version == d.version:
-        if s.version == 4:
-            family = 0x11  # AF_INET, STREAM
-            addresses = s.packed + d.packed + struct.pack("!HH", sport, dport)
-        else:
-            family = 0x21  # AF_INET6, STREAM
-            addresses = s.packed + d.packed + struct.pack("!HH", sport, dport)
+        family = 0x11 if s.version == 4 else 0x21  # AF_INET / AF_INET6, STREAM
+        addresses = s.packed + d.packed + struct.pack("!HH", sport, dport)
     else:
         family, addresses = 0x00, b""  # AF_UNSPEC: the receiver keeps its own addresses
     body = addresses + tlvs
