@@ -151,6 +151,8 @@ class ClientProtocol(protocol.Protocol):
     transport: Any
     # With peer_cert_as_*: (user name, client id) from the certificate, or why not.
     _identity: tuple[str | None, str | None] | ValueError | None = None
+    # With upstream_proxy_protocol = v2: the certificate's CN for the SSL TLV.
+    _cn: str | None = None
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
         self.factory = factory
@@ -181,6 +183,8 @@ class ClientProtocol(protocol.Protocol):
         stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
         self.subject, self.serial, cert = describe_peer_certificate(handle)
+        if cert is not None and self.factory.upstream_proxy_protocol == "v2":
+            self._cn = common_name(cert)  # from the certificate parsed just now
         identity = self.factory.identity
         if cert is not None and (identity.username or identity.client_id):
             # Taken now, from the certificate just parsed: the CONNECT rewrite needs no
@@ -458,16 +462,13 @@ class ClientProtocol(protocol.Protocol):
         handle = self.transport.getHandle()
         if not isinstance(handle, SSL.Connection):
             return None
-        cert = handle.get_peer_certificate()
-        cn = None
-        if cert is not None:
-            cn = common_name(cert.to_cryptography())
+        has_cert = self.subject != "-"  # describe_peer_certificate found one
         return proxyproto.TlsFacts(
             version=handle.get_protocol_version_name(),
             cipher=handle.get_cipher_name() or "",
-            cert_in_connection=cert is not None,
-            verified=cert is not None and self.verification.failure is None,
-            cn=cn,
+            cert_in_connection=has_cert,
+            verified=has_cert and self.verification.failure is None,
+            cn=self._cn,
             resumed=session_reused(handle),
         )
 
