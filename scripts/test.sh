@@ -18,7 +18,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check 'tox>=4'
 # sslyze, for the Mozilla TLS profile test, in an environment of its own: it pins a
 # cryptography older than the one pyOpenSSL needs (tests/tools/sslyze_scan.py runs in it).
-if [ ! -x .venv-sslyze/bin/python ]; then
+if ! .venv-sslyze/bin/python -m pip --version >/dev/null 2>&1; then
+    rm -rf .venv-sslyze  # absent, or left half-made by an interrupted run
     python3 -m venv .venv-sslyze
 fi
 .venv-sslyze/bin/python -m pip install -q --disable-pip-version-check 'sslyze>=6.1,<7'
