@@ -401,15 +401,7 @@ class ClientProtocol(protocol.Protocol):
             try:
                 first = self._rewrite(first, connect, identity)
             except ValueError as e:
-                self.factory.stats.refuse("bad_identity")
-                log.warn(
-                    "refused {listener} peer={peer} reason=bad_identity subject={subject}: "
-                    "{detail}",
-                    listener=self.factory.name,
-                    peer=self.peer,
-                    subject=self.subject,
-                    detail=str(e),
-                )
+                self._on_refuse(S.Refuse("bad_identity", str(e)))
                 self._run(self.session.stop("bad_identity", str(e)))
                 return
         header = self._proxy_header()
