@@ -3,12 +3,12 @@ and each listener's TLS material. Any problem is one ``ConfigError`` line."""
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Mapping
 
 import attrs
 
+from gateway import files
 from gateway.config import Config, load_config, parse_config
 from gateway.tls.material import TlsMaterial, load_materials
 
@@ -19,14 +19,20 @@ class Prepared:
     materials: Mapping[str, TlsMaterial]
     admin_token: bytes | None = None
     warnings: tuple[str, ...] = ()  # besides the materials' own
+    # every file read, path -> (bytes, mode): what a worker process prepares from
+    files: Mapping[str, tuple[bytes, int]] = attrs.field(factory=dict, repr=False)
 
     def all_warnings(self) -> list[str]:
         return [w for m in self.materials.values() for w in m.warnings] + list(self.warnings)
 
 
-def prepare(path: str) -> Prepared:
-    """Load ``path`` and every file it names; raises ConfigError."""
-    return _prepared(load_config(path))
+def prepare(path: str, record: files.FileRecord | None = None) -> Prepared:
+    """Load ``path`` and every file it names; raises ConfigError. With ``record``
+    replaying (a worker), the files come from the master's record, not the disk."""
+    record = record or files.FileRecord()
+    with files.reading(record):
+        prepared = _prepared(load_config(path))
+    return attrs.evolve(prepared, files=record.files)
 
 
 def prepare_text(text: str, path: str = "<config>") -> Prepared:
@@ -44,9 +50,8 @@ def _prepared(config: Config) -> Prepared:
     path = config.globals.admin_token_file
     if path is not None:
         try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_TOKEN_FILE + 1)
-            mode = os.stat(path).st_mode
+            raw = files.read(path, MAX_TOKEN_FILE + 1)
+            mode = files.mode(path)
         except OSError as e:
             raise config.global_error(
                 "admin.token_file", f"cannot read {path}: {e.strerror}"

@@ -242,6 +242,8 @@ class GatewayService(service.MultiService):
     ``POST /reload`` reload.
     """
 
+    handles_signals = True  # SIGHUP reloads, SIGTERM stops (a worker leaves both to its master)
+
     def __init__(self, prepared: Prepared, reactor: Any) -> None:
         super().__init__()
         self.prepared = prepared
@@ -285,6 +287,12 @@ class GatewayService(service.MultiService):
         if admin is not None:
             admin.setServiceParent(self)
 
+    def new_listener(
+        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> ListenerService:
+        """The service of one listener (a master's and a worker's differ)."""
+        return ListenerService(listener, material, globals_, self.reactor)
+
     def add_listener(self, listener_service: ListenerService) -> None:
         self.listeners[listener_service.listener.name] = listener_service
         listener_service.setServiceParent(self)
@@ -299,7 +307,8 @@ class GatewayService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        self.reactor.callWhenRunning(_install_signal_handlers, self.reactor, self)  # first
+        if self.handles_signals:
+            self.reactor.callWhenRunning(_install_signal_handlers, self.reactor, self)  # first
         for warning in self.prepared.warnings:
             log.warn("{warning}", warning=warning)
         self._notified_ready = False
@@ -442,11 +451,8 @@ class GatewayService(service.MultiService):
             for listener in config.listeners:
                 current = self.listeners.get(listener.name)
                 if current is None:
-                    ls = ListenerService(
-                        listener,
-                        prepared.materials[listener.name],
-                        config.globals,
-                        self.reactor,
+                    ls = self.new_listener(
+                        listener, prepared.materials[listener.name], config.globals
                     )
                     ls.port_service._listen()
                     bound.append(ls.port_service)
@@ -697,7 +703,7 @@ class ListenerService(service.MultiService):
         )
         self.factory.identity = listener.identity
         if self.crl_service is not None:
-            self.crl_service.on_update = self.factory.sweep_revoked
+            self.crl_service.on_update = self.revocation_updated
         self.tls_factory = ListenerTLSFactory(self.creator, self.factory, listener.limits, reactor)
         self.port_service = self._port_service(listener)
         self.port_service.setServiceParent(self)
@@ -710,13 +716,19 @@ class ListenerService(service.MultiService):
         """A connection refused before TLS by the PROXY header reader."""
         self.tls_factory._refuse(reason, peer.rpartition(":")[0], peer, detail)
 
-    def _port_service(self, listener: ListenerSettings) -> PortService:
+    def _endpoint(self, listener: ListenerSettings) -> Any:
+        """Where the listener's port comes from: here, a bind (a worker adopts a socket)."""
         host, port = listener.bind
-        server_endpoint: Any
         if ":" in host:
-            server_endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
-        else:
-            server_endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+            return endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
+        return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+
+    def revocation_updated(self, _crls: object = None) -> None:
+        """New CRLs are in force: sweep the live sessions (a master tells its workers)."""
+        self.factory.sweep_revoked()
+
+    def _port_service(self, listener: ListenerSettings) -> PortService:
+        server_endpoint = self._endpoint(listener)
         factory: Any = self.tls_factory
         if listener.front.proxy_protocol:
             factory = ProxyFrontFactory(
@@ -899,7 +911,7 @@ class ListenerService(service.MultiService):
                 assert new.ocsp is not None
                 waits.append(
                     _bounded(
-                        stapler.scheduler.when_attempted(stapler.job),
+                        stapler.first_attempt(),
                         new.ocsp.http_timeout + 5,
                         self.reactor,
                     )
@@ -924,7 +936,7 @@ class ListenerService(service.MultiService):
             factory.upstream_proxy_protocol = new.upstream.proxy_protocol
             factory.identity = new.identity
             if crl_service is not None:
-                crl_service.on_update = factory.sweep_revoked
+                crl_service.on_update = self.revocation_updated
             if new.front != old_listener.front and new_port is None:
                 # Same address, a PROXY header now expected (or no longer): the listening
                 # socket stays, new connections get the new front factory.
@@ -945,7 +957,7 @@ class ListenerService(service.MultiService):
                 self.port_service = new_port
                 old_port.disownServiceParent()  # stops listening; accepted connections stay
             if crl_service is not old_crl and crl_service is not None:
-                factory.sweep_revoked()  # live sessions against the new revocation data
+                self.revocation_updated()  # live sessions against the new revocation data
 
         return defer.gatherResults(waits).addCallback(swap)
 
@@ -1054,13 +1066,17 @@ class ListenerService(service.MultiService):
 
 
 def make_gateway_service(prepared: Prepared, reactor: Any) -> GatewayService:
-    """The whole gateway: one ListenerService per listener, the monitor, and the admin
-    listener if configured."""
+    """The whole gateway in one process: one ListenerService per listener, the monitor, and
+    the admin listener if configured. (With ``workers``, ``gateway.workers.master``.)"""
+    return build_gateway(GatewayService(prepared, reactor), prepared)
+
+
+def build_gateway(top: GatewayService, prepared: Prepared) -> GatewayService:
+    """Fill ``top`` with its listeners (``new_listener``), monitor and admin port."""
     config = prepared.config
-    top = GatewayService(prepared, reactor)
     for listener in config.listeners:
         top.add_listener(
-            ListenerService(listener, prepared.materials[listener.name], config.globals, reactor)
+            top.new_listener(listener, prepared.materials[listener.name], config.globals)
         )
     top.monitor.setServiceParent(top)
     top.set_admin(top.admin_port(prepared))

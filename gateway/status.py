@@ -185,6 +185,84 @@ class ListenerStatus:
     brokers: tuple[BrokerStatus, ...] = ()
 
 
+def _histogram(d: Any) -> HistogramSnapshot | None:
+    if not d:
+        return None
+    return HistogramSnapshot(
+        tuple(float(b) for b in d["bounds"]), tuple(int(c) for c in d["cumulative"]), d["total"]
+    )
+
+
+def stats_from_dict(d: dict[str, Any]) -> StatsSnapshot:
+    """A StatsSnapshot from ``attrs.asdict`` of one (a worker's report, as JSON)."""
+    return StatsSnapshot(
+        str(d["listener"]),
+        int(d["active"]),
+        int(d["accepted"]),
+        {str(k): int(v) for k, v in d["refused"].items()},
+        int(d["bytes_in"]),
+        int(d["bytes_out"]),
+        {str(k): int(v) for k, v in d.get("closed", {}).items()},
+        _histogram(d.get("handshake_seconds")),
+        _histogram(d.get("upstream_connect_seconds")),
+        int(d.get("upstream_failures", 0)),
+        int(d.get("upstream_tls", 0)),
+        int(d.get("upstream_tls_resumed", 0)),
+    )
+
+
+def _add_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for part in parts:
+        total.update(part)
+    return dict(total)
+
+
+def _add_histograms(parts: list[HistogramSnapshot | None]) -> HistogramSnapshot | None:
+    present = [h for h in parts if h is not None]
+    if not present:
+        return None
+    bounds = present[0].bounds
+    same = [h for h in present if h.bounds == bounds]
+    return HistogramSnapshot(
+        bounds,
+        tuple(sum(col) for col in zip(*(h.cumulative for h in same), strict=True)),
+        sum(h.total for h in same),
+    )
+
+
+def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
+    """The counters of several worker processes as one listener's."""
+    return StatsSnapshot(
+        listener,
+        sum(p.active for p in parts),
+        sum(p.accepted for p in parts),
+        _add_counts([p.refused for p in parts]),
+        sum(p.bytes_in for p in parts),
+        sum(p.bytes_out for p in parts),
+        _add_counts([p.closed for p in parts]),
+        _add_histograms([p.handshake_seconds for p in parts]),
+        _add_histograms([p.upstream_connect_seconds for p in parts]),
+        sum(p.upstream_failures for p in parts),
+        sum(p.upstream_tls for p in parts),
+        sum(p.upstream_tls_resumed for p in parts),
+    )
+
+
+@attrs.frozen
+class WorkerStatus:
+    """One worker process, as its master sees it."""
+
+    index: int
+    pid: int | None
+    state: str  # starting | serving | restarting | stopped
+    restarts: int
+    started: float | None
+    active: int  # connections it holds (every listener)
+    accepted: int
+    last_exit: str | None = None
+
+
 @attrs.frozen
 class ReloadStatus:
     count: int = 0  # reloads applied
@@ -207,6 +285,7 @@ class GatewayStatus:
     reactor_max_lag: float  # since start
     reactor_lag: HistogramSnapshot | None
     reload: ReloadStatus = ReloadStatus()
+    workers: tuple[WorkerStatus, ...] = ()  # with workers: each worker process
 
     @property
     def ready(self) -> tuple[bool, str]:

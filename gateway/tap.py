@@ -34,9 +34,13 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from gateway.service import make_gateway_service
+    from gateway.workers.master import make_master_service
 
     _one_line_start_errors()
-    return make_gateway_service(options["prepared"], reactor)
+    prepared = options["prepared"]
+    if prepared.config.globals.workers != 1:
+        return make_master_service(prepared, reactor)
+    return make_gateway_service(prepared, reactor)
 
 
 def _one_line_start_errors() -> None:

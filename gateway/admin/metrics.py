@@ -310,6 +310,24 @@ def _process(status: GatewayStatus) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "mqttgw_start_time_seconds", "When the gateway started.", value=status.started
     )
+    if status.workers:
+        up = GaugeMetricFamily(
+            "mqttgw_worker_up", "1 while the worker process serves, else 0.", labels=["worker"]
+        )
+        restarts = CounterMetricFamily(
+            "mqttgw_worker_restarts",
+            "Times the worker process died and was started again.",
+            labels=["worker"],
+        )
+        active = GaugeMetricFamily(
+            "mqttgw_worker_connections", "Connections the worker holds now.", labels=["worker"]
+        )
+        for w in status.workers:
+            label = [str(w.index)]
+            up.add_metric(label, 1 if w.state == "serving" else 0)
+            restarts.add_metric(label, w.restarts)
+            active.add_metric(label, w.active)
+        yield from (up, restarts, active)
 
 
 def registry_for(status: Callable[[], GatewayStatus]) -> CollectorRegistry:

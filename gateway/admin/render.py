@@ -53,6 +53,14 @@ def problems(status: GatewayStatus) -> list[dict[str, str]]:
                 add(WARNING, name, f"broker {b.name} is down: {b.last_error}")
     if status.reload.last_result == "failed":
         add(ERROR, "", f"the last reload was refused: {status.reload.last_error}")
+    for w in status.workers:
+        if w.state != "serving":
+            add(
+                WARNING,
+                "",
+                f"worker {w.index} is {w.state}"
+                + (f" (its last process {w.last_exit})" if w.last_exit else ""),
+            )
     out.sort(key=lambda p: p["severity"] != ERROR)
     return out
 
@@ -113,6 +121,19 @@ def document(status: GatewayStatus) -> dict[str, Any]:
         },
         "problems": problems(status),
         "listeners": [_listener(ls) for ls in status.listeners],
+        "workers": [
+            {
+                "index": w.index,
+                "pid": w.pid,
+                "state": w.state,
+                "restarts": w.restarts,
+                "started": _ts(w.started),
+                "active": w.active,
+                "accepted": w.accepted,
+                "last_exit": w.last_exit,
+            }
+            for w in status.workers
+        ],
     }
 
 
@@ -295,6 +316,21 @@ def render_html(doc: dict[str, Any]) -> str:
                     ]
                 )
             )
+    if doc.get("workers"):
+        parts.append("<h2>Workers</h2>")
+        parts.append(
+            _table(
+                [
+                    (
+                        f"worker {w['index']}",
+                        f"{w['state']} pid {w['pid']}, {w['active']} connection(s) now, "
+                        f"{w['accepted']} accepted, {w['restarts']} restart(s)"
+                        + (f", last exit: {w['last_exit']}" if w["last_exit"] else ""),
+                    )
+                    for w in doc["workers"]
+                ]
+            )
+        )
     reload = doc["reload"]
     parts.append("<h2>Reloads</h2>")
     parts.append(

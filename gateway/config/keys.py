@@ -20,6 +20,7 @@ from gateway.config.values import (
     format_optional,
     format_optional_bind,
     format_size,
+    format_workers,
     parse_admin_bind,
     parse_bool,
     parse_duration,
@@ -33,6 +34,7 @@ from gateway.config.values import (
     parse_tls_versions,
     parse_urls,
     parse_urls_one,
+    parse_workers,
 )
 
 LISTENER_PREFIX = "listener.ssl."
@@ -692,6 +694,39 @@ KEYS += (
         "Global: with a token, leave the reading endpoints (/, /status, /metrics, /ready, "
         "/live) open to requests without it. /reload and /refresh always need the token.",
         format=format_bool,
+        listener=False,
+        global_=True,
+    ),
+)
+
+
+KEYS += (
+    Key(
+        "workers",
+        "workers",
+        parse_workers,
+        1,
+        "Global: serving processes. 1: one process does everything. auto: one per CPU the "
+        "process may use; N: N. With more than one, the process twistd starts is the master: "
+        "it binds every port (before dropping privileges), fetches CRLs and OCSP once for "
+        "all, and starts N workers that serve connections on sockets it hands them "
+        "(SO_REUSEPORT: the kernel spreads connections). A worker that dies is restarted "
+        "with backoff; the ports stay open while the master lives. Changing it needs a "
+        "restart.",
+        format=format_workers,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "worker_affinity",
+        "worker_affinity",
+        enum_of("auto", "address", "kernel"),
+        "auto",
+        "Global, with workers: which worker gets a connection. address: always the same one "
+        "for a client address (a reconnecting device meets the worker holding its TLS "
+        "session, so it resumes); kernel: the kernel's hash of address and port (spreads "
+        "devices behind one NAT address too). auto: address, except on listeners with "
+        "proxy_protocol (every connection comes from the load balancer): kernel.",
         listener=False,
         global_=True,
     ),

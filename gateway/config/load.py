@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from gateway import files
 from gateway.config.keys import (
     GLOBAL_ALIASES,
     GLOBAL_KEYS,
@@ -107,8 +108,7 @@ def _parse_value(path: str, entry: _Line, key: Key) -> Any:
 def load_config(path: str) -> Config:
     """Read, parse and validate a configuration file (not the files it names)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_SIZE + 1)
+        data = files.read(path, MAX_CONFIG_SIZE + 1)
     except OSError as e:
         raise ConfigError(path, None, None, f"cannot read configuration: {e.strerror}") from None
     if len(data) > MAX_CONFIG_SIZE:
@@ -241,6 +241,8 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> 
         admin_listen=value("admin.listen"),
         admin_token_file=value("admin.token_file"),
         admin_open_read=value("admin.open_read"),
+        workers=value("workers"),
+        worker_affinity=value("worker_affinity"),
     )
 
 

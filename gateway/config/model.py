@@ -23,6 +23,8 @@ class GlobalSettings:
     admin_listen: tuple[str, int] | None = None
     admin_token_file: str | None = None
     admin_open_read: bool = False
+    workers: int = 1  # 0: auto (one per usable CPU)
+    worker_affinity: str = "auto"  # auto | address | kernel
 
 
 @attrs.frozen

@@ -76,6 +76,26 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+MAX_WORKERS = 256
+
+
+def parse_workers(text: str) -> int:
+    """``auto`` (0: one per CPU the process may use) or a count from 1 to MAX_WORKERS."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected auto or a number of processes, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"must be auto or from 1 to {MAX_WORKERS}")
+    return value
+
+
+def format_workers(value: int) -> str:
+    return "auto" if value == 0 else str(value)
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 

@@ -9,8 +9,10 @@ searched by bisection) and ``CrlInfo``.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -180,6 +182,67 @@ class LoadedCrl:
     # An indirect CRL's entries for other certificate issuers (certificateIssuer): issuer
     # DER -> index. ``index`` holds those of the CRL's own issuer.
     sections: dict[bytes, SerialIndex] | None = None
+
+
+def describe_loaded(crl: LoadedCrl) -> dict[str, Any]:
+    """The JSON item that introduces a LoadedCrl's blobs (``loaded_blobs``, in that order) in
+    the CRL worker's answer and in a worker snapshot; ``process.decode_answer`` reads it."""
+    return dict(
+        crl.info.to_json(),
+        width=crl.index.width,
+        blob_len=crl.index.nbytes,
+        removed_width=crl.removed.width if crl.removed is not None else 0,
+        removed_len=crl.removed.nbytes if crl.removed is not None else 0,
+        sections=[
+            [issuer.hex(), index.width, index.nbytes]
+            for issuer, index in (crl.sections or {}).items()
+        ],
+    )
+
+
+def loaded_blobs(crl: LoadedCrl) -> list[memoryview]:
+    """The entries of each index of ``crl``, as views into their buffers (no copy)."""
+    indexes = [crl.index]
+    if crl.removed is not None:
+        indexes.append(crl.removed)
+    indexes.extend((crl.sections or {}).values())
+    return [memoryview(i.blob)[i.offset : i.offset + i.nbytes] for i in indexes]
+
+
+def decode_answer(data: bytes | bytearray) -> list[LoadedCrl]:
+    """Parse the worker's stdout: a JSON line, then the index blobs. Raises CrlError.
+
+    The indexes refer to ``data`` in place (no copy: a 1,000,000-entry index is 16 MB, and
+    copying it on the reactor thread is a stall every connection feels).
+    """
+    end = data.find(b"\n")
+    if end < 0:
+        raise CrlError("worker_error", "no answer from the CRL worker")
+    answer = json.loads(bytes(data[:end]))
+    if not answer.get("ok"):
+        raise CrlError(str(answer.get("kind")), str(answer.get("detail")))
+    out = []
+    pos = end + 1
+    for item in answer["crls"]:
+        index, pos = _index_at(data, pos, int(item["width"]), int(item["blob_len"]))
+        removed = None
+        if item.get("removed_width"):
+            removed, pos = _index_at(
+                data, pos, int(item["removed_width"]), int(item["removed_len"])
+            )
+        sections = {}
+        for issuer_hex, width, size in item.get("sections", []):
+            sections[bytes.fromhex(issuer_hex)], pos = _index_at(data, pos, int(width), int(size))
+        out.append(LoadedCrl(CrlInfo.from_json(item), index, removed, sections or None))
+    if pos != len(data):
+        raise CrlError("worker_error", "CRL worker answer has trailing bytes")
+    return out
+
+
+def _index_at(data: bytes | bytearray, pos: int, width: int, size: int) -> tuple[SerialIndex, int]:
+    if width <= 0 or size < 0 or size % width or pos + size > len(data):
+        raise CrlError("worker_error", "CRL worker answer is malformed")
+    return SerialIndex(width, data, pos, size // width), pos + size
 
 
 def parse_bundle(data: bytes) -> list[x509.CertificateRevocationList]:

@@ -75,6 +75,32 @@ class CrlCache:
             for item in held.items()
         ]
 
+    def held(self) -> list[tuple[str, LoadedCrl]]:
+        """Every CRL in force with its source URL (what a worker snapshot carries)."""
+        return [(url, crl) for (url, _), crl in self._all()]
+
+    def replace(self, items: list[tuple[str, LoadedCrl]]) -> None:
+        """Hold exactly ``items`` from now on (a worker, on a snapshot from the master)."""
+        fresh = CrlCache(self._clock, self._grace)
+        for url, crl in items:
+            fresh.install(crl, url)
+        self._by_issuer, self._deltas, self._indirect = (
+            fresh._by_issuer,
+            fresh._deltas,
+            fresh._indirect,
+        )
+
+    def adopt(self, pairs: list[tuple[LoadedCrl, LoadedCrl]]) -> None:
+        """For each (held, same CRL mapped from a snapshot): hold the mapped one instead, if
+        ``held`` is still the one in force (the master's heap copy is then released)."""
+        swap = {id(old): new for old, new in pairs}
+        for shelf in (self._by_issuer, self._deltas, self._indirect):
+            for held in shelf.values():
+                for key, crl in held.items():
+                    new = swap.get(id(crl))
+                    if new is not None and new.info == crl.info:
+                        held[key] = new
+
     def infos(self) -> list[CrlInfo]:
         return [c.info for _, c in self._all()]
 

@@ -95,6 +95,8 @@ class OcspStapler(service.Service):
             RefreshJob(target.responder, self._refresh, settings.refresh_interval, REFRESH_LEAD)
         )
         self.requests_stapled = 0
+        # the staple changed (its DER; b"": none): a master hands it to its workers
+        self.on_change: Callable[[bytes], object] = lambda der: None
 
     # -- the handshake side ------------------------------------------------------------------
 
@@ -123,6 +125,10 @@ class OcspStapler(service.Service):
     def stopService(self) -> None:
         super().stopService()
         self.scheduler.stop()
+
+    def first_attempt(self) -> defer.Deferred[None]:
+        """Fires once the first request to the responder is over (whatever the outcome)."""
+        return self.scheduler.when_attempted(self.job)
 
     def refresh_now(self) -> defer.Deferred[OcspStatus]:
         """Ask the responder now (joining a run in flight); fires with the staple's status."""
@@ -178,6 +184,7 @@ class OcspStapler(service.Service):
             self.current = None
             self.state.status = None
             self.state.last_result = "dropped"
+            self.on_change(b"")
             log.warn(
                 "ocsp {listener}: response reached its nextUpdate {next_update} with no "
                 "newer valid one; stapling stopped until one arrives",
@@ -225,6 +232,8 @@ class OcspStapler(service.Service):
                     "unchanged" if previous is not None and previous.der == info.der else "updated"
                 )
         if result != "older":
+            if previous is None or previous.der != info.der:
+                self.on_change(info.der)
             self.current = info
             self.state.status = info.status
             self.state.produced_at = info.produced_at

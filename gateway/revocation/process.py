@@ -13,48 +13,12 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, SerialIndex
+from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, decode_answer
 
 # A worker that has not answered by then is killed: verifying a 37 MB CRL takes about half
 # a second, so minutes mean a stuck or hostile input.
 WORKER_TIMEOUT = 300.0
 _STDERR_KEPT = 8192  # bytes of a failing worker's stderr kept for the log line
-
-
-def decode_answer(data: bytes | bytearray) -> list[LoadedCrl]:
-    """Parse the worker's stdout: a JSON line, then the index blobs. Raises CrlError.
-
-    The indexes refer to ``data`` in place (no copy: a 1,000,000-entry index is 16 MB, and
-    copying it on the reactor thread is a stall every connection feels).
-    """
-    end = data.find(b"\n")
-    if end < 0:
-        raise CrlError("worker_error", "no answer from the CRL worker")
-    answer = json.loads(bytes(data[:end]))
-    if not answer.get("ok"):
-        raise CrlError(str(answer.get("kind")), str(answer.get("detail")))
-    out = []
-    pos = end + 1
-    for item in answer["crls"]:
-        index, pos = _index_at(data, pos, int(item["width"]), int(item["blob_len"]))
-        removed = None
-        if item.get("removed_width"):
-            removed, pos = _index_at(
-                data, pos, int(item["removed_width"]), int(item["removed_len"])
-            )
-        sections = {}
-        for issuer_hex, width, size in item.get("sections", []):
-            sections[bytes.fromhex(issuer_hex)], pos = _index_at(data, pos, int(width), int(size))
-        out.append(LoadedCrl(CrlInfo.from_json(item), index, removed, sections or None))
-    if pos != len(data):
-        raise CrlError("worker_error", "CRL worker answer has trailing bytes")
-    return out
-
-
-def _index_at(data: bytes | bytearray, pos: int, width: int, size: int) -> tuple[SerialIndex, int]:
-    if width <= 0 or size < 0 or size % width or pos + size > len(data):
-        raise CrlError("worker_error", "CRL worker answer is malformed")
-    return SerialIndex(width, data, pos, size // width), pos + size
 
 
 def encode_request(

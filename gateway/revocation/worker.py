@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from cryptography import x509
 
-from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, load
+from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, describe_loaded, load, loaded_blobs
 from gateway.revocation.store import write_atomically
 
 # The request line carries the CA bundle as PEM: generous, but a bound all the same.
@@ -45,20 +45,7 @@ def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[
     ):
         write_atomically(request["persist"], body, {"url": request.get("url")})
         persisted = True
-    crls = [
-        dict(
-            c.info.to_json(),
-            width=c.index.width,
-            blob_len=c.index.nbytes,
-            removed_width=c.removed.width if c.removed is not None else 0,
-            removed_len=c.removed.nbytes if c.removed is not None else 0,
-            sections=[
-                [issuer.hex(), index.width, index.nbytes]
-                for issuer, index in (c.sections or {}).items()
-            ],
-        )
-        for c in loaded
-    ]
+    crls = [describe_loaded(c) for c in loaded]
     return {"ok": True, "crls": crls, "persisted": persisted}, loaded
 
 
@@ -78,11 +65,8 @@ def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffe
         )
     stdout.write(json.dumps(result).encode() + b"\n")
     for crl in loaded:
-        stdout.write(crl.index.entries())
-        if crl.removed is not None:
-            stdout.write(crl.removed.entries())
-        for index in (crl.sections or {}).values():
-            stdout.write(index.entries())
+        for blob in loaded_blobs(crl):
+            stdout.write(blob)
     stdout.flush()
     return 0
 

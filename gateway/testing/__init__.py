@@ -25,8 +25,7 @@ from twisted.logger import eventsFromJSONLogFile, jsonFileLogObserver, textFileL
 
 from gateway.demo import pki
 from gateway.revocation import worker
-from gateway.revocation.crl import CrlError, LoadedCrl
-from gateway.revocation.process import decode_answer
+from gateway.revocation.crl import CrlError, LoadedCrl, decode_answer
 
 BIN = os.path.dirname(sys.executable)
 
@@ -163,6 +162,7 @@ def start_gateway(
     name: str = "gateway",
     ready: str = "listener ",
     stats_json: bool = False,
+    extra_args: list[str] | None = None,
 ) -> Process:
     """twistd mqttgw on ``conf_text``, logging to ``NAME.log`` (and with ``stats_json`` the
     stats lines to ``NAME.log.json``, read by ``Process.events``)."""
@@ -179,6 +179,7 @@ def start_gateway(
         "-n",
         "--pidfile=",
         "--logger=gateway.testing.dual_log_observer" if stats_json else f"--logfile={log_path}",
+        *(extra_args or []),
         "mqttgw",
         "--config",
         conf,

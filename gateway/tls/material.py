@@ -9,7 +9,6 @@ what was checked is what serves, and a reload rebuilds exactly this.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
 from twisted.internet import ssl
 
+from gateway import files
 from gateway.config.model import Config, ListenerSettings, TlsSettings, UpstreamTls
 from gateway.config.profiles import split_ciphers
 from gateway.errors import ConfigError
@@ -76,8 +76,7 @@ def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:
 
 def _read_file(filename: str, option: str, fail: Fail) -> bytes:
     try:
-        with open(filename, "rb") as f:
-            return f.read()
+        return files.read(filename)
     except OSError as e:
         raise fail(option, f"cannot read {filename}: {e.strerror}") from None
 
@@ -152,8 +151,7 @@ def load_upstream_tls(tls: UpstreamTls, fail: Fail) -> UpstreamTrust:
 
     def read(path: str, option: str) -> bytes:
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            return files.read(path)
         except OSError as e:
             raise fail(option, f"cannot read {path}: {e.strerror}") from None
 
@@ -182,7 +180,7 @@ def _key_file_warnings(filename: str) -> list[str]:
     """As ssh does: a private key others may read is named, with its mode (not refused:
     a group-readable key for a service group is a deliberate set-up)."""
     try:
-        mode = os.stat(filename).st_mode
+        mode = files.mode(filename)
     except OSError:
         return []
     readers = [who for who, bit in (("group", 0o040), ("others", 0o004)) if mode & bit]

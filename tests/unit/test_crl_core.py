@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from gateway.demo import pki
 from gateway.revocation import crl as C
 from gateway.revocation import worker
-from gateway.revocation.process import decode_answer, encode_request
+from gateway.revocation.crl import decode_answer
+from gateway.revocation.process import encode_request
 
 
 def make_crl(

@@ -1,0 +1,1 @@
+"""Several serving processes: the master (``master``) and its workers (``child``)."""

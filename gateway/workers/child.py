@@ -1,0 +1,379 @@
+"""A worker process: ``python -m gateway.workers.child INDEX``, started by the master.
+
+It binds nothing and needs no privileges: it reads the files the configuration names from
+the master's record (sent over the channel, file descriptor 3), adopts the listening
+sockets the master hands it, and serves connections exactly as a single process does. It
+fetches nothing either: each listener's CRLs arrive as a snapshot file it memory-maps, and
+the staple as bytes. Its log events go to the master as JSON on standard error.
+
+SIGTERM (from the master) stops it gracefully (the shutdown drain); SIGINT and SIGHUP are
+the master's to act on. If the channel to the master closes, it stops the same way.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.errors import GatewayError, describe_error
+from gateway.files import FileRecord
+from gateway.monitor import Monitor
+from gateway.prepare import Prepared, prepare
+from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.crl_service import CrlCache
+from gateway.revocation.snapshot import decode_snapshot
+from gateway.service import GatewayService, ListenerService, build_gateway
+from gateway.tls.material import TlsMaterial
+from gateway.workers import commands as c
+
+log = Logger()
+
+CHANNEL_FD = 3
+
+
+class WorkerState:
+    """What the master has sent this worker: files, sockets, CRLs and staples by listener."""
+
+    def __init__(self, reactor: Any, index: int) -> None:
+        self.reactor = reactor
+        self.index = index
+        self.files: dict[str, tuple[bytes, int]] = {}
+        self._parts: dict[str, list[bytes]] = {}
+        self.sockets: dict[tuple[str, str, int], int] = {}  # (listener, host, port) -> fd
+        self.crls: dict[str, SharedCrlData] = {}
+        self.staples: dict[str, StapleBox] = {}
+        self.channel: WorkerChannel | None = None
+        self.gateway: WorkerGateway | None = None
+
+    def crl(self, listener: str) -> SharedCrlData:
+        if listener not in self.crls:
+            self.crls[listener] = SharedCrlData(CrlCache(self.reactor, 0.0))
+        return self.crls[listener]
+
+    def staple(self, listener: str) -> StapleBox:
+        return self.staples.setdefault(listener, StapleBox())
+
+    def call(self, command: type[amp.Command], **kwargs: Any) -> defer.Deferred[Any]:
+        if self.channel is None:
+            return defer.fail(GatewayError("workers", "no channel to the master"))
+        return self.channel.callRemote(command, **kwargs)
+
+
+@attrs.define(eq=False)
+class SharedCrlData:
+    """A listener's CRLs as the master last sent them (one mapped snapshot)."""
+
+    cache: CrlCache
+    ready: defer.Deferred[None] = attrs.Factory(defer.Deferred)
+    path: str | None = None
+    current: SharedCrl | None = None  # the service of the listener's running generation
+
+    def load(self, path: str) -> None:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data: Any = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+        self.cache.replace(decode_snapshot(data))  # the previous mapping goes with its indexes
+        self.path = path
+        if not self.ready.called:
+            self.ready.callback(None)
+        if self.current is not None:
+            self.current.on_update()
+
+
+class SharedCrl(service.Service):
+    """In a worker, what a CrlService is in a single process: the cache the handshake reads
+    (the master's snapshot), ``ready`` once the first one is in, and the master's services
+    for certificates that name a distribution point."""
+
+    def __init__(self, listener: str, data: SharedCrlData, state: WorkerState) -> None:
+        self.name = f"crl:{listener}"
+        self.listener = listener
+        self.data = data
+        self.cache = data.cache
+        self.ready = data.ready
+        self.state = state
+        self.sources: dict[str, Any] = {}  # the master holds them
+        self.on_update: Any = lambda crls=None: None
+        data.current = self
+
+    def status(self) -> tuple[()]:
+        return ()
+
+    def refresh_now(self) -> defer.Deferred[tuple[()]]:
+        return defer.succeed(())
+
+    def discover(self, url: str) -> None:
+        self.state.call(c.Discover, listener=self.listener, url=url).addErrback(lambda _: None)
+
+    def when_attempted(self, url: str) -> defer.Deferred[None]:
+        d = self.state.call(c.WhenAttempted, listener=self.listener, url=url)
+        return d.addBoth(lambda _: None)
+
+
+@attrs.define(eq=False)
+class StapleBox:
+    der: bytes = b""
+    sent: int = 0
+
+
+class SharedStaple(service.Service):
+    """In a worker, the stapling callback over the response the master validated."""
+
+    def __init__(self, listener: str, box: StapleBox) -> None:
+        self.name = f"ocsp:{listener}"
+        self.box = box
+
+    def install(self, ctx: Any) -> None:
+        ctx.set_ocsp_server_callback(self.staple)
+
+    def staple(self, connection: Any, data: object) -> bytes:
+        der = self.box.der
+        if der:
+            self.box.sent += 1
+        return der
+
+    def first_attempt(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """A listening socket the master bound, looked up when the port is opened and adopted
+    (the reactor takes a duplicate; ours is closed, so a socket the worker no longer serves
+    never holds connections)."""
+
+    def __init__(self, state: WorkerState, listener: str, bind: tuple[str, int]) -> None:
+        self.state = state
+        self.key = (listener, bind[0], bind[1])
+        self.family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
+
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
+        fd = self.state.sockets.pop(self.key, None)
+        if fd is None:
+            return defer.fail(GatewayError("workers", f"no socket from the master for {self.key}"))
+        try:
+            return defer.succeed(self.state.reactor.adoptStreamPort(fd, self.family, factory))
+        except Exception as e:
+            return defer.fail(e)
+        finally:
+            os.close(fd)
+
+
+class WorkerListenerService(ListenerService):
+    """A listener in a worker: adopted port, the master's CRLs and staple."""
+
+    def __init__(self, state: WorkerState, *args: Any) -> None:
+        self.state = state
+        super().__init__(*args)
+
+    def _endpoint(self, listener: ListenerSettings) -> Any:
+        return AdoptedEndpoint(self.state, listener.name, listener.bind)
+
+    def _build_crl(
+        self,
+        listener: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        cache: CrlCache | None,
+    ) -> tuple[Any, RevocationChecker | None]:
+        if listener.crl is None:
+            return None, None
+        data = self.state.crl(listener.name)
+        data.cache._grace = listener.crl.grace_period
+        shared = SharedCrl(listener.name, data, self.state)
+        checker = RevocationChecker(
+            data.cache,
+            listener.crl,
+            shared,  # type: ignore[arg-type]  # the master's services, over the channel
+            self.reactor,
+            material.issuers,
+        )
+        return shared, checker
+
+    def _build_stapler(
+        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> Any:
+        if listener.ocsp is None:
+            return None
+        return SharedStaple(listener.name, self.state.staple(listener.name))
+
+    def report(self) -> dict[str, Any]:
+        """This worker's counters for the listener (the master adds them up)."""
+        staple = self.state.staples.get(self.listener.name)
+        return {
+            "stats": attrs.asdict(self.stats.snapshot()),
+            "crl_counts": dict(self.revocation.counts) if self.revocation is not None else {},
+            "staples_sent": staple.sent if staple is not None else 0,
+            "accepting": self.port_service.accepting,
+            "brokers": [
+                [b.name, b.up, b.active, b.sessions, b.failures, b.last_error]
+                for b in self.pool.brokers
+            ],
+        }
+
+
+class WorkerGateway(GatewayService):
+    """The service tree of a worker: listeners only (the admin listener, the stats line and
+    the signals are the master's)."""
+
+    handles_signals = False
+
+    def __init__(self, prepared: Prepared, reactor: Any, state: WorkerState) -> None:
+        super().__init__(prepared, reactor)
+        self.state = state
+        self.monitor = Monitor(reactor, prepared.config.globals.stats_log_interval, lambda: [])
+
+    def new_listener(
+        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> ListenerService:
+        return WorkerListenerService(self.state, listener, material, globals_, self.reactor)
+
+    def admin_port(self, prepared: Prepared) -> None:
+        return None
+
+    def report(self) -> dict[str, Any]:
+        listeners = self.listeners.values()
+        return {
+            "pid": os.getpid(),
+            "max_lag": self.monitor.max_lag_ever,
+            "listeners": {
+                ls.listener.name: ls.report()
+                for ls in listeners
+                if isinstance(ls, WorkerListenerService)
+            },
+        }
+
+
+class WorkerChannel(amp.AMP):
+    """The worker's end of the channel to the master."""
+
+    def __init__(self, state: WorkerState) -> None:
+        super().__init__()
+        self.worker = state
+        self._report: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.worker.channel = self
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        self.worker.channel = None
+        reactor = self.worker.reactor
+        if reactor.running:
+            log.info("worker {index}: the master is gone; stopping", index=self.worker.index)
+            reactor.stop()
+
+    @c.FilePart.responder
+    def file_part(self, path: str, mode: int, data: bytes, last: bool) -> dict[str, Any]:
+        parts = self.worker._parts.setdefault(path, [])
+        parts.append(data)
+        if last:
+            self.worker.files[path] = (b"".join(self.worker._parts.pop(path)), mode)
+        return {}
+
+    @c.Listen.responder
+    def listen(self, listener: str, host: str, port: int, fd: int) -> dict[str, Any]:
+        old = self.worker.sockets.pop((listener, host, port), None)
+        if old is not None:
+            os.close(old)
+        self.worker.sockets[(listener, host, port)] = fd
+        return {}
+
+    @c.CrlSnapshot.responder
+    def crl_snapshot(self, listener: str, path: str) -> dict[str, Any]:
+        try:
+            self.worker.crl(listener).load(path)
+        except FileNotFoundError:
+            pass  # replaced already: the newer one is on its way
+        except Exception as e:
+            log.error(
+                "worker {index}: CRL snapshot {path} not usable ({error}); keeping the "
+                "previous one",
+                index=self.worker.index,
+                path=path,
+                error=describe_error(e),
+            )
+        return {}
+
+    @c.Staple.responder
+    def staple(self, listener: str, der: bytes) -> dict[str, Any]:
+        self.worker.staple(listener).der = der
+        return {}
+
+    @c.Configure.responder
+    def configure(self, path: str, generation: int) -> defer.Deferred[dict[str, Any]]:
+        record = FileRecord.replaying(self.worker.files)
+        try:
+            prepared = prepare(path, record)
+        except GatewayError as e:
+            return defer.succeed({"ok": False, "text": str(e)})
+        gateway = self.worker.gateway
+        if gateway is None:
+            gateway = WorkerGateway(prepared, self.worker.reactor, self.worker)
+            self.worker.gateway = gateway
+            build_gateway(gateway, prepared)
+            gateway.privilegedStartService()
+            gateway.startService()
+            reactor = self.worker.reactor
+            reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+            return defer.succeed({"ok": True, "text": "started"})
+        d = gateway._apply(prepared)
+
+        def refused(reason: Failure) -> dict[str, Any]:
+            return {"ok": False, "text": describe_error(reason.value)}  # type: ignore[arg-type]
+
+        d.addCallback(lambda r: {"ok": True, "text": "; ".join(r.get("changes", []))})
+        return d.addErrback(refused)
+
+    @c.Report.responder
+    def report(self, page: int) -> dict[str, Any]:
+        import json
+
+        if page == 0:
+            gateway = self.worker.gateway
+            body = gateway.report() if gateway is not None else {"pid": os.getpid()}
+            self._report = c.pieces(json.dumps(body).encode())
+        data = self._report[page] if page < len(self._report) else b""
+        return {"data": data, "more": page + 1 < len(self._report)}
+
+
+def main(argv: list[str]) -> int:
+    index = int(argv[1]) if len(argv) > 1 else 0
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+
+    stream = open(sys.stderr.fileno(), "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(stream)], redirectStandardIO=False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    state = WorkerState(reactor, index)
+    factory = protocol.Factory.forProtocol(lambda: WorkerChannel(state))
+
+    def adopt() -> None:
+        reactor.adoptStreamConnection(CHANNEL_FD, socket.AF_UNIX, factory)
+        os.close(CHANNEL_FD)
+
+    reactor.callWhenRunning(adopt)
+    reactor.run(installSignalHandlers=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,260 @@
+"""Several worker processes (``workers``): real twistd master, real workers, real clients from
+several source addresses (127.0.0.x), CRLs made with `openssl ca` over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import stat
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway import testing as support
+from tests.integration.test_crl import ACCEPTED, World
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(str(tmp_path_factory.mktemp("workers-world")))
+    yield w
+    w.http.stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    proc, port = support.start_mosquitto(str(tmp_path_factory.mktemp("workers-broker")))
+    yield port
+    proc.stop()
+
+
+def connect_from(
+    source: str, port: int, world: World, cert: tuple[str, str], client_id: str
+) -> ssl.SSLSocket:
+    """An MQTT session over mutual TLS from ``source`` (a 127.0.0.x address)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
+    s = support.client_context(world.p, cert).wrap_socket(raw, server_hostname="localhost")
+    s.sendall(support.connect_packet(client_id))
+    assert support.read_exact(s, 4) == ACCEPTED
+    return s
+
+
+def outcome_from(source: str, port: int, world: World, cert: tuple[str, str]) -> str:
+    try:
+        connect_from(source, port, world, cert, "probe").close()
+        return "accepted"
+    except (ssl.SSLError, ConnectionError, OSError, AssertionError) as e:
+        return str(e)
+
+
+def ping(s: ssl.SSLSocket) -> bool:
+    try:
+        s.sendall(b"\xc0\x00")
+        return support.read_exact(s, 2) == b"\xd0\x00"
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def closed(s: ssl.SSLSocket) -> bool:
+    try:
+        return s.recv(10) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+def status(admin: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def serving_pids(gw: support.Process, count: int) -> dict[int, int]:
+    """worker index -> pid, once ``count`` workers serve (from the log)."""
+
+    def found() -> dict[int, int] | None:
+        pids: dict[int, int] = {}
+        for m in re.finditer(r"worker (\d+) \(pid (\d+)\) serving", gw.log()):
+            pids[int(m.group(1))] = int(m.group(2))
+        return pids if len(pids) >= count else None
+
+    result: dict[int, int] = support.wait_until(found, 30, what=f"{count} workers serving")
+    return result
+
+
+def worker_of_accept(gw: support.Process, client_id: str) -> int:
+    m = re.search(rf"worker (\d+): accepted \S+ peer=\S+ .*client_id='{client_id}'", gw.log())
+    assert m, f"no accepted line for {client_id}"
+    return int(m.group(1))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workdir: str) -> None:
+    """workers = 4: connections from eight addresses land on every worker (address
+    affinity: the same address always on the same worker); the CA sees one fetch per
+    refresh, not four; /status adds the workers' counters up."""
+    device = world.p.client("spread")
+    port, admin = support.free_port(), support.free_port()
+    globals_ = f"workers = 4\nadmin.listen = {admin}\ncrl_cache.refresh_interval = 1s\n"
+    world.http.hits.clear()
+    gw = support.start_gateway(workdir, world.conf(port, broker, globals=globals_), ready="serving")
+    try:
+        serving_pids(gw, 4)
+        sessions = [
+            connect_from(f"127.0.0.{1 + i % 8}", port, world, device, f"spread-{i}")
+            for i in range(16)
+        ]
+        gw.wait_log("client_id='spread-15'")
+        workers = {i: worker_of_accept(gw, f"spread-{i}") for i in range(16)}
+        assert set(workers.values()) == {0, 1, 2, 3}  # every worker serves
+        for i in range(8):  # a device's address always meets the same worker
+            assert workers[i] == workers[i + 8]
+        assert all(ping(s) for s in sessions)
+        support.wait_until(lambda: status(admin)["listeners"][0]["counters"]["active"] == 16, 10)
+        doc = status(admin)
+        assert [w["state"] for w in doc["workers"]] == ["serving"] * 4
+        assert sum(w["active"] for w in doc["workers"]) == 16
+        assert doc["ready"]["ok"] is True
+        # One fetcher: over 4 s of 1 s refreshes the CA sees about 4 fetches per CRL, not 16.
+        before = dict(world.http.hits)
+        time.sleep(4)
+        for path in ("/devices.crl", "/root.crl"):
+            assert 2 <= world.http.hits.get(path, 0) - before.get(path, 0) <= 6
+        for s in sessions:
+            s.close()
+    finally:
+        gw.stop()
+
+
+def test_crl_update_reaches_every_worker(world: World, broker: int, workdir: str) -> None:
+    """A device revoked at the CA: its live sessions on both workers are closed, and it is
+    refused whichever worker it lands on; another device is untouched."""
+    victim = world.p.client("workers-victim")
+    bystander = world.p.client("workers-bystander")
+    port = support.free_port()
+    globals_ = "workers = 2\ncrl_cache.refresh_interval = 1s\n"
+    gw = support.start_gateway(workdir, world.conf(port, broker, globals=globals_), ready="serving")
+    try:
+        serving_pids(gw, 2)
+        # 127.0.0.1 and 127.0.0.2 land on different workers (address modulo 2).
+        live = [connect_from(f"127.0.0.{i}", port, world, victim, f"victim-{i}") for i in (1, 2)]
+        other = connect_from("127.0.0.3", port, world, bystander, "bystander")
+        gw.wait_log("client_id='victim-2'")
+        assert {worker_of_accept(gw, "victim-1"), worker_of_accept(gw, "victim-2")} == {0, 1}
+
+        world.devices_ca.revoke(victim[0])
+        world.publish()
+        deadline = time.monotonic() + 10
+        for s in live:
+            assert closed(s)
+        assert time.monotonic() < deadline
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.4"):
+            assert "revoked" in outcome_from(source, port, world, victim)
+        assert ping(other)
+        assert gw.log().count("certificate revoked by a CRL update") >= 2
+    finally:
+        gw.stop()
+
+
+def test_killed_worker_is_restarted(world: World, broker: int, workdir: str) -> None:
+    """SIGKILL to one worker: it is logged and started again; the other worker's sessions
+    stay up, and devices reach the new worker."""
+    device = world.p.client("restart")
+    port, admin = support.free_port(), support.free_port()
+    globals_ = f"workers = 2\nadmin.listen = {admin}\n"
+    gw = support.start_gateway(workdir, world.conf(port, broker, globals=globals_), ready="serving")
+    try:
+        pids = serving_pids(gw, 2)
+        a = connect_from("127.0.0.2", port, world, device, "on-0")  # worker 0
+        b = connect_from("127.0.0.1", port, world, device, "on-1")  # worker 1
+        gw.wait_log("client_id='on-1'")
+        assert worker_of_accept(gw, "on-0") == 0 and worker_of_accept(gw, "on-1") == 1
+        os.kill(pids[0], signal.SIGKILL)
+        gw.wait_log(f"worker 0 (pid {pids[0]}) killed by signal 9")
+        assert closed(a)
+        assert ping(b)  # the other worker's session is untouched
+        support.wait_until(lambda: len(re.findall(r"worker 0 \(pid \d+\) serving", gw.log())) == 2)
+        again = connect_from("127.0.0.2", port, world, device, "back-on-0")
+        assert ping(again) and ping(b)
+        doc = status(admin)
+        assert doc["workers"][0]["restarts"] == 1 and doc["workers"][0]["state"] == "serving"
+        assert doc["workers"][0]["pid"] != pids[0]
+        again.close()
+        b.close()
+    finally:
+        gw.stop()
+
+
+def test_sigterm_stops_every_process(world: World, broker: int, workdir: str) -> None:
+    device = world.p.client("term")
+    port = support.free_port()
+    gw = support.start_gateway(
+        workdir, world.conf(port, broker, globals="workers = 3\n"), ready="serving"
+    )
+    pids = serving_pids(gw, 3)
+    s = connect_from("127.0.0.1", port, world, device, "term")
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(15) == 0
+    assert closed(s)
+    support.wait_until(lambda: not any(alive(p) for p in pids.values()), 5, what="workers gone")
+    assert not support.port_open(port)
+    assert "closed_by=shutdown" in gw.log()
+
+
+def _reachable_by_others(path: str) -> bool:
+    """Whether an unprivileged user can run ``path`` (every directory above searchable)."""
+    path = os.path.realpath(path)
+    parts = path.split("/")
+    for i in range(2, len(parts)):
+        if not os.stat("/".join(parts[:i])).st_mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding below 1024 and --uid need root")
+def test_uid_gid_with_workers(world: World, broker: int, workdir: str) -> None:
+    """twistd --uid/--gid: the master binds a port below 1024 as root; no worker runs as
+    root; devices are served."""
+    import sys
+
+    if not _reachable_by_others(sys.executable):
+        pytest.skip(f"{sys.executable} is not reachable by an unprivileged user here")
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    port = next(p for p in range(900, 1000) if not support.port_open(p))
+    os.chmod(workdir, 0o755)
+    conf = world.conf(port, broker, globals="workers = 2\n")
+    gw = support.start_gateway(
+        workdir,
+        conf,
+        ready="serving",
+        extra_args=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
+    )
+    try:
+        pids = serving_pids(gw, 2)
+        for pid in [gw.pid, *pids.values()]:
+            with open(f"/proc/{pid}/status") as f:
+                uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", f.read(), re.M)
+            assert uids is not None
+            assert {int(u) for u in uids.groups()} == {nobody.pw_uid}
+        s = connect_from("127.0.0.1", port, world, world.p.client("low-port"), "low-port")
+        assert ping(s)
+        s.close()
+    finally:
+        gw.stop()
