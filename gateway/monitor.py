@@ -15,7 +15,15 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from gateway.status import Histogram, ListenerStatus, render_stats_line, stats_fields
+from gateway.status import (
+    Histogram,
+    ListenerStatus,
+    WorkerStatus,
+    render_stats_line,
+    render_worker_line,
+    stats_fields,
+    worker_fields,
+)
 
 log = Logger()
 
@@ -30,10 +38,12 @@ class Monitor(service.Service):
         reactor: Any,
         interval: float,
         statuses: Callable[[], Iterable[ListenerStatus]],
+        workers: Callable[[], Iterable[WorkerStatus]] = tuple,
     ) -> None:
         self._reactor = reactor
         self._interval = interval
         self._statuses = statuses
+        self._workers = workers
         self.max_lag = 0.0  # worst lateness in the current period, seconds
         self.max_lag_ever = 0.0  # since start (the metrics' gauge)
         self.lag = Histogram(LAG_BUCKETS)  # every probe's lateness
@@ -86,5 +96,9 @@ class Monitor(service.Service):
                 # The text is rendered from the fields; the fields travel as structured
                 # keys (a JSON log observer sees each one).
                 log.info("{stats_line}", stats_line=render_stats_line(fields), **fields)
+            workers = list(self._workers())
+            if workers:
+                fields = worker_fields(workers)
+                log.info("{stats_line}", stats_line=render_worker_line(fields), **fields)
         except Exception:
             log.failure("stats report failed")

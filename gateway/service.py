@@ -243,6 +243,7 @@ class GatewayService(service.MultiService):
     """
 
     handles_signals = True  # SIGHUP reloads, SIGTERM stops (a worker leaves both to its master)
+    logs_reloads = True  # "reload applied" and ReloadStatus (a worker's master does both)
 
     def __init__(self, prepared: Prepared, reactor: Any) -> None:
         super().__init__()
@@ -518,6 +519,8 @@ class GatewayService(service.MultiService):
             log.warn("{warning}", warning=warning)
 
         def applied(_: object) -> dict[str, Any]:
+            if not self.logs_reloads:
+                return {"ok": True, "changes": changes}
             r = self.reloads
             self.reloads = ReloadStatus(
                 r.count + 1, r.failures, self.reactor.seconds(), "ok", None, tuple(changes)
@@ -528,7 +531,12 @@ class GatewayService(service.MultiService):
             )
             return {"ok": True, "changes": changes}
 
-        return defer.gatherResults(waits).addCallback(applied)
+        done = defer.gatherResults(waits).addCallback(lambda _: self._after_apply(prepared))
+        return done.addCallback(applied)
+
+    def _after_apply(self, prepared: Prepared) -> defer.Deferred[Any] | None:
+        """Once this process applied a reload: a master has its workers apply it too."""
+        return None
 
 
 ADMIN = "<admin>"  # the PortService name of the admin listener

@@ -322,3 +322,20 @@ def render_stats_line(fields: dict[str, Any]) -> str:
     """``stats NAME: key=value ...``: the text of the stats line, from its fields."""
     rest = " ".join(f"{k}={v}" for k, v in fields.items() if k != "listener")
     return f"stats {fields['listener']}: {rest}"
+
+
+def worker_fields(workers: list[WorkerStatus]) -> dict[str, Any]:
+    """The structured keys of the workers' stats line (with ``workers``)."""
+    return {
+        "workers": len(workers),
+        "serving": sum(1 for w in workers if w.state == "serving"),
+        "restarts": sum(w.restarts for w in workers),
+        "active_per_worker": [w.active for w in workers],
+        "accepted_per_worker": [w.accepted for w in workers],
+    }
+
+
+def render_worker_line(fields: dict[str, Any]) -> str:
+    """``stats workers: serving=N/M restarts= active_per_worker=[...] ...``."""
+    rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("workers", "serving"))
+    return f"stats workers: serving={fields['serving']}/{fields['workers']} {rest}"

@@ -231,6 +231,7 @@ class WorkerGateway(GatewayService):
     the signals are the master's)."""
 
     handles_signals = False
+    logs_reloads = False
 
     def __init__(self, prepared: Prepared, reactor: Any, state: WorkerState) -> None:
         super().__init__(prepared, reactor)

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.errors import describe_error
+from gateway.monitor import Monitor
 from gateway.prepare import Prepared
 from gateway.revocation.crl import LoadedCrl
 from gateway.revocation.crl_service import CrlCache
@@ -342,6 +343,12 @@ class MasterGateway(GatewayService):
         super().__init__(prepared, reactor)
         g = prepared.config.globals
         self.workers = WorkerPool(reactor, self, worker_count(g.workers), g.worker_affinity)
+        self.monitor = Monitor(
+            reactor,
+            g.stats_log_interval,
+            lambda: [ls.status() for ls in self.listeners.values()],
+            self.workers.status,
+        )
 
     def new_listener(
         self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
@@ -354,12 +361,10 @@ class MasterGateway(GatewayService):
     def _apply(self, prepared: Prepared) -> defer.Deferred[dict[str, Any]]:
         if prepared.config.globals.workers != self.config.globals.workers:
             log.warn("reload: a new value of workers takes effect at the next restart")
-        d = super()._apply(prepared)
+        return super()._apply(prepared)
 
-        def to_workers(result: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
-            return self.workers.configure_all(prepared).addCallback(lambda _: result)
-
-        return d.addCallback(to_workers)
+    def _after_apply(self, prepared: Prepared) -> defer.Deferred[Any]:
+        return self.workers.configure_all(prepared)
 
     def stopService(self) -> defer.Deferred[Any]:
         # The workers drain and stop while the master's own services stop (its copies of

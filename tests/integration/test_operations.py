@@ -209,12 +209,16 @@ def _received(sock: ssl.SSLSocket, message: str) -> bool:
     return message.encode() in data
 
 
-def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: int) -> None:
+@pytest.mark.parametrize("workers", ["", "workers = 2\nworker_affinity = kernel\n"])
+def test_reload_without_dropping_anyone(
+    p: support.Pki, workdir: str, broker: int, workers: str
+) -> None:
     """SIGHUP and POST /reload: a subscriber connected before keeps receiving; a new server
     certificate is shown to the next client; a new CA bundle lets the new CA's devices in and
     refuses the old one's; a listener is added, then removed (its client closed after
     reload_drain, closed_by=reload); a broken file is refused and the running configuration
-    keeps serving."""
+    keeps serving. With two workers (connections spread by the kernel): the same, every
+    worker applying each reload the master applied."""
     port, extra_port, admin = support.free_port(), support.free_port(), support.free_port()
     cert_path, key_path = os.path.join(workdir, "srv.pem"), os.path.join(workdir, "srv.key")
     ca_path = os.path.join(workdir, "cas.pem")
@@ -223,6 +227,7 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
     shutil.copy(p.ca_file, ca_path)
     token_file = write_token(workdir)
     common = f"admin.listen = {admin}\nadmin.token_file = {token_file}\nreload_drain = 1s\n"
+    common += workers
     # CRL checking on, with the CRLs of both CAs the test uses: each validates only while
     # its CA is in the bundle (a reload that changes the bundle replaces the CRL service).
     os.makedirs(os.path.join(workdir, "b"))
@@ -238,8 +243,9 @@ def test_reload_without_dropping_anyone(p: support.Pki, workdir: str, broker: in
         "crl_cache_urls": ",".join(crls.url(f"/{n}.crl") for n in ("d", "r", "od", "or")),
     }
     base = support.listener_conf("main", port, broker, p, files) + common
-    gw = support.start_gateway(workdir, base)
+    gw = support.start_gateway(workdir, base, ready="serving" if workers else "listener ")
     conf_path = os.path.join(workdir, "gateway.conf")
+    support.wait_until(lambda: http(admin, "/ready", token=TOKEN)[0] == 200, 30, what="ready")
 
     def reload_by(how: str, count: int) -> None:
         if how == "hup":

@@ -111,6 +111,7 @@ def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workd
     device = world.p.client("spread")
     port, admin = support.free_port(), support.free_port()
     globals_ = f"workers = 4\nadmin.listen = {admin}\ncrl_cache.refresh_interval = 1s\n"
+    globals_ += "stats_log_interval = 1s\n"
     world.http.hits.clear()
     gw = support.start_gateway(workdir, world.conf(port, broker, globals=globals_), ready="serving")
     try:
@@ -130,6 +131,9 @@ def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workd
         assert [w["state"] for w in doc["workers"]] == ["serving"] * 4
         assert sum(w["active"] for w in doc["workers"]) == 16
         assert doc["ready"]["ok"] is True
+        # The stats lines add the workers up, and say how each is doing.
+        gw.wait_log("stats crl: active=16 accepted=16")
+        gw.wait_log("stats workers: serving=4/4 restarts=0 active_per_worker=[")
         # One fetcher: over 4 s of 1 s refreshes the CA sees about 4 fetches per CRL, not 16.
         before = dict(world.http.hits)
         time.sleep(4)
@@ -258,3 +262,34 @@ def test_uid_gid_with_workers(world: World, broker: int, workdir: str) -> None:
         s.close()
     finally:
         gw.stop()
+
+
+def test_workers_staple_the_masters_response(broker: int, workdir: str) -> None:
+    """OCSP with workers: the master asks the responder, every worker staples the response
+    (`openssl s_client -status`), from the first connection a worker accepts."""
+    from gateway.testing.ocsp import OcspWorld
+
+    os.makedirs(os.path.join(workdir, "ocsp"))
+    world = OcspWorld(os.path.join(workdir, "ocsp"))
+    try:
+        port = support.free_port()
+        conf = world.conf(
+            "w",
+            port,
+            broker,
+            world.server_cert("srv-workers"),
+            globals="workers = 2\nworker_affinity = kernel\n",
+        )
+        gw = support.start_gateway(workdir, conf, ready="serving")
+        try:
+            serving_pids(gw, 2)
+            cert = world.p.client("ocsp-workers")
+            for _ in range(6):  # spread over both workers by the kernel's hash
+                result = support.s_client(port, world.p.ca_file, cert, "1.3", "-status")
+                out = result.stdout + result.stderr
+                assert "OCSP Response Status: successful" in out and "Cert Status: good" in out
+            assert gw.log().count("ocsp w: updated") == 1  # asked once, by the master
+        finally:
+            gw.stop()
+    finally:
+        world.responder.stop()
