@@ -12,6 +12,7 @@ the master's to act on. If the channel to the master closes, it stops the same w
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import signal
@@ -23,7 +24,7 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -343,14 +344,33 @@ class WorkerChannel(amp.AMP):
 
     @c.Report.responder
     def report(self, page: int) -> dict[str, Any]:
-        import json
-
         if page == 0:
             gateway = self.worker.gateway
             body = gateway.report() if gateway is not None else {"pid": os.getpid()}
             self._report = c.pieces(json.dumps(body).encode())
         data = self._report[page] if page < len(self._report) else b""
         return {"data": data, "more": page + 1 < len(self._report)}
+
+
+def log_to_master(stream: Any) -> Any:
+    """A log observer writing each event as one record the master re-emits: RS, then the
+    JSON list [time, level, namespace, text], then a newline. The text is formatted here,
+    as a single process's log would show it (tracebacks included); the master only adds
+    ``worker N:`` (parsing a short list, not a whole flattened event)."""
+
+    @implementer(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        level = event.get("log_level")
+        record = [
+            event.get("log_time") or 0.0,
+            level.name if level is not None else "info",
+            event.get("log_namespace") or "-",
+            text,
+        ]
+        stream.write("\x1e" + json.dumps(record) + "\n")
+
+    return observe
 
 
 def main(argv: list[str]) -> int:
@@ -360,7 +380,7 @@ def main(argv: list[str]) -> int:
     reactor: Any = _reactor
 
     stream = open(sys.stderr.fileno(), "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(stream)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([log_to_master(stream)], redirectStandardIO=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))

@@ -24,7 +24,7 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer, error, protocol, task, threads
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -811,19 +811,22 @@ class WorkerProcess(protocol.ProcessProtocol):
         if not text:
             return
         try:
-            event = eventFromJSON(text.decode("utf-8"))
+            when, level, namespace, line = json.loads(text)
+            log_level = LogLevel.levelWithName(str(level))
         except Exception:
             self._text(record)
             return
-        # The worker's text, formatted from its flattened fields, behind its index; the
-        # structured keys stay (a JSON observer sees them as the worker logged them).
-        formatted = formatEvent(event) if "log_format" in event else None
-        event.pop("log_flattened", None)
-        event["mqttgw_worker"] = self.slot.index
-        if formatted is not None:
-            event["mqttgw_text"] = formatted
-            event["log_format"] = "worker {mqttgw_worker}: {mqttgw_text}"
-        globalLogPublisher(event)
+        globalLogPublisher(
+            {
+                "log_time": float(when),
+                "log_level": log_level,
+                "log_namespace": str(namespace),
+                "log_system": f"worker {self.slot.index}",
+                "log_format": "worker {mqttgw_worker}: {mqttgw_text}",
+                "mqttgw_worker": self.slot.index,
+                "mqttgw_text": str(line),
+            }
+        )
 
     def _text(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():

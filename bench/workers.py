@@ -1,0 +1,488 @@
+"""The gateway with worker processes beside one process, HAProxy and mosquitto.
+
+    python bench/workers.py handshakes [--rounds 3] [--seconds 8] [--clients 4]
+    python bench/workers.py relay [--rounds 3] [--messages 50000] [--publishers 4]
+    python bench/workers.py idle [--count 2000]
+    python bench/workers.py crl [--entries 1000000] [--seconds 8]
+    python bench/workers.py storm [--devices 300]
+
+Every round starts fresh processes: mosquitto (a plain listener behind the proxies and its
+own mutual-TLS listener), the gateway with ``workers = auto``, the gateway in one process,
+and HAProxy (Debian's package: threads on every CPU, the same certificate, client CA and
+verification). The targets are measured one after another in an order that rotates from
+round to round; medians and ratios are reported. CPU is that of the whole process tree
+(master, workers and the CRL worker processes; HAProxy's threads). Clients connect from
+several 127.0.0.x addresses, as a fleet does (the gateway's default address affinity would
+put a single address on a single worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from harness import NO_LIMITS, raise_fd_limit, start_haproxy
+
+from gateway import testing as support
+
+CONNACK = b"\x20\x02\x00\x00"
+
+
+# -- the process tree --------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat(int(name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and every descendant, live or reaped."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in descendants(pid):
+        fields = _stat(p)
+        if fields is not None:  # utime stime cutime cstime
+            total += sum(int(x) for x in fields[11:15])
+    return total / ticks
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB of pid and its descendants: PSS counts a shared page once."""
+    rss = pss = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            pass
+    return rss, pss
+
+
+# -- the targets -------------------------------------------------------------------------------
+
+
+class World:
+    def __init__(self) -> None:
+        raise_fd_limit()
+        self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
+        self.pki = support.make_pki(self.dir, "ec")
+        self.device = self.pki.client("bench-device")
+
+    @contextlib.contextmanager
+    def round(self, extra: str = "", gateways: dict[str, str] | None = None) -> Iterator[dict]:
+        """Fresh mosquitto, gateways (name -> extra configuration) and HAProxy:
+        name -> (port, pid)."""
+        gateways = gateways if gateways is not None else {"gw-auto": "workers = auto\n", "gw-1": ""}
+        tls_port = support.free_port()
+        broker, plain = support.start_mosquitto(
+            self.dir,
+            extra=(
+                f"listener {tls_port} 127.0.0.1\ncafile {self.pki.ca_file}\n"
+                f"certfile {self.pki.server_cert}\nkeyfile {self.pki.server_key}\n"
+                "require_certificate true\nmax_connections -1\n"
+            ),
+        )
+        started: list[support.Process] = []
+        targets: dict[str, tuple[int, int]] = {"mosquitto": (tls_port, broker.pid)}
+        haproxy = None
+        try:
+            for name, conf_extra in gateways.items():
+                port = support.free_port()
+                conf = support.listener_conf(name, port, plain, self.pki) + NO_LIMITS
+                conf += "stats_log_interval = 1h\n" + conf_extra + extra
+                workers = "workers" in conf_extra
+                gw = support.start_gateway(
+                    self.dir, conf, name, ready="serving" if workers else "listener "
+                )
+                started.append(gw)
+                if workers:
+                    count = len(os.sched_getaffinity(0))
+                    support.wait_until(
+                        lambda gw=gw: gw.log().count(") serving") >= count, 60, what="workers"
+                    )
+                targets[name] = (port, gw.pid)
+            haproxy, hport = start_haproxy(self.dir, self.pki, plain)
+            if haproxy is not None:
+                targets["haproxy"] = (hport, haproxy.pid)
+            time.sleep(1.0)
+            yield targets
+        finally:
+            for gw in started:
+                gw.stop()
+            if haproxy is not None:
+                haproxy.terminate()
+                haproxy.wait(10)
+            broker.stop()
+
+
+def rounds(
+    world: World,
+    count: int,
+    measure: Callable[[str, int, int], tuple[float, ...]],
+    **round_args: Any,
+) -> dict[str, list[tuple[float, ...]]]:
+    results: dict[str, list[tuple[float, ...]]] = {}
+    for r in range(count):
+        with world.round(**round_args) as targets:
+            names = list(targets)
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                port, pid = targets[name]
+                value = measure(name, port, pid)
+                results.setdefault(name, []).append(value)
+                print(f"  round {r + 1} {name}: " + ", ".join(f"{v:.1f}" for v in value))
+    return results
+
+
+def table(results: dict[str, list[tuple[float, ...]]], columns: list[str]) -> None:
+    names = list(results)
+    print(f"\n  {'':12}" + "".join(f"{c:>28}" for c in columns))
+    med = {n: [statistics.median(v[i] for v in results[n]) for i in range(len(columns))] for n in names}
+    for n in names:
+        print(f"  {n:12}" + "".join(f"{x:28.1f}" for x in med[n]))
+    for ref in ("haproxy", "mosquitto", "gw-1"):
+        if ref not in med:
+            continue
+        for n in names:
+            if n.startswith("gw-") and n != ref:
+                ratios = []
+                for i in range(len(columns)):
+                    per_round = [
+                        a[i] / b[i] for a, b in zip(results[n], results[ref], strict=False) if b[i]
+                    ]
+                    ratios.append(
+                        f"{statistics.median(per_round):.2f} "
+                        f"({min(per_round):.2f}-{max(per_round):.2f})"
+                    )
+                print(f"  {n}/{ref}:".ljust(14) + "".join(f"{r:>28}" for r in ratios))
+
+
+# -- handshakes --------------------------------------------------------------------------------
+
+
+def _handshaker(port: int, pki: Any, device: Any, source: str, seconds: float, out: Any) -> None:
+    ctx = support.client_context(pki, device, "1.3")
+    connect = support.connect_packet("hs", keep_alive=0)
+    done = 0
+    deadline = time.monotonic() + seconds
+    import socket
+
+    while time.monotonic() < deadline:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(connect)
+            if support.read_exact(s, 4) != CONNACK:
+                raise RuntimeError("no CONNACK")
+        done += 1
+    out.put(done)
+
+
+def handshakes(args: argparse.Namespace) -> None:
+    world = World()
+
+    def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
+        queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+        cpu0 = tree_cpu(pid)
+        start = time.monotonic()
+        procs = [
+            multiprocessing.Process(
+                target=_handshaker,
+                args=(port, world.pki, world.device, f"127.0.0.{2 + i}", args.seconds, queue),
+            )
+            for i in range(args.clients)
+        ]
+        for p in procs:
+            p.start()
+        total = sum(queue.get(timeout=args.seconds + 60) for _ in procs)
+        for p in procs:
+            p.join()
+        elapsed = time.monotonic() - start
+        cpu = tree_cpu(pid) - cpu0
+        return total / elapsed, total / cpu if cpu else float("nan")
+
+    results = rounds(world, args.rounds, measure)
+    print(
+        f"\nFull mTLS handshakes (TLS 1.3, ECDSA P-256, client certificate, no resumption) + "
+        f"CONNECT/CONNACK; {args.clients} client processes, {args.seconds:g}s per target per "
+        f"round, {args.rounds} rounds, {len(os.sched_getaffinity(0))} CPUs"
+    )
+    table(results, ["handshakes/s", "handshakes per CPU-second"])
+
+
+# -- relay -------------------------------------------------------------------------------------
+
+TOPIC_PAYLOAD = 64
+
+
+def relay(args: argparse.Namespace) -> None:
+    world = World()
+    lines = os.path.join(world.dir, "lines.txt")
+    with open(lines, "wb") as f:
+        for i in range(args.messages):
+            f.write(f"{i:0{TOPIC_PAYLOAD}d}".encode() + b"\n")
+    cert, key = world.device
+
+    def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
+        subs = []
+        for i in range(args.publishers):
+            source = f"127.0.0.{2 + i}"
+            import socket
+
+            raw = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0))
+            sub = support.client_context(world.pki, world.device).wrap_socket(
+                raw, server_hostname="localhost"
+            )
+            sub.sendall(support.connect_packet(f"sub-{name}-{i}", keep_alive=0))
+            assert support.read_exact(sub, 4) == CONNACK
+            topic = f"t{i}".encode()
+            sub.sendall(b"\x82" + bytes([5 + len(topic)]) + b"\x00\x01\x00" + bytes([len(topic)]) + topic + b"\x00")
+            assert support.read_exact(sub, 5)[0] == 0x90
+            subs.append(sub)
+        packet = 2 + 2 + 2 + TOPIC_PAYLOAD  # header, topic length, "tN", payload
+        cpu0 = tree_cpu(pid)
+        start = time.monotonic()
+        pubs = []
+        for i in range(args.publishers):
+            with open(lines, "rb") as stdin:
+                pubs.append(
+                    subprocess.Popen(
+                        ["mosquitto_pub", "-h", "localhost", "-p", str(port), "-A", f"127.0.0.{2 + args.publishers + i}",
+                         "--cafile", world.pki.ca_file, "--cert", cert, "--key", key,
+                         "-t", f"t{i}", "-l", "-q", "0", "-i", f"pub-{name}-{i}"],
+                        stdin=stdin,
+                    )
+                )
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        got = {s: 0 for s in subs}
+        for s in subs:
+            sel.register(s, selectors.EVENT_READ)
+        expected = args.messages * packet
+        while any(v < expected for v in got.values()):
+            for key_, _ in sel.select(60):
+                s = key_.fileobj
+                data = s.recv(1 << 20)  # type: ignore[union-attr]
+                if not data:
+                    raise RuntimeError("subscriber closed")
+                got[s] += len(data)  # type: ignore[index]
+        elapsed = time.monotonic() - start
+        cpu = tree_cpu(pid) - cpu0
+        for p in pubs:
+            p.wait(30)
+        for s in subs:
+            s.close()
+        total = args.messages * args.publishers
+        return total / elapsed, total / cpu if cpu else float("nan")
+
+    results = rounds(world, args.rounds, measure)
+    print(
+        f"\nQoS 0, 64-byte payloads, one PUBLISH per TLS record; {args.publishers} publishers "
+        f"(mosquitto_pub -l) x {args.messages} messages, each to its own subscriber, all "
+        f"through the target; {args.rounds} rounds"
+    )
+    table(results, ["messages/s", "messages per CPU-second"])
+
+
+# -- idle memory -------------------------------------------------------------------------------
+
+
+def _hold(port: int, world: World, count: int, sources: int) -> list[Any]:
+    import socket
+
+    ctx = support.client_context(world.pki, world.device, "1.3")
+    socks = []
+    for i in range(count):
+        raw = socket.create_connection(
+            ("127.0.0.1", port), timeout=30, source_address=(f"127.0.0.{2 + i % sources}", 0)
+        )
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(support.connect_packet(f"idle-{i}", keep_alive=0))
+        assert support.read_exact(s, 4) == CONNACK
+        socks.append(s)
+    return socks
+
+
+def idle(args: argparse.Namespace) -> None:
+    world = World()
+    for count in args.count:
+
+        def measure(name: str, port: int, pid: int, count: int = count) -> tuple[float, ...]:
+            for s in _hold(port, world, 8, 8):
+                s.close()
+            time.sleep(1.0)
+            rss0, pss0 = tree_memory(pid)
+            socks = _hold(port, world, count, 50)
+            time.sleep(2.0)
+            rss1, pss1 = tree_memory(pid)
+            for s in socks:
+                s.close()
+            return (rss1 - rss0) / count, (pss1 - pss0) / count, rss1 / 1024, pss1 / 1024
+
+        results = rounds(world, args.rounds, measure)
+        print(f"\nIdle mTLS MQTT connections: {count}, from 50 addresses; {args.rounds} round(s)")
+        table(results, ["RSS KiB/conn", "PSS KiB/conn", "total RSS MiB", "total PSS MiB"])
+
+
+# -- a large CRL -------------------------------------------------------------------------------
+
+
+def crl(args: argparse.Namespace) -> None:
+    from gateway.testing.crl import CrlHttpServer, big_crl_der
+
+    world = World()
+    http = CrlHttpServer()
+    http.serve("/big.crl", 200, big_crl_der(world.pki.inter, args.entries))
+    http.serve("/root.crl", 200, big_crl_der(world.pki.root, 1))
+    crl_conf = (
+        f"listener.ssl.{{name}}.enable_crl_cache = true\n"
+        f"listener.ssl.{{name}}.crl_cache_urls = {http.url('/big.crl')},{http.url('/root.crl')}\n"
+        f"listener.ssl.{{name}}.crl_cache_max_size = 64MB\n"
+    )
+    gateways = {
+        "gw-auto": "workers = auto\n",
+        "gw-auto-crl": "workers = auto\n" + crl_conf.format(name="gw-auto-crl"),
+        "gw-1-crl": crl_conf.format(name="gw-1-crl"),
+    }
+
+    def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
+        if name in ("mosquitto", "haproxy"):
+            return (0.0, 0.0, 0.0)
+        queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+        procs = [
+            multiprocessing.Process(
+                target=_handshaker,
+                args=(port, world.pki, world.device, f"127.0.0.{2 + i}", args.seconds, queue),
+            )
+            for i in range(4)
+        ]
+        start = time.monotonic()
+        for p in procs:
+            p.start()
+        total = sum(queue.get(timeout=args.seconds + 60) for _ in procs)
+        for p in procs:
+            p.join()
+        rss, pss = tree_memory(pid)
+        return total / (time.monotonic() - start), rss / 1024, pss / 1024
+
+    http.hits.clear()
+    results = rounds(world, args.rounds, measure, gateways=gateways)
+    http.stop()
+    print(
+        f"\nA {args.entries}-entry CRL: handshakes/s and memory of the whole tree; CA fetches "
+        f"of /big.crl in all rounds: {http.hits.get('/big.crl', 0)} "
+        f"(one per gateway with the CRL per round: {2 * args.rounds})"
+    )
+    results.pop("mosquitto", None)
+    results.pop("haproxy", None)
+    table(results, ["handshakes/s", "tree RSS MiB", "tree PSS MiB"])
+
+
+# -- a reconnect storm -------------------------------------------------------------------------
+
+
+def storm(args: argparse.Namespace) -> None:
+    """Devices from many addresses connect once (each keeps its TLS session), all drop, and
+    all reconnect at once offering their session: how many resume?"""
+    import socket
+    import ssl
+
+    world = World()
+    gateways = {
+        "gw-auto": "workers = auto\n",
+        "gw-auto-kernel": "workers = auto\nworker_affinity = kernel\n",
+        "gw-1": "",
+    }
+
+    def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
+        ctx = support.client_context(world.pki, world.device, "1.2")
+        sessions = []
+        for i in range(args.devices):
+            src = f"127.0.{1 + i // 250}.{2 + i % 250}"
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(src, 0))
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(support.connect_packet(f"storm-{i}", keep_alive=0))
+                assert support.read_exact(s, 4) == CONNACK
+                sessions.append((src, s.session))
+        resumed = 0
+        start = time.monotonic()
+        for src, session in sessions:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(src, 0))
+            try:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                    s.sendall(support.connect_packet("again", keep_alive=0))
+                    support.read_exact(s, 4)
+                    resumed += s.session_reused
+            except ssl.SSLError:
+                pass
+        return 100.0 * resumed / len(sessions), len(sessions) / (time.monotonic() - start)
+
+    results = rounds(world, args.rounds, measure, gateways=gateways)
+    print(
+        f"\nReconnect storm: {args.devices} devices (distinct addresses) reconnect offering "
+        "their TLS 1.2 session"
+    )
+    table(results, ["% resumed", "reconnects/s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("handshakes")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--clients", type=int, default=4)
+    p = sub.add_parser("relay")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--messages", type=int, default=50_000)
+    p.add_argument("--publishers", type=int, default=4)
+    p = sub.add_parser("idle")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--count", type=int, nargs="+", default=[2000])
+    p = sub.add_parser("crl")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--seconds", type=float, default=8)
+    p = sub.add_parser("storm")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--devices", type=int, default=300)
+    args = parser.parse_args()
+    {"handshakes": handshakes, "relay": relay, "idle": idle, "crl": crl, "storm": storm}[
+        args.what
+    ](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
