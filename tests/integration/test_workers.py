@@ -21,6 +21,7 @@ from gateway import testing as support
 from tests.integration.test_crl import ACCEPTED, World
 
 pytestmark = pytest.mark.integration
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +294,76 @@ def test_workers_staple_the_masters_response(broker: int, workdir: str) -> None:
             gw.stop()
     finally:
         world.responder.stop()
+
+
+def test_haproxy_in_front_of_two_instances(world: World, broker: int, workdir: str) -> None:
+    """The scale-out recipe as shipped (conf/haproxy/mqttgw-front.cfg, addresses replaced):
+    HAProxy spreads devices over two mqttgw instances (PROXY v2, health from /ready); one
+    instance stopped, new devices all reach the other."""
+    import shutil
+    import subprocess
+
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    assert os.path.exists(haproxy), "HAProxy is needed (Debian package haproxy)"
+    front = support.free_port()
+    gws, ports, admins = [], [], []
+    token = os.path.join(workdir, "admin.token")
+    with open(token, "w") as f:
+        f.write("0123456789abcdef0123456789abcdef\n")
+    os.chmod(token, 0o600)
+    for i in (1, 2):
+        port, admin = support.free_port(), support.free_port()
+        conf = world.conf(
+            port,
+            broker,
+            name="external",
+            proxy_protocol="true",
+            globals=(
+                f"admin.listen = 127.0.0.1:{admin}\nadmin.token_file = {token}\n"
+                "admin.open_read = true\nworkers = 2\n"
+            ),
+        )
+        gws.append(support.start_gateway(workdir, conf, f"gw{i}", ready="serving"))
+        ports.append(port)
+        admins.append(admin)
+    with open(os.path.join(ROOT, "conf", "haproxy", "mqttgw-front.cfg")) as f:
+        recipe = f.read()
+    recipe = recipe.replace("bind :8883", f"bind 127.0.0.1:{front}")
+    recipe = recipe.replace("inter 2s", "inter 300ms").replace("maxconn 200000", "maxconn 2000")
+    for i in (1, 2):
+        recipe = recipe.replace(
+            f"10.0.0.1{i}:8883 check port 9180",
+            f"127.0.0.1:{ports[i - 1]} check port {admins[i - 1]}",
+        )
+    cfg = os.path.join(workdir, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(recipe)
+    lb = subprocess.Popen(
+        [haproxy, "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        support.wait_until(lambda: support.port_open(front), what="haproxy")
+        device = world.p.client("behind-lb")
+        time.sleep(1.0)  # the first health checks
+        held = [
+            connect_from(f"127.0.0.{10 + i}", front, world, device, f"lb-{i}") for i in range(8)
+        ]
+        for gw in gws:
+            gw.wait_log("client_id='lb-")
+        # PROXY v2: each instance logs the device's address, not HAProxy's.
+        assert "peer=127.0.0.10:" in gws[0].log() + gws[1].log()
+        gws[0].proc.send_signal(signal.SIGTERM)
+        assert gws[0].proc.wait(15) == 0
+        later = [
+            connect_from(f"127.0.0.{30 + i}", front, world, device, f"after-{i}") for i in range(8)
+        ]
+        assert all(ping(s) for s in later)
+        assert "client_id='after-" not in gws[0].log()
+        assert gws[1].log().count("client_id='after-") >= 8
+        for s in held + later:
+            s.close()
+    finally:
+        lb.terminate()
+        lb.wait(10)
+        for gw in gws:
+            gw.stop()
