@@ -793,18 +793,31 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._text(data)
 
     def errReceived(self, data: bytes) -> None:
+        """Records are RS + JSON + newline (JSON text holds no raw newline); anything else
+        (a crash before the worker's logging started) is passed on line by line."""
         self._buffer += data
-        if b"\x1e" not in self._buffer and len(self._buffer) > self.MAX_RECORD:
-            self._text(self._buffer)
-            self._buffer = b""
-            return
-        *records, last = self._buffer.split(b"\x1e")
-        self._buffer = last
-        if last.endswith(b"\n"):  # a whole record (one JSON text per line): not held back
-            records.append(last)
-            self._buffer = b""
-        for record in records:
-            self._record(record)
+        buf = self._buffer
+        while buf:
+            if buf[:1] == b"\x1e":
+                end = buf.find(b"\n")
+                if end < 0:
+                    if len(buf) > self.MAX_RECORD:  # not a record: pass it on, do not hoard
+                        self._text(buf)
+                        buf = b""
+                    break
+                self._record(buf[1:end])
+                buf = buf[end + 1 :]
+            else:
+                end = buf.find(b"\x1e")
+                if end < 0:
+                    end = buf.rfind(b"\n") + 1
+                    if end == 0 and len(buf) > self.MAX_RECORD:
+                        end = len(buf)
+                if end == 0:
+                    break
+                self._text(buf[:end])
+                buf = buf[end:]
+        self._buffer = buf
 
     def _record(self, record: bytes) -> None:
         text = record.strip()
@@ -835,7 +848,7 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         if self._buffer:
-            self._record(self._buffer)
+            self._text(self._buffer)
             self._buffer = b""
         self.pool._ended(self.slot, reason)
 

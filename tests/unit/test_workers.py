@@ -192,3 +192,85 @@ def test_socket_group_port_in_use() -> None:
         assert "in use" in str(info.value).lower()
     finally:
         taken.close()
+
+
+class _Pool:
+    """What WorkerProcess needs of its pool."""
+
+    def __init__(self) -> None:
+        self.ended: list[object] = []
+
+    def _ended(self, slot: object, reason: object) -> None:
+        self.ended.append(reason)
+
+
+def test_worker_log_records_become_master_log_events() -> None:
+    """A worker's records (RS, JSON [time, level, namespace, text], newline) are re-emitted
+    in the master's log behind ``worker N:``, whatever the pipe's chunking; anything else
+    on its stderr (a crash before logging started) is logged as text, never lost."""
+    import json
+
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from gateway.workers.master import WorkerProcess, WorkerSlot
+
+    seen: list[dict] = []  # type: ignore[type-arg]
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        proc = WorkerProcess(_Pool(), WorkerSlot(3))  # type: ignore[arg-type]
+        records = b"".join(
+            b"\x1e" + json.dumps(r).encode() + b"\n"
+            for r in (
+                [1.5, "info", "gateway.proxy.relay", "accepted ext peer=10.0.0.1:5 {x}"],
+                [2.5, "error", "gateway.service", "line one\nTraceback: two"],
+            )
+        )
+        for i in range(0, len(records), 7):  # split anywhere
+            proc.errReceived(records[i : i + 7])
+        proc.errReceived(b"Traceback (most recent call last):\n  boom\n")
+        mine = [e for e in seen if e.get("mqttgw_worker") == 3 or e.get("index") == 3]
+        texts = [formatEvent(e) for e in mine]
+        assert texts[0] == "worker 3: accepted ext peer=10.0.0.1:5 {x}"
+        assert mine[0]["log_level"] is LogLevel.info and mine[0]["log_time"] == 1.5
+        assert texts[1] == "worker 3: line one\nTraceback: two"
+        assert mine[1]["log_level"] is LogLevel.error
+        assert any("worker 3: Traceback (most recent call last):" in t for t in texts)
+        assert any("worker 3:   boom" in t for t in texts)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+
+
+def test_a_dying_worker_is_restarted_with_backoff() -> None:
+    """Each short life doubles the wait before the next start (0.5 s up to 30 s); a worker
+    that lived a minute starts again after 0.5 s; a stopping master restarts nothing."""
+    from twisted.internet import error as terror
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+
+    from gateway.workers import master as M
+
+    clock = Clock()
+    pool = M.WorkerPool(clock, None, 1, "auto")  # type: ignore[arg-type]
+    starts: list[float] = []
+    pool._spawn = lambda slot: (
+        starts.append(clock.seconds()),
+        setattr(slot, "started", clock.seconds()),
+    )  # type: ignore[method-assign]
+    slot = pool.slots[0]
+    slot.started = 0.0
+    delays = []
+    for _ in range(9):
+        pool._ended(slot, Failure(terror.ProcessTerminated(signal=9)))
+        (call,) = clock.getDelayedCalls()
+        delays.append(call.getTime() - clock.seconds())
+        clock.advance(delays[-1])
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert slot.restarts == 9 and slot.last_exit == "killed by signal 9"
+    clock.advance(61)  # a long life: back to the first delay
+    pool._ended(slot, Failure(terror.ProcessDone(0)))
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 0.5 and slot.last_exit == "exited with status 0"
+    clock.advance(0.5)
+    pool.stopping = True
+    pool._ended(slot, Failure(terror.ProcessDone(0)))
+    assert clock.getDelayedCalls() == [] and slot.state == "stopped"
