@@ -399,6 +399,7 @@ class WorkerSlot:
     last_exit: str | None = None
     timer: Any = None
     ended: defer.Deferred[None] | None = None
+    turn: defer.Deferred[Any] | None = None  # fires when what is being sent is sent
 
 
 class WorkerPool(service.Service):
@@ -626,8 +627,30 @@ class WorkerPool(service.Service):
         )
         return answer
 
+    def _in_turn(self, slot: WorkerSlot, prepared: Prepared) -> defer.Deferred[Any]:
+        """``_configure``, after whatever this worker is being sent already (a reload during
+        a worker's start must not interleave its files with the start's)."""
+        previous = slot.turn
+        mine: defer.Deferred[Any] = defer.Deferred()
+        slot.turn = mine
+
+        def done(result: object) -> object:
+            mine.callback(None)
+            return result
+
+        def go(_: object) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = self._configure(slot, prepared)
+            return d.addBoth(done)
+
+        if previous is None or previous.called:
+            return go(None)
+        after: defer.Deferred[Any] = defer.Deferred()
+        previous.addBoth(lambda _: go(None).chainDeferred(after))
+        return after
+
     def _started(self, slot: WorkerSlot) -> None:
-        d = self._configure(slot, self.gateway.prepared)
+        slot.turn = None
+        d = self._in_turn(slot, self.gateway.prepared)
 
         def answered(answer: dict[str, Any]) -> None:
             if answer.get("ok"):
@@ -658,7 +681,7 @@ class WorkerPool(service.Service):
         for slot in self.slots:
             if slot.channel is None:
                 continue  # a starting worker gets the new configuration when it starts
-            d = self._configure(slot, prepared)
+            d = self._in_turn(slot, prepared)
 
             def answered(answer: dict[str, Any], slot: WorkerSlot = slot) -> None:
                 if not answer.get("ok"):
