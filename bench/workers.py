@@ -128,9 +128,9 @@ class World:
                 )
                 started.append(gw)
                 if workers:
-                    count = len(os.sched_getaffinity(0))
+                    cpus = len(os.sched_getaffinity(0))
                     support.wait_until(
-                        lambda gw=gw: gw.log().count(") serving") >= count, 60, what="workers"
+                        lambda gw=gw, n=cpus: gw.log().count(") serving") >= n, 60, what="workers"
                     )
                 targets[name] = (port, gw.pid)
             haproxy, hport = start_haproxy(self.dir, self.pki, plain)
@@ -169,7 +169,9 @@ def rounds(
 def table(results: dict[str, list[tuple[float, ...]]], columns: list[str]) -> None:
     names = list(results)
     print(f"\n  {'':12}" + "".join(f"{c:>28}" for c in columns))
-    med = {n: [statistics.median(v[i] for v in results[n]) for i in range(len(columns))] for n in names}
+    med = {
+        n: [statistics.median(v[i] for v in results[n]) for i in range(len(columns))] for n in names
+    }
     for n in names:
         print(f"  {n:12}" + "".join(f"{x:28.1f}" for x in med[n]))
     for ref in ("haproxy", "mosquitto", "gw-1"):
@@ -260,14 +262,17 @@ def relay(args: argparse.Namespace) -> None:
             source = f"127.0.0.{2 + i}"
             import socket
 
-            raw = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0))
+            raw = socket.create_connection(
+                ("127.0.0.1", port), timeout=60, source_address=(source, 0)
+            )
             sub = support.client_context(world.pki, world.device).wrap_socket(
                 raw, server_hostname="localhost"
             )
             sub.sendall(support.connect_packet(f"sub-{name}-{i}", keep_alive=0))
             assert support.read_exact(sub, 4) == CONNACK
             topic = f"t{i}".encode()
-            sub.sendall(b"\x82" + bytes([5 + len(topic)]) + b"\x00\x01\x00" + bytes([len(topic)]) + topic + b"\x00")
+            subscribe = b"\x00\x01\x00" + bytes([len(topic)]) + topic + b"\x00"
+            sub.sendall(b"\x82" + bytes([len(subscribe)]) + subscribe)
             assert support.read_exact(sub, 5)[0] == 0x90
             subs.append(sub)
         packet = 2 + 2 + 2 + TOPIC_PAYLOAD  # header, topic length, "tN", payload
@@ -278,9 +283,12 @@ def relay(args: argparse.Namespace) -> None:
             with open(lines, "rb") as stdin:
                 pubs.append(
                     subprocess.Popen(
-                        ["mosquitto_pub", "-h", "localhost", "-p", str(port), "-A", f"127.0.0.{2 + args.publishers + i}",
-                         "--cafile", world.pki.ca_file, "--cert", cert, "--key", key,
-                         "-t", f"t{i}", "-l", "-q", "0", "-i", f"pub-{name}-{i}"],
+                        [
+                            *("mosquitto_pub", "-h", "localhost", "-p", str(port)),
+                            *("-A", f"127.0.0.{2 + args.publishers + i}"),
+                            *("--cafile", world.pki.ca_file, "--cert", cert, "--key", key),
+                            *("-t", f"t{i}", "-l", "-q", "0", "-i", f"pub-{name}-{i}"),
+                        ],
                         stdin=stdin,
                     )
                 )
@@ -479,9 +487,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--devices", type=int, default=300)
     args = parser.parse_args()
-    {"handshakes": handshakes, "relay": relay, "idle": idle, "crl": crl, "storm": storm}[
-        args.what
-    ](args)
+    {"handshakes": handshakes, "relay": relay, "idle": idle, "crl": crl, "storm": storm}[args.what](
+        args
+    )
 
 
 if __name__ == "__main__":

@@ -99,6 +99,9 @@ class CertificateVerifier:
 
     def __init__(self, revocation: Revocation | None = None) -> None:
         self.revocation = revocation
+        # One bytes object per issuer name, shared by every connection's recorded chain
+        # (a verified chain's issuers are the CA bundle's: few). Bounded all the same.
+        self._issuers: dict[bytes, bytes] = {}
 
     def decide(
         self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
@@ -116,6 +119,10 @@ class CertificateVerifier:
             return 0
         parsed = cert.to_cryptography()
         issuer = parsed.issuer.public_bytes()
+        if len(self._issuers) < _ISSUERS_SHARED:
+            issuer = self._issuers.setdefault(issuer, issuer)
+        else:
+            issuer = self._issuers.get(issuer, issuer)
         serial = cert.get_serial_number()  # OpenSSL's: exact for the negative serials of old CAs
         if verification is not None:
             verification.chain.append((issuer, serial))
@@ -138,6 +145,9 @@ class CertificateVerifier:
         except Exception:
             log.failure("certificate verification callback failed; refusing the certificate")
             return False
+
+
+_ISSUERS_SHARED = 4096
 
 
 def install_verify(ctx: SSL.Context, mode: int, verifier: CertificateVerifier) -> None:
