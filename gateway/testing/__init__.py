@@ -31,9 +31,19 @@ BIN = os.path.dirname(sys.executable)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # The kernel may hand the same free port out twice in a row (nothing holds it between
+    # the calls): never give a test a port this process gave out before.
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    return port
+
+
+_GIVEN: set[int] = set()
 
 
 def wait_until(
