@@ -171,22 +171,30 @@ def _closed(sock: ssl.SSLSocket) -> bool:
         return True
 
 
+@pytest.mark.parametrize("workers", ["", "workers = 2\n"])
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])
 def test_resumed_session_is_checked_against_revocation(
-    world: World, workdir: str, tls: str
+    world: World, workdir: str, tls: str, workers: str
 ) -> None:
     """Resumption skips OpenSSL's verification, not the gateway's: a session resumed before
     the revocation is closed by the sweep, a resumption after it is refused with no byte
-    reaching the broker, and an unrevoked device still resumes."""
+    reaching the broker, and an unrevoked device still resumes. With two workers too (the
+    device's address keeps it on one worker, where its session resumes; that worker's
+    copy of the CRLs decides)."""
     broker, broker_port = support.start_mosquitto(workdir)
     device = world.p.client(f"resume-victim-{tls}")
     bystander = world.p.client(f"resume-bystander-{tls}")
     port = support.free_port()
     gw = support.start_gateway(
         workdir,
-        world.conf(port, broker_port, connect_timeout="2s"),
+        world.conf(
+            port,
+            broker_port,
+            connect_timeout="2s",
+            globals="crl_cache.refresh_interval = 1s\n" + workers,
+        ),
         f"gw-resume-{tls}",
-        "crl crl: ready",
+        "serving" if workers else "crl crl: ready",
     )
     try:
         support.wait_until(lambda: support.port_open(port))
