@@ -434,4 +434,13 @@ def render_text(doc: dict[str, Any]) -> str:
                 f"staples sent {o['staples_sent']}"
                 + (f"  last error {o['last_error']}" if o["last_error"] else "")
             )
+    workers = doc.get("workers") or []
+    if workers:
+        lines += ["", f"workers {sum(w['state'] == 'serving' for w in workers)}/{len(workers)}"]
+        for w in workers:
+            lines.append(
+                f"  worker {w['index']}  pid {w['pid']}  {w['state']}  active {w['active']}  "
+                f"accepted {w['accepted']}  restarts {w['restarts']}"
+                + (f"  last exit: {w['last_exit']}" if w["last_exit"] else "")
+            )
     return "\n".join(lines) + "\n"

@@ -200,6 +200,12 @@ def test_killed_worker_is_restarted(world: World, broker: int, workdir: str) -> 
         doc = status(admin)
         assert doc["workers"][0]["restarts"] == 1 and doc["workers"][0]["state"] == "serving"
         assert doc["workers"][0]["pid"] != pids[0]
+        # The terminal status lists the workers too (restart counted, problems none).
+        out = support.run(
+            [os.path.join(support.BIN, "mqttgw"), "status", "--admin", f"http://127.0.0.1:{admin}"]
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "workers 2/2" in out.stdout and "restarts 1" in out.stdout
         again.close()
         b.close()
     finally:
