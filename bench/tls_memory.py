@@ -122,6 +122,66 @@ def main() -> None:
         f"  {'fresh SSL.Connection, before any handshake':45} "
         f"{(heap_kib() - before) / len(fresh):6.1f} KiB"
     )
+    # The floor: OpenSSL's own SSL object on a context with nothing set, no Python at all.
+    from OpenSSL._util import lib
+
+    bare = SSL.Context(SSL.TLS_METHOD)
+    before = heap_kib()
+    raw = [lib.SSL_new(bare._context) for _ in range(args.count)]  # type: ignore[attr-defined]
+    label = "SSL_new on a default context (C only)"
+    print(f"  {label:45} {(heap_kib() - before) / len(raw):6.1f} KiB")
+    for r in raw:
+        lib.SSL_free(r)
+    _system_openssl(p, device, args.count)
+
+
+def _system_openssl(p: object, device: tuple[str, str], count: int) -> None:
+    """The same with the system's OpenSSL (Python's ssl module; HAProxy and mosquitto link
+    it): an SSLObject with its two memory BIOs, and after a TLS 1.3 handshake with a client
+    certificate (server side)."""
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(p.server_cert, p.server_key)  # type: ignore[attr-defined]
+    server.load_verify_locations(p.ca_file)  # type: ignore[attr-defined]
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = support.client_context(p, device, "1.3")  # type: ignore[arg-type]
+
+    def handshake() -> object:
+        si, so, ci, co = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+        s = server.wrap_bio(si, so, server_side=True)
+        c = client.wrap_bio(ci, co, server_hostname="localhost")
+        for _ in range(10):
+            for x in (c, s):
+                try:
+                    x.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            si.write(co.read())
+            ci.write(so.read())
+        c.write(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x00\x00\x00")
+        si.write(co.read())
+        s.read(100)
+        s.write(b"\x20\x02\x00\x00")
+        ci.write(so.read())
+        c.read(100)
+        return s, si, so
+
+    print(f"system OpenSSL for comparison ({ssl.OPENSSL_VERSION}, Python's ssl module)")
+    gc.collect()
+    before = heap_kib()
+    fresh = [
+        server.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True) for _ in range(count)
+    ]
+    print(f"  {'fresh SSLObject + 2 BIOs':45} {(heap_kib() - before) / count:6.1f} KiB")
+    del fresh
+    for _ in range(20):
+        handshake()
+    gc.collect()
+    before = heap_kib()
+    kept = [handshake() for _ in range(count)]
+    gc.collect()
+    print(f"  {'TLS 1.3, client certificate':45} {(heap_kib() - before) / len(kept):6.1f} KiB")
 
 
 if __name__ == "__main__":
