@@ -212,26 +212,32 @@ def _handshaker(port: int, pki: Any, device: Any, source: str, seconds: float, o
     out.put(done)
 
 
+def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, float]:
+    """``clients`` processes (one address each) handshaking for ``seconds``:
+    (handshakes completed, seconds elapsed)."""
+    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    start = time.monotonic()
+    procs = [
+        multiprocessing.Process(
+            target=_handshaker,
+            args=(port, world.pki, world.device, f"127.0.0.{2 + i}", seconds, queue),
+        )
+        for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    total = sum(queue.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join()
+    return total, time.monotonic() - start
+
+
 def handshakes(args: argparse.Namespace) -> None:
     world = World()
 
     def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
-        queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         cpu0 = tree_cpu(pid)
-        start = time.monotonic()
-        procs = [
-            multiprocessing.Process(
-                target=_handshaker,
-                args=(port, world.pki, world.device, f"127.0.0.{2 + i}", args.seconds, queue),
-            )
-            for i in range(args.clients)
-        ]
-        for p in procs:
-            p.start()
-        total = sum(queue.get(timeout=args.seconds + 60) for _ in procs)
-        for p in procs:
-            p.join()
-        elapsed = time.monotonic() - start
+        total, elapsed = _storm(world, port, args.clients, args.seconds)
         cpu = tree_cpu(pid) - cpu0
         return total / elapsed, total / cpu if cpu else float("nan")
 
@@ -398,20 +404,7 @@ def crl(args: argparse.Namespace) -> None:
     def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
         if name in ("mosquitto", "haproxy"):
             return (0.0, 0.0, 0.0, 0.0)
-        queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        procs = [
-            multiprocessing.Process(
-                target=_handshaker,
-                args=(port, world.pki, world.device, f"127.0.0.{2 + i}", args.seconds, queue),
-            )
-            for i in range(4)
-        ]
-        start = time.monotonic()
-        for p in procs:
-            p.start()
-        total = sum(queue.get(timeout=args.seconds + 60) for _ in procs)
-        for p in procs:
-            p.join()
+        total, elapsed = _storm(world, port, 4, args.seconds)
         rss, pss = tree_memory(pid)
         # The workers' CRL snapshots live in a memory file system (/dev/shm or systemd's
         # runtime directory): their pages are counted once, here, not in any process's RSS
@@ -419,7 +412,7 @@ def crl(args: argparse.Namespace) -> None:
         shm = 0
         for d in glob.glob("/dev/shm/mqttgw-*"):
             shm += sum(os.path.getsize(f) for f in glob.glob(os.path.join(d, "crl-*.snapshot")))
-        return total / (time.monotonic() - start), rss / 1024, pss / 1024, shm / 1024 / 1024
+        return total / elapsed, rss / 1024, pss / 1024, shm / 1024 / 1024
 
     http.hits.clear()
     results = rounds(world, args.rounds, measure, gateways=gateways)

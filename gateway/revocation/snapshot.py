@@ -11,6 +11,8 @@ mapping is released when the last index referring to it is dropped (the next sna
 from __future__ import annotations
 
 import json
+import mmap
+import os
 from typing import Any
 
 from gateway.revocation.crl import (
@@ -48,3 +50,12 @@ def decode_snapshot(data: Any) -> list[tuple[str, LoadedCrl]]:
         raise CrlError("snapshot", f"CRL snapshot format {header.get('format')!r}")
     urls = [str(item["url"]) for item in header["crls"]]
     return list(zip(urls, decode_answer(data), strict=True))
+
+
+def map_snapshot(path: str) -> list[tuple[str, LoadedCrl]]:
+    """The snapshot file at ``path``, memory-mapped read-only and decoded in place
+    (OSError if it cannot be opened, CrlError if it is not a snapshot)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data: Any = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    return decode_snapshot(data)

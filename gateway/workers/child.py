@@ -13,7 +13,6 @@ the master's to act on. If the channel to the master closes, it stops the same w
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import signal
 import socket
@@ -37,7 +36,7 @@ from gateway.monitor import Monitor
 from gateway.prepare import Prepared, prepare
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl_service import CrlCache
-from gateway.revocation.snapshot import decode_snapshot
+from gateway.revocation.snapshot import map_snapshot
 from gateway.service import GatewayService, ListenerService, build_gateway
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
@@ -85,10 +84,7 @@ class SharedCrlData:
     current: SharedCrl | None = None  # the service of the listener's running generation
 
     def load(self, path: str) -> None:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            data: Any = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
-        self.cache.replace(decode_snapshot(data))  # the previous mapping goes with its indexes
+        self.cache.replace(map_snapshot(path))  # the previous mapping goes with its indexes
         self.path = path
         if not self.ready.called:
             self.ready.callback(None)

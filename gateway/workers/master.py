@@ -34,7 +34,7 @@ from gateway.monitor import Monitor
 from gateway.prepare import Prepared
 from gateway.revocation.crl import LoadedCrl
 from gateway.revocation.crl_service import CrlCache
-from gateway.revocation.snapshot import decode_snapshot, encode_snapshot
+from gateway.revocation.snapshot import encode_snapshot, map_snapshot
 from gateway.service import (
     GatewayService,
     ListenError,
@@ -157,15 +157,6 @@ def _write_snapshot(path: str, chunks: list[bytes | memoryview]) -> None:
     os.replace(tmp, path)
 
 
-def _map_snapshot(path: str) -> list[tuple[str, LoadedCrl]]:
-    import mmap
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data: Any = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
-    return decode_snapshot(data)
-
-
 class CrlPublisher:
     """Writes a listener's CRLs to a new snapshot file (in a thread) after each change,
     tells every worker, then removes the previous file (mappings of it stay valid). The
@@ -200,7 +191,7 @@ class CrlPublisher:
     def _written(
         self, cache: CrlCache, items: list[tuple[str, LoadedCrl]], path: str
     ) -> defer.Deferred[Any]:
-        mapped = _map_snapshot(path)
+        mapped = map_snapshot(path)
         cache.adopt([(old, new) for (_, old), (_, new) in zip(items, mapped, strict=True)])
         previous, self.path = self.path, path
         sent = self.pool.send_crl(self.listener, path)
