@@ -45,11 +45,16 @@ def decode_snapshot(data: Any) -> list[tuple[str, LoadedCrl]]:
     end = data.find(b"\n")
     if end < 0:
         raise CrlError("snapshot", "not a CRL snapshot")
-    header = json.loads(bytes(data[:end]))
-    if header.get("format") != FORMAT:
-        raise CrlError("snapshot", f"CRL snapshot format {header.get('format')!r}")
-    urls = [str(item["url"]) for item in header["crls"]]
-    return list(zip(urls, decode_answer(data), strict=True))
+    try:
+        header = json.loads(bytes(data[:end]))
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise CrlError("snapshot", "not a CRL snapshot of this version")
+        urls = [str(item["url"]) for item in header["crls"]]
+        return list(zip(urls, decode_answer(data), strict=True))
+    except CrlError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, ArithmeticError) as e:
+        raise CrlError("snapshot", f"malformed CRL snapshot ({type(e).__name__})") from None
 
 
 def map_snapshot(path: str) -> list[tuple[str, LoadedCrl]]:
