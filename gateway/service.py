@@ -672,6 +672,8 @@ class PortService(service.Service):
 class ListenerService(service.MultiService):
     """One listener: its context, its port, its counters, its CRL and OCSP services."""
 
+    checks_brokers = True  # active health checks of the broker pool (a master runs none)
+
     def __init__(
         self,
         listener: ListenerSettings,
@@ -775,7 +777,11 @@ class ListenerService(service.MultiService):
         pool = BrokerPool(up.addresses, up.balance, up.down_time, changed)
         connector = PoolConnector(self.reactor, up, pool, material.upstream)
         health = None
-        if up.check_interval > 0 and (len(up.addresses) > 1 or up.check == "mqtt"):
+        if (
+            self.checks_brokers
+            and up.check_interval > 0
+            and (len(up.addresses) > 1 or up.check == "mqtt")
+        ):
             health = HealthChecker(connector, name)
             health.setServiceParent(self)
         return pool, connector, health

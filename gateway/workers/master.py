@@ -98,9 +98,8 @@ class SocketGroupService(service.Service):
         self.by_address = affinity == "address" or (
             affinity == "auto" and not settings.front.proxy_protocol
         )
-        self.factory: Any = listener.tls_factory if hasattr(listener, "tls_factory") else None
+        self.factory: Any = listener.tls_factory  # no connections here: drains at once
         self.port: _Group | None = None
-        self.ready = None
 
     def _listen(self) -> None:
         if self.port is not None:
@@ -239,6 +238,8 @@ class MasterListenerService(ListenerService):
     """A listener in the master: its sockets, its CRL and OCSP services (once for every
     worker), and its status added up from the workers' counters."""
 
+    checks_brokers = False  # the workers check their brokers; the master relays nothing
+
     def __init__(
         self,
         workers: WorkerPool,
@@ -255,12 +256,6 @@ class MasterListenerService(ListenerService):
 
     def _port_service(self, listener: ListenerSettings) -> PortService:
         return SocketGroupService(self, listener)  # type: ignore[return-value]
-
-    def _build_upstream(self, listener: ListenerSettings, material: TlsMaterial) -> Any:
-        pool, connector, health = super()._build_upstream(listener, material)
-        if health is not None:  # the workers check their brokers; the master relays nothing
-            health.disownServiceParent()
-        return pool, connector, None
 
     def _build_stapler(
         self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
