@@ -52,9 +52,12 @@ class Setup:
         return out
 
 
-def start_haproxy(directory: str, p: support.Pki, upstream: int) -> tuple[Any, int]:
+def start_haproxy(
+    directory: str, p: support.Pki, upstream: int, crl_file: str | None = None
+) -> tuple[Any, int]:
     """HAProxy from Debian's packages terminating the same mutual TLS in front of the same
-    mosquitto (plain): server certificate, client CA, TCP mode. None if not installed."""
+    mosquitto (plain): server certificate, client CA, TCP mode, and with ``crl_file`` the
+    CRLs of every CA of the chain. None if not installed."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         return None, 0
@@ -71,7 +74,8 @@ def start_haproxy(directory: str, p: support.Pki, upstream: int) -> tuple[Any, i
             "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n"
             "  timeout server 300s\n"
             f"frontend mqtts\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {p.ca_file} "
-            "verify required\n  default_backend broker\n"
+            + (f"crl-file {crl_file} " if crl_file else "")
+            + "verify required\n  default_backend broker\n"
             f"backend broker\n  server b 127.0.0.1:{upstream}\n"
         )
     proc = subprocess.Popen(

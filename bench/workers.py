@@ -1,10 +1,12 @@
 """The gateway with worker processes beside one process, HAProxy and mosquitto.
 
-    python bench/workers.py handshakes [--rounds 3] [--seconds 8] [--clients 4]
+    python bench/workers.py handshakes [--rounds 3] [--seconds 8] [--clients 4] [--crl-entries 1000]
     python bench/workers.py relay [--rounds 3] [--messages 50000] [--publishers 4]
     python bench/workers.py idle [--count 2000]
     python bench/workers.py crl [--entries 1000000] [--seconds 8]
     python bench/workers.py storm [--devices 300]
+
+Every command takes ``--key ec|rsa`` (default ec): the kind of every key of the PKI.
 
 Every round starts fresh processes: mosquitto (a plain listener behind the proxies and its
 own mutual-TLS listener), the gateway with ``workers = auto``, the gateway in one process,
@@ -36,6 +38,7 @@ from harness import NO_LIMITS, raise_fd_limit, start_haproxy
 from gateway import testing as support
 
 CONNACK = b"\x20\x02\x00\x00"
+KEYS = {"ec": "ECDSA P-256", "rsa": "RSA 2048"}
 
 
 # -- the process tree --------------------------------------------------------------------------
@@ -95,11 +98,68 @@ def tree_memory(pid: int) -> tuple[int, int]:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, key_kind: str = "ec") -> None:
         raise_fd_limit()
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
-        self.pki = support.make_pki(self.dir, "ec")
+        self.key_kind = key_kind
+        self.pki = support.make_pki(self.dir, key_kind)
         self.device = self.pki.client("bench-device")
+        self.crl_file: str | None = None
+        self.crl_urls: list[str] = []
+        self.revoked: tuple[str, str] | None = None
+        self._http: Any = None
+
+    def with_crls(self, entries: int) -> None:
+        """Every target checks revocation: the devices CA's CRL with ``entries`` entries and
+        the root's, as files for mosquitto (``crlfile``) and HAProxy (``crl-file``, which
+        checks the whole chain), fetched from a local CA endpoint by the gateways."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from gateway.testing.crl import CrlHttpServer, big_crl_der, crl_der
+
+        self.revoked = self.pki.client("bench-revoked")
+        with open(self.revoked[0], "rb") as f:
+            revoked_serial = x509.load_pem_x509_certificate(f.read()).serial_number
+        base = 0x4000_0000_0000_0000_0000_0000_0000_0000
+        listed = [base + i * 0x9E3779B97F4A7C15 for i in range(entries - 1)] + [revoked_serial]
+        self._http = CrlHttpServer()
+        self.crl_file = os.path.join(self.dir, "crls.pem")
+        with open(self.crl_file, "wb") as out:
+            for path, der in (
+                ("/devices.crl", crl_der(self.pki.inter, listed)),
+                ("/root.crl", big_crl_der(self.pki.root, 1)),
+            ):
+                self._http.serve(path, 200, der)
+                self.crl_urls.append(self._http.url(path))
+                out.write(x509.load_der_x509_crl(der).public_bytes(Encoding.PEM))
+
+    def refuses_revoked(self, port: int) -> bool:
+        """Whether the target at ``port`` refuses the device listed in the CRL (it must:
+        every target really checks revocation)."""
+        import ssl
+
+        assert self.revoked is not None
+        try:
+            with support.tls_connect(port, support.client_context(self.pki, self.revoked)) as s:
+                s.sendall(support.connect_packet("revoked", keep_alive=0))
+                return support.read_exact(s, 4) != CONNACK
+        except (ssl.SSLError, OSError, ConnectionError, EOFError):
+            return True
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.stop()
+
+    def _crl_conf(self, name: str) -> str:
+        if not self.crl_urls:
+            return ""
+        prefix = f"listener.ssl.{name}"
+        return (
+            f"{prefix}.enable_crl_cache = true\n"
+            f"{prefix}.crl_cache_urls = {','.join(self.crl_urls)}\n"
+            f"{prefix}.crl_cache_max_size = 64MB\n"
+        )
 
     @contextlib.contextmanager
     def round(self, extra: str = "", gateways: dict[str, str] | None = None) -> Iterator[dict]:
@@ -113,6 +173,7 @@ class World:
                 f"listener {tls_port} 127.0.0.1\ncafile {self.pki.ca_file}\n"
                 f"certfile {self.pki.server_cert}\nkeyfile {self.pki.server_key}\n"
                 "require_certificate true\nmax_connections -1\n"
+                + (f"crlfile {self.crl_file}\n" if self.crl_file else "")
             ),
         )
         started: list[support.Process] = []
@@ -122,7 +183,7 @@ class World:
             for name, conf_extra in gateways.items():
                 port = support.free_port()
                 conf = support.listener_conf(name, port, plain, self.pki) + NO_LIMITS
-                conf += "stats_log_interval = 1h\n" + conf_extra + extra
+                conf += "stats_log_interval = 1h\n" + conf_extra + extra + self._crl_conf(name)
                 workers = "workers" in conf_extra
                 gw = support.start_gateway(
                     self.dir, conf, name, ready="serving" if workers else "listener "
@@ -134,7 +195,7 @@ class World:
                         lambda gw=gw, n=cpus: gw.log().count(") serving") >= n, 60, what="workers"
                     )
                 targets[name] = (port, gw.pid)
-            haproxy, hport = start_haproxy(self.dir, self.pki, plain)
+            haproxy, hport = start_haproxy(self.dir, self.pki, plain, self.crl_file)
             if haproxy is not None:
                 targets["haproxy"] = (hport, haproxy.pid)
             time.sleep(1.0)
@@ -233,17 +294,24 @@ def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, 
 
 
 def handshakes(args: argparse.Namespace) -> None:
-    world = World()
+    world = World(args.key)
+    if args.crl_entries:
+        world.with_crls(args.crl_entries)
 
     def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
+        if args.crl_entries and not world.refuses_revoked(port):
+            raise SystemExit(f"{name} let a revoked device in: its CRL checking is off")
         cpu0 = tree_cpu(pid)
         total, elapsed = _storm(world, port, args.clients, args.seconds)
         cpu = tree_cpu(pid) - cpu0
         return total / elapsed, total / cpu if cpu else float("nan")
 
     results = rounds(world, args.rounds, measure)
+    world.close()
+    crls = f"CRLs checked ({args.crl_entries} entries)" if args.crl_entries else "no CRLs"
     print(
-        f"\nFull mTLS handshakes (TLS 1.3, ECDSA P-256, client certificate, no resumption) + "
+        f"\n{crls}. Full mTLS handshakes (TLS 1.3, {KEYS[world.key_kind]}, client certificate, no "
+        "resumption) + "
         f"CONNECT/CONNACK; {args.clients} client processes, {args.seconds:g}s per target per "
         f"round, {args.rounds} rounds, {len(os.sched_getaffinity(0))} CPUs"
     )
@@ -256,7 +324,7 @@ TOPIC_PAYLOAD = 64
 
 
 def relay(args: argparse.Namespace) -> None:
-    world = World()
+    world = World(args.key)
     lines = os.path.join(world.dir, "lines.txt")
     with open(lines, "wb") as f:
         for i in range(args.messages):
@@ -351,7 +419,7 @@ def _hold(port: int, world: World, count: int, sources: int) -> list[Any]:
 
 
 def idle(args: argparse.Namespace) -> None:
-    world = World()
+    world = World(args.key)
     for count in args.count:
 
         def measure(name: str, port: int, pid: int, count: int = count) -> tuple[float, ...]:
@@ -386,7 +454,7 @@ def idle(args: argparse.Namespace) -> None:
 def crl(args: argparse.Namespace) -> None:
     from gateway.testing.crl import CrlHttpServer, big_crl_der
 
-    world = World()
+    world = World(args.key)
     http = CrlHttpServer()
     http.serve("/big.crl", 200, big_crl_der(world.pki.inter, args.entries))
     http.serve("/root.crl", 200, big_crl_der(world.pki.root, 1))
@@ -436,7 +504,7 @@ def storm(args: argparse.Namespace) -> None:
     import socket
     import ssl
 
-    world = World()
+    world = World(args.key)
     gateways = {
         "gw-auto": "workers = auto\n",
         "gw-auto-kernel": "workers = auto\nworker_affinity = kernel\n",
@@ -476,23 +544,36 @@ def storm(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--key",
+        choices=("ec", "rsa"),
+        default="ec",
+        help="the PKI's keys: ECDSA P-256 or RSA 2048 (server, CAs and devices alike)",
+    )
     sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("handshakes")
+    p = sub.add_parser("handshakes", parents=[common])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--clients", type=int, default=4)
-    p = sub.add_parser("relay")
+    p.add_argument(
+        "--crl-entries",
+        type=int,
+        default=1000,
+        help="entries of the devices CA's CRL every target checks (0: no CRL checking)",
+    )
+    p = sub.add_parser("relay", parents=[common])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--publishers", type=int, default=4)
-    p = sub.add_parser("idle")
+    p = sub.add_parser("idle", parents=[common])
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--count", type=int, nargs="+", default=[2000])
-    p = sub.add_parser("crl")
+    p = sub.add_parser("crl", parents=[common])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--seconds", type=float, default=8)
-    p = sub.add_parser("storm")
+    p = sub.add_parser("storm", parents=[common])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--devices", type=int, default=300)
     args = parser.parse_args()

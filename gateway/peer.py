@@ -47,6 +47,9 @@ class PeerVerification:
     chain: list[tuple[bytes, int]] = attrs.Factory(list)
     failure: VerifyFailure | None = None
     crl_pending: PendingCrl | None = None
+    # The leaf as the verify callback parsed it, until the relay takes it for its log line
+    # at the end of the handshake (then dropped: an idle connection does not keep it).
+    leaf: x509.Certificate | None = None
 
     def note_failure(self, failure: VerifyFailure) -> None:
         if self.failure is None:

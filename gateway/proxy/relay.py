@@ -79,10 +79,11 @@ def classify_handshake_failure(reason: Failure) -> str:
 
 
 def describe_peer_certificate(
-    connection: SSL.Connection,
+    connection: SSL.Connection, parsed: x509.Certificate | None = None
 ) -> tuple[str, str, x509.Certificate | None]:
-    """(subject, serial, the parsed certificate) of the client, or ("-", "-", None)."""
-    cert = connection.get_peer_certificate(as_cryptography=True)
+    """(subject, serial, the parsed certificate) of the client, or ("-", "-", None).
+    ``parsed``: the certificate as the verify callback parsed it, if it did."""
+    cert = parsed if parsed is not None else connection.get_peer_certificate(as_cryptography=True)
     if cert is None:
         return "-", "-", None
     return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
@@ -182,7 +183,8 @@ class ClientProtocol(protocol.Protocol):
         stats = self.factory.stats
         stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
-        self.subject, self.serial, cert = describe_peer_certificate(handle)
+        leaf, self.verification.leaf = self.verification.leaf, None
+        self.subject, self.serial, cert = describe_peer_certificate(handle, leaf)
         if cert is not None and self.factory.upstream_proxy_protocol == "v2":
             self._cn = common_name(cert)  # from the certificate parsed just now
         identity = self.factory.identity

@@ -109,11 +109,12 @@ def _gtime(ts: float) -> bytes:
 
 
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
+_RSA_SHA256 = bytes.fromhex("300d06092a864886f70d01010b0500")
 
 
 def crl_der(ca: pki.Issued, serials: list[int], number: int = 1, lifetime: float = 86400) -> bytes:
     """A CRL listing exactly ``serials``, negative ones included (cryptography's builder
-    refuses those; old CAs issued them), signed by an EC CA."""
+    refuses those; old CAs issued them), signed by ``ca`` (EC or RSA)."""
     now = time.time()
     revoked_at = _gtime(now - 86400)
     entries = b"".join(_tlv(0x30, _der_int(s) + revoked_at) for s in serials)
@@ -122,25 +123,31 @@ def crl_der(ca: pki.Issued, serials: list[int], number: int = 1, lifetime: float
 
 def _signed_crl(ca: pki.Issued, entries: bytes, number: int, now: float, lifetime: float) -> bytes:
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+    is_rsa = isinstance(ca.key, rsa.RSAPrivateKey)
+    algorithm = _RSA_SHA256 if is_rsa else _ECDSA_SHA256
     crl_number = _tlv(0x30, bytes.fromhex("0603551d14") + _tlv(0x04, _der_int(number)))
     tbs = _tlv(
         0x30,
         _der_int(1)
-        + _ECDSA_SHA256
+        + algorithm
         + ca.cert.subject.public_bytes()
         + _gtime(now - 60)
         + _gtime(now + lifetime)
         + _tlv(0x30, entries)
         + _tlv(0xA0, _tlv(0x30, crl_number)),
     )
-    signature = ca.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    return _tlv(0x30, tbs + _ECDSA_SHA256 + _tlv(0x03, b"\x00" + signature))
+    if is_rsa:
+        signature = ca.key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        signature = ca.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return _tlv(0x30, tbs + algorithm + _tlv(0x03, b"\x00" + signature))
 
 
 def big_crl_der(ca: pki.Issued, count: int, number: int = 1, lifetime: float = 86400) -> bytes:
-    """A CRL with ``count`` entries (random-looking 16-byte serials), signed by an EC CA.
+    """A CRL with ``count`` entries (random-looking 16-byte serials), signed by ``ca`` (EC or
+    RSA).
 
     Built as DER by hand, since cryptography's builder takes minutes for a million entries.
     """

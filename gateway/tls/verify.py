@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.logger import Logger
@@ -102,6 +103,32 @@ class CertificateVerifier:
         # One bytes object per issuer name, shared by every connection's recorded chain
         # (a verified chain's issuers are the CA bundle's: few). Bounded all the same.
         self._issuers: dict[bytes, bytes] = {}
+        # What the check needs of each CA certificate OpenSSL accepted above a leaf, by its
+        # DER: every handshake meets the same few (the CA bundle's, or intermediates the
+        # CAs issued), and parsing them again for each device was a tenth of the Python
+        # work of a handshake. Only what the DER alone decides is kept: revocation is
+        # checked on every handshake. Bounded: a full table just stops growing.
+        self._cas: dict[bytes, _Parsed] = {}
+
+    def _parse(self, cert: crypto.X509, depth: int) -> _Parsed:
+        if depth == 0:  # a device's own: new on every handshake
+            return self._parsed(cert.to_cryptography())
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        known = self._cas.get(der)
+        if known is None:
+            known = self._parsed(x509.load_der_x509_certificate(der))
+            if len(self._cas) < _CAS_KEPT:
+                self._cas[der] = known
+        return known
+
+    def _parsed(self, parsed: x509.Certificate) -> _Parsed:
+        issuer_name = parsed.issuer
+        issuer = issuer_name.public_bytes()
+        if len(self._issuers) < _ISSUERS_SHARED:
+            issuer = self._issuers.setdefault(issuer, issuer)
+        else:
+            issuer = self._issuers.get(issuer, issuer)
+        return _Parsed(parsed, issuer, issuer_name == parsed.subject)
 
     def decide(
         self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
@@ -117,16 +144,14 @@ class CertificateVerifier:
             return errno or _V.ERR_APPLICATION_VERIFICATION
         if self.revocation is None:
             return 0
-        parsed = cert.to_cryptography()
-        issuer = parsed.issuer.public_bytes()
-        if len(self._issuers) < _ISSUERS_SHARED:
-            issuer = self._issuers.setdefault(issuer, issuer)
-        else:
-            issuer = self._issuers.get(issuer, issuer)
+        known = self._parse(cert, depth)
+        parsed, issuer = known.cert, known.issuer
+        if depth == 0 and verification is not None:
+            verification.leaf = parsed  # the relay's log line takes it: no second parse
         serial = cert.get_serial_number()  # OpenSSL's: exact for the negative serials of old CAs
         if verification is not None:
             verification.chain.append((issuer, serial))
-        if parsed.issuer == parsed.subject:
+        if known.self_issued:
             return 0  # a trust anchor: nothing above it to revoke it
         verdict = self.revocation.check(parsed, issuer, serial, depth, verification)
         if verdict is None:
@@ -148,6 +173,16 @@ class CertificateVerifier:
 
 
 _ISSUERS_SHARED = 4096
+_CAS_KEPT = 1024
+
+
+@attrs.frozen
+class _Parsed:
+    """What the check needs of one certificate."""
+
+    cert: x509.Certificate
+    issuer: bytes  # DER of its issuer's name (shared between connections)
+    self_issued: bool
 
 
 def install_verify(ctx: SSL.Context, mode: int, verifier: CertificateVerifier) -> None:
