@@ -352,6 +352,21 @@ class WorkerChannel(amp.AMP):
 LOG_BATCH = 0.02  # seconds a log record may wait to travel with others (fewer wake-ups)
 
 
+def _event_text(event: dict[str, Any]) -> str:
+    """The event's text as Twisted's ``eventAsText`` gives it. Most events (every connection
+    logs two) take the short way: ``str.format_map``, the same formatting language as
+    Twisted's formatter, in C (a third of the cost of a worker's log line). Events with a
+    traceback, a call in a field ("{f()}", which only Twisted's formatter knows) or any
+    formatting problem go Twisted's way, so they read exactly as in one process."""
+    fmt = event.get("log_format")
+    if isinstance(fmt, str) and "log_failure" not in event:
+        try:
+            return fmt.format_map(event)
+        except Exception:
+            pass
+    return eventAsText(event, includeTimestamp=False, includeSystem=False)
+
+
 @implementer(ILogObserver)
 class LogToMaster:
     """A log observer writing each event as one record the master re-emits: RS, then the
@@ -369,7 +384,7 @@ class LogToMaster:
         self.main = threading.get_ident()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        text = _event_text(event)
         level = event.get("log_level")
         record = [
             event.get("log_time") or 0.0,

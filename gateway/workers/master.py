@@ -784,6 +784,9 @@ class MasterChannel(amp.AMP):
         return self.pool.when_attempted(listener, url).addCallback(lambda _: {})
 
 
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
+
+
 class WorkerProcess(protocol.ProcessProtocol):
     """A worker's process: its log events (JSON on its stderr) join the master's log,
     tagged with the worker's index; its end starts the restart."""
@@ -834,18 +837,22 @@ class WorkerProcess(protocol.ProcessProtocol):
             return
         try:
             when, level, namespace, line = json.loads(text)
-            log_level = LogLevel.levelWithName(str(level))
+            log_level = _LEVELS[level]
         except Exception:
             self._text(record)
             return
+        index = self.slot.index
         globalLogPublisher(
             {
                 "log_time": float(when),
                 "log_level": log_level,
                 "log_namespace": str(namespace),
-                "log_system": f"worker {self.slot.index}",
-                "log_format": "worker {mqttgw_worker}: {mqttgw_text}",
-                "mqttgw_worker": self.slot.index,
+                "log_system": f"worker {index}",
+                # One field to format (the master re-emits every line of every worker);
+                # the worker and its text stay apart for structured observers.
+                "log_format": "{mqttgw_line}",
+                "mqttgw_line": f"worker {index}: {line}",
+                "mqttgw_worker": index,
                 "mqttgw_text": str(line),
             }
         )

@@ -259,6 +259,49 @@ def test_worker_log_records_become_master_log_events() -> None:
         globalLogPublisher.removeObserver(seen.append)
 
 
+def test_a_workers_log_text_reads_as_twisteds() -> None:
+    """The worker formats its lines the short way (str.format_map) where that gives what
+    Twisted's formatter gives, and Twisted's way otherwise: a traceback, a call in a field,
+    a missing field, a format that is not text."""
+    from twisted.logger import eventAsText
+    from twisted.python.failure import Failure
+
+    from gateway.workers.child import _event_text
+
+    class Obj:
+        name = "sub"
+
+        def __repr__(self) -> str:
+            return "<obj>"
+
+    def twisted(event: dict) -> str:  # type: ignore[type-arg]
+        return eventAsText(event, includeTimestamp=False, includeSystem=False)
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = Failure()
+    events = [
+        {
+            "log_format": "accepted {a} id={b!r} d={c:.1f}s {{x}} {o.name}",
+            "a": "é",
+            "b": "x",
+            "c": 0.04,
+            "o": Obj(),
+        },
+        {"log_format": "obj {o} {o!r}", "o": Obj()},
+        {"log_format": "missing {nope}"},
+        {"log_format": "call {f()}", "f": lambda: "called"},
+        {"log_format": "failed {x}", "x": 1, "log_failure": failure},
+        {"log_format": None, "log_io": "raw"},
+        {"log_format": b"bytes {x}", "x": 2},
+        {"log_format": "bad spec {x:Q}", "x": 3},
+    ]
+    for event in events:
+        assert _event_text(event) == twisted(event), event
+    assert "ValueError: boom" in _event_text(events[4])
+
+
 def test_a_dying_worker_is_restarted_with_backoff() -> None:
     """Each short life doubles the wait before the next start (0.5 s up to 30 s); a worker
     that lived a minute starts again after 0.5 s; a stopping master restarts nothing."""
