@@ -57,7 +57,9 @@ def start_haproxy(
 ) -> tuple[Any, int]:
     """HAProxy from Debian's packages terminating the same mutual TLS in front of the same
     mosquitto (plain): server certificate, client CA, TCP mode, and with ``crl_file`` the
-    CRLs of every CA of the chain. None if not installed."""
+    CRLs of every CA of the chain. Like the gateway (and mosquitto) it logs every
+    connection to a file: ``option tcplog`` to its standard output, ``haproxy.log``.
+    None if not installed."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         return None, 0
@@ -70,17 +72,16 @@ def start_haproxy(
     cfg = os.path.join(directory, "haproxy.cfg")
     with open(cfg, "w") as f:
         f.write(
-            "global\n  maxconn 9000\n"
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n"
-            "  timeout server 300s\n"
+            "global\n  maxconn 9000\n  log stdout format raw local0 info\n"
+            "defaults\n  mode tcp\n  log global\n  option tcplog\n"
+            "  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n"
             f"frontend mqtts\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {p.ca_file} "
             + (f"crl-file {crl_file} " if crl_file else "")
             + "verify required\n  default_backend broker\n"
             f"backend broker\n  server b 127.0.0.1:{upstream}\n"
         )
-    proc = subprocess.Popen(
-        [haproxy, "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    with open(os.path.join(directory, "haproxy.log"), "ab") as log:
+        proc = subprocess.Popen([haproxy, "-f", cfg, "-db"], stdout=log, stderr=log)
     support.wait_until(lambda: support.port_open(port), what="haproxy")
     return proc, port
 

@@ -1,13 +1,21 @@
-"""Reactor lag probe and the periodic stats line.
+"""Reactor lag and the periodic stats line.
 
-A LoopingCall every ``PROBE_INTERVAL`` measures how late it runs: the worst lateness in a
-period is the longest the reactor was unable to serve connections. Every
-``stats_log_interval`` one line per listener says what the gateway did, with that figure,
-rendered from the listeners' status records; its fields are structured log keys.
+Reactor lag is how long the event loop ran without looking at its sockets: the longest such
+stretch in a period is the longest a ready device waited to be served. On a reactor with a
+poller (epoll, poll: the reactors of Linux) it is measured at every turn of the loop, at no
+cost while idle: the poller is wrapped, and each poll notes how long it has been since the
+previous one returned. Elsewhere (a test's Clock, another reactor) a LoopingCall every
+``PROBE_INTERVAL`` measures how late it runs. That probe cost every process 1.5 % of a CPU
+doing nothing (a hundred wake-ups a second) and 3.5 % of the handshakes a worker could do.
+
+Every ``stats_log_interval`` one line per listener says what the gateway did, with the worst
+lag, rendered from the listeners' status records; its fields are structured log keys.
 """
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,8 +36,53 @@ from gateway.status import (
 log = Logger()
 
 PROBE_INTERVAL = 0.01  # fine enough to see a stall a device would notice
+HEARTBEAT = 1.0  # with a timed poller: how often the loop proves it turns (for /live)
+LATE_WAKE = 0.005  # a timed wait that ends later than this past its timeout is lag
 STALL_WARNING = 0.25  # a stall this long is logged at once
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class TimedPoller:
+    """Stands in for a reactor's poller (``select.epoll``, or ``select.poll`` whose timeouts
+    are in milliseconds: ``unit``): each ``poll`` first tells ``busy`` how long the reactor
+    ran since the previous poll returned. A poll that found nothing and came back later than
+    its timeout (the process was not run: CPU starvation, SIGSTOP, a paused VM) tells how
+    late: a timer the reactor waited for was that late. The calls the reactor makes on every
+    connection go straight to the real poller."""
+
+    def __init__(
+        self,
+        poller: Any,
+        busy: Callable[[float], None],
+        now: Callable[[], float],
+        unit: float = 1.0,
+    ) -> None:
+        self.poller = poller
+        self._busy = busy
+        self._now = now
+        self._unit = unit
+        self._returned = now()
+        self.register = poller.register
+        self.unregister = poller.unregister
+        self.modify = poller.modify
+
+    def poll(self, *args: Any) -> Any:
+        now = self._now
+        start = now()
+        self._busy(start - self._returned)
+        try:
+            events = self.poller.poll(*args)
+        finally:
+            self._returned = now()
+        timeout = args[0] if args else None
+        if not events and timeout is not None and timeout >= 0:
+            late = self._returned - start - timeout * self._unit
+            if late > LATE_WAKE:
+                self._busy(late)
+        return events
+
+    def __getattr__(self, name: str) -> Any:  # close, fileno, ...
+        return getattr(self.poller, name)
 
 
 class Monitor(service.Service):
@@ -39,25 +92,37 @@ class Monitor(service.Service):
         interval: float,
         statuses: Callable[[], Iterable[ListenerStatus]],
         workers: Callable[[], Iterable[WorkerStatus]] = tuple,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reactor = reactor
         self._interval = interval
         self._statuses = statuses
         self._workers = workers
-        self.max_lag = 0.0  # worst lateness in the current period, seconds
+        self._now = now
+        self.max_lag = 0.0  # worst lag in the current period, seconds
         self.max_lag_ever = 0.0  # since start (the metrics' gauge)
-        self.lag = Histogram(LAG_BUCKETS)  # every probe's lateness
+        self.lag = Histogram(LAG_BUCKETS)  # every turn's (or every probe's) lag
         self.last_tick = reactor.seconds()  # /live: the reactor turns
         self._expected = 0.0
         self._probe: task.LoopingCall | None = None
         self._report: task.LoopingCall | None = None
+        self._timed: TimedPoller | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._expected = self._reactor.seconds() + PROBE_INTERVAL
-        self._probe = task.LoopingCall(self._tick)
-        self._probe.clock = self._reactor
-        self._probe.start(PROBE_INTERVAL, now=False)
+        poller = getattr(self._reactor, "_poller", None)
+        if poller is not None and hasattr(poller, "poll") and hasattr(poller, "modify"):
+            unit = 1.0 if isinstance(poller, getattr(select, "epoll", ())) else 0.001
+            self._timed = TimedPoller(poller, self._busy, self._now, unit)
+            self._reactor._poller = self._timed
+            self._probe = task.LoopingCall(self._heartbeat)
+            self._probe.clock = self._reactor
+            self._probe.start(HEARTBEAT, now=False)
+        else:
+            self._expected = self._reactor.seconds() + PROBE_INTERVAL
+            self._probe = task.LoopingCall(self._tick)
+            self._probe.clock = self._reactor
+            self._probe.start(PROBE_INTERVAL, now=False)
         self._report = task.LoopingCall(self.report)
         self._report.clock = self._reactor
         self._report.start(self._interval, now=False)
@@ -74,12 +139,23 @@ class Monitor(service.Service):
         for loop in (self._probe, self._report):
             if loop is not None and loop.running:
                 loop.stop()
+        timed, self._timed = self._timed, None
+        if timed is not None:
+            real = timed.poller
+            if getattr(self._reactor, "_poller", None) is timed:
+                self._reactor._poller = real
+
+    def _heartbeat(self) -> None:
+        self.last_tick = self._reactor.seconds()
 
     def _tick(self) -> None:
         now = self._reactor.seconds()
         lag = max(0.0, now - self._expected)
         self._expected = now + PROBE_INTERVAL
         self.last_tick = now
+        self._busy(lag)
+
+    def _busy(self, lag: float) -> None:
         self.lag.observe(lag)
         if lag > self.max_lag:
             self.max_lag = lag

@@ -355,7 +355,8 @@ class GatewayService(service.MultiService):
         )
 
     def alive(self) -> tuple[bool, str]:
-        """The reactor turns: the monitor's 10 ms probe ran within the last 5 seconds."""
+        """The reactor turns: the monitor's heartbeat (every second) ran within the last 5
+        seconds."""
         quiet = self.reactor.seconds() - self.monitor.last_tick
         if quiet > LIVE_LIMIT:
             return False, f"the event loop has not turned for {quiet:.1f}s"

@@ -280,7 +280,7 @@ def _revocation(status: GatewayStatus) -> Iterator[Metric]:
 def _process(status: GatewayStatus) -> Iterator[Metric]:
     lag = HistogramMetricFamily(
         "mqttgw_reactor_lag_seconds",
-        "Lateness of a 10 ms probe: how long the event loop could not serve connections.",
+        "Each turn of the event loop: how long it could not serve connections.",
     )
     if status.reactor_lag is not None:
         lag.add_metric([], _buckets(status.reactor_lag), status.reactor_lag.total)

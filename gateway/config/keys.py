@@ -626,7 +626,7 @@ KEYS += (
         300.0,
         "Global: every this often, one log line per listener with active, accepted and refused "
         "connections (by reason), bytes relayed, CRL counts, and the longest reactor stall "
-        "measured in the period (a 10 ms LoopingCall probe).",
+        "in the period (measured at every turn of the event loop).",
         listener=False,
         global_=True,
         format=format_duration,
