@@ -257,20 +257,28 @@ def table(results: dict[str, list[tuple[float, ...]]], columns: list[str]) -> No
 # -- handshakes --------------------------------------------------------------------------------
 
 
-def _handshaker(port: int, pki: Any, device: Any, source: str, seconds: float, out: Any) -> None:
-    ctx = support.client_context(pki, device, "1.3")
-    connect = support.connect_packet("hs", keep_alive=0)
-    done = 0
-    deadline = time.monotonic() + seconds
+def _handshaker(
+    ports: list[int], pki: Any, device: Any, source: str, seconds: float, out: Any
+) -> None:
+    """Handshakes for ``seconds``, each connection to the next of ``ports`` in turn; puts
+    the count per port on ``out``."""
     import socket
 
+    ctx = support.client_context(pki, device, "1.3")
+    connect = support.connect_packet("hs", keep_alive=0)
+    done = [0] * len(ports)
+    deadline = time.monotonic() + seconds
+    turn = 0
     while time.monotonic() < deadline:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        k, turn = turn, (turn + 1) % len(ports)
+        raw = socket.create_connection(
+            ("127.0.0.1", ports[k]), timeout=10, source_address=(source, 0)
+        )
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             s.sendall(connect)
             if support.read_exact(s, 4) != CONNACK:
                 raise RuntimeError("no CONNACK")
-        done += 1
+        done[k] += 1
     out.put(done)
 
 
@@ -282,13 +290,13 @@ def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, 
     procs = [
         multiprocessing.Process(
             target=_handshaker,
-            args=(port, world.pki, world.device, f"127.0.0.{2 + i}", seconds, queue),
+            args=([port], world.pki, world.device, f"127.0.0.{2 + i}", seconds, queue),
         )
         for i in range(clients)
     ]
     for p in procs:
         p.start()
-    total = sum(queue.get(timeout=seconds + 60) for _ in procs)
+    total = sum(queue.get(timeout=seconds + 60)[0] for _ in procs)
     for p in procs:
         p.join()
     return total, time.monotonic() - start
@@ -319,30 +327,6 @@ def handshakes(args: argparse.Namespace) -> None:
     table(results, ["handshakes/s", "handshakes per CPU-second"])
 
 
-def _alternating_handshaker(
-    ports: list[int], pki: Any, device: Any, source: str, seconds: float, out: Any
-) -> None:
-    """Handshakes for ``seconds``, each connection to the next of ``ports`` in turn."""
-    import socket
-
-    ctx = support.client_context(pki, device, "1.3")
-    connect = support.connect_packet("hs", keep_alive=0)
-    done = [0] * len(ports)
-    deadline = time.monotonic() + seconds
-    turn = 0
-    while time.monotonic() < deadline:
-        k, turn = turn, (turn + 1) % len(ports)
-        raw = socket.create_connection(
-            ("127.0.0.1", ports[k]), timeout=10, source_address=(source, 0)
-        )
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(connect)
-            if support.read_exact(s, 4) != CONNACK:
-                raise RuntimeError("no CONNACK")
-        done[k] += 1
-    out.put(done)
-
-
 def efficiency(args: argparse.Namespace) -> None:
     """Handshakes per CPU-second, the servers side by side at the same time: every client
     sends its connections to each server in turn, so every server meets the same machine
@@ -364,7 +348,7 @@ def efficiency(args: argparse.Namespace) -> None:
             queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
             procs = [
                 multiprocessing.Process(
-                    target=_alternating_handshaker,
+                    target=_handshaker,
                     args=(ports, world.pki, world.device, f"127.0.0.{2 + i}", args.seconds, queue),
                 )
                 for i in range(args.clients)
