@@ -5,8 +5,8 @@ stretch in a period is the longest a ready device waited to be served. On a reac
 poller (epoll, poll: the reactors of Linux) it is measured at every turn of the loop, at no
 cost while idle: the poller is wrapped, and each poll notes how long it has been since the
 previous one returned. Elsewhere (a test's Clock, another reactor) a LoopingCall every
-``PROBE_INTERVAL`` measures how late it runs. That probe cost every process 1.5 % of a CPU
-doing nothing (a hundred wake-ups a second) and 3.5 % of the handshakes a worker could do.
+``PROBE_INTERVAL`` measures how late it runs. That probe cost every process 1.6 % of a CPU
+doing nothing (a hundred wake-ups a second) and 3 % of the handshakes a worker could do.
 
 Every ``stats_log_interval`` one line per listener says what the gateway did, with the worst
 lag, rendered from the listeners' status records; its fields are structured log keys.
