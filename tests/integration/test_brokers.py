@@ -23,6 +23,7 @@ import pytest
 
 from gateway import testing as support
 from gateway.demo import pki
+from gateway.proxy.pool import BrokerPool
 
 pytestmark = pytest.mark.integration
 
@@ -115,17 +116,20 @@ def test_pool_balances_fails_over_and_hashes(p: support.Pki, workdir: str) -> No
             for i in range(30):
                 assert connect(ports["cid"], p, cert, f"sticky-{i}") == ACCEPTED
                 assert wait_seen(brokers, f"sticky-{i}") == homes[i]
-            # A fourth broker: about a quarter of the client ids move, all to it.
+            # A fourth broker: the client ids that move all move to it, and each lands where
+            # rendezvous hashing of these brokers' addresses puts it. (The addresses are free
+            # ports, new each run: how many move varies, about a quarter; the unit test
+            # checks that share on fixed addresses.)
+            three = BrokerPool(tuple(("127.0.0.1", port) for _, port in brokers[:3]), "client_id")
+            four = BrokerPool(tuple(("127.0.0.1", port) for _, port in brokers), "client_id")
             for b, _ in brokers:
                 open(b.log_path, "w").close()
-            moved = 0
             for i in range(30):
+                assert homes[i] == three.candidates(f"sticky-{i}", 0.0)[0].index
                 assert connect(ports["cid4"], p, cert, f"sticky-{i}") == ACCEPTED
                 now = wait_seen(brokers, f"sticky-{i}")
-                if now != homes[i]:
-                    assert now == 3
-                    moved += 1
-            assert moved <= 14, moved  # about 1/4 of 30, well under a third of them twice
+                assert now == four.candidates(f"sticky-{i}", 0.0)[0].index
+                assert now in (homes[i], 3)  # stays, or moves to the new broker
             # A broker killed: marked down, new clients reach the others.
             brokers[1][0].stop()
             for i in range(6):
