@@ -20,7 +20,7 @@ import tempfile
 from harness import support  # noqa: F401  (sets sys.path)
 from OpenSSL import SSL
 
-from gateway.prepare import prepare_text
+from gateway.testing import prepare_text
 from gateway.tls.context import build_context
 from gateway.tls.verify import CertificateVerifier
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import attrs
 
 from gateway import files
-from gateway.config import Config, load_config, parse_config
+from gateway.config import Config, load_config
 from gateway.tls.material import TlsMaterial, load_materials
 
 
@@ -31,20 +31,16 @@ def prepare(path: str, record: files.FileRecord | None = None) -> Prepared:
     replaying (a worker), the files come from the master's record, not the disk."""
     record = record or files.FileRecord()
     with files.reading(record):
-        prepared = _prepared(load_config(path))
+        prepared = prepare_config(load_config(path))
     return attrs.evolve(prepared, files=record.files)
-
-
-def prepare_text(text: str, path: str = "<config>") -> Prepared:
-    """The same for configuration text (tests, the demo)."""
-    return _prepared(parse_config(text, path))
 
 
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_FILE = 4096
 
 
-def _prepared(config: Config) -> Prepared:
+def prepare_config(config: Config) -> Prepared:
+    """Read every file ``config`` names (certificates, keys, CA bundles, the token)."""
     materials = load_materials(config)
     token, warnings = None, []
     path = config.globals.admin_token_file

@@ -28,6 +28,7 @@ from gateway.config.values import (
     parse_host_port_list,
     parse_limit,
     parse_list,
+    parse_mqtt_client_id,
     parse_path,
     parse_positive_int,
     parse_size,
@@ -302,9 +303,10 @@ KEYS: tuple[Key, ...] = (
     Key(
         "upstream_check_client_id",
         "upstream.check_client_id",
-        str,
+        parse_mqtt_client_id,
         "mqttgw-health-check",
-        "The client id of the MQTT health check (clean session, no will, no credentials).",
+        "The client id of the MQTT health check (clean session, no will, no credentials; "
+        "at most 65535 bytes of UTF-8).",
         global_=True,
     ),
     Key(

@@ -8,6 +8,8 @@ import ipaddress
 import re
 from collections.abc import Callable
 
+from gateway.mqtt.packets import encode_string
+
 
 def parse_duration(text: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", text.strip())
@@ -222,3 +224,16 @@ def parse_admin_bind(text: str) -> tuple[str, int]:
     if text.strip().isdigit():
         return "127.0.0.1", parse_port(text.strip())
     return parse_bind(text)
+
+
+def parse_mqtt_client_id(text: str) -> str:
+    """A client id the gateway sends in a CONNECT of its own: one MQTT string field (at most
+    65,535 bytes of UTF-8, no U+0000), not empty (a broker may refuse an empty one)."""
+    value = text.strip()
+    if not value:
+        raise ValueError("a client id is required")
+    try:
+        encode_string(value, "client id")
+    except ValueError as e:
+        raise ValueError(f"{e} (at most 65535 bytes of UTF-8)") from None
+    return value

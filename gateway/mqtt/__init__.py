@@ -1,17 +1,18 @@
 """Sans-IO MQTT: the first-packet reader and the packets the gateway writes."""
 
-from gateway.mqtt.codec import (
+from gateway.mqtt.codec import NEED_DATA, Connect, ConnectReader
+from gateway.mqtt.errors import ProtocolError, RemoteProtocolError
+from gateway.mqtt.packets import (
     MQTT_3_1,
     MQTT_3_1_1,
     MQTT_5,
-    NEED_DATA,
     NOT_AUTHORIZED,
     SERVER_UNAVAILABLE,
-    Connect,
-    ConnectReader,
+    Connack,
     connack,
+    connect_packet,
+    read_connack,
 )
-from gateway.mqtt.errors import ProtocolError, RemoteProtocolError
 
 __all__ = [
     "MQTT_3_1",
@@ -20,9 +21,12 @@ __all__ = [
     "NEED_DATA",
     "NOT_AUTHORIZED",
     "SERVER_UNAVAILABLE",
+    "Connack",
     "Connect",
     "ConnectReader",
     "ProtocolError",
     "RemoteProtocolError",
     "connack",
+    "connect_packet",
+    "read_connack",
 ]

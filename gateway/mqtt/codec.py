@@ -12,13 +12,8 @@ import enum
 import attrs
 
 from gateway.mqtt.errors import RemoteProtocolError
-
-# Protocol levels, as they appear in the CONNECT variable header.
-MQTT_3_1 = 3
-MQTT_3_1_1 = 4
-MQTT_5 = 5
-
-_PROTOCOL_NAMES = {MQTT_3_1: b"MQIsdp", MQTT_3_1_1: b"MQTT", MQTT_5: b"MQTT"}
+from gateway.mqtt.packets import MQTT_5
+from gateway.mqtt.packets import PROTOCOL_NAMES as _PROTOCOL_NAMES
 
 _CONNECT = 1
 _FIXED_HEADER_MAX = 5  # one type byte and at most four remaining-length bytes
@@ -208,18 +203,3 @@ def _parse_connect(packet: bytes, header_size: int) -> Connect:
         has_will=has_will,
         packet=packet,
     )
-
-
-# --- packets the gateway writes --------------------------------------------------------
-
-# CONNACK codes, MQTT 3.1/3.1.1 return code and MQTT 5 reason code.
-SERVER_UNAVAILABLE = (3, 0x88)
-NOT_AUTHORIZED = (5, 0x87)
-
-
-def connack(protocol_level: int, code: tuple[int, int]) -> bytes:
-    """A refusing CONNACK in the dialect of the client's CONNECT."""
-    legacy, v5 = code
-    if protocol_level == MQTT_5:
-        return bytes((0x20, 3, 0, v5, 0))  # session present 0, reason, no properties
-    return bytes((0x20, 2, 0, legacy))

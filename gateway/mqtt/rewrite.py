@@ -10,28 +10,10 @@ for byte, and the remaining length is recomputed.
 
 from __future__ import annotations
 
-from gateway.mqtt.codec import MQTT_5, _Cursor
+from gateway.mqtt.codec import _Cursor
 from gateway.mqtt.errors import RemoteProtocolError
-
-MAX_FIELD = 65535  # a UTF-8 string field of MQTT holds at most this many bytes
-
-
-def _utf8_field(value: str, what: str) -> bytes:
-    raw = value.encode("utf-8")
-    if len(raw) > MAX_FIELD:
-        raise ValueError(f"{what} of {len(raw)} bytes does not fit an MQTT string")
-    if "\x00" in value:
-        raise ValueError(f"{what} contains U+0000")
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _encode_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from gateway.mqtt.packets import MQTT_5, encode_string
+from gateway.mqtt.packets import packet as whole_packet
 
 
 def rewrite_connect(
@@ -77,14 +59,14 @@ def rewrite_connect(
     variable_header[flags_at - start] = flags
     body = bytes(variable_header)
     body += (
-        _utf8_field(client_id, "client id")
+        encode_string(client_id, "client id")
         if client_id is not None
         else len(old_client_id).to_bytes(2, "big") + old_client_id
     )
     body += will
     if username is not None:
-        body += _utf8_field(username, "user name")
+        body += encode_string(username, "user name")
     elif old_username is not None:
         body += len(old_username).to_bytes(2, "big") + old_username
     body += password
-    return bytes([packet[0]]) + _encode_length(len(body)) + body
+    return whole_packet(packet[0], body)

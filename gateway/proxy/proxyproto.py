@@ -217,11 +217,11 @@ class HeaderReader:
             return self._done(ProxiedAddress(None, None, local=True), 16 + length)
         else:
             raise ProxyHeaderError(f"PROXY v2: address family 0x{family:02x} is not TCP")
-        tlvs = _parse_tlvs(body[need:])
+        tlvs = parse_tlvs(body[need:])
         return self._done(ProxiedAddress((src, sport), (dst, dport), tlvs=tlvs), 16 + length)
 
 
-def _parse_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
+def parse_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
     out, pos = [], 0
     while pos < len(data):
         if pos + 3 > len(data):
@@ -232,16 +232,3 @@ def _parse_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
         out.append((kind, data[pos + 3 : pos + 3 + size]))
         pos += 3 + size
     return tuple(out)
-
-
-def parse_ssl_tlv(value: bytes) -> dict[str, object]:
-    """PP2_TYPE_SSL's content, for tests and logs: client flags, verify, sub-TLVs."""
-    client, verify = struct.unpack("!BI", value[:5])
-    subs = {kind: v for kind, v in _parse_tlvs(value[5:])}
-    return {
-        "client": client,
-        "verify": verify,
-        "version": subs.get(PP2_SUBTYPE_SSL_VERSION, b"").decode(),
-        "cipher": subs.get(PP2_SUBTYPE_SSL_CIPHER, b"").decode(),
-        "cn": subs[PP2_SUBTYPE_SSL_CN].decode() if PP2_SUBTYPE_SSL_CN in subs else None,
-    }

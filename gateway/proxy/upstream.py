@@ -25,10 +25,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway import mqtt
 from gateway.config.model import UpstreamSettings
 from gateway.failures import plain_reason
+from gateway.mqtt.packets import DISCONNECT
 from gateway.proxy.pool import Broker, BrokerPool
-from gateway.proxy.relay import ConnectUpstream, UpstreamFactory
+from gateway.proxy.relay import UpstreamFactory
 
 log = Logger()
 
@@ -185,15 +187,6 @@ class _Attempt:
             self._cancel()
 
 
-def upstream_connector(
-    reactor: Any, upstream: UpstreamSettings, pool: BrokerPool | None = None, tls: Any = None
-) -> ConnectUpstream:
-    """The relay's connect function for ``upstream`` (a pool of one or more brokers)."""
-    if pool is None:
-        pool = BrokerPool(upstream.addresses, upstream.balance, upstream.down_time)
-    return PoolConnector(reactor, upstream, pool, tls)
-
-
 # -- active health checks ------------------------------------------------------------------
 
 
@@ -223,12 +216,18 @@ class _Check(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
-        if len(self.buffer) >= 4:
-            if self.buffer[0] == 0x20 and self.buffer[3] == 0:
-                self.transport.write(b"\xe0\x00")  # DISCONNECT
-                self._finish(None)
-            else:
-                self._finish(ConnectionError(f"CONNACK refused (code {self.buffer[3]})"))
+        try:
+            answer = mqtt.read_connack(self.buffer)
+        except mqtt.ProtocolError as e:
+            self._finish(ConnectionError(f"not an MQTT broker: {e.detail}"))
+            return
+        if answer is None:
+            return
+        if answer.accepted:
+            self.transport.write(DISCONNECT)
+            self._finish(None)
+        else:
+            self._finish(ConnectionError(f"CONNACK refused (code {answer.code})"))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._finish(ConnectionError(plain_reason(reason)))
@@ -253,7 +252,9 @@ class HealthChecker(service.Service):
         self._loop: task.LoopingCall | None = None
         settings = connector.settings
         self.mqtt_connect = (
-            _mqtt_check_packet(settings.check_client_id) if settings.check == "mqtt" else None
+            mqtt.connect_packet(settings.check_client_id, keep_alive=30)
+            if settings.check == "mqtt"
+            else None
         )
 
     def startService(self) -> None:
@@ -303,9 +304,3 @@ class _CheckFactory(protocol.ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.done.called:
             self.done.errback(ConnectionError(plain_reason(reason)))
-
-
-def _mqtt_check_packet(client_id: str) -> bytes:
-    raw = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x1e" + len(raw).to_bytes(2, "big") + raw
-    return bytes([0x10, len(body)]) + body

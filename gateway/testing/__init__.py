@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -23,7 +24,12 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import eventsFromJSONLogFile, jsonFileLogObserver, textFileLogObserver
 
+from gateway.config.load import parse_config
 from gateway.demo import pki
+from gateway.mqtt.packets import connect_packet as connect_packet
+from gateway.mqtt.packets import encode_length as encode_length
+from gateway.prepare import Prepared, prepare_config
+from gateway.proxy import proxyproto
 from gateway.revocation import worker
 from gateway.revocation.crl import CrlError, LoadedCrl, decode_answer
 
@@ -268,32 +274,11 @@ def tls_connect(port: int, ctx: ssl.SSLContext, timeout: float = 5.0) -> ssl.SSL
     return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
-def connect_packet(client_id: str, level: int = 4, keep_alive: int = 60) -> bytes:
-    cid = client_id.encode()
-    name = b"MQIsdp" if level == 3 else b"MQTT"
-    body = (
-        len(name).to_bytes(2, "big") + name + bytes((level, 0x02)) + keep_alive.to_bytes(2, "big")
-    )
-    if level == 5:
-        body += b"\x00"
-    body += len(cid).to_bytes(2, "big") + cid
-    return bytes((0x10,)) + encode_length(len(body)) + body
-
-
 def publish_packet(topic: str, payload: bytes, retain: bool = False) -> bytes:
     """A QoS 0 PUBLISH."""
     t = topic.encode()
     body = len(t).to_bytes(2, "big") + t + payload
     return bytes((0x30 | (1 if retain else 0),)) + encode_length(len(body)) + body
-
-
-def encode_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def read_exact(sock: socket.socket, n: int) -> bytes:
@@ -339,3 +324,25 @@ class InlineProcessor:
             return defer.succeed(decode_answer(out.getvalue()))
         except CrlError as e:
             return defer.fail(e)
+
+
+def prepare_text(text: str, path: str = "<config>") -> Prepared:
+    """``gateway.prepare.prepare`` for configuration text (tests, benchmarks)."""
+    return prepare_config(parse_config(text, path))
+
+
+def parse_ssl_tlv(value: bytes) -> dict[str, object]:
+    """PP2_TYPE_SSL's content as a test reads it: client flags, verify, sub-TLVs."""
+    client, verify = struct.unpack("!BI", value[:5])
+    subs = dict(proxyproto.parse_tlvs(value[5:]))
+    return {
+        "client": client,
+        "verify": verify,
+        "version": subs.get(proxyproto.PP2_SUBTYPE_SSL_VERSION, b"").decode(),
+        "cipher": subs.get(proxyproto.PP2_SUBTYPE_SSL_CIPHER, b"").decode(),
+        "cn": (
+            subs[proxyproto.PP2_SUBTYPE_SSL_CN].decode()
+            if proxyproto.PP2_SUBTYPE_SSL_CN in subs
+            else None
+        ),
+    }

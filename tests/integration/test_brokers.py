@@ -454,7 +454,9 @@ def _open(host: str, port: int) -> bool:
 
 def test_mqtt_health_check_marks_down_and_up(p: support.Pki, workdir: str) -> None:
     """upstream_check = mqtt: a broker that stops answering CONNECT is marked down by the
-    check alone (no client needed), and up again once it answers."""
+    check alone (no client needed), and up again once it answers. The check's client id is
+    200 bytes: its remaining length takes two bytes, and mosquitto reads it whole."""
+    check_id = "gw-check-" + "x" * 191
     broker, broker_port = support.start_mosquitto(workdir)
     port = support.free_port()
     conf = support.listener_conf(
@@ -465,12 +467,12 @@ def test_mqtt_health_check_marks_down_and_up(p: support.Pki, workdir: str) -> No
         {
             "upstream_check": "mqtt",
             "upstream_check_interval": "500ms",
-            "upstream_check_client_id": "gw-check",
+            "upstream_check_client_id": check_id,
         },
     )
     gw = support.start_gateway(workdir, conf)
     try:
-        support.wait_until(lambda: " as gw-check " in broker.log(), what="an MQTT check")
+        support.wait_until(lambda: f" as {check_id} " in broker.log(), what="an MQTT check")
         broker.stop()
         support.wait_until(lambda: "is DOWN: health check: " in gw.log(), 10)
         again, _ = support.start_mosquitto(workdir, port=broker_port)

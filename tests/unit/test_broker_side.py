@@ -177,7 +177,7 @@ def test_v2_header_layout() -> None:
     assert reader.rest == b"rest"
     ((kind, value),) = result.tlvs
     assert kind == pp.PP2_TYPE_SSL
-    assert pp.parse_ssl_tlv(value) == {
+    assert support.parse_ssl_tlv(value) == {
         "client": pp.PP2_CLIENT_SSL | pp.PP2_CLIENT_CERT_CONN,
         "verify": 0,
         "version": "TLSv1.3",

@@ -14,7 +14,8 @@ from gateway.config.profiles import PROFILES, TLS13_SUITES
 from gateway.config.values import parse_bool
 from gateway.demo import pki
 from gateway.errors import ConfigError
-from gateway.prepare import prepare, prepare_text
+from gateway.prepare import prepare
+from gateway.testing import prepare_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,6 +141,11 @@ def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> Non
             "OpenSSL refuses the group list 'X25519:P-999'",
         ),
         ("tls_profile = old", "tls_profile", "expected one of intermediate, modern"),
+        (
+            "listener.ssl.ext.upstream_check_client_id = " + "c" * 65536,
+            "listener.ssl.ext.upstream_check_client_id",
+            "client id of 65536 bytes does not fit an MQTT string",
+        ),
         ("listener.ssl.other.verify = verify_peer", "listener.ssl.other.verify", "not declared"),
         (
             "listener.ssl.ext.upstream = 127.0.0.1:1884",

@@ -16,12 +16,12 @@ from twisted.logger import capturedLogs
 
 from gateway import testing as support
 from gateway.demo import pki
-from gateway.prepare import prepare_text
 from gateway.revocation import ocsp
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.store import write_atomically
 from gateway.testing import ocsp as ocsp_support
+from gateway.testing import prepare_text
 from tests.unit.test_crl_service import Routes
 
 RESPONDER = "http://ocsp.test/"

@@ -12,9 +12,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from gateway import testing as support
 from gateway.demo import pki
-from gateway.prepare import prepare_text
 from gateway.service import ListenerService, make_gateway_service
-from gateway.testing import InlineProcessor
+from gateway.testing import InlineProcessor, prepare_text
 
 
 class Hanging(Resource):

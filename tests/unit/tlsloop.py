@@ -19,10 +19,10 @@ from twisted.test import iosim
 
 from gateway import testing as support
 from gateway.config import ListenerSettings
-from gateway.prepare import prepare_text
 from gateway.proxy.relay import GatewayFactory
 from gateway.service import ListenerTLSFactory
 from gateway.status import ListenerStats
+from gateway.testing import prepare_text
 from gateway.tls.context import ServerConnectionCreator, build_context
 from gateway.tls.material import TlsMaterial
 from gateway.tls.verify import CertificateVerifier
