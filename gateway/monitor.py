@@ -3,7 +3,8 @@
 Reactor lag is how long the event loop ran without looking at its sockets: the longest such
 stretch in a period is the longest a ready device waited to be served. On a reactor with a
 poller (epoll, poll: the reactors of Linux) it is measured at every turn of the loop, at no
-cost while idle: the poller is wrapped, and each poll notes how long it has been since the
+cost while idle: the poller is wrapped (``gateway.twisted_native.time_poller``, the one
+private name this takes, and why), and each poll notes how long it has been since the
 previous one returned. Elsewhere (a test's Clock, another reactor) a LoopingCall every
 ``PROBE_INTERVAL`` measures how late it runs. That probe cost every process 1.6 % of a CPU
 doing nothing (a hundred wake-ups a second) and 3 % of the handshakes a worker could do.
@@ -14,7 +15,6 @@ lag, rendered from the listeners' status records; its fields are structured log 
 
 from __future__ import annotations
 
-import select
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +32,7 @@ from gateway.status import (
     stats_fields,
     worker_fields,
 )
+from gateway.twisted_native import time_poller
 
 log = Logger()
 
@@ -106,15 +107,14 @@ class Monitor(service.Service):
         self._expected = 0.0
         self._probe: task.LoopingCall | None = None
         self._report: task.LoopingCall | None = None
-        self._timed: TimedPoller | None = None
+        self._restore: Callable[[], None] | None = None  # gives the reactor its poller back
 
     def startService(self) -> None:
         super().startService()
-        poller = getattr(self._reactor, "_poller", None)
-        if poller is not None and hasattr(poller, "poll") and hasattr(poller, "modify"):
-            unit = 1.0 if isinstance(poller, getattr(select, "epoll", ())) else 0.001
-            self._timed = TimedPoller(poller, self._busy, self._now, unit)
-            self._reactor._poller = self._timed
+        self._restore = time_poller(
+            self._reactor, lambda poller, unit: TimedPoller(poller, self._busy, self._now, unit)
+        )
+        if self._restore is not None:
             self._probe = task.LoopingCall(self._heartbeat)
             self._probe.clock = self._reactor
             self._probe.start(HEARTBEAT, now=False)
@@ -139,11 +139,9 @@ class Monitor(service.Service):
         for loop in (self._probe, self._report):
             if loop is not None and loop.running:
                 loop.stop()
-        timed, self._timed = self._timed, None
-        if timed is not None:
-            real = timed.poller
-            if getattr(self._reactor, "_poller", None) is timed:
-                self._reactor._poller = real
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            restore()
 
     def _heartbeat(self) -> None:
         self.last_tick = self._reactor.seconds()

@@ -15,12 +15,14 @@ from __future__ import annotations
 import attrs
 from cryptography import x509
 
+from gateway.reasons import Reason
+
 
 @attrs.frozen
 class VerifyFailure:
     """Why the client's chain was refused: the first failure, for the log."""
 
-    reason: str  # reason class: revoked, unknown_ca, expired, crl_missing, ...
+    reason: Reason  # revoked, unknown_ca, expired, crl_missing, ...
     errno: int  # the X509 verification error OpenSSL reports
     depth: int
     subject: str

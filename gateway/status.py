@@ -9,12 +9,14 @@ page) read the same records. Pure: no Twisted.
 from __future__ import annotations
 
 import bisect
+import enum
 from collections import Counter
 from typing import Any
 
 import attrs
 
 from gateway.clock import format_timestamp
+from gateway.reasons import Reason
 
 # Upper bounds (seconds) of the duration histograms: a handshake is milliseconds when the
 # gateway keeps up, seconds when it does not (handshake_timeout is 15s by default).
@@ -70,8 +72,8 @@ class ListenerStats:
     upstream_tls: int = 0  # TLS handshakes to brokers
     upstream_tls_resumed: int = 0  # of which resumed a session
 
-    def refuse(self, reason: str) -> None:
-        self.refused[reason] += 1
+    def refuse(self, reason: Reason) -> None:
+        self.refused[str(reason)] += 1
 
     def snapshot(self) -> StatsSnapshot:
         return StatsSnapshot(
@@ -249,13 +251,110 @@ def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
     )
 
 
+class WorkerState(str, enum.Enum):
+    """A worker process's state, as its master sees it."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __hash__ = str.__hash__
+
+    STARTING = "starting"  # spawned; being sent its files, sockets and configuration
+    SERVING = "serving"
+    RESTARTING = "restarting"  # it died; started again after a backoff
+    STOPPED = "stopped"  # the master is stopping
+
+
+@attrs.frozen
+class ListenerReport:
+    """One worker's counters for one listener (the master adds them up)."""
+
+    stats: StatsSnapshot
+    crl_counts: dict[str, int]
+    staples_sent: int
+    accepting: bool
+    brokers: tuple[BrokerStatus, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self, recurse=True)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ListenerReport:
+        return cls(
+            stats_from_dict(d["stats"]),
+            {str(k): int(v) for k, v in d.get("crl_counts", {}).items()},
+            int(d.get("staples_sent", 0)),
+            bool(d.get("accepting")),
+            tuple(BrokerStatus(**b) for b in d.get("brokers", ())),
+        )
+
+
+@attrs.frozen
+class WorkerReport:
+    """What a worker tells its master every second."""
+
+    pid: int
+    max_lag: float
+    listeners: dict[str, ListenerReport]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "max_lag": self.max_lag,
+            "listeners": {name: r.to_json() for name, r in self.listeners.items()},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> WorkerReport:
+        return cls(
+            int(d.get("pid", 0)),
+            float(d.get("max_lag", 0.0)),
+            {str(k): ListenerReport.from_json(v) for k, v in d.get("listeners", {}).items()},
+        )
+
+
+def merge_reports(own: ListenerStatus, reports: list[ListenerReport]) -> ListenerStatus:
+    """A listener's status in a master: its own CRL sources and staple, the workers'
+    counters added up (connections, CRL decisions, staples sent, each broker)."""
+    stats = merge_stats(own.stats.listener, [r.stats for r in reports])
+    crl = own.crl
+    if crl is not None:
+        crl = CrlCheckStatus(crl.held, _add_counts([r.crl_counts for r in reports]), crl.sources)
+    ocsp = own.ocsp
+    if ocsp is not None:
+        ocsp = attrs.evolve(ocsp, staples_sent=sum(r.staples_sent for r in reports))
+    brokers: dict[str, BrokerStatus] = {}
+    for r in reports:
+        for b in r.brokers:
+            seen = brokers.get(b.name)
+            brokers[b.name] = (
+                b
+                if seen is None
+                else BrokerStatus(
+                    b.name,
+                    seen.up or b.up,
+                    seen.active + b.active,
+                    seen.sessions + b.sessions,
+                    seen.failures + b.failures,
+                    seen.last_error or b.last_error,
+                )
+            )
+    return attrs.evolve(
+        own,
+        stats=stats,
+        crl=crl,
+        ocsp=ocsp,
+        brokers=tuple(brokers.values()) or own.brokers,
+    )
+
+
 @attrs.frozen
 class WorkerStatus:
     """One worker process, as its master sees it."""
 
     index: int
     pid: int | None
-    state: str  # starting | serving | restarting | stopped
+    state: str  # a WorkerState's value
     restarts: int
     started: float | None
     active: int  # connections it holds (every listener)
@@ -328,7 +427,7 @@ def worker_fields(workers: list[WorkerStatus]) -> dict[str, Any]:
     """The structured keys of the workers' stats line (with ``workers``)."""
     return {
         "workers": len(workers),
-        "serving": sum(1 for w in workers if w.state == "serving"),
+        "serving": sum(1 for w in workers if w.state == WorkerState.SERVING),
         "restarts": sum(w.restarts for w in workers),
         "active_per_worker": [w.active for w in workers],
         "accepted_per_worker": [w.accepted for w in workers],

@@ -19,36 +19,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gateway.reasons import Reason
 from gateway.status import GatewayStatus, HistogramSnapshot
 
-# Every refusal reason the gateway has, exported at 0 before it first happens, so that
-# rate() and alerts work from the start (see docs/configuration.md, "Log reason classes").
-REASONS = (
-    "no_certificate",
-    "unknown_ca",
-    "expired",
-    "not_yet_valid",
-    "revoked",
-    "bad_certificate",
-    "tls_error",
-    "closed_in_handshake",
-    "handshake_timeout",
-    "connect_timeout",
-    "bad_connect",
-    "upstream_unavailable",
-    "too_many_connections",
-    "too_many_connections_per_ip",
-    "rate_limited",
-    "rate_limited_per_ip",
-    "crl_missing",
-    "crl_expired",
-    "crl_incomplete",
-    "revoked_live",
-    "shutdown",
-    "reload",
-    "bad_proxy_header",
-    "bad_identity",
-)
+# Every refusal reason the gateway has (``gateway.reasons.Reason``), exported at 0 before it
+# first happens, so that rate() and alerts work from the start.
+REASONS = tuple(reason.value for reason in Reason)
 CLOSED_BY = ("client", "broker", "revoked", "shutdown", "reload")
 OCSP_STATUSES = ("good", "revoked", "none")
 

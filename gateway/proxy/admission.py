@@ -25,6 +25,8 @@ import ipaddress
 from collections import Counter
 from typing import Any
 
+from gateway.reasons import Reason
+
 # Per-address buckets are dropped once full again (an idle address costs nothing); if an
 # attack brings more distinct addresses than this within a second, the table starts over
 # (the listener-wide rate still holds).
@@ -116,11 +118,11 @@ class Admission:
             self.rate_per_ip = limits.max_conn_rate_per_ip
             self.buckets.clear()
 
-    def admit(self, key: str, now: float) -> str | None:
+    def admit(self, key: str, now: float) -> Reason | None:
         if self.active >= self.max_connections:
-            return "too_many_connections"
+            return Reason.TOO_MANY_CONNECTIONS
         if self.max_per_ip and self.per_ip[key] >= self.max_per_ip:
-            return "too_many_connections_per_ip"
+            return Reason.TOO_MANY_CONNECTIONS_PER_IP
         bucket = None
         if self.rate_per_ip:
             bucket = self.buckets.get(key)
@@ -132,11 +134,11 @@ class Admission:
                 burst = max(1.0, self.rate_per_ip)
                 bucket = self.buckets[key] = TokenBucket(self.rate_per_ip, burst, now)
             if not bucket.ready(now):
-                return "rate_limited_per_ip"
+                return Reason.RATE_LIMITED_PER_IP
         listener = self.listener_bucket
         if listener is not None:
             if not listener.ready(now):
-                return "rate_limited"
+                return Reason.RATE_LIMITED
             listener.take()
         if bucket is not None:
             bucket.take()
@@ -171,12 +173,12 @@ class RefusalLog:
         self.suppressed: Counter[str] = Counter()
         self.addresses: Counter[str] = Counter()
 
-    def note(self, reason: str, key: str) -> bool:
+    def note(self, reason: Reason, key: str) -> bool:
         """True if this refusal should be logged on its own line."""
         if self.logged < self.individual:
             self.logged += 1
             return True
-        self.suppressed[reason] += 1
+        self.suppressed[str(reason)] += 1
         self.addresses[key] += 1
         return False
 

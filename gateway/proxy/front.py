@@ -4,9 +4,9 @@ as if it came from the device's own address (limits, logs, the session log, the 
 to the broker).
 
 The header must arrive within ``proxy_protocol_timeout`` and be valid, else the connection is
-closed and refused (``bad_proxy_header``). Once it is read, the TLS protocol takes the
-connection over directly (it becomes the transport's protocol): the relay's data path gains
-no extra layer.
+closed and refused (``bad_proxy_header``). Once it is read, the TLS protocol is built (and
+admitted) on the device's address, and every later read is handed to it: one method call
+per read on these listeners only.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from twisted.internet import address, protocol
 from twisted.python.failure import Failure
 
 from gateway.proxy.proxyproto import HeaderReader, ProxyHeaderError
+from gateway.reasons import Reason
 
 
 class ProxyFrontProtocol(protocol.Protocol):
@@ -37,7 +38,7 @@ class ProxyFrontProtocol(protocol.Protocol):
         self._refuse(f"no PROXY header within {self.factory.timeout:g}s")
 
     def dataReceived(self, data: bytes) -> None:
-        if self.inner is not None:  # the transport could not be handed over
+        if self.inner is not None:
             self.inner.dataReceived(data)
             return
         try:
@@ -59,10 +60,7 @@ class ProxyFrontProtocol(protocol.Protocol):
         if inner is None:
             self.transport.loseConnection()
             return
-        if getattr(self.transport, "protocol", None) is self:
-            self.transport.protocol = inner  # reads go straight to TLS from now on
-        else:
-            self.inner = inner
+        self.inner = inner
         inner.makeConnection(self.transport)
         if self.reader.rest:
             inner.dataReceived(self.reader.rest)
@@ -75,7 +73,7 @@ class ProxyFrontProtocol(protocol.Protocol):
 
     def _refuse(self, detail: str) -> None:
         peer = f"{getattr(self.addr, 'host', self.addr)}:{getattr(self.addr, 'port', '')}"
-        self.factory.refuse("bad_proxy_header", peer, detail)
+        self.factory.refuse(Reason.BAD_PROXY_HEADER, peer, detail)
         self.transport.abortConnection()
 
 

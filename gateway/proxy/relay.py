@@ -14,19 +14,24 @@ from typing import Any, Protocol
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer, error, protocol, task
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config.model import ConnectionLimits, IdentitySettings, UpstreamSettings
-from gateway.config.values import format_bind
+from gateway.config.model import ConnectionLimits, IdentitySettings
 from gateway.failures import plain_reason
 from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, PendingCrl
 from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.identity import common_name, identity_of
+from gateway.reasons import Reason
 from gateway.status import ListenerStats
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
@@ -41,7 +46,7 @@ ConnectUpstream = Callable[["UpstreamFactory"], Callable[[], None]]
 class CrlHold(Protocol):
     """Decides a client held after its CONNECT while its leaf's CRL is fetched."""
 
-    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[str | None, str]]:
+    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[Reason | None, str]]:
         """Fires with (refusal reason or None, detail); never fails."""
         ...
 
@@ -55,7 +60,7 @@ class Revocation(CrlHold, LiveRevocation, Protocol):
 
     def check_resumed(
         self, leaf: x509.Certificate, serial: int, verification: PeerVerification
-    ) -> tuple[str, str] | None: ...
+    ) -> tuple[Reason, str] | None: ...
 
 
 def ssl_error_text(exc: BaseException | None) -> str:
@@ -69,13 +74,13 @@ def ssl_error_text(exc: BaseException | None) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-def classify_handshake_failure(reason: Failure) -> str:
+def classify_handshake_failure(reason: Failure) -> Reason:
     text = ssl_error_text(reason.value)
     if "peer did not return a certificate" in text:
-        return "no_certificate"
+        return Reason.NO_CERTIFICATE
     if reason.check(SSL.Error):
-        return "tls_error"
-    return "closed_in_handshake"
+        return Reason.TLS_ERROR
+    return Reason.CLOSED_IN_HANDSHAKE
 
 
 def describe_peer_certificate(
@@ -89,36 +94,76 @@ def describe_peer_certificate(
     return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
 
 
+class RelayParts(Protocol):
+    """What the relay reads of a listener's current parts (``gateway.build.ListenerParts``):
+    a reload replaces the whole record, and the next connection reads the new one."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def session_limits(self) -> S.SessionLimits: ...
+    @property
+    def connector(self) -> ConnectUpstream: ...
+    @property
+    def revocation(self) -> Revocation | None: ...
+    @property
+    def identity(self) -> IdentitySettings: ...
+    @property
+    def upstream_name(self) -> str: ...
+    @property
+    def upstream_proxy_protocol(self) -> str | None: ...
+
+
+class HoldsParts(Protocol):
+    @property
+    def parts(self) -> RelayParts: ...
+
+
 class GatewayFactory(protocol.Factory):
-    """Builds ``ClientProtocol`` for one listener (wrapped by the TLS factory)."""
+    """Builds ``ClientProtocol`` for one listener (wrapped by the TLS factory); reads the
+    listener's settings and collaborators through ``box.parts``."""
 
     noisy = False
 
     def __init__(
         self,
-        name: str,
-        limits: ConnectionLimits,
-        upstream: UpstreamSettings,
-        reactor: Any,
-        connect_upstream: ConnectUpstream,
+        box: HoldsParts,
+        reactor: IReactorTime,
         stats: ListenerStats,
-        revocation: Revocation | None = None,
         cooperate: Callable[
             [Iterator[None]], task.CooperativeTask[Iterator[None]]
         ] = task.cooperate,
     ) -> None:
-        self.name = name
-        self.session_limits = session_limits(limits)
-        self.upstream_name = format_bind(upstream.address)
-        self.upstream_proxy_protocol = upstream.proxy_protocol
-        self.identity = IdentitySettings()
-        self.local_address: tuple[str, int] | None = None  # for PROXY headers, the listener's
+        self.box = box
+        self.name = box.parts.name
         self.reactor = reactor
-        self.connect_upstream = connect_upstream
         self.stats = stats
-        self.revocation = revocation
         self._cooperate = cooperate
         self.live: set[ClientProtocol] = set()  # connections in the relay state
+
+    @property
+    def session_limits(self) -> S.SessionLimits:
+        return self.box.parts.session_limits
+
+    @property
+    def connect_upstream(self) -> ConnectUpstream:
+        return self.box.parts.connector
+
+    @property
+    def revocation(self) -> Revocation | None:
+        return self.box.parts.revocation
+
+    @property
+    def identity(self) -> IdentitySettings:
+        return self.box.parts.identity
+
+    @property
+    def upstream_name(self) -> str:
+        return self.box.parts.upstream_name
+
+    @property
+    def upstream_proxy_protocol(self) -> str | None:
+        return self.box.parts.upstream_proxy_protocol
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:
         return ClientProtocol(self, addr)
@@ -201,7 +246,7 @@ class ClientProtocol(protocol.Protocol):
         refusal = self._check_resumed(handle)  # first: it may set crl_pending
         self._run(self.session.handshake_done(self.verification.crl_pending, refusal))
 
-    def _check_resumed(self, handle: SSL.Connection) -> tuple[str, str] | None:
+    def _check_resumed(self, handle: SSL.Connection) -> tuple[Reason, str] | None:
         """With CRL checking on, a handshake whose chain no verify callback reported was a
         resumed session (OpenSSL verifies nothing then): check it now, before any byte can
         reach the broker. None to go on; else (reason, detail) to refuse."""
@@ -228,7 +273,7 @@ class ClientProtocol(protocol.Protocol):
         why_not = self._why_not(reason) if in_handshake else None
         self._run(self.session.connection_lost(lost_text(reason), why_not))
 
-    def _why_not(self, reason: Failure) -> tuple[str, str]:
+    def _why_not(self, reason: Failure) -> tuple[Reason, str]:
         """(reason class, detail) of a handshake that did not complete."""
         failure = self.verification.failure
         if failure is not None:
@@ -255,7 +300,7 @@ class ClientProtocol(protocol.Protocol):
         detail = f"{where}: {plain_reason(reason)}"
         self._run(self.session.upstream_failed(detail))
 
-    def stop(self, by: str, why: str) -> None:
+    def stop(self, by: Reason, why: str) -> None:
         """The gateway ends this connection (shutdown, or a removed listener's drain)."""
         self._run(self.session.stop(by, why))
 
@@ -265,11 +310,11 @@ class ClientProtocol(protocol.Protocol):
     def revoke_session(self) -> None:
         self._run(self.session.revoked())
 
-    def _timed_out(self, what: str) -> None:
+    def _timed_out(self, what: S.Timer) -> None:
         self._timer = None
         self._run(self.session.timer_fired(what))
 
-    def _crl_decided(self, verdict: tuple[str | None, str]) -> None:
+    def _crl_decided(self, verdict: tuple[Reason | None, str]) -> None:
         self._run(self.session.crl_decided(*verdict))
 
     # -- actions -----------------------------------------------------------------------
@@ -333,7 +378,7 @@ class ClientProtocol(protocol.Protocol):
             upstream.transport.loseConnection()
 
     def _on_revoked_live(self, action: S.RevokedLive) -> None:
-        self.factory.stats.refuse("revoked_live")
+        self.factory.stats.refuse(Reason.REVOKED_LIVE)
         log.warn(
             "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
             "revoked by a CRL update",
@@ -374,7 +419,7 @@ class ClientProtocol(protocol.Protocol):
             "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
             listener=self.factory.name,
             peer=self.peer,
-            reason=refusal.reason,
+            reason=refusal.reason.value,
             subject=self.subject,
             detail=refusal.detail,
         )
@@ -403,8 +448,8 @@ class ClientProtocol(protocol.Protocol):
             try:
                 first = self._rewrite(first, connect, identity)
             except ValueError as e:
-                self._on_refuse(S.Refuse("bad_identity", str(e)))
-                self._run(self.session.stop("bad_identity", str(e)))
+                self._on_refuse(S.Refuse(Reason.BAD_IDENTITY, str(e)))
+                self._run(self.session.stop(Reason.BAD_IDENTITY, str(e)))
                 return
         header = self._proxy_header()
         upstream.transport.write(header + first if header else first)

@@ -24,6 +24,21 @@ import attrs
 
 from gateway import mqtt
 from gateway.peer import PendingCrl
+from gateway.reasons import Reason
+
+
+class Timer(enum.Enum):
+    """What the connection's one timer bounds (its ``refusal`` when it fires)."""
+
+    HANDSHAKE = "handshake"
+    CONNECT = "connect"
+
+    @property
+    def refusal(self) -> Reason:
+        return _TIMEOUTS[self]
+
+
+_TIMEOUTS = {Timer.HANDSHAKE: Reason.HANDSHAKE_TIMEOUT, Timer.CONNECT: Reason.CONNECT_TIMEOUT}
 
 
 class State(enum.Enum):
@@ -44,7 +59,7 @@ class StartTimer:
     """(Re)start the connection's one timer; on expiry call ``timer_fired(what)``."""
 
     seconds: float
-    what: str
+    what: Timer
 
 
 @attrs.frozen
@@ -56,7 +71,7 @@ class CancelTimer:
 class Refuse:
     """Count and log why this connection is turned away (emitted once per connection)."""
 
-    reason: str
+    reason: Reason
     detail: str
 
 
@@ -177,7 +192,7 @@ class Session:
         self._limits = limits
         self.state = State.HANDSHAKE
         self.connect: mqtt.Connect | None = None
-        self.refusal: str | None = None  # the reason class, once refused
+        self.refusal: Reason | None = None  # once refused
         self.ended_by: tuple[str, str] | None = None  # who ended a relayed session, and why
         self.upstream_attempt = False  # a broker connection attempt is in progress
         self.upstream_open = False  # the broker connection is open
@@ -190,10 +205,10 @@ class Session:
 
     def start(self) -> list[Action]:
         """The TCP connection was accepted; the TLS handshake begins."""
-        return [StartTimer(self._limits.handshake_timeout, "handshake")]
+        return [StartTimer(self._limits.handshake_timeout, Timer.HANDSHAKE)]
 
     def handshake_done(
-        self, pending_crl: PendingCrl | None = None, refusal: tuple[str, str] | None = None
+        self, pending_crl: PendingCrl | None = None, refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:
         """The handshake completed; ``pending_crl`` if the leaf's CRL is still to be fetched;
         ``refusal`` (reason, detail) if a check after the handshake refused the client (a
@@ -205,7 +220,7 @@ class Session:
         self.state = State.CONNECT
         self._pending_crl = pending_crl
         self._reader = mqtt.ConnectReader(self._limits.max_packet_size)
-        return [StartTimer(self._limits.connect_timeout, "connect")]
+        return [StartTimer(self._limits.connect_timeout, Timer.CONNECT)]
 
     def receive(self, data: bytes) -> list[Action]:
         """Bytes from the client (decrypted)."""
@@ -220,20 +235,20 @@ class Session:
             self._pending_size += len(data)
             if self._pending_size > self._limits.max_packet_size:
                 return self._refuse_and_close(
-                    "bad_connect", "too much data before the broker connection opened"
+                    Reason.BAD_CONNECT, "too much data before the broker connection opened"
                 )
         return []
 
-    def timer_fired(self, what: str) -> list[Action]:
+    def timer_fired(self, what: Timer) -> list[Action]:
         if self.state in (State.CLOSING, State.CLOSED):
             return []
         self.state = State.CLOSING
         return [
-            *self._refuse(f"{what}_timeout", f"no {what} within the time allowed"),
+            *self._refuse(what.refusal, f"no {what.value} within the time allowed"),
             CloseClient(abort=True),
         ]
 
-    def crl_decided(self, refusal: str | None, detail: str) -> list[Action]:
+    def crl_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
         """The held client's CRL was fetched (or the wait timed out): None admits it."""
         if self.state is not State.CRL_HOLD:
             return []
@@ -258,7 +273,7 @@ class Session:
         if self.state is not State.UPSTREAM:
             return []
         return [
-            *self._refuse("upstream_unavailable", detail),
+            *self._refuse(Reason.UPSTREAM_UNAVAILABLE, detail),
             *self._connack(mqtt.SERVER_UNAVAILABLE),
         ]
 
@@ -287,7 +302,7 @@ class Session:
         self.ended_by = ("revoked", "certificate revoked by a CRL update")
         return [RevokedLive(), CloseUpstream(), CloseClient()]
 
-    def stop(self, by: str, why: str) -> list[Action]:
+    def stop(self, by: Reason, why: str) -> list[Action]:
         """The gateway ends this connection (``by``: shutdown, or reload when its listener
         was removed and the drain time is over). A relayed session is closed on both sides
         and logged as ended by the gateway; an earlier one is refused with reason ``by``."""
@@ -296,7 +311,7 @@ class Session:
         if self.state is State.RELAY:
             self.state = State.CLOSING
             self.upstream_open = False
-            self.ended_by = (by, why)
+            self.ended_by = (by.value, why)
             return [CloseUpstream(), CloseClient()]
         actions: list[Action] = [CancelTimer()]
         if self.upstream_attempt:
@@ -305,7 +320,7 @@ class Session:
         return actions + self._refuse_and_close(by, why)
 
     def connection_lost(
-        self, why: str, handshake_refusal: tuple[str, str] | None = None
+        self, why: str, handshake_refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:
         """The client connection is gone. ``handshake_refusal``: (reason, detail) of a
         handshake that failed, for the log."""
@@ -314,7 +329,7 @@ class Session:
         if state is State.HANDSHAKE and handshake_refusal is not None:
             actions += self._refuse(*handshake_refusal)
         elif state is State.CONNECT:
-            actions += self._refuse("bad_connect", "closed before a complete CONNECT")
+            actions += self._refuse(Reason.BAD_CONNECT, "closed before a complete CONNECT")
         if self.upstream_attempt:
             self.upstream_attempt = False
             actions.append(CancelUpstream())
@@ -329,13 +344,13 @@ class Session:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _refuse(self, reason: str, detail: str) -> list[Action]:
+    def _refuse(self, reason: Reason, detail: str) -> list[Action]:
         if self.refusal is not None:
             return []
         self.refusal = reason
         return [Refuse(reason, detail)]
 
-    def _refuse_and_close(self, reason: str, detail: str) -> list[Action]:
+    def _refuse_and_close(self, reason: Reason, detail: str) -> list[Action]:
         self.state = State.CLOSING
         return [*self._refuse(reason, detail), CloseClient()]
 
@@ -357,7 +372,10 @@ class Session:
             reader.receive_data(data)
             event = reader.next_event()
         except mqtt.RemoteProtocolError as e:
-            return [CancelTimer(), *self._refuse_and_close("bad_connect", f"{e.kind}: {e.detail}")]
+            return [
+                CancelTimer(),
+                *self._refuse_and_close(Reason.BAD_CONNECT, f"{e.kind}: {e.detail}"),
+            ]
         if event is mqtt.NEED_DATA:
             return []
         assert isinstance(event, mqtt.Connect)

@@ -12,6 +12,7 @@ from twisted.internet import defer
 
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, PendingCrl
+from gateway.reasons import CrlVerdict, Reason
 from gateway.revocation.chains import IssuerIndex
 from gateway.revocation.crl import distribution_point_urls, freshest_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -61,8 +62,8 @@ class RevocationChecker:
         serial: int,
         depth: int,
         verification: PeerVerification | None,
-    ) -> tuple[str, int] | None:
-        """None to accept; else (reason class, X509 error to fail with). Every certificate
+    ) -> tuple[Reason, int] | None:
+        """None to accept; else (refusal reason, X509 error to fail with). Every certificate
         below the trust anchor is checked (as OpenSSL's crl_check_all): one whose status
         cannot be determined follows crl_expired_policy."""
         if self.settings.from_cert and self.crl_service is not None:
@@ -70,12 +71,16 @@ class RevocationChecker:
                 self.crl_service.discover(url)
         trusted = set(verification.chain) if verification is not None else None
         status = self.cache.status(issuer, serial, lambda: cert_scope(cert), trusted)
-        if status == "good":
+        if status is CrlVerdict.GOOD:
             return None
-        if status == "revoked":
+        if status is CrlVerdict.REVOKED:
             self.counts["revoked"] += 1
-            return "revoked", ERR_REVOKED
-        if status == "missing" and self.settings.from_cert and self.crl_service is not None:
+            return Reason.REVOKED, ERR_REVOKED
+        if (
+            status is CrlVerdict.MISSING
+            and self.settings.from_cert
+            and self.crl_service is not None
+        ):
             urls = distribution_point_urls(cert)
             for url in urls:
                 self.crl_service.discover(url)  # a CA's too: in force for its next device
@@ -90,13 +95,16 @@ class RevocationChecker:
 
     def check_resumed(
         self, leaf: x509.Certificate, serial: int, verification: PeerVerification
-    ) -> tuple[str, str] | None:
+    ) -> tuple[Reason, str] | None:
         """A resumed session ran no verify callback: check its chain now, exactly as a full
         handshake would (trust anchor down to the leaf), recording it for the live sweep.
         None to accept; else (reason class, detail)."""
         path = self.issuers.path(leaf)
         if path is None:
-            return "unknown_ca", "resumed session: the certificate no longer chains to cacertfile"
+            return (
+                Reason.UNKNOWN_CA,
+                "resumed session: the certificate no longer chains to cacertfile",
+            )
         for depth in range(len(path) - 1, -1, -1):
             cert = path[depth]
             cert_serial = serial if depth == 0 else cert.serial_number
@@ -113,41 +121,43 @@ class RevocationChecker:
                 )
         return None
 
-    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[str | None, str]]:
+    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[Reason | None, str]]:
         """For a held client: wait for its distribution point's first fetch (bounded), then
         (None, detail) to admit it or (reason, detail) to refuse it. Never fails."""
         assert self.crl_service is not None
         wait = self.crl_service.when_attempted(pending.url)
         wait.addTimeout(self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor)
 
-        def decide(_: object) -> tuple[str | None, str]:
+        def decide(_: object) -> tuple[Reason | None, str]:
             return self.decide_held(pending), f"after fetching {pending.url}"
 
         return wait.addBoth(decide)
 
-    def decide_held(self, pending: PendingCrl) -> str | None:
+    def decide_held(self, pending: PendingCrl) -> Reason | None:
         """After a held client's distribution point was fetched: None or a refusal reason."""
         cert = pending.cert
         scope = (lambda: cert_scope(cert)) if cert is not None else None
         status = self.cache.status(pending.issuer, pending.serial, scope, set(pending.chain))
-        if status == "good":
+        if status is CrlVerdict.GOOD:
             return None
-        if status == "revoked":
+        if status is CrlVerdict.REVOKED:
             self.counts["revoked"] += 1
-            return "revoked"
+            return Reason.REVOKED
         verdict = self._policy(status)
         return None if verdict is None else verdict[0]
 
-    def _policy(self, status: str) -> tuple[str, int] | None:
-        """crl_expired_policy for a status that is not decided ('missing', 'expired',
-        'incomplete'): refuse (reject) or count."""
-        reason = "crl_" + status
+    def _policy(self, status: CrlVerdict) -> tuple[Reason, int] | None:
+        """crl_expired_policy for a verdict that does not decide (MISSING, EXPIRED,
+        INCOMPLETE): refuse (reject) or count."""
+        reason = status.refusal
         if self.reject_unknown:
-            self.counts[reason] += 1
-            return reason, ERR_CRL_EXPIRED if status == "expired" else ERR_NO_CRL
-        self.counts[reason + "_accepted"] += 1
+            self.counts[reason.value] += 1
+            return reason, ERR_CRL_EXPIRED if status is CrlVerdict.EXPIRED else ERR_NO_CRL
+        self.counts[f"{reason.value}_accepted"] += 1
         return None
 
     def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool:
         """For live sessions: is any certificate of a recorded chain now revoked?"""
-        return any(self.cache.status(issuer, serial) == "revoked" for issuer, serial in chain)
+        return any(
+            self.cache.status(issuer, serial) is CrlVerdict.REVOKED for issuer, serial in chain
+        )

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from gateway.clock import CLOCK_SKEW, format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.errors import GatewayError, describe_error
+from gateway.reasons import CrlVerdict
 from gateway.revocation.crl import CrlInfo, LoadedCrl, SerialIndex
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.process import encode_request
@@ -61,7 +62,7 @@ class CrlCache:
 
     def __init__(self, clock: Any, grace: float) -> None:
         self._clock = clock
-        self._grace = grace
+        self.grace = grace  # a reload may set it (the cache and its CRLs stay)
         # issuer (DER Name) -> (source URL, scope key) -> CRL; complete CRLs and deltas apart
         self._by_issuer: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
         self._deltas: dict[bytes, dict[tuple[str, str], LoadedCrl]] = {}
@@ -81,7 +82,7 @@ class CrlCache:
 
     def replace(self, items: list[tuple[str, LoadedCrl]]) -> None:
         """Hold exactly ``items`` from now on (a worker, on a snapshot from the master)."""
-        fresh = CrlCache(self._clock, self._grace)
+        fresh = CrlCache(self._clock, self.grace)
         for url, crl in items:
             fresh.install(crl, url)
         self._by_issuer, self._deltas, self._indirect = (
@@ -126,8 +127,8 @@ class CrlCache:
         if (
             verdict == "newer"
             and current is not None
-            and info.expired(now, self._grace)
-            and not current.info.expired(now, self._grace)
+            and info.expired(now, self.grace)
+            and not current.info.expired(now, self.grace)
         ):
             return "expired"
         if verdict == "newer":
@@ -149,8 +150,8 @@ class CrlCache:
         serial: int,
         cert: Callable[[], CertScope] | None = None,
         trusted: Collection[tuple[bytes, int]] | None = None,
-    ) -> str:
-        """'revoked', 'good', or why it cannot be decided: 'expired' (the covering CRLs are
+    ) -> CrlVerdict:
+        """REVOKED, GOOD, or why it cannot be decided: 'expired' (the covering CRLs are
         past nextUpdate + grace), 'incomplete' (the covering CRLs do not speak for every
         reason) or 'missing' (no CRL covers it). ``cert`` gives the certificate's scope,
         asked for only when a CRL of the issuer has an issuing distribution point; without
@@ -161,7 +162,7 @@ class CrlCache:
         None skips this (the sweep only asks whether a serial is listed)."""
         candidates = self._candidates(issuer)
         if not candidates:
-            return "missing"
+            return CrlVerdict.MISSING
         now = self._clock.seconds()
         covered: frozenset[str] = frozenset()
         expired = False
@@ -184,16 +185,16 @@ class CrlCache:
             if delta is not None and delta.removed is not None and serial in delta.removed:
                 pass  # released from hold since the base: the delta says not revoked
             elif serial in index or (delta is not None and serial in delta.index):
-                return "revoked"
-            if crl.info.expired(now, self._grace):
+                return CrlVerdict.REVOKED
+            if crl.info.expired(now, self.grace):
                 expired = True
             else:
                 covered |= reasons
         if covered >= ALL_REASONS:
-            return "good"
+            return CrlVerdict.GOOD
         if expired:
-            return "expired"
-        return "incomplete" if covered else "missing"
+            return CrlVerdict.EXPIRED
+        return CrlVerdict.INCOMPLETE if covered else CrlVerdict.MISSING
 
     def _candidates(self, issuer: bytes) -> list[tuple[LoadedCrl, SerialIndex, bool]]:
         """The CRLs that may speak for certificates of ``issuer``, each with the index of
@@ -226,7 +227,7 @@ class CrlCache:
                 or info.delta_base is None
                 or info.number is None
                 or not info.delta_base <= base.number < info.number
-                or info.expired(now, self._grace)
+                or info.expired(now, self.grace)
                 or (trusted is not None and not self._signer_good(info, trusted))
             ):
                 continue
@@ -235,7 +236,9 @@ class CrlCache:
         return best
 
     def _signer_good(self, info: CrlInfo, trusted: Collection[tuple[bytes, int]]) -> bool:
-        return all(entry in trusted or self.status(*entry) == "good" for entry in info.signer)
+        return all(
+            entry in trusted or self.status(*entry) is CrlVerdict.GOOD for entry in info.signer
+        )
 
     def expired_crls(self) -> list[CrlInfo]:
         now = self._clock.seconds()
@@ -244,7 +247,7 @@ class CrlCache:
             for shelf in (self._by_issuer, self._indirect)  # an expired delta: not applied
             for held in shelf.values()
             for c in held.values()
-            if c.info.expired(now, self._grace)
+            if c.info.expired(now, self.grace)
         ]
 
 

@@ -9,6 +9,7 @@ creator's ``context`` for new connections only.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
@@ -70,14 +71,14 @@ def build_context(
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerConnectionCreator:
-    """Hands out a ``GatewayConnection`` of ``context``, each with a fresh PeerVerification.
-    Assigning ``context`` affects new connections only."""
+    """Hands out a ``GatewayConnection`` of the listener's current context (``context()``:
+    a reload's new one from the next connection on), each with a fresh PeerVerification."""
 
-    def __init__(self, context: SSL.Context) -> None:
+    def __init__(self, context: Callable[[], SSL.Context]) -> None:
         self.context = context
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> GatewayConnection:
-        return GatewayConnection(self.context, PeerVerification())
+        return GatewayConnection(self.context(), PeerVerification())
 
 
 def describe_offer(tls: TlsSettings, material: TlsMaterial) -> list[str]:

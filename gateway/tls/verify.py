@@ -14,6 +14,7 @@ from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
 from gateway.peer import PeerVerification, VerifyFailure
+from gateway.reasons import Reason
 from gateway.tls.native import install_verify_callback, verify_error_string
 
 log = Logger()
@@ -21,14 +22,14 @@ log = Logger()
 _V = SSL.X509VerificationCodes
 # OpenSSL verification codes -> the reason classes the gateway logs and counts.
 _REASONS = {
-    _V.ERR_CERT_HAS_EXPIRED: "expired",
-    _V.ERR_CERT_NOT_YET_VALID: "not_yet_valid",
-    _V.ERR_CERT_REVOKED: "revoked",
-    _V.ERR_UNABLE_TO_GET_ISSUER_CERT: "unknown_ca",
-    _V.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "unknown_ca",
-    _V.ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: "unknown_ca",
-    _V.ERR_DEPTH_ZERO_SELF_SIGNED_CERT: "unknown_ca",
-    _V.ERR_SELF_SIGNED_CERT_IN_CHAIN: "unknown_ca",
+    _V.ERR_CERT_HAS_EXPIRED: Reason.EXPIRED,
+    _V.ERR_CERT_NOT_YET_VALID: Reason.NOT_YET_VALID,
+    _V.ERR_CERT_REVOKED: Reason.REVOKED,
+    _V.ERR_UNABLE_TO_GET_ISSUER_CERT: Reason.UNKNOWN_CA,
+    _V.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: Reason.UNKNOWN_CA,
+    _V.ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: Reason.UNKNOWN_CA,
+    _V.ERR_DEPTH_ZERO_SELF_SIGNED_CERT: Reason.UNKNOWN_CA,
+    _V.ERR_SELF_SIGNED_CERT_IN_CHAIN: Reason.UNKNOWN_CA,
 }
 
 
@@ -44,9 +45,9 @@ _ALERT_CODES = {
 }
 
 
-def verify_reason(error_number: int) -> str:
+def verify_reason(error_number: int) -> Reason:
     """The reason class of an OpenSSL X509 verification error."""
-    return _REASONS.get(error_number, "bad_certificate")
+    return _REASONS.get(error_number, Reason.BAD_CERTIFICATE)
 
 
 def verify_error_text(error_number: int) -> str:
@@ -77,10 +78,10 @@ class Revocation(Protocol):
         serial: int,
         depth: int,
         verification: PeerVerification | None,
-    ) -> tuple[str, int] | None: ...
+    ) -> tuple[Reason, int] | None: ...
 
 
-def _failure(reason: str, errno: int, depth: int, cert: x509.Certificate) -> VerifyFailure:
+def _failure(reason: Reason, errno: int, depth: int, cert: x509.Certificate) -> VerifyFailure:
     return VerifyFailure(
         reason, errno, depth, cert.subject.rfc4514_string(), format(cert.serial_number, "X")
     )

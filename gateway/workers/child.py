@@ -32,12 +32,13 @@ from zope.interface import implementer
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.files import FileRecord
-from gateway.monitor import Monitor
-from gateway.prepare import Prepared, prepare
-from gateway.revocation.checker import RevocationChecker
+from gateway.ports import PortService
+from gateway.prepare import prepare
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.snapshot import map_snapshot
-from gateway.service import GatewayService, ListenerService, build_gateway
+from gateway.roles import IListenerRole, port_service
+from gateway.service import GatewayService, ListenerService, ProcessRole
+from gateway.status import ListenerReport, ListenerStatus, WorkerReport
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
 
@@ -58,7 +59,7 @@ class WorkerState:
         self.crls: dict[str, SharedCrlData] = {}
         self.staples: dict[str, StapleBox] = {}
         self.channel: WorkerChannel | None = None
-        self.gateway: WorkerGateway | None = None
+        self.gateway: GatewayService | None = None
 
     def crl(self, listener: str) -> SharedCrlData:
         if listener not in self.crls:
@@ -109,10 +110,10 @@ class SharedCrl(service.Service):
         data.current = self
 
     def status(self) -> tuple[()]:
-        return ()
+        return ()  # the master reports the sources
 
     def refresh_now(self) -> defer.Deferred[tuple[()]]:
-        return defer.succeed(())
+        return defer.succeed(())  # the master fetches
 
     def discover(self, url: str) -> None:
         self.state.call(c.Discover, listener=self.listener, url=url).addErrback(lambda _: None)
@@ -147,6 +148,12 @@ class SharedStaple(service.Service):
     def first_attempt(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
+    def status(self) -> None:
+        return None  # the master reports the staple
+
+    def refresh_now(self) -> defer.Deferred[None]:
+        return defer.succeed(None)  # the master fetches
+
 
 @implementer(IStreamServerEndpoint)
 class AdoptedEndpoint:
@@ -171,90 +178,68 @@ class AdoptedEndpoint:
             os.close(fd)
 
 
-class WorkerListenerService(ListenerService):
-    """A listener in a worker: adopted port, the master's CRLs and staple."""
+@implementer(IListenerRole)
+class WorkerRole:
+    """The listeners of a worker: the master's socket, CRL snapshot and staple; connections
+    served exactly as in one process."""
 
-    def __init__(self, state: WorkerState, *args: Any) -> None:
+    checks_brokers = True
+    fetches = False  # the master fetches (and reports the sources)
+
+    def __init__(self, state: WorkerState) -> None:
         self.state = state
-        super().__init__(*args)
 
-    def _endpoint(self, listener: ListenerSettings) -> Any:
-        return AdoptedEndpoint(self.state, listener.name, listener.bind)
-
-    def _build_crl(
+    def revocation_source(
         self,
-        listener: ListenerSettings,
+        settings: ListenerSettings,
         material: TlsMaterial,
         globals_: GlobalSettings,
         cache: CrlCache | None,
-    ) -> tuple[Any, RevocationChecker | None]:
-        if listener.crl is None:
-            return None, None
-        data = self.state.crl(listener.name)
-        data.cache._grace = listener.crl.grace_period
-        shared = SharedCrl(listener.name, data, self.state)
-        checker = RevocationChecker(
-            data.cache,
-            listener.crl,
-            shared,  # type: ignore[arg-type]  # the master's services, over the channel
-            self.reactor,
-            material.issuers,
-        )
-        return shared, checker
+    ) -> SharedCrl:
+        assert settings.crl is not None
+        data = self.state.crl(settings.name)
+        data.cache.grace = settings.crl.grace_period
+        return SharedCrl(settings.name, data, self.state)
 
-    def _build_stapler(
-        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
-    ) -> Any:
-        if listener.ocsp is None:
-            return None
-        return SharedStaple(listener.name, self.state.staple(listener.name))
+    def stapler(
+        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> SharedStaple:
+        return SharedStaple(settings.name, self.state.staple(settings.name))
 
-    def report(self) -> dict[str, Any]:
-        """This worker's counters for the listener (the master adds them up)."""
-        staple = self.state.staples.get(self.listener.name)
-        return {
-            "stats": attrs.asdict(self.stats.snapshot()),
-            "crl_counts": dict(self.revocation.counts) if self.revocation is not None else {},
-            "staples_sent": staple.sent if staple is not None else 0,
-            "accepting": self.port_service.accepting,
-            "brokers": [
-                [b.name, b.up, b.active, b.sessions, b.failures, b.last_error]
-                for b in self.pool.brokers
-            ],
-        }
+    def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
+        endpoint = AdoptedEndpoint(self.state, settings.name, settings.bind)
+        return port_service(listener, settings, endpoint)
+
+    def revocation_updated(self, listener: ListenerService) -> None:
+        listener.factory.sweep_revoked()
+
+    def staple_changed(self, listener: ListenerService) -> None:
+        pass
+
+    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+        return own
 
 
-class WorkerGateway(GatewayService):
-    """The service tree of a worker: listeners only (the admin listener, the stats line and
-    the signals are the master's)."""
+def listener_report(state: WorkerState, listener: ListenerService) -> ListenerReport:
+    """This worker's counters for one listener (the master adds them up)."""
+    parts = listener.parts
+    staple = state.staples.get(parts.name)
+    own = listener.status()
+    return ListenerReport(
+        own.stats,
+        dict(parts.revocation.counts) if parts.revocation is not None else {},
+        staple.sent if staple is not None else 0,
+        own.accepting,
+        own.brokers,
+    )
 
-    handles_signals = False
-    logs_reloads = False
 
-    def __init__(self, prepared: Prepared, reactor: Any, state: WorkerState) -> None:
-        super().__init__(prepared, reactor)
-        self.state = state
-        self.monitor = Monitor(reactor, prepared.config.globals.stats_log_interval, lambda: [])
-
-    def new_listener(
-        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
-    ) -> ListenerService:
-        return WorkerListenerService(self.state, listener, material, globals_, self.reactor)
-
-    def admin_port(self, prepared: Prepared) -> None:
-        return None
-
-    def report(self) -> dict[str, Any]:
-        listeners = self.listeners.values()
-        return {
-            "pid": os.getpid(),
-            "max_lag": self.monitor.max_lag_ever,
-            "listeners": {
-                ls.listener.name: ls.report()
-                for ls in listeners
-                if isinstance(ls, WorkerListenerService)
-            },
-        }
+def worker_report(state: WorkerState, gateway: GatewayService) -> WorkerReport:
+    return WorkerReport(
+        os.getpid(),
+        gateway.monitor.max_lag_ever,
+        {name: listener_report(state, ls) for name, ls in gateway.listeners.items()},
+    )
 
 
 class WorkerChannel(amp.AMP):
@@ -323,15 +308,21 @@ class WorkerChannel(amp.AMP):
             return defer.succeed({"ok": False, "text": str(e)})
         gateway = self.worker.gateway
         if gateway is None:
-            gateway = WorkerGateway(prepared, self.worker.reactor, self.worker)
+            role = ProcessRole(
+                WorkerRole(self.worker),
+                admin=False,
+                signals=False,
+                logs_reloads=False,
+                stats_line=False,
+            )
+            gateway = GatewayService(prepared, self.worker.reactor, role)
             self.worker.gateway = gateway
-            build_gateway(gateway, prepared)
             gateway.privilegedStartService()
             gateway.startService()
             reactor = self.worker.reactor
             reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
             return defer.succeed({"ok": True, "text": "started"})
-        d = gateway._apply(prepared)
+        d = gateway.apply(prepared)
 
         def refused(reason: Failure) -> dict[str, Any]:
             return {"ok": False, "text": describe_error(reason.value)}  # type: ignore[arg-type]
@@ -343,7 +334,11 @@ class WorkerChannel(amp.AMP):
     def report(self, page: int) -> dict[str, Any]:
         if page == 0:
             gateway = self.worker.gateway
-            body = gateway.report() if gateway is not None else {"pid": os.getpid()}
+            body = (
+                worker_report(self.worker, gateway).to_json()
+                if gateway is not None
+                else {"pid": os.getpid()}
+            )
             self._report = c.pieces(json.dumps(body).encode())
         data = self._report[page] if page < len(self._report) else b""
         return {"data": data, "more": page + 1 < len(self._report)}

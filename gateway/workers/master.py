@@ -22,36 +22,34 @@ from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error, protocol, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.errors import describe_error
-from gateway.monitor import Monitor
+from gateway.ports import ListenError
 from gateway.prepare import Prepared
 from gateway.revocation.crl import LoadedCrl
-from gateway.revocation.crl_service import CrlCache
+from gateway.revocation.crl_service import CrlCache, CrlService
+from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.snapshot import encode_snapshot, map_snapshot
-from gateway.service import (
-    GatewayService,
-    ListenError,
-    ListenerService,
-    PortService,
-    build_gateway,
-)
+from gateway.roles import IListenerRole, SingleProcess
+from gateway.service import GatewayService, ListenerService, ProcessRole
 from gateway.status import (
-    BrokerStatus,
-    CrlCheckStatus,
-    GatewayStatus,
     ListenerStatus,
+    WorkerReport,
+    WorkerState,
     WorkerStatus,
-    merge_stats,
-    stats_from_dict,
+    merge_reports,
 )
 from gateway.tls.material import TlsMaterial
+from gateway.twisted_native import quiet_http_client
 from gateway.workers import commands as c
 from gateway.workers.sockets import bind_group, close_all, steer_by_address, usable_cpus
 
@@ -60,6 +58,8 @@ log = Logger()
 RESTART_FIRST = 0.5  # seconds before the first restart of a worker that died
 RESTART_MAX = 30.0  # backoff doubles up to this
 RESTART_RESET = 60.0  # a worker that lived this long restarts after RESTART_FIRST again
+# Twisted's own backoff (as ProcessMonitor's restarts): 0.5 s, doubling, at most 30 s.
+restart_delay = backoffPolicy(RESTART_FIRST, RESTART_MAX, 2.0, jitter=lambda: 0.0)
 REPORT_INTERVAL = 1.0  # how often the master gathers its workers' counters
 STOP_MARGIN = 5.0  # after the shutdown drain, then a worker still running is killed
 
@@ -89,27 +89,32 @@ class SocketGroupService(service.Service):
     """In the master, a listener's port: its sockets, bound in privilegedStartService and
     held while the master lives; the workers accept on them."""
 
-    def __init__(self, listener: MasterListenerService, settings: ListenerSettings) -> None:
-        self.owner = listener
+    def __init__(self, workers: WorkerPool, settings: ListenerSettings) -> None:
+        self.workers = workers
         self.listener_name = settings.name
-        self.bind = settings.bind
-        self.count = listener.workers.count
-        affinity = listener.workers.affinity
+        self.bind_address = settings.bind
+        self.count = workers.count
+        affinity = workers.affinity
         self.by_address = affinity == "address" or (
             affinity == "auto" and not settings.front.proxy_protocol
         )
-        self.factory: Any = listener.tls_factory  # no connections here: drains at once
         self.port: _Group | None = None
 
-    def _listen(self) -> None:
+    def bind(self) -> defer.Deferred[_Group]:
+        try:
+            return defer.succeed(self._listen())
+        except ListenError as e:
+            return defer.fail(e)
+
+    def _listen(self) -> _Group:
         if self.port is not None:
-            return
-        host, port = self.bind
+            return self.port
+        host, port = self.bind_address
         try:
             sockets = bind_group(host, port, self.count)
         except OSError as e:
             raise ListenError(
-                self.listener_name, self.bind, CannotListenError(host, port, e)
+                self.listener_name, self.bind_address, CannotListenError(host, port, e)
             ) from None
         steered = steer_by_address(sockets) if self.by_address else False
         if self.by_address and not steered:
@@ -119,6 +124,7 @@ class SocketGroupService(service.Service):
                 listener=self.listener_name,
             )
         self.port = _Group(sockets, steered)
+        return self.port
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -136,7 +142,7 @@ class SocketGroupService(service.Service):
 
     @property
     def accepting(self) -> bool:
-        return self.port is not None and self.owner.workers.serving(self.listener_name) > 0
+        return self.port is not None and self.workers.serving(self.listener_name) > 0
 
     @property
     def waiting_reason(self) -> str:
@@ -231,139 +237,73 @@ class CrlPublisher:
         return d
 
 
-# -- the master's listener -----------------------------------------------------------------------
+# -- the master's role ---------------------------------------------------------------------------
 
 
-class MasterListenerService(ListenerService):
-    """A listener in the master: its sockets, its CRL and OCSP services (once for every
-    worker), and its status added up from the workers' counters."""
+@implementer(IListenerRole)
+class MasterRole:
+    """The listeners of a master: CRLs and OCSP fetched once for every worker (as one
+    process fetches them), the workers' sockets held, nothing relayed; each CRL update is
+    published to the workers as a snapshot, each staple sent to them as bytes."""
 
     checks_brokers = False  # the workers check their brokers; the master relays nothing
+    fetches = True
 
-    def __init__(
+    def __init__(self, fetching: SingleProcess, workers: WorkerPool) -> None:
+        self.fetching = fetching
+        self.workers = workers
+
+    def revocation_source(
         self,
-        workers: WorkerPool,
-        listener: ListenerSettings,
+        settings: ListenerSettings,
         material: TlsMaterial,
         globals_: GlobalSettings,
-        reactor: Any,
-    ) -> None:
-        self.workers = workers
-        self.publisher = workers.publisher(listener.name)
-        super().__init__(listener, material, globals_, reactor)
-        if self.crl_service is not None:
-            self.crl_service.ready.addCallback(lambda _: self.revocation_updated())
+        cache: CrlCache | None,
+    ) -> CrlService:
+        return self.fetching.revocation_source(settings, material, globals_, cache)
 
-    def _port_service(self, listener: ListenerSettings) -> PortService:
-        return SocketGroupService(self, listener)  # type: ignore[return-value]
+    def stapler(
+        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> OcspStapler:
+        stapler = self.fetching.stapler(settings, material, globals_)
+        name = settings.name
 
-    def _build_stapler(
-        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
-    ) -> Any:
-        stapler = super()._build_stapler(listener, material, globals_)
-        if stapler is not None:
-            name = listener.name
+        def changed(der: bytes) -> None:
+            ls = self.workers.listener(name)
+            if ls is not None and ls.parts.stapler is stapler:
+                self.workers.send_staple(name, der)
 
-            def changed(der: bytes) -> None:
-                if self.stapler is stapler:
-                    self.workers.send_staple(name, der)
-
-            stapler.on_change = changed
+        stapler.on_change = changed
         return stapler
 
-    def revocation_updated(self, _crls: object = None) -> None:
-        if self.revocation is not None:
-            self.publisher.publish(self.revocation.cache)
+    def port(self, listener: ListenerService, settings: ListenerSettings) -> SocketGroupService:
+        return SocketGroupService(self.workers, settings)
 
-    def reconfigure(self, *args: Any) -> defer.Deferred[None]:
-        d = super().reconfigure(*args)
+    def revocation_updated(self, listener: ListenerService) -> None:
+        revocation = listener.parts.revocation
+        if revocation is not None:
+            self.workers.publisher(listener.parts.name).publish(revocation.cache)
 
-        def after(_: object) -> None:
-            if self.stapler is not None:
-                current = self.stapler.current
-                self.workers.send_staple(self.listener.name, current.der if current else b"")
+    def staple_changed(self, listener: ListenerService) -> None:
+        self.workers.send_staple(listener.parts.name, current_staple(listener))
 
-        return d.addCallback(after)
-
-    def current_staple(self) -> bytes:
-        current = self.stapler.current if self.stapler is not None else None
-        return current.der if current is not None else b""
-
-    def status(self) -> ListenerStatus:
-        base = super().status()
-        reports = self.workers.reports(self.listener.name)
-        stats = merge_stats(self.listener.name, [stats_from_dict(r["stats"]) for r in reports])
-        crl = base.crl
-        if crl is not None:
-            counts: dict[str, int] = {}
-            for r in reports:
-                for k, v in r.get("crl_counts", {}).items():
-                    counts[k] = counts.get(k, 0) + int(v)
-            crl = CrlCheckStatus(crl.held, counts, crl.sources)
-        ocsp = base.ocsp
-        if ocsp is not None:
-            ocsp = attrs.evolve(ocsp, staples_sent=sum(r.get("staples_sent", 0) for r in reports))
-        brokers: dict[str, list[Any]] = {}
-        for r in reports:
-            for name, up, active, sessions, failures, last_error in r.get("brokers", []):
-                b = brokers.setdefault(name, [name, False, 0, 0, 0, None])
-                b[1] = b[1] or up
-                b[2] += active
-                b[3] += sessions
-                b[4] += failures
-                b[5] = b[5] or last_error
-        return attrs.evolve(
-            base,
-            stats=stats,
-            crl=crl,
-            ocsp=ocsp,
-            brokers=tuple(BrokerStatus(*b) for b in brokers.values()) or base.brokers,
-        )
+    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+        return merge_reports(own, self.workers.reports(listener.parts.name))
 
 
-class MasterGateway(GatewayService):
-    """The top of the master's tree: the listeners (sockets, CRL, OCSP), the workers, the
-    monitor and the admin listener."""
-
-    def __init__(self, prepared: Prepared, reactor: Any) -> None:
-        super().__init__(prepared, reactor)
-        g = prepared.config.globals
-        self.workers = WorkerPool(reactor, self, worker_count(g.workers), g.worker_affinity)
-        self.monitor = Monitor(
-            reactor,
-            g.stats_log_interval,
-            lambda: [ls.status() for ls in self.listeners.values()],
-            self.workers.status,
-        )
-
-    def new_listener(
-        self, listener: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
-    ) -> ListenerService:
-        return MasterListenerService(self.workers, listener, material, globals_, self.reactor)
-
-    def status(self) -> GatewayStatus:
-        return attrs.evolve(super().status(), workers=self.workers.status())
-
-    def _apply(self, prepared: Prepared) -> defer.Deferred[dict[str, Any]]:
-        if prepared.config.globals.workers != self.config.globals.workers:
-            log.warn("reload: a new value of workers takes effect at the next restart")
-        return super()._apply(prepared)
-
-    def _after_apply(self, prepared: Prepared) -> defer.Deferred[Any]:
-        return self.workers.configure_all(prepared)
-
-    def stopService(self) -> defer.Deferred[Any]:
-        # The workers drain and stop while the master's own services stop (its copies of
-        # the sockets close: the workers hold theirs until they stop).
-        workers = self.workers.stop(self.config.globals.shutdown_drain)
-        own = defer.maybeDeferred(super().stopService)
-        return defer.gatherResults([workers, own], consumeErrors=True)
+def current_staple(listener: ListenerService) -> bytes:
+    stapler = listener.parts.stapler
+    current = stapler.current if stapler is not None else None
+    return current.der if current is not None else b""
 
 
 def make_master_service(prepared: Prepared, reactor: Any) -> GatewayService:
-    top = MasterGateway(prepared, reactor)
-    build_gateway(top, prepared)
-    top.workers.setServiceParent(top)
+    g = prepared.config.globals
+    workers = WorkerPool(reactor, None, worker_count(g.workers), g.worker_affinity)
+    http = HttpFetcher(quiet_http_client(reactor), reactor)
+    role = MasterRole(SingleProcess(reactor, http), workers)
+    top = GatewayService(prepared, reactor, ProcessRole(role, workers=workers))
+    workers.gateway = top
     return top
 
 
@@ -376,16 +316,17 @@ class WorkerSlot:
     process: Any = None
     channel: MasterChannel | None = None
     pid: int | None = None
-    state: str = "starting"
+    state: WorkerState = WorkerState.STARTING
     restarts: int = 0
     failures: int = 0  # consecutive short lives (the backoff)
     started: float | None = None
-    report: dict[str, Any] = attrs.Factory(dict)
+    report: WorkerReport | None = None
     sent: set[tuple[str, str, int]] = attrs.Factory(set)  # sockets this process has
     last_exit: str | None = None
     timer: Any = None
     ended: defer.Deferred[None] | None = None
-    turn: defer.Deferred[Any] | None = None  # fires when what is being sent is sent
+    # What is sent to this process goes in turn (a reload during its start waits).
+    turn: defer.DeferredLock = attrs.Factory(defer.DeferredLock)
 
 
 class WorkerPool(service.Service):
@@ -393,7 +334,9 @@ class WorkerPool(service.Service):
 
     name = "workers"
 
-    def __init__(self, reactor: Any, gateway: MasterGateway, count: int, affinity: str) -> None:
+    def __init__(
+        self, reactor: Any, gateway: GatewayService | None, count: int, affinity: str
+    ) -> None:
         self.reactor = reactor
         self.gateway = gateway
         self.count = count
@@ -426,32 +369,40 @@ class WorkerPool(service.Service):
             self._owns_runtime = True
         return self._runtime
 
+    def listener(self, name: str) -> ListenerService | None:
+        return self.gateway.listeners.get(name) if self.gateway is not None else None
+
     def serving(self, listener: str) -> int:
         return sum(
             1
             for s in self.slots
-            if s.state == "serving"
-            and s.report.get("listeners", {}).get(listener, {}).get("accepting")
+            if s.state is WorkerState.SERVING
+            and s.report is not None
+            and (r := s.report.listeners.get(listener)) is not None
+            and r.accepting
         )
 
-    def reports(self, listener: str) -> list[dict[str, Any]]:
+    def reports(self, listener: str) -> list[Any]:
         return [
-            r for s in self.slots if (r := s.report.get("listeners", {}).get(listener)) is not None
+            r
+            for s in self.slots
+            if s.report is not None and (r := s.report.listeners.get(listener)) is not None
         ]
 
     def status(self) -> tuple[WorkerStatus, ...]:
         out = []
         for s in self.slots:
-            listeners = s.report.get("listeners", {}).values() if s.state == "serving" else ()
+            serving = s.state is WorkerState.SERVING and s.report is not None
+            listeners = list(s.report.listeners.values()) if serving and s.report else []
             out.append(
                 WorkerStatus(
                     s.index,
                     s.pid,
-                    s.state,
+                    s.state.value,
                     s.restarts,
                     s.started,
-                    sum(int(r["stats"]["active"]) for r in listeners),
-                    sum(int(r["stats"]["accepted"]) for r in listeners),
+                    sum(r.stats.active for r in listeners),
+                    sum(r.stats.accepted for r in listeners),
                     s.last_exit,
                 )
             )
@@ -498,7 +449,7 @@ class WorkerPool(service.Service):
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
-        if not self.stopping:
+        if not self.stopping and self.gateway is not None:
             return self.stop(self.gateway.config.globals.shutdown_drain)
         return None
 
@@ -512,9 +463,10 @@ class WorkerPool(service.Service):
         slot.timer = None
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        slot.state = "starting"
+        slot.state = WorkerState.STARTING
         slot.sent = set()
-        slot.report = {}
+        slot.report = None
+        slot.turn = defer.DeferredLock()
         slot.ended = defer.Deferred()
         try:
             slot.process = self.reactor.spawnProcess(
@@ -545,13 +497,13 @@ class WorkerPool(service.Service):
         slot.channel = None
         ended, slot.ended = slot.ended, None
         if self.stopping:
-            slot.state = "stopped"
+            slot.state = WorkerState.STOPPED
             log.info("worker {index} (pid {pid}) {how}", index=slot.index, pid=slot.pid, how=how)
         else:
             lived = self.reactor.seconds() - (slot.started or 0.0)
             slot.failures = 0 if lived >= RESTART_RESET else slot.failures + 1
-            delay = min(RESTART_MAX, RESTART_FIRST * 2 ** max(0, slot.failures - 1))
-            slot.state = "restarting"
+            delay = restart_delay(max(0, slot.failures - 1))
+            slot.state = WorkerState.RESTARTING
             slot.restarts += 1
             log.error(
                 "worker {index} (pid {pid}) {how} after {lived:.1f}s; restarting it in "
@@ -568,10 +520,9 @@ class WorkerPool(service.Service):
 
     # -- talking to workers --
 
-    def _listeners(self) -> list[MasterListenerService]:
-        return [
-            ls for ls in self.gateway.listeners.values() if isinstance(ls, MasterListenerService)
-        ]
+    def _groups(self) -> list[tuple[ListenerService, SocketGroupService]]:
+        listeners = self.gateway.listeners.values() if self.gateway is not None else ()
+        return [(ls, ls.port) for ls in listeners if isinstance(ls.port, SocketGroupService)]
 
     @defer.inlineCallbacks
     def _configure(self, slot: WorkerSlot, prepared: Prepared) -> Any:
@@ -585,29 +536,26 @@ class WorkerPool(service.Service):
                 yield channel.callRemote(
                     c.FilePart, path=path, mode=mode, data=part, last=i == len(parts) - 1
                 )
-        for ls in self._listeners():
-            group = ls.port_service
-            if not isinstance(group, SocketGroupService) or group.port is None:
+        for ls, group in self._groups():
+            if group.port is None:
                 continue
-            host, port = group.bind
-            key = (ls.listener.name, host, port)
+            name = ls.parts.name
+            host, port = group.bind_address
+            key = (name, host, port)
             if key in slot.sent or slot.index >= len(group.port.sockets):
                 continue
             yield channel.callRemote(
                 c.Listen,
-                listener=ls.listener.name,
+                listener=name,
                 host=host,
                 port=port,
                 fd=group.port.sockets[slot.index].fileno(),
             )
             slot.sent.add(key)
-            if ls.publisher.path is not None:
-                yield channel.callRemote(
-                    c.CrlSnapshot, listener=ls.listener.name, path=ls.publisher.path
-                )
-            yield channel.callRemote(
-                c.Staple, listener=ls.listener.name, der=_clip(ls.current_staple())
-            )
+            snapshot = self.publisher(name).path
+            if snapshot is not None:
+                yield channel.callRemote(c.CrlSnapshot, listener=name, path=snapshot)
+            yield channel.callRemote(c.Staple, listener=name, der=_clip(current_staple(ls)))
         answer = yield channel.callRemote(
             c.Configure, path=prepared.config.path, generation=self.generation
         )
@@ -616,31 +564,15 @@ class WorkerPool(service.Service):
     def _in_turn(self, slot: WorkerSlot, prepared: Prepared) -> defer.Deferred[Any]:
         """``_configure``, after whatever this worker is being sent already (a reload during
         a worker's start must not interleave its files with the start's)."""
-        previous = slot.turn
-        mine: defer.Deferred[Any] = defer.Deferred()
-        slot.turn = mine
-
-        def done(result: object) -> object:
-            mine.callback(None)
-            return result
-
-        def go(_: object) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = self._configure(slot, prepared)
-            return d.addBoth(done)
-
-        if previous is None or previous.called:
-            return go(None)
-        after: defer.Deferred[Any] = defer.Deferred()
-        previous.addBoth(lambda _: go(None).chainDeferred(after))
-        return after
+        return slot.turn.run(self._configure, slot, prepared)
 
     def _started(self, slot: WorkerSlot) -> None:
-        slot.turn = None
+        assert self.gateway is not None
         d = self._in_turn(slot, self.gateway.prepared)
 
         def answered(answer: dict[str, Any]) -> None:
             if answer.get("ok"):
-                slot.state = "serving"
+                slot.state = WorkerState.SERVING
                 log.info("worker {index} (pid {pid}) serving", index=slot.index, pid=slot.pid)
                 self._gather_one(slot)
             else:
@@ -698,7 +630,7 @@ class WorkerPool(service.Service):
 
     def _gather(self) -> None:
         for slot in self.slots:
-            if slot.state == "serving":
+            if slot.state is WorkerState.SERVING:
                 self._gather_one(slot)
 
     @defer.inlineCallbacks
@@ -714,23 +646,25 @@ class WorkerPool(service.Service):
                 if not answer["more"]:
                     break
                 page += 1
-            slot.report = json.loads(b"".join(parts))
-        except Exception:
+            slot.report = WorkerReport.from_json(json.loads(b"".join(parts)))
+        except (error.ConnectionDone, error.ConnectionLost, amp.ProtocolSwitched):
             pass  # a worker going away: its next life reports again
+        except Exception:
+            log.failure("worker {index}: its report could not be read", index=slot.index)
 
     # -- from workers --
 
     def discover(self, listener: str, url: str) -> None:
-        ls = self.gateway.listeners.get(listener)
-        if ls is not None and ls.crl_service is not None:
-            ls.crl_service.discover(url)
+        ls = self.listener(listener)
+        if ls is not None and ls.parts.crl is not None:
+            ls.parts.crl.discover(url)
 
     def when_attempted(self, listener: str, url: str) -> defer.Deferred[None]:
-        ls = self.gateway.listeners.get(listener)
-        if not isinstance(ls, MasterListenerService) or ls.crl_service is None:
+        ls = self.listener(listener)
+        if ls is None or ls.parts.crl is None:
             return defer.succeed(None)
-        publisher = ls.publisher
-        d = ls.crl_service.when_attempted(url)
+        publisher = self.publisher(listener)
+        d = ls.parts.crl.when_attempted(url)
         return d.addBoth(lambda _: publisher.flushed())
 
 
@@ -869,4 +803,4 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pool._ended(self.slot, reason)
 
 
-__all__ = ["MasterGateway", "WorkerPool", "make_master_service"]
+__all__ = ["MasterRole", "WorkerPool", "make_master_service"]

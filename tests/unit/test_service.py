@@ -12,7 +12,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from gateway import testing as support
 from gateway.demo import pki
-from gateway.service import ListenerService, make_gateway_service
+from gateway.service import make_gateway_service
 from gateway.testing import InlineProcessor, prepare_text
 
 
@@ -78,23 +78,18 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
     assert config.crl is not None
     reactor = Reactor()
     stub = StubTreq(Hanging())
-    ls = ListenerService(
-        config,
-        prepared.materials["s"],
-        prepared.config.globals,
-        reactor,
-        http_client=stub,
-        crl_processor=InlineProcessor(),
-    )
+    top = make_gateway_service(prepared, reactor, http_client=stub, crl_processor=InlineProcessor())
+    ls = top.listeners["s"]
     ls.privilegedStartService()
     ls.startService()
     port = reactor.tcpServers[0]
     assert port[0] == 18883 and port[3] == "127.0.0.1"
-    assert ls.crl_service is not None and not ls.crl_service.ready.called
+    crl = ls.parts.crl
+    assert crl is not None and not crl.ready.called
     assert reactor.port.reading is False  # bound, not accepting yet
     stub.flush()
     reactor.advance(config.crl.http_timeout + 0.1)
-    assert ls.crl_service.ready.called  # the timeout ended the first round: policy decides now
+    assert crl.ready.called  # the timeout ended the first round: policy decides now
     assert reactor.port.reading is True
     status = ls.status()
     assert status.stats.listener == "s"

@@ -10,6 +10,7 @@ import pytest
 from gateway import mqtt
 from gateway.peer import PendingCrl
 from gateway.proxy import session as S
+from gateway.reasons import Reason
 from gateway.testing import connect_packet
 
 LIMITS = S.SessionLimits(handshake_timeout=15, connect_timeout=10, max_packet_size=1024)
@@ -31,8 +32,8 @@ def test_happy_path_to_relay() -> None:
     connect = connect_packet("dev")
     session = play(
         [
-            ("start", (), [S.StartTimer(15, "handshake")]),
-            ("handshake_done", (), [S.StartTimer(10, "connect")]),
+            ("start", (), [S.StartTimer(15, S.Timer.HANDSHAKE)]),
+            ("handshake_done", (), [S.StartTimer(10, S.Timer.CONNECT)]),
             ("receive", (connect[:3],), []),
             (
                 "receive",
@@ -58,8 +59,8 @@ def test_connect_byte_by_byte() -> None:
     """A CONNECT arriving one byte at a time is assembled before anything else happens."""
     session = play(
         [
-            ("start", (), [S.StartTimer(15, "handshake")]),
-            ("handshake_done", (), [S.StartTimer(10, "connect")]),
+            ("start", (), [S.StartTimer(15, S.Timer.HANDSHAKE)]),
+            ("handshake_done", (), [S.StartTimer(10, S.Timer.CONNECT)]),
         ]
     )
     packet = connect_packet("slow")
@@ -86,10 +87,10 @@ def test_bad_connect_is_refused_and_closed() -> None:
 def test_timeouts_abort(what: str, seconds: float) -> None:
     """A stalled handshake or CONNECT is refused with its timeout reason and aborted."""
     session = S.Session(LIMITS)
-    assert session.start() == [S.StartTimer(15, "handshake")]
+    assert session.start() == [S.StartTimer(15, S.Timer.HANDSHAKE)]
     if what == "connect":
-        assert session.handshake_done() == [S.StartTimer(10, "connect")]
-    assert session.timer_fired(what) == [
+        assert session.handshake_done() == [S.StartTimer(10, S.Timer.CONNECT)]
+    assert session.timer_fired(S.Timer(what)) == [
         S.Refuse(f"{what}_timeout", f"no {what} within the time allowed"),
         S.CloseClient(abort=True),
     ]
@@ -249,11 +250,11 @@ def test_stop_for_shutdown_or_reload() -> None:
     relayed.handshake_done()
     relayed.receive(connect_packet("stopping"))
     relayed.upstream_connected()
-    assert relayed.stop("shutdown", "the gateway is stopping") == [
+    assert relayed.stop(Reason.SHUTDOWN, "the gateway is stopping") == [
         S.CloseUpstream(),
         S.CloseClient(),
     ]
-    assert relayed.stop("shutdown", "again") == []
+    assert relayed.stop(Reason.SHUTDOWN, "again") == []
     assert relayed.connection_lost("closed") == [
         S.CancelTimer(),
         S.SessionEnded("shutdown", "the gateway is stopping"),
@@ -262,7 +263,7 @@ def test_stop_for_shutdown_or_reload() -> None:
     early.start()
     early.handshake_done()
     early.receive(connect_packet("opening"))  # the broker connection is being opened
-    assert early.stop("reload", "listener removed") == [
+    assert early.stop(Reason.RELOAD, "listener removed") == [
         S.CancelTimer(),
         S.CancelUpstream(),
         S.Refuse("reload", "listener removed"),

@@ -20,7 +20,8 @@ from twisted.test import iosim
 from gateway import testing as support
 from gateway.config import ListenerSettings
 from gateway.proxy.relay import GatewayFactory
-from gateway.service import ListenerTLSFactory
+from gateway.proxy.entry import ListenerTLSFactory
+from gateway.proxy.relay import session_limits
 from gateway.status import ListenerStats
 from gateway.testing import prepare_text
 from gateway.tls.context import ServerConnectionCreator, build_context
@@ -72,6 +73,41 @@ def listener_config(p: support.Pki, **extra: str) -> tuple[ListenerSettings, Tls
     return prepared.config.listener("t"), prepared.materials["t"]
 
 
+@attrs.frozen
+class Parts:
+    """What the relay reads of a listener's parts, with a fake broker connection."""
+
+    settings: ListenerSettings
+    connector: Any
+    revocation: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def session_limits(self) -> Any:
+        return session_limits(self.settings.limits)
+
+    @property
+    def identity(self) -> Any:
+        return self.settings.identity
+
+    @property
+    def upstream_name(self) -> str:
+        host, port = self.settings.upstream.address
+        return f"{host}:{port}"
+
+    @property
+    def upstream_proxy_protocol(self) -> str | None:
+        return self.settings.upstream.proxy_protocol
+
+
+@attrs.define
+class Box:
+    parts: Parts
+
+
 @attrs.define
 class Listener:
     config: ListenerSettings
@@ -88,12 +124,9 @@ class Listener:
         reactor = MemoryReactorClock()
         upstream = FakeUpstream()
         stats = ListenerStats(config.name)
-        creator = ServerConnectionCreator(
-            build_context(config.name, config.tls, material, CertificateVerifier())
-        )
-        gateway = GatewayFactory(
-            config.name, config.limits, config.upstream, reactor, upstream, stats
-        )
+        context = build_context(config.name, config.tls, material, CertificateVerifier())
+        creator = ServerConnectionCreator(lambda: context)
+        gateway = GatewayFactory(Box(Parts(config, upstream)), reactor, stats)
         return cls(
             config,
             material,

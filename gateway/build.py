@@ -1,0 +1,176 @@
+"""The builder: one listener's parts from its settings, its loaded material, the global
+settings and the process's role, as one frozen record. Downhill only: it builds and
+returns; nothing it builds reaches back into the service tree.
+
+The listener's factories read the parts through the listener's one reference
+(``PartsBox.parts``), so a reload builds a new record (reusing what did not change, as the
+reload plan says) and installs it with one assignment: the next handshake gets the new
+context, the next connection the new limits, broker pool and identity rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from OpenSSL import SSL
+from twisted.logger import Logger
+
+from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
+from gateway.config.values import format_bind
+from gateway.proxy.pool import Broker, BrokerPool
+from gateway.proxy.relay import session_limits
+from gateway.proxy.session import SessionLimits
+from gateway.proxy.upstream import HealthChecker, PoolConnector
+from gateway.reload_plan import ListenerChange
+from gateway.revocation.checker import RevocationChecker
+from gateway.roles import IListenerRole
+from gateway.tls.context import build_context
+from gateway.tls.material import TlsMaterial
+from gateway.tls.verify import CertificateVerifier
+
+log = Logger()
+
+
+@attrs.frozen(eq=False)
+class ListenerParts:
+    """Everything one listener runs with, for one configuration generation."""
+
+    settings: ListenerSettings
+    material: TlsMaterial
+    globals: GlobalSettings
+    crl: Any  # IRevocationSource, or None without CRL checking
+    revocation: RevocationChecker | None
+    stapler: Any  # IStapler, or None without stapling
+    context: SSL.Context
+    pool: BrokerPool
+    connector: PoolConnector
+    health: HealthChecker | None
+    session_limits: SessionLimits
+
+    # What the relay reads (``proxy.relay.RelayParts``).
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def identity(self) -> IdentitySettings:
+        return self.settings.identity
+
+    @property
+    def upstream_name(self) -> str:
+        return format_bind(self.settings.upstream.address)
+
+    @property
+    def upstream_proxy_protocol(self) -> str | None:
+        return self.settings.upstream.proxy_protocol
+
+    def services(self) -> list[Any]:
+        """The services these parts run (CRL source, stapler, broker checks)."""
+        return [s for s in (self.crl, self.stapler, self.health) if s is not None]
+
+
+@attrs.define(eq=False)
+class PartsBox:
+    """The one reference through which a listener's factories read its current parts."""
+
+    parts: ListenerParts
+
+
+def build_parts(
+    settings: ListenerSettings,
+    material: TlsMaterial,
+    globals_: GlobalSettings,
+    role: IListenerRole,
+    reactor: Any,
+    previous: ListenerParts | None = None,
+    change: ListenerChange | None = None,
+) -> ListenerParts:
+    """The parts of ``settings``. With ``previous`` and the reload plan's ``change``, what
+    did not change is reused (services keep running, the CRLs held stay in force)."""
+    crl, checker = _revocation(settings, material, globals_, role, reactor, previous, change)
+    stapler = (
+        previous.stapler
+        if previous is not None and change is not None and not change.ocsp
+        else (role.stapler(settings, material, globals_) if settings.ocsp is not None else None)
+    )
+    if previous is not None and change is not None and not change.upstream:
+        pool, connector, health = previous.pool, previous.connector, previous.health
+    else:
+        pool, connector, health = _upstream(settings, material, role, reactor)
+    verifier = CertificateVerifier(checker)
+    # pyOpenSSL freezes a context once its first connection exists: the stapling callback
+    # goes in before the context is used.
+    context = build_context(settings.name, settings.tls, material, verifier)
+    if stapler is not None:
+        stapler.install(context)
+    return ListenerParts(
+        settings,
+        material,
+        globals_,
+        crl,
+        checker,
+        stapler,
+        context,
+        pool,
+        connector,
+        health,
+        session_limits(settings.limits),
+    )
+
+
+def _revocation(
+    settings: ListenerSettings,
+    material: TlsMaterial,
+    globals_: GlobalSettings,
+    role: IListenerRole,
+    reactor: Any,
+    previous: ListenerParts | None,
+    change: ListenerChange | None,
+) -> tuple[Any, RevocationChecker | None]:
+    if previous is not None and change is not None and not change.crl:
+        return previous.crl, previous.revocation
+    if settings.crl is None:
+        return None, None
+    cache = None
+    if previous is not None and change is not None and change.keep_crls:
+        assert previous.revocation is not None
+        cache = previous.revocation.cache  # CRLs validated against the same CAs
+        cache.grace = settings.crl.grace_period
+        if not settings.crl.from_cert:
+            keep = set(settings.crl.urls)
+            for url in previous.crl.sources:
+                if url not in keep:
+                    cache.forget_source(url)
+    source = role.revocation_source(settings, material, globals_, cache)
+    checker = RevocationChecker(source.cache, settings.crl, source, reactor, material.issuers)
+    return source, checker
+
+
+def _upstream(
+    settings: ListenerSettings, material: TlsMaterial, role: IListenerRole, reactor: Any
+) -> tuple[BrokerPool, PoolConnector, HealthChecker | None]:
+    """The broker pool, its connector (plain or TLS) and its health checks."""
+    name = settings.name
+
+    def changed(broker: Broker, why: str) -> None:
+        level = log.info if broker.up else log.warn
+        level(
+            "upstream {listener} broker {broker} is {state}: {why}",
+            listener=name,
+            broker=broker.name,
+            state="up" if broker.up else "DOWN",
+            why=why,
+        )
+
+    up = settings.upstream
+    pool = BrokerPool(up.addresses, up.balance, up.down_time, changed)
+    connector = PoolConnector(reactor, up, pool, material.upstream)
+    health = None
+    if (
+        role.checks_brokers
+        and up.check_interval > 0
+        and (len(up.addresses) > 1 or up.check == "mqtt")
+    ):
+        health = HealthChecker(connector, name)
+    return pool, connector, health

@@ -1,0 +1,169 @@
+"""Where a listener's connections come in: admission before any TLS work, then TLS (with
+the PROXY header of a load balancer first, where the listener expects one).
+
+``EntryFactory`` is what the listening port holds for the listener's whole life; it hands
+each connection to the entry the listener's current settings ask for (a reload that turns
+``proxy_protocol`` on or off changes the next connection's, not the port's factory).
+``ListenerTLSFactory`` admits or refuses each connection (``proxy.admission``) and keeps
+count of the connections it serves, so a drain learns when the last one ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from gateway.config.model import ConnectionLimits, FrontSettings
+from gateway.proxy.admission import Admission, RefusalLog, address_key
+from gateway.proxy.front import ProxyFrontFactory
+from gateway.reasons import Reason
+from gateway.proxy.relay import GatewayFactory
+
+log = Logger()
+
+# Refusals before TLS: this many per interval are logged one by one, the rest summarised.
+REFUSALS_LOGGED_PER_INTERVAL = 10
+REFUSAL_SUMMARY_INTERVAL = 10.0
+
+
+class ListenerTLSFactory(TLSMemoryBIOFactory):
+    """TLS wrapping factory that admits each connection before any TLS work: connection
+    caps and rates (``gateway.proxy.admission``); a refused connection is closed at once
+    and counted, logged one by one up to a threshold per interval, then summarised."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        creator: Any,
+        wrapped: GatewayFactory,
+        limits: ConnectionLimits,
+        reactor: IReactorTime,
+    ) -> None:
+        super().__init__(creator, False, wrapped, clock=reactor)
+        self.gateway = wrapped
+        self.reactor = reactor
+        self.admission = Admission(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_conn_rate,
+            limits.max_conn_rate_per_ip,
+            reactor.seconds(),
+        )
+        self.refusals = RefusalLog(REFUSALS_LOGGED_PER_INTERVAL)
+        self._summary: Any = None  # the pending summary call, while refusals are suppressed
+        self._keys: dict[Any, str] = {}  # admitted protocol -> its address key
+        self._empty: list[defer.Deferred[None]] = []
+
+    def reconfigure(self, limits: ConnectionLimits) -> None:
+        """A reload's limits, from the next connection on (counts are kept)."""
+        self.admission.reconfigure(limits)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", str(addr))
+        key = address_key(host) if self.admission.per_address else ""
+        refused = self.admission.admit(key, self.reactor.seconds())
+        if refused is not None:
+            self.refuse(Reason(refused), key or host, f"{host}:{getattr(addr, 'port', '')}")
+            return None
+        protocol = super().buildProtocol(addr)
+        if protocol is None:  # pragma: no cover - the wrapped factory refused
+            self.admission.release(key)
+            return None
+        self._keys[protocol] = key
+        return protocol
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        key = self._keys.pop(p, None)
+        if key is not None:
+            self.admission.release(key)
+        if not self.protocols and self._empty:
+            waiters, self._empty = self._empty, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_empty(self) -> defer.Deferred[None]:
+        """Fires once no connection of this listener is open (at once if none is)."""
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._empty.append(d)
+        return d
+
+    def refuse(self, reason: Reason, key: str, peer: str, detail: str | None = None) -> None:
+        """Count a connection refused before TLS; log it, or summarise a flood."""
+        self.gateway.stats.refuse(reason)
+        if self.refusals.note(reason, key):
+            log.warn(
+                "refused {listener} peer={peer} reason={reason}: {why}",
+                listener=self.gateway.name,
+                peer=peer,
+                reason=reason.value,
+                why=detail or reason.text,
+            )
+        elif self._summary is None:
+            self._summary = self.reactor.callLater(REFUSAL_SUMMARY_INTERVAL, self._summarise)
+
+    def _summarise(self) -> None:
+        self._summary = None
+        self.admission.prune(self.reactor.seconds())
+        text = self.refusals.summary()
+        if text is not None:
+            log.warn(
+                "refused {listener}: {summary} in the last {interval:.0f}s",
+                listener=self.gateway.name,
+                summary=text,
+                interval=REFUSAL_SUMMARY_INTERVAL,
+            )
+
+    def stop(self) -> None:
+        """Log what is still suppressed (at shutdown)."""
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+            self._summarise()
+
+
+class EntryFactory(protocol.Factory):
+    """The factory a listener's port holds: each connection goes to the PROXY header reader
+    or straight to TLS, as ``front()`` (the listener's current settings) says."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        tls: ListenerTLSFactory,
+        front: Callable[[], FrontSettings],
+        reactor: IReactorTime,
+    ) -> None:
+        self.tls = tls
+        self._front = front
+        self._reactor = reactor
+        self._proxied: tuple[float, ProxyFrontFactory] | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        front = self._front()
+        if not front.proxy_protocol:
+            return self.tls.buildProtocol(addr)
+        if self._proxied is None or self._proxied[0] != front.proxy_protocol_timeout:
+            timeout = front.proxy_protocol_timeout
+            self._proxied = (
+                timeout,
+                ProxyFrontFactory(self.tls, timeout, self._reactor, self._refuse_front),
+            )
+        return self._proxied[1].buildProtocol(addr)
+
+    def _refuse_front(self, reason: Reason, peer: str, detail: str) -> None:
+        """A connection refused before TLS by the PROXY header reader."""
+        self.tls.refuse(reason, peer.rpartition(":")[0], peer, detail)
+
+    def doStart(self) -> None:
+        self.tls.doStart()
+
+    def doStop(self) -> None:
+        self.tls.doStop()

@@ -1,0 +1,91 @@
+"""The vocabulary of refusals: every reason the gateway refuses or ends a connection for,
+once. The log's ``reason=``, the ``mqttgw_refused_total`` labels, the status page and the
+docs' "Log reason classes" all iterate this enum; nothing spells a reason elsewhere.
+Pure: no Twisted, no OpenSSL."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(str, enum.Enum):
+    """A refusal reason: its value is the label operators see, ``text`` a plain default
+    detail. A ``str`` (``Reason.REVOKED == "revoked"``) that hashes as its value, so counts
+    merged from a worker's report (plain strings) land on the same keys."""
+
+    text: str
+
+    def __new__(cls, value: str, text: str) -> Reason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.text = text
+        return member
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    __hash__ = str.__hash__
+
+    # In the TLS handshake: the client certificate.
+    NO_CERTIFICATE = "no_certificate", "the client sent no certificate"
+    UNKNOWN_CA = "unknown_ca", "the certificate does not chain to cacertfile"
+    EXPIRED = "expired", "the certificate has expired"
+    NOT_YET_VALID = "not_yet_valid", "the certificate is not yet valid"
+    REVOKED = "revoked", "the certificate is revoked"
+    BAD_CERTIFICATE = "bad_certificate", "the certificate failed verification"
+    TLS_ERROR = "tls_error", "the TLS handshake failed"
+    CLOSED_IN_HANDSHAKE = "closed_in_handshake", "the client closed during the handshake"
+    # With CRL checking, where no CRL decides and crl_expired_policy = reject.
+    CRL_MISSING = "crl_missing", "no CRL of the issuer is held"
+    CRL_EXPIRED = "crl_expired", "the issuer's CRL is past its nextUpdate and grace"
+    CRL_INCOMPLETE = "crl_incomplete", "the CRLs held do not cover every reason"
+    # After the handshake.
+    HANDSHAKE_TIMEOUT = "handshake_timeout", "no TLS handshake within handshake_timeout"
+    CONNECT_TIMEOUT = "connect_timeout", "no CONNECT within connect_timeout"
+    BAD_CONNECT = "bad_connect", "the first packet was not a valid CONNECT"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable", "no broker could be reached"
+    BAD_IDENTITY = "bad_identity", "the certificate lacks the value peer_cert_as_* takes"
+    # Before TLS (past 10 per 10 seconds these are summarised in one line).
+    TOO_MANY_CONNECTIONS = "too_many_connections", "listener at max_connections"
+    TOO_MANY_CONNECTIONS_PER_IP = (
+        "too_many_connections_per_ip",
+        "address at max_connections_per_ip",
+    )
+    RATE_LIMITED = "rate_limited", "listener above max_conn_rate"
+    RATE_LIMITED_PER_IP = "rate_limited_per_ip", "address above max_conn_rate_per_ip"
+    BAD_PROXY_HEADER = "bad_proxy_header", "no valid PROXY header from the load balancer"
+    # A connection the gateway ended itself.
+    REVOKED_LIVE = "revoked_live", "a CRL update revoked a live session's certificate"
+    SHUTDOWN = "shutdown", "the gateway stopped before the session was relayed"
+    RELOAD = "reload", "a reload removed the listener before the session was relayed"
+
+
+class CrlVerdict(str, enum.Enum):
+    """What the CRLs held say of one certificate (``CrlCache.status``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __hash__ = str.__hash__
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    MISSING = "missing"  # no CRL of its issuer covers it
+    EXPIRED = "expired"  # the covering CRL is past its nextUpdate and the grace period
+    INCOMPLETE = "incomplete"  # the CRLs held cover only some revocation reasons
+
+    @property
+    def refusal(self) -> Reason:
+        """The refusal reason of a verdict that crl_expired_policy = reject refuses."""
+        return _POLICY_REASONS[self]
+
+
+_POLICY_REASONS = {
+    CrlVerdict.REVOKED: Reason.REVOKED,
+    CrlVerdict.MISSING: Reason.CRL_MISSING,
+    CrlVerdict.EXPIRED: Reason.CRL_EXPIRED,
+    CrlVerdict.INCOMPLETE: Reason.CRL_INCOMPLETE,
+}

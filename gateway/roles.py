@@ -1,0 +1,184 @@
+"""What makes a single process, a master and a worker differ, declared as interfaces: each
+role gives a listener where its CRLs come from, its stapler and its listening port. The
+builder (``gateway.build``) and the service tree (``gateway.service``) take a role; none
+of them is subclassed per role.
+
+- single process (``SingleProcess``, here): fetches CRLs and OCSP itself, binds its port,
+  checks its brokers, sweeps its live sessions after a CRL update;
+- master (``gateway.workers.master.MasterRole``): fetches once for every worker, holds the
+  workers' sockets, relays nothing, publishes each CRL update as a snapshot;
+- worker (``gateway.workers.child.WorkerRole``): reads the master's snapshot and staple,
+  adopts the master's socket, serves connections.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Attribute, Interface, implementer
+
+from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.ports import PortService, ready_timeout
+from gateway.revocation.crl_service import CrlCache, CrlService
+from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.ocsp_service import OcspStapler
+from gateway.revocation.process import SubprocessProcessor
+from gateway.status import ListenerStatus
+from gateway.tls.material import TlsMaterial
+
+if TYPE_CHECKING:
+    from gateway.service import ListenerService
+
+
+class IRevocationSource(Interface):
+    """Where a listener's CRLs come from (a service): fetched here (``CrlService``) or the
+    master's snapshot (a worker's ``SharedCrl``)."""
+
+    cache = Attribute("the CrlCache the handshake reads")
+    ready = Attribute("a Deferred that fires once the first round is done")
+    sources = Attribute("url -> source, for the sources fetched in this process")
+    on_update = Attribute("called after new CRLs are in force")
+
+    def status() -> tuple[Any, ...]:
+        """The state of each source fetched here."""
+
+    def refresh_now() -> defer.Deferred[Any]:
+        """Fetch every source now."""
+
+    def discover(url: str) -> None:
+        """A certificate named this distribution point: fetch it from now on."""
+
+    def when_attempted(url: str) -> defer.Deferred[None]:
+        """Fires once the distribution point's first fetch is over."""
+
+
+class IStapler(Interface):
+    """The OCSP staple of the listener's own certificate (a service)."""
+
+    def install(ctx: Any) -> None:
+        """Put the stapling callback on a context (before its first connection)."""
+
+    def first_attempt() -> defer.Deferred[None]:
+        """Fires once the first fetch is over (at once where another process fetches)."""
+
+
+class IListenerRole(Interface):
+    """A role: what the listeners of one process are given."""
+
+    checks_brokers = Attribute("run the active health checks of the broker pools")
+    fetches = Attribute("this process fetches CRLs and OCSP (reports their sources)")
+
+    def revocation_source(
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        cache: CrlCache | None,
+    ) -> Any:
+        """The listener's IRevocationSource (its settings have CRL checking on); ``cache``:
+        the CRLs to keep (a reload with the same CA bundle), else None."""
+
+    def stapler(settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings) -> Any:
+        """The listener's IStapler (its settings have stapling on)."""
+
+    def port(listener: ListenerService, settings: ListenerSettings) -> Any:
+        """The listener's port service for ``settings.bind`` (not bound yet): ``bind()``,
+        ``accepting``, ``waiting_reason``."""
+
+    def revocation_updated(listener: ListenerService) -> None:
+        """New CRLs are in force for ``listener``."""
+
+    def staple_changed(listener: ListenerService) -> None:
+        """``listener``'s stapler changed (a reload installed a new one)."""
+
+    def status(listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+        """The listener's status from this process's ``own``."""
+
+
+def tcp_endpoint(reactor: Any, bind: tuple[str, int]) -> Any:
+    host, port = bind
+    if ":" in host:
+        return endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
+    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
+
+
+def port_service(
+    listener: ListenerService, settings: ListenerSettings, endpoint: Any
+) -> PortService:
+    """The port of a listener that accepts in this process (one process, a worker)."""
+    parts = listener.parts
+    crl = parts.crl
+    return PortService(
+        endpoint,
+        settings.bind,
+        listener.entry,
+        crl.ready if crl is not None else None,
+        listener.reactor,
+        ready_timeout(settings.crl.http_timeout) if settings.crl is not None else 0.0,
+        settings.name,
+        on_stop=listener.tls_factory.stop,
+    )
+
+
+@implementer(IListenerRole)
+class SingleProcess:
+    """One process does everything."""
+
+    checks_brokers = True
+    fetches = True
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        http: HttpFetcher,
+        processor: Any = None,
+    ) -> None:
+        self.reactor = reactor
+        self.http = http
+        self.processor = processor
+
+    def revocation_source(
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        cache: CrlCache | None,
+    ) -> CrlService:
+        assert settings.crl is not None and material.ca_pem is not None
+        return CrlService(
+            settings.name,
+            settings.crl,
+            globals_.crl_refresh_interval,
+            globals_.crl_cache_dir,
+            self.reactor,
+            self.http,
+            self.processor or SubprocessProcessor(self.reactor),
+            cache or CrlCache(self.reactor, settings.crl.grace_period),
+            material.ca_pem,
+        )
+
+    def stapler(
+        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> OcspStapler:
+        assert settings.ocsp is not None and material.ocsp is not None
+        return OcspStapler(
+            settings.name,
+            settings.ocsp,
+            globals_.ocsp_cache_dir,
+            self.reactor,
+            self.http,
+            material.ocsp,
+        )
+
+    def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
+        return port_service(listener, settings, tcp_endpoint(self.reactor, settings.bind))
+
+    def revocation_updated(self, listener: ListenerService) -> None:
+        listener.factory.sweep_revoked()
+
+    def staple_changed(self, listener: ListenerService) -> None:
+        pass
+
+    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+        return own

@@ -1,0 +1,54 @@
+"""The only module that touches Twisted's private names, for the two things its public API
+cannot do. Each use has a test (``tests/unit/test_twisted_native.py``) that fails loudly
+when a Twisted release changes what it relies on.
+
+- ``time_poller``: reactor lag measured at every turn of the loop. Only the reactor's
+  poller separates waiting for sockets from working: ``doIteration``, the public method
+  around it, also runs every socket callback, so timing it would count the work of a
+  handshake as waiting. The poller (``_poller`` of the epoll and poll reactors) is wrapped
+  while the monitor runs and given back when it stops.
+- ``quiet_http_client``: treq's client without a "Starting factory" log line for every CRL
+  or OCSP fetch. ``HTTPConnectionPool`` takes no factory argument and the line comes from
+  its private ``_HTTP11ClientFactory``; twistd owns the log observers, so it cannot be
+  filtered out before they see it.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+from typing import Any
+
+import treq
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+
+def time_poller(reactor: object, wrap: Callable[[Any, float], Any]) -> Callable[[], None] | None:
+    """Replace the reactor's poller by ``wrap(poller, unit)`` (``unit``: seconds per unit
+    of the poller's timeout, 1 for epoll, 0.001 for poll). Returns the function that gives
+    the reactor its poller back, or None where the reactor has no poller (a test's Clock,
+    select, another platform)."""
+    poller = getattr(reactor, "_poller", None)
+    if poller is None or not hasattr(poller, "poll") or not hasattr(poller, "modify"):
+        return None
+    unit = 1.0 if isinstance(poller, getattr(select, "epoll", ())) else 0.001
+    timed = wrap(poller, unit)
+    reactor._poller = timed  # type: ignore[attr-defined]
+
+    def restore() -> None:
+        if getattr(reactor, "_poller", None) is timed:
+            reactor._poller = poller  # type: ignore[attr-defined]
+
+    return restore
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line for every CRL or OCSP fetch
+
+
+def quiet_http_client(reactor: IReactorTime) -> treq.client.HTTPClient:
+    """treq's HTTP client on the given reactor, without per-connection log noise."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietHTTP11ClientFactory
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))

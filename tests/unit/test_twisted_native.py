@@ -1,0 +1,82 @@
+"""Each private name of Twisted that ``gateway.twisted_native`` takes is still there and
+still does what the module relies on. A Twisted release that changes one fails here, by
+name, not somewhere in production."""
+
+from __future__ import annotations
+
+import inspect
+import select
+from typing import Any
+
+from twisted.internet import epollreactor, pollreactor
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+from gateway.twisted_native import _QuietHTTP11ClientFactory, quiet_http_client, time_poller
+
+
+class Recorder:
+    def __init__(self, poller: Any, unit: float) -> None:
+        self.poller, self.unit, self.polls = poller, unit, 0
+
+    def poll(self, *args: Any) -> Any:
+        self.polls += 1
+        return self.poller.poll(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.poller, name)
+
+
+def _turn(reactor: Any) -> None:
+    reactor.doIteration(0)  # what mainLoop calls on every turn
+
+
+def test_epoll_reactor_polls_through_its_poller() -> None:
+    """The epoll reactor keeps an ``select.epoll`` as ``_poller`` and polls it on every turn
+    of the loop; the timed stand-in sees each poll, and the reactor gets its own back."""
+    reactor = epollreactor.EPollReactor()
+    try:
+        original = reactor._poller
+        assert isinstance(original, select.epoll)
+        seen: list[Recorder] = []
+        restore = time_poller(reactor, lambda p, unit: seen.append(Recorder(p, unit)) or seen[-1])
+        assert restore is not None and seen and seen[0].unit == 1.0
+        _turn(reactor)
+        _turn(reactor)
+        assert seen[0].polls == 2
+        restore()
+        assert reactor._poller is original
+    finally:
+        reactor._poller.close()
+
+
+def test_poll_reactor_polls_through_its_poller_in_milliseconds() -> None:
+    """The poll reactor's ``_poller`` is a ``select.poll`` (timeouts in milliseconds)."""
+    reactor = pollreactor.PollReactor()
+    seen: list[Recorder] = []
+    restore = time_poller(reactor, lambda p, unit: seen.append(Recorder(p, unit)) or seen[-1])
+    assert restore is not None and seen[0].unit == 0.001
+    _turn(reactor)
+    assert seen[0].polls == 1
+    restore()
+
+
+def test_a_reactor_without_a_poller_is_left_alone() -> None:
+    """A reactor with no ``_poller`` (a test's Clock) gets nothing wrapped."""
+    from twisted.internet.task import Clock
+
+    assert time_poller(Clock(), lambda p, unit: p) is None
+
+
+def test_http_pool_builds_its_connections_with_its_factory_attribute() -> None:
+    """``HTTPConnectionPool`` still makes each connection's factory from ``_factory``, which
+    is still ``_HTTP11ClientFactory`` (a noisy Factory); the gateway's pool uses a quiet
+    subclass of it."""
+    assert HTTPConnectionPool._factory is _HTTP11ClientFactory
+    assert "self._factory(" in inspect.getsource(HTTPConnectionPool._newConnection)
+    assert issubclass(_QuietHTTP11ClientFactory, _HTTP11ClientFactory)
+    assert _HTTP11ClientFactory.noisy and not _QuietHTTP11ClientFactory.noisy
+    from twisted.internet.testing import MemoryReactorClock
+
+    client = quiet_http_client(MemoryReactorClock())
+    pool = client._agent._pool
+    assert pool._factory is _QuietHTTP11ClientFactory
