@@ -69,7 +69,7 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
         key = address_key(host) if self.admission.per_address else ""
         refused = self.admission.admit(key, self.reactor.seconds())
         if refused is not None:
-            self.refuse(Reason(refused), key or host, f"{host}:{getattr(addr, 'port', '')}")
+            self.refuse(refused, key or host, f"{host}:{getattr(addr, 'port', '')}")
             return None
         protocol = super().buildProtocol(addr)
         if protocol is None:  # pragma: no cover - the wrapped factory refused

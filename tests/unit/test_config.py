@@ -286,3 +286,18 @@ def test_every_key_is_documented_and_in_the_sample() -> None:
         assert re.search(
             rf"^#? ?(listener\.ssl\.external\.)?{re.escape(key.name)} =", sample, re.M
         ), key.name
+
+
+def test_every_refusal_reason_is_documented_and_exported() -> None:
+    """Each Reason has its row in docs/configuration.md's "Log reason classes", a label in
+    /metrics exported at 0 from the start, and a plain default text."""
+    from gateway.admin.metrics import REASONS
+    from gateway.reasons import Reason
+
+    docs = open(os.path.join(os.path.dirname(__file__), "../../docs/configuration.md")).read()
+    section = docs.split("## Log reason classes", 1)[1].split("\n## ", 1)[0]
+    for reason in Reason:
+        assert f"`{reason.value}`" in section, reason
+        assert reason.value in REASONS
+        assert reason.text and reason.text[0].islower()
+    assert len(REASONS) == len(set(REASONS)) == len(Reason)
