@@ -18,8 +18,8 @@ from twisted.logger import Logger
 
 from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
 from gateway.config.values import format_bind
+from gateway.proxy.factory import session_limits
 from gateway.proxy.pool import Broker, BrokerPool
-from gateway.proxy.relay import session_limits
 from gateway.proxy.session import SessionLimits
 from gateway.proxy.upstream import HealthChecker, PoolConnector
 from gateway.reload_plan import ListenerChange

@@ -10,7 +10,7 @@ from gateway.config.values import format_bind
 from gateway.status import BrokerStatus, CrlCheckStatus, ListenerStatus
 
 if TYPE_CHECKING:
-    from gateway.service import ListenerService
+    from gateway.listener import ListenerService
 
 
 def own_status(listener: ListenerService) -> ListenerStatus:

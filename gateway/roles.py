@@ -29,7 +29,7 @@ from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 
 if TYPE_CHECKING:
-    from gateway.service import ListenerService
+    from gateway.listener import ListenerService
 
 
 class IRevocationSource(Interface):

@@ -1,6 +1,6 @@
-"""The service tree and its lifecycle: ``GatewayService`` (the listeners, the monitor, the
-admin listener; status, refresh and reload) and ``ListenerService`` (one listener's port,
-its parts' services, its counters; reconfigure and retire on a reload).
+"""The top of the service tree and its lifecycle: ``GatewayService`` (the listeners, the
+monitor, the admin listener; status, refresh and reload). One listener's service is
+``gateway.listener.ListenerService``.
 
 What a listener runs with is built by ``gateway.build`` (one frozen record per
 configuration generation); what differs between a single process, a master and a worker
@@ -19,22 +19,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import sdnotify, signals
-from gateway.build import ListenerParts, PartsBox, build_parts
+from gateway.build import build_parts
 from gateway.config.values import format_bind
-from gateway.drain import drain
 from gateway.errors import GatewayError, describe_error
+from gateway.listener import ListenerService
 from gateway.monitor import Monitor
-from gateway.observe import own_status, refresh_report
-from gateway.ports import ADMIN, ListenError, PortService, ready_timeout
+from gateway.observe import refresh_report
+from gateway.ports import ADMIN, ListenError, PortService
 from gateway.prepare import Prepared, prepare
-from gateway.proxy.entry import EntryFactory, ListenerTLSFactory
-from gateway.proxy.relay import GatewayFactory
-from gateway.reasons import Reason
-from gateway.reload_plan import ListenerChange, ReloadPlan, plan_reload
+from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.revocation.fetch import HttpFetcher
 from gateway.roles import IListenerRole, SingleProcess, tcp_endpoint
-from gateway.status import GatewayStatus, ListenerStats, ListenerStatus, ReloadStatus
-from gateway.tls.context import ServerConnectionCreator
+from gateway.status import GatewayStatus, ReloadStatus
 from gateway.twisted_native import quiet_http_client
 
 log = Logger()
@@ -54,167 +50,6 @@ class ProcessRole:
     logs_reloads: bool = True
     stats_line: bool = True
     workers: Any = None
-
-
-class ListenerService(service.MultiService):
-    """One listener: its port, the services of its parts (CRL source, stapler, broker
-    checks), its counters. The factories read the parts through ``box`` only."""
-
-    def __init__(self, parts: ListenerParts, role: IListenerRole, reactor: Any) -> None:
-        super().__init__()
-        self.setName(parts.name)
-        self.role = role
-        self.reactor = reactor
-        self.box = PartsBox(parts)
-        self.stats = ListenerStats(parts.name)
-        self.factory = GatewayFactory(self.box, reactor, self.stats)
-        creator = ServerConnectionCreator(lambda: self.box.parts.context)
-        self.tls_factory = ListenerTLSFactory(creator, self.factory, parts.settings.limits, reactor)
-        self.entry = EntryFactory(self.tls_factory, lambda: self.box.parts.settings.front, reactor)
-        self._generation = 0  # reloads that replaced a service (unique child names)
-        self._attach(parts.services())
-        if parts.crl is not None:
-            parts.crl.on_update = self.revocation_updated
-            parts.crl.ready.addCallback(lambda _: self.revocation_updated())
-        self.port = role.port(self, parts.settings)
-        self.port.setServiceParent(self)
-        self._logged = False
-
-    @property
-    def parts(self) -> ListenerParts:
-        return self.box.parts
-
-    def revocation_updated(self, _crls: object = None) -> None:
-        """New CRLs are in force (the role sweeps live sessions, or publishes them)."""
-        self.role.revocation_updated(self)
-
-    def status(self) -> ListenerStatus:
-        return self.role.status(self, own_status(self))
-
-    def _attach(self, services: list[Any]) -> None:
-        for child in services:
-            if child.parent is None:
-                if self.namedServices.get(child.name) is not None:
-                    self._generation += 1  # the old one runs until the swap: another name
-                    child.setName(f"{child.name}#{self._generation}")
-                child.setServiceParent(self)
-
-    def reconfigure(
-        self, new: ListenerParts, change: ListenerChange, new_port: Any | None
-    ) -> defer.Deferred[None]:
-        """Apply a reload to this listener; live connections are untouched.
-
-        The new parts' new services (only where the plan says their settings, the CA
-        bundle or the certificate changed) start first and are swapped in once their first
-        round is over (bounded), so new handshakes never meet an empty cache; the CRLs held
-        stay in force where the CA bundle did not change. Then one assignment installs the
-        new parts: the next handshake gets the new context, the next connection the new
-        limits, brokers and identity rules; a moved listener's old port closes.
-        """
-        old = self.parts
-        fresh = [s for s in new.services() if s not in old.services()]
-        self._attach(fresh)
-        waits: list[defer.Deferred[Any]] = []
-        if new.crl is not None and new.crl is not old.crl and change.waits_for_crls:
-            assert new.settings.crl is not None
-            timeout = ready_timeout(new.settings.crl.http_timeout)
-            waits.append(_bounded(new.crl.ready, timeout, self.reactor))
-        if new.stapler is not None and new.stapler is not old.stapler:
-            assert new.settings.ocsp is not None
-            timeout = new.settings.ocsp.http_timeout + 5
-            waits.append(_bounded(new.stapler.first_attempt(), timeout, self.reactor))
-
-        def swap(_: object) -> None:
-            self.box.parts = new
-            self.tls_factory.reconfigure(new.settings.limits)
-            if new.crl is not None:
-                new.crl.on_update = self.revocation_updated
-            for gone in old.services():
-                if gone not in new.services():
-                    gone.disownServiceParent()
-            if new_port is not None:
-                old_port, self.port = self.port, new_port
-                self._generation += 1
-                new_port.setName(f"port#{self._generation}")
-                new_port.setServiceParent(self)
-                old_port.disownServiceParent()  # stops listening; accepted connections stay
-            if new.crl is not None and new.crl is not old.crl:
-                self.revocation_updated()  # live sessions against the new revocation data
-            if new.stapler is not old.stapler:
-                self.role.staple_changed(self)
-
-        return defer.gatherResults(waits).addCallback(swap)
-
-    def retire(self, drain_seconds: float) -> defer.Deferred[Any]:
-        """A reload removed this listener: stop accepting now, let its connections end for
-        ``drain_seconds``, close the rest (closed_by=reload), then stop its services."""
-        self.port.disownServiceParent()
-        log.info(
-            "listener {listener} removed: stopped accepting; {count} connection(s) get "
-            "{drain:g}s to end",
-            listener=self.parts.name,
-            count=len(self.tls_factory.protocols),
-            drain=drain_seconds,
-        )
-        drained = drain(
-            self.tls_factory,
-            self.reactor,
-            drain_seconds,
-            Reason.RELOAD,
-            "its listener was removed by a reload",
-        )
-        return drained.addCallback(lambda _: self.disownServiceParent())
-
-    def startService(self) -> None:
-        # Logged once every port is bound (privilegedStartService): a start that fails on
-        # another listener's port does not claim this one listens.
-        super().startService()
-        for warning in self.parts.material.warnings:
-            log.warn("{warning}", warning=warning)
-        if not self._logged:
-            self._logged = True
-            settings = self.parts.settings
-            log.info(
-                "listener {listener} on {bind} -> upstream {upstream} (verify={verify}, tls={tls})",
-                listener=settings.name,
-                bind=format_bind(settings.bind),
-                upstream=format_bind(settings.upstream.address),
-                verify="verify_peer" if settings.tls.verify_peer else "verify_none",
-                tls=",".join(settings.tls.versions),
-            )
-
-    def stopService(self) -> defer.Deferred[Any]:
-        """Graceful stop: the port stops accepting (its service stops first), the parts'
-        services stop, live sessions get ``shutdown_drain`` to end, then are closed."""
-        stopped = defer.maybeDeferred(super().stopService)
-        count = len(self.tls_factory.protocols)
-        seconds = self.parts.globals.shutdown_drain
-        if count:
-            log.info(
-                "stopping {listener}: {count} connection(s) get {drain:g}s to end",
-                listener=self.parts.name,
-                count=count,
-                drain=seconds,
-            )
-        drained = drain(
-            self.tls_factory, self.reactor, seconds, Reason.SHUTDOWN, "the gateway is stopping"
-        )
-        return defer.gatherResults([stopped, drained])
-
-
-def _bounded(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[None]:
-    """``d``, but at most ``seconds`` long; never fails (a reload goes on either way)."""
-    waiter: defer.Deferred[None] = defer.Deferred()
-
-    def done(result: object = None) -> None:
-        if timer.active():
-            timer.cancel()
-        if not waiter.called:
-            waiter.callback(None)
-
-    timer = reactor.callLater(seconds, done)
-    d.addBoth(done)
-    return waiter
 
 
 class GatewayService(service.MultiService):
@@ -537,4 +372,4 @@ def make_gateway_service(
     return GatewayService(prepared, reactor, ProcessRole(role))
 
 
-__all__ = ["GatewayService", "ListenerService", "ProcessRole", "make_gateway_service"]
+__all__ = ["GatewayService", "ProcessRole", "make_gateway_service"]

@@ -20,8 +20,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.config.model import ConnectionLimits, FrontSettings
 from gateway.proxy.admission import Admission, RefusalLog, address_key
+from gateway.proxy.factory import GatewayFactory
 from gateway.proxy.front import ProxyFrontFactory
-from gateway.proxy.relay import GatewayFactory
 from gateway.reasons import Reason
 
 log = Logger()

@@ -8,59 +8,36 @@ ways, as in twisted.protocols.portforward, so neither side buffers without bound
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from OpenSSL import SSL
-from twisted.internet import defer, error, protocol, task
+from twisted.internet import protocol
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IHalfCloseableProtocol,
     IHandshakeListener,
-    IReactorTime,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config.model import ConnectionLimits, IdentitySettings
+from gateway.config.model import IdentitySettings
 from gateway.failures import plain_reason
 from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, PendingCrl
 from gateway.proxy import proxyproto
 from gateway.proxy import session as S
+from gateway.proxy.broker_link import UpstreamFactory, UpstreamProtocol, lost_text
 from gateway.proxy.identity import common_name, identity_of
 from gateway.reasons import Reason
-from gateway.status import ListenerStats
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
 
+if TYPE_CHECKING:
+    from gateway.proxy.factory import GatewayFactory
+
 log = Logger()
-
-# Opens the broker connection for one client. The factory is told the outcome: its protocol's
-# connectionMade on success, its clientConnectionFailed on failure. Returns a cancel function.
-ConnectUpstream = Callable[["UpstreamFactory"], Callable[[], None]]
-
-
-class CrlHold(Protocol):
-    """Decides a client held after its CONNECT while its leaf's CRL is fetched."""
-
-    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[Reason | None, str]]:
-        """Fires with (refusal reason or None, detail); never fails."""
-        ...
-
-
-class LiveRevocation(Protocol):
-    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool: ...
-
-
-class Revocation(CrlHold, LiveRevocation, Protocol):
-    """What the relay asks of CRL checking (``RevocationChecker``)."""
-
-    def check_resumed(
-        self, leaf: x509.Certificate, serial: int, verification: PeerVerification
-    ) -> tuple[Reason, str] | None: ...
 
 
 def ssl_error_text(exc: BaseException | None) -> str:
@@ -92,101 +69,6 @@ def describe_peer_certificate(
     if cert is None:
         return "-", "-", None
     return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
-
-
-class RelayParts(Protocol):
-    """What the relay reads of a listener's current parts (``gateway.build.ListenerParts``):
-    a reload replaces the whole record, and the next connection reads the new one."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def session_limits(self) -> S.SessionLimits: ...
-    @property
-    def connector(self) -> ConnectUpstream: ...
-    @property
-    def revocation(self) -> Revocation | None: ...
-    @property
-    def identity(self) -> IdentitySettings: ...
-    @property
-    def upstream_name(self) -> str: ...
-    @property
-    def upstream_proxy_protocol(self) -> str | None: ...
-
-
-class HoldsParts(Protocol):
-    @property
-    def parts(self) -> RelayParts: ...
-
-
-class GatewayFactory(protocol.Factory):
-    """Builds ``ClientProtocol`` for one listener (wrapped by the TLS factory); reads the
-    listener's settings and collaborators through ``box.parts``."""
-
-    noisy = False
-
-    def __init__(
-        self,
-        box: HoldsParts,
-        reactor: IReactorTime,
-        stats: ListenerStats,
-        cooperate: Callable[
-            [Iterator[None]], task.CooperativeTask[Iterator[None]]
-        ] = task.cooperate,
-    ) -> None:
-        self.box = box
-        self.name = box.parts.name
-        self.reactor = reactor
-        self.stats = stats
-        self._cooperate = cooperate
-        self.live: set[ClientProtocol] = set()  # connections in the relay state
-
-    @property
-    def session_limits(self) -> S.SessionLimits:
-        return self.box.parts.session_limits
-
-    @property
-    def connect_upstream(self) -> ConnectUpstream:
-        return self.box.parts.connector
-
-    @property
-    def revocation(self) -> Revocation | None:
-        return self.box.parts.revocation
-
-    @property
-    def identity(self) -> IdentitySettings:
-        return self.box.parts.identity
-
-    @property
-    def upstream_name(self) -> str:
-        return self.box.parts.upstream_name
-
-    @property
-    def upstream_proxy_protocol(self) -> str | None:
-        return self.box.parts.upstream_proxy_protocol
-
-    def buildProtocol(self, addr: Any) -> ClientProtocol:
-        return ClientProtocol(self, addr)
-
-    def sweep_revoked(self, _crls: object = None) -> defer.Deferred[None]:
-        """After a CRL update: close live sessions whose certificate is now revoked.
-
-        Works through the connections cooperatively, so that a large listener does not
-        stall the reactor.
-        """
-        checker = self.revocation
-        if checker is None:
-            return defer.succeed(None)
-
-        def sweep() -> Iterator[None]:
-            for client in list(self.live):
-                if client.session.state is S.State.RELAY and checker.chain_revoked(
-                    client.verification.chain
-                ):
-                    client.revoke_session()
-                yield None
-
-        return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)
 
 
 @implementer(IHandshakeListener)
@@ -528,104 +410,3 @@ _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
     S.RevokedLive: ClientProtocol._on_revoked_live,
     S.SessionEnded: ClientProtocol._on_session_ended,
 }
-
-
-class UpstreamFactory(protocol.ClientFactory):
-    """One per upstream connection, carrying the client it serves. The connector (a broker
-    pool) may hook in: ``on_failed`` to try the next broker instead of failing the client,
-    ``on_connected`` / ``on_closed`` for its counts, ``tls`` when the connection is
-    wrapped in TLS (then it is up only once the handshake is done), ``tls_done`` to keep
-    the TLS session for resumption."""
-
-    noisy = False
-
-    def __init__(self, client: ClientProtocol) -> None:
-        self.client = client
-        self.on_failed: Callable[[Failure], None] | None = None
-        self.on_connected: Callable[[], None] | None = None
-        self.on_closed: Callable[[], None] | None = None
-        self.tls_done: Callable[[Any], None] | None = None
-        self.tls = False
-
-    def buildProtocol(self, addr: Any) -> UpstreamProtocol:  # type: ignore[override]
-        upstream = UpstreamProtocol()
-        upstream.factory = self
-        return upstream
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if self.on_failed is not None:
-            self.on_failed(reason)
-        else:
-            self.client.upstream_failed(reason)
-
-
-def session_limits(limits: ConnectionLimits) -> S.SessionLimits:
-    return S.SessionLimits(limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size)
-
-
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
-class UpstreamProtocol(protocol.Protocol):
-    """The broker side, bytes straight to the client: over plain TCP it is up when the
-    TCP connection is; over TLS when the handshake (the broker's certificate verified) is
-    done, and a connection lost before that is a failed connect."""
-
-    factory: UpstreamFactory
-    transport: Any  # the TCP connection to the broker, or the TLS layer over it
-    up = False
-    _session_kept = False
-
-    def connectionMade(self) -> None:
-        if not self.factory.tls:
-            self._up()
-
-    def handshakeCompleted(self) -> None:
-        stats = self.factory.client.factory.stats
-        stats.upstream_tls += 1
-        if session_reused(self.transport.getHandle()):
-            stats.upstream_tls_resumed += 1
-        self._keep_session()
-        self._up()
-
-    def _up(self) -> None:
-        self.up = True
-        if self.factory.on_connected is not None:
-            self.factory.on_connected()
-        self.factory.client.upstream_connected(self)
-
-    def _keep_session(self) -> None:
-        if self.factory.tls_done is not None:
-            self.factory.tls_done(self.transport.getHandle())
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.factory.tls and not self._session_kept:
-            self._session_kept = True  # a TLS 1.3 ticket arrives after the handshake
-            self._keep_session()
-        client: ClientProtocol = self.factory.client
-        if client.session.state in (S.State.RELAY, S.State.CLOSING):
-            client.bytes_out += len(data)
-            client.factory.stats.bytes_out += len(data)
-            client.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        # The broker half-closed: everything it sent is queued for the client; close after it.
-        self.factory.client.upstream_lost(half=True, why="it closed its sending side")
-
-    def writeConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if not self.up:  # a TLS handshake that failed (the broker's certificate, ...)
-            self.factory.clientConnectionFailed(None, reason)
-            return
-        if self.factory.on_closed is not None:
-            self.factory.on_closed()
-        self.factory.client.upstream_lost(why=lost_text(reason))
-
-
-def lost_text(reason: Failure) -> str:
-    """How a TCP connection ended, in plain words (never a repr)."""
-    if reason.check(error.ConnectionDone):
-        return "connection closed cleanly"
-    if reason.check(error.ConnectionLost):
-        return "connection lost (reset, or the network cut)"
-    return reason.getErrorMessage()

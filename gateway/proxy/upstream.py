@@ -29,8 +29,8 @@ from gateway import mqtt
 from gateway.config.model import UpstreamSettings
 from gateway.failures import plain_reason
 from gateway.mqtt.packets import DISCONNECT
+from gateway.proxy.broker_link import UpstreamFactory
 from gateway.proxy.pool import Broker, BrokerPool
-from gateway.proxy.relay import UpstreamFactory
 
 log = Logger()
 

@@ -219,7 +219,7 @@ class _Pool:
     def __init__(self) -> None:
         self.ended: list[object] = []
 
-    def _ended(self, slot: object, reason: object) -> None:
+    def ended(self, slot: object, reason: object) -> None:
         self.ended.append(reason)
 
 
@@ -231,7 +231,8 @@ def test_worker_log_records_become_master_log_events() -> None:
 
     from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-    from gateway.workers.master import WorkerProcess, WorkerSlot
+    from gateway.workers.logrelay import WorkerProcess
+    from gateway.workers.pool import WorkerSlot
 
     seen: list[dict] = []  # type: ignore[type-arg]
     globalLogPublisher.addObserver(seen.append)
@@ -309,7 +310,7 @@ def test_a_dying_worker_is_restarted_with_backoff() -> None:
     from twisted.internet.task import Clock
     from twisted.python.failure import Failure
 
-    from gateway.workers import master as M
+    from gateway.workers import pool as M
 
     clock = Clock()
     pool = M.WorkerPool(clock, None, 1, "auto")  # type: ignore[arg-type]
@@ -322,17 +323,17 @@ def test_a_dying_worker_is_restarted_with_backoff() -> None:
     slot.started = 0.0
     delays = []
     for _ in range(9):
-        pool._ended(slot, Failure(terror.ProcessTerminated(signal=9)))
+        pool.ended(slot, Failure(terror.ProcessTerminated(signal=9)))
         (call,) = clock.getDelayedCalls()
         delays.append(call.getTime() - clock.seconds())
         clock.advance(delays[-1])
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert slot.restarts == 9 and slot.last_exit == "killed by signal 9"
     clock.advance(61)  # a long life: back to the first delay
-    pool._ended(slot, Failure(terror.ProcessDone(0)))
+    pool.ended(slot, Failure(terror.ProcessDone(0)))
     (call,) = clock.getDelayedCalls()
     assert call.getTime() - clock.seconds() == 0.5 and slot.last_exit == "exited with status 0"
     clock.advance(0.5)
     pool.stopping = True
-    pool._ended(slot, Failure(terror.ProcessDone(0)))
+    pool.ended(slot, Failure(terror.ProcessDone(0)))
     assert clock.getDelayedCalls() == [] and slot.state == "stopped"

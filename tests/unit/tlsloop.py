@@ -20,7 +20,7 @@ from twisted.test import iosim
 from gateway import testing as support
 from gateway.config import ListenerSettings
 from gateway.proxy.entry import ListenerTLSFactory
-from gateway.proxy.relay import GatewayFactory, session_limits
+from gateway.proxy.factory import GatewayFactory, session_limits
 from gateway.status import ListenerStats
 from gateway.testing import prepare_text
 from gateway.tls.context import ServerConnectionCreator, build_context

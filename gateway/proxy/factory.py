@@ -1,0 +1,139 @@
+"""The factory of a listener's client protocols, and what the relay reads of the listener:
+its current parts, through one reference (a reload replaces the record, the next connection
+reads the new one), and the live sessions (swept after a CRL update)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from cryptography import x509
+from twisted.internet import defer, protocol, task
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.config.model import ConnectionLimits, IdentitySettings
+from gateway.peer import PeerVerification, PendingCrl
+from gateway.proxy import session as S
+from gateway.proxy.broker_link import ConnectUpstream
+from gateway.proxy.relay import ClientProtocol
+from gateway.reasons import Reason
+from gateway.status import ListenerStats
+
+
+class CrlHold(Protocol):
+    """Decides a client held after its CONNECT while its leaf's CRL is fetched."""
+
+    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[Reason | None, str]]:
+        """Fires with (refusal reason or None, detail); never fails."""
+        ...
+
+
+class LiveRevocation(Protocol):
+    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool: ...
+
+
+class Revocation(CrlHold, LiveRevocation, Protocol):
+    """What the relay asks of CRL checking (``RevocationChecker``)."""
+
+    def check_resumed(
+        self, leaf: x509.Certificate, serial: int, verification: PeerVerification
+    ) -> tuple[Reason, str] | None: ...
+
+
+def session_limits(limits: ConnectionLimits) -> S.SessionLimits:
+    return S.SessionLimits(limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size)
+
+
+class RelayParts(Protocol):
+    """What the relay reads of a listener's current parts (``gateway.build.ListenerParts``):
+    a reload replaces the whole record, and the next connection reads the new one."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def session_limits(self) -> S.SessionLimits: ...
+    @property
+    def connector(self) -> ConnectUpstream: ...
+    @property
+    def revocation(self) -> Revocation | None: ...
+    @property
+    def identity(self) -> IdentitySettings: ...
+    @property
+    def upstream_name(self) -> str: ...
+    @property
+    def upstream_proxy_protocol(self) -> str | None: ...
+
+
+class HoldsParts(Protocol):
+    @property
+    def parts(self) -> RelayParts: ...
+
+
+class GatewayFactory(protocol.Factory):
+    """Builds ``ClientProtocol`` for one listener (wrapped by the TLS factory); reads the
+    listener's settings and collaborators through ``box.parts``."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        box: HoldsParts,
+        reactor: IReactorTime,
+        stats: ListenerStats,
+        cooperate: Callable[
+            [Iterator[None]], task.CooperativeTask[Iterator[None]]
+        ] = task.cooperate,
+    ) -> None:
+        self.box = box
+        self.name = box.parts.name
+        self.reactor = reactor
+        self.stats = stats
+        self._cooperate = cooperate
+        self.live: set[ClientProtocol] = set()  # connections in the relay state
+
+    @property
+    def session_limits(self) -> S.SessionLimits:
+        return self.box.parts.session_limits
+
+    @property
+    def connect_upstream(self) -> ConnectUpstream:
+        return self.box.parts.connector
+
+    @property
+    def revocation(self) -> Revocation | None:
+        return self.box.parts.revocation
+
+    @property
+    def identity(self) -> IdentitySettings:
+        return self.box.parts.identity
+
+    @property
+    def upstream_name(self) -> str:
+        return self.box.parts.upstream_name
+
+    @property
+    def upstream_proxy_protocol(self) -> str | None:
+        return self.box.parts.upstream_proxy_protocol
+
+    def buildProtocol(self, addr: Any) -> ClientProtocol:
+        return ClientProtocol(self, addr)
+
+    def sweep_revoked(self, _crls: object = None) -> defer.Deferred[None]:
+        """After a CRL update: close live sessions whose certificate is now revoked.
+
+        Works through the connections cooperatively, so that a large listener does not
+        stall the reactor.
+        """
+        checker = self.revocation
+        if checker is None:
+            return defer.succeed(None)
+
+        def sweep() -> Iterator[None]:
+            for client in list(self.live):
+                if client.session.state is S.State.RELAY and checker.chain_revoked(
+                    client.verification.chain
+                ):
+                    client.revoke_session()
+                yield None
+
+        return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)

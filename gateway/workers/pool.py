@@ -1,0 +1,424 @@
+"""The worker processes of a master: started with Twisted's process support, each given
+its files, sockets, CRL snapshots and staples over an AMP channel, then ``Configure``;
+watched (a report every second), restarted with backoff when one dies, reconfigured on a
+reload, stopped (drained) with the master."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer, error, task
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from gateway.errors import describe_error
+from gateway.prepare import Prepared
+from gateway.status import WorkerReport, WorkerState, WorkerStatus
+from gateway.workers import commands as c
+from gateway.workers.channel import MasterChannel, OneProtocol
+from gateway.workers.group import SocketGroupService
+from gateway.workers.logrelay import WorkerProcess
+from gateway.workers.publisher import CrlPublisher
+
+if TYPE_CHECKING:
+    from gateway.listener import ListenerService
+    from gateway.service import GatewayService
+
+log = Logger()
+
+RESTART_FIRST = 0.5  # seconds before the first restart of a worker that died
+RESTART_MAX = 30.0  # backoff doubles up to this
+RESTART_RESET = 60.0  # a worker that lived this long restarts after RESTART_FIRST again
+# Twisted's own backoff (as ProcessMonitor's restarts): 0.5 s, doubling, at most 30 s.
+restart_delay = backoffPolicy(RESTART_FIRST, RESTART_MAX, 2.0, jitter=lambda: 0.0)
+REPORT_INTERVAL = 1.0  # how often the master gathers its workers' counters
+STOP_MARGIN = 5.0  # after the shutdown drain, then a worker still running is killed
+
+
+def current_staple(listener: ListenerService) -> bytes:
+    """The DER of the staple a master's listener holds now (b"": none)."""
+    stapler = listener.parts.stapler
+    current = stapler.current if stapler is not None else None
+    return current.der if current is not None else b""
+
+
+@attrs.define(eq=False)
+class WorkerSlot:
+    index: int
+    process: Any = None
+    channel: MasterChannel | None = None
+    pid: int | None = None
+    state: WorkerState = WorkerState.STARTING
+    restarts: int = 0
+    failures: int = 0  # consecutive short lives (the backoff)
+    started: float | None = None
+    report: WorkerReport | None = None
+    sent: set[tuple[str, str, int]] = attrs.Factory(set)  # sockets this process has
+    last_exit: str | None = None
+    timer: Any = None
+    ended: defer.Deferred[None] | None = None
+    # What is sent to this process goes in turn (a reload during its start waits).
+    turn: defer.DeferredLock = attrs.Factory(defer.DeferredLock)
+
+
+class WorkerPool(service.Service):
+    """Starts, watches, restarts, reconfigures and stops the worker processes."""
+
+    name = "workers"
+
+    def __init__(
+        self, reactor: Any, gateway: GatewayService | None, count: int, affinity: str
+    ) -> None:
+        self.reactor = reactor
+        self.gateway = gateway
+        self.count = count
+        self.affinity = affinity
+        self.slots = [WorkerSlot(i) for i in range(count)]
+        self.stopping = False
+        self._publishers: dict[str, CrlPublisher] = {}
+        self._runtime: str | None = None
+        self._owns_runtime = False
+        self._poll: task.LoopingCall | None = None
+        self.generation = 0
+
+    # -- what the listeners use --
+
+    def publisher(self, listener: str) -> CrlPublisher:
+        if listener not in self._publishers:
+            self._publishers[listener] = CrlPublisher(self, listener)
+        return self._publishers[listener]
+
+    def runtime_dir(self) -> str:
+        """Where the CRL snapshots go: systemd's RUNTIME_DIRECTORY, else a private directory
+        of our own (in /dev/shm where it exists: memory, never a disk)."""
+        if self._runtime is None:
+            given = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+            if given and os.path.isdir(given):
+                self._runtime = tempfile.mkdtemp(prefix="mqttgw-", dir=given)
+            else:
+                shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+                self._runtime = tempfile.mkdtemp(prefix="mqttgw-", dir=shm)
+            self._owns_runtime = True
+        return self._runtime
+
+    def listener(self, name: str) -> ListenerService | None:
+        return self.gateway.listeners.get(name) if self.gateway is not None else None
+
+    def serving(self, listener: str) -> int:
+        return sum(
+            1
+            for s in self.slots
+            if s.state is WorkerState.SERVING
+            and s.report is not None
+            and (r := s.report.listeners.get(listener)) is not None
+            and r.accepting
+        )
+
+    def reports(self, listener: str) -> list[Any]:
+        return [
+            r
+            for s in self.slots
+            if s.report is not None and (r := s.report.listeners.get(listener)) is not None
+        ]
+
+    def status(self) -> tuple[WorkerStatus, ...]:
+        out = []
+        for s in self.slots:
+            serving = s.state is WorkerState.SERVING and s.report is not None
+            listeners = list(s.report.listeners.values()) if serving and s.report else []
+            out.append(
+                WorkerStatus(
+                    s.index,
+                    s.pid,
+                    s.state.value,
+                    s.restarts,
+                    s.started,
+                    sum(r.stats.active for r in listeners),
+                    sum(r.stats.accepted for r in listeners),
+                    s.last_exit,
+                )
+            )
+        return tuple(out)
+
+    # -- lifecycle --
+
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "starting {count} worker process(es) (affinity {affinity})",
+            count=self.count,
+            affinity=self.affinity,
+        )
+        for slot in self.slots:
+            self._spawn(slot)
+        self._poll = task.LoopingCall(self._gather)
+        self._poll.clock = self.reactor
+        self._poll.start(REPORT_INTERVAL, now=False)
+
+    def stop(self, drain: float) -> defer.Deferred[None]:
+        """SIGTERM to every worker (each drains for ``drain``), then SIGKILL what remains."""
+        self.stopping = True
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        waits = []
+        for slot in self.slots:
+            if slot.timer is not None and slot.timer.active():
+                slot.timer.cancel()
+            if slot.process is not None and slot.ended is not None:
+                waits.append(slot.ended)
+                _signal(slot.process, "TERM")
+        done = defer.gatherResults(waits, consumeErrors=True)
+
+        def kill() -> None:
+            for slot in self.slots:
+                if slot.process is not None:
+                    log.warn("worker {index} did not stop in time: killed", index=slot.index)
+                    _signal(slot.process, "KILL")
+
+        timer = self.reactor.callLater(drain + STOP_MARGIN, kill)
+        done.addBoth(lambda _: timer.active() and timer.cancel())
+        return done.addBoth(lambda _: self._remove_runtime())
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if not self.stopping and self.gateway is not None:
+            return self.stop(self.gateway.config.globals.shutdown_drain)
+        return None
+
+    def _remove_runtime(self) -> None:
+        if self._runtime is not None and self._owns_runtime:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        if self.stopping:
+            return
+        slot.timer = None
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        slot.state = WorkerState.STARTING
+        slot.sent = set()
+        slot.report = None
+        slot.turn = defer.DeferredLock()
+        slot.ended = defer.Deferred()
+        try:
+            slot.process = self.reactor.spawnProcess(
+                WorkerProcess(self, slot),
+                sys.executable,
+                [sys.executable, "-m", "gateway.workers.child", str(slot.index)],
+                env=env,
+                childFDs={0: "w", 1: "r", 2: "r", 3: child_end.fileno()},
+            )
+        finally:
+            child_end.close()
+        slot.pid = slot.process.pid
+        slot.started = self.reactor.seconds()
+        channel = MasterChannel(self, slot)
+        self.reactor.adoptStreamConnection(
+            parent_end.fileno(), socket.AF_UNIX, OneProtocol(channel)
+        )
+        parent_end.close()
+
+    def ended(self, slot: WorkerSlot, reason: Failure) -> None:
+        value = reason.value
+        if isinstance(value, error.ProcessTerminated) and value.signal is not None:
+            how = f"killed by signal {value.signal}"
+        else:
+            how = f"exited with status {getattr(value, 'exitCode', None) or 0}"
+        slot.last_exit = how
+        slot.process = None
+        slot.channel = None
+        ended, slot.ended = slot.ended, None
+        if self.stopping:
+            slot.state = WorkerState.STOPPED
+            log.info("worker {index} (pid {pid}) {how}", index=slot.index, pid=slot.pid, how=how)
+        else:
+            lived = self.reactor.seconds() - (slot.started or 0.0)
+            slot.failures = 0 if lived >= RESTART_RESET else slot.failures + 1
+            delay = restart_delay(max(0, slot.failures - 1))
+            slot.state = WorkerState.RESTARTING
+            slot.restarts += 1
+            log.error(
+                "worker {index} (pid {pid}) {how} after {lived:.1f}s; restarting it in "
+                "{delay:g}s (the other workers keep serving)",
+                index=slot.index,
+                pid=slot.pid,
+                how=how,
+                lived=lived,
+                delay=delay,
+            )
+            slot.timer = self.reactor.callLater(delay, self._spawn, slot)
+        if ended is not None:
+            ended.callback(None)
+
+    # -- talking to workers --
+
+    def _groups(self) -> list[tuple[ListenerService, SocketGroupService]]:
+        listeners = self.gateway.listeners.values() if self.gateway is not None else ()
+        return [(ls, ls.port) for ls in listeners if isinstance(ls.port, SocketGroupService)]
+
+    @defer.inlineCallbacks
+    def _configure(self, slot: WorkerSlot, prepared: Prepared) -> Any:
+        """Send one worker what it needs for ``prepared``, then Configure it."""
+        channel = slot.channel
+        if channel is None:
+            return {"ok": False, "text": "no channel"}
+        for path, (data, mode) in prepared.files.items():
+            parts = c.pieces(data)
+            for i, part in enumerate(parts):
+                yield channel.callRemote(
+                    c.FilePart, path=path, mode=mode, data=part, last=i == len(parts) - 1
+                )
+        for ls, group in self._groups():
+            if group.port is None:
+                continue
+            name = ls.parts.name
+            host, port = group.bind_address
+            key = (name, host, port)
+            if key in slot.sent or slot.index >= len(group.port.sockets):
+                continue
+            yield channel.callRemote(
+                c.Listen,
+                listener=name,
+                host=host,
+                port=port,
+                fd=group.port.sockets[slot.index].fileno(),
+            )
+            slot.sent.add(key)
+            snapshot = self.publisher(name).path
+            if snapshot is not None:
+                yield channel.callRemote(c.CrlSnapshot, listener=name, path=snapshot)
+            yield channel.callRemote(c.Staple, listener=name, der=_clip(current_staple(ls)))
+        answer = yield channel.callRemote(
+            c.Configure, path=prepared.config.path, generation=self.generation
+        )
+        return answer
+
+    def _in_turn(self, slot: WorkerSlot, prepared: Prepared) -> defer.Deferred[Any]:
+        """``_configure``, after whatever this worker is being sent already (a reload during
+        a worker's start must not interleave its files with the start's)."""
+        return slot.turn.run(self._configure, slot, prepared)
+
+    def started(self, slot: WorkerSlot) -> None:
+        assert self.gateway is not None
+        d = self._in_turn(slot, self.gateway.prepared)
+
+        def answered(answer: dict[str, Any]) -> None:
+            if answer.get("ok"):
+                slot.state = WorkerState.SERVING
+                log.info("worker {index} (pid {pid}) serving", index=slot.index, pid=slot.pid)
+                self._gather_one(slot)
+            else:
+                log.error(
+                    "worker {index} could not start: {text}", index=slot.index, text=answer["text"]
+                )
+                _signal(slot.process, "KILL")
+
+        def failed(reason: Failure) -> None:
+            if slot.process is not None:
+                log.error(
+                    "worker {index}: start failed ({error})",
+                    index=slot.index,
+                    error=describe_error(reason.value),  # type: ignore[arg-type]
+                )
+                _signal(slot.process, "KILL")
+
+        d.addCallbacks(answered, failed)
+
+    def configure_all(self, prepared: Prepared) -> defer.Deferred[Any]:
+        """A reload the master applied: every serving worker applies it too."""
+        self.generation += 1
+        runs = []
+        for slot in self.slots:
+            if slot.channel is None:
+                continue  # a starting worker gets the new configuration when it starts
+            d = self._in_turn(slot, prepared)
+
+            def answered(answer: dict[str, Any], slot: WorkerSlot = slot) -> None:
+                if not answer.get("ok"):
+                    log.error(
+                        "worker {index} refused the reload ({text}); restarting it",
+                        index=slot.index,
+                        text=answer.get("text"),
+                    )
+                    _signal(slot.process, "TERM")
+
+            runs.append(d.addCallback(answered).addErrback(lambda _: None))
+        return defer.gatherResults(runs)
+
+    def send_crl(self, listener: str, path: str) -> defer.Deferred[Any]:
+        runs = []
+        for slot in self.slots:
+            if slot.channel is not None and any(k[0] == listener for k in slot.sent):
+                d = slot.channel.callRemote(c.CrlSnapshot, listener=listener, path=path)
+                runs.append(d.addErrback(lambda _: None))
+        return defer.gatherResults(runs)
+
+    def send_staple(self, listener: str, der: bytes) -> None:
+        for slot in self.slots:
+            if slot.channel is not None and any(k[0] == listener for k in slot.sent):
+                slot.channel.callRemote(c.Staple, listener=listener, der=_clip(der)).addErrback(
+                    lambda _: None
+                )
+
+    def _gather(self) -> None:
+        for slot in self.slots:
+            if slot.state is WorkerState.SERVING:
+                self._gather_one(slot)
+
+    @defer.inlineCallbacks
+    def _gather_one(self, slot: WorkerSlot) -> Any:
+        channel = slot.channel
+        if channel is None:
+            return
+        parts, page = [], 0
+        try:
+            while True:
+                answer = yield channel.callRemote(c.Report, page=page)
+                parts.append(answer["data"])
+                if not answer["more"]:
+                    break
+                page += 1
+            slot.report = WorkerReport.from_json(json.loads(b"".join(parts)))
+        except (error.ConnectionDone, error.ConnectionLost, amp.ProtocolSwitched):
+            pass  # a worker going away: its next life reports again
+        except Exception:
+            log.failure("worker {index}: its report could not be read", index=slot.index)
+
+    # -- from workers --
+
+    def discover(self, listener: str, url: str) -> None:
+        ls = self.listener(listener)
+        if ls is not None and ls.parts.crl is not None:
+            ls.parts.crl.discover(url)
+
+    def when_attempted(self, listener: str, url: str) -> defer.Deferred[None]:
+        ls = self.listener(listener)
+        if ls is None or ls.parts.crl is None:
+            return defer.succeed(None)
+        publisher = self.publisher(listener)
+        d = ls.parts.crl.when_attempted(url)
+        return d.addBoth(lambda _: publisher.flushed())
+
+
+def _clip(der: bytes) -> bytes:
+    """An AMP value holds 65,535 bytes; a real OCSP response is a few KB."""
+    return der if len(der) <= 65535 else b""
+
+
+def _signal(process: Any, name: str) -> None:
+    if process is None:
+        return
+    try:
+        process.signalProcess(name)
+    except (error.ProcessExitedAlready, OSError):
+        pass
