@@ -1,0 +1,134 @@
+"""Keys of per-connection limits, the PROXY header in front, the identity the certificate
+gives."""
+
+from __future__ import annotations
+
+from gateway.config.keys.key import IDENTITY_SOURCES, Key
+from gateway.config.values import (
+    enum_of,
+    format_bool,
+    format_duration,
+    format_optional,
+    format_size,
+    parse_bool,
+    parse_duration,
+    parse_limit,
+    parse_positive_int,
+    parse_size,
+)
+
+LIMIT_KEYS: tuple[Key, ...] = (
+    Key(
+        "handshake_timeout",
+        "limits.handshake_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed from TCP accept to the end of the TLS handshake.",
+        format=format_duration,
+    ),
+    Key(
+        "max_connections",
+        "limits.max_connections",
+        parse_positive_int,
+        100000,
+        "Concurrent connections accepted on this listener; connections beyond are closed "
+        "at once and logged.",
+    ),
+    Key(
+        "max_connections_per_ip",
+        "limits.max_connections_per_ip",
+        parse_limit,
+        1000,
+        "Concurrent connections from one address (an IPv6 client counts by its /64); beyond, "
+        "closed at once, before any TLS work (reason too_many_connections_per_ip). Raise it "
+        "for fleets behind one NAT address. 0: no limit.",
+        global_=True,
+    ),
+    Key(
+        "max_conn_rate",
+        "limits.max_conn_rate",
+        parse_limit,
+        2000,
+        "New connections per second on this listener (EMQX's key; a token bucket holding one "
+        "second's worth); beyond, closed at once, before any TLS work (reason rate_limited). "
+        "0: no limit.",
+        global_=True,
+    ),
+    Key(
+        "max_conn_rate_per_ip",
+        "limits.max_conn_rate_per_ip",
+        parse_limit,
+        200,
+        "New connections per second from one address (a token bucket holding one second's "
+        "worth); beyond, closed at once, before any TLS work (reason rate_limited_per_ip). "
+        "0: no limit.",
+        global_=True,
+    ),
+)
+
+
+IDENTITY_KEYS: tuple[Key, ...] = (
+    Key(
+        "peer_cert_as_username",
+        "identity.username",
+        enum_of(*IDENTITY_SOURCES),
+        None,
+        "Replace the CONNECT's user name with the verified client certificate's cn, dn, "
+        "crt (base64 DER), pem or md5 (hex MD5 of the DER), so that the broker's per-user "
+        "ACLs apply per device (EMQX's key). Unset: the device's own.",
+        format=format_optional,
+    ),
+    Key(
+        "peer_cert_as_clientid",
+        "identity.client_id",
+        enum_of(*IDENTITY_SOURCES),
+        None,
+        "Replace the CONNECT's client id the same way (EMQX's key). Unset: the device's own.",
+        format=format_optional,
+    ),
+)
+
+
+FRONT_KEYS: tuple[Key, ...] = (
+    Key(
+        "proxy_protocol",
+        "front.proxy_protocol",
+        parse_bool,
+        False,
+        "Expect a PROXY protocol header (v1 or v2) from a load balancer before the TLS "
+        "handshake: logs, limits and PROXY headers to the broker then carry the device's "
+        "address. A connection without a valid header is closed and logged (EMQX's key).",
+        format=format_bool,
+    ),
+    Key(
+        "proxy_protocol_timeout",
+        "front.proxy_protocol_timeout",
+        parse_duration,
+        3.0,
+        "Time allowed for the PROXY header to arrive (EMQX's key).",
+        format=format_duration,
+    ),
+)
+
+
+CONNECT_KEYS: tuple[Key, ...] = (
+    Key(
+        "connect_timeout",
+        "limits.connect_timeout",
+        parse_duration,
+        10.0,
+        "Time allowed after the TLS handshake for the client's complete CONNECT packet.",
+        format=format_duration,
+        global_=True,
+    ),
+    Key(
+        "max_packet_size",
+        "limits.max_packet_size",
+        parse_size,
+        65536,
+        "Largest CONNECT packet accepted (the only packet the gateway reads); larger ones "
+        "are refused as soon as their length is known.",
+        format=format_size,
+        global_=True,
+    ),
+)

@@ -1,0 +1,125 @@
+"""Keys for operating the gateway: the stats line, drains, the admin listener, worker processes."""
+
+from __future__ import annotations
+
+from gateway.config.keys.key import Key
+from gateway.config.values import (
+    enum_of,
+    format_bool,
+    format_duration,
+    format_optional,
+    format_optional_bind,
+    format_workers,
+    parse_admin_bind,
+    parse_bool,
+    parse_duration,
+    parse_duration_or_zero,
+    parse_path,
+    parse_workers,
+)
+
+OPERATION_KEYS: tuple[Key, ...] = (
+    Key(
+        "stats_log_interval",
+        "stats_log_interval",
+        parse_duration,
+        300.0,
+        "Global: every this often, one log line per listener with active, accepted and refused "
+        "connections (by reason), bytes relayed, CRL counts, and the longest reactor stall "
+        "in the period (measured at every turn of the event loop).",
+        listener=False,
+        global_=True,
+        format=format_duration,
+    ),
+    Key(
+        "shutdown_drain",
+        "shutdown_drain",
+        parse_duration_or_zero,
+        5.0,
+        "Global: on SIGTERM the gateway stops accepting, gives open connections this long "
+        "to end by themselves, then closes the rest (each relayed session logged with "
+        "closed_by=shutdown) and exits 0.",
+        listener=False,
+        global_=True,
+        format=format_duration,
+    ),
+    Key(
+        "reload_drain",
+        "reload_drain",
+        parse_duration_or_zero,
+        60.0,
+        "Global: when a reload removes a listener, it stops accepting at once and its open "
+        "connections get this long to end before they are closed (closed_by=reload).",
+        listener=False,
+        global_=True,
+        format=format_duration,
+    ),
+    Key(
+        "admin.listen",
+        "admin_listen",
+        parse_admin_bind,
+        None,
+        "Global: the admin HTTP listener ([ip:]port; a bare port binds 127.0.0.1): status "
+        "page, /status, /metrics, /ready, /live, POST /refresh and /reload. Unset: off. An "
+        "address other than loopback requires admin.token_file.",
+        format=format_optional_bind,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "admin.token_file",
+        "admin_token_file",
+        parse_path,
+        None,
+        "Global: a file holding the bearer token of the admin listener (at least 16 "
+        "characters; compared in constant time). Needed for /reload and /refresh, and for any "
+        "bind other than loopback.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "admin.open_read",
+        "admin_open_read",
+        parse_bool,
+        False,
+        "Global: with a token, leave the reading endpoints (/, /status, /metrics, /ready, "
+        "/live) open to requests without it. /reload and /refresh always need the token.",
+        format=format_bool,
+        listener=False,
+        global_=True,
+    ),
+)
+
+
+WORKER_KEYS: tuple[Key, ...] = (
+    Key(
+        "workers",
+        "workers",
+        parse_workers,
+        1,
+        "Global: serving processes. 1: one process does everything. auto: one per CPU the "
+        "process may use; N: N. With more than one, the process twistd starts is the master: "
+        "it binds every port (before dropping privileges), fetches CRLs and OCSP once for "
+        "all, and starts N workers that serve connections on sockets it hands them "
+        "(SO_REUSEPORT: the kernel spreads connections). A worker that dies is restarted "
+        "with backoff; the ports stay open while the master lives. Changing it needs a "
+        "restart.",
+        format=format_workers,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "worker_affinity",
+        "worker_affinity",
+        enum_of("auto", "address", "kernel"),
+        "auto",
+        "Global, with workers: which worker gets a connection. address: always the same one "
+        "for a client address (a reconnecting device meets the worker holding its TLS "
+        "session, so it resumes); kernel: the kernel's hash of address and port (spreads "
+        "devices behind one NAT address too). auto: address, except on listeners with "
+        "proxy_protocol (every connection comes from the load balancer): kernel.",
+        listener=False,
+        global_=True,
+    ),
+)

@@ -1,0 +1,198 @@
+"""Keys of revocation: CRL checking of client certificates, OCSP stapling of the listener's own."""
+
+from __future__ import annotations
+
+from gateway.config.keys.key import Key
+from gateway.config.values import (
+    enum_of,
+    format_bool,
+    format_duration,
+    format_list,
+    format_optional,
+    format_size,
+    parse_bool,
+    parse_duration,
+    parse_duration_or_zero,
+    parse_path,
+    parse_positive_int,
+    parse_size,
+    parse_urls,
+    parse_urls_one,
+)
+
+CRL_KEYS: tuple[Key, ...] = (
+    Key(
+        "enable_crl_cache",
+        "crl",
+        parse_bool,
+        False,
+        "Check client certificates against CRLs that the gateway fetches and refreshes "
+        "itself (EMQX's name; enable_crl_check is accepted too).",
+        format=format_bool,
+        aliases=("enable_crl_check",),
+    ),
+    Key(
+        "crl_cache_urls",
+        "crl.urls",
+        parse_urls,
+        (),
+        "Comma-separated http(s) URLs of CRLs (PEM, one or more per URL, or DER). Each is "
+        "fetched at start-up and then refreshed.",
+        format=format_list,
+    ),
+    Key(
+        "crl_cache_http_timeout",
+        "crl.http_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed for one CRL download, redirects and body included.",
+        global_=True,
+        format=format_duration,
+    ),
+    Key(
+        "crl_cache.refresh_interval",
+        "crl_refresh_interval",
+        parse_duration,
+        900.0,
+        "Global: how often every CRL is fetched again. A CRL whose nextUpdate comes sooner "
+        "is fetched at its nextUpdate; failures are retried with backoff (10s, 20s, 40s, ... "
+        "up to this interval).",
+        listener=False,
+        global_=True,
+        aliases=("crl_cache_refresh_interval",),
+        format=format_duration,
+    ),
+    Key(
+        "crl_cache.dir",
+        "crl_cache_dir",
+        parse_path,
+        None,
+        "Global: directory where each last good CRL is written (atomically) and read back at "
+        "start-up, so that a restart during a CA outage keeps enforcing revocation. Unset: "
+        "nothing is persisted.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "crl_cache_max_size",
+        "crl.max_size",
+        parse_size,
+        128 * 1024 * 1024,
+        "Largest CRL body accepted; a larger download is abandoned and the last good CRL kept.",
+        format=format_size,
+        global_=True,
+    ),
+    Key(
+        "crl_expired_policy",
+        "crl.expired_policy",
+        enum_of("reject", "accept"),
+        "reject",
+        "What happens when the revocation status of a certificate of the client's chain "
+        "cannot be determined (its CRLs past nextUpdate plus crl_grace_period, none ever "
+        "obtained, or not covering every reason): reject (fail closed) or accept.",
+    ),
+    Key(
+        "crl_grace_period",
+        "crl.grace_period",
+        parse_duration_or_zero,
+        0.0,
+        "How long after its nextUpdate a CRL is still used as if fresh.",
+        format=format_duration,
+    ),
+    Key(
+        "crl_cache_from_cert",
+        "crl.from_cert",
+        parse_bool,
+        False,
+        "Also fetch and refresh the CRLs named in the CRL Distribution Points of client "
+        "certificates whose chain verified. A client whose CRL is not cached yet is held after "
+        "its CONNECT until the CRL arrives (at most crl_cache_http_timeout + 5s), then "
+        "forwarded or refused with CONNACK 'not authorized'.",
+        format=format_bool,
+    ),
+    Key(
+        "crl_cache_capacity",
+        "crl.capacity",
+        parse_positive_int,
+        64,
+        "How many distribution-point CRLs are kept; the least recently used is dropped.",
+    ),
+)
+
+
+OCSP_KEYS: tuple[Key, ...] = (
+    Key(
+        "enable_ocsp_stapling",
+        "ocsp",
+        parse_bool,
+        False,
+        "Staple a cached, verified OCSP response for the server certificate to handshakes "
+        "of clients that ask for one (TLS status_request).",
+        format=format_bool,
+    ),
+    Key(
+        "ocsp_responder_url",
+        "ocsp.responder_url",
+        parse_urls_one,
+        None,
+        "The OCSP responder. Unset: the OCSP URL of the certificate's Authority Information "
+        "Access extension (what `openssl x509 -noout -ocsp_uri` prints).",
+        format=format_optional,
+    ),
+    Key(
+        "ocsp_issuer_pem",
+        "ocsp.issuer_pem",
+        parse_path,
+        None,
+        "PEM certificate of the server certificate's issuer. Unset: taken from certfile's "
+        "chain, else from cacertfile.",
+        format=format_optional,
+    ),
+    Key(
+        "ocsp_refresh_interval",
+        "ocsp.refresh_interval",
+        parse_duration,
+        300.0,
+        "How often the OCSP response is fetched again; in any case at the latest halfway to "
+        "the cached response's nextUpdate. Failures are retried at 10s, 20s, 40s, ...",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_refresh_http_timeout",
+        "ocsp.http_timeout",
+        parse_duration,
+        15.0,
+        "Time allowed for one OCSP request, redirects and body included.",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_request_method",
+        "ocsp.request_method",
+        enum_of("post", "get"),
+        "post",
+        "post: POST application/ocsp-request; get: the GET form of RFC 6960 appendix A.1 "
+        "(base64 request in the URL, cacheable by HTTP proxies).",
+    ),
+    Key(
+        "ocsp_nonce",
+        "ocsp.nonce",
+        parse_bool,
+        False,
+        "Send a nonce in each request and require the responder to echo it. Off by default: "
+        "many responders answer from pre-signed caches and ignore nonces.",
+        format=format_bool,
+    ),
+    Key(
+        "ocsp_cache.dir",
+        "ocsp_cache_dir",
+        parse_path,
+        None,
+        "Global: directory where each listener's last valid OCSP response is written "
+        "(atomically) and read back at start-up if still valid, so that the first handshakes "
+        "after a restart are stapled even while the responder is down. Unset: not persisted.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+    ),
+)
