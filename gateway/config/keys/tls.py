@@ -1,4 +1,5 @@
-"""Keys of the listener's TLS: its certificate and key, client certificate verification, the offer."""
+"""Keys of the listener's TLS: its certificate and key, client certificate verification and
+the offer."""
 
 from __future__ import annotations
 
