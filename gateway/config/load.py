@@ -51,17 +51,6 @@ from gateway.errors import ConfigError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-# Options holding paths: made absolute, relative to the configuration file's directory.
-_PATH_OPTIONS = (
-    "keyfile",
-    "certfile",
-    "cacertfile",
-    "ocsp_issuer_pem",
-    "upstream_cacertfile",
-    "upstream_certfile",
-    "upstream_keyfile",
-)
-_GLOBAL_PATH_KEYS = ("crl_cache.dir", "ocsp_cache.dir", "admin.token_file")
 
 
 @attrs.frozen
@@ -224,26 +213,17 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 
 
 def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> GlobalSettings:
-    def value(name: str) -> Any:
-        found = globals_.get(name)
-        value = KEYS_BY_NAME[name].default if found is None else found[0]
-        if name in _GLOBAL_PATH_KEYS and value is not None:
+    """The global settings: each global-only key's value (or its default) at its model path."""
+    values = {}
+    for key in KEYS:
+        if key.listener:
+            continue
+        found = globals_.get(key.name)
+        value = key.default if found is None else found[0]
+        if key.path and value is not None:
             value = os.path.normpath(os.path.join(base_dir, value))
-        return value
-
-    return GlobalSettings(
-        crl_refresh_interval=value("crl_cache.refresh_interval"),
-        crl_cache_dir=value("crl_cache.dir"),
-        ocsp_cache_dir=value("ocsp_cache.dir"),
-        stats_log_interval=value("stats_log_interval"),
-        shutdown_drain=value("shutdown_drain"),
-        reload_drain=value("reload_drain"),
-        admin_listen=value("admin.listen"),
-        admin_token_file=value("admin.token_file"),
-        admin_open_read=value("admin.open_read"),
-        workers=value("workers"),
-        worker_affinity=value("worker_affinity"),
-    )
+        values[key.attr] = value
+    return GlobalSettings(**values)
 
 
 def _check_admin(
@@ -381,26 +361,18 @@ def _build_listener(
         v["fail_if_no_peer_cert"] = verify_peer
     elif v["fail_if_no_peer_cert"] and not verify_peer:
         raise fail("fail_if_no_peer_cert", "cannot be true together with verify = verify_none")
-    for option in _PATH_OPTIONS:
-        if v[option] is not None:
-            v[option] = os.path.normpath(os.path.join(base_dir, v[option]))
+    for key in KEYS:
+        if key.listener and key.path and v[key.name] is not None:
+            v[key.name] = os.path.normpath(os.path.join(base_dir, v[key.name]))
     if verify_peer and v["cacertfile"] is None:
         raise fail("verify", "verify_peer needs cacertfile (the CAs client certificates chain to)")
 
-    upstream_tls = None
     if v["upstream_tls"]:
         if v["upstream_cacertfile"] is None:
             raise fail("upstream_tls", "upstream_tls needs upstream_cacertfile (the broker's CA)")
         if (v["upstream_certfile"] is None) != (v["upstream_keyfile"] is None):
             which = "upstream_keyfile" if v["upstream_certfile"] else "upstream_certfile"
             raise fail(which, "upstream_certfile and upstream_keyfile go together")
-        upstream_tls = UpstreamTls(
-            v["upstream_cacertfile"],
-            v["upstream_server_name"],
-            v["upstream_certfile"],
-            v["upstream_keyfile"],
-            v["upstream_tls_session_reuse"],
-        )
     for option in ("peer_cert_as_username", "peer_cert_as_clientid"):
         if v[option] is not None and not (verify_peer and v["fail_if_no_peer_cert"]):
             raise fail(
@@ -408,10 +380,8 @@ def _build_listener(
                 "needs verify = verify_peer and fail_if_no_peer_cert = true (a device "
                 "without a certificate would keep the name it claims)",
             )
-    profile = PROFILES[v["tls_profile"]]
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
-    crl = None
     if v["enable_crl_cache"]:
         if not verify_peer:
             raise fail("enable_crl_cache", "CRL checking needs verify = verify_peer")
@@ -420,68 +390,59 @@ def _build_listener(
                 "enable_crl_cache",
                 "no CRL source: set crl_cache_urls, or crl_cache_from_cert = true",
             )
-        crl = CrlSettings(
-            urls=v["crl_cache_urls"],
-            http_timeout=v["crl_cache_http_timeout"],
-            max_size=v["crl_cache_max_size"],
-            expired_policy=v["crl_expired_policy"],
-            grace_period=v["crl_grace_period"],
-            from_cert=v["crl_cache_from_cert"],
-            capacity=v["crl_cache_capacity"],
-        )
-    ocsp = None
-    if v["enable_ocsp_stapling"]:
-        ocsp = OcspSettings(
-            responder_url=v["ocsp_responder_url"],
-            issuer_pem=v["ocsp_issuer_pem"],
-            refresh_interval=v["ocsp_refresh_interval"],
-            http_timeout=v["ocsp_refresh_http_timeout"],
-            request_method=v["ocsp_request_method"],
-            nonce=v["ocsp_nonce"],
-        )
-    listener = ListenerSettings(
+    return _assemble(name, bind, v), origin
+
+
+def _tree(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Each listener key's value at its model path, as nested dicts; a key that switches
+    a record on or off (``enable_crl_cache``, ``upstream_tls``) leaves the record out when
+    off."""
+    tree: dict[str, Any] = {}
+    switches = [k for k in KEYS if k.listener and (k.enables or k.presence)]
+    for key in KEYS:
+        if not key.listener or key in switches:
+            continue
+        node = tree
+        *heads, last = key.attr.split(".")
+        for head in heads:
+            node = node.setdefault(head, {})
+        node[last] = values[key.name]
+    for key in switches:
+        if not values[key.name]:
+            *heads, last = key.attr.split(".")
+            node = tree
+            for head in heads:
+                node = node[head]
+            node[last] = None
+    return tree
+
+
+def _assemble(name: str, bind: tuple[str, int], values: Mapping[str, Any]) -> ListenerSettings:
+    """The listener's settings from the key table's model paths; where a key is unset, the
+    TLS profile gives the effective versions, suites, groups and cipher order."""
+    t = _tree(values)
+    tls = t["tls"]
+    profile = PROFILES[tls["profile"]]
+    if tls["fail_if_no_peer_cert"] is None:
+        tls["fail_if_no_peer_cert"] = tls["verify_peer"]
+    if tls["versions"] is None:
+        tls["versions"] = profile.versions
+    tls["ciphers"] = effective_ciphers(profile, tls["ciphers"])
+    if tls["groups"] is None:
+        tls["groups"] = profile.groups
+    if tls["honor_cipher_order"] is None:
+        tls["honor_cipher_order"] = profile.honor_cipher_order
+    upstream = t["upstream"]
+    if upstream["tls"] is not None:
+        upstream["tls"] = UpstreamTls(**upstream["tls"])
+    return ListenerSettings(
         name=name,
         bind=bind,
-        tls=TlsSettings(
-            certfile=v["certfile"],
-            keyfile=v["keyfile"],
-            cacertfile=v["cacertfile"],
-            verify_peer=verify_peer,
-            fail_if_no_peer_cert=v["fail_if_no_peer_cert"],
-            depth=v["depth"],
-            profile=v["tls_profile"],
-            versions=profile.versions if v["tls_versions"] is None else v["tls_versions"],
-            ciphers=effective_ciphers(profile, v["ciphers"]),
-            groups=profile.groups if v["ecdh_curves"] is None else v["ecdh_curves"],
-            honor_cipher_order=(
-                profile.honor_cipher_order
-                if v["honor_cipher_order"] is None
-                else v["honor_cipher_order"]
-            ),
-        ),
-        limits=ConnectionLimits(
-            handshake_timeout=v["handshake_timeout"],
-            connect_timeout=v["connect_timeout"],
-            max_packet_size=v["max_packet_size"],
-            max_connections=v["max_connections"],
-            max_connections_per_ip=v["max_connections_per_ip"],
-            max_conn_rate=v["max_conn_rate"],
-            max_conn_rate_per_ip=v["max_conn_rate_per_ip"],
-        ),
-        upstream=UpstreamSettings(
-            addresses=v["upstream"],
-            connect_timeout=v["upstream_connect_timeout"],
-            balance=v["upstream_balance"],
-            down_time=v["upstream_down_time"],
-            check_interval=v["upstream_check_interval"],
-            check=v["upstream_check"],
-            check_client_id=v["upstream_check_client_id"],
-            tls=upstream_tls,
-            proxy_protocol=v["upstream_proxy_protocol"],
-        ),
-        crl=crl,
-        ocsp=ocsp,
-        identity=IdentitySettings(v["peer_cert_as_username"], v["peer_cert_as_clientid"]),
-        front=FrontSettings(v["proxy_protocol"], v["proxy_protocol_timeout"]),
+        tls=TlsSettings(**tls),
+        limits=ConnectionLimits(**t["limits"]),
+        upstream=UpstreamSettings(**upstream),
+        crl=CrlSettings(**t["crl"]) if t["crl"] is not None else None,
+        ocsp=OcspSettings(**t["ocsp"]) if t["ocsp"] is not None else None,
+        identity=IdentitySettings(**t["identity"]),
+        front=FrontSettings(**t["front"]),
     )
-    return listener, origin

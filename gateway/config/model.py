@@ -4,27 +4,37 @@ record per concern. Each service takes the record it uses; mypy checks every fie
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
+from gateway.config.keys import KEYS
 from gateway.errors import ConfigError
+
+# Defaults live in the key table, once: a field with a default takes its key's, by the key's
+# model path (from ListenerSettings for a listener key, from GlobalSettings for a global one).
+_DEFAULTS = {key.attr: key.default for key in KEYS}
+
+
+def _default(path: str) -> Any:
+    return _DEFAULTS[path]
 
 
 @attrs.frozen
 class GlobalSettings:
     """Settings of the whole gateway (top-level keys only)."""
 
-    crl_refresh_interval: float = 900.0
-    crl_cache_dir: str | None = None
-    ocsp_cache_dir: str | None = None
-    stats_log_interval: float = 300.0
-    shutdown_drain: float = 5.0
-    reload_drain: float = 60.0
-    admin_listen: tuple[str, int] | None = None
-    admin_token_file: str | None = None
-    admin_open_read: bool = False
-    workers: int = 1  # 0: auto (one per usable CPU)
-    worker_affinity: str = "auto"  # auto | address | kernel
+    crl_refresh_interval: float = _default("crl_refresh_interval")
+    crl_cache_dir: str | None = _default("crl_cache_dir")
+    ocsp_cache_dir: str | None = _default("ocsp_cache_dir")
+    stats_log_interval: float = _default("stats_log_interval")
+    shutdown_drain: float = _default("shutdown_drain")
+    reload_drain: float = _default("reload_drain")
+    admin_listen: tuple[str, int] | None = _default("admin_listen")
+    admin_token_file: str | None = _default("admin_token_file")
+    admin_open_read: bool = _default("admin_open_read")
+    workers: int = _default("workers")  # 0: auto (one per usable CPU)
+    worker_affinity: str = _default("worker_affinity")  # auto | address | kernel
 
 
 @attrs.frozen
@@ -52,9 +62,9 @@ class ConnectionLimits:
     connect_timeout: float
     max_packet_size: int
     max_connections: int
-    max_connections_per_ip: int = 0  # 0: no limit
-    max_conn_rate: int = 0  # new connections per second; 0: no limit
-    max_conn_rate_per_ip: int = 0
+    max_connections_per_ip: int = _default("limits.max_connections_per_ip")  # 0: no limit
+    max_conn_rate: int = _default("limits.max_conn_rate")  # per second; 0: no limit
+    max_conn_rate_per_ip: int = _default("limits.max_conn_rate_per_ip")
 
 
 @attrs.frozen
@@ -66,7 +76,7 @@ class UpstreamTls:
     server_name: str | None  # None: the broker's host as written in upstream
     certfile: str | None = None
     keyfile: str | None = None
-    session_reuse: bool = True
+    session_reuse: bool = _default("upstream.tls.session_reuse")
 
 
 @attrs.frozen
@@ -76,13 +86,13 @@ class UpstreamSettings:
 
     addresses: tuple[tuple[str, int], ...]
     connect_timeout: float
-    balance: str = "least_conn"
-    down_time: float = 10.0
-    check_interval: float = 5.0  # 0: no active check
-    check: str = "tcp"  # tcp | mqtt
-    check_client_id: str = "mqttgw-health-check"
+    balance: str = _default("upstream.balance")
+    down_time: float = _default("upstream.down_time")
+    check_interval: float = _default("upstream.check_interval")  # 0: no active check
+    check: str = _default("upstream.check")  # tcp | mqtt
+    check_client_id: str = _default("upstream.check_client_id")
     tls: UpstreamTls | None = None
-    proxy_protocol: str | None = None  # None | v1 | v2
+    proxy_protocol: str | None = _default("upstream.proxy_protocol")  # None | v1 | v2
 
     @property
     def address(self) -> tuple[str, int]:
@@ -95,16 +105,16 @@ class IdentitySettings:
     """What of the verified client certificate replaces the CONNECT's user name and client
     id (EMQX's peer_cert_as_username / peer_cert_as_clientid): cn, dn, crt, pem, md5."""
 
-    username: str | None = None
-    client_id: str | None = None
+    username: str | None = _default("identity.username")
+    client_id: str | None = _default("identity.client_id")
 
 
 @attrs.frozen
 class FrontSettings:
     """What comes before TLS on the listener: a PROXY header from a load balancer."""
 
-    proxy_protocol: bool = False
-    proxy_protocol_timeout: float = 3.0
+    proxy_protocol: bool = _default("front.proxy_protocol")
+    proxy_protocol_timeout: float = _default("front.proxy_protocol_timeout")
 
 
 @attrs.frozen

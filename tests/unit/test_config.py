@@ -301,3 +301,44 @@ def test_every_refusal_reason_is_documented_and_exported() -> None:
         assert reason.value in REASONS
         assert reason.text and reason.text[0].islower()
     assert len(REASONS) == len(set(REASONS)) == len(Reason)
+
+
+def test_the_settings_model_takes_its_defaults_from_the_key_table() -> None:
+    """Defaults live in one place: every default a settings record has is its key's, found
+    by the key's model path; and every key's model path names a field of the model."""
+    import attrs
+
+    from gateway.config import model as m
+
+    records = {
+        "": m.GlobalSettings,
+        "tls.": m.TlsSettings,
+        "limits.": m.ConnectionLimits,
+        "upstream.": m.UpstreamSettings,
+        "upstream.tls.": m.UpstreamTls,
+        "identity.": m.IdentitySettings,
+        "front.": m.FrontSettings,
+        "crl.": m.CrlSettings,
+        "ocsp.": m.OcspSettings,
+    }
+    keys = cfg.KEYS
+    by_path = {key.attr: key for key in keys}
+    checked = 0
+    for prefix, record in records.items():
+        for field in attrs.fields(record):
+            factory = type(attrs.Factory(list))
+            if field.default is attrs.NOTHING or isinstance(field.default, factory):
+                continue
+            key = by_path[prefix + field.name]
+            if key.presence:  # a switch: off (False) is the record left out (None)
+                assert field.default is None and key.default is False, key.name
+            else:
+                assert field.default == key.default, (record.__name__, field.name)
+            checked += 1
+    assert checked >= 25
+    listener_fields = {f.name for f in attrs.fields(m.ListenerSettings)}
+    for key in keys:
+        head = key.attr.partition(".")[0]
+        assert head in listener_fields or not key.listener, key.name
+        if not key.listener:
+            assert key.attr in {f.name for f in attrs.fields(m.GlobalSettings)}, key.name

@@ -37,6 +37,7 @@ class Key:
     required: bool = False
     aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)
     presence: bool = False  # a boolean key whose value is whether ``attr`` is set
+    path: bool = False  # a file or directory: relative to the configuration file's directory
 
     @property
     def section(self) -> str | None:

@@ -77,6 +77,7 @@ OPERATION_KEYS: tuple[Key, ...] = (
         format=format_optional,
         listener=False,
         global_=True,
+        path=True,
     ),
     Key(
         "admin.open_read",

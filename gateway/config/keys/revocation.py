@@ -73,6 +73,7 @@ CRL_KEYS: tuple[Key, ...] = (
         format=format_optional,
         listener=False,
         global_=True,
+        path=True,
     ),
     Key(
         "crl_cache_max_size",
@@ -148,6 +149,7 @@ OCSP_KEYS: tuple[Key, ...] = (
         "PEM certificate of the server certificate's issuer. Unset: taken from certfile's "
         "chain, else from cacertfile.",
         format=format_optional,
+        path=True,
     ),
     Key(
         "ocsp_refresh_interval",
@@ -194,5 +196,6 @@ OCSP_KEYS: tuple[Key, ...] = (
         format=format_optional,
         listener=False,
         global_=True,
+        path=True,
     ),
 )

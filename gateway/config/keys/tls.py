@@ -24,6 +24,7 @@ TLS_KEYS: tuple[Key, ...] = (
         None,
         "PEM private key of the server certificate.",
         required=True,
+        path=True,
     ),
     Key(
         "certfile",
@@ -32,6 +33,7 @@ TLS_KEYS: tuple[Key, ...] = (
         None,
         "PEM server certificate followed by its intermediate chain.",
         required=True,
+        path=True,
     ),
     Key(
         "cacertfile",
@@ -40,6 +42,7 @@ TLS_KEYS: tuple[Key, ...] = (
         None,
         "PEM CA certificates (roots and intermediates) that client certificates must chain "
         "to. Required with verify = verify_peer.",
+        path=True,
     ),
     Key(
         "verify",

@@ -98,6 +98,7 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
         "upstream_tls).",
         format=format_optional,
         global_=True,
+        path=True,
     ),
     Key(
         "upstream_server_name",
@@ -117,6 +118,7 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
         "PEM client certificate (and chain) the gateway presents to the broker (optional).",
         format=format_optional,
         global_=True,
+        path=True,
     ),
     Key(
         "upstream_keyfile",
@@ -126,6 +128,7 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
         "PEM private key of upstream_certfile.",
         format=format_optional,
         global_=True,
+        path=True,
     ),
     Key(
         "upstream_tls_session_reuse",
