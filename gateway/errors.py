@@ -21,8 +21,11 @@ class GatewayError(Exception):
         return f"{self.kind}: {self.detail}"
 
 
-def describe_error(error: BaseException) -> str:
-    """``kind: detail`` for a GatewayError, else the exception's own text."""
+def describe_error(error: BaseException | None) -> str:
+    """``kind: detail`` for a GatewayError, else the exception's own text (a Failure's
+    ``value`` may be typed None: "unknown error")."""
+    if error is None:
+        return "unknown error"
     if isinstance(error, GatewayError):
         return error.describe()
     return str(error) or error.__class__.__name__

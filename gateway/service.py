@@ -239,7 +239,7 @@ class GatewayService(service.MultiService):
         error = reason.value
         if not isinstance(error, GatewayError):
             log.failure("reload failed unexpectedly", reason)
-        text = str(error) if isinstance(error, GatewayError) else describe_error(reason.value)  # type: ignore[arg-type]
+        text = str(error) if isinstance(error, GatewayError) else describe_error(reason.value)
         log.error("reload refused: {error}; the running configuration stays in force", error=text)
         r = self.reloads
         self.reloads = ReloadStatus(
@@ -272,7 +272,8 @@ class GatewayService(service.MultiService):
             for port in ports:
                 if port.port is not None:
                     port.port.stopListening()
-            error = failure.value.subFailure.value  # type: ignore[union-attr]
+            first = failure.value
+            error = first.subFailure.value if isinstance(first, defer.FirstError) else first
             if isinstance(error, ListenError):
                 if error.listener == ADMIN:
                     raise config.global_error("admin.listen", error.detail) from None

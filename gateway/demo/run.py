@@ -139,7 +139,7 @@ Ctrl-C stops the gateway and mosquitto.
 
 
 def run_demo(directory: str | None, port: int) -> int:
-    from twisted.internet import reactor
+    from twisted.internet import endpoints, reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web import resource, server, static
 
@@ -178,7 +178,11 @@ def run_demo(directory: str | None, port: int) -> int:
         ca_root.putChild(b"ocsp", DemoOcspResponder(devices_ca, files["ca_index"]))
         ca_site = server.Site(ca_root)
         ca_site.noisy = False
-        reactor.listenTCP(ca_port, ca_site, interface="127.0.0.1")  # type: ignore[arg-type]
+        ca_endpoint = endpoints.TCP4ServerEndpoint(reactor, ca_port, interface="127.0.0.1")
+        failed: list[BaseException] = []
+        ca_endpoint.listen(ca_site).addErrback(lambda f: failed.append(f.value))
+        if failed:  # a TCP endpoint listens at once
+            raise SystemExit(f"demo: the demo CA cannot listen on 127.0.0.1:{ca_port}: {failed[0]}")
         gateway = make_gateway_service(prepare(files["conf"]), reactor)
         gateway.privilegedStartService()
         gateway.startService()

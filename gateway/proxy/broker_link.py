@@ -40,7 +40,7 @@ class UpstreamFactory(protocol.ClientFactory):
         self.tls_done: Callable[[Any], None] | None = None
         self.tls = False
 
-    def buildProtocol(self, addr: Any) -> UpstreamProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
         upstream = UpstreamProtocol()
         upstream.factory = self
         return upstream

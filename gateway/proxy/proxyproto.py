@@ -107,10 +107,12 @@ def header_v2(
 ) -> bytes:
     """The binary v2 header, command PROXY over TCP, with the SSL TLV when ``tls``."""
     (shost, sport), (dhost, dport) = source, destination
+    s: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    d: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     try:
         s, d = ipaddress.ip_address(shost), ipaddress.ip_address(dhost)
     except ValueError:
-        s = d = None  # type: ignore[assignment]
+        s = d = None
     tlvs = ssl_tlv(tls) if tls is not None else b""
     if s is not None and d is not None and s.version == d.version:
         family = 0x11 if s.version == 4 else 0x21  # AF_INET / AF_INET6, STREAM

@@ -175,10 +175,10 @@ class ClientProtocol(protocol.Protocol):
         self.upstream = upstream
         self._run(self.session.upstream_connected())
 
-    def upstream_failed(self, reason: Failure) -> None:
+    def upstream_failed(self, reason: Failure, broker: str | None = None) -> None:
         self.factory.stats.upstream_failures += 1
         self._cancel_upstream = None
-        where = getattr(reason, "broker", None) or self.factory.upstream_name
+        where = broker or self.factory.upstream_name
         detail = f"{where}: {plain_reason(reason)}"
         self._run(self.session.upstream_failed(detail))
 

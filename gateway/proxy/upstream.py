@@ -34,6 +34,9 @@ from gateway.proxy.pool import Broker, BrokerPool
 
 log = Logger()
 
+# An endpoint's failure has no IConnector to hand to clientConnectionFailed.
+_NO_CONNECTOR: Any = None
+
 
 # -- TLS to the broker -------------------------------------------------------------------
 
@@ -115,13 +118,13 @@ class PoolConnector:
             factory = TLSMemoryBIOFactory(creator, True, wrapped, clock=self.reactor)
         host, port = broker.host, broker.port
         if isIPAddress(host) or isIPv6Address(host):
-            connector = self.reactor.connectTCP(host, port, factory, timeout=timeout)
-            return connector.stopConnecting  # type: ignore[no-any-return,unused-ignore]
+            connector: Any = self.reactor.connectTCP(host, port, factory, timeout=timeout)
+            return connector.stopConnecting
         endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=timeout)
         d = endpoint.connect(factory)
 
         def failed(reason: Failure) -> None:
-            wrapped.clientConnectionFailed(None, reason)  # type: ignore[arg-type]
+            wrapped.clientConnectionFailed(_NO_CONNECTOR, reason)
 
         d.addErrback(failed)
         return d.cancel
@@ -151,11 +154,11 @@ class _Attempt:
         remaining = self.deadline - self.connector.reactor.seconds()
         if not self.candidates or remaining <= 0:
             reason = Failure(ConnectionError("; ".join(self.errors) or "no broker to try"))
-            reason.broker = "every broker of the pool"  # type: ignore[attr-defined]
+            where = "every broker of the pool"
             if len(self.errors) == 1:
-                reason = self._last
+                reason, where = self._last
             self.factory.on_failed = None
-            self.factory.client.upstream_failed(reason)
+            self.factory.client.upstream_failed(reason, where)
             return
         self.broker = self.candidates.pop(0)
         creator = self.connector.creators.get(self.broker.index)
@@ -168,8 +171,7 @@ class _Attempt:
         text = plain_reason(reason)
         self.errors.append(f"{broker.name}: {text}")
         self.connector.pool.failed(broker, self.connector.reactor.seconds(), text)
-        reason.broker = broker.name  # type: ignore[attr-defined]
-        self._last = reason
+        self._last = (reason, broker.name)
         self.next()
 
     def connected(self) -> None:

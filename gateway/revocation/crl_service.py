@@ -220,7 +220,7 @@ class CrlService(service.Service):
                 listener=self.listener,
                 url=source.state.url,
                 path=path,
-                why=describe_error(reason.value),  # type: ignore[arg-type]
+                why=describe_error(reason.value),
             )
 
         return d.addCallbacks(loaded, failed)
@@ -305,7 +305,7 @@ class CrlService(service.Service):
             self.on_update(installed)
 
     def _failed(self, source: _Source, reason: Failure) -> None:
-        error: BaseException = reason.value  # type: ignore[assignment]  # set on a Failure
+        error = reason.value
         if not isinstance(error, GatewayError):
             log.failure("crl {url}: unexpected failure", reason, url=source.state.url)
         source.state.last_fetch = self._reactor.seconds()

@@ -47,9 +47,10 @@ class CrlInfo:
         if other is None:
             return "newer"
         if self.number is not None and other.number is not None:
-            mine, theirs = self.number, other.number
+            mine: float = self.number
+            theirs: float = other.number
         else:
-            mine, theirs = self.this_update, other.this_update  # type: ignore[assignment]
+            mine, theirs = self.this_update, other.this_update
         if mine > theirs:
             return "newer"
         return "same" if mine == theirs else "older"
@@ -71,23 +72,21 @@ class CrlInfo:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> CrlInfo:
+    def from_json(cls, data: dict[str, Any]) -> CrlInfo:
+        """From the CRL worker's answer (JSON: values are checked by their conversions)."""
         return cls(
             issuer=bytes.fromhex(str(data["issuer"])),
             issuer_text=str(data["issuer_text"]),
-            number=None if data["number"] is None else int(data["number"]),  # type: ignore[call-overload]
-            this_update=float(data["this_update"]),  # type: ignore[arg-type]
-            next_update=None if data["next_update"] is None else float(data["next_update"]),  # type: ignore[arg-type]
-            count=int(data["count"]),  # type: ignore[call-overload]
-            size=int(data["size"]),  # type: ignore[call-overload]
+            number=None if data["number"] is None else int(data["number"]),
+            this_update=float(data["this_update"]),
+            next_update=None if data["next_update"] is None else float(data["next_update"]),
+            count=int(data["count"]),
+            size=int(data["size"]),
             sha256=str(data["sha256"]),
-            scope=CrlScope.from_json(data.get("scope")),  # type: ignore[arg-type]
-            signer=tuple(
-                (bytes.fromhex(str(i)), int(s))
-                for i, s in data.get("signer", ())  # type: ignore[attr-defined]
-            ),
-            delta_base=None if data.get("delta_base") is None else int(data["delta_base"]),  # type: ignore[call-overload]
-            freshest=tuple(map(str, data.get("freshest", ()))),  # type: ignore[call-overload]
+            scope=CrlScope.from_json(data.get("scope")),
+            signer=tuple((bytes.fromhex(str(i)), int(s)) for i, s in data.get("signer", ())),
+            delta_base=None if data.get("delta_base") is None else int(data["delta_base"]),
+            freshest=tuple(map(str, data.get("freshest", ()))),
         )
 
 

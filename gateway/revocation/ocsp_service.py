@@ -275,7 +275,7 @@ class OcspStapler(service.Service):
             )
 
     def _failed(self, reason: Failure) -> None:
-        error: BaseException = reason.value  # type: ignore[assignment]  # set on a Failure
+        error = reason.value
         if not isinstance(error, GatewayError):
             log.failure("ocsp {listener}: unexpected failure", reason, listener=self.listener)
         self.state.last_fetch = self._reactor.seconds()

@@ -66,6 +66,8 @@ class _Feeder:
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
+    transport: Any  # the process transport, also the consumer of what is fed to it
+
     def __init__(
         self, chunks: list[bytes], done: defer.Deferred[bytearray], max_output: int
     ) -> None:
@@ -79,14 +81,14 @@ class _WorkerProtocol(protocol.ProcessProtocol):
     def connectionMade(self) -> None:
         feeder = _Feeder(self.transport, self.chunks)
         self.chunks = []
-        self.transport.registerProducer(feeder, False)  # type: ignore[union-attr]
+        self.transport.registerProducer(feeder, False)
         feeder.resumeProducing()
 
     def outReceived(self, data: bytes) -> None:
         if len(self.output) + len(data) > self.max_output:
             if not self.too_large:
                 self.too_large = True
-                self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                self.transport.signalProcess("KILL")
             return
         self.output += data
 

@@ -13,10 +13,10 @@ The tick never dies: everything it calls is caught and logged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -63,14 +63,14 @@ class RefreshJob:
 class RefreshScheduler:
     """Runs jobs when due on ``clock``; ``on_tick`` is called every tick too."""
 
-    def __init__(self, clock: Any, on_tick: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, clock: IReactorTime, on_tick: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self._on_tick = on_tick
         self.jobs: dict[str, RefreshJob] = {}
         self._loop: task.LoopingCall | None = None
 
     def _now(self) -> float:
-        return self._clock.seconds()  # type: ignore[no-any-return, unused-ignore]
+        return self._clock.seconds()
 
     def add(self, job: RefreshJob) -> RefreshJob:
         self.jobs[job.key] = job

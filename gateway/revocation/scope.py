@@ -10,6 +10,7 @@ no Twisted.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -93,7 +94,7 @@ class CrlScope:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object] | None) -> CrlScope:
+    def from_json(cls, data: dict[str, Any] | None) -> CrlScope:
         if not data:
             return _COMPLETE
         names, reasons = data.get("names"), data.get("reasons")
@@ -101,8 +102,8 @@ class CrlScope:
             only_user=bool(data.get("only_user")),
             only_ca=bool(data.get("only_ca")),
             only_attribute=bool(data.get("only_attribute")),
-            names=None if names is None else frozenset(map(str, names)),  # type: ignore[call-overload]
-            reasons=None if reasons is None else frozenset(map(str, reasons)),  # type: ignore[call-overload]
+            names=None if names is None else frozenset(map(str, names)),
+            reasons=None if reasons is None else frozenset(map(str, reasons)),
             indirect=bool(data.get("indirect")),
         )
 

@@ -326,7 +326,7 @@ class WorkerChannel(amp.AMP):
         d = gateway.apply(prepared)
 
         def refused(reason: Failure) -> dict[str, Any]:
-            return {"ok": False, "text": describe_error(reason.value)}  # type: ignore[arg-type]
+            return {"ok": False, "text": describe_error(reason.value)}
 
         d.addCallback(lambda r: {"ok": True, "text": "; ".join(r.get("changes", []))})
         return d.addErrback(refused)

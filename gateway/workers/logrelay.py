@@ -30,7 +30,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._buffer = b""
 
     def connectionMade(self) -> None:
-        self.transport.closeStdin()  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         self._text(data)

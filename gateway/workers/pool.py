@@ -328,7 +328,7 @@ class WorkerPool(service.Service):
                 log.error(
                     "worker {index}: start failed ({error})",
                     index=slot.index,
-                    error=describe_error(reason.value),  # type: ignore[arg-type]
+                    error=describe_error(reason.value),
                 )
                 _signal(slot.process, "KILL")
 

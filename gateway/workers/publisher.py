@@ -82,7 +82,7 @@ class CrlPublisher:
             "crl {listener}: could not hand the CRLs to the workers ({error}); they keep "
             "the previous ones",
             listener=self.listener,
-            error=describe_error(reason.value),  # type: ignore[arg-type]
+            error=describe_error(reason.value),
         )
 
     def _done(self) -> None:
