@@ -4,6 +4,7 @@ timestamp format. Pure: no I/O, no Twisted."""
 from __future__ import annotations
 
 import datetime
+from typing import Protocol
 
 # Seconds a thisUpdate (CRL or OCSP) may lie in the future: clocks of CAs and gateways differ.
 CLOCK_SKEW = 300.0
@@ -21,3 +22,9 @@ def format_timestamp(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Clock(Protocol):
+    """What the sans-IO cores ask of time: a reactor, or a test's Clock."""
+
+    def seconds(self) -> float: ...

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.build import ListenerParts, PartsBox
@@ -172,7 +173,7 @@ class ListenerService(service.MultiService):
         return defer.gatherResults([stopped, drained])
 
 
-def _bounded(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[None]:
+def _bounded(d: defer.Deferred[Any], seconds: float, reactor: IReactorTime) -> defer.Deferred[None]:
     """``d``, but at most ``seconds`` long; never fails (a reload goes on either way)."""
     waiter: defer.Deferred[None] = defer.Deferred()
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.status import (
@@ -89,7 +90,7 @@ class TimedPoller:
 class Monitor(service.Service):
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         interval: float,
         statuses: Callable[[], Iterable[ListenerStatus]],
         workers: Callable[[], Iterable[WorkerStatus]] = tuple,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import address, protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.proxy.proxyproto import HeaderReader, ProxyHeaderError
@@ -82,7 +83,7 @@ class ProxyFrontFactory(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, wrapped: Any, timeout: float, reactor: Any, refuse: Any) -> None:
+    def __init__(self, wrapped: Any, timeout: float, reactor: IReactorTime, refuse: Any) -> None:
         self.wrapped = wrapped
         self.timeout = timeout
         self.reactor = reactor

@@ -4,11 +4,11 @@ and the decision on a client held after its CONNECT while its CRL is fetched."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, PendingCrl
@@ -44,7 +44,7 @@ class RevocationChecker:
         cache: CrlCache,
         settings: CrlSettings,
         crl_service: CrlService | None,
-        reactor: Any,
+        reactor: IReactorTime,
         issuers: IssuerIndex | None = None,
     ) -> None:
         self.cache = cache

@@ -4,8 +4,8 @@ written by refreshes. Sans-IO: the clock is injected."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any
 
+from gateway.clock import Clock
 from gateway.reasons import CrlVerdict
 from gateway.revocation.crl import CrlInfo, LoadedCrl, SerialIndex
 from gateway.revocation.scope import ALL_REASONS, CertScope, covered_reasons, issuer_key
@@ -23,7 +23,7 @@ class CrlCache:
     does not depend on download order (RFC 5280 §6.3.3).
     """
 
-    def __init__(self, clock: Any, grace: float) -> None:
+    def __init__(self, clock: Clock, grace: float) -> None:
         self._clock = clock
         self.grace = grace  # a reload may set it (the cache and its CRLs stay)
         # issuer (DER Name) -> (source URL, scope key) -> CRL; complete CRLs and deltas apart

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -99,7 +100,7 @@ class CrlService(service.Service):
         settings: CrlSettings,
         refresh_interval: float,
         cache_dir: str | None,
-        reactor: Any,
+        reactor: IReactorTime,
         fetcher: HttpFetcher,
         processor: Any,
         cache: CrlCache,

@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 import attrs
 import treq
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from gateway.errors import GatewayError
 from gateway.failures import plain_reason
@@ -44,7 +45,7 @@ class HttpFetcher:
     """GET or POST one URL, following at most MAX_REDIRECTS redirects, within ``timeout``."""
 
     _client: Any  # treq.client.HTTPClient or treq.testing.StubTreq
-    _reactor: Any
+    _reactor: IReactorTime
 
     def fetch(
         self,

@@ -16,6 +16,7 @@ import attrs
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -70,7 +71,7 @@ class OcspStapler(service.Service):
         listener: str,
         settings: OcspSettings,
         cache_dir: str | None,
-        reactor: Any,
+        reactor: IReactorTime,
         fetcher: HttpFetcher,
         target: ocsp.OcspTarget,
         write: Callable[[str, bytes, dict[str, Any]], defer.Deferred[None]] | None = None,
