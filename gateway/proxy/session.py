@@ -6,11 +6,36 @@ carry out, in order (start a timer, refuse, send a CONNACK, open the broker conn
 close). Nothing here imports Twisted or does I/O: ``gateway.proxy.relay`` is the adapter,
 and whole conversations are tested as scripts of events (tests/unit/test_session.py).
 
-    HANDSHAKE --handshake_done--> CONNECT --CONNECT parsed--> UPSTREAM --connected--> RELAY
-                                     |          (CRL to fetch)  ^
-                                     |                          |
-                                     +------------------> CRL_HOLD --crl_decided(None)
-    any state --refusal, timeout, revocation, broker gone--> CLOSING --connection_lost--> CLOSED
+The transitions (generated from ``TRANSITIONS``, where every event is listed with the
+states it may come in; an event elsewhere is a ``SessionStateError``; events that change
+nothing in a state, such as a late broker connection after the client left, are listed
+there too but not below):
+
+    HANDSHAKE --handshake_done--> CONNECT | CLOSING
+    HANDSHAKE --timer_fired--> CLOSING
+    HANDSHAKE --stop--> CLOSING
+    HANDSHAKE --connection_lost--> CLOSED
+    CONNECT --receive--> CRL_HOLD | UPSTREAM | CLOSING
+    CONNECT --timer_fired--> CLOSING
+    CONNECT --stop--> CLOSING
+    CONNECT --connection_lost--> CLOSED
+    CRL_HOLD --receive--> CLOSING
+    CRL_HOLD --timer_fired--> CLOSING
+    CRL_HOLD --crl_decided--> UPSTREAM | CLOSING
+    CRL_HOLD --stop--> CLOSING
+    CRL_HOLD --connection_lost--> CLOSED
+    UPSTREAM --receive--> CLOSING
+    UPSTREAM --timer_fired--> CLOSING
+    UPSTREAM --upstream_connected--> RELAY
+    UPSTREAM --upstream_failed--> CLOSING
+    UPSTREAM --stop--> CLOSING
+    UPSTREAM --connection_lost--> CLOSED
+    RELAY --timer_fired--> CLOSING
+    RELAY --upstream_lost--> CLOSING
+    RELAY --revoked--> CLOSING
+    RELAY --stop--> CLOSING
+    RELAY --connection_lost--> CLOSED
+    CLOSING --connection_lost--> CLOSED
 
 Invariant: nothing reaches the broker before the client certificate has been verified and a
 complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT or CRL_HOLD).
@@ -19,6 +44,9 @@ complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT o
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -168,6 +196,84 @@ class SessionLimits:
     max_packet_size: int
 
 
+# -- the transitions, as data --------------------------------------------------------------
+
+H, C, CH, U, R, CL, X = (
+    State.HANDSHAKE,
+    State.CONNECT,
+    State.CRL_HOLD,
+    State.UPSTREAM,
+    State.RELAY,
+    State.CLOSING,
+    State.CLOSED,
+)
+_ALL = (H, C, CH, U, R, CL, X)
+
+
+def _ignored(*states: State) -> dict[State, frozenset[State]]:
+    """States where an event changes nothing (it can arrive late: the adapter's callbacks
+    race with the gateway's own closes)."""
+    return {state: frozenset({state}) for state in states}
+
+
+# event -> state before -> the states it may leave the session in. An event in a state not
+# listed is an error (SessionStateError): the adapter called it where it cannot happen.
+TRANSITIONS: dict[str, dict[State, frozenset[State]]] = {
+    "start": {H: frozenset({H})},
+    "handshake_done": {H: frozenset({C, CL}), **_ignored(C, CH, U, R, CL, X)},
+    "receive": {
+        C: frozenset({C, U, CH, CL}),
+        U: frozenset({U, CL}),
+        CH: frozenset({CH, CL}),
+        **_ignored(H, R, CL, X),
+    },
+    "timer_fired": {**{s: frozenset({CL}) for s in (H, C, CH, U, R)}, **_ignored(CL, X)},
+    "crl_decided": {CH: frozenset({U, CL}), **_ignored(H, C, U, R, CL, X)},
+    "upstream_connected": {U: frozenset({R}), **_ignored(H, C, CH, R, CL, X)},
+    "upstream_failed": {U: frozenset({CL}), **_ignored(H, C, CH, R, CL, X)},
+    "upstream_lost": {R: frozenset({CL}), **_ignored(H, C, CH, U, CL, X)},
+    "revoked": {R: frozenset({CL}), **_ignored(H, C, CH, U, CL, X)},
+    "stop": {**{s: frozenset({CL}) for s in (H, C, CH, U, R)}, **_ignored(CL, X)},
+    "connection_lost": {s: frozenset({X}) for s in _ALL},
+}
+
+
+def transitions_text() -> str:
+    """The state-changing transitions, one line per state and event (in the module's
+    docstring, where a test holds them to the table)."""
+    lines = []
+    for state in _ALL:
+        for event, moves in TRANSITIONS.items():
+            targets = moves.get(state, frozenset()) - {state}
+            if targets:
+                names = " | ".join(t.name for t in _ALL if t in targets)
+                lines.append(f"    {state.name} --{event}--> {names}")
+    return "\n".join(lines)
+
+
+class SessionStateError(Exception):
+    """An event where the table has no transition for it: a bug in the adapter."""
+
+
+def _event(method: Callable[..., list[Action]]) -> Callable[..., list[Action]]:
+    """Check an event method against TRANSITIONS: allowed in the state it finds, and
+    leaving the session in a state the table allows."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def checked(self: Session, *args: Any, **kwargs: Any) -> list[Action]:
+        before = self.state
+        allowed = TRANSITIONS[name].get(before)
+        if allowed is None:
+            raise SessionStateError(f"{name} in state {before.name}")
+        actions = method(self, *args, **kwargs)
+        if self.state not in allowed:
+            raise SessionStateError(f"{name} from {before.name} to {self.state.name}")
+        return actions
+
+    return checked
+
+
 # -- the machine ---------------------------------------------------------------------------
 
 
@@ -203,10 +309,12 @@ class Session:
 
     # -- events ------------------------------------------------------------------------
 
+    @_event
     def start(self) -> list[Action]:
         """The TCP connection was accepted; the TLS handshake begins."""
         return [StartTimer(self._limits.handshake_timeout, Timer.HANDSHAKE)]
 
+    @_event
     def handshake_done(
         self, pending_crl: PendingCrl | None = None, refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:
@@ -222,6 +330,7 @@ class Session:
         self._reader = mqtt.ConnectReader(self._limits.max_packet_size)
         return [StartTimer(self._limits.connect_timeout, Timer.CONNECT)]
 
+    @_event
     def receive(self, data: bytes) -> list[Action]:
         """Bytes from the client (decrypted)."""
         state = self.state
@@ -239,6 +348,7 @@ class Session:
                 )
         return []
 
+    @_event
     def timer_fired(self, what: Timer) -> list[Action]:
         if self.state in (State.CLOSING, State.CLOSED):
             return []
@@ -248,6 +358,7 @@ class Session:
             CloseClient(abort=True),
         ]
 
+    @_event
     def crl_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
         """The held client's CRL was fetched (or the wait timed out): None admits it."""
         if self.state is not State.CRL_HOLD:
@@ -256,6 +367,7 @@ class Session:
             return self._open_upstream()
         return [*self._refuse(refusal, detail), *self._connack(mqtt.NOT_AUTHORIZED)]
 
+    @_event
     def upstream_connected(self) -> list[Action]:
         self.upstream_attempt = False
         self.upstream_open = True
@@ -268,6 +380,7 @@ class Session:
         self._pending_size = 0
         return [StartRelay(first)]
 
+    @_event
     def upstream_failed(self, detail: str) -> list[Action]:
         self.upstream_attempt = False
         if self.state is not State.UPSTREAM:
@@ -277,6 +390,7 @@ class Session:
             *self._connack(mqtt.SERVER_UNAVAILABLE),
         ]
 
+    @_event
     def upstream_lost(self, half: bool = False, why: str = "") -> list[Action]:
         """The broker closed (``half``: only its sending side; ``why``: how, for the log):
         flush what it sent to the client and close. The session's end is logged once the
@@ -289,6 +403,7 @@ class Session:
         self.ended_by = ("broker", why or "closed")
         return [CloseClient()]
 
+    @_event
     def revoked(self) -> list[Action]:
         """A CRL update revoked this live session's certificate.
 
@@ -302,6 +417,7 @@ class Session:
         self.ended_by = ("revoked", "certificate revoked by a CRL update")
         return [RevokedLive(), CloseUpstream(), CloseClient()]
 
+    @_event
     def stop(self, by: Reason, why: str) -> list[Action]:
         """The gateway ends this connection (``by``: shutdown, or reload when its listener
         was removed and the drain time is over). A relayed session is closed on both sides
@@ -319,6 +435,7 @@ class Session:
             actions.append(CancelUpstream())
         return actions + self._refuse_and_close(by, why)
 
+    @_event
     def connection_lost(
         self, why: str, handshake_refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:

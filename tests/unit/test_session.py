@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import mqtt
 from gateway.peer import PendingCrl
@@ -269,3 +271,54 @@ def test_stop_for_shutdown_or_reload() -> None:
         S.Refuse("reload", "listener removed"),
         S.CloseClient(),
     ]
+
+
+def test_the_transition_table_is_the_machine() -> None:
+    """The docstring's diagram is the table's; an event the table does not allow in a state
+    is an error, not a silent no-op; every event of the table is a method of the session."""
+    assert S.transitions_text() in (S.__doc__ or "")
+    session = S.Session(LIMITS)
+    session.start()
+    session.handshake_done()
+    with pytest.raises(S.SessionStateError, match="start in state CONNECT"):
+        session.start()
+    for event, moves in S.TRANSITIONS.items():
+        assert callable(getattr(S.Session, event)), event
+        assert S.State.CLOSED in moves or event == "start", event  # a closed session ignores
+    assert set(S.TRANSITIONS["connection_lost"]) == set(S.State)
+
+
+_EVENTS = {
+    "handshake_done": lambda s: s.handshake_done(),
+    "receive_connect": lambda s: s.receive(connect_packet("any")),
+    "receive_bytes": lambda s: s.receive(b"\x00" * 10),
+    "timer_handshake": lambda s: s.timer_fired(S.Timer.HANDSHAKE),
+    "timer_connect": lambda s: s.timer_fired(S.Timer.CONNECT),
+    "crl_admit": lambda s: s.crl_decided(None, "fetched"),
+    "crl_refuse": lambda s: s.crl_decided(Reason.REVOKED, "fetched"),
+    "upstream_connected": lambda s: s.upstream_connected(),
+    "upstream_failed": lambda s: s.upstream_failed("refused"),
+    "upstream_lost": lambda s: s.upstream_lost(),
+    "upstream_half": lambda s: s.upstream_lost(half=True),
+    "revoked": lambda s: s.revoked(),
+    "stop": lambda s: s.stop(Reason.SHUTDOWN, "stopping"),
+    "connection_lost": lambda s: s.connection_lost("gone"),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_EVENTS)), max_size=12))
+def test_any_order_of_events_stays_in_the_table(events: list[str]) -> None:
+    """Callbacks race (a broker that connects after the client left, a CRL verdict after a
+    timeout): any order of events after the start is answered within the table, never an
+    error; nothing reaches the broker before a CONNECT was read."""
+    session = S.Session(LIMITS)
+    session.start()
+    sent_upstream = False
+    for name in events:
+        actions = _EVENTS[name](session)
+        if any(isinstance(a, S.OpenUpstream) for a in actions):
+            assert session.connect is not None
+        sent_upstream = sent_upstream or any(isinstance(a, S.StartRelay) for a in actions)
+    if sent_upstream:
+        assert session.connect is not None
