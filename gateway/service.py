@@ -31,7 +31,7 @@ from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.revocation.fetch import HttpFetcher
 from gateway.roles import IListenerRole, SingleProcess, tcp_endpoint
 from gateway.status import GatewayStatus, ReloadStatus
-from gateway.twisted_native import quiet_http_client
+from gateway.twisted_native import quiet_agent
 
 log = Logger()
 
@@ -363,12 +363,12 @@ def _version() -> str:
 def make_gateway_service(
     prepared: Prepared,
     reactor: Any,
-    http_client: Any = None,
+    http_agent: Any = None,
     crl_processor: Any = None,
 ) -> GatewayService:
     """The whole gateway in one process: one ListenerService per listener, the monitor, and
     the admin listener if configured. (With ``workers``, ``gateway.workers.master``.)"""
-    http = HttpFetcher(http_client or quiet_http_client(reactor), reactor)
+    http = HttpFetcher(http_agent or quiet_agent(reactor), reactor)
     role = SingleProcess(reactor, http, crl_processor)
     return GatewayService(prepared, reactor, ProcessRole(role))
 

@@ -7,8 +7,8 @@ when a Twisted release changes what it relies on.
   around it, also runs every socket callback, so timing it would count the work of a
   handshake as waiting. The poller (``_poller`` of the epoll and poll reactors) is wrapped
   while the monitor runs and given back when it stops.
-- ``quiet_http_client``: treq's client without a "Starting factory" log line for every CRL
-  or OCSP fetch. ``HTTPConnectionPool`` takes no factory argument and the line comes from
+- ``quiet_agent``: the HTTP agent of CRL and OCSP fetches, without a "Starting factory" log
+  line for every fetch. ``HTTPConnectionPool`` takes no factory argument and the line comes from
   its private ``_HTTP11ClientFactory``; twistd owns the log observers, so it cannot be
   filtered out before they see it.
 """
@@ -19,7 +19,6 @@ import select
 from collections.abc import Callable
 from typing import Any
 
-import treq
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
@@ -47,8 +46,8 @@ class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line for every CRL or OCSP fetch
 
 
-def quiet_http_client(reactor: IReactorTime) -> treq.client.HTTPClient:
-    """treq's HTTP client on the given reactor, without per-connection log noise."""
+def quiet_agent(reactor: IReactorTime) -> Agent:
+    """An HTTP agent on the given reactor, without per-connection log noise."""
     pool = HTTPConnectionPool(reactor, persistent=False)
     pool._factory = _QuietHTTP11ClientFactory
-    return treq.client.HTTPClient(Agent(reactor, pool=pool))
+    return Agent(reactor, pool=pool)

@@ -1,24 +1,28 @@
 """HTTP fetching for CRLs (and OCSP) with treq: size, redirect and time limits.
 
-The HTTP client is injected (treq's ``HTTPClient`` in production, ``StubTreq`` in tests);
-so is the reactor that runs the deadline.
+The HTTP agent is injected (an ``Agent`` on the reactor's connection pool in production,
+treq's ``RequestTraversalAgent`` in tests); so is the reactor that runs the deadline.
+Redirects are Twisted's ``RedirectAgent``'s, at most ``MAX_REDIRECTS``, and only to
+http(s) URLs; the deadline is ``Deferred.addTimeout`` over the whole exchange.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urljoin
 
-import attrs
 import treq
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import RedirectAgent
+from twisted.web.error import InfiniteRedirection, PageRedirect, RedirectWithNoLocation
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer
+from zope.interface import implementer
 
 from gateway.errors import GatewayError
 from gateway.failures import plain_reason
 
 MAX_REDIRECTS = 5
-_REDIRECTS = (301, 302, 303, 307, 308)
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -40,12 +44,56 @@ def _limited_collector(limit: int, url: str) -> tuple[list[bytes], Any]:
     return chunks, collect
 
 
-@attrs.define
+@implementer(IAgent)
+class _HttpOnly:
+    """An agent that asks only http(s) URLs: a redirect elsewhere (file:, ftp:, gopher:)
+    is refused before anything is sent."""
+
+    def __init__(self, agent: Any) -> None:
+        self._agent = agent
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> defer.Deferred[Any]:
+        if not uri.lower().startswith((b"http://", b"https://")):
+            where = uri.decode("latin-1", "replace")
+            return defer.fail(FetchError("redirects", f"redirect to a non-HTTP URL {where!r}"))
+        return self._agent.request(method, uri, headers, bodyProducer)
+
+
+@implementer(IBodyProducer)
+class _BytesBody:
+    """A request body already in memory (an OCSP request: a few hundred bytes), written at
+    once: no cooperator task for it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class HttpFetcher:
     """GET or POST one URL, following at most MAX_REDIRECTS redirects, within ``timeout``."""
 
-    _client: Any  # treq.client.HTTPClient or treq.testing.StubTreq
-    _reactor: IReactorTime
+    def __init__(self, agent: Any, reactor: IReactorTime) -> None:
+        self._agent = agent
+        self._reactor = reactor
+        self._client = treq.client.HTTPClient(
+            RedirectAgent(_HttpOnly(agent), redirectLimit=MAX_REDIRECTS),
+            data_to_body_producer=_BytesBody,
+        )
 
     def fetch(
         self,
@@ -72,28 +120,21 @@ class HttpFetcher:
     ) -> defer.Deferred[list[bytes]]:
         """The body as received, in chunks: a large CRL is never joined on the reactor."""
         d = defer.ensureDeferred(self._fetch(url, max_size, method, body, headers))
-        # One deadline for the whole exchange (redirects and body included). Cancelling
-        # surfaces as various errors (ResponseNeverReceived, CancelledError), hence the flag.
-        timed_out: list[bool] = []
 
-        def expire() -> None:
-            timed_out.append(True)
-            d.cancel()
+        def timed_out(result: object, seconds: float) -> None:
+            # Cancelling surfaces as various errors (ResponseNeverReceived, CancelledError):
+            # whatever it was, the deadline passed.
+            raise FetchError("timeout", f"{url}: no complete answer within {seconds:g}s")
 
-        timer = self._reactor.callLater(timeout, expire)
-
-        def stop_timer(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addBoth(stop_timer)
+        # One deadline for the whole exchange: redirects and body included.
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
 
         def translate(failure: Any) -> Any:
-            if timed_out:
-                raise FetchError("timeout", f"{url}: no complete answer within {timeout:g}s")
             if failure.check(FetchError):
                 return failure
+            why = _redirect_failure(failure.value)
+            if why is not None:
+                raise FetchError(*why)
             raise FetchError("connect", f"{url}: {plain_reason(failure)}")
 
         d.addErrback(translate)
@@ -107,38 +148,29 @@ class HttpFetcher:
         body: bytes | None,
         headers: dict[bytes, list[bytes]] | None,
     ) -> list[bytes]:
-        for _ in range(MAX_REDIRECTS + 1):
-            response = await self._client.request(
-                method, url, data=body, headers=headers, allow_redirects=False
-            )
-            if response.code in _REDIRECTS:
-                location = response.headers.getRawHeaders(b"location", [None])[0]
-                await self._drain(response, url)
-                if not location:
-                    raise FetchError("http_status", f"{url}: redirect without Location")
-                url = urljoin(url, location.decode("latin-1"))
-                if not url.lower().startswith(("http://", "https://")):
-                    raise FetchError("redirects", f"redirect to a non-HTTP URL {url!r}")
-                if response.code == 303:
-                    method, body = "GET", None
-                continue
-            if response.code != 200:
-                await self._drain(response, url)
-                raise FetchError("http_status", f"{url}: HTTP {response.code}")
-            length = response.length
-            if isinstance(length, int) and length > max_size:
-                # Refused on the announced length; treq drops the connection when the
-                # collector raises on the first chunk.
-                _, refuse = _limited_collector(-1, url)
-                try:
-                    await treq.collect(response, refuse)
-                except FetchError:
-                    pass
-                raise FetchError("too_large", f"{url}: Content-Length {length} > {max_size}")
-            chunks, collect = _limited_collector(max_size, url)
-            await treq.collect(response, collect)
-            return chunks
-        raise FetchError("redirects", f"more than {MAX_REDIRECTS} redirects")
+        response = await self._client.request(
+            method,
+            url,
+            data=body,
+            headers=Headers(headers) if headers is not None else None,
+            allow_redirects=False,
+        )
+        if response.code != 200:
+            await self._drain(response, url)
+            raise FetchError("http_status", f"{url}: HTTP {response.code}")
+        length = response.length
+        if isinstance(length, int) and length > max_size:
+            # Refused on the announced length; treq drops the connection when the
+            # collector raises on the first chunk.
+            _, refuse = _limited_collector(-1, url)
+            try:
+                await treq.collect(response, refuse)
+            except FetchError:
+                pass
+            raise FetchError("too_large", f"{url}: Content-Length {length} > {max_size}")
+        chunks, collect = _limited_collector(max_size, url)
+        await treq.collect(response, collect)
+        return chunks
 
     async def _drain(self, response: Any, url: str) -> None:
         _, collect = _limited_collector(_ERROR_BODY_LIMIT, url)
@@ -146,3 +178,19 @@ class HttpFetcher:
             await treq.collect(response, collect)
         except Exception:
             pass  # an error page's body is not needed; the connection is dropped
+
+
+def _redirect_failure(error: BaseException | None) -> tuple[str, str] | None:
+    """RedirectAgent's refusals (wrapped in ResponseFailed or not), in plain words."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        error = reasons[0].value
+    if isinstance(error, InfiniteRedirection):
+        return "redirects", f"more than {MAX_REDIRECTS} redirects"
+    if isinstance(error, RedirectWithNoLocation):
+        return "http_status", f"{error.uri.decode('latin-1', 'replace')}: redirect without Location"
+    if isinstance(error, PageRedirect):
+        return "redirects", f"HTTP {int(error.status)} redirect of a POST (not followed)"
+    if isinstance(error, FetchError):
+        return error.kind, error.detail
+    return None

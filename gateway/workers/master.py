@@ -24,7 +24,7 @@ from gateway.roles import IListenerRole, SingleProcess
 from gateway.service import GatewayService, ProcessRole
 from gateway.status import ListenerStatus, merge_reports
 from gateway.tls.material import TlsMaterial
-from gateway.twisted_native import quiet_http_client
+from gateway.twisted_native import quiet_agent
 from gateway.workers.group import SocketGroupService
 from gateway.workers.pool import WorkerPool, current_staple
 from gateway.workers.sockets import usable_cpus
@@ -88,7 +88,7 @@ class MasterRole:
 def make_master_service(prepared: Prepared, reactor: Any) -> GatewayService:
     g = prepared.config.globals
     workers = WorkerPool(reactor, None, worker_count(g.workers), g.worker_affinity)
-    http = HttpFetcher(quiet_http_client(reactor), reactor)
+    http = HttpFetcher(quiet_agent(reactor), reactor)
     role = MasterRole(SingleProcess(reactor, http), workers)
     top = GatewayService(prepared, reactor, ProcessRole(role, workers=workers))
     workers.gateway = top

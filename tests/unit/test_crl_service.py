@@ -1,4 +1,5 @@
-"""The CRL refresh service, deterministically: Clock, StubTreq, the worker run in process."""
+"""The CRL refresh service, deterministically: Clock, treq's RequestTraversalAgent, the CRL
+worker run in process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.web.resource import Resource
@@ -74,7 +75,7 @@ class Harness:
         self.clock = Clock()
         self.clock.advance(pki.now().timestamp())
         self.routes = Routes()
-        self.stub = StubTreq(self.routes)
+        self.stub = RequestTraversalAgent(self.routes)
         self.cache = CrlCache(self.clock, self.config.grace_period)
         with open(p.ca_file, "rb") as f:
             trust_pem = f.read()

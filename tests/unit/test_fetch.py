@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -34,7 +34,9 @@ class Redirector(Resource):
         return b"the body"
 
 
-def run(fetcher: HttpFetcher, stub: StubTreq, url: str, max_size: int = 1 << 20) -> Any:
+def run(
+    fetcher: HttpFetcher, stub: RequestTraversalAgent, url: str, max_size: int = 1 << 20
+) -> Any:
     d = fetcher.fetch(url, 10, max_size)
     stub.flush()
     results: list[Any] = []
@@ -44,7 +46,7 @@ def run(fetcher: HttpFetcher, stub: StubTreq, url: str, max_size: int = 1 << 20)
 
 def test_redirects_followed_up_to_the_limit() -> None:
     """Up to MAX_REDIRECTS redirects are followed; one more is an error."""
-    stub = StubTreq(Redirector())
+    stub = RequestTraversalAgent(Redirector())
     fetcher = HttpFetcher(stub, Clock())
     assert run(fetcher, stub, f"http://ca.test/hop/{MAX_REDIRECTS - 1}") == b"the body"
     failure = run(fetcher, stub, f"http://ca.test/hop/{MAX_REDIRECTS}")
@@ -55,7 +57,7 @@ def test_redirects_followed_up_to_the_limit() -> None:
 
 def test_size_limit() -> None:
     """A body over max_size is refused."""
-    stub = StubTreq(Redirector())
+    stub = RequestTraversalAgent(Redirector())
     failure = run(HttpFetcher(stub, Clock()), stub, "http://ca.test/big", max_size=1000)
     assert failure.check(FetchError) and failure.value.kind == "too_large"
 
@@ -129,3 +131,44 @@ def test_fetch_failures_in_plain_words(exc: Exception, text: str) -> None:
     assert results[0].check(FetchError) and results[0].value.kind == "connect"
     assert results[0].value.detail == f"http://ca.test/x: {text}"
     assert "<" not in results[0].value.detail and "Failure" not in results[0].value.detail
+
+
+class Odd(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.path == b"/nowhere":
+            request.setResponseCode(302)  # no Location
+            return b""
+        if request.path == b"/file":
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"file:///etc/passwd")
+            return b""
+        return b"answer to " + request.method
+
+    def render_POST(self, request: Any) -> bytes:
+        if request.path == b"/see-other":
+            request.setResponseCode(303)
+            request.setHeader(b"location", b"/after")
+            return b""
+        request.setResponseCode(302)
+        request.setHeader(b"location", b"/after")
+        return b""
+
+
+def test_redirect_refusals_in_plain_words() -> None:
+    """A redirect without Location, to a file: URL, or of a POST (other than 303, which
+    Twisted's RedirectAgent turns into a GET) is refused with its reason, never followed
+    blindly."""
+    stub = RequestTraversalAgent(Odd())
+    fetcher = HttpFetcher(stub, Clock())
+    failure = run(fetcher, stub, "http://ca.test/nowhere")
+    assert failure.value.kind == "http_status" and "without Location" in failure.value.detail
+    failure = run(fetcher, stub, "http://ca.test/file")
+    assert failure.value.kind == "redirects" and "non-HTTP URL" in failure.value.detail
+    results: list[Any] = []
+    fetcher.fetch("http://ca.test/see-other", 5, 100, "POST", b"req").addBoth(results.append)
+    fetcher.fetch("http://ca.test/moved", 5, 100, "POST", b"req").addBoth(results.append)
+    stub.flush()
+    assert results[0] == b"answer to GET"
+    assert results[1].value.kind == "redirects" and "POST" in results[1].value.detail

@@ -1,4 +1,4 @@
-"""OCSP: validation (sans-IO) and the stapling service (Clock, StubTreq)."""
+"""OCSP: validation (sans-IO) and the stapling service (Clock, RequestTraversalAgent)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -152,7 +152,7 @@ class Harness:
         self.clock = Clock()
         self.clock.advance(time.time())
         self.routes = Routes()
-        self.stub = StubTreq(self.routes)
+        self.stub = RequestTraversalAgent(self.routes)
         self.writes: list[str] = []
 
         def write(path: str, data: bytes, meta: dict[str, Any]) -> defer.Deferred[None]:
@@ -197,7 +197,7 @@ class Harness:
         return self.stapler.staple(None, None)  # type: ignore[arg-type]
 
 
-# StubTreq routes POST to render_POST: answer GET and POST alike.
+# RequestTraversalAgent routes POST to render_POST: answer GET and POST alike.
 Routes.render_POST = Routes.render_GET  # type: ignore[attr-defined]
 
 

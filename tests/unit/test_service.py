@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -77,8 +77,8 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
     config = prepared.config.listener("s")
     assert config.crl is not None
     reactor = Reactor()
-    stub = StubTreq(Hanging())
-    top = make_gateway_service(prepared, reactor, http_client=stub, crl_processor=InlineProcessor())
+    stub = RequestTraversalAgent(Hanging())
+    top = make_gateway_service(prepared, reactor, http_agent=stub, crl_processor=InlineProcessor())
     ls = top.listeners["s"]
     ls.privilegedStartService()
     ls.startService()

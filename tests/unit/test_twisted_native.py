@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet import epollreactor, pollreactor
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
-from gateway.twisted_native import _QuietHTTP11ClientFactory, quiet_http_client, time_poller
+from gateway.twisted_native import _QuietHTTP11ClientFactory, quiet_agent, time_poller
 
 
 class Recorder:
@@ -77,6 +77,5 @@ def test_http_pool_builds_its_connections_with_its_factory_attribute() -> None:
     assert _HTTP11ClientFactory.noisy and not _QuietHTTP11ClientFactory.noisy
     from twisted.internet.testing import MemoryReactorClock
 
-    client = quiet_http_client(MemoryReactorClock())
-    pool = client._agent._pool
+    pool = quiet_agent(MemoryReactorClock())._pool
     assert pool._factory is _QuietHTTP11ClientFactory
