@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -31,14 +31,21 @@ class ListenerService(service.MultiService):
     """One listener: its port, the services of its parts (CRL source, stapler, broker
     checks), its counters. The factories read the parts through ``box`` only."""
 
-    def __init__(self, parts: ListenerParts, role: IListenerRole, reactor: Any) -> None:
+    def __init__(
+        self,
+        parts: ListenerParts,
+        role: IListenerRole,
+        reactor: Any,
+        cooperator: task.Cooperator | None = None,
+    ) -> None:
         super().__init__()
         self.setName(parts.name)
         self.role = role
         self.reactor = reactor
         self.box = PartsBox(parts)
         self.stats = ListenerStats(parts.name)
-        self.factory = GatewayFactory(self.box, reactor, self.stats)
+        cooperate = cooperator.cooperate if cooperator is not None else task.cooperate
+        self.factory = GatewayFactory(self.box, reactor, self.stats, cooperate)
         creator = ServerConnectionCreator(lambda: self.box.parts.context)
         self.tls_factory = ListenerTLSFactory(creator, self.factory, parts.settings.limits, reactor)
         self.entry = EntryFactory(self.tls_factory, lambda: self.box.parts.settings.front, reactor)

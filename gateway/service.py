@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -80,6 +81,13 @@ class GatewayService(service.MultiService):
         )
         self.admin: PortService | None = None
         self.admin_resource: Any = None
+        self._ready_poll = TimerService(0.2, self._notify_when_ready)  # READY=1, once
+        self._ready_poll.clock = reactor
+        # Long walks (the live-session sweep after a CRL update) share one cooperator on this
+        # reactor, in slices, so that a large listener never stalls the loop.
+        self.cooperator = task.Cooperator(
+            scheduler=lambda work: reactor.callLater(0, work), started=False
+        )
         for listener in self.config.listeners:
             self.add_listener(self.new_listener(prepared, listener.name))
         self.monitor.setServiceParent(self)
@@ -96,7 +104,7 @@ class GatewayService(service.MultiService):
             self.role.listeners,
             self.reactor,
         )
-        return ListenerService(parts, self.role.listeners, self.reactor)
+        return ListenerService(parts, self.role.listeners, self.reactor, self.cooperator)
 
     def add_listener(self, listener_service: ListenerService) -> None:
         self.listeners[listener_service.parts.name] = listener_service
@@ -132,18 +140,16 @@ class GatewayService(service.MultiService):
             raise self.config.error(e.listener, "", e.detail) from None
 
     def startService(self) -> None:
+        self.cooperator.start()
         super().startService()
         if self.role.signals:
             self.reactor.callWhenRunning(signals.install, self.reactor, self.reload)  # first
         for warning in self.prepared.warnings:
             log.warn("{warning}", warning=warning)
-        self._notified_ready = False
-        self._ready_poll = task.LoopingCall(self._notify_when_ready)
-        self._ready_poll.clock = self.reactor
         # Polled from when the reactor runs: by then SIGHUP is handled (systemd may send it
         # as soon as it has READY=1; before the handler, the signal would end the process).
         if self.role.signals:
-            self.reactor.callWhenRunning(self._ready_poll.start, 0.2, True)
+            self.reactor.callWhenRunning(self._ready_poll.setServiceParent, self)
 
     def _notify_when_ready(self) -> None:
         """systemd (Type=notify) learns READY=1 once every listener accepts."""
@@ -152,18 +158,14 @@ class GatewayService(service.MultiService):
         except Exception:
             log.failure("readiness check failed")
             return
-        if ok:
-            self._ready_poll.stop()
-            if not self._notified_ready:
-                self._notified_ready = True
-                if sdnotify.notify("READY=1"):
-                    log.info("told systemd: ready")
+        if ok and self._ready_poll.parent is not None:
+            # Stopped on the next turn: a TimerService cannot stop inside its first call.
+            self.reactor.callLater(0, self._ready_poll.disownServiceParent)
+            if sdnotify.notify("READY=1"):
+                log.info("told systemd: ready")
 
     def stopService(self) -> defer.Deferred[Any]:
         sdnotify.notify("STOPPING=1")
-        poll = getattr(self, "_ready_poll", None)
-        if poll is not None and poll.running:
-            poll.stop()
         runs = []
         workers = self.role.workers
         if workers is not None:
@@ -171,7 +173,11 @@ class GatewayService(service.MultiService):
             # of the sockets close: the workers hold theirs until they stop).
             runs.append(workers.stop(self.config.globals.shutdown_drain))
         runs.append(defer.maybeDeferred(super().stopService))
-        return defer.gatherResults(runs, consumeErrors=True)
+        return defer.gatherResults(runs, consumeErrors=True).addBoth(self._stop_cooperator)
+
+    def _stop_cooperator(self, result: object) -> object:
+        self.cooperator.stop()
+        return result
 
     # -- what the admin listener and the CLI read ---------------------------------------------
 

@@ -125,9 +125,8 @@ def _json(request: Any, code: int, value: Any) -> bytes:
 
 
 class AdminResource(resource.Resource):
-    """Every path of the admin API (a leaf: routing is the table below)."""
-
-    isLeaf = True
+    """The root of the admin API: a resource tree, one child per endpoint (``/`` is the
+    status page); each endpoint declares its method and who may call it."""
 
     def __init__(
         self, control: Control, token: bytes | None, open_read: bool, reactor: Any
@@ -140,43 +139,28 @@ class AdminResource(resource.Resource):
         # pool: the status records are gathered on the reactor thread (they are the
         # reactor's to change), only the formatting runs in the pool.
         registry = registry_for(_on_reactor_thread(control.status, reactor))
-        self.metrics = MetricsResource(registry=registry)
-        self.routes: dict[bytes, tuple[bytes, str, Callable[[Any], Any]]] = {
-            b"/": (b"GET", READ, self.page),
-            b"/status": (b"GET", READ, self.status_json),
-            b"/metrics": (b"GET", READ, self.metrics.render),
-            b"/ready": (b"GET", READ, self.ready),
-            b"/live": (b"GET", READ, self.live),
-            b"/refresh": (b"POST", CHANGE, self.refresh),
-            b"/reload": (b"POST", CHANGE, self.reload),
+        self.endpoints: dict[bytes, Endpoint] = {
+            b"": Page(self),
+            b"status": StatusJson(self),
+            b"metrics": Metrics(self, MetricsResource(registry=registry)),
+            b"ready": Ready(self),
+            b"live": Live(self),
+            b"refresh": Refresh(self),
+            b"reload": Reload(self),
         }
+        for name, child in self.endpoints.items():
+            self.putChild(name, child)
 
-    def render(self, request: Any) -> Any:
-        try:
-            route = self.routes.get(request.path)
-            if route is None:
-                return _text(request, 404, f"404 no such endpoint; try {self._index()}")
-            method, kind, handler = route
-            allowed = [method, b"HEAD"] if method == b"GET" else [method]
-            if request.method not in allowed:
-                return _text(
-                    request,
-                    405,
-                    f"405 {request.path.decode()} takes {method.decode()}",
-                    allow=", ".join(m.decode() for m in allowed),
-                )
-            refusal = self._authorize(request, kind)
-            if refusal is not None:
-                return refusal
-            return handler(request)
-        except Exception:
-            log.failure("admin request {path} failed", path=request.path)
-            return _text(request, 500, "500 internal error (logged)")
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return NotFound(self.index())
 
-    def _index(self) -> str:
-        return ", ".join(f"{m.decode()} {p.decode()}" for p, (m, _, _) in self.routes.items())
+    def index(self) -> str:
+        return ", ".join(
+            f"{e.method.decode()} /{name.decode()}" for name, e in self.endpoints.items()
+        )
 
-    def _authorize(self, request: Any, kind: str) -> bytes | None:
+    def authorize(self, request: Any, kind: str) -> bytes | None:
+        """None to go on; else the 401 or 403 answer."""
         if kind == READ and (self.token is None or self.open_read):
             return None
         if self.token is None:
@@ -198,38 +182,55 @@ class AdminResource(resource.Resource):
             )
         return None
 
-    # -- endpoints ---------------------------------------------------------------------
 
-    def page(self, request: Any) -> bytes:
-        html = render_html(document(self.control.status()))
-        return _send(request, 200, html.encode(), "text/html; charset=utf-8")
+class NotFound(resource.Resource):
+    isLeaf = True
 
-    def status_json(self, request: Any) -> bytes:
-        return _json(request, 200, document(self.control.status()))
+    def __init__(self, index: str) -> None:
+        super().__init__()
+        self.text = f"404 no such endpoint; try {index}"
 
-    def ready(self, request: Any) -> bytes:
-        ok, reason = self.control.status().ready
-        if ok:
-            return _text(request, 200, "ready")
-        return _text(request, 503, f"not ready: {reason}")
+    def render(self, request: Any) -> bytes:
+        return _text(request, 404, self.text)
 
-    def live(self, request: Any) -> bytes:
-        ok, detail = self.control.alive()
-        return _text(request, 200 if ok else 503, detail)
 
-    def refresh(self, request: Any) -> Any:
-        names = parse_qs(request.uri.partition(b"?")[2].decode("latin-1")).get("listener")
-        name = names[0] if names else None
-        if name is not None and name not in {
-            ls.stats.listener for ls in self.control.status().listeners
-        }:
-            return _text(request, 404, f"404 no listener {name!r}")
-        return self._later(request, self.control.refresh(name))
+class Endpoint(resource.Resource):
+    """One endpoint: ``kind`` says who may call it (READ or CHANGE); its ``render_*``
+    methods say how. A method it has none for is a 405 before any check of the caller."""
 
-    def reload(self, request: Any) -> Any:
-        return self._later(request, self.control.reload("POST /reload"))
+    kind = READ
+    method = b"GET"
 
-    def _later(self, request: Any, result: defer.Deferred[dict[str, Any]]) -> Any:
+    @property
+    def allowed(self) -> tuple[bytes, ...]:
+        return (b"GET", b"HEAD") if self.method == b"GET" else (self.method,)
+
+    def __init__(self, admin: AdminResource) -> None:
+        super().__init__()
+        self.admin = admin
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return NotFound(self.admin.index())
+
+    def render(self, request: Any) -> Any:
+        method = request.method.decode("latin-1")
+        if method.encode() not in self.allowed:
+            # 405 with Allow for every method (twisted.web answers 501 to one it does not
+            # know, such as DELETE).
+            allow = ", ".join(m.decode() for m in self.allowed)
+            path = request.path.decode("latin-1")
+            return _text(request, 405, f"405 {path} takes {self.method.decode()}", allow=allow)
+        refusal = self.admin.authorize(request, self.kind)
+        if refusal is not None:
+            return refusal
+        try:
+            return super().render(request)
+        except Exception:
+            log.failure("admin request {path} failed", path=request.path)
+            return _text(request, 500, "500 internal error (logged)")
+
+    def later(self, request: Any, result: defer.Deferred[dict[str, Any]]) -> Any:
+        """Answer with the JSON ``result`` fires with, once it does."""
         finished: list[bool] = []
         request.notifyFinish().addErrback(lambda _: finished.append(True))
 
@@ -246,6 +247,63 @@ class AdminResource(resource.Resource):
 
         result.addCallbacks(answer, failed)
         return server.NOT_DONE_YET
+
+
+class Page(Endpoint):
+    def render_GET(self, request: Any) -> bytes:
+        html = render_html(document(self.admin.control.status()))
+        return _send(request, 200, html.encode(), "text/html; charset=utf-8")
+
+
+class StatusJson(Endpoint):
+    def render_GET(self, request: Any) -> bytes:
+        return _json(request, 200, document(self.admin.control.status()))
+
+
+class Metrics(Endpoint):
+    def __init__(self, admin: AdminResource, metrics: Any) -> None:
+        super().__init__(admin)
+        self.metrics = metrics
+
+    def render_GET(self, request: Any) -> Any:
+        return self.metrics.render(request)
+
+
+class Ready(Endpoint):
+    def render_GET(self, request: Any) -> bytes:
+        ok, reason = self.admin.control.status().ready
+        if ok:
+            return _text(request, 200, "ready")
+        return _text(request, 503, f"not ready: {reason}")
+
+
+class Live(Endpoint):
+    def render_GET(self, request: Any) -> bytes:
+        ok, detail = self.admin.control.alive()
+        return _text(request, 200 if ok else 503, detail)
+
+
+class Refresh(Endpoint):
+    kind = CHANGE
+    method = b"POST"
+
+    def render_POST(self, request: Any) -> Any:
+        names = parse_qs(request.uri.partition(b"?")[2].decode("latin-1")).get("listener")
+        name = names[0] if names else None
+        control = self.admin.control
+        if name is not None and name not in {
+            ls.stats.listener for ls in control.status().listeners
+        }:
+            return _text(request, 404, f"404 no listener {name!r}")
+        return self.later(request, control.refresh(name))
+
+
+class Reload(Endpoint):
+    kind = CHANGE
+    method = b"POST"
+
+    def render_POST(self, request: Any) -> Any:
+        return self.later(request, self.admin.control.reload("POST /reload"))
 
 
 def _on_reactor_thread(

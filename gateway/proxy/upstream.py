@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.application import service
-from twisted.internet import defer, endpoints, protocol, ssl, task
+from twisted.application.internet import TimerService
+from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
@@ -244,33 +244,22 @@ class _Check(protocol.Protocol):
         self.transport.loseConnection()
 
 
-class HealthChecker(service.Service):
-    """Checks every broker of a pool every ``check_interval``: a TCP (or TLS) connect, or a
-    real MQTT CONNECT/CONNACK; pool.check_ok or pool.failed with the reason."""
+class HealthChecker(TimerService):
+    """Checks every broker of a pool every ``check_interval`` (Twisted's TimerService: at
+    start, then each interval): a TCP (or TLS) connect, or a real MQTT CONNECT/CONNACK;
+    pool.check_ok or pool.failed with the reason. A check never fails (DeferredList)."""
 
     def __init__(self, connector: PoolConnector, listener: str) -> None:
+        super().__init__(connector.settings.check_interval, self.check_all)
+        self.clock = connector.reactor
         self.connector = connector
         self.name = f"upstream-check:{listener}"
-        self._loop: task.LoopingCall | None = None
         settings = connector.settings
         self.mqtt_connect = (
             mqtt.connect_packet(settings.check_client_id, keep_alive=30)
             if settings.check == "mqtt"
             else None
         )
-
-    def startService(self) -> None:
-        super().startService()
-        interval = self.connector.settings.check_interval
-        if interval > 0:
-            self._loop = task.LoopingCall(self.check_all)
-            self._loop.clock = self.connector.reactor
-            self._loop.start(interval, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
 
     def check_all(self) -> defer.Deferred[Any]:
         return defer.DeferredList([self.check(b) for b in self.connector.pool.brokers])

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.application import service
-from twisted.application.internet import backoffPolicy
-from twisted.internet import defer, error, task
+from twisted.application.internet import TimerService, backoffPolicy
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -71,7 +71,7 @@ class WorkerSlot:
     turn: defer.DeferredLock = attrs.Factory(defer.DeferredLock)
 
 
-class WorkerPool(service.Service):
+class WorkerPool(service.MultiService):
     """Starts, watches, restarts, reconfigures and stops the worker processes."""
 
     name = "workers"
@@ -79,6 +79,7 @@ class WorkerPool(service.Service):
     def __init__(
         self, reactor: Any, gateway: GatewayService | None, count: int, affinity: str
     ) -> None:
+        super().__init__()
         self.reactor = reactor
         self.gateway = gateway
         self.count = count
@@ -88,7 +89,10 @@ class WorkerPool(service.Service):
         self._publishers: dict[str, CrlPublisher] = {}
         self._runtime: str | None = None
         self._owns_runtime = False
-        self._poll: task.LoopingCall | None = None
+        # The workers' counters, gathered every second (Twisted's TimerService).
+        self._reports = TimerService(REPORT_INTERVAL, self._gather)
+        self._reports.clock = reactor
+        self._reports.setServiceParent(self)
         self.generation = 0
 
     # -- what the listeners use --
@@ -161,15 +165,12 @@ class WorkerPool(service.Service):
         )
         for slot in self.slots:
             self._spawn(slot)
-        self._poll = task.LoopingCall(self._gather)
-        self._poll.clock = self.reactor
-        self._poll.start(REPORT_INTERVAL, now=False)
 
     def stop(self, drain: float) -> defer.Deferred[None]:
         """SIGTERM to every worker (each drains for ``drain``), then SIGKILL what remains."""
         self.stopping = True
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
+        if self._reports.running:
+            self._reports.stopService()
         waits = []
         for slot in self.slots:
             if slot.timer is not None and slot.timer.active():
@@ -189,11 +190,11 @@ class WorkerPool(service.Service):
         done.addBoth(lambda _: timer.active() and timer.cancel())
         return done.addBoth(lambda _: self._remove_runtime())
 
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
+    def stopService(self) -> defer.Deferred[Any] | None:
+        stopped = super().stopService()
         if not self.stopping and self.gateway is not None:
             return self.stop(self.gateway.config.globals.shutdown_drain)
-        return None
+        return stopped
 
     def _remove_runtime(self) -> None:
         if self._runtime is not None and self._owns_runtime:
