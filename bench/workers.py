@@ -98,9 +98,16 @@ def tree_memory(pid: int) -> tuple[int, int]:
 # -- the targets -------------------------------------------------------------------------------
 
 
+# This checkout: its gateways import the package and find the twistd plugin here.
+HERE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 class World:
-    def __init__(self, key_kind: str = "ec") -> None:
+    def __init__(self, key_kind: str = "ec", baseline: str | None = None) -> None:
         raise_fd_limit()
+        # With a baseline (another checkout of mqttgw), every gateway also runs from it, as
+        # NAME@base, in the same round: before/after pairs that meet the same machine.
+        self.baseline = baseline
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
         self.key_kind = key_kind
         self.pki = support.make_pki(self.dir, key_kind)
@@ -167,6 +174,11 @@ class World:
         """Fresh mosquitto, gateways (name -> extra configuration) and HAProxy:
         name -> (port, pid)."""
         gateways = gateways if gateways is not None else {"gw-auto": "workers = auto\n", "gw-1": ""}
+        runs: dict[str, tuple[str, dict[str, str]]] = {}
+        for name, conf_extra in gateways.items():
+            runs[name] = (conf_extra, {"PYTHONPATH": HERE_TREE})
+            if self.baseline is not None:
+                runs[f"{name}@base"] = (conf_extra, {"PYTHONPATH": self.baseline})
         tls_port = support.free_port()
         broker, plain = support.start_mosquitto(
             self.dir,
@@ -181,13 +193,18 @@ class World:
         targets: dict[str, tuple[int, int]] = {"mosquitto": (tls_port, broker.pid)}
         haproxy = None
         try:
-            for name, conf_extra in gateways.items():
+            for name, (conf_extra, env) in runs.items():
                 port = support.free_port()
-                conf = support.listener_conf(name, port, plain, self.pki) + NO_LIMITS
-                conf += "stats_log_interval = 1h\n" + conf_extra + extra + self._crl_conf(name)
+                listener = name.replace("@", "-")  # a listener name is [A-Za-z0-9_-]
+                conf = support.listener_conf(listener, port, plain, self.pki) + NO_LIMITS
+                conf += "stats_log_interval = 1h\n" + conf_extra + extra + self._crl_conf(listener)
                 workers = "workers" in conf_extra
                 gw = support.start_gateway(
-                    self.dir, conf, name, ready="serving" if workers else "listener "
+                    self.dir,
+                    conf,
+                    name.replace("@", "-"),
+                    ready="serving" if workers else "listener ",
+                    env=env,
                 )
                 started.append(gw)
                 if workers:
@@ -231,27 +248,25 @@ def rounds(
 
 def table(results: dict[str, list[tuple[float, ...]]], columns: list[str]) -> None:
     names = list(results)
-    print(f"\n  {'':12}" + "".join(f"{c:>28}" for c in columns))
+    print(f"\n  {'':16}" + "".join(f"{c:>28}" for c in columns))
     med = {
         n: [statistics.median(v[i] for v in results[n]) for i in range(len(columns))] for n in names
     }
     for n in names:
-        print(f"  {n:12}" + "".join(f"{x:28.1f}" for x in med[n]))
-    for ref in ("haproxy", "mosquitto", "gw-1"):
-        if ref not in med:
-            continue
-        for n in names:
-            if n.startswith("gw-") and n != ref:
-                ratios = []
-                for i in range(len(columns)):
-                    per_round = [
-                        a[i] / b[i] for a, b in zip(results[n], results[ref], strict=False) if b[i]
-                    ]
-                    ratios.append(
-                        f"{statistics.median(per_round):.2f} "
-                        f"({min(per_round):.2f}-{max(per_round):.2f})"
-                    )
-                print(f"  {n}/{ref}:".ljust(14) + "".join(f"{r:>28}" for r in ratios))
+        print(f"  {n:16}" + "".join(f"{x:28.1f}" for x in med[n]))
+    pairs = [(n, ref) for ref in ("haproxy", "mosquitto", "gw-1") if ref in med for n in names]
+    pairs = [(n, ref) for n, ref in pairs if n.startswith("gw-") and n != ref and "@" not in n]
+    pairs += [(n, f"{n}@base") for n in names if f"{n}@base" in med]  # after / before
+    for n, ref in pairs:
+        ratios = []
+        for i in range(len(columns)):
+            per_round = [
+                a[i] / b[i] for a, b in zip(results[n], results[ref], strict=False) if b[i]
+            ]
+            ratios.append(
+                f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+            )
+        print(f"  {n}/{ref}:".ljust(14) + "".join(f"{r:>28}" for r in ratios))
 
 
 # -- handshakes --------------------------------------------------------------------------------
@@ -303,7 +318,7 @@ def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, 
 
 
 def handshakes(args: argparse.Namespace) -> None:
-    world = World(args.key)
+    world = World(args.key, args.baseline)
     if args.crl_entries:
         world.with_crls(args.crl_entries)
 
@@ -333,13 +348,14 @@ def efficiency(args: argparse.Namespace) -> None:
     at the same moment (on a shared, noisy machine the sequential rounds of ``handshakes``
     swing by 10-20 % from one sitting to the next; this does not). mosquitto is left out:
     it is also the broker behind the others, so its CPU is not its own here."""
-    world = World(args.key)
+    world = World(args.key, args.baseline)
     if args.crl_entries:
         world.with_crls(args.crl_entries)
     results: dict[str, list[tuple[float, ...]]] = {}
     for r in range(args.rounds):
         with world.round() as targets:
             names = [n for n in targets if n != "mosquitto"]
+            names = names[r % len(names) :] + names[: r % len(names)]  # no place favoured
             for name in names:
                 if args.crl_entries and not world.refuses_revoked(targets[name][0]):
                     raise SystemExit(f"{name} let a revoked device in: its CRL checking is off")
@@ -379,7 +395,7 @@ TOPIC_PAYLOAD = 64
 
 
 def relay(args: argparse.Namespace) -> None:
-    world = World(args.key)
+    world = World(args.key, args.baseline)
     lines = os.path.join(world.dir, "lines.txt")
     with open(lines, "wb") as f:
         for i in range(args.messages):
@@ -474,7 +490,7 @@ def _hold(port: int, world: World, count: int, sources: int) -> list[Any]:
 
 
 def idle(args: argparse.Namespace) -> None:
-    world = World(args.key)
+    world = World(args.key, args.baseline)
     for count in args.count:
 
         def measure(name: str, port: int, pid: int, count: int = count) -> tuple[float, ...]:
@@ -509,7 +525,7 @@ def idle(args: argparse.Namespace) -> None:
 def crl(args: argparse.Namespace) -> None:
     from gateway.testing.crl import CrlHttpServer, big_crl_der
 
-    world = World(args.key)
+    world = World(args.key, args.baseline)
     http = CrlHttpServer()
     http.serve("/big.crl", 200, big_crl_der(world.pki.inter, args.entries))
     http.serve("/root.crl", 200, big_crl_der(world.pki.root, 1))
@@ -559,7 +575,7 @@ def storm(args: argparse.Namespace) -> None:
     import socket
     import ssl
 
-    world = World(args.key)
+    world = World(args.key, args.baseline)
     gateways = {
         "gw-auto": "workers = auto\n",
         "gw-auto-kernel": "workers = auto\nworker_affinity = kernel\n",
@@ -600,6 +616,12 @@ def storm(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout of mqttgw (git worktree add DIR REV): its gateways run beside "
+        "this tree's in every round, as NAME@base",
+    )
     common.add_argument(
         "--key",
         choices=("ec", "rsa"),

@@ -179,6 +179,7 @@ def start_gateway(
     ready: str = "listener ",
     stats_json: bool = False,
     extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Process:
     """twistd mqttgw on ``conf_text``, logging to ``NAME.log`` (and with ``stats_json`` the
     stats lines to ``NAME.log.json``, read by ``Process.events``)."""
@@ -201,9 +202,12 @@ def start_gateway(
         conf,
     ]
     open(log_path, "w").close()
-    env = dict(os.environ, MQTTGW_TEST_LOG=log_path)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=directory, env=env
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=directory,
+        env=dict(os.environ, MQTTGW_TEST_LOG=log_path, **(env or {})),
     )
     process = Process(proc, log_path)
     try:

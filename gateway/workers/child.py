@@ -35,11 +35,12 @@ from gateway.files import FileRecord
 from gateway.listener import ListenerService
 from gateway.ports import PortService
 from gateway.prepare import prepare
+from gateway.reports import ListenerReport, WorkerReport
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.snapshot import map_snapshot
 from gateway.roles import IListenerRole, port_service
 from gateway.service import GatewayService, ProcessRole
-from gateway.status import ListenerReport, ListenerStatus, WorkerReport
+from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
 

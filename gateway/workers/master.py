@@ -17,12 +17,13 @@ from zope.interface import implementer
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.listener import ListenerService
 from gateway.prepare import Prepared
+from gateway.reports import merge_reports
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.roles import IListenerRole, SingleProcess
 from gateway.service import GatewayService, ProcessRole
-from gateway.status import ListenerStatus, merge_reports
+from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.twisted_native import quiet_agent
 from gateway.workers.group import SocketGroupService

@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 
 from gateway.errors import describe_error
 from gateway.prepare import Prepared
-from gateway.status import WorkerReport, WorkerState, WorkerStatus
+from gateway.reports import WorkerReport
+from gateway.status import WorkerState, WorkerStatus
 from gateway.workers import commands as c
 from gateway.workers.channel import MasterChannel, OneProtocol
 from gateway.workers.group import SocketGroupService
