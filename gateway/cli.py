@@ -40,7 +40,7 @@ def status(admin: str, as_json: bool, token_file: str | None) -> int:
     import urllib.error
     import urllib.request
 
-    from gateway.admin.render import render_text
+    from gateway.admin.terminal import render_text
 
     token = os.environ.get("MQTTGW_ADMIN_TOKEN")
     if token_file:

@@ -24,6 +24,28 @@ def format_timestamp(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_timestamp(text: str | None) -> float | None:
+    """The POSIX seconds of ``format_timestamp``'s text (None for ``-`` or none)."""
+    if not text or text == "-":
+        return None
+    parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    return parsed.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def duration(seconds: float) -> str:
+    """``8 s``, ``12 min``, ``5 h``, ``3 days``: a length of time, in words."""
+    left = abs(seconds)
+    for size, unit, least in ((86400, "days", 2 * 86400), (3600, "h", 3600), (60, "min", 60)):
+        if left >= least:
+            return f"{left / size:.0f} {unit}"
+    return f"{left:.0f} s"
+
+
+def relative(seconds: float) -> str:
+    """``in 8 s``, ``12 min ago``, ``3 days ago``: a time relative to now, in words."""
+    return f"in {duration(seconds)}" if seconds > 0 else f"{duration(seconds)} ago"
+
+
 class Clock(Protocol):
     """What the sans-IO cores ask of time: a reactor, or a test's Clock."""
 

@@ -23,6 +23,8 @@ from gateway import sdnotify, signals
 from gateway.build import build_parts
 from gateway.config.values import format_bind
 from gateway.errors import GatewayError, describe_error
+from gateway.history import INTERVAL as HISTORY_INTERVAL
+from gateway.history import History
 from gateway.listener import ListenerService
 from gateway.monitor import Monitor
 from gateway.observe import refresh_report
@@ -91,6 +93,11 @@ class GatewayService(service.MultiService):
         for listener in self.config.listeners:
             self.add_listener(self.new_listener(prepared, listener.name))
         self.monitor.setServiceParent(self)
+        self.history = History()
+        if role.stats_line:  # the process operators read (one process, or the master)
+            sampler = TimerService(HISTORY_INTERVAL, self._record)
+            sampler.clock = reactor
+            sampler.setServiceParent(self)
         self.set_admin(self.admin_port(prepared))
         if workers is not None:
             workers.setServiceParent(self)
@@ -154,7 +161,7 @@ class GatewayService(service.MultiService):
     def _notify_when_ready(self) -> None:
         """systemd (Type=notify) learns READY=1 once every listener accepts."""
         try:
-            ok, _ = self.status().ready
+            ok = self.status().accepting
         except Exception:
             log.failure("readiness check failed")
             return
@@ -193,7 +200,14 @@ class GatewayService(service.MultiService):
             reactor_lag=self.monitor.lag.snapshot(),
             reload=self.reloads,
             workers=workers.status() if workers is not None else (),
+            history=self.history.snapshot(),
         )
+
+    def _record(self) -> None:
+        try:
+            self.history.record(self.status())
+        except Exception:
+            log.failure("recording the status history failed")
 
     def alive(self) -> tuple[bool, str]:
         """The reactor turns: the monitor's heartbeat (every second) ran within the last 5

@@ -175,6 +175,20 @@ class BrokerStatus:
 
 
 @attrs.frozen
+class CertificateStatus:
+    """A certificate of the gateway's own: its expiry is the classic outage of a TLS front."""
+
+    role: str  # server (the listener's), upstream (the gateway's client certificate)
+    subject: str
+    serial: str
+    not_before: float
+    not_after: float
+
+    def days_left(self, now: float) -> float:
+        return (self.not_after - now) / 86400
+
+
+@attrs.frozen
 class ListenerStatus:
     stats: StatsSnapshot
     crl: CrlCheckStatus | None = None
@@ -185,6 +199,10 @@ class ListenerStatus:
     not_accepting: str = ""  # why not, when not accepting
     tls: str = ""
     brokers: tuple[BrokerStatus, ...] = ()
+    certificates: tuple[CertificateStatus, ...] = ()
+    # Why a good device would be refused now although the port accepts (no CRL held for a
+    # CA the listener must check, with crl_expired_policy = reject); "" when it would not.
+    undecided: str = ""
 
 
 class WorkerState(str, enum.Enum):
@@ -226,6 +244,18 @@ class ReloadStatus:
 
 
 @attrs.frozen
+class Sample:
+    """The gateway's counters at one moment (``gateway.history`` keeps an hour of them)."""
+
+    time: float
+    accepted: int  # since start, every listener
+    refused: dict[str, int]  # since start, by reason
+    handshakes: int  # TLS handshakes completed since start
+    active: int  # connections open now
+    crl_age: float | None  # seconds since the oldest CRL in force was issued (thisUpdate)
+
+
+@attrs.frozen
 class GatewayStatus:
     """The whole gateway: what /status, /metrics, the status page and ``mqttgw status`` show."""
 
@@ -238,12 +268,25 @@ class GatewayStatus:
     reactor_lag: HistogramSnapshot | None
     reload: ReloadStatus = ReloadStatus()
     workers: tuple[WorkerStatus, ...] = ()  # with workers: each worker process
+    history: tuple[Sample, ...] = ()  # the last hour, every ``history.INTERVAL`` seconds
+
+    @property
+    def accepting(self) -> bool:
+        """Every listener's port accepts (what systemd's READY=1 waits for: the process
+        started; a CA that is down is a matter for /ready, not for the service manager)."""
+        return all(ls.accepting for ls in self.listeners)
 
     @property
     def ready(self) -> tuple[bool, str]:
-        """(every listener accepts, the reason when not)."""
+        """(every listener accepts and can admit a good device now, the reason when not):
+        what /ready, /status, the page and ``mqttgw status`` say."""
         waiting = [
             f"{ls.stats.listener}: {ls.not_accepting}" for ls in self.listeners if not ls.accepting
+        ]
+        waiting += [
+            f"{ls.stats.listener}: {ls.undecided}"
+            for ls in self.listeners
+            if ls.accepting and ls.undecided
         ]
         return (not waiting, "; ".join(waiting))
 

@@ -281,8 +281,20 @@ def _process(status: GatewayStatus) -> Iterator[Metric]:
     )
     ready, _ = status.ready
     yield GaugeMetricFamily(
-        "mqttgw_ready", "1 when every listener accepts connections.", value=1 if ready else 0
+        "mqttgw_ready",
+        "1 when every listener accepts connections and can admit a good device now.",
+        value=1 if ready else 0,
     )
+    expiry = GaugeMetricFamily(
+        "mqttgw_certificate_expiry_timestamp_seconds",
+        "notAfter of the gateway's own certificates: each listener's (role=server) and its "
+        "client certificate to the broker (role=upstream).",
+        labels=["listener", "role"],
+    )
+    for ls in status.listeners:
+        for cert in ls.certificates:
+            expiry.add_metric([ls.stats.listener, cert.role], cert.not_after)
+    yield expiry
     yield GaugeMetricFamily(
         "mqttgw_start_time_seconds", "When the gateway started.", value=status.started
     )

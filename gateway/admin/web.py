@@ -30,8 +30,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 
+from gateway.admin.document import document
 from gateway.admin.metrics import registry_for
-from gateway.admin.render import document, render_html
+from gateway.admin.page import REFRESH_CHOICES, render_html
 from gateway.status import GatewayStatus
 
 log = Logger()
@@ -251,7 +252,9 @@ class Endpoint(resource.Resource):
 
 class Page(Endpoint):
     def render_GET(self, request: Any) -> bytes:
-        html = render_html(document(self.admin.control.status()))
+        asked = parse_qs(request.uri.partition(b"?")[2].decode("latin-1")).get("refresh", ["0"])
+        refresh = int(asked[0]) if asked[0] in {str(c) for c in REFRESH_CHOICES} else 0
+        html = render_html(document(self.admin.control.status()), refresh)
         return _send(request, 200, html.encode(), "text/html; charset=utf-8")
 
 

@@ -39,6 +39,7 @@ class UpstreamTrust:
 
     trust: Any
     client: Any  # twisted.internet.ssl.PrivateCertificate | None
+    client_cert: x509.Certificate | None = None  # the same, parsed (its expiry is watched)
 
 
 @attrs.frozen(eq=False)
@@ -173,7 +174,8 @@ def load_upstream_tls(tls: UpstreamTls, fail: Fail) -> UpstreamTrust:
     trust = ssl.trustRootFromCertificates(
         [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in cas]
     )
-    return UpstreamTrust(trust, client)
+    parsed = client.original.to_cryptography() if client is not None else None
+    return UpstreamTrust(trust, client, parsed)
 
 
 def _key_file_warnings(filename: str) -> list[str]:

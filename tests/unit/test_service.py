@@ -101,8 +101,10 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
 
 
 def test_gateway_tree_has_listeners_and_monitor(p: support.Pki) -> None:
-    """make_gateway_service builds one service per listener, plus the monitor."""
+    """make_gateway_service builds one service per listener, plus the monitor and the sampler
+    of the status history."""
     text = support.listener_conf("a", 18884, 1883, p) + support.listener_conf("b", 18885, 1884, p)
     top = make_gateway_service(prepare_text(text), MemoryReactorClock())
     names = [getattr(s, "name", None) for s in top]
-    assert names[:2] == ["a", "b"] and len(names) == 3
+    assert names[:2] == ["a", "b"] and len(names) == 4  # and the monitor, the history sampler
+    assert top.monitor in list(top)

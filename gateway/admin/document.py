@@ -1,0 +1,285 @@
+"""The gateway's status as a JSON document (``GET /status``) and its problems, errors
+first. The status page (``admin.page``) and ``mqttgw status`` (``admin.terminal``) are both
+rendered from this document, so they say the same. Pure: records in, data out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.clock import format_timestamp
+from gateway.history import series
+from gateway.status import (
+    CertificateStatus,
+    CrlSourceStatus,
+    GatewayStatus,
+    ListenerStatus,
+    OcspStatus,
+)
+
+ERROR = "error"
+WARNING = "warning"
+# The gateway's own certificates: a warning this many days before notAfter, an error then.
+EXPIRY_WARNING_DAYS = 30
+EXPIRY_CRITICAL_DAYS = 7
+
+# The revocation checker's counts, in plain words (the status page, mqttgw status).
+DECISION_WORDS = {
+    "revoked": "refused as revoked",
+    "resumed_refused": "resumed sessions refused",
+    "held_for_crl": "held while their CRL was fetched",
+    "crl_missing": "refused: no CRL of their CA",
+    "crl_expired": "refused: their CA's CRL expired",
+    "crl_incomplete": "refused: the CRLs held do not cover them",
+    "crl_missing_accepted": "admitted without a CRL (policy accept)",
+    "crl_expired_accepted": "admitted with an expired CRL (policy accept)",
+    "crl_incomplete_accepted": "admitted with incomplete CRLs (policy accept)",
+}
+
+
+def pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items()) or "-"
+
+
+def in_words(counts: dict[str, int]) -> str:
+    """The checker's counts as a person reads them."""
+    return ", ".join(f"{DECISION_WORDS.get(k, k)}: {v}" for k, v in counts.items()) or "none yet"
+
+
+def _ts(value: float | None) -> str | None:
+    return None if value is None else format_timestamp(value)
+
+
+def problems(status: GatewayStatus) -> list[dict[str, str]]:
+    """What an operator must look at, errors first: a listener not accepting, a CRL past
+    its nextUpdate, a CRL source failing or never fetched, a missing or revoked staple, a
+    refused reload."""
+    out: list[dict[str, str]] = []
+
+    def add(severity: str, listener: str, what: str) -> None:
+        out.append({"severity": severity, "listener": listener, "what": what})
+
+    now = status.now
+    for ls in status.listeners:
+        name = ls.stats.listener
+        if not ls.accepting:
+            add(ERROR, name, f"not accepting connections: {ls.not_accepting}")
+        elif ls.undecided:
+            add(ERROR, name, f"every device would be refused: {ls.undecided}")
+        for cert in ls.certificates:
+            _certificate_problems(add, name, cert, now)
+        if ls.crl is not None:
+            for src in ls.crl.sources:
+                _crl_problems(add, name, src, now)
+        if ls.ocsp is not None:
+            _ocsp_problems(add, name, ls.ocsp, now)
+        down = [b for b in ls.brokers if not b.up]
+        if down and len(down) == len(ls.brokers):
+            add(
+                ERROR,
+                name,
+                "every broker is down: " + "; ".join(f"{b.name} ({b.last_error})" for b in down),
+            )
+        else:
+            for b in down:
+                add(WARNING, name, f"broker {b.name} is down: {b.last_error}")
+    if status.reload.last_result == "failed":
+        add(ERROR, "", f"the last reload was refused: {status.reload.last_error}")
+    for w in status.workers:
+        if w.state != "serving":
+            add(
+                WARNING,
+                "",
+                f"worker {w.index} is {w.state}"
+                + (f" (its last process {w.last_exit})" if w.last_exit else ""),
+            )
+    out.sort(key=lambda p: p["severity"] != ERROR)
+    return out
+
+
+def _crl_problems(add: Any, name: str, src: CrlSourceStatus, now: float) -> None:
+    if not src.crls:
+        if src.last_result == "error":
+            add(ERROR, name, f"no CRL from {src.url}: {src.last_error}")
+        elif not src.discovered:
+            add(WARNING, name, f"no CRL from {src.url} yet")
+        return
+    for crl in src.crls:
+        if crl.next_update is not None and crl.next_update < now:
+            add(
+                ERROR,
+                name,
+                f"the CRL of {crl.issuer} from {src.url} is past its nextUpdate "
+                f"({format_timestamp(crl.next_update)})",
+            )
+    if src.last_result == "error":
+        add(WARNING, name, f"{src.url} failing ({src.failures} in a row): {src.last_error}")
+
+
+def _certificate_problems(add: Any, name: str, cert: CertificateStatus, now: float) -> None:
+    what = f"the {cert.role} certificate {cert.subject} (serial {cert.serial})"
+    days = cert.days_left(now)
+    until = format_timestamp(cert.not_after)
+    if now < cert.not_before:
+        add(ERROR, name, f"{what} is not valid before {format_timestamp(cert.not_before)}")
+    elif days < 0:
+        add(ERROR, name, f"{what} EXPIRED on {until}")
+    elif days < EXPIRY_CRITICAL_DAYS:
+        add(ERROR, name, f"{what} expires in {days:.1f} days ({until})")
+    elif days < EXPIRY_WARNING_DAYS:
+        add(
+            WARNING, name, f"{what} expires in {days:.0f} days ({format_timestamp(cert.not_after)})"
+        )
+
+
+def _ocsp_problems(add: Any, name: str, ocsp: OcspStatus, now: float) -> None:
+    if ocsp.status is None:
+        why = f": {ocsp.last_error}" if ocsp.last_error else ""
+        add(ERROR, name, f"no OCSP staple for certificate {ocsp.serial}{why}")
+    elif ocsp.status == "revoked":
+        add(ERROR, name, f"the server certificate {ocsp.serial} is REVOKED (per its OCSP staple)")
+    elif ocsp.next_update is not None and ocsp.next_update < now:
+        add(ERROR, name, "the OCSP staple is past its nextUpdate")
+    elif ocsp.last_result == "error":
+        add(WARNING, name, f"OCSP refresh failing: {ocsp.last_error}")
+
+
+def document(status: GatewayStatus) -> dict[str, Any]:
+    """The JSON of ``GET /status``."""
+    ready, reason = status.ready
+    lag = status.reactor_lag
+    return {
+        "version": status.version,
+        "config": status.config_path,
+        "started": _ts(status.started),
+        "now": _ts(status.now),
+        "now_epoch": round(status.now, 3),
+        "uptime_seconds": round(status.now - status.started, 1),
+        "ready": {"ok": ready, "reason": reason},
+        "reactor": {
+            "max_lag_ms": round(status.reactor_max_lag * 1000, 1),
+            "probes": lag.count if lag is not None else 0,
+        },
+        "reload": {
+            "count": status.reload.count,
+            "failures": status.reload.failures,
+            "last_time": _ts(status.reload.last_time),
+            "last_result": status.reload.last_result,
+            "last_error": status.reload.last_error,
+            "last_changes": list(status.reload.last_changes),
+        },
+        "problems": problems(status),
+        "listeners": [_listener(ls, status.now) for ls in status.listeners],
+        "history": series(status.history),
+        "workers": [
+            {
+                "index": w.index,
+                "pid": w.pid,
+                "state": w.state,
+                "restarts": w.restarts,
+                "started": _ts(w.started),
+                "active": w.active,
+                "accepted": w.accepted,
+                "last_exit": w.last_exit,
+            }
+            for w in status.workers
+        ],
+    }
+
+
+def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
+    s = ls.stats
+    out: dict[str, Any] = {
+        "name": s.listener,
+        "bind": ls.bind,
+        "upstream": ls.upstream,
+        "tls": ls.tls,
+        "accepting": ls.accepting,
+        "admits_devices": ls.accepting and not ls.undecided,
+        "not_admitting": ls.undecided or None,
+        "certificates": [
+            {
+                "role": c.role,
+                "subject": c.subject,
+                "serial": c.serial,
+                "not_before": _ts(c.not_before),
+                "not_after": _ts(c.not_after),
+                "days_left": round(c.days_left(now), 1),
+            }
+            for c in ls.certificates
+        ],
+        "counters": {
+            "active": s.active,
+            "accepted": s.accepted,
+            "refused": dict(sorted(s.refused.items())),
+            "closed": dict(sorted(s.closed.items())),
+            "bytes_in": s.bytes_in,
+            "bytes_out": s.bytes_out,
+            "upstream_failures": s.upstream_failures,
+            "upstream_tls_handshakes": s.upstream_tls,
+            "upstream_tls_resumed": s.upstream_tls_resumed,
+        },
+        "brokers": [
+            {
+                "broker": b.name,
+                "up": b.up,
+                "active": b.active,
+                "sessions": b.sessions,
+                "failures": b.failures,
+                "last_error": b.last_error,
+            }
+            for b in ls.brokers
+        ],
+        "crl": None,
+        "ocsp": None,
+    }
+    if ls.crl is not None:
+        out["crl"] = {
+            "held": ls.crl.held,
+            "decisions": dict(sorted(ls.crl.counts.items())),
+            "sources": [
+                {
+                    "url": src.url,
+                    "discovered": src.discovered,
+                    "crls": [
+                        {
+                            "issuer": c.issuer,
+                            "number": c.number,
+                            "this_update": _ts(c.this_update),
+                            "next_update": _ts(c.next_update),
+                            "entries": c.entries,
+                        }
+                        for c in src.crls
+                    ],
+                    "size": src.size,
+                    "last_fetch": _ts(src.last_fetch),
+                    "last_result": src.last_result,
+                    "last_error": src.last_error,
+                    "last_success": _ts(src.last_success),
+                    "last_failure": _ts(src.last_failure),
+                    "failures_in_a_row": src.failures,
+                    "failures_by_kind": dict(sorted(src.failure_kinds.items())),
+                    "next_refresh": _ts(src.next_refresh),
+                }
+                for src in ls.crl.sources
+            ],
+        }
+    if ls.ocsp is not None:
+        o = ls.ocsp
+        out["ocsp"] = {
+            "certificate": o.certificate,
+            "serial": o.serial,
+            "responder": o.responder,
+            "status": o.status,
+            "produced_at": _ts(o.produced_at),
+            "this_update": _ts(o.this_update),
+            "next_update": _ts(o.next_update),
+            "next_refresh": _ts(o.next_refresh),
+            "last_fetch": _ts(o.last_fetch),
+            "last_result": o.last_result,
+            "last_error": o.last_error,
+            "failures_in_a_row": o.failures,
+            "failures_by_kind": dict(sorted(o.failure_kinds.items())),
+            "staples_sent": o.staples_sent,
+        }
+    return out
