@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="throwaway CA + mosquitto + gateway on this machine")
     demo.add_argument("--dir", help="where to write the demo files (default: a new temp dir)")
     demo.add_argument("--port", type=int, default=8883, help="gateway port (default 8883)")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's files (its CA key, device keys) after it stops",
+    )
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return status(args.admin, args.json, args.token_file)
     from gateway.demo.run import run_demo
 
-    return run_demo(args.dir, args.port)
+    return run_demo(args.dir, args.port, args.keep)
 
 
 if __name__ == "__main__":

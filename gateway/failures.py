@@ -55,7 +55,7 @@ def ssl_error_words(value: SSL.Error) -> str:
     for entry in value.args[0] if value.args and isinstance(value.args[0], list) else []:
         if isinstance(entry, tuple) and entry:
             words.append(str(entry[-1]))
-    return ", ".join(words) or "handshake failed"
+    return "; ".join(words) or "handshake failed"
 
 
 def verification_words(value: BaseException) -> str:

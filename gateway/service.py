@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from gateway import sdnotify, signals
 from gateway.build import build_parts
+from gateway.clock import format_timestamp
 from gateway.config.values import format_bind
 from gateway.errors import GatewayError, describe_error
 from gateway.history import INTERVAL as HISTORY_INTERVAL
@@ -33,12 +34,18 @@ from gateway.prepare import Prepared, prepare
 from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.revocation.fetch import HttpFetcher
 from gateway.roles import IListenerRole, SingleProcess, tcp_endpoint
-from gateway.status import GatewayStatus, ReloadStatus
+from gateway.status import (
+    EXPIRY_CRITICAL_DAYS,
+    EXPIRY_WARNING_DAYS,
+    GatewayStatus,
+    ReloadStatus,
+)
 from gateway.twisted_native import quiet_agent
 
 log = Logger()
 
 LIVE_LIMIT = 5.0
+EXPIRY_CHECK_INTERVAL = 86400.0  # the certificates' expiry is logged at start and daily
 
 
 @attrs.frozen
@@ -98,6 +105,9 @@ class GatewayService(service.MultiService):
             sampler = TimerService(HISTORY_INTERVAL, self._record)
             sampler.clock = reactor
             sampler.setServiceParent(self)
+            expiry = TimerService(EXPIRY_CHECK_INTERVAL, self.check_certificates)
+            expiry.clock = reactor
+            expiry.setServiceParent(self)
         self.set_admin(self.admin_port(prepared))
         if workers is not None:
             workers.setServiceParent(self)
@@ -202,6 +212,30 @@ class GatewayService(service.MultiService):
             workers=workers.status() if workers is not None else (),
             history=self.history.snapshot(),
         )
+
+    def check_certificates(self) -> None:
+        """At start and once a day: a warning line for each certificate of the gateway's own
+        that expires within EXPIRY_WARNING_DAYS (an error line within the critical days)."""
+        try:
+            now = self.reactor.seconds()
+            for ls in self.status().listeners:
+                for cert in ls.certificates:
+                    days = cert.days_left(now)
+                    if days >= EXPIRY_WARNING_DAYS:
+                        continue
+                    level = log.error if days < EXPIRY_CRITICAL_DAYS else log.warn
+                    level(
+                        "certificate {role} of listener {listener} ({subject}, serial {serial}) "
+                        "{when} {not_after}: renew it and reload",
+                        role=cert.role,
+                        listener=ls.stats.listener,
+                        subject=cert.subject,
+                        serial=cert.serial,
+                        when="EXPIRED on" if days < 0 else f"expires in {days:.0f} days, on",
+                        not_after=format_timestamp(cert.not_after),
+                    )
+        except Exception:
+            log.failure("checking certificate expiry failed")
 
     def _record(self) -> None:
         try:

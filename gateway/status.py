@@ -174,6 +174,12 @@ class BrokerStatus:
     last_error: str | None
 
 
+# The gateway's own certificates: a warning this many days before notAfter (the page, the
+# log, mqttgw status's exit 1), an error this many (exit 2), as Nagios certificate checks do.
+EXPIRY_WARNING_DAYS = 30
+EXPIRY_CRITICAL_DAYS = 7
+
+
 @attrs.frozen
 class CertificateStatus:
     """A certificate of the gateway's own: its expiry is the classic outage of a TLS front."""

@@ -10,6 +10,8 @@ from typing import Any
 from gateway.clock import format_timestamp
 from gateway.history import series
 from gateway.status import (
+    EXPIRY_CRITICAL_DAYS,
+    EXPIRY_WARNING_DAYS,
     CertificateStatus,
     CrlSourceStatus,
     GatewayStatus,
@@ -19,9 +21,6 @@ from gateway.status import (
 
 ERROR = "error"
 WARNING = "warning"
-# The gateway's own certificates: a warning this many days before notAfter, an error then.
-EXPIRY_WARNING_DAYS = 30
-EXPIRY_CRITICAL_DAYS = 7
 
 # The revocation checker's counts, in plain words (the status page, mqttgw status).
 DECISION_WORDS = {

@@ -1,7 +1,11 @@
-"""``mqttgw demo``: a throwaway CA, a local mosquitto, and the gateway in front of it.
+"""``mqttgw demo``: a throwaway CA, a local mosquitto, and the gateway in front of it, with
+its admin listener (status page, /metrics) on loopback.
 
 Everything binds 127.0.0.1. The files (CA, certificates, keys, configuration) are written to
-a fresh directory that is printed, so that a newcomer can copy the commands shown.
+a fresh directory that is printed, so that a newcomer can copy the commands shown; they are
+removed when the demo stops (``--keep`` keeps them). Every printed command works as printed
+while the demo runs (the gateway's own commands by their full path in this Python's
+environment).
 """
 
 from __future__ import annotations
@@ -13,8 +17,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from gateway.demo import pki
+
+
+def _quiet_site(root: Any) -> Any:
+    from twisted.web import server
+
+    class QuietSite(server.Site):
+        """The demo CA's web server: no access log (a line per CRL fetch would bury the
+        lines the demo asks you to watch)."""
+
+        noisy = False
+
+        def log(self, request: Any) -> None:
+            pass
+
+    return QuietSite(root)
 
 
 def _free_port(preferred: int) -> int:
@@ -36,7 +56,7 @@ def _mosquitto() -> str:
 
 
 def write_demo_files(
-    directory: str, port: int, broker_port: int, ca_port: int
+    directory: str, port: int, broker_port: int, ca_port: int, admin_port: int, twistd_port: int
 ) -> tuple[dict[str, str], pki.Issued]:
     root = pki.make_ca("mqttgw demo root CA")
     devices = pki.make_ca("mqttgw demo devices CA", issuer=root)
@@ -69,13 +89,16 @@ def write_demo_files(
     files["root_crl"] = os.path.join(root_ca.dir, "root.crl.pem")
     with open(files["root_crl"], "wb") as f:
         f.write(root_ca.gencrl("root.crl.pem"))
-    files["conf"] = os.path.join(directory, "mqttgw.conf")
-    with open(files["conf"], "w") as f:
-        f.write(
+
+    def conf(listener_port: int, admin: str) -> str:
+        return (
             "# Written by 'mqttgw demo'. See docs/configuration.md for every key.\n"
             f"upstream = 127.0.0.1:{broker_port}\n"
             "crl_cache.refresh_interval = 10s\n"
-            f"listener.ssl.demo = 127.0.0.1:{port}\n"
+            # The status page, /status, /metrics and /ready, read-only without a token
+            # (a loopback address: POST /reload and /refresh need admin.token_file).
+            f"admin.listen = {admin}\n"
+            f"listener.ssl.demo = 127.0.0.1:{listener_port}\n"
             "listener.ssl.demo.keyfile = server.key\n"
             "listener.ssl.demo.certfile = server.pem\n"
             "listener.ssl.demo.cacertfile = ca.pem\n"
@@ -86,16 +109,33 @@ def write_demo_files(
             f"http://127.0.0.1:{ca_port}/root.crl.pem\n"
             "listener.ssl.demo.enable_ocsp_stapling = true\n"
         )
-    files["mosquitto_conf"] = os.path.join(directory, "mosquitto.conf")
-    with open(files["mosquitto_conf"], "w") as f:
-        f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+
+    # The demo's gateway, and the same for twistd on a port of its own (beside the demo's).
+    broker = f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    for key, filename, text in (
+        ("conf", "mqttgw.conf", conf(port, f"127.0.0.1:{admin_port}")),
+        ("twistd_conf", "twistd.conf", conf(twistd_port, "")),
+        ("mosquitto_conf", "mosquitto.conf", broker),
+    ):
+        files[key] = os.path.join(directory, filename)
+        with open(files[key], "w", encoding="utf-8") as out:
+            out.write(text)
     return files, devices
 
 
 def instructions(
-    directory: str, port: int, broker_port: int, ca_port: int, files: dict[str, str]
+    directory: str,
+    port: int,
+    broker_port: int,
+    ca_port: int,
+    files: dict[str, str],
+    admin_port: int,
+    twistd_port: int,
+    keep: bool,
 ) -> str:
     tls = f"-h localhost -p {port} --cafile {files['ca']}"
+    bindir = os.path.dirname(sys.executable)  # mqttgw and twistd, beside this Python
+    admin = f"http://127.0.0.1:{admin_port}"
 
     def device(name: str) -> str:
         return f"--cert {files[name + '_cert']} --key {files[name + '_key']}"
@@ -120,7 +160,8 @@ In another terminal, subscribe through the gateway:
 and publish through the gateway:
   mosquitto_pub {tls} {device("device-1")} -t demo/hello -m 'hello through mqttgw'
 
-Refused at the TLS handshake (watch the 'refused' lines in this log):
+Refused at the TLS handshake (the client only sees "connection lost"; the reason is in
+the 'refused' lines of this log):
   mosquitto_pub {tls} -t demo/hello -m 'no certificate'
   mosquitto_pub {tls} {device("stranger")} -t demo/hello -m 'certificate from another CA'
   mosquitto_pub {tls} {device("device-revoked")} -t demo/hello -m 'revoked certificate'
@@ -130,29 +171,61 @@ Revoke a device while it is connected: subscribe with device-2,
 then revoke it with the CA's own tool; within 10s its session is closed and it is refused:
   {revoke}
 
-The gateway staples the CA's OCSP answer about its own certificate:
+The gateway staples the CA's OCSP answer about its own certificate (s_client then closes
+without speaking MQTT, so this log says 'refused ... reason=bad_connect' for it):
   {s_client}
 
-The same gateway under twistd:  twistd -n mqttgw -c {files["conf"]}
-Ctrl-C stops the gateway and mosquitto.
+What the gateway is doing (status page, Prometheus metrics, the same in a terminal):
+  {admin}/
+  {admin}/metrics
+  {bindir}/mqttgw status --admin {admin}
+
+The same gateway under twistd, on port {twistd_port}, in another terminal while this demo runs
+(it uses this demo's CA and mosquitto; Ctrl-C stops it):
+  {bindir}/twistd -n --pidfile= mqttgw -c {files["twistd_conf"]}
+
+Ctrl-C stops the gateway and mosquitto{"" if keep else " and removes " + directory}.
 """
 
 
-def run_demo(directory: str | None, port: int) -> int:
-    from twisted.internet import endpoints, reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.web import resource, server, static
-
-    from gateway.demo.ocsp import DemoOcspResponder
-    from gateway.prepare import prepare
-    from gateway.service import make_gateway_service
-
+def run_demo(directory: str | None, port: int, keep: bool = False) -> int:
+    # Files in a directory the demo made are removed at the end (they hold the demo CA's
+    # private key); a directory given with --dir is left as it is, as with --keep.
+    keep = keep or directory is not None
     directory = directory or tempfile.mkdtemp(prefix="mqttgw-demo-")
     os.makedirs(directory, exist_ok=True)
     port = _free_port(port)
     broker_port = _free_port(0)
     ca_port = _free_port(0)
-    files, devices_ca = write_demo_files(directory, port, broker_port, ca_port)
+    admin_port = _free_port(9180)
+    twistd_port = _free_port(port + 1)
+    try:
+        return _run(directory, port, broker_port, ca_port, admin_port, twistd_port, keep)
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(
+    directory: str,
+    port: int,
+    broker_port: int,
+    ca_port: int,
+    admin_port: int,
+    twistd_port: int,
+    keep: bool,
+) -> int:
+    from twisted.internet import endpoints, reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.web import resource, static
+
+    from gateway.demo.ocsp import DemoOcspResponder
+    from gateway.prepare import prepare
+    from gateway.service import make_gateway_service
+
+    files, devices_ca = write_demo_files(
+        directory, port, broker_port, ca_port, admin_port, twistd_port
+    )
     broker = subprocess.Popen(
         [_mosquitto(), "-c", files["mosquitto_conf"]],
         stdout=subprocess.DEVNULL,
@@ -176,8 +249,7 @@ def run_demo(directory: str | None, port: int) -> int:
         ca_root.putChild(b"devices.crl.pem", static.File(files["crl"]))
         ca_root.putChild(b"root.crl.pem", static.File(files["root_crl"]))
         ca_root.putChild(b"ocsp", DemoOcspResponder(devices_ca, files["ca_index"]))
-        ca_site = server.Site(ca_root)
-        ca_site.noisy = False
+        ca_site = _quiet_site(ca_root)
         ca_endpoint = endpoints.TCP4ServerEndpoint(reactor, ca_port, interface="127.0.0.1")
         failed: list[BaseException] = []
         ca_endpoint.listen(ca_site).addErrback(lambda f: failed.append(f.value))
@@ -186,7 +258,9 @@ def run_demo(directory: str | None, port: int) -> int:
         gateway = make_gateway_service(prepare(files["conf"]), reactor)
         gateway.privilegedStartService()
         gateway.startService()
-        text = instructions(directory, port, broker_port, ca_port, files)
+        text = instructions(
+            directory, port, broker_port, ca_port, files, admin_port, twistd_port, keep
+        )
         reactor.callWhenRunning(lambda: print(text, flush=True))
         reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
         reactor.run()

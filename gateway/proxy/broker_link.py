@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListen
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.failures import plain_reason
 from gateway.proxy import session as S
 from gateway.tls.native import session_reused
 
@@ -117,4 +118,4 @@ def lost_text(reason: Failure) -> str:
         return "connection closed cleanly"
     if reason.check(error.ConnectionLost):
         return "connection lost (reset, or the network cut)"
-    return reason.getErrorMessage()
+    return plain_reason(reason)  # a TLS error in OpenSSL's words, never a repr

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config.model import IdentitySettings
-from gateway.failures import plain_reason
+from gateway.failures import plain_reason, ssl_error_words
 from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, PendingCrl
 from gateway.proxy import proxyproto
@@ -42,10 +42,8 @@ log = Logger()
 
 def ssl_error_text(exc: BaseException | None) -> str:
     """OpenSSL's reason strings from an SSL.Error, else the exception's text."""
-    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
-        reasons = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple)]
-        if reasons:
-            return "; ".join(reasons)
+    if isinstance(exc, SSL.Error):
+        return ssl_error_words(exc)
     if exc is None:
         return "unknown"
     return str(exc) or exc.__class__.__name__

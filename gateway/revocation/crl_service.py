@@ -283,21 +283,24 @@ class CrlService(service.Service):
         source.state.crls = tuple(c.info for c in crls)
         if schedule:
             self.scheduler.schedule(source.job, Outcome(True, self._next_update(source)))
-        level = log.warn if result in _KEPT_OUT else log.info
-        level(
-            "crl {listener} {url}: {result}; {details} next refresh {next_refresh}",
-            listener=self.listener,
-            url=url,
-            result=_KEPT_OUT.get(result, result),
-            details="; ".join(
-                f"issuer={c.info.issuer_text} number={c.info.number} "
-                f"thisUpdate={format_timestamp(c.info.this_update)} "
-                f"nextUpdate={format_timestamp(c.info.next_update)} "
-                f"entries={c.info.count} size={c.info.size}"
-                for c in crls
-            ),
-            next_refresh=format_timestamp(source.job.next_refresh),
-        )
+        # One line per change, not per refresh: a refresh that found the same CRL logs
+        # nothing (the status page and /metrics show every fetch, its result, the next one).
+        if result != "unchanged":
+            level = log.warn if result in _KEPT_OUT else log.info
+            level(
+                "crl {listener} {url}: {result}; {details} next refresh {next_refresh}",
+                listener=self.listener,
+                url=url,
+                result=_KEPT_OUT.get(result, result),
+                details="; ".join(
+                    f"issuer={c.info.issuer_text} number={c.info.number} "
+                    f"thisUpdate={format_timestamp(c.info.this_update)} "
+                    f"nextUpdate={format_timestamp(c.info.next_update)} "
+                    f"entries={c.info.count} size={c.info.size}"
+                    for c in crls
+                ),
+                next_refresh=format_timestamp(source.job.next_refresh),
+            )
         for c in installed:
             for delta_url in c.info.freshest:  # the base names its deltas (FreshestCRL)
                 if delta_url not in self.sources:

@@ -207,3 +207,16 @@ def test_client_gone_while_upstream_connects(p: support.Pki, good: tuple[str, st
     # A late success is closed at once rather than relayed.
     upstream, broker = listener.upstream.succeed()
     assert broker.disconnecting
+
+
+def test_a_session_ending_in_a_tls_error_is_logged_in_plain_words() -> None:
+    """A client that fails a TLS 1.2 renegotiation (refused) ends its session with OpenSSL's
+    words in the session log, never a Python repr of the error list."""
+    from OpenSSL import SSL
+    from twisted.python.failure import Failure
+
+    from gateway.proxy.broker_link import lost_text
+
+    text = lost_text(Failure(SSL.Error([("SSL routines", "", "tls alert handshake failure")])))
+    assert text == "TLS error: tls alert handshake failure"
+    assert "[" not in text and "(" not in text

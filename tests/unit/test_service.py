@@ -12,6 +12,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from gateway import testing as support
 from gateway.demo import pki
+from gateway.reasons import Reason
 from gateway.service import make_gateway_service
 from gateway.testing import InlineProcessor, prepare_text
 
@@ -106,5 +107,105 @@ def test_gateway_tree_has_listeners_and_monitor(p: support.Pki) -> None:
     text = support.listener_conf("a", 18884, 1883, p) + support.listener_conf("b", 18885, 1884, p)
     top = make_gateway_service(prepare_text(text), MemoryReactorClock())
     names = [getattr(s, "name", None) for s in top]
-    assert names[:2] == ["a", "b"] and len(names) == 4  # and the monitor, the history sampler
+    # and the monitor, the history sampler, the daily check of certificate expiry
+    assert names[:2] == ["a", "b"] and len(names) == 5
     assert top.monitor in list(top)
+
+
+def test_a_server_certificate_that_expires_in_five_days(p: support.Pki, tmp_path: Any) -> None:
+    """The gateway's own certificate, 5 days from its notAfter: an ERROR problem (exit 2 of
+    mqttgw status), a line in mqttgw status with the days left, its notAfter in
+    mqttgw_certificate_expiry_timestamp_seconds, and an error line in the log at start."""
+    from prometheus_client.exposition import generate_latest
+    from twisted.logger import capturedLogs, formatEvent
+
+    from gateway.admin.document import document
+    from gateway.admin.metrics import registry_for
+    from gateway.admin.terminal import render_text
+
+    server = pki.issue(p.inter, "localhost", server=True, valid_days=6)  # from a day ago
+    cert, key = server.write(str(tmp_path), "short")
+    text = support.listener_conf("s", 18886, 1883, p, {"certfile": cert, "keyfile": key})
+    reactor = MemoryReactorClock()
+    reactor.advance(server.cert.not_valid_after_utc.timestamp() - 5 * 86400)
+    top = make_gateway_service(prepare_text(text), reactor)
+    with capturedLogs() as events:
+        top.check_certificates()
+    lines = [formatEvent(e) for e in events]
+    assert any("certificate server of listener s" in t and "expires in 5 days" in t for t in lines)
+    doc = document(top.status())
+    (problem,) = [x for x in doc["problems"] if "certificate" in x["what"]]
+    assert problem["severity"] == "error" and "expires in 5.0 days" in problem["what"]
+    listener = doc["listeners"][0]
+    assert listener["certificates"][0]["role"] == "server"
+    assert listener["certificates"][0]["days_left"] == 5.0
+    assert "(5 days left)" in render_text(doc)
+    exposition = generate_latest(registry_for(top.status)).decode()
+    expected = server.cert.not_valid_after_utc.timestamp()
+    (line,) = [x for x in exposition.splitlines() if x.startswith("mqttgw_certificate_expiry")]
+    assert 'listener="s"' in line and 'role="server"' in line
+    assert float(line.rsplit(" ", 1)[1]) == expected
+
+
+def test_ready_only_when_a_good_device_could_get_in(p: support.Pki) -> None:
+    """A listener whose port accepts but holds no CRL from a source it must check (the CA
+    down at start, crl_expired_policy = reject) is not ready, and says why; with the CRL
+    in, it is; crl_expired_policy = accept is ready without it."""
+    import attrs
+
+    from gateway.observe import undecided
+    from gateway.status import CrlCheckStatus, CrlSourceStatus, CrlStatus
+
+    text = support.listener_conf(
+        "s",
+        18887,
+        1883,
+        p,
+        {"enable_crl_cache": "true", "crl_cache_urls": "http://ca.test/x.crl"},
+    )
+    settings = prepare_text(text).config.listener("s").crl
+    assert settings is not None
+
+    def source(crls: tuple[CrlStatus, ...], error: str | None) -> CrlCheckStatus:
+        src = CrlSourceStatus(
+            "http://ca.test/x.crl",
+            False,
+            100.0,
+            "error" if error else "updated",
+            error,
+            1,
+            None,
+            None,
+            crls,
+        )
+        return CrlCheckStatus(len(crls), {}, (src,))
+
+    down = source((), "connect: http://ca.test/x.crl: connection refused")
+    why = undecided(down, settings, 1000.0)
+    refused = "connect: http://ca.test/x.crl: connection refused"
+    assert why == f"no CRL from http://ca.test/x.crl yet ({refused})"
+    held = source((CrlStatus("CN=ca", 1, 900.0, 5000.0, 3),), None)
+    assert undecided(held, settings, 1000.0) == ""
+    assert "past its nextUpdate" in undecided(held, settings, 6000.0)
+    assert undecided(down, attrs.evolve(settings, expired_policy="accept"), 1000.0) == ""
+
+
+def test_the_hour_of_history() -> None:
+    """The ring buffer keeps a fixed number of samples; the series are per interval."""
+    from gateway.history import History, series
+    from gateway.status import GatewayStatus, ListenerStats, ListenerStatus
+
+    history = History(capacity=3)
+    stats = ListenerStats("s")
+    for i in range(5):
+        stats.accepted += 2
+        stats.active = i
+        stats.refuse(Reason.REVOKED)
+        status = GatewayStatus(
+            "v", "c", 0.0, 10.0 * i, (ListenerStatus(stats.snapshot()),), 0, None
+        )
+        history.record(status)
+    assert len(history.snapshot()) == 3
+    s = series(history.snapshot())
+    assert s["accepted"] == [2, 2] and s["refused"] == {"revoked": [1, 1]}
+    assert s["active"] == [3, 4] and s["ago"] == [10.0, 0.0]
