@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -18,15 +19,20 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_commands_work(workdir: str) -> None:
-    """The demo's printed mosquitto_sub/pub lines reach the broker; the refused ones are refused."""
+    """Every line the demo prints works as printed: the mosquitto_sub/pub lines reach the
+    broker, the refused ones are refused, the revocation closes a live session, s_client
+    shows the staple, the status page, /metrics and ``mqttgw status`` answer, the twistd
+    line starts the same gateway beside it; and at the end its files (the demo CA's key
+    among them) are gone."""
     port = support.free_port()
     proc = subprocess.Popen(
-        [os.path.join(support.BIN, "mqttgw"), "demo", "--dir", workdir, "--port", str(port)],
+        [os.path.join(support.BIN, "mqttgw"), "demo", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     lines: list[str] = []
+    directory = ""
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
     try:
@@ -64,9 +70,41 @@ def test_demo_commands_work(workdir: str) -> None:
         assert re.search(r"refused demo .*reason=no_certificate", out), out
         assert re.search(r"refused demo .*reason=unknown_ca", out), out
         assert re.search(r"refused demo .*reason=revoked subject=CN=device-revoked", out), out
-        assert "twistd -n mqttgw -c" in out
+        assert "the reason is in\nthe 'refused' lines of this log" in out
+        directory = re.search(r"mqttgw demo: files in (\S+)", out).group(1)  # type: ignore[union-attr]
+        # What the gateway is doing: the page, the metrics, mqttgw status, as printed.
+        printed = [line.strip() for line in out.splitlines()]
+        page = next(x for x in printed if x.startswith("http://127.0.0.1:") and x.endswith("/"))
+        with urllib.request.urlopen(page, timeout=10) as r:
+            assert b"<h1>mqttgw " in r.read()
+        with urllib.request.urlopen(page + "metrics", timeout=10) as r:
+            assert b"mqttgw_certificate_expiry_timestamp_seconds" in r.read()
+        status_cmd = next(x for x in printed if " status --admin " in x)
+        status = subprocess.run(shlex.split(status_cmd), capture_output=True, text=True, timeout=30)
+        assert status.returncode in (0, 1) and "listener demo" in status.stdout, status.stdout
+        # The same gateway under twistd, as printed, beside the demo.
+        twistd_cmd = next(x for x in printed if "/twistd -n --pidfile= mqttgw -c " in x)
+        twistd_port = int(re.search(r"under twistd, on port (\d+)", out).group(1))  # type: ignore[union-attr]
+        twistd = subprocess.Popen(
+            shlex.split(twistd_cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            pub_twistd = pub_cmd.replace(f"-p {port} ", f"-p {twistd_port} ")
+            support.wait_until(
+                lambda: (
+                    subprocess.run(
+                        shlex.split(pub_twistd), capture_output=True, timeout=15
+                    ).returncode
+                    == 0
+                ),
+                30,
+                what="the twistd gateway",
+            )
+        finally:
+            twistd.terminate()
+            twistd.wait(15)
         # The printed s_client line shows the stapled OCSP answer.
-        s_client = next(line.strip() for line in out.splitlines() if "s_client" in line)
+        s_client = next(x for x in printed if x.startswith("openssl s_client "))
         shown = subprocess.run(s_client, shell=True, capture_output=True, text=True, timeout=30)
         assert "OCSP Response Status: successful" in shown.stdout, shown.stdout
         assert "Cert Status: good" in shown.stdout
@@ -79,3 +117,4 @@ def test_demo_commands_work(workdir: str) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0, "".join(lines)
+    assert not os.path.exists(directory), "the demo's files (its CA key) are left behind"

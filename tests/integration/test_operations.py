@@ -380,9 +380,15 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
         result = support.run([mqttgw, "status", "--admin", f"http://127.0.0.1:{admin}"])
         assert result.returncode == 2, result.stdout + result.stderr
         lines = result.stdout.splitlines()
-        assert lines[0].endswith("ready")
-        assert lines[2].startswith("ERROR    bad: no CRL from http://127.0.0.1:")
-        assert "connection refused" in lines[2]
+        # The header tells the truth: every device of "bad" would be refused (no CRL).
+        assert "NOT READY: bad: no CRL from http://127.0.0.1:" in lines[0], lines[0]
+        assert lines[2].startswith("ERROR    bad: every device would be refused: no CRL from")
+        (source,) = [
+            x for x in lines if x.startswith("ERROR    bad: no CRL from http://127.0.0.1:")
+        ]
+        assert "connection refused" in source
+        assert "None" not in result.stdout  # no raw Python value where a person reads
+        assert any("server certificate CN=localhost" in x and "days left" in x for x in lines)
         assert any(line.startswith("listener good ") for line in lines)
         as_json = support.run([mqttgw, "status", "--json", "--admin", f"http://127.0.0.1:{admin}"])
         assert json.loads(as_json.stdout)["listeners"][1]["name"] == "bad"
@@ -401,14 +407,84 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
             text=True,
             timeout=90,
         ).stdout
-        assert "<h1>mqttgw status</h1>" in dom, dom[:2000]
+        assert "<h1>mqttgw " in dom and "not ready: bad: no CRL" in dom, dom[:2000]
         problems = dom.index('id="problems"')
         assert dom.index('class="problem-error"') > problems
         assert "ERROR bad: no CRL from http://127.0.0.1:" in dom
         assert dom.index("problem-error") < dom.index("Listener good")
         assert "Listener bad" in dom and "Listener good" in dom
+        assert 'href="/metrics"' in dom and 'href="/status"' in dom  # the data behind
+        assert "auto-refresh" in dom and 'http-equiv="refresh"' not in dom  # off unless asked
+
+        # A few connections, then an hour's charts with data (a sample every 10 s).
+        for i in range(3):
+            ctx = support.client_context(p, p.client(f"chart-{i}"))
+            assert connect(good, ctx, f"chart-{i}") == ACCEPTED
+        support.wait_until(
+            lambda: sum(json.loads(http(admin, "/status")[2])["history"]["accepted"]) >= 3,
+            40,
+            what="the connections in the history",
+        )
+        shot = os.path.join(workdir, "page.png")
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
+            + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
+            + ["--disable-component-update", f"--user-data-dir={profile}"]
+            + ["--window-size=1200,1400", f"--screenshot={shot}", f"http://127.0.0.1:{admin}/"],
+            capture_output=True,
+            timeout=90,
+        )
+        with open(shot, "rb") as f:
+            png = f.read()
+        assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not blank
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
+            + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
+            + ["--disable-component-update", f"--user-data-dir={profile}"]
+            + ["--dump-dom", f"http://127.0.0.1:{admin}/?refresh=10"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        ).stdout
+        charts = re.findall(r"<svg[^>]*aria-label=\"([^\"]+)\"", dom)
+        assert "Sessions relayed and connections refused" in charts, charts
+        assert "TLS handshakes" in charts and "Connections open" in charts
+        relayed = re.search(r"stroke=\"#1e7e34\"[^>]*points=\"([^\"]+)\"", dom)
+        assert relayed and len(relayed.group(1).split()) >= 1, dom[:3000]
+        assert 'http-equiv="refresh" content="10"' in dom  # asked for: every 10 s
+        assert "(0 s ago)" in dom or " s ago)" in dom  # times relative beside absolute ones
     finally:
         gw.stop()
+
+
+def test_ready_false_while_no_crl_is_held(p: support.Pki, workdir: str, broker: int) -> None:
+    """The CA's CRL server is down at start: the port accepts (the policy refuses every
+    device), /ready answers 503 with the reason; once a CRL arrives, 200."""
+    crls = CrlHttpServer()
+    crls.serve("/ca.crl", 503)
+    port, admin = support.free_port(), support.free_port()
+    token = write_token(workdir)
+    conf = support.listener_conf(
+        "x",
+        port,
+        broker,
+        p,
+        {"enable_crl_cache": "true", "crl_cache_urls": crls.url("/ca.crl")},
+    )
+    conf += f"admin.listen = {admin}\nadmin.token_file = {token}\nadmin.open_read = true\n"
+    gw = support.start_gateway(workdir, conf)
+    try:
+        support.wait_until(lambda: "crl x: ready" in gw.log(), what="the first round")
+        code, _, body = http(admin, "/ready")
+        assert code == 503 and b"not ready: x: no CRL from" in body, body
+        assert metrics(admin)[("mqttgw_ready", ())] == 0
+        crls.serve("/ca.crl", 200, crl_der(p.inter, []))
+        assert http(admin, "/refresh", "POST", token=TOKEN)[0] == 200
+        support.wait_until(lambda: http(admin, "/ready")[0] == 200, 15, what="ready")
+        assert metrics(admin)[("mqttgw_ready", ())] == 1
+    finally:
+        gw.stop()
+        crls.stop()
 
 
 def test_systemd_unit_verifies(workdir: str) -> None:
