@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -29,6 +30,10 @@ RETRY_BASE = 10.0  # first retry after a failure; doubles up to the refresh inte
 PAST_DUE_RETRY = 60.0
 
 
+def _no_jitter() -> float:
+    return 0.0  # refreshes are spread by their own nextUpdates; deterministic in tests
+
+
 @attrs.frozen
 class Outcome:
     """What one run achieved, for scheduling: success, and the nextUpdate of the data held."""
@@ -39,7 +44,10 @@ class Outcome:
 
 def next_delay(outcome: Outcome, now: float, interval: float, failures: int, lead: float) -> float:
     """Seconds until the next run (see the module docstring)."""
-    delay = interval if outcome.ok else min(interval, RETRY_BASE * 2 ** max(failures - 1, 0))
+    if outcome.ok:
+        delay = interval
+    else:  # Twisted's backoff, as the workers' restarts: RETRY_BASE doubling to the interval
+        delay = backoffPolicy(RETRY_BASE, interval, 2.0, jitter=_no_jitter)(max(failures - 1, 0))
     if outcome.next_update is not None:
         until = outcome.next_update - now
         delay = min(delay, until * lead) if until > 0 else min(delay, PAST_DUE_RETRY)

@@ -1,0 +1,146 @@
+"""The vocabulary of a connection's state machine (sans-IO): its states, its one timer, and
+the actions it asks its adapter to carry out. ``gateway.proxy.session`` decides; these
+are the words it decides in."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from gateway.peer import PendingCrl
+from gateway.reasons import Reason
+
+
+class Timer(enum.Enum):
+    """What the connection's one timer bounds (its ``refusal`` when it fires)."""
+
+    HANDSHAKE = "handshake"
+    CONNECT = "connect"
+
+    @property
+    def refusal(self) -> Reason:
+        return _TIMEOUTS[self]
+
+
+_TIMEOUTS = {Timer.HANDSHAKE: Reason.HANDSHAKE_TIMEOUT, Timer.CONNECT: Reason.CONNECT_TIMEOUT}
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"  # TLS in progress, bounded by handshake_timeout
+    CONNECT = "connect"  # reading the client's CONNECT, bounded by connect_timeout
+    CRL_HOLD = "crl_hold"  # CONNECT held while the leaf's CRL is fetched
+    UPSTREAM = "upstream"  # CONNECT valid; the broker connection is opening
+    RELAY = "relay"  # bytes flow untouched both ways
+    CLOSING = "closing"  # the gateway is closing the connection
+    CLOSED = "closed"
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StartTimer:
+    """(Re)start the connection's one timer; on expiry call ``timer_fired(what)``."""
+
+    seconds: float
+    what: Timer
+
+
+@attrs.frozen
+class CancelTimer:
+    pass
+
+
+@attrs.frozen
+class Refuse:
+    """Count and log why this connection is turned away (emitted once per connection)."""
+
+    reason: Reason
+    detail: str
+
+
+@attrs.frozen
+class PauseClient:
+    """Stop reading from the client until the relay starts."""
+
+
+@attrs.frozen
+class OpenUpstream:
+    """Open the broker connection; report ``upstream_connected`` / ``upstream_failed``."""
+
+
+@attrs.frozen
+class CancelUpstream:
+    """Abandon a broker connection attempt still in progress."""
+
+
+@attrs.frozen
+class HoldForCrl:
+    """Fetch the leaf's CRL; report ``crl_decided`` (always, also on timeout)."""
+
+    pending: PendingCrl
+
+
+@attrs.frozen
+class StartRelay:
+    """Write ``first`` (the CONNECT and what followed it) to the broker, register producers
+    both ways, resume the client, record the session as live and accepted."""
+
+    first: bytes
+
+
+@attrs.frozen
+class SendToClient:
+    data: bytes
+
+
+@attrs.frozen
+class SendToUpstream:
+    data: bytes
+
+
+@attrs.frozen
+class CloseClient:
+    """Close the client connection after what was written to it (TLS close_notify)."""
+
+    abort: bool = False  # drop at once, without flushing (timeouts)
+
+
+@attrs.frozen
+class CloseUpstream:
+    """Close the broker connection (``unhook``: the relay's flow control first)."""
+
+    unhook: bool = True
+
+
+@attrs.frozen
+class RevokedLive:
+    """A live session's certificate was revoked by a CRL update: count and log it."""
+
+
+@attrs.frozen
+class SessionEnded:
+    """A relayed session ended: log it (the session log), with who ended it (``by``:
+    client, broker, revoked, shutdown, reload) and ``why``."""
+
+    by: str
+    why: str
+
+
+Action = (
+    StartTimer
+    | CancelTimer
+    | Refuse
+    | PauseClient
+    | OpenUpstream
+    | CancelUpstream
+    | HoldForCrl
+    | StartRelay
+    | SendToClient
+    | SendToUpstream
+    | CloseClient
+    | CloseUpstream
+    | RevokedLive
+    | SessionEnded
+)
