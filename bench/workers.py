@@ -108,6 +108,7 @@ class World:
         # With a baseline (another checkout of mqttgw), every gateway also runs from it, as
         # NAME@base, in the same round: before/after pairs that meet the same machine.
         self.baseline = baseline
+        self.socket_tls = False  # also a one-process gateway with tls_io = socket
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
         self.key_kind = key_kind
         self.pki = support.make_pki(self.dir, key_kind)
@@ -173,7 +174,10 @@ class World:
     def round(self, extra: str = "", gateways: dict[str, str] | None = None) -> Iterator[dict]:
         """Fresh mosquitto, gateways (name -> extra configuration) and HAProxy:
         name -> (port, pid)."""
-        gateways = gateways if gateways is not None else {"gw-auto": "workers = auto\n", "gw-1": ""}
+        if gateways is None:
+            gateways = {"gw-auto": "workers = auto\n", "gw-1": ""}
+            if self.socket_tls:
+                gateways["gw-sock"] = "tls_io = socket\n"
         runs: dict[str, tuple[str, dict[str, str]]] = {}
         for name, conf_extra in gateways.items():
             runs[name] = (conf_extra, {"PYTHONPATH": HERE_TREE})
@@ -319,6 +323,7 @@ def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, 
 
 def handshakes(args: argparse.Namespace) -> None:
     world = World(args.key, args.baseline)
+    world.socket_tls = args.socket_tls
     if args.crl_entries:
         world.with_crls(args.crl_entries)
 
@@ -349,6 +354,7 @@ def efficiency(args: argparse.Namespace) -> None:
     swing by 10-20 % from one sitting to the next; this does not). mosquitto is left out:
     it is also the broker behind the others, so its CPU is not its own here."""
     world = World(args.key, args.baseline)
+    world.socket_tls = args.socket_tls
     if args.crl_entries:
         world.with_crls(args.crl_entries)
     results: dict[str, list[tuple[float, ...]]] = {}
@@ -396,6 +402,7 @@ TOPIC_PAYLOAD = 64
 
 def relay(args: argparse.Namespace) -> None:
     world = World(args.key, args.baseline)
+    world.socket_tls = args.socket_tls
     lines = os.path.join(world.dir, "lines.txt")
     with open(lines, "wb") as f:
         for i in range(args.messages):
@@ -491,6 +498,7 @@ def _hold(port: int, world: World, count: int, sources: int) -> list[Any]:
 
 def idle(args: argparse.Namespace) -> None:
     world = World(args.key, args.baseline)
+    world.socket_tls = args.socket_tls
     for count in args.count:
 
         def measure(name: str, port: int, pid: int, count: int = count) -> tuple[float, ...]:
@@ -526,6 +534,7 @@ def crl(args: argparse.Namespace) -> None:
     from gateway.testing.crl import CrlHttpServer, big_crl_der
 
     world = World(args.key, args.baseline)
+    world.socket_tls = args.socket_tls
     http = CrlHttpServer()
     http.serve("/big.crl", 200, big_crl_der(world.pki.inter, args.entries))
     http.serve("/root.crl", 200, big_crl_der(world.pki.root, 1))
@@ -576,6 +585,7 @@ def storm(args: argparse.Namespace) -> None:
     import ssl
 
     world = World(args.key, args.baseline)
+    world.socket_tls = args.socket_tls
     gateways = {
         "gw-auto": "workers = auto\n",
         "gw-auto-kernel": "workers = auto\nworker_affinity = kernel\n",
@@ -621,6 +631,11 @@ def main() -> None:
         metavar="DIR",
         help="another checkout of mqttgw (git worktree add DIR REV): its gateways run beside "
         "this tree's in every round, as NAME@base",
+    )
+    common.add_argument(
+        "--socket-tls",
+        action="store_true",
+        help="also a one-process gateway with tls_io = socket (gw-sock)",
     )
     common.add_argument(
         "--key",

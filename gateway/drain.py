@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.proxy.entry import ListenerTLSFactory
+from gateway.proxy.entry import Gate
 from gateway.proxy.relay import ClientProtocol
 from gateway.reasons import Reason
 
@@ -14,9 +14,9 @@ ABORT_AFTER = 2.0  # after a stop: time for close_notify and the broker side to 
 
 
 def drain(
-    factory: ListenerTLSFactory, reactor: IReactorTime, seconds: float, by: Reason, why: str
+    gate: Gate, reactor: IReactorTime, seconds: float, by: Reason, why: str
 ) -> defer.Deferred[int]:
-    """Let the factory's connections end by themselves for ``seconds``, then end the rest
+    """Let the listener's connections end by themselves for ``seconds``, then end the rest
     (``ClientProtocol.stop``: each relayed session logged as closed by ``by``), and abort
     whatever has not closed ``ABORT_AFTER`` seconds later. Fires with the number the
     gateway ended, as soon as the last connection is gone."""
@@ -24,15 +24,14 @@ def drain(
 
     def stop_the_rest() -> None:
         nonlocal ended
-        for tls in list(factory.protocols):
-            client = getattr(tls, "wrappedProtocol", None)
+        for client in gate.clients():
             if isinstance(client, ClientProtocol):
                 ended += 1
                 client.stop(by, why)
 
     def abort_the_rest() -> None:
-        for tls in list(factory.protocols):
-            tls.transport.abortConnection()
+        for connection in list(gate.protocols):
+            connection.transport.abortConnection()
 
     timers = [
         reactor.callLater(seconds, stop_the_rest),
@@ -45,4 +44,4 @@ def drain(
                 timer.cancel()
         return ended
 
-    return factory.when_empty().addCallback(done)
+    return gate.when_empty().addCallback(done)

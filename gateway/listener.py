@@ -16,7 +16,7 @@ from gateway.config.values import format_bind
 from gateway.drain import drain
 from gateway.observe import own_status
 from gateway.ports import ready_timeout
-from gateway.proxy.entry import EntryFactory, ListenerTLSFactory
+from gateway.proxy.entry import EntryFactory, Gate, ListenerTLSFactory, SocketTLSFactory
 from gateway.proxy.factory import GatewayFactory
 from gateway.reasons import Reason
 from gateway.reload_plan import ListenerChange
@@ -46,9 +46,15 @@ class ListenerService(service.MultiService):
         self.stats = ListenerStats(parts.name)
         cooperate = cooperator.cooperate if cooperator is not None else task.cooperate
         self.factory = GatewayFactory(self.box, reactor, self.stats, cooperate)
-        creator = ServerConnectionCreator(lambda: self.box.parts.context)
-        self.tls_factory = ListenerTLSFactory(creator, self.factory, parts.settings.limits, reactor)
-        self.entry = EntryFactory(self.tls_factory, lambda: self.box.parts.settings.front, reactor)
+        self.creator = ServerConnectionCreator(lambda: self.box.parts.context)
+        self.gate = Gate(self.factory, parts.settings.limits, reactor)
+        # TLS in a memory BIO, or on the socket (a TLSPort's transports; tls_io = socket).
+        tls: Any = (
+            SocketTLSFactory(self.gate)
+            if parts.settings.tls.io == "socket"
+            else ListenerTLSFactory(self.creator, self.gate, reactor)
+        )
+        self.entry = EntryFactory(tls, lambda: self.box.parts.settings.front, reactor)
         self._generation = 0  # reloads that replaced a service (unique child names)
         self._attach(parts.services())
         if parts.crl is not None:
@@ -104,7 +110,7 @@ class ListenerService(service.MultiService):
 
         def swap(_: object) -> None:
             self.box.parts = new
-            self.tls_factory.reconfigure(new.settings.limits)
+            self.gate.reconfigure(new.settings.limits)
             if new.crl is not None:
                 new.crl.on_update = self.revocation_updated
             for gone in old.services():
@@ -131,11 +137,11 @@ class ListenerService(service.MultiService):
             "listener {listener} removed: stopped accepting; {count} connection(s) get "
             "{drain:g}s to end",
             listener=self.parts.name,
-            count=len(self.tls_factory.protocols),
+            count=len(self.gate.protocols),
             drain=drain_seconds,
         )
         drained = drain(
-            self.tls_factory,
+            self.gate,
             self.reactor,
             drain_seconds,
             Reason.RELOAD,
@@ -165,7 +171,7 @@ class ListenerService(service.MultiService):
         """Graceful stop: the port stops accepting (its service stops first), the parts'
         services stop, live sessions get ``shutdown_drain`` to end, then are closed."""
         stopped = defer.maybeDeferred(super().stopService)
-        count = len(self.tls_factory.protocols)
+        count = len(self.gate.protocols)
         seconds = self.parts.globals.shutdown_drain
         if count:
             log.info(
@@ -175,7 +181,7 @@ class ListenerService(service.MultiService):
                 drain=seconds,
             )
         drained = drain(
-            self.tls_factory, self.reactor, seconds, Reason.SHUTDOWN, "the gateway is stopping"
+            self.gate, self.reactor, seconds, Reason.SHUTDOWN, "the gateway is stopping"
         )
         return defer.gatherResults([stopped, drained])
 

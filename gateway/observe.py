@@ -3,6 +3,7 @@ staple, brokers) and the report of a refresh asked for by ``POST /refresh``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -10,7 +11,15 @@ from cryptography import x509
 from gateway.clock import format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.config.values import format_bind
-from gateway.status import BrokerStatus, CertificateStatus, CrlCheckStatus, ListenerStatus
+from gateway.reasons import CrlVerdict
+from gateway.revocation.crl_cache import CrlCache
+from gateway.status import (
+    BrokerStatus,
+    CertificateStatus,
+    CrlCheckStatus,
+    CrlSourceStatus,
+    ListenerStatus,
+)
 
 if TYPE_CHECKING:
     from gateway.listener import ListenerService
@@ -26,26 +35,43 @@ def certificate_status(role: str, cert: x509.Certificate) -> CertificateStatus:
     )
 
 
-def undecided(crl: CrlCheckStatus | None, settings: CrlSettings | None, now: float) -> str:
-    """Why a good device would be refused now (""): with crl_expired_policy = reject, a
-    configured CRL source holds no CRL, or only CRLs past their nextUpdate and grace.
-    Sources found in device certificates are fetched on demand and hold the device instead.
-    Where another process fetches (a worker), its master says."""
-    if crl is None or settings is None or settings.expired_policy != "reject":
+_UNDECIDED = {
+    CrlVerdict.MISSING: "no CRL held",
+    CrlVerdict.EXPIRED: "its CRL is past its nextUpdate",
+    CrlVerdict.INCOMPLETE: "the CRLs held do not cover every reason",
+}
+
+
+def undecided(
+    cache: CrlCache,
+    cas: Sequence[x509.Certificate],
+    settings: CrlSettings,
+    sources: Sequence[CrlSourceStatus] = (),
+) -> str:
+    """Why a good device would be refused now (""): with crl_expired_policy = reject, a CA
+    of the bundle whose certificates (devices, or the CAs below it) the CRLs held cannot
+    decide, as the checker would find (``CrlCache.status``). With crl_cache_from_cert a
+    missing CRL is fetched when a device names it (the device is held, not refused)."""
+    if settings.expired_policy != "reject":
         return ""
     why = []
-    for src in crl.sources:
-        if src.discovered:
+    for ca in cas:
+        verdict = cache.status(ca.subject.public_bytes(), _ANY_SERIAL)
+        if verdict in (CrlVerdict.GOOD, CrlVerdict.REVOKED):
             continue
-        if not src.crls:
-            failed = f" ({src.last_error})" if src.last_error else ""
-            why.append(f"no CRL from {src.url} yet{failed}")
-        elif all(
-            c.next_update is not None and c.next_update + settings.grace_period < now
-            for c in src.crls
-        ):
-            why.append(f"the CRL from {src.url} is past its nextUpdate")
+        if verdict is CrlVerdict.MISSING and settings.from_cert:
+            continue
+        why.append(f"CA {ca.subject.rfc4514_string()}: {_UNDECIDED[verdict]}")
+    if why:
+        failing = [f"{s.url} ({s.last_error})" for s in sources if s.last_error and not s.crls]
+        if failing:
+            why.append("failing: " + ", ".join(failing))
     return "; ".join(why)
+
+
+# A serial no CA issues (0 is not a valid serial): asking for it tells whether the CRLs held
+# decide the CA's certificates at all, whatever they list.
+_ANY_SERIAL = 0
 
 
 def own_status(listener: ListenerService) -> ListenerStatus:
@@ -80,9 +106,16 @@ def own_status(listener: ListenerService) -> ListenerStatus:
             for b in parts.pool.brokers
         ),
         certificates=tuple(certificates),
-        undecided=undecided(crl, settings.crl, listener.reactor.seconds())
-        if listener.role.fetches
-        else "",
+        undecided=(
+            undecided(
+                parts.revocation.cache,
+                parts.material.ca_certs,
+                settings.crl,
+                crl.sources if crl is not None else (),
+            )
+            if listener.role.fetches and parts.revocation is not None and settings.crl
+            else ""
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.config.model import GlobalSettings, ListenerSettings
@@ -27,6 +27,7 @@ from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
 from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
+from gateway.tls.socket_tls import TLSPort
 
 if TYPE_CHECKING:
     from gateway.listener import ListenerService
@@ -103,6 +104,25 @@ def tcp_endpoint(reactor: Any, bind: tuple[str, int]) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+@implementer(IStreamServerEndpoint)
+class SocketTLSEndpoint:
+    """Listens with a ``TLSPort``: its connections speak TLS on their sockets."""
+
+    def __init__(self, reactor: Any, bind: tuple[str, int], creator: Any) -> None:
+        self.reactor = reactor
+        self.bind = bind
+        self.creator = creator
+
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
+        host, port = self.bind
+        tls_port = TLSPort(port, factory, self.creator, interface=host, reactor=self.reactor)
+        try:
+            tls_port.startListening()
+        except Exception as e:
+            return defer.fail(e)
+        return defer.succeed(tls_port)
+
+
 def port_service(
     listener: ListenerService, settings: ListenerSettings, endpoint: Any
 ) -> PortService:
@@ -117,7 +137,7 @@ def port_service(
         listener.reactor,
         ready_timeout(settings.crl.http_timeout) if settings.crl is not None else 0.0,
         settings.name,
-        on_stop=listener.tls_factory.stop,
+        on_stop=listener.gate.stop,
     )
 
 
@@ -172,6 +192,9 @@ class SingleProcess:
         )
 
     def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
+        if settings.tls.io == "socket":
+            endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
+            return port_service(listener, settings, endpoint)
         return port_service(listener, settings, tcp_endpoint(self.reactor, settings.bind))
 
     def revocation_updated(self, listener: ListenerService) -> None:

@@ -203,6 +203,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     _check_no_loop(path, listeners, origins)
     settings = _build_globals(base_dir, globals_)
     _check_admin(path, settings, globals_, listeners)
+    if settings.workers != 1:
+        for listener in listeners:
+            if listener.tls.io == "socket":
+                where = origins[listener.name].get("tls_io")
+                line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.tls_io")
+                raise ConfigError(path, line, key, "socket needs workers = 1 (for now)")
     return Config(
         path=path,
         globals=settings,
@@ -382,6 +388,8 @@ def _build_listener(
             )
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
+    if v["tls_io"] == "socket" and v["proxy_protocol"]:
+        raise fail("tls_io", "socket does not read a PROXY header: use bio with proxy_protocol")
     if v["enable_crl_cache"]:
         if not verify_peer:
             raise fail("enable_crl_cache", "CRL checking needs verify = verify_peer")

@@ -52,6 +52,7 @@ class TlsSettings:
     ciphers: tuple[str, ...]  # effective: the profile's where not set
     groups: tuple[str, ...]
     honor_cipher_order: bool
+    io: str = _default("tls.io")  # bio | socket
 
 
 @attrs.frozen

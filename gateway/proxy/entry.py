@@ -31,22 +31,14 @@ REFUSALS_LOGGED_PER_INTERVAL = 10
 REFUSAL_SUMMARY_INTERVAL = 10.0
 
 
-class ListenerTLSFactory(TLSMemoryBIOFactory):
-    """TLS wrapping factory that admits each connection before any TLS work: connection
-    caps and rates (``gateway.proxy.admission``); a refused connection is closed at once
-    and counted, logged one by one up to a threshold per interval, then summarised."""
+class Gate:
+    """Admission before any TLS work, for either entry: connection caps and rates
+    (``gateway.proxy.admission``); a refused connection is closed at once and counted,
+    logged one by one up to a threshold per interval, then summarised. Keeps the open
+    connections (``protocols``), so that a drain learns when the last one ended."""
 
-    noisy = False
-
-    def __init__(
-        self,
-        creator: Any,
-        wrapped: GatewayFactory,
-        limits: ConnectionLimits,
-        reactor: IReactorTime,
-    ) -> None:
-        super().__init__(creator, False, wrapped, clock=reactor)
-        self.gateway = wrapped
+    def __init__(self, gateway: GatewayFactory, limits: ConnectionLimits, reactor: IReactorTime):
+        self.gateway = gateway
         self.reactor = reactor
         self.admission = Admission(
             limits.max_connections,
@@ -56,37 +48,39 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
             reactor.seconds(),
         )
         self.refusals = RefusalLog(REFUSALS_LOGGED_PER_INTERVAL)
+        self.protocols: dict[Any, str] = {}  # open connection -> its address key
         self._summary: Any = None  # the pending summary call, while refusals are suppressed
-        self._keys: dict[Any, str] = {}  # admitted protocol -> its address key
         self._empty: list[defer.Deferred[None]] = []
 
     def reconfigure(self, limits: ConnectionLimits) -> None:
         """A reload's limits, from the next connection on (counts are kept)."""
         self.admission.reconfigure(limits)
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def admit(self, addr: Any) -> str | None:
+        """The connection's address key if admitted; None (counted, logged) if refused."""
         host = getattr(addr, "host", str(addr))
         key = address_key(host) if self.admission.per_address else ""
         refused = self.admission.admit(key, self.reactor.seconds())
         if refused is not None:
             self.refuse(refused, key or host, f"{host}:{getattr(addr, 'port', '')}")
             return None
-        protocol = super().buildProtocol(addr)
-        if protocol is None:  # pragma: no cover - the wrapped factory refused
-            self.admission.release(key)
-            return None
-        self._keys[protocol] = key
-        return protocol
+        return key
 
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        key = self._keys.pop(p, None)
+    def opened(self, connection: Any, key: str) -> None:
+        self.protocols[connection] = key
+
+    def closed(self, connection: Any) -> None:
+        key = self.protocols.pop(connection, None)
         if key is not None:
             self.admission.release(key)
         if not self.protocols and self._empty:
             waiters, self._empty = self._empty, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def clients(self) -> list[Any]:
+        """The open connections' client protocols (``ClientProtocol``)."""
+        return [getattr(p, "wrappedProtocol", p) for p in list(self.protocols)]
 
     def when_empty(self) -> defer.Deferred[None]:
         """Fires once no connection of this listener is open (at once if none is)."""
@@ -129,6 +123,54 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
             self._summarise()
 
 
+class ListenerTLSFactory(TLSMemoryBIOFactory):
+    """TLS in a memory BIO (Twisted's ``TLSMemoryBIOProtocol`` wrapping each client
+    protocol), each connection admitted by the gate first."""
+
+    noisy = False
+
+    def __init__(self, creator: Any, gate: Gate, reactor: IReactorTime) -> None:
+        super().__init__(creator, False, gate.gateway, clock=reactor)
+        self.gate = gate
+
+    def buildProtocol(self, addr: Any) -> Any:
+        key = self.gate.admit(addr)
+        if key is None:
+            return None
+        protocol = super().buildProtocol(addr)
+        self.gate.opened(protocol, key)
+        return protocol
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        self.gate.closed(p)
+
+
+class SocketTLSFactory(protocol.Factory):
+    """TLS on the socket (``tls.socket_tls.TLSPort``'s transports do it): the client
+    protocol itself, each connection admitted by the gate first."""
+
+    noisy = False
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        gate.gateway.on_closed = gate.closed
+
+    def buildProtocol(self, addr: Any) -> Any:
+        key = self.gate.admit(addr)
+        if key is None:
+            return None
+        client = self.gate.gateway.buildProtocol(addr)
+        self.gate.opened(client, key)
+        return client
+
+    def doStart(self) -> None:
+        self.gate.gateway.doStart()
+
+    def doStop(self) -> None:
+        self.gate.gateway.doStop()
+
+
 class EntryFactory(protocol.Factory):
     """The factory a listener's port holds: each connection goes to the PROXY header reader
     or straight to TLS, as ``front()`` (the listener's current settings) says."""
@@ -137,11 +179,11 @@ class EntryFactory(protocol.Factory):
 
     def __init__(
         self,
-        tls: ListenerTLSFactory,
+        tls: Any,
         front: Callable[[], FrontSettings],
         reactor: IReactorTime,
     ) -> None:
-        self.tls = tls
+        self.tls = tls  # ListenerTLSFactory or SocketTLSFactory
         self._front = front
         self._reactor = reactor
         self._proxied: tuple[float, ProxyFrontFactory] | None = None
@@ -160,7 +202,7 @@ class EntryFactory(protocol.Factory):
 
     def _refuse_front(self, reason: Reason, peer: str, detail: str) -> None:
         """A connection refused before TLS by the PROXY header reader."""
-        self.tls.refuse(reason, peer.rpartition(":")[0], peer, detail)
+        self.tls.gate.refuse(reason, peer.rpartition(":")[0], peer, detail)
 
     def doStart(self) -> None:
         self.tls.doStart()

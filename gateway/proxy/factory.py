@@ -90,6 +90,9 @@ class GatewayFactory(protocol.Factory):
         self.stats = stats
         self._cooperate = cooperate
         self.live: set[ClientProtocol] = set()  # connections in the relay state
+        # Told when a client connection is gone (with TLS on the socket, no wrapping
+        # factory hears it: the entry's gate does, through this).
+        self.on_closed: Callable[[ClientProtocol], None] | None = None
 
     @property
     def session_limits(self) -> S.SessionLimits:

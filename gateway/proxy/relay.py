@@ -149,6 +149,8 @@ class ClientProtocol(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.live.discard(self)
         self.factory.stats.active -= 1
+        if self.factory.on_closed is not None:
+            self.factory.on_closed(self)
         in_handshake = self.session.state is S.State.HANDSHAKE
         why_not = self._why_not(reason) if in_handshake else None
         self._run(self.session.connection_lost(lost_text(reason), why_not))

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 from cryptography import x509
@@ -63,8 +63,10 @@ class GatewayConnection(SSL.Connection):
     finds it from the connection OpenSSL hands it, the protocol through ``getHandle()``.
     """
 
-    def __init__(self, context: SSL.Context, verification: PeerVerification) -> None:
-        super().__init__(context, None)
+    def __init__(
+        self, context: SSL.Context, verification: PeerVerification, sock: Any = None
+    ) -> None:
+        super().__init__(context, sock)  # with a socket: OpenSSL reads and writes it itself
         self.verification = verification
 
 

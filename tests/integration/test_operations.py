@@ -381,8 +381,8 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
         assert result.returncode == 2, result.stdout + result.stderr
         lines = result.stdout.splitlines()
         # The header tells the truth: every device of "bad" would be refused (no CRL).
-        assert "NOT READY: bad: no CRL from http://127.0.0.1:" in lines[0], lines[0]
-        assert lines[2].startswith("ERROR    bad: every device would be refused: no CRL from")
+        assert "NOT READY: bad: CA " in lines[0] and "no CRL held" in lines[0], lines[0]
+        assert lines[2].startswith("ERROR    bad: every device would be refused: CA ")
         (source,) = [
             x for x in lines if x.startswith("ERROR    bad: no CRL from http://127.0.0.1:")
         ]
@@ -407,7 +407,7 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
             text=True,
             timeout=90,
         ).stdout
-        assert "<h1>mqttgw " in dom and "not ready: bad: no CRL" in dom, dom[:2000]
+        assert "<h1>mqttgw " in dom and "not ready: bad: CA " in dom, dom[:2000]
         problems = dom.index('id="problems"')
         assert dom.index('class="problem-error"') > problems
         assert "ERROR bad: no CRL from http://127.0.0.1:" in dom
@@ -462,6 +462,7 @@ def test_ready_false_while_no_crl_is_held(p: support.Pki, workdir: str, broker: 
     device), /ready answers 503 with the reason; once a CRL arrives, 200."""
     crls = CrlHttpServer()
     crls.serve("/ca.crl", 503)
+    crls.serve("/root.crl", 503)
     port, admin = support.free_port(), support.free_port()
     token = write_token(workdir)
     conf = support.listener_conf(
@@ -469,16 +470,20 @@ def test_ready_false_while_no_crl_is_held(p: support.Pki, workdir: str, broker: 
         port,
         broker,
         p,
-        {"enable_crl_cache": "true", "crl_cache_urls": crls.url("/ca.crl")},
+        {
+            "enable_crl_cache": "true",
+            "crl_cache_urls": f"{crls.url('/ca.crl')}, {crls.url('/root.crl')}",
+        },
     )
     conf += f"admin.listen = {admin}\nadmin.token_file = {token}\nadmin.open_read = true\n"
     gw = support.start_gateway(workdir, conf)
     try:
         support.wait_until(lambda: "crl x: ready" in gw.log(), what="the first round")
         code, _, body = http(admin, "/ready")
-        assert code == 503 and b"not ready: x: no CRL from" in body, body
+        assert code == 503 and b"not ready: x: CA " in body and b"no CRL held" in body, body
         assert metrics(admin)[("mqttgw_ready", ())] == 0
         crls.serve("/ca.crl", 200, crl_der(p.inter, []))
+        crls.serve("/root.crl", 200, crl_der(p.root, []))
         assert http(admin, "/refresh", "POST", token=TOKEN)[0] == 200
         support.wait_until(lambda: http(admin, "/ready")[0] == 200, 15, what="ready")
         assert metrics(admin)[("mqttgw_ready", ())] == 1

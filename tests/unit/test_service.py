@@ -148,13 +148,20 @@ def test_a_server_certificate_that_expires_in_five_days(p: support.Pki, tmp_path
 
 
 def test_ready_only_when_a_good_device_could_get_in(p: support.Pki) -> None:
-    """A listener whose port accepts but holds no CRL from a source it must check (the CA
-    down at start, crl_expired_policy = reject) is not ready, and says why; with the CRL
-    in, it is; crl_expired_policy = accept is ready without it."""
+    """A listener whose port accepts but cannot decide its CAs' certificates (no CRL held:
+    the CA's server down at start, crl_expired_policy = reject) is not ready, and says
+    which CA and which source fails; with the CRLs of every CA of the bundle in, it is;
+    crl_expired_policy = accept, or a CRL fetched when a device names it, is ready without."""
+    import time
+
     import attrs
+    from twisted.internet.task import Clock
 
     from gateway.observe import undecided
-    from gateway.status import CrlCheckStatus, CrlSourceStatus, CrlStatus
+    from gateway.revocation.crl import load
+    from gateway.revocation.crl_cache import CrlCache
+    from gateway.status import CrlSourceStatus
+    from gateway.testing.crl import crl_der
 
     text = support.listener_conf(
         "s",
@@ -163,31 +170,36 @@ def test_ready_only_when_a_good_device_could_get_in(p: support.Pki) -> None:
         p,
         {"enable_crl_cache": "true", "crl_cache_urls": "http://ca.test/x.crl"},
     )
-    settings = prepare_text(text).config.listener("s").crl
-    assert settings is not None
-
-    def source(crls: tuple[CrlStatus, ...], error: str | None) -> CrlCheckStatus:
-        src = CrlSourceStatus(
-            "http://ca.test/x.crl",
-            False,
-            100.0,
-            "error" if error else "updated",
-            error,
-            1,
-            None,
-            None,
-            crls,
-        )
-        return CrlCheckStatus(len(crls), {}, (src,))
-
-    down = source((), "connect: http://ca.test/x.crl: connection refused")
-    why = undecided(down, settings, 1000.0)
-    refused = "connect: http://ca.test/x.crl: connection refused"
-    assert why == f"no CRL from http://ca.test/x.crl yet ({refused})"
-    held = source((CrlStatus("CN=ca", 1, 900.0, 5000.0, 3),), None)
-    assert undecided(held, settings, 1000.0) == ""
-    assert "past its nextUpdate" in undecided(held, settings, 6000.0)
-    assert undecided(down, attrs.evolve(settings, expired_policy="accept"), 1000.0) == ""
+    prepared = prepare_text(text)
+    settings = prepared.config.listener("s").crl
+    cas = prepared.materials["s"].ca_certs
+    assert settings is not None and len(cas) == 2  # the root and the devices CA
+    clock = Clock()
+    clock.advance(time.time())
+    cache = CrlCache(clock, 0.0)
+    down = CrlSourceStatus(
+        "http://ca.test/x.crl",
+        False,
+        1.0,
+        "error",
+        "connect: connection refused",
+        1,
+        None,
+        None,
+        (),
+    )
+    why = undecided(cache, cas, settings, (down,))
+    assert why.count("no CRL held") == 2 and "failing: http://ca.test/x.crl (connect" in why
+    for ca, url in ((p.inter, "d"), (p.root, "r")):
+        (crl,) = load(crl_der(ca, [77]), list(cas), clock.seconds())
+        cache.install(crl, url)
+    assert undecided(cache, cas, settings, (down,)) == ""
+    assert (
+        undecided(CrlCache(clock, 0.0), cas, attrs.evolve(settings, expired_policy="accept")) == ""
+    )
+    assert undecided(CrlCache(clock, 0.0), cas, attrs.evolve(settings, from_cert=True)) == ""
+    clock.advance(2 * 86400)  # both CRLs past their nextUpdate
+    assert undecided(cache, cas, settings).count("past its nextUpdate") == 2
 
 
 def test_the_hour_of_history() -> None:

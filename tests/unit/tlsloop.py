@@ -19,7 +19,7 @@ from twisted.test import iosim
 
 from gateway import testing as support
 from gateway.config import ListenerSettings
-from gateway.proxy.entry import ListenerTLSFactory
+from gateway.proxy.entry import Gate, ListenerTLSFactory
 from gateway.proxy.factory import GatewayFactory, session_limits
 from gateway.status import ListenerStats
 from gateway.testing import prepare_text
@@ -133,7 +133,7 @@ class Listener:
             upstream,
             stats,
             creator,
-            ListenerTLSFactory(creator, gateway, config.limits, reactor),
+            ListenerTLSFactory(creator, Gate(gateway, config.limits, reactor), reactor),
         )
 
     def connect(

@@ -123,4 +123,14 @@ TLS_KEYS: tuple[Key, ...] = (
         "both profiles: a client knows whether it has AES hardware). Unset: the profile's.",
         format=format_bool,
     ),
+    Key(
+        "tls_io",
+        "tls.io",
+        enum_of("bio", "socket"),
+        "bio",
+        "Who moves the TLS bytes. bio: Twisted's TLS in a memory BIO (TLSMemoryBIOProtocol). "
+        "socket (experimental): OpenSSL reads and writes the socket itself, one transport "
+        "per connection; single process only, not with proxy_protocol.",
+        global_=True,
+    ),
 )
