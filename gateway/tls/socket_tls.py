@@ -86,12 +86,26 @@ class TLSServer(tcp.Server):
                     listener.handshakeCompleted()
                 if self.disconnecting or self.disconnected:
                     return None
-            data = self.tls.recv(self.bufferSize)
-            budget = READ_BUDGET - len(data)
-            while budget > 0 and self.tls.pending():
-                more = self.tls.recv(self.bufferSize)
-                data += more
-                budget -= len(more)
+            # Every record the socket has, up to a budget, delivered as one: OpenSSL reads
+            # a record at a time (pyOpenSSL cannot turn read-ahead on), so stopping after
+            # one would cost a turn of the reactor per record.
+            chunks = [self.tls.recv(self.bufferSize)]
+            budget = READ_BUDGET - len(chunks[0])
+            try:
+                while budget > 0:
+                    more = self.tls.recv(self.bufferSize)
+                    chunks.append(more)
+                    budget -= len(more)
+            except SSL.WantReadError:
+                pass  # the socket is drained
+            except SSL.WantWriteError:  # a record that needs a write first (a key update)
+                self._read_blocked_on_write = True
+                tcp.Server.startWriting(self)
+                tcp.Server.stopReading(self)
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                self._dataReceived(b"".join(chunks))  # what came before the end first
+                raise
+            data = b"".join(chunks)
         except SSL.WantReadError:
             return None
         except SSL.WantWriteError:

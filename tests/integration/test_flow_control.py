@@ -87,11 +87,16 @@ def _warm_up(port: int, p: support.Pki) -> None:
         support.read_exact(s, 4)
 
 
-def test_stalled_subscriber(p: support.Pki, workdir: str) -> None:
+IO = pytest.mark.parametrize("io", ["bio", "socket"])  # tls_io: both TLS paths
+
+
+@IO
+def test_stalled_subscriber(p: support.Pki, workdir: str, io: str) -> None:
     """Broker -> stalled subscriber: memory stays bounded; once it reads, every byte arrives."""
     broker, broker_port = support.start_mosquitto(workdir)
     port = support.free_port()
-    gateway = support.start_gateway(workdir, support.listener_conf("x", port, broker_port, p))
+    conf = support.listener_conf("x", port, broker_port, p, {"tls_io": io})
+    gateway = support.start_gateway(workdir, conf)
     try:
         _warm_up(port, p)
         raw = socket.socket()
@@ -131,14 +136,16 @@ def test_stalled_subscriber(p: support.Pki, workdir: str) -> None:
         broker.stop()
 
 
-def test_stalled_broker(p: support.Pki, workdir: str) -> None:
+@IO
+def test_stalled_broker(p: support.Pki, workdir: str, io: str) -> None:
     """Device -> stalled broker: memory stays bounded; once the broker reads, every byte arrives."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     upstream_port = server.getsockname()[1]
     port = support.free_port()
-    gateway = support.start_gateway(workdir, support.listener_conf("x", port, upstream_port, p))
+    conf = support.listener_conf("x", port, upstream_port, p, {"tls_io": io})
+    gateway = support.start_gateway(workdir, conf)
     try:
         sender_done = threading.Event()
         payloads = _payloads(b"up")
@@ -193,11 +200,13 @@ def test_stalled_broker(p: support.Pki, workdir: str) -> None:
         gateway.stop()
 
 
-def test_gateway_process_keeps_serving_after_abuse(p: support.Pki, workdir: str) -> None:
+@IO
+def test_gateway_process_keeps_serving_after_abuse(p: support.Pki, workdir: str, io: str) -> None:
     """Garbage from many peers is refused one by one; a good client still gets through."""
     broker, broker_port = support.start_mosquitto(workdir)
     port = support.free_port()
-    gateway = support.start_gateway(workdir, support.listener_conf("x", port, broker_port, p))
+    conf = support.listener_conf("x", port, broker_port, p, {"tls_io": io})
+    gateway = support.start_gateway(workdir, conf)
     try:
         for junk in (b"\x16\x03\x01\x00\x05hello", os.urandom(4096), b"\x00" * 10):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:

@@ -1,0 +1,151 @@
+"""TLS on the socket (tls_io = socket): the cases a transport of its own must get right,
+against real clients. (The paths every listener shares, flow control and resumption with a
+revoked certificate among them, run with both TLS paths in their own files.)"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+
+from gateway import testing as support
+
+pytestmark = pytest.mark.integration
+
+ACCEPTED = b"\x20\x02\x00\x00"
+
+
+@pytest.fixture(scope="module")
+def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def _gateway(workdir: str, p: support.Pki, broker: int) -> tuple[support.Process, int]:
+    port = support.free_port()
+    conf = support.listener_conf("s", port, broker, p, {"tls_io": "socket"})
+    conf += "max_conn_rate_per_ip = 0\nmax_conn_rate = 0\n"
+    return support.start_gateway(workdir, conf), port
+
+
+def _dribble(port: int, ctx: ssl.SSLContext, payload: bytes) -> bytes:
+    """A TLS client over a plain socket that sends every byte of its handshake and of
+    ``payload`` in a send of its own; returns the first 4 bytes the server answers."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def flush() -> None:
+        for byte in outgoing.read():
+            sock.sendall(bytes([byte]))
+            time.sleep(0.0005)
+
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed in the handshake") from None
+                incoming.write(data)
+        flush()
+        tls.write(payload)
+        flush()
+        answer = b""
+        while len(answer) < 4:
+            try:
+                answer += tls.read(4 - len(answer))
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+        return answer
+    finally:
+        sock.close()
+
+
+def test_a_handshake_and_a_connect_one_byte_at_a_time(
+    p: support.Pki, workdir: str, broker: int
+) -> None:
+    """A ClientHello (and everything after it) in one-byte TCP segments: OpenSSL reads
+    what the socket has each time and waits for more; the device gets in. TLS 1.3 and 1.2."""
+    gw, port = _gateway(workdir, p, broker)
+    try:
+        for version in ("1.3", "1.2"):
+            ctx = support.client_context(p, p.client(f"dribble-{version}"), version)
+            connect = support.connect_packet(f"dribble-{version}")
+            assert _dribble(port, ctx, connect) == ACCEPTED, version
+        assert "Traceback" not in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_resets_and_half_closes_in_the_handshake(p: support.Pki, workdir: str, broker: int) -> None:
+    """A peer that resets in the middle of its handshake, one that half-closes after its
+    ClientHello, one that closes before saying anything: each ends cleanly (a refusal line,
+    no traceback), and the next device gets in."""
+    gw, port = _gateway(workdir, p, broker)
+    try:
+        ctx = support.client_context(p, p.client("half"))
+        for how in ("reset", "half-close", "silent"):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if how != "silent":
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                hello = outgoing.read()
+                sock.sendall(hello[: len(hello) // 2] if how == "reset" else hello)
+            if how == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif how == "half-close":
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(5)
+                while sock.recv(65536):  # the server's flight, then its close
+                    pass
+            sock.close()
+        with support.tls_connect(port, ctx) as s:
+            s.sendall(support.connect_packet("after-resets"))
+            assert support.read_exact(s, 4) == ACCEPTED
+        log = gw.log()
+        assert "Traceback" not in log and "Unhandled" not in log, log
+        assert log.count("refused s ") >= 2
+    finally:
+        gw.stop()
+
+
+def test_idle_connections_then_all_closed(p: support.Pki, workdir: str, broker: int) -> None:
+    """300 relayed sessions held idle, then all closed by their devices: every session
+    ends, and the gateway's descriptors are back where they were."""
+    gw, port = _gateway(workdir, p, broker)
+    try:
+        ctx = support.client_context(p, p.client("idle"))
+        with support.tls_connect(port, ctx) as s:  # warm up
+            s.sendall(support.connect_packet("idle-warm", keep_alive=0))
+            assert support.read_exact(s, 4) == ACCEPTED
+        support.wait_until(lambda: "session ended s" in gw.log())
+        before = len(os.listdir(f"/proc/{gw.pid}/fd"))
+        held = []
+        for i in range(300):
+            s = support.tls_connect(port, ctx)
+            s.sendall(support.connect_packet(f"idle-{i}", keep_alive=0))
+            assert support.read_exact(s, 4) == ACCEPTED
+            held.append(s)
+        during = len(os.listdir(f"/proc/{gw.pid}/fd"))
+        assert during >= before + 600  # each: the device and the broker
+        for s in held:
+            s.close()
+        support.wait_until(lambda: gw.log().count("session ended s") >= 301, 30, what="ends")
+        support.wait_until(lambda: len(os.listdir(f"/proc/{gw.pid}/fd")) <= before, 15)
+    finally:
+        gw.stop()
