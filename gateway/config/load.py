@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import attrs
-
 from gateway import files
+from gateway.config import checks
+from gateway.config.checks import Line
 from gateway.config.keys import (
     GLOBAL_ALIASES,
     GLOBAL_KEYS,
@@ -53,16 +53,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-@attrs.frozen
-class _Line:
-    key: str
-    value: str
-    line: int
-
-
-def _read_lines(path: str, text: str) -> list[_Line]:
+def _read_lines(path: str, text: str) -> list[Line]:
     seen: dict[str, int] = {}
-    out: list[_Line] = []
+    out: list[Line] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = re.sub(r"(^|\s)#.*$", "", raw).strip()
         if not stripped:
@@ -76,7 +69,7 @@ def _read_lines(path: str, text: str) -> list[_Line]:
         if key in seen:
             raise ConfigError(path, number, key, f"already set at line {seen[key]}")
         seen[key] = number
-        out.append(_Line(key, value, number))
+        out.append(Line(key, value, number))
     return out
 
 
@@ -85,7 +78,7 @@ def _suggest(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def _parse_value(path: str, entry: _Line, key: Key) -> Any:
+def _parse_value(path: str, entry: Line, key: Key) -> Any:
     if entry.value == "" and key.default is None and not key.required:
         return None  # an optional key written empty: unset
     try:
@@ -131,10 +124,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     base_dir = os.path.dirname(os.path.abspath(path))
     lines = _read_lines(path, text)
 
-    globals_: dict[str, tuple[Any, _Line]] = {}
-    declared: dict[str, tuple[tuple[str, int], _Line]] = {}
-    options: dict[str, dict[str, tuple[Any, _Line]]] = {}
-    pending_options: list[tuple[str, str, _Line]] = []
+    globals_: dict[str, tuple[Any, Line]] = {}
+    declared: dict[str, tuple[tuple[str, int], Line]] = {}
+    options: dict[str, dict[str, tuple[Any, Line]]] = {}
+    pending_options: list[tuple[str, str, Line]] = []
     all_full_keys = list(GLOBAL_KEYS) + [f"{LISTENER_PREFIX}<name>.{k}" for k in LISTENER_KEYS]
 
     for entry in lines:
@@ -199,10 +192,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         origin[""] = (declaration.line, declaration.key)
         listeners.append(listener)
         origins[name] = origin
-    _check_distinct_binds(path, listeners, declared)
-    _check_no_loop(path, listeners, origins)
+    checks.check_distinct_binds(path, listeners, declared)
+    checks.check_no_loop(path, listeners, origins)
     settings = _build_globals(base_dir, globals_)
-    _check_admin(path, settings, globals_, listeners)
+    checks.check_admin(path, settings, globals_, listeners)
     if settings.workers != 1:
         for listener in listeners:
             if listener.tls.io == "socket":
@@ -218,7 +211,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     )
 
 
-def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> GlobalSettings:
+def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, Line]]) -> GlobalSettings:
     """The global settings: each global-only key's value (or its default) at its model path."""
     values = {}
     for key in KEYS:
@@ -232,109 +225,13 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, _Line]]) -> 
     return GlobalSettings(**values)
 
 
-def _check_admin(
-    path: str,
-    settings: GlobalSettings,
-    globals_: Mapping[str, tuple[Any, _Line]],
-    listeners: list[ListenerSettings],
-) -> None:
-    """A non-loopback admin listener needs a token; it may not share a listener's port."""
-    if settings.admin_listen is None:
-        return
-    entry = globals_["admin.listen"][1]
-    host, port = settings.admin_listen
-    if settings.admin_token_file is None and not _is_loopback(host):
-        raise ConfigError(
-            path,
-            entry.line,
-            entry.key,
-            f"{host} is not a loopback address: set admin.token_file (anyone who reaches "
-            "the admin listener could read the status and the metrics)",
-        )
-    for listener in listeners:
-        if _reaches((host, port), listener.bind) or _reaches(listener.bind, (host, port)):
-            raise ConfigError(
-                path,
-                entry.line,
-                entry.key,
-                f"port {port} is already used by listener {listener.name!r}",
-            )
-
-
-def _is_loopback(host: str) -> bool:
-    return host.startswith("127.") or host in ("::1", "localhost")
-
-
-_LOCAL_NAMES = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
-
-
-def _reaches(upstream: tuple[str, int], bind: tuple[str, int]) -> bool:
-    """Would a connection to ``upstream`` land on a listener bound to ``bind``?"""
-    (up_host, up_port), (host, port) = upstream, bind
-    if up_port != port:
-        return False
-    up_host = up_host.lower().strip("[]")
-    if up_host == host:
-        return True
-    if host in ("0.0.0.0", "::"):
-        return up_host in _LOCAL_NAMES or up_host.startswith("127.")
-    return host == "127.0.0.1" and up_host == "localhost"
-
-
-def _check_no_loop(
-    path: str, listeners: list[ListenerSettings], origins: Mapping[str, Mapping[str, Any]]
-) -> None:
-    """A listener whose upstream is a listener of this gateway (its own address, most
-    often) would relay MQTT to a TLS port of its own: a configuration error."""
-    for listener in listeners:
-        for other, address in ((o, a) for o in listeners for a in listener.upstream.addresses):
-            if not _reaches(address, other.bind):
-                continue
-            where = origins[listener.name].get("upstream")
-            line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.upstream")
-            whose = (
-                "this listener's own address"
-                if other is listener
-                else f"the address of listener {other.name!r}"
-            )
-            host, port = address
-            raise ConfigError(
-                path,
-                line,
-                key,
-                f"{host}:{port} is {whose}: the gateway would relay to itself "
-                "(upstream is the broker's address)",
-            )
-
-
-def _check_distinct_binds(
-    path: str,
-    listeners: list[ListenerSettings],
-    declared: Mapping[str, tuple[tuple[str, int], _Line]],
-) -> None:
-    by_port: dict[int, ListenerSettings] = {}
-    for listener in listeners:
-        other = by_port.get(listener.bind[1])
-        if other is not None and (
-            other.bind == listener.bind or "0.0.0.0" in (other.bind[0], listener.bind[0])
-        ):
-            entry = declared[listener.name][1]
-            raise ConfigError(
-                path,
-                entry.line,
-                entry.key,
-                f"port {listener.bind[1]} is already used by listener {other.name!r}",
-            )
-        by_port[listener.bind[1]] = listener
-
-
 def _build_listener(
     path: str,
     base_dir: str,
     name: str,
     bind: tuple[str, int],
-    opts: Mapping[str, tuple[Any, _Line]],
-    globals_: Mapping[str, tuple[Any, _Line]],
+    opts: Mapping[str, tuple[Any, Line]],
+    globals_: Mapping[str, tuple[Any, Line]],
 ) -> tuple[ListenerSettings, dict[str, tuple[int, str]]]:
     """One listener's settings (its own values, else the global ones, else the defaults),
     and the line each option came from."""
