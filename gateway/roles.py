@@ -141,8 +141,22 @@ def port_service(
     )
 
 
+class Serving:
+    """What a process that serves connections does with a listener's updates: it sweeps
+    its live sessions after a CRL update and reports its own status."""
+
+    def revocation_updated(self, listener: ListenerService) -> None:
+        listener.factory.sweep_revoked()
+
+    def staple_changed(self, listener: ListenerService) -> None:
+        pass  # the next handshake staples the new one
+
+    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+        return own
+
+
 @implementer(IListenerRole)
-class SingleProcess:
+class SingleProcess(Serving):
     """One process does everything."""
 
     checks_brokers = True
@@ -196,12 +210,3 @@ class SingleProcess:
             endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
             return port_service(listener, settings, endpoint)
         return port_service(listener, settings, tcp_endpoint(self.reactor, settings.bind))
-
-    def revocation_updated(self, listener: ListenerService) -> None:
-        listener.factory.sweep_revoked()
-
-    def staple_changed(self, listener: ListenerService) -> None:
-        pass
-
-    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
-        return own

@@ -38,9 +38,8 @@ from gateway.prepare import prepare
 from gateway.reports import ListenerReport, WorkerReport
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.snapshot import map_snapshot
-from gateway.roles import IListenerRole, port_service
+from gateway.roles import IListenerRole, Serving, port_service
 from gateway.service import GatewayService, ProcessRole
-from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
 
@@ -181,7 +180,7 @@ class AdoptedEndpoint:
 
 
 @implementer(IListenerRole)
-class WorkerRole:
+class WorkerRole(Serving):
     """The listeners of a worker: the master's socket, CRL snapshot and staple; connections
     served exactly as in one process."""
 
@@ -211,15 +210,6 @@ class WorkerRole:
     def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
         endpoint = AdoptedEndpoint(self.state, settings.name, settings.bind)
         return port_service(listener, settings, endpoint)
-
-    def revocation_updated(self, listener: ListenerService) -> None:
-        listener.factory.sweep_revoked()
-
-    def staple_changed(self, listener: ListenerService) -> None:
-        pass
-
-    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
-        return own
 
 
 def listener_report(state: WorkerState, listener: ListenerService) -> ListenerReport:

@@ -359,6 +359,22 @@ def test_reload_without_dropping_anyone(
         crls.stop()
 
 
+def chromium(workdir: str, *args: str) -> str:
+    """Headless Chromium (Debian's package) with the flags this closed network needs; its
+    standard output (the DOM, with --dump-dom)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is needed (Debian package chromium; scripts/test.sh)"
+    profile = os.path.join(workdir, "chromium-profile")
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
+        + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
+        + ["--disable-component-update", f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    ).stdout
+
+
 def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker: int) -> None:
     """``mqttgw status`` (exit 0, then 2 for a listener in a bad state) and the status page
     in headless Chromium, with the bad listener shown first, in red."""
@@ -395,18 +411,7 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
         nothing = support.run([mqttgw, "status", "--admin", f"http://127.0.0.1:{dead}"])
         assert nothing.returncode == 3 and "no status from" in nothing.stderr
 
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        assert chromium, "headless Chromium is needed (Debian package chromium; scripts/test.sh)"
-        profile = os.path.join(workdir, "chromium-profile")
-        dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
-            + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
-            + ["--disable-component-update", f"--user-data-dir={profile}"]
-            + ["--dump-dom", f"http://127.0.0.1:{admin}/"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        ).stdout
+        dom = chromium(workdir, "--dump-dom", f"http://127.0.0.1:{admin}/")
         assert "<h1>mqttgw " in dom and "not ready: bad: CA " in dom, dom[:2000]
         problems = dom.index('id="problems"')
         assert dom.index('class="problem-error"') > problems
@@ -426,26 +431,13 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
             what="the connections in the history",
         )
         shot = os.path.join(workdir, "page.png")
-        subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
-            + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
-            + ["--disable-component-update", f"--user-data-dir={profile}"]
-            + ["--window-size=1200,1400", f"--screenshot={shot}", f"http://127.0.0.1:{admin}/"],
-            capture_output=True,
-            timeout=90,
+        chromium(
+            workdir, "--window-size=1200,1400", f"--screenshot={shot}", f"http://127.0.0.1:{admin}/"
         )
         with open(shot, "rb") as f:
             png = f.read()
         assert png.startswith(b"\x89PNG") and len(png) > 20_000  # a rendered page, not blank
-        dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
-            + ["--no-first-run", "--disable-background-networking", "--disable-sync"]
-            + ["--disable-component-update", f"--user-data-dir={profile}"]
-            + ["--dump-dom", f"http://127.0.0.1:{admin}/?refresh=10"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        ).stdout
+        dom = chromium(workdir, "--dump-dom", f"http://127.0.0.1:{admin}/?refresh=10")
         charts = re.findall(r"<svg[^>]*aria-label=\"([^\"]+)\"", dom)
         assert "Sessions relayed and connections refused" in charts, charts
         assert "TLS handshakes" in charts and "Connections open" in charts
