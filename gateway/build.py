@@ -65,6 +65,10 @@ class ListenerParts:
     def upstream_proxy_protocol(self) -> str | None:
         return self.settings.upstream.proxy_protocol
 
+    @property
+    def log_connect(self) -> bool:
+        return self.settings.log_connect
+
     def services(self) -> list[Any]:
         """The services these parts run (CRL source, stapler, broker checks)."""
         return [s for s in (self.crl, self.stapler, self.health) if s is not None]

@@ -7,6 +7,10 @@ import pytest
 
 from gateway import testing as support
 
+# Gateways started by the tests log an accept line too (they wait on it); a test of the
+# default, one line per session, says log_connect = false itself.
+os.environ.setdefault("MQTTGW_TEST_LOG_CONNECT", "1")
+
 
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:

@@ -350,4 +350,5 @@ def _assemble(name: str, bind: tuple[str, int], values: Mapping[str, Any]) -> Li
         ocsp=OcspSettings(**t["ocsp"]) if t["ocsp"] is not None else None,
         identity=IdentitySettings(**t["identity"]),
         front=FrontSettings(**t["front"]),
+        log_connect=t["log_connect"],
     )

@@ -154,6 +154,7 @@ class ListenerSettings:
     ocsp: OcspSettings | None
     identity: IdentitySettings = IdentitySettings()
     front: FrontSettings = FrontSettings()
+    log_connect: bool = _default("log_connect")  # also a line at accept
 
 
 # Where each listener option was set: option name -> (line, key as written), for errors

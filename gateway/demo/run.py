@@ -98,6 +98,8 @@ def write_demo_files(
             # The status page, /status, /metrics and /ready, read-only without a token
             # (a loopback address: POST /reload and /refresh need admin.token_file).
             f"admin.listen = {admin}\n"
+            # A line when a device gets in, as well as when its session ends.
+            "log_connect = true\n"
             f"listener.ssl.demo = 127.0.0.1:{listener_port}\n"
             "listener.ssl.demo.keyfile = server.key\n"
             "listener.ssl.demo.certfile = server.pem\n"

@@ -62,6 +62,8 @@ class RelayParts(Protocol):
     def upstream_name(self) -> str: ...
     @property
     def upstream_proxy_protocol(self) -> str | None: ...
+    @property
+    def log_connect(self) -> bool: ...
 
 
 class HoldsParts(Protocol):
@@ -117,6 +119,10 @@ class GatewayFactory(protocol.Factory):
     @property
     def upstream_proxy_protocol(self) -> str | None:
         return self.box.parts.upstream_proxy_protocol
+
+    @property
+    def log_connect(self) -> bool:
+        return self.box.parts.log_connect
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:
         return ClientProtocol(self, addr)

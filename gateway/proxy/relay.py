@@ -79,6 +79,8 @@ class ClientProtocol(protocol.Protocol):
     _identity: tuple[str | None, str | None] | ValueError | None = None
     # With upstream_proxy_protocol = v2: the certificate's CN for the SSL TLV.
     _cn: str | None = None
+    tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
+    resumed = False  # whether the handshake resumed a session
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
         self.factory = factory
@@ -108,6 +110,8 @@ class ClientProtocol(protocol.Protocol):
         stats = self.factory.stats
         stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
+        self.tls_version = handle.get_protocol_version_name()
+        self.resumed = session_reused(handle)
         leaf, self.verification.leaf = self.verification.leaf, None
         self.subject, self.serial, cert = describe_peer_certificate(handle, leaf)
         if cert is not None and self.factory.upstream_proxy_protocol == "v2":
@@ -271,18 +275,24 @@ class ClientProtocol(protocol.Protocol):
         )
 
     def _on_session_ended(self, action: S.SessionEnded) -> None:
-        """The session log: one structured line per relayed session."""
+        """The session log: one structured line per relayed session, written when it ends
+        (HAProxy's tcplog): what the accept line would say, then duration, bytes, who
+        closed it and how."""
         connect = self.session.connect
         self.factory.stats.closed[action.by] += 1
         log.info(
             "session ended {listener} peer={peer} subject={subject} serial={serial} "
-            "client_id={client_id!r} duration={duration:.1f}s bytes_in={bytes_in} "
-            "bytes_out={bytes_out} closed_by={closed_by}: {why}",
+            "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed} "
+            "duration={duration:.1f}s bytes_in={bytes_in} bytes_out={bytes_out} "
+            "closed_by={closed_by}: {why}",
             listener=self.factory.name,
             peer=self.peer,
             subject=self.subject,
             serial=self.serial,
             client_id=connect.client_id if connect is not None else "",
+            mqtt_level=connect.protocol_level if connect is not None else "-",
+            tls=self.tls_version,
+            resumed="yes" if self.resumed else "no",
             duration=self.factory.reactor.seconds() - self._since,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
@@ -342,16 +352,19 @@ class ClientProtocol(protocol.Protocol):
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
         self._since = self.factory.reactor.seconds()
-        log.info(
-            "accepted {listener} peer={peer} subject={subject} serial={serial} "
-            "client_id={client_id!r} mqtt={mqtt_level}",
-            listener=self.factory.name,
-            peer=self.peer,
-            subject=self.subject,
-            serial=self.serial,
-            client_id=connect.client_id,
-            mqtt_level=connect.protocol_level,
-        )
+        if self.factory.log_connect:  # else the session's one line is at its end
+            log.info(
+                "accepted {listener} peer={peer} subject={subject} serial={serial} "
+                "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed}",
+                listener=self.factory.name,
+                peer=self.peer,
+                subject=self.subject,
+                serial=self.serial,
+                client_id=connect.client_id,
+                mqtt_level=connect.protocol_level,
+                tls=self.tls_version,
+                resumed="yes" if self.resumed else "no",
+            )
 
     def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:
         """The CONNECT with the user name / client id the certificate gives (the rest of
@@ -390,7 +403,7 @@ class ClientProtocol(protocol.Protocol):
             cert_in_connection=has_cert,
             verified=has_cert and self.verification.failure is None,
             cn=self._cn,
-            resumed=session_reused(handle),
+            resumed=self.resumed,
         )
 
 

@@ -185,6 +185,10 @@ def start_gateway(
     stats lines to ``NAME.log.json``, read by ``Process.events``)."""
     conf = os.path.join(directory, f"{name}.conf")
     log_path = os.path.join(directory, f"{name}.log")
+    if "log_connect" not in conf_text and os.environ.get("MQTTGW_TEST_LOG_CONNECT"):
+        # The tests wait on a session's accept line (tests/conftest.py sets this); the
+        # product's default is one line per session, at its end.
+        conf_text += "log_connect = true\n"
     if "shutdown_drain" not in conf_text:
         # Tests stop gateways with clients still connected: a short drain keeps them fast
         # (the drain itself is tested with its own value).

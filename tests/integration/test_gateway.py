@@ -398,3 +398,37 @@ def test_uid_gid_drop_privileges_after_binding(p: support.Pki, broker: int, work
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_one_line_per_session(p: support.Pki, workdir: str, broker: int) -> None:
+    """By default a relayed session is one line, written when it ends (HAProxy's tcplog):
+    listener, peer, subject, serial, client id, MQTT level, TLS version, resumed, duration,
+    bytes, who closed it; no accept line. log_connect = true adds the accept line."""
+    for log_connect in ("false", "true"):
+        port = support.free_port()
+        conf = support.listener_conf("one", port, broker, p) + f"log_connect = {log_connect}\n"
+        gw = support.start_gateway(workdir, conf, f"gw-{log_connect}")
+        try:
+            ctx = support.client_context(p, p.client("one-line"), "1.2")
+            with support.tls_connect(port, ctx) as s:
+                s.sendall(support.connect_packet("one-line", level=5))
+                assert support.read_exact(s, 5)[:1] == b"\x20"
+            support.wait_until(lambda gw=gw: "session ended one " in gw.log())
+            lines = [x for x in gw.log().splitlines() if "client_id='one-line'" in x]
+            (ended,) = [x for x in lines if "session ended one " in x]
+            for field in ("peer=127.0.0.1:", "subject=CN=one-line", "serial=", "mqtt=5"):
+                assert field in ended, ended
+            for field in (
+                "tls=TLSv1.2",
+                "resumed=no",
+                "duration=",
+                "bytes_in=",
+                "closed_by=client",
+            ):
+                assert field in ended, ended
+            accepted = [x for x in lines if "accepted one " in x]
+            assert len(accepted) == (1 if log_connect == "true" else 0), lines
+            if accepted:
+                assert "tls=TLSv1.2 resumed=no" in accepted[0]
+        finally:
+            gw.stop()

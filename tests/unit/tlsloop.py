@@ -101,6 +101,10 @@ class Parts:
     def upstream_proxy_protocol(self) -> str | None:
         return self.settings.upstream.proxy_protocol
 
+    @property
+    def log_connect(self) -> bool:
+        return self.settings.log_connect
+
 
 @attrs.define
 class Box:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from gateway.config.keys.connections import CONNECT_KEYS, FRONT_KEYS, IDENTITY_KEYS, LIMIT_KEYS
 from gateway.config.keys.key import IDENTITY_SOURCES, LISTENER_PREFIX, Key
-from gateway.config.keys.operations import OPERATION_KEYS, WORKER_KEYS
+from gateway.config.keys.operations import LOG_KEYS, OPERATION_KEYS, WORKER_KEYS
 from gateway.config.keys.revocation import CRL_KEYS, OCSP_KEYS
 from gateway.config.keys.tls import TLS_KEYS
 from gateway.config.keys.upstream import UPSTREAM_CONNECT_KEYS, UPSTREAM_KEYS
@@ -28,6 +28,7 @@ KEYS: tuple[Key, ...] = (
     + OCSP_KEYS
     + OPERATION_KEYS
     + WORKER_KEYS
+    + LOG_KEYS
 )
 
 KEYS_BY_NAME: Mapping[str, Key] = {k.name: k for k in KEYS}

@@ -124,3 +124,18 @@ WORKER_KEYS: tuple[Key, ...] = (
         global_=True,
     ),
 )
+
+
+LOG_KEYS: tuple[Key, ...] = (
+    Key(
+        "log_connect",
+        "log_connect",
+        parse_bool,
+        False,
+        "Also a line when a session is accepted (relayed to the broker). Off: one line per "
+        "session, at its end (HAProxy's tcplog), carrying the same fields; refusals keep "
+        "their own line either way.",
+        format=format_bool,
+        global_=True,
+    ),
+)
