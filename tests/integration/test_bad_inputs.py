@@ -144,7 +144,8 @@ def test_broker_closing_a_session_is_logged(p: support.Pki, workdir: str) -> Non
         support.wait_until(lambda: "closed_by=broker" in gw.log())
         line = next(x for x in gw.log().splitlines() if "closed_by=broker" in x)
         assert "#info] session ended x peer=127.0.0.1:" in line and "CN=broker-victim" in line
-        assert "client_id='broker-victim' duration=" in line and " bytes_in=0 " in line
+        assert "client_id='broker-victim' mqtt=4 tls=TLSv1.3 resumed=no duration=" in line
+        assert " bytes_in=0 " in line
         assert line.endswith(
             (
                 "closed_by=broker: connection closed cleanly",
