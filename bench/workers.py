@@ -623,6 +623,120 @@ def storm(args: argparse.Namespace) -> None:
     table(results, ["% resumed"])
 
 
+# -- a start with a large CRL ------------------------------------------------------------------
+
+
+def _probe(
+    port: int, world: World, stop: float, out: list[tuple[float, float, str]], t0: float
+) -> None:
+    """One device trying to connect from before the port exists until ``stop``: each
+    attempt's (time since t0 at its end, outcome)."""
+    import socket
+    import ssl
+
+    ctx = support.client_context(world.pki, world.device)
+    while time.monotonic() < stop:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        except OSError:
+            time.sleep(0.02)
+            continue
+        opened = time.monotonic() - t0
+        try:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(support.connect_packet("start-probe", keep_alive=0))
+                got = support.read_exact(s, 4)
+                outcome = "admitted" if got == CONNACK else f"refused ({got.hex()})"
+        except ssl.SSLError as e:
+            outcome = f"refused ({e.reason})"
+        except (OSError, ConnectionError, EOFError) as e:
+            outcome = f"closed ({type(e).__name__})"
+        out.append((opened, time.monotonic() - t0, outcome))
+        if outcome == "admitted":
+            return
+        time.sleep(0.05)
+
+
+def start(args: argparse.Namespace) -> None:
+    """A gateway started with a large CRL on its CA endpoint, devices connecting from the
+    first moment: when does the port accept, when is the first device admitted, is any
+    refused meanwhile? From the network (an empty cache directory), then again from what
+    crl_cache.dir kept; one process and workers = auto."""
+    import threading
+
+    from gateway.testing.crl import CrlHttpServer, big_crl_der
+
+    world = World(args.key)
+    http = CrlHttpServer()
+    http.serve("/big.crl", 200, big_crl_der(world.pki.inter, args.entries))
+    http.serve("/root.crl", 200, big_crl_der(world.pki.root, 1))
+    broker, plain = support.start_mosquitto(world.dir)
+    rows = []
+    try:
+        for r in range(args.rounds):
+            for mode, extra in (("one process", ""), ("workers = auto", "workers = auto\n")):
+                cache = tempfile.mkdtemp(prefix="crlcache-", dir=world.dir)
+                for source in ("network", "cache"):
+                    port = support.free_port()
+                    name = f"start-{r}-{'w' if extra else '1'}-{source}"
+                    conf = support.listener_conf(name, port, plain, world.pki) + NO_LIMITS
+                    conf += extra + (
+                        f"crl_cache.dir = {cache}\n"
+                        f"listener.ssl.{name}.enable_crl_cache = true\n"
+                        f"listener.ssl.{name}.crl_cache_urls = "
+                        f"{http.url('/big.crl')},{http.url('/root.crl')}\n"
+                        f"listener.ssl.{name}.crl_cache_max_size = 64MB\n"
+                    )
+                    results: list[list[tuple[float, float, str]]] = [
+                        [] for _ in range(args.devices)
+                    ]
+                    t0 = time.monotonic()
+                    stop = t0 + 60
+                    probes = [
+                        threading.Thread(target=_probe, args=(port, world, stop, out, t0))
+                        for out in results
+                    ]
+                    for t in probes:
+                        t.start()
+                    gw = support.start_gateway(world.dir, conf, name, ready="mqttgw")
+                    try:
+                        for t in probes:
+                            t.join()
+                    finally:
+                        gw.stop()
+                    attempts = [a for out in results for a in out]
+                    opened = min((a[0] for a in attempts), default=float("nan"))
+                    admitted = [a[1] for a in attempts if a[2] == "admitted"]
+                    refused = [a for a in attempts if a[2] != "admitted"]
+                    first = min(admitted, default=float("nan")) - opened
+                    last = max(admitted, default=float("nan")) - opened
+                    rows.append((mode, source, opened, first, last, len(admitted), refused))
+                    print(
+                        f"  round {r + 1} {mode}, CRL from the {source}: port open after "
+                        f"{opened:.2f}s; first device admitted {first:.2f}s later, last "
+                        f"{last:.2f}s; {len(admitted)}/{args.devices} admitted; "
+                        f"{len(refused)} refused" + (f" ({refused[0][2]}, ...)" if refused else "")
+                    )
+    finally:
+        broker.stop()
+        http.stop()
+    print(
+        f"\nA {args.entries}-entry CRL, {args.devices} devices connecting from before the "
+        "port opens; seconds from the port opening (the first TCP connection accepted by "
+        "the kernel) to the first and last device admitted:"
+    )
+    for mode in ("one process", "workers = auto"):
+        for source in ("network", "cache"):
+            mine = [row for row in rows if row[0] == mode and row[1] == source]
+            firsts = [row[3] for row in mine]
+            refused = sum(len(row[6]) for row in mine)
+            print(
+                f"  {mode:15} from the {source:8}: first admitted "
+                f"{statistics.median(firsts):.2f}s (range {min(firsts):.2f}-{max(firsts):.2f}), "
+                f"refused {refused}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     common = argparse.ArgumentParser(add_help=False)
@@ -670,6 +784,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--entries", type=int, default=1_000_000)
     p.add_argument("--seconds", type=float, default=8)
+    p = sub.add_parser("start", parents=[common])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--devices", type=int, default=8)
     p = sub.add_parser("storm", parents=[common])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--devices", type=int, default=300)
@@ -681,6 +799,7 @@ def main() -> None:
         "idle": idle,
         "crl": crl,
         "storm": storm,
+        "start": start,
     }
     commands[args.what](args)
 

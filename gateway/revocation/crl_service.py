@@ -69,6 +69,13 @@ class _Source:
     state: CrlSourceState
     job: RefreshJob
     restored: bool = False  # the persisted copy was tried (first run only)
+    # Fires once the source can decide devices: its persisted copy is in force (the
+    # fetch that follows may replace it), or its first fetch is over (whatever came).
+    usable: defer.Deferred[None] = attrs.Factory(defer.Deferred)
+
+    def mark_usable(self) -> None:
+        if not self.usable.called:
+            self.usable.callback(None)
 
     def status(self) -> CrlSourceStatus:
         s = self.state
@@ -139,11 +146,12 @@ class CrlService(service.Service):
         super().startService()
         self._restore_discovered()
         configured = [s for s in self.sources.values() if not s.state.discovered]
-        first = [self.scheduler.run_now(s.job) for s in configured]
         for s in list(self.sources.values()):
-            if s.state.discovered:
-                self.scheduler.run_now(s.job)
-        defer.DeferredList(first).addCallback(lambda _: self._ready())
+            self.scheduler.run_now(s.job)
+        # Ready once every configured source can decide: from its persisted copy at once
+        # (a restart serves what crl_cache.dir kept while the fetch runs), else after its
+        # first fetch.
+        defer.DeferredList([s.usable for s in configured]).addCallback(lambda _: self._ready())
         self.scheduler.start()
 
     def stopService(self) -> None:
@@ -198,7 +206,14 @@ class CrlService(service.Service):
             source.restored = True
             if path and os.path.exists(path):
                 d = self._load_persisted(source, path)
-        return d.addCallback(lambda _: self._fetch(source, path))
+
+        def usable_if_held(_: object) -> None:
+            if source.state.crls:
+                source.mark_usable()
+
+        d.addCallback(usable_if_held)
+        d.addCallback(lambda _: self._fetch(source, path))
+        return d.addBoth(lambda result: (source.mark_usable(), result)[1])
 
     def _load_persisted(self, source: _Source, path: str) -> defer.Deferred[None]:
         header = encode_request(

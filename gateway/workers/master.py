@@ -75,8 +75,11 @@ class MasterRole:
         return SocketGroupService(self.workers, settings)
 
     def revocation_updated(self, listener: ListenerService) -> None:
-        revocation = listener.parts.revocation
-        if revocation is not None:
+        # Nothing reaches the workers before the first round is over: a worker accepts
+        # from its first snapshot on, and one holding only some of the CRLs (the small
+        # root CRL while the large devices CRL is still loading) would refuse devices.
+        revocation, crl = listener.parts.revocation, listener.parts.crl
+        if revocation is not None and (crl is None or crl.ready.called):
             self.workers.publisher(listener.parts.name).publish(revocation.cache)
 
     def staple_changed(self, listener: ListenerService) -> None:

@@ -295,6 +295,34 @@ def test_persisted_crl_is_used_when_the_ca_is_down(p: support.Pki, tmp_path: obj
     assert cold.service.ready.called  # ready even so: the policy decides
 
 
+def test_a_restart_serves_the_persisted_crl_before_the_fetch_ends(
+    p: support.Pki, tmp_path: object
+) -> None:
+    """With crl_cache.dir holding a CRL, the listener is ready once that copy is in force:
+    a slow CA (its answer hanging) does not keep devices waiting; the fetch then replaces
+    it. Without a copy, ready waits for the first fetch."""
+    directory = os.path.join(str(tmp_path), "crl")
+    h = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    h.routes.set("/devices.crl", 200, h.crl([77]))
+    h.service.startService()
+    h.flush()
+    h.service.stopService()
+    again = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    again.routes.set("/devices.crl", 0)  # the CA does not answer (yet)
+    again.service.startService()
+    again.flush()
+    assert again.routes.hanging, "the fetch is in flight"
+    assert again.service.ready.called
+    assert again.status(77) == "revoked" and again.status(78) == "good"
+    cold = Harness(p)
+    cold.routes.set("/devices.crl", 0)
+    cold.service.startService()
+    cold.flush()
+    assert not cold.service.ready.called
+    cold.advance(cold.config.http_timeout + 1)
+    assert cold.service.ready.called  # the fetch timed out: the policy decides
+
+
 def test_distribution_points_capacity_and_eviction(p: support.Pki) -> None:
     """Discovered CRL URLs are fetched; beyond capacity the least recently used is dropped."""
     h = Harness(p, crl_cache_urls="", crl_cache_from_cert="true", crl_cache_capacity="2")
