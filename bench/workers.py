@@ -678,7 +678,7 @@ def start(args: argparse.Namespace) -> None:
                 cache = tempfile.mkdtemp(prefix="crlcache-", dir=world.dir)
                 for source in ("network", "cache"):
                     port = support.free_port()
-                    name = f"start-{r}-{'w' if extra else '1'}-{source}"
+                    name = f"start-{r}-{'w' if extra else '1'}"  # one cache per mode
                     conf = support.listener_conf(name, port, plain, world.pki) + NO_LIMITS
                     conf += extra + (
                         f"crl_cache.dir = {cache}\n"
@@ -698,7 +698,7 @@ def start(args: argparse.Namespace) -> None:
                     ]
                     for t in probes:
                         t.start()
-                    gw = support.start_gateway(world.dir, conf, name, ready="mqttgw")
+                    gw = support.start_gateway(world.dir, conf, f"{name}-{source}", ready="mqttgw")
                     try:
                         for t in probes:
                             t.join()

@@ -68,6 +68,9 @@ class CrlCache:
     def infos(self) -> list[CrlInfo]:
         return [c.info for _, c in self._all()]
 
+    def loaded_from(self, url: str) -> list[LoadedCrl]:
+        return [c for (u, _), c in self._all() if u == url]
+
     def infos_from(self, url: str) -> list[CrlInfo]:
         return [c.info for (u, _), c in self._all() if u == url]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,12 +25,12 @@ from twisted.python.failure import Failure
 from gateway.clock import CLOCK_SKEW, format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.errors import GatewayError, describe_error
-from gateway.revocation.crl import CrlInfo, LoadedCrl
+from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, decode_answer, loaded_blobs
 from gateway.revocation.crl_cache import CrlCache as CrlCache
-from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.fetch import Body, HttpFetcher
 from gateway.revocation.process import encode_request
 from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
-from gateway.revocation.store import crl_path
+from gateway.revocation.store import crl_path, read_index
 from gateway.status import CrlSourceStatus, CrlStatus
 
 log = Logger()
@@ -39,6 +39,33 @@ log = Logger()
 # from; bound it at twice the body so a broken worker cannot flood the reactor.
 _OUTPUT_PER_BODY_BYTE = 2
 _MIN_OUTPUT_LIMIT = 4096  # room for the answer's JSON line with a tiny CRL
+
+
+# A CRL restored from the index kept in crl_cache.dir serves at once; this long after the
+# start (past the reconnect storm), the CRL worker parses the kept body again and the index
+# must match what it finds.
+INDEX_VERIFY_DELAY = 60.0
+
+
+def _off_reactor(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """``f(*args)`` in the reactor's thread pool (inline under a test's Clock)."""
+    pool = getattr(reactor, "getThreadPool", None)
+    if pool is None:
+        return defer.maybeDeferred(f, *args)
+    return threads.deferToThreadPool(reactor, pool(), f, *args)
+
+
+def _same_indexes(a: list[LoadedCrl], b: list[LoadedCrl]) -> bool:
+    """Whether two loads of a body hold the same CRLs with the same entries."""
+    if len(a) != len(b) or any(x.info != y.info for x, y in zip(a, b, strict=True)):
+        return False
+    for x, y in zip(a, b, strict=True):
+        blobs_x, blobs_y = loaded_blobs(x), loaded_blobs(y)
+        if len(blobs_x) != len(blobs_y):
+            return False
+        if any(bx != by for bx, by in zip(blobs_x, blobs_y, strict=True)):
+            return False
+    return True
 
 
 # Results of a fetch that installed nothing because what came was worse than what is held.
@@ -69,6 +96,7 @@ class _Source:
     state: CrlSourceState
     job: RefreshJob
     restored: bool = False  # the persisted copy was tried (first run only)
+    from_index: list[LoadedCrl] | None = None  # restored from the kept index, not verified
     # Fires once the source can decide devices: its persisted copy is in force (the
     # fetch that follows may replace it), or its first fetch is over (whatever came).
     usable: defer.Deferred[None] = attrs.Factory(defer.Deferred)
@@ -130,6 +158,7 @@ class CrlService(service.Service):
         self._discovered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._expired_logged: set[tuple[bytes, str]] = set()
+        self._verifications: list[Any] = []  # delayed checks of restored indexes
         for url in settings.urls:
             self._add_source(url, discovered=False)
 
@@ -157,6 +186,9 @@ class CrlService(service.Service):
     def stopService(self) -> None:
         super().stopService()
         self.scheduler.stop()
+        for call in self._verifications:
+            if call.active():
+                call.cancel()
 
     def _ready(self) -> None:
         if not self.ready.called:
@@ -205,15 +237,101 @@ class CrlService(service.Service):
         if not source.restored:
             source.restored = True
             if path and os.path.exists(path):
-                d = self._load_persisted(source, path)
+                d = self._restore(source, path)
 
         def usable_if_held(_: object) -> None:
             if source.state.crls:
                 source.mark_usable()
 
+        def usable_anyway(result: Any) -> Any:
+            source.mark_usable()
+            return result
+
         d.addCallback(usable_if_held)
         d.addCallback(lambda _: self._fetch(source, path))
-        return d.addBoth(lambda result: (source.mark_usable(), result)[1])
+        return d.addBoth(usable_anyway)
+
+    def _restore(self, source: _Source, path: str) -> defer.Deferred[None]:
+        """At start: the persisted CRL's index if its record vouches for it (memory-mapped,
+        nothing parsed: ready at once, verified later), else the body through the worker."""
+        d = _off_reactor(self._reactor, read_index, path, self._trust_pem)
+
+        def opened(found: tuple[Any, str]) -> defer.Deferred[None] | None:
+            mapping, why = found
+            if mapping is not None:
+                try:
+                    crls = decode_answer(mapping)
+                except CrlError as e:
+                    why = f"index not readable ({e.detail})"
+                else:
+                    self._install(source, crls, "loaded_from_disk")
+                    source.from_index = crls
+                    self._verifications.append(
+                        self._reactor.callLater(
+                            INDEX_VERIFY_DELAY, self._verify_index, source, path, crls
+                        )
+                    )
+                    return None
+            log.info(
+                "crl {listener} {url}: parsing the persisted CRL {path} ({why})",
+                listener=self.listener,
+                url=source.state.url,
+                path=path,
+                why=why,
+            )
+            return self._load_persisted(source, path)
+
+        return d.addCallback(opened)
+
+    def _verify_index(self, source: _Source, path: str, crls: list[LoadedCrl]) -> None:
+        """The kept index must be what the kept body holds: if the index still serves, the
+        worker parses and validates the body again and its result replaces a mismatch."""
+        url = source.state.url
+        held = self.cache.loaded_from(url)
+        if source.from_index is not crls or {id(c) for c in held} != {id(c) for c in crls}:
+            return  # a fetch replaced it: what serves came from the worker already
+        header = encode_request(
+            self._trust_pem, self._reactor.seconds(), CLOCK_SKEW, None, url, [], body_path=path
+        )
+        d = self._processor.process(header, [], self.settings.max_size * _OUTPUT_PER_BODY_BYTE)
+
+        def checked(verified: list[LoadedCrl]) -> None:
+            if self.cache.loaded_from(url) != held:
+                return  # replaced meanwhile
+            source.from_index = None
+            if _same_indexes(crls, verified):
+                log.info(
+                    "crl {listener} {url}: kept index verified", listener=self.listener, url=url
+                )
+                return
+            log.critical(
+                "crl {listener} {url}: the index kept in {path} does not match the CRL kept "
+                "beside it; serving the CRL as parsed now",
+                listener=self.listener,
+                url=url,
+                path=path,
+            )
+            self.cache.forget_source(url)
+            self._install(source, verified, "loaded_from_disk")
+            self.on_update(verified)
+
+        def failed(reason: Failure) -> None:
+            if self.cache.loaded_from(url) != held:
+                return
+            source.from_index = None
+            log.critical(
+                "crl {listener} {url}: the CRL kept in {path} no longer validates ({why}); "
+                "dropping what was restored from it",
+                listener=self.listener,
+                url=url,
+                path=path,
+                why=describe_error(reason.value),
+            )
+            self.cache.forget_source(url)
+            source.state.crls = ()
+            self.on_update([])
+
+        d.addCallbacks(checked, failed)
 
     def _load_persisted(self, source: _Source, path: str) -> defer.Deferred[None]:
         header = encode_request(
@@ -247,7 +365,10 @@ class CrlService(service.Service):
             url, self.settings.http_timeout, self.settings.max_size
         )
 
-        def process(body: list[bytes]) -> defer.Deferred[list[LoadedCrl]]:
+        def process(body: Body) -> defer.Deferred[list[LoadedCrl]]:
+            held = self.cache.loaded_from(url)
+            if held and all(c.info.sha256 == body.sha256 for c in held):
+                return defer.succeed(held)  # the same bytes as the CRLs in force
             size = sum(map(len, body))
             header = encode_request(
                 self._trust_pem,

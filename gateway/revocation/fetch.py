@@ -8,6 +8,7 @@ http(s) URLs; the deadline is ``Deferred.addTimeout`` over the whole exchange.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import treq
@@ -31,8 +32,21 @@ class FetchError(GatewayError):
     timeout, redirects, connect."""
 
 
-def _limited_collector(limit: int, url: str) -> tuple[list[bytes], Any]:
-    chunks: list[bytes] = []
+class Body(list[bytes]):
+    """A body as received, in chunks, and its SHA-256 (hashed chunk by chunk as it came:
+    an unchanged CRL is recognised without hashing 30 MB at once on the reactor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digest = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
+
+
+def _limited_collector(limit: int, url: str) -> tuple[Body, Any]:
+    chunks = Body()
     size = [0]
 
     def collect(data: bytes) -> None:
@@ -40,6 +54,7 @@ def _limited_collector(limit: int, url: str) -> tuple[list[bytes], Any]:
         if size[0] > limit:
             raise FetchError("too_large", f"{url}: body larger than {limit} bytes")
         chunks.append(data)
+        chunks.digest.update(data)
 
     return chunks, collect
 
@@ -117,8 +132,9 @@ class HttpFetcher:
         method: str = "GET",
         body: bytes | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
-    ) -> defer.Deferred[list[bytes]]:
-        """The body as received, in chunks: a large CRL is never joined on the reactor."""
+    ) -> defer.Deferred[Body]:
+        """The body as received, in chunks (a large CRL is never joined on the reactor), with
+        its SHA-256."""
         d = defer.ensureDeferred(self._fetch(url, max_size, method, body, headers))
 
         def timed_out(result: object, seconds: float) -> None:
@@ -147,7 +163,7 @@ class HttpFetcher:
         method: str,
         body: bytes | None,
         headers: dict[bytes, list[bytes]] | None,
-    ) -> list[bytes]:
+    ) -> Body:
         response = await self._client.request(
             method,
             url,

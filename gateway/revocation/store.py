@@ -5,20 +5,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from typing import Any
 
+INDEX_SUFFIX = ".index"  # beside a persisted CRL: the CRL worker's answer for it
 
-def write_atomically(path: str, data: bytes, meta: dict[str, Any]) -> None:
-    """Write ``path`` (and ``path.json``) so that a reader sees the old or the new, never half."""
+
+def write_atomically(
+    path: str,
+    data: bytes,
+    meta: dict[str, Any],
+    index: list[bytes | memoryview] | None = None,
+) -> None:
+    """Write ``path`` (and ``path.json``) so that a reader sees the old or the new, never half.
+
+    With ``index`` (the CRL worker's answer for ``data``, as chunks), ``path.index`` too, and
+    the meta file records its SHA-256 and the trust bundle's: the meta file is written last,
+    so an index that does not match it (a crash between the writes) is never used."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    for target, content in ((path, data), (path + ".json", json.dumps(meta).encode())):
+    files: list[tuple[str, list[bytes | memoryview]]] = []
+    if index is not None:
+        digest = hashlib.sha256()
+        for chunk in index:
+            digest.update(chunk)
+        meta = dict(meta, index_sha256=digest.hexdigest())
+        files.append((path + INDEX_SUFFIX, index))
+    files += [(path, [data]), (path + ".json", [json.dumps(meta).encode()])]
+    for target, chunks in files:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(content)
+                for chunk in chunks:
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
@@ -31,6 +52,33 @@ def write_atomically(path: str, data: bytes, meta: dict[str, Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_index(path: str, trust_pem: bytes) -> tuple[Any, str]:
+    """The index kept beside the persisted CRL at ``path``, memory-mapped: (mapping, "") if
+    its meta file vouches for it (its SHA-256, and the same trust bundle as now), else
+    (None, why not). Reads and hashes files: call it off the reactor thread."""
+    try:
+        with open(path + ".json", "rb") as f:
+            meta = json.loads(f.read(64 * 1024))
+        expected = meta.get("index_sha256") if isinstance(meta, dict) else None
+        if not isinstance(expected, str):
+            return None, "no index recorded"
+        if meta.get("trust_sha256") != hashlib.sha256(trust_pem).hexdigest():
+            return None, "cacertfile changed since it was written"
+        with open(path + INDEX_SUFFIX, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return None, "empty index"
+            data = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        return None, "no index kept"
+    except (OSError, ValueError) as e:
+        return None, f"unreadable ({e})"
+    if hashlib.sha256(data).hexdigest() != expected:
+        data.close()
+        return None, "index does not match its record"
+    return data, ""
 
 
 def crl_path(directory: str | None, listener: str, url: str) -> str | None:

@@ -7,6 +7,9 @@ that a hostile CRL can at worst kill this process.
 stdin:  one JSON line {"trust_pem": str, "now": float, "skew": float,
         "persist": path or null, "url": str, "current": [info of each CRL held from url],
         "body_path": path or absent}, then the raw body until EOF (empty with body_path).
+        A persisted body is written with its index beside it (``path.index``: this answer,
+        recorded in ``path.json`` with the SHA-256 of the trust bundle it was validated
+        against), so that a restart can serve it without parsing it again.
 stdout: one JSON line {"ok": true, "crls": [info + {"width", "blob_len"}], "persisted": bool}
         followed by the index blobs in order (each CRL's, then for a delta CRL the index of its
         removeFromCRL entries, then for an indirect CRL those of its "sections");
@@ -16,6 +19,7 @@ A body whose CRLs are all older than the current ones is not persisted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from typing import Any, BinaryIO
@@ -39,14 +43,31 @@ def process(request: dict[str, Any], body: bytes) -> tuple[dict[str, Any], list[
         (info.issuer, info.scope.key()): info
         for info in map(CrlInfo.from_json, request.get("current", []))
     }
-    persisted = False
-    if request.get("persist") and any(
-        c.info.compare(current.get((c.info.issuer, c.info.scope.key()))) != "older" for c in loaded
-    ):
-        write_atomically(request["persist"], body, {"url": request.get("url")})
-        persisted = True
     crls = [describe_loaded(c) for c in loaded]
+    persisted = bool(request.get("persist")) and any(
+        c.info.compare(current.get((c.info.issuer, c.info.scope.key()))) != "older" for c in loaded
+    )
+    if persisted:
+        answer = {"ok": True, "crls": crls, "persisted": True}
+        write_atomically(
+            request["persist"],
+            body,
+            {"url": request.get("url"), "trust_sha256": trust_digest(request["trust_pem"])},
+            index=answer_chunks(answer, loaded),
+        )
     return {"ok": True, "crls": crls, "persisted": persisted}, loaded
+
+
+def trust_digest(trust_pem: str) -> str:
+    return hashlib.sha256(trust_pem.encode()).hexdigest()
+
+
+def answer_chunks(answer: dict[str, Any], loaded: list[LoadedCrl]) -> list[bytes | memoryview]:
+    """The answer as written to stdout: its JSON line, then each CRL's index blobs."""
+    chunks: list[bytes | memoryview] = [json.dumps(answer).encode() + b"\n"]
+    for crl in loaded:
+        chunks.extend(loaded_blobs(crl))
+    return chunks
 
 
 def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffer) -> int:
@@ -63,10 +84,8 @@ def main(stdin: BinaryIO = sys.stdin.buffer, stdout: BinaryIO = sys.stdout.buffe
             {"ok": False, "kind": "worker_error", "detail": f"{type(e).__name__}: {e}"[:500]},
             [],
         )
-    stdout.write(json.dumps(result).encode() + b"\n")
-    for crl in loaded:
-        for blob in loaded_blobs(crl):
-            stdout.write(blob)
+    for chunk in answer_chunks(result, loaded):
+        stdout.write(chunk)
     stdout.flush()
     return 0
 

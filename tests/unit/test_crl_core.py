@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from gateway.revocation import crl as C
 from gateway.revocation import worker
 from gateway.revocation.crl import decode_answer
 from gateway.revocation.process import encode_request
+from gateway.revocation.store import read_index
 
 
 def make_crl(
@@ -166,7 +168,20 @@ def test_worker_round_trip_and_persistence(
     with open(path, "rb") as f:
         assert f.read() == body
     with open(path + ".json") as f:
-        assert json.load(f) == {"url": "http://u"}
+        meta = json.load(f)
+    assert meta["url"] == "http://u"
+    assert meta["trust_sha256"] == hashlib.sha256(trust_pem).hexdigest()
+    # Beside it, the answer itself (its index), recorded by its digest in the meta file.
+    with open(path + ".index", "rb") as f:
+        index = f.read()
+    assert meta["index_sha256"] == hashlib.sha256(index).hexdigest()
+    (kept,) = decode_answer(index)
+    assert kept.info == loaded[0].info and kept.index.entries() == loaded[0].index.entries()
+    mapping, why = read_index(path, trust_pem)
+    assert why == "" and bytes(mapping) == index
+    # Validated against another CA bundle than today's: not used (the body is parsed).
+    other = read_index(path, pki.cert_pem(root.cert))
+    assert other == (None, "cacertfile changed since it was written")
     # An older body is answered but not persisted over the newer one.
     older = pem(make_crl(inter, [], number=2))
     current = [loaded[0].info]

@@ -4,6 +4,8 @@ worker run in process."""
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +23,9 @@ from gateway import testing as support
 from gateway.config import Config, parse_config
 from gateway.demo import pki
 from gateway.peer import PeerVerification, PendingCrl
+from gateway.revocation import crl_service, worker
 from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.crl import describe_loaded
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
 from gateway.testing import InlineProcessor
@@ -66,6 +70,17 @@ def listener(p: support.Pki, **extra: str) -> Config:
     return parse_config(support.listener_conf("t", 8883, 1883, p, opts) + globals_)
 
 
+class CountingProcessor(InlineProcessor):
+    """The worker in process, counting its runs (a CRL parsed) and what it was asked."""
+
+    def __init__(self) -> None:
+        self.runs: list[bytes] = []
+
+    def process(self, header: bytes, body: list[bytes], max_output: int) -> Any:
+        self.runs.append(header)
+        return super().process(header, body, max_output)
+
+
 class Harness:
     def __init__(self, p: support.Pki, **extra: str) -> None:
         self.p = p
@@ -80,6 +95,7 @@ class Harness:
         with open(p.ca_file, "rb") as f:
             trust_pem = f.read()
         self.updates: list[Any] = []
+        self.processor = CountingProcessor()
         self.service = CrlService(
             "t",
             self.config,
@@ -87,7 +103,7 @@ class Harness:
             config.globals.crl_cache_dir,
             self.clock,
             HttpFetcher(self.stub, self.clock),
-            InlineProcessor(),
+            self.processor,
             self.cache,
             trust_pem,
             on_update=self.updates.append,
@@ -321,6 +337,91 @@ def test_a_restart_serves_the_persisted_crl_before_the_fetch_ends(
     assert not cold.service.ready.called
     cold.advance(cold.config.http_timeout + 1)
     assert cold.service.ready.called  # the fetch timed out: the policy decides
+
+
+def _kept(directory: str) -> str:
+    (name,) = [f for f in os.listdir(os.path.join(directory, "t")) if f.endswith(".crl")]
+    return os.path.join(directory, "t", name)
+
+
+def test_a_restart_serves_the_kept_index_without_parsing(p: support.Pki, tmp_path: object) -> None:
+    """The index kept beside a persisted CRL serves at once on restart (the worker does not
+    run); an unchanged body from the CA is recognised by its digest (not parsed again); a
+    minute later the worker parses the kept body once and the index is verified."""
+    directory = os.path.join(str(tmp_path), "crl")
+    h = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    body = h.crl([77, 78])
+    h.routes.set("/devices.crl", 200, body)
+    h.service.startService()
+    h.flush()
+    h.service.stopService()
+    assert len(h.processor.runs) == 1
+    again = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    again.routes.set("/devices.crl", 200, body)
+    with capturedLogs() as events:
+        again.service.startService()
+        again.flush()
+        assert again.service.ready.called
+        assert again.status(77) == "revoked" and again.status(79) == "good"
+        assert again.processor.runs == []  # neither the kept body nor the same fetched one
+        assert again.state().last_result == "unchanged"
+        again.advance(crl_service.INDEX_VERIFY_DELAY + 1)
+    assert len(again.processor.runs) == 1 and b"body_path" in again.processor.runs[0]
+    assert any("kept index verified" in e["log_format"] for e in events)
+    assert again.status(77) == "revoked"
+    again.service.stopService()
+
+
+def test_a_kept_index_that_lies_is_replaced_by_the_parsed_crl(
+    p: support.Pki, tmp_path: object
+) -> None:
+    """An index whose record vouches for it but which does not hold what the kept CRL holds
+    (written by someone else) serves only until it is verified: then the CRL as parsed
+    replaces it, loudly. An index that does not match its record, or a CA bundle changed
+    since it was written, is not used at all: the kept body is parsed."""
+    directory = os.path.join(str(tmp_path), "crl")
+    h = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    h.routes.set("/devices.crl", 200, h.crl([77]))
+    h.service.startService()
+    h.flush()
+    h.service.stopService()
+    path = _kept(directory)
+    # An index of an empty CRL (77 left out), recorded as if genuine.
+    empty = Harness(p)
+    empty.routes.set("/devices.crl", 200, empty.crl([]))
+    empty.service.startService()
+    empty.flush()
+    (crl,) = empty.cache.loaded_from(URL)
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    chunks = worker.answer_chunks({"ok": True, "crls": [describe_loaded(crl)]}, [crl])
+    forged = b"".join(bytes(c) for c in chunks)
+    with open(path + ".index", "wb") as f:
+        f.write(forged)
+    meta["index_sha256"] = hashlib.sha256(forged).hexdigest()
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f)
+    lied = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    lied.routes.set("/devices.crl", 500)
+    with capturedLogs() as events:
+        lied.service.startService()
+        lied.flush()
+        assert lied.status(77) == "good"  # the forged index serves for now
+        lied.advance(crl_service.INDEX_VERIFY_DELAY + 1)
+    assert lied.status(77) == "revoked"
+    assert any("does not match the CRL kept" in e["log_format"] for e in events)
+    assert lied.updates  # live sessions swept against the parsed CRL
+    lied.service.stopService()
+    # A byte changed: the record does not vouch for it; the body is parsed at once.
+    with open(path + ".index", "r+b") as f:
+        f.seek(len(forged) - 1)
+        f.write(b"\xff")
+    broken = Harness(p, globals=f"crl_cache.dir = {directory}\n")
+    broken.routes.set("/devices.crl", 500)
+    broken.service.startService()
+    broken.flush()
+    assert broken.status(77) == "revoked" and len(broken.processor.runs) == 1
+    broken.service.stopService()
 
 
 def test_distribution_points_capacity_and_eviction(p: support.Pki) -> None:
