@@ -8,6 +8,7 @@ searched by bisection) and ``CrlInfo``.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from gateway.clock import CLOCK_SKEW, utc_timestamp
 from gateway.revocation.chains import issued_by
+from gateway.revocation.der_entries import revoked_serials
 from gateway.revocation.held import CrlError as CrlError
 from gateway.revocation.held import CrlInfo as CrlInfo
 from gateway.revocation.held import LoadedCrl as LoadedCrl
@@ -31,8 +33,9 @@ _PEM_CRL = re.compile(
 )
 
 
-def parse_bundle(data: bytes) -> list[x509.CertificateRevocationList]:
-    """One DER CRL, or one or more PEM CRLs. Raises CrlError('garbage') otherwise."""
+def parse_bundle(data: bytes) -> list[tuple[x509.CertificateRevocationList, bytes]]:
+    """One DER CRL, or one or more PEM CRLs, each with its DER. Raises CrlError('garbage')
+    otherwise."""
     if not data:
         raise CrlError("garbage", "empty body")
     try:
@@ -41,13 +44,16 @@ def parse_bundle(data: bytes) -> list[x509.CertificateRevocationList]:
             if not blocks:
                 raise CrlError("garbage", "PEM without an 'X509 CRL' block")
             return [
-                x509.load_pem_x509_crl(
-                    b"-----BEGIN X509 CRL-----\n" + block + b"-----END X509 CRL-----\n"
+                (
+                    x509.load_pem_x509_crl(
+                        b"-----BEGIN X509 CRL-----\n" + block + b"-----END X509 CRL-----\n"
+                    ),
+                    binascii.a2b_base64(block),
                 )
                 for block in blocks
             ]
-        return [x509.load_der_x509_crl(data)]
-    except ValueError as e:
+        return [(x509.load_der_x509_crl(data), data)]
+    except (ValueError, binascii.Error) as e:
         raise CrlError("garbage", f"not a CRL ({e})") from None
 
 
@@ -156,11 +162,9 @@ _ENTRY_EXTENSIONS = (x509.CRLReason, x509.InvalidityDate, x509.CertificateIssuer
 
 
 def _check_extensions(crl: x509.CertificateRevocationList) -> None:
-    """Refuse what this gateway cannot interpret: unknown critical extensions of the CRL or
-    of an entry, a delta CRL without a number, certificateIssuer entries outside an
-    indirect CRL (RFC 5280 §5.2, §5.2.4, §5.3.3)."""
+    """Refuse what this gateway cannot interpret in the CRL's own extensions: unknown
+    critical ones, a delta CRL without a number (RFC 5280 §5.2, §5.2.4)."""
     name = crl.issuer.rfc4514_string()
-    indirect = crl_scope_of(crl).indirect
     try:
         extensions = crl.extensions
     except ValueError as e:
@@ -174,6 +178,13 @@ def _check_extensions(crl: x509.CertificateRevocationList) -> None:
                 f"CRL of {name} has a critical extension {ext.oid.dotted_string} this gateway "
                 "does not interpret; it must not be used",
             )
+
+
+def _check_entry_extensions(crl: x509.CertificateRevocationList) -> None:
+    """Refuse entries this gateway cannot interpret: unknown critical extensions,
+    certificateIssuer outside an indirect CRL (RFC 5280 §5.3, §5.3.3)."""
+    name = crl.issuer.rfc4514_string()
+    indirect = crl_scope_of(crl).indirect
     for entry in crl:
         try:
             entry_extensions = entry.extensions
@@ -213,7 +224,7 @@ def load(
     """Parse, validate and index every CRL in a body; all or nothing."""
     digest = hashlib.sha256(body).hexdigest()
     out = []
-    for crl in parse_bundle(body):
+    for crl, der in parse_bundle(body):
         signer = validate(crl, trust, now, skew)
         path = signer_path(signer, trust, now, skew)
         next_update = crl.next_update_utc
@@ -224,16 +235,22 @@ def load(
             ).value.crl_number
         except x509.ExtensionNotFound:
             base = None
+        scope = crl_scope_of(crl)
+        # A complete CRL's entries read from its DER (verified above) when they are plain;
+        # anything else through cryptography, whose checks name what is wrong.
+        serials = revoked_serials(der) if base is None and not scope.indirect else None
+        if serials is None:
+            _check_entry_extensions(crl)
         info = CrlInfo(
             issuer=crl.issuer.public_bytes(),
             issuer_text=crl.issuer.rfc4514_string(),
             number=crl_number(crl),
             this_update=utc_timestamp(crl.last_update_utc),
             next_update=None if next_update is None else utc_timestamp(next_update),
-            count=len(crl),
+            count=len(serials) if serials is not None else len(crl),
             size=len(body),
             sha256=digest,
-            scope=crl_scope_of(crl),
+            scope=scope,
             signer=tuple((c.issuer.public_bytes(), c.serial_number) for c in path[:-1]),
             delta_base=base,
             freshest=_freshest_urls(extensions),
@@ -242,7 +259,9 @@ def load(
             out.append(_indirect(crl, info))
             continue
         if base is None:
-            out.append(LoadedCrl(info, SerialIndex.from_serials(r.serial_number for r in crl)))
+            if serials is None:
+                serials = [r.serial_number for r in crl]
+            out.append(LoadedCrl(info, SerialIndex.from_serials(serials)))
             continue
         revoked: list[int] = []
         removed: list[int] = []

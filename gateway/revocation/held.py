@@ -6,9 +6,12 @@ validates; this module is what stays in memory."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from collections.abc import Iterable
-from typing import Any
+from itertools import repeat
+from typing import Any, Literal
 
 import attrs
 
@@ -126,11 +129,18 @@ class SerialIndex:
 
     @classmethod
     def from_serials(cls, serials: Iterable[int]) -> SerialIndex:
-        values = sorted(set(serials))
-        bits = max((v.bit_length() for v in values), default=0) + 1  # one for the sign
+        # A CA usually lists its serials in order: sorting them as they come is then one
+        # pass, where a set's order would cost a full sort (0.6 s for 1,000,000).
+        values = sorted(serials)
+        if any(map(operator.eq, values, itertools.islice(values, 1, None))):
+            values = sorted(set(values))
+        # The largest magnitude is at one end; one bit more for the sign.
+        bits = max(values[0].bit_length(), values[-1].bit_length()) + 1 if values else 1
         width = (bits + 7) // 8
         half = 1 << (8 * width - 1)
-        return cls(width, b"".join((v + half).to_bytes(width, "big") for v in values))
+        shifted = map(half.__add__, values)
+        big: Literal["big"] = "big"
+        return cls(width, b"".join(map(int.to_bytes, shifted, repeat(width), repeat(big))))
 
     def __len__(self) -> int:
         return self.count
