@@ -680,3 +680,85 @@ def test_delta_and_indirect_crls_agree_with_openssl_verify(
             gw.stop()
     finally:
         http.stop()
+
+
+def _device_attempts(
+    port: int, p: support.Pki, cert: tuple[str, str], until: float, out: list[str]
+) -> None:
+    """A device connecting from before the gateway exists: each attempt's outcome, until
+    admitted (or ``until``)."""
+    while time.monotonic() < until:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        except OSError:
+            time.sleep(0.02)
+            continue
+        try:
+            ctx = support.client_context(p, cert)
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(support.connect_packet("early", keep_alive=0))
+                got = support.read_exact(s, 4)
+                out.append("admitted" if got == ACCEPTED else f"answered {got.hex()}")
+        except (ssl.SSLError, ConnectionError, OSError, EOFError) as e:
+            out.append(f"refused {e}")
+        if out and out[-1] == "admitted":
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", ["", "workers = 2\n"])
+def test_a_large_crl_at_start_holds_devices_and_never_refuses_them(
+    world: World, workdir: str, workers: str
+) -> None:
+    """Devices connect from the first moment while a 300,000-entry CRL is fetched and
+    loaded: each is held, then admitted, none refused (not by a worker either); a device
+    the CRL lists is refused. Then a restart from crl_cache.dir, the CA serving the same
+    CRL: the same again."""
+    from gateway.testing.crl import crl_der
+
+    broker, broker_port = support.start_mosquitto(workdir)
+    revoked = world.p.client("early-revoked")
+    with open(revoked[0], "rb") as f:
+        revoked_serial = x509.load_pem_x509_certificate(f.read()).serial_number
+    base = 0x4000_0000_0000_0000_0000_0000_0000_0000
+    listed = [base + i * 0x9E3779B97F4A7C15 for i in range(300_000)] + [revoked_serial]
+    http = CrlHttpServer()
+    http.serve("/big.crl", 200, crl_der(world.p.inter, listed))
+    name = "big-w" if workers else "big-1"
+    cache = os.path.join(workdir, f"crl-cache-{name}")
+    devices = [world.p.client(f"early-{i}") for i in range(3)]
+    try:
+        for start in ("network", "cache"):
+            port = support.free_port()
+            conf = support.listener_conf(
+                name,
+                port,
+                broker_port,
+                world.p,
+                {
+                    "enable_crl_cache": "true",
+                    "crl_cache_urls": f"{http.url('/big.crl')},{world.url('root')}",
+                },
+            )
+            conf += workers + f"crl_cache.dir = {cache}\n"
+            outcomes: list[list[str]] = [[] for _ in devices]
+            until = time.monotonic() + 40
+            threads = [
+                threading.Thread(target=_device_attempts, args=(port, world.p, d, until, out))
+                for d, out in zip(devices, outcomes, strict=True)
+            ]
+            for t in threads:
+                t.start()
+            gw = support.start_gateway(workdir, conf, f"gw-{name}-{start}", "mqttgw")
+            try:
+                for t in threads:
+                    t.join()
+                assert outcomes == [["admitted"]] * len(devices), (start, outcomes)
+                assert "revoked" in str(mqtt_connect(port, world.p, revoked))
+            finally:
+                gw.stop()
+            if start == "cache":
+                assert "loaded_from_disk" in gw.log()
+    finally:
+        http.stop()
+        broker.stop()
