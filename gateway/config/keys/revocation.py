@@ -67,9 +67,10 @@ CRL_KEYS: tuple[Key, ...] = (
         "crl_cache_dir",
         parse_path,
         None,
-        "Global: directory where each last good CRL is written (atomically) and read back at "
-        "start-up, so that a restart during a CA outage keeps enforcing revocation. Unset: "
-        "nothing is persisted.",
+        "Global: directory where each last good CRL and its serial index are written "
+        "(atomically); at start-up the kept index serves at once (verified against the kept "
+        "CRL a minute later), so that a restart, during a CA outage too, keeps enforcing "
+        "revocation without a wait. Unset: nothing is persisted.",
         format=format_optional,
         listener=False,
         global_=True,
