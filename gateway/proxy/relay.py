@@ -127,22 +127,18 @@ class ClientProtocol(protocol.Protocol):
                 )
             except ValueError as e:
                 self._identity = e
-        refusal = self._check_resumed(handle)  # first: it may set crl_pending
+        refusal = self._check_resumed(cert)  # first: it may set crl_pending
         self._run(self.session.handshake_done(self.verification.crl_pending, refusal))
 
-    def _check_resumed(self, handle: SSL.Connection) -> tuple[Reason, str] | None:
+    def _check_resumed(self, peer: x509.Certificate | None) -> tuple[Reason, str] | None:
         """With CRL checking on, a handshake whose chain no verify callback reported was a
-        resumed session (OpenSSL verifies nothing then): check it now, before any byte can
-        reach the broker. None to go on; else (reason, detail) to refuse."""
+        resumed session (OpenSSL verifies nothing then): check the session's certificate
+        (as parsed once for the log line) now, before any byte can reach the broker. None
+        to go on; else (reason, detail) to refuse."""
         revocation = self.factory.revocation
-        if revocation is None or self.verification.chain:
+        if revocation is None or self.verification.chain or peer is None:
             return None
-        peer = handle.get_peer_certificate()
-        if peer is None:
-            return None
-        return revocation.check_resumed(
-            peer.to_cryptography(), peer.get_serial_number(), self.verification
-        )
+        return revocation.check_resumed(peer, peer.serial_number, self.verification)
 
     def dataReceived(self, data: bytes) -> None:
         if self.session.state is S.State.RELAY:
