@@ -276,29 +276,55 @@ def table(results: dict[str, list[tuple[float, ...]]], columns: list[str]) -> No
 # -- handshakes --------------------------------------------------------------------------------
 
 
+# Clients connect from these addresses (16 of them), as a fleet does: client i of n takes
+# every n-th one, so that every address is in use whatever the number of clients.
+SOURCES = [f"127.0.0.{a}" for a in range(10, 26)]
+
+
+def sources_of(client: int, clients: int) -> list[str]:
+    return SOURCES[client % len(SOURCES) :: clients] or [SOURCES[client % len(SOURCES)]]
+
+
 def _handshaker(
-    ports: list[int], pki: Any, device: Any, source: str, seconds: float, out: Any
+    ports: list[int],
+    pki: Any,
+    device: Any,
+    sources: list[str],
+    seconds: float,
+    out: Any,
+    resume: bool = False,
 ) -> None:
-    """Handshakes for ``seconds``, each connection to the next of ``ports`` in turn; puts
-    the count per port on ``out``."""
+    """Handshakes for ``seconds``, each connection to the next of ``ports`` in turn and from
+    the next of ``sources``; puts (the count per port, the resumed count per port) on
+    ``out``. With ``resume``, each connection offers the TLS session its port and address
+    last gave (TLS 1.3 tickets)."""
     import socket
 
     ctx = support.client_context(pki, device, "1.3")
     connect = support.connect_packet("hs", keep_alive=0)
     done = [0] * len(ports)
+    resumed = [0] * len(ports)
+    sessions: dict[tuple[int, str], Any] = {}
     deadline = time.monotonic() + seconds
     turn = 0
+    n = 0
     while time.monotonic() < deadline:
         k, turn = turn, (turn + 1) % len(ports)
+        source = sources[n % len(sources)]
+        n += 1
         raw = socket.create_connection(
             ("127.0.0.1", ports[k]), timeout=10, source_address=(source, 0)
         )
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        offered = sessions.get((k, source)) if resume else None
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=offered) as s:
             s.sendall(connect)
             if support.read_exact(s, 4) != CONNACK:
                 raise RuntimeError("no CONNACK")
+            if resume:
+                resumed[k] += s.session_reused
+                sessions[(k, source)] = s.session
         done[k] += 1
-    out.put(done)
+    out.put((done, resumed))
 
 
 def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, float]:
@@ -309,13 +335,13 @@ def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, 
     procs = [
         multiprocessing.Process(
             target=_handshaker,
-            args=([port], world.pki, world.device, f"127.0.0.{2 + i}", seconds, queue),
+            args=([port], world.pki, world.device, sources_of(i, clients), seconds, queue),
         )
         for i in range(clients)
     ]
     for p in procs:
         p.start()
-    total = sum(queue.get(timeout=seconds + 60)[0] for _ in procs)
+    total = sum(queue.get(timeout=seconds + 60)[0][0] for _ in procs)
     for p in procs:
         p.join()
     return total, time.monotonic() - start
@@ -371,28 +397,43 @@ def efficiency(args: argparse.Namespace) -> None:
             procs = [
                 multiprocessing.Process(
                     target=_handshaker,
-                    args=(ports, world.pki, world.device, f"127.0.0.{2 + i}", args.seconds, queue),
+                    args=(
+                        ports,
+                        world.pki,
+                        world.device,
+                        sources_of(i, args.clients),
+                        args.seconds,
+                        queue,
+                        args.resume,
+                    ),
                 )
                 for i in range(args.clients)
             ]
             for p in procs:
                 p.start()
             per_client = [queue.get(timeout=args.seconds + 90) for _ in procs]
-            counts = [sum(c) for c in zip(*per_client, strict=True)]
+            counts = [sum(c) for c in zip(*(d for d, _ in per_client), strict=True)]
+            resumed = [sum(c) for c in zip(*(r for _, r in per_client), strict=True)]
             for p in procs:
                 p.join()
-            for name, count in zip(names, counts, strict=True):
+            for name, count, again in zip(names, counts, resumed, strict=True):
                 cpu = tree_cpu(targets[name][1]) - cpu0[name]
-                results.setdefault(name, []).append((count / cpu if cpu else float("nan"),))
-                print(f"  round {r + 1} {name}: {count} handshakes, {cpu:.2f} CPU-s")
+                share = 100.0 * again / count if count else 0.0
+                results.setdefault(name, []).append((count / cpu if cpu else float("nan"), share))
+                print(
+                    f"  round {r + 1} {name}: {count} handshakes ({share:.0f} % resumed), "
+                    f"{cpu:.2f} CPU-s"
+                )
     world.close()
     crls = f"CRLs checked ({args.crl_entries} entries)" if args.crl_entries else "no CRLs"
+    kind = "resumed (TLS 1.3 tickets)" if args.resume else "full"
     print(
-        f"\n{crls}. Handshakes per CPU-second (TLS 1.3, {KEYS[world.key_kind]}, client "
-        f"certificate, CONNECT/CONNACK), all servers at once, {args.clients} clients "
-        f"alternating between them, {args.seconds:g}s a round, {args.rounds} rounds"
+        f"\n{crls}. {kind} handshakes per CPU-second (TLS 1.3, {KEYS[world.key_kind]}, client "
+        f"certificate, CONNECT/CONNACK), all servers at once, {args.clients} clients from "
+        f"{len(SOURCES)} addresses alternating between them, {args.seconds:g}s a round, "
+        f"{args.rounds} rounds"
     )
-    table(results, ["handshakes per CPU-second"])
+    table(results, ["handshakes per CPU-second", "% resumed"])
 
 
 # -- relay -------------------------------------------------------------------------------------
@@ -412,7 +453,7 @@ def relay(args: argparse.Namespace) -> None:
     def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
         subs = []
         for i in range(args.publishers):
-            source = f"127.0.0.{2 + i}"
+            source = SOURCES[i % len(SOURCES)]
             import socket
 
             raw = socket.create_connection(
@@ -438,7 +479,7 @@ def relay(args: argparse.Namespace) -> None:
                     subprocess.Popen(
                         [
                             *("mosquitto_pub", "-h", "localhost", "-p", str(port)),
-                            *("-A", f"127.0.0.{2 + args.publishers + i}"),
+                            *("-A", SOURCES[(args.publishers + i) % len(SOURCES)]),
                             *("--cafile", world.pki.ca_file, "--cert", cert, "--key", key),
                             *("-t", f"t{i}", "-l", "-q", "0", "-i", f"pub-{name}-{i}"),
                         ],
@@ -769,6 +810,11 @@ def main() -> None:
         help="entries of the devices CA's CRL every target checks (0: no CRL checking)",
     )
     p = sub.add_parser("efficiency", parents=[common])
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="each connection offers its last TLS session (resumed handshakes)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--clients", type=int, default=4)
