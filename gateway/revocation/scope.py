@@ -155,13 +155,26 @@ def cert_scope(cert: x509.Certificate) -> CertScope:
         dps = None
     points = tuple(
         CertPoint(
-            point_names(dp.full_name, dp.relative_name, cert.issuer),
+            _cert_point_names(dp, cert.issuer),
             _reasons(dp.reasons),
             frozenset(name_key(n) for n in dp.crl_issuer) if dp.crl_issuer else None,
         )
         for dp in dps or ()
     )
     return CertScope(is_ca, points)
+
+
+def _cert_point_names(dp: x509.DistributionPoint, cert_issuer: x509.Name) -> frozenset[str] | None:
+    """A certificate's distribution point names. A nameRelativeToCRLIssuer is appended to
+    the cRLIssuer's name when the point names one, else to the certificate issuer's
+    (RFC 5280 §4.2.1.13): a point naming an indirect CRL issuer is that issuer's."""
+    if dp.relative_name is None or not dp.crl_issuer:
+        return point_names(dp.full_name, dp.relative_name, cert_issuer)
+    names: set[str] = set()
+    for issuer in dp.crl_issuer:
+        if isinstance(issuer, x509.DirectoryName):
+            names |= point_names(None, dp.relative_name, issuer.value) or set()
+    return frozenset(names)
 
 
 def covered_reasons(

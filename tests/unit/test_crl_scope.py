@@ -180,15 +180,22 @@ def test_unknown_critical_extensions(ca: pki.Issued) -> None:
     assert C.load(build(ca, [1], extra=[(odd, False)]), [ca.cert], time.time())
 
 
-def leaf_for(ca: pki.Issued, cn: str, url: str, crl_issuer: x509.Name | None) -> x509.Certificate:
-    """A device certificate whose distribution point names ``crl_issuer`` as its cRLIssuer."""
+def leaf_for(
+    ca: pki.Issued,
+    cn: str,
+    url: str,
+    crl_issuer: x509.Name | None,
+    relative: x509.RelativeDistinguishedName | None = None,
+) -> x509.Certificate:
+    """A device certificate whose distribution point names ``crl_issuer`` as its cRLIssuer
+    (and, with ``relative``, gives its name as nameRelativeToCRLIssuer instead of ``url``)."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
     point = x509.DistributionPoint(
-        full_name=[x509.UniformResourceIdentifier(url)],
-        relative_name=None,
+        full_name=[x509.UniformResourceIdentifier(url)] if relative is None else None,
+        relative_name=relative,
         reasons=None,
         crl_issuer=[x509.DirectoryName(crl_issuer)] if crl_issuer is not None else None,
     )
@@ -207,10 +214,14 @@ def leaf_for(ca: pki.Issued, cn: str, url: str, crl_issuer: x509.Name | None) ->
 
 
 def indirect_crl(
-    crl_issuer: pki.Issued, entries: list[tuple[x509.Name, int]], indirect: bool = True
+    crl_issuer: pki.Issued,
+    entries: list[tuple[x509.Name, int]],
+    indirect: bool = True,
+    relative: x509.RelativeDistinguishedName | None = None,
 ) -> bytes:
     """An indirect CRL by ``crl_issuer``: each entry carries its certificate's issuer
-    (``indirect=False``: the same without an IDP, a malformed CRL)."""
+    (``indirect=False``: the same without an IDP, a malformed CRL; ``relative``: its IDP
+    names its distribution point relative to its issuer)."""
     now = pki.now() - datetime.timedelta(minutes=1)
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -221,7 +232,7 @@ def indirect_crl(
     )
     if indirect:
         builder = builder.add_extension(
-            x509.IssuingDistributionPoint(None, None, False, False, None, True, False),
+            x509.IssuingDistributionPoint(None, relative, False, False, None, True, False),
             critical=True,
         )
     for name, serial in entries:
@@ -267,6 +278,28 @@ def test_indirect_crls() -> None:
     with pytest.raises(C.CrlError) as info:
         C.load(indirect_crl(xca, [(dev.cert.subject, 5)], indirect=False), trust, time.time())
     assert "not indirect" in info.value.detail
+
+
+def test_a_point_named_relative_to_its_crl_issuer() -> None:
+    """A distribution point naming a cRLIssuer and giving its name relative to it
+    (nameRelativeToCRLIssuer) is that issuer's point, RFC 5280 §4.2.1.13: the indirect CRL
+    whose IDP names the same point covers the device; one naming another point does not."""
+    from cryptography.x509.oid import NameOID
+
+    root = pki.make_ca("relative root")
+    dev = pki.make_ca("relative devices CA", issuer=root)
+    xca = pki.make_ca("relative CRL issuer", issuer=root)
+    part = x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "part 1")])
+    other = x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "part 2")])
+    good = leaf_for(dev, "rel-good", "", xca.cert.subject, relative=part)
+    bad = leaf_for(dev, "rel-bad", "", xca.cert.subject, relative=part)
+    trust = [root.cert, dev.cert, xca.cert]
+    url = "http://ca.test/part1.crl"
+    listed = [(dev.cert.subject, bad.serial_number)]
+    checker = checker_with(root, [(url, indirect_crl(xca, listed, relative=part))], trust)
+    assert (verdict(checker, good), verdict(checker, bad)) == ("good", "revoked")
+    checker = checker_with(root, [(url, indirect_crl(xca, listed, relative=other))], trust)
+    assert (verdict(checker, good), verdict(checker, bad)) == ("crl_missing", "crl_missing")
 
 
 def delta(ca: pki.Issued, base: int, number: int, revoked: list[int], removed: list[int]) -> bytes:
