@@ -24,6 +24,7 @@ from gateway.proxy.session import SessionLimits
 from gateway.proxy.upstream import HealthChecker, PoolConnector
 from gateway.reload_plan import ListenerChange
 from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.ocsp_client import OcspChecker, OcspClient
 from gateway.roles import IListenerRole
 from gateway.tls.context import build_context
 from gateway.tls.material import TlsMaterial
@@ -40,13 +41,14 @@ class ListenerParts:
     material: TlsMaterial
     globals: GlobalSettings
     crl: Any  # IRevocationSource, or None without CRL checking
-    revocation: RevocationChecker | None
+    revocation: RevocationChecker | None  # with CRL or OCSP checking of clients
     stapler: Any  # IStapler, or None without stapling
     context: SSL.Context
     pool: BrokerPool
     connector: PoolConnector
     health: HealthChecker | None
     session_limits: SessionLimits
+    ocsp_client: OcspClient | None = None  # with OCSP checking of clients
 
     # What the relay reads (``proxy.relay.RelayParts``).
     @property
@@ -70,8 +72,8 @@ class ListenerParts:
         return self.settings.log_connect
 
     def services(self) -> list[Any]:
-        """The services these parts run (CRL source, stapler, broker checks)."""
-        return [s for s in (self.crl, self.stapler, self.health) if s is not None]
+        """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""
+        return [s for s in (self.crl, self.ocsp_client, self.stapler, self.health) if s is not None]
 
 
 @attrs.define(eq=False)
@@ -92,7 +94,9 @@ def build_parts(
 ) -> ListenerParts:
     """The parts of ``settings``. With ``previous`` and the reload plan's ``change``, what
     did not change is reused (services keep running, the CRLs held stay in force)."""
-    crl, checker = _revocation(settings, material, globals_, role, reactor, previous, change)
+    crl, client, checker = _revocation(
+        settings, material, globals_, role, reactor, previous, change
+    )
     stapler = (
         previous.stapler
         if previous is not None and change is not None and not change.ocsp
@@ -120,6 +124,7 @@ def build_parts(
         connector,
         health,
         session_limits(settings.limits),
+        client,
     )
 
 
@@ -131,24 +136,66 @@ def _revocation(
     reactor: Any,
     previous: ListenerParts | None,
     change: ListenerChange | None,
-) -> tuple[Any, RevocationChecker | None]:
+) -> tuple[Any, OcspClient | None, RevocationChecker | None]:
+    """The CRL source, the OCSP client and the checker reading both (each reused where the
+    reload plan says it did not change)."""
+    reload = previous is not None and change is not None
+    if reload and not change.crl and not change.client_ocsp:  # type: ignore[union-attr]
+        assert previous is not None
+        return previous.crl, previous.ocsp_client, previous.revocation
+    source = _crl_source(settings, material, globals_, role, previous, change)
+    client = None
+    if settings.client_ocsp is not None:
+        if reload and not change.client_ocsp:  # type: ignore[union-attr]
+            assert previous is not None
+            client = previous.ocsp_client
+        else:
+            client = role.ocsp_client(settings, material, globals_)
+    if source is None and client is None:
+        return None, None, None
+    checker = RevocationChecker(
+        source.cache if source is not None else None,
+        settings.crl,
+        source,
+        reactor,
+        material.issuers,
+        _ocsp_checker(settings, client, material, reactor) if client is not None else None,
+    )
+    return source, client, checker
+
+
+def _ocsp_checker(
+    settings: ListenerSettings, client: OcspClient, material: TlsMaterial, reactor: Any
+) -> OcspChecker:
+    assert settings.client_ocsp is not None
+    return OcspChecker(
+        settings.client_ocsp, client.answers, material.issuers, client.ask, reactor, client
+    )
+
+
+def _crl_source(
+    settings: ListenerSettings,
+    material: TlsMaterial,
+    globals_: GlobalSettings,
+    role: IListenerRole,
+    previous: ListenerParts | None,
+    change: ListenerChange | None,
+) -> Any:
     if previous is not None and change is not None and not change.crl:
-        return previous.crl, previous.revocation
+        return previous.crl
     if settings.crl is None:
-        return None, None
+        return None
     cache = None
     if previous is not None and change is not None and change.keep_crls:
-        assert previous.revocation is not None
-        cache = previous.revocation.cache  # CRLs validated against the same CAs
+        assert previous.crl is not None
+        cache = previous.crl.cache  # CRLs validated against the same CAs
         cache.grace = settings.crl.grace_period
         if not settings.crl.from_cert:
             keep = set(settings.crl.urls)
             for url in previous.crl.sources:
                 if url not in keep:
                     cache.forget_source(url)
-    source = role.revocation_source(settings, material, globals_, cache)
-    checker = RevocationChecker(source.cache, settings.crl, source, reactor, material.issuers)
-    return source, checker
+    return role.revocation_source(settings, material, globals_, cache)
 
 
 def _upstream(

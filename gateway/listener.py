@@ -60,6 +60,8 @@ class ListenerService(service.MultiService):
         if parts.crl is not None:
             parts.crl.on_update = self.revocation_updated
             parts.crl.ready.addCallback(lambda _: self.revocation_updated())
+        if parts.ocsp_client is not None:
+            parts.ocsp_client.on_revoked = self.ocsp_revoked
         self.port = role.port(self, parts.settings)
         self.port.setServiceParent(self)
         self._logged = False
@@ -71,6 +73,11 @@ class ListenerService(service.MultiService):
     def revocation_updated(self, _crls: object = None) -> None:
         """New CRLs are in force (the role sweeps live sessions, or publishes them)."""
         self.role.revocation_updated(self)
+
+    def ocsp_revoked(self, _key: object = None) -> None:
+        """An OCSP answer says a certificate is revoked: the live sessions here are swept
+        (a master has none: its workers sweep theirs when their own refresh learns it)."""
+        self.factory.sweep_revoked()
 
     def status(self) -> ListenerStatus:
         return self.role.status(self, own_status(self))
@@ -113,6 +120,8 @@ class ListenerService(service.MultiService):
             self.gate.reconfigure(new.settings.limits)
             if new.crl is not None:
                 new.crl.on_update = self.revocation_updated
+            if new.ocsp_client is not None:
+                new.ocsp_client.on_revoked = self.ocsp_revoked
             for gone in old.services():
                 if gone not in new.services():
                     gone.disownServiceParent()

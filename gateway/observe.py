@@ -85,7 +85,7 @@ def own_status(listener: ListenerService) -> ListenerStatus:
     crl = None
     if parts.crl is not None and parts.revocation is not None:
         crl = CrlCheckStatus(
-            held=len(parts.revocation.cache.infos()),
+            held=len(parts.crl.cache.infos()),
             counts=dict(parts.revocation.counts),
             sources=parts.crl.status(),
         )
@@ -108,12 +108,12 @@ def own_status(listener: ListenerService) -> ListenerStatus:
         certificates=tuple(certificates),
         undecided=(
             undecided(
-                parts.revocation.cache,
+                parts.crl.cache,
                 parts.material.ca_certs,
                 settings.crl,
                 crl.sources if crl is not None else (),
             )
-            if listener.role.fetches and parts.revocation is not None and settings.crl
+            if listener.role.fetches and parts.crl is not None and settings.crl
             else ""
         ),
     )

@@ -12,6 +12,8 @@ Pure data: no Twisted, no OpenSSL.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from cryptography import x509
 
@@ -40,6 +42,15 @@ class PendingCrl:
     chain: tuple[tuple[bytes, int], ...] = ()  # the chain checked above it
 
 
+@attrs.frozen
+class Pending:
+    """What a device waits for after its handshake: its leaf's CRL being fetched (from its
+    distribution point), and OCSP answers not held yet (each an ``OcspQuestion``)."""
+
+    crl: PendingCrl | None = None
+    ocsp: tuple[tuple[Any, Any], ...] = ()  # (OcspQuestion, its CRL verdict or PENDING)
+
+
 @attrs.define(slots=True, eq=False)
 class PeerVerification:
     """What the handshake learnt about the client's certificate chain."""
@@ -49,9 +60,18 @@ class PeerVerification:
     chain: list[tuple[bytes, int]] = attrs.Factory(list)
     failure: VerifyFailure | None = None
     crl_pending: PendingCrl | None = None
+    # (OcspQuestion, its CRL verdict) of certificates without an OCSP answer held.
+    ocsp_pending: list[tuple[object, object]] = attrs.Factory(list)
+    ocsp_checked: list[object] = attrs.Factory(list)  # every OcspQuestion: live refreshes
     # The leaf as the verify callback parsed it, until the relay takes it for its log line
     # at the end of the handshake (then dropped: an idle connection does not keep it).
     leaf: x509.Certificate | None = None
+
+    def pending(self) -> Pending | None:
+        """What the device must wait for after its handshake, if anything."""
+        if self.crl_pending is None and not self.ocsp_pending:
+            return None
+        return Pending(self.crl_pending, tuple(self.ocsp_pending))
 
     def note_failure(self, failure: VerifyFailure) -> None:
         if self.failure is None:

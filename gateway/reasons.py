@@ -42,6 +42,10 @@ class Reason(str, enum.Enum):
     CRL_MISSING = "crl_missing", "no CRL of the issuer is held"
     CRL_EXPIRED = "crl_expired", "the issuer's CRL is past its nextUpdate and grace"
     CRL_INCOMPLETE = "crl_incomplete", "the CRLs held do not cover every reason"
+    # With OCSP checking of client certificates.
+    OCSP_REVOKED = "ocsp_revoked", "the OCSP responder says the certificate is revoked"
+    OCSP_UNKNOWN = "ocsp_unknown", "the OCSP responder does not know the certificate"
+    OCSP_UNAVAILABLE = "ocsp_unavailable", "no valid OCSP answer could be obtained in time"
     # After the handshake.
     HANDSHAKE_TIMEOUT = "handshake_timeout", "no TLS handshake within handshake_timeout"
     CONNECT_TIMEOUT = "connect_timeout", "no CONNECT within connect_timeout"
@@ -58,7 +62,7 @@ class Reason(str, enum.Enum):
     RATE_LIMITED_PER_IP = "rate_limited_per_ip", "address above max_conn_rate_per_ip"
     BAD_PROXY_HEADER = "bad_proxy_header", "no valid PROXY header from the load balancer"
     # A connection the gateway ended itself.
-    REVOKED_LIVE = "revoked_live", "a CRL update revoked a live session's certificate"
+    REVOKED_LIVE = "revoked_live", "a CRL or OCSP update revoked a live session's certificate"
     SHUTDOWN = "shutdown", "the gateway stopped before the session was relayed"
     RELOAD = "reload", "a reload removed the listener before the session was relayed"
 

@@ -24,6 +24,7 @@ _FIELDS = (
     ("upstream", "upstream"),
     ("crl", "crl settings"),
     ("ocsp", "ocsp settings"),
+    ("client_ocsp", "client ocsp settings"),
     ("identity", "identity settings"),
     ("front", "front settings"),
 )
@@ -39,6 +40,7 @@ class ListenerChange:
     crl: bool = False  # a new CRL source (and checker)
     keep_crls: bool = False  # ... which keeps the CRLs held (the CA bundle is the same)
     ocsp: bool = False  # a new stapler
+    client_ocsp: bool = False  # a new OCSP client (its answers are not kept)
     upstream: bool = False  # a new broker pool and connector
     moved: bool = False  # a new address: a new port, the old one closes
 
@@ -108,6 +110,7 @@ def listener_change(
             or material.ocsp != old_material.ocsp
             or ocsp_dir
         ),
+        client_ocsp=new.client_ocsp != old.client_ocsp or not ca_same or ocsp_dir,
         upstream=new.upstream != old.upstream or material.upstream is not None,
         moved=new.bind != old.bind,
     )

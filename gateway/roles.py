@@ -23,6 +23,7 @@ from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.ports import PortService, ready_timeout
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.ocsp_client import OcspClient
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
 from gateway.status import ListenerStatus
@@ -82,6 +83,11 @@ class IListenerRole(Interface):
 
     def stapler(settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings) -> Any:
         """The listener's IStapler (its settings have stapling on)."""
+
+    def ocsp_client(
+        settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> Any:
+        """The listener's OcspClient (its settings have OCSP checking of clients on)."""
 
     def port(listener: ListenerService, settings: ListenerSettings) -> Any:
         """The listener's port service for ``settings.bind`` (not bound yet): ``bind()``,
@@ -203,6 +209,19 @@ class SingleProcess(Serving):
             self.reactor,
             self.http,
             material.ocsp,
+        )
+
+    def ocsp_client(
+        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> OcspClient:
+        assert settings.client_ocsp is not None
+        return OcspClient(
+            settings.name,
+            settings.client_ocsp,
+            self.reactor,
+            self.http,
+            material.issuers,
+            globals_.ocsp_cache_dir,
         )
 
     def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:

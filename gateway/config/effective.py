@@ -25,7 +25,11 @@ def format_config(config: Config) -> str:
         for key in KEYS:
             if not key.listener:
                 continue
-            if key.section is not None and getattr(listener, key.section) is None:
+            if (
+                key.section is not None
+                and not key.switch
+                and getattr(listener, key.section) is None
+            ):
                 continue  # a section that is off: its keys have no effect
             out.append(_line(f"{prefix}.{key.name}", key, listener))
     return "\n".join(out) + "\n"

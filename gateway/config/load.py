@@ -33,6 +33,7 @@ from gateway.config.keys import (
     Key,
 )
 from gateway.config.model import (
+    ClientOcspSettings,
     Config,
     ConnectionLimits,
     CrlSettings,
@@ -319,6 +320,10 @@ def _tree(values: Mapping[str, Any]) -> dict[str, Any]:
             for head in heads:
                 node = node[head]
             node[last] = None
+    for key in KEYS:
+        if key.listener and key.switch and key.section is not None:
+            if values[key.name] == "off":
+                tree[key.section] = None
     return tree
 
 
@@ -348,6 +353,9 @@ def _assemble(name: str, bind: tuple[str, int], values: Mapping[str, Any]) -> Li
         upstream=UpstreamSettings(**upstream),
         crl=CrlSettings(**t["crl"]) if t["crl"] is not None else None,
         ocsp=OcspSettings(**t["ocsp"]) if t["ocsp"] is not None else None,
+        client_ocsp=(
+            ClientOcspSettings(**t["client_ocsp"]) if t["client_ocsp"] is not None else None
+        ),
         identity=IdentitySettings(**t["identity"]),
         front=FrontSettings(**t["front"]),
         log_connect=t["log_connect"],

@@ -144,6 +144,22 @@ class OcspSettings:
 
 
 @attrs.frozen
+class ClientOcspSettings:
+    """OCSP checking of client certificates (present only when enabled)."""
+
+    mode: str  # leaf | chain
+    responder_url: str | None  # overrides each certificate's AIA
+    http_timeout: float
+    cache_size: int
+    refresh_interval: float  # live sessions' answers asked again this often
+    failure_policy: str  # reject | accept: no answer, an unusable one, or 'unknown'
+    grace_period: float  # an answer still used this long past its nextUpdate
+    max_age: float  # an answer without nextUpdate is used this long after thisUpdate
+    max_requests: int  # requests in flight to one responder; more wait in a queue
+    with_crl: str  # both | either, when CRL checking is on too
+
+
+@attrs.frozen
 class ListenerSettings:
     name: str
     bind: tuple[str, int]
@@ -152,6 +168,7 @@ class ListenerSettings:
     upstream: UpstreamSettings
     crl: CrlSettings | None
     ocsp: OcspSettings | None
+    client_ocsp: ClientOcspSettings | None = None
     identity: IdentitySettings = IdentitySettings()
     front: FrontSettings = FrontSettings()
     log_connect: bool = _default("log_connect")  # also a line at accept

@@ -8,7 +8,7 @@ import enum
 
 import attrs
 
-from gateway.peer import PendingCrl
+from gateway.peer import Pending
 from gateway.reasons import Reason
 
 
@@ -79,7 +79,7 @@ class CancelUpstream:
 class HoldForCrl:
     """Fetch the leaf's CRL; report ``crl_decided`` (always, also on timeout)."""
 
-    pending: PendingCrl
+    pending: Pending
 
 
 @attrs.frozen
@@ -116,7 +116,7 @@ class CloseUpstream:
 
 @attrs.frozen
 class RevokedLive:
-    """A live session's certificate was revoked by a CRL update: count and log it."""
+    """A live session's certificate was revoked (a CRL update, an OCSP answer): count and log it."""
 
 
 @attrs.frozen

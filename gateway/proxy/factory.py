@@ -12,7 +12,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config.model import ConnectionLimits, IdentitySettings
-from gateway.peer import PeerVerification, PendingCrl
+from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import ConnectUpstream
 from gateway.proxy.relay import ClientProtocol
@@ -23,7 +23,7 @@ from gateway.status import ListenerStats
 class CrlHold(Protocol):
     """Decides a client held after its CONNECT while its leaf's CRL is fetched."""
 
-    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[Reason | None, str]]:
+    def decide_later(self, pending: Pending) -> defer.Deferred[tuple[Reason | None, str]]:
         """Fires with (refusal reason or None, detail); never fails."""
         ...
 
@@ -38,6 +38,10 @@ class Revocation(CrlHold, LiveRevocation, Protocol):
     def check_resumed(
         self, leaf: x509.Certificate, serial: int, verification: PeerVerification
     ) -> tuple[Reason, str] | None: ...
+
+    def track(self, verification: PeerVerification) -> tuple[Any, ...]: ...
+
+    def untrack(self, tracked: tuple[Any, ...]) -> None: ...
 
 
 def session_limits(limits: ConnectionLimits) -> S.SessionLimits:

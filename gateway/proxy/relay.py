@@ -25,7 +25,7 @@ from zope.interface import implementer
 from gateway.config.model import IdentitySettings
 from gateway.failures import plain_reason, ssl_error_words
 from gateway.mqtt.rewrite import rewrite_connect
-from gateway.peer import PeerVerification, PendingCrl
+from gateway.peer import PeerVerification, Pending
 from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamFactory, UpstreamProtocol, lost_text
@@ -80,6 +80,8 @@ class ClientProtocol(protocol.Protocol):
     # With upstream_proxy_protocol = v2: the certificate's CN for the SSL TLV.
     _cn: str | None = None
     tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
+    # With OCSP checking: (the checker, what it tracks) for this relayed session.
+    _tracked: tuple[Any, tuple[Any, ...]] | None = None
     resumed = False  # whether the handshake resumed a session
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
@@ -128,7 +130,7 @@ class ClientProtocol(protocol.Protocol):
             except ValueError as e:
                 self._identity = e
         refusal = self._check_resumed(cert)  # first: it may set crl_pending
-        self._run(self.session.handshake_done(self.verification.crl_pending, refusal))
+        self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
     def _check_resumed(self, peer: x509.Certificate | None) -> tuple[Reason, str] | None:
         """With CRL checking on, a handshake whose chain no verify callback reported was a
@@ -147,6 +149,10 @@ class ClientProtocol(protocol.Protocol):
             self._run(self.session.receive(data))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._tracked is not None:
+            checker, tracked = self._tracked
+            self._tracked = None
+            checker.untrack(tracked)
         self.factory.live.discard(self)
         self.factory.stats.active -= 1
         if self.factory.on_closed is not None:
@@ -263,7 +269,7 @@ class ClientProtocol(protocol.Protocol):
         self.factory.stats.refuse(Reason.REVOKED_LIVE)
         log.warn(
             "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
-            "revoked by a CRL update",
+            "revoked by a revocation update (CRL or OCSP)",
             listener=self.factory.name,
             peer=self.peer,
             subject=self.subject,
@@ -312,18 +318,23 @@ class ClientProtocol(protocol.Protocol):
             detail=refusal.detail,
         )
 
-    def _hold_for_crl(self, pending: PendingCrl) -> None:
+    def _hold_for_crl(self, pending: Pending) -> None:
         revocation = self.factory.revocation
-        assert revocation is not None  # a pending CRL comes only from the checker
+        assert revocation is not None  # a pending decision comes only from the checker
+        waits = []
+        if pending.crl is not None:
+            waits.append(f"the CRL at {pending.crl.url} is fetched")
+        if pending.ocsp:
+            waits.append("the OCSP responder answers")
         log.info(
-            "holding {listener} peer={peer} subject={subject} until the CRL at {url} is fetched",
+            "holding {listener} peer={peer} subject={subject} until {what}",
             listener=self.factory.name,
             peer=self.peer,
             subject=self.subject,
-            url=pending.url,
+            what=" and ".join(waits),
         )
         revocation.decide_later(pending).addCallback(self._crl_decided).addErrback(
-            lambda f: log.failure("CRL hold failed", f)
+            lambda f: log.failure("revocation hold failed", f)
         )
 
     def _start_relay(self, first: bytes) -> None:
@@ -348,6 +359,11 @@ class ClientProtocol(protocol.Protocol):
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
         self._since = self.factory.reactor.seconds()
+        revocation = self.factory.revocation
+        if revocation is not None:
+            tracked = revocation.track(self.verification)
+            if tracked:  # OCSP answers refreshed while the session lives
+                self._tracked = (revocation, tracked)
         if self.factory.log_connect:  # else the session's one line is at its end
             log.info(
                 "accepted {listener} peer={peer} subject={subject} serial={serial} "

@@ -50,7 +50,7 @@ from typing import Any
 import attrs
 
 from gateway import mqtt
-from gateway.peer import PendingCrl
+from gateway.peer import Pending
 from gateway.proxy.actions import (
     Action,
     CancelTimer,
@@ -189,7 +189,7 @@ class Session:
         self._reader: mqtt.ConnectReader | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._pending_crl: PendingCrl | None = None
+        self._pending_crl: Pending | None = None
 
     # -- events ------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class Session:
 
     @_event
     def handshake_done(
-        self, pending_crl: PendingCrl | None = None, refusal: tuple[Reason, str] | None = None
+        self, pending_crl: Pending | None = None, refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:
         """The handshake completed; ``pending_crl`` if the leaf's CRL is still to be fetched;
         ``refusal`` (reason, detail) if a check after the handshake refused the client (a
@@ -298,7 +298,7 @@ class Session:
             return []
         self.state = State.CLOSING
         self.upstream_open = False
-        self.ended_by = ("revoked", "certificate revoked by a CRL update")
+        self.ended_by = ("revoked", "certificate revoked by a revocation update")
         return [RevokedLive(), CloseUpstream(), CloseClient()]
 
     @_event

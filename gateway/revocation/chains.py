@@ -50,6 +50,13 @@ class IssuerIndex:
             by_subject.setdefault(ca.subject.public_bytes(), []).append(ca)
         return cls({k: tuple(v) for k, v in by_subject.items()})
 
+    def all(self) -> list[x509.Certificate]:
+        return [c for certs in self._by_subject.values() for c in certs]
+
+    def named(self, subject: bytes) -> tuple[x509.Certificate, ...]:
+        """The CA certificates whose subject is ``subject`` (DER)."""
+        return self._by_subject.get(subject, ())
+
     def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
         """The CA of the bundle that issued ``cert``."""
         candidates = self._by_subject.get(cert.issuer.public_bytes(), ())

@@ -1,9 +1,11 @@
-"""The handshake-time revocation decision: a synchronous, read-only lookup in the CrlCache,
-and the decision on a client held after its CONNECT while its CRL is fetched."""
+"""The handshake-time revocation decision: synchronous, read-only lookups in the CRLs and
+OCSP answers held, and the decision on a client held after its CONNECT while its CRL is
+fetched or its OCSP answer asked for."""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -11,11 +13,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config.model import CrlSettings
-from gateway.peer import PeerVerification, PendingCrl
+from gateway.peer import PeerVerification, Pending, PendingCrl
 from gateway.reasons import CrlVerdict, Reason
 from gateway.revocation.chains import IssuerIndex
+from gateway.revocation.combine import PENDING, combine
 from gateway.revocation.crl import distribution_point_urls, freshest_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
+from gateway.revocation.ocsp_client import OcspChecker, OcspQuestion
 from gateway.revocation.scope import cert_scope
 
 _V = SSL.X509VerificationCodes
@@ -33,25 +37,30 @@ HOLD_PROCESSING_ALLOWANCE = 5.0
 class RevocationChecker:
     """Decides, for each certificate of a verified chain, whether revocation refuses it.
 
-    Reads only what the CrlService prepared. The leaf must be covered by a CRL (else the
-    crl_expired_policy decides, or, with crl_cache_from_cert, the client is held after its
-    CONNECT while the distribution point is fetched); intermediates are checked whenever a
-    CRL of their issuer is held.
+    Reads only what the refresh services prepared: the CRLs held (``CrlService``) and the
+    OCSP answers held (``OcspClient``). With CRL checking, the leaf must be covered by a CRL
+    (else the crl_expired_policy decides, or, with crl_cache_from_cert, the client is held
+    after its CONNECT while the distribution point is fetched); intermediates are checked
+    whenever a CRL of their issuer is held. With OCSP checking, a certificate without an
+    answer held is asked about while the client is held after its CONNECT. The verdicts
+    combine as ``gateway.revocation.combine`` says.
     """
 
     def __init__(
         self,
-        cache: CrlCache,
-        settings: CrlSettings,
+        cache: CrlCache | None,
+        settings: CrlSettings | None,
         crl_service: CrlService | None,
         reactor: IReactorTime,
         issuers: IssuerIndex | None = None,
+        ocsp: OcspChecker | None = None,
     ) -> None:
         self.cache = cache
         self.issuers = issuers or IssuerIndex.of([])
         self.settings = settings
-        self.reject_unknown = settings.expired_policy == "reject"
+        self.reject_unknown = settings is None or settings.expired_policy == "reject"
         self.crl_service = crl_service
+        self.ocsp = ocsp
         self._reactor = reactor
         self.counts: Counter[str] = Counter()
 
@@ -63,19 +72,56 @@ class RevocationChecker:
         depth: int,
         verification: PeerVerification | None,
     ) -> tuple[Reason, int] | None:
-        """None to accept; else (refusal reason, X509 error to fail with). Every certificate
-        below the trust anchor is checked (as OpenSSL's crl_check_all): one whose status
-        cannot be determined follows crl_expired_policy."""
+        """None to accept (or hold after the handshake); else (refusal reason, X509 error to
+        fail with). Every certificate below the trust anchor is checked (as OpenSSL's
+        crl_check_all)."""
+        crl, pending_crl = self._crl_status(cert, issuer, serial, depth, verification)
+        question = None
+        ocsp_status = None
+        if self.ocsp is not None and self.ocsp.covers(depth):
+            question = self.ocsp.question(cert, serial)
+            ocsp_status = self.ocsp.status(question)
+        decision = combine(
+            crl,
+            ocsp_status,
+            self.ocsp is not None and self.ocsp.either,
+            self.reject_unknown,
+            self.ocsp is not None and self.ocsp.reject,
+        )
+        if decision.action == "refuse":
+            assert decision.reason is not None
+            self.counts[decision.reason.value] += 1
+            return decision.reason, _error_of(decision.reason, crl)
+        if decision.action == "hold":
+            if crl == PENDING and verification is not None:
+                verification.crl_pending = pending_crl
+                self.counts["held_for_crl"] += 1
+            if ocsp_status == PENDING and verification is not None:
+                verification.ocsp_pending.append((question, crl))
+                self.counts["held_for_ocsp"] += 1
+        for key in decision.accepted:
+            self.counts[f"{key}_accepted"] += 1
+        if question is not None and verification is not None:
+            verification.ocsp_checked.append(question)
+        return None
+
+    def _crl_status(
+        self,
+        cert: x509.Certificate,
+        issuer: bytes,
+        serial: int,
+        depth: int,
+        verification: PeerVerification | None,
+    ) -> tuple[CrlVerdict | str | None, PendingCrl | None]:
+        """What the CRLs held say (None: no CRL checking), or PENDING with what to wait for
+        (the leaf's distribution point, with crl_cache_from_cert)."""
+        if self.cache is None or self.settings is None:
+            return None, None
         if self.settings.from_cert and self.crl_service is not None:
             for url in freshest_urls(cert):  # its delta CRLs: in force from the next check
                 self.crl_service.discover(url)
         trusted = set(verification.chain) if verification is not None else None
         status = self.cache.status(issuer, serial, lambda: cert_scope(cert), trusted)
-        if status is CrlVerdict.GOOD:
-            return None
-        if status is CrlVerdict.REVOKED:
-            self.counts["revoked"] += 1
-            return Reason.REVOKED, ERR_REVOKED
         if (
             status is CrlVerdict.MISSING
             and self.settings.from_cert
@@ -85,13 +131,9 @@ class RevocationChecker:
             for url in urls:
                 self.crl_service.discover(url)  # a CA's too: in force for its next device
             if urls and depth == 0:
-                if verification is not None:
-                    verification.crl_pending = PendingCrl(
-                        urls[0], issuer, serial, cert, tuple(verification.chain)
-                    )
-                self.counts["held_for_crl"] += 1
-                return None  # decided after CONNECT, once the CRL is fetched
-        return self._policy(status)
+                chain = tuple(verification.chain) if verification is not None else ()
+                return PENDING, PendingCrl(urls[0], issuer, serial, cert, chain)
+        return status, None
 
     def check_resumed(
         self, leaf: x509.Certificate, serial: int, verification: PeerVerification
@@ -121,43 +163,104 @@ class RevocationChecker:
                 )
         return None
 
-    def decide_later(self, pending: PendingCrl) -> defer.Deferred[tuple[Reason | None, str]]:
-        """For a held client: wait for its distribution point's first fetch (bounded), then
-        (None, detail) to admit it or (reason, detail) to refuse it. Never fails."""
-        assert self.crl_service is not None
-        wait = self.crl_service.when_attempted(pending.url)
-        wait.addTimeout(self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor)
+    def decide_later(self, pending: Pending) -> defer.Deferred[tuple[Reason | None, str]]:
+        """For a held client: wait for its distribution point's first fetch and for the
+        OCSP answers (each bounded), then (None, detail) to admit it or (reason, detail) to
+        refuse it. Never fails."""
+        crl_wait: defer.Deferred[Any] = defer.succeed(None)
+        if pending.crl is not None:
+            assert self.crl_service is not None and self.settings is not None
+            crl_wait = self.crl_service.when_attempted(pending.crl.url)
+            crl_wait.addTimeout(
+                self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor
+            )
+            crl_wait.addErrback(lambda _: None)
+        ocsp_wait: defer.Deferred[list[str]] = defer.succeed([])
+        if pending.ocsp:
+            assert self.ocsp is not None
+            ocsp_wait = self.ocsp.wait(tuple(q for q, _ in pending.ocsp))
+        both = defer.gatherResults([crl_wait, ocsp_wait])
+        return both.addCallback(lambda results: self._decide(pending, results[1]))
 
-        def decide(_: object) -> tuple[Reason | None, str]:
-            return self.decide_held(pending), f"after fetching {pending.url}"
+    def _decide(self, pending: Pending, answers: list[str]) -> tuple[Reason | None, str]:
+        leaf_crl: CrlVerdict | None = None
+        if pending.crl is not None:
+            leaf_crl = self._crl_now(pending.crl)
+        either = self.ocsp is not None and self.ocsp.either
+        ocsp_reject = self.ocsp is not None and self.ocsp.reject
+        decisions = []
+        leaf_done = False
+        for (question, crl), status in zip(pending.ocsp, answers, strict=True):
+            if crl == PENDING:
+                crl, leaf_done = leaf_crl, True
+            decisions.append(
+                (combine(crl, status, either, self.reject_unknown, ocsp_reject), question)
+            )
+        if pending.crl is not None and not leaf_done:
+            decisions.append((combine(leaf_crl, None, either, self.reject_unknown, False), None))
+        waited = []
+        if pending.crl is not None:
+            waited.append(f"after fetching {pending.crl.url}")
+        if pending.ocsp:
+            waited.append("after asking the OCSP responder")
+        detail = " and ".join(waited)
+        for decision, question in decisions:
+            if decision.action == "refuse":
+                assert decision.reason is not None
+                self.counts[decision.reason.value] += 1
+                about = f" ({question.subject})" if isinstance(question, OcspQuestion) else ""
+                return decision.reason, f"{detail}{about}"
+        for decision, _ in decisions:
+            for key in decision.accepted:
+                self.counts[f"{key}_accepted"] += 1
+        return None, detail
 
-        return wait.addBoth(decide)
-
-    def decide_held(self, pending: PendingCrl) -> Reason | None:
-        """After a held client's distribution point was fetched: None or a refusal reason."""
+    def _crl_now(self, pending: PendingCrl) -> CrlVerdict:
+        assert self.cache is not None
         cert = pending.cert
         scope = (lambda: cert_scope(cert)) if cert is not None else None
-        status = self.cache.status(pending.issuer, pending.serial, scope, set(pending.chain))
-        if status is CrlVerdict.GOOD:
-            return None
-        if status is CrlVerdict.REVOKED:
-            self.counts["revoked"] += 1
-            return Reason.REVOKED
-        verdict = self._policy(status)
-        return None if verdict is None else verdict[0]
+        return self.cache.status(pending.issuer, pending.serial, scope, set(pending.chain))
 
-    def _policy(self, status: CrlVerdict) -> tuple[Reason, int] | None:
-        """crl_expired_policy for a verdict that does not decide (MISSING, EXPIRED,
-        INCOMPLETE): refuse (reject) or count."""
-        reason = status.refusal
-        if self.reject_unknown:
-            self.counts[reason.value] += 1
-            return reason, ERR_CRL_EXPIRED if status is CrlVerdict.EXPIRED else ERR_NO_CRL
-        self.counts[f"{reason.value}_accepted"] += 1
+    def decide_held(self, pending: PendingCrl) -> Reason | None:
+        """After a held client's distribution point was fetched: None or a refusal reason
+        (CRL checking alone)."""
+        decision = combine(self._crl_now(pending), None, False, self.reject_unknown, False)
+        if decision.action == "refuse":
+            assert decision.reason is not None
+            self.counts[decision.reason.value] += 1
+            return decision.reason
+        for key in decision.accepted:
+            self.counts[f"{key}_accepted"] += 1
         return None
 
-    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool:
-        """For live sessions: is any certificate of a recorded chain now revoked?"""
-        return any(
-            self.cache.status(issuer, serial) is CrlVerdict.REVOKED for issuer, serial in chain
+    def track(self, verification: PeerVerification) -> tuple[Any, ...]:
+        """A session is relayed: with OCSP, its certificates' answers are refreshed while
+        it lives. Returns what ``untrack`` takes back at its end."""
+        if self.ocsp is None:
+            return ()
+        return self.ocsp.track(
+            [q for q in verification.ocsp_checked if isinstance(q, OcspQuestion)]
         )
+
+    def untrack(self, tracked: tuple[Any, ...]) -> None:
+        if self.ocsp is not None:
+            self.ocsp.untrack(tracked)
+
+    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool:
+        """For live sessions: is any certificate of a recorded chain now revoked (by a CRL
+        held, or by an OCSP answer held)?"""
+        for issuer, serial in chain:
+            if self.cache is not None and self.cache.status(issuer, serial) is CrlVerdict.REVOKED:
+                return True
+            if self.ocsp is not None and self.ocsp.revoked(issuer, serial):
+                return True
+        return False
+
+
+def _error_of(reason: Reason, crl: object) -> int:
+    """The X509 error a refusal at the handshake fails with (OpenSSL's alert follows)."""
+    if reason in (Reason.REVOKED, Reason.OCSP_REVOKED):
+        return ERR_REVOKED
+    if reason is Reason.CRL_EXPIRED:
+        return ERR_CRL_EXPIRED
+    return ERR_NO_CRL

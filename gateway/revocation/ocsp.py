@@ -1,4 +1,5 @@
-"""Sans-IO OCSP for stapling the gateway's own certificate: build requests, validate answers.
+"""Sans-IO OCSP: build requests, validate answers; for stapling the gateway's own
+certificate and for checking client certificates (``validate(..., for_client=...)``).
 
 No I/O, no Twisted. A response is accepted only if (as HAProxy checks, and unlike EMQX, which
 staples any HTTP 200 body): its status is successful; it holds a SingleResponse for our
@@ -47,7 +48,7 @@ class OcspInfo:
     """A validated response, ready to staple."""
 
     der: bytes
-    status: str  # good | revoked
+    status: str  # good | revoked | unknown (unknown: client checking only)
     produced_at: float
     this_update: float
     next_update: float
@@ -98,6 +99,41 @@ def issuer_candidates(
     if issuer_pem is not None:
         return list(issuer_pem)
     return list(chain[1:]) + list(cacerts or [])
+
+
+def issuer_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """CertID's issuerNameHash and issuerKeyHash of ``issuer`` with ``algorithm``: the hash
+    of its subject's DER and of its subjectPublicKey BIT STRING's content (RFC 6960 4.1.1)."""
+    spki = issuer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey
+    # BIT STRING }: past the outer header and the algorithm, the bit string's content after
+    # its unused-bits octet.
+    i = _der_content(spki, 0)
+    i = _der_next(spki, i)
+    key_bits = spki[_der_content(spki, i) + 1 :]
+    out = []
+    for data in (issuer.subject.public_bytes(), key_bits):
+        h = hashes.Hash(algorithm)
+        h.update(data)
+        out.append(h.finalize())
+    return out[0], out[1]
+
+
+def _der_content(der: bytes, i: int) -> int:
+    """Where the content of the DER element at ``i`` starts."""
+    n = der[i + 1]
+    return i + 2 + (n & 0x7F if n & 0x80 else 0)
+
+
+def _der_next(der: bytes, i: int) -> int:
+    """Where the DER element after the one at ``i`` starts."""
+    n = der[i + 1]
+    if n & 0x80:
+        size = n & 0x7F
+        return i + 2 + size + int.from_bytes(der[i + 2 : i + 2 + size], "big")
+    return i + 2 + n
 
 
 def new_nonce() -> bytes:
@@ -179,35 +215,44 @@ def validate(
     now: float,
     nonce: bytes | None = None,
     skew: float = CLOCK_SKEW,
+    max_age: float | None = None,
 ) -> OcspInfo:
-    """Check a DER OCSP response for ``cert``; return what to staple or raise OcspError."""
+    """Check a DER OCSP response for ``cert``; return what it says or raise OcspError."""
+    return validate_serial(der, cert.serial_number, issuer, now, nonce, skew, max_age)
+
+
+def validate_serial(
+    der: bytes,
+    serial: int,
+    issuer: x509.Certificate,
+    now: float,
+    nonce: bytes | None = None,
+    skew: float = CLOCK_SKEW,
+    max_age: float | None = None,
+) -> OcspInfo:
+    """Check a DER OCSP response for the certificate ``serial`` of ``issuer``; return what
+    it says or raise OcspError.
+
+    Stapling (``max_age`` None): nextUpdate is required and 'unknown' refused. Checking a
+    client certificate (``max_age`` set): an answer without nextUpdate is used until
+    thisUpdate + ``max_age``, and 'unknown' is returned for the policy to decide."""
     try:
         response = ocsp.load_der_ocsp_response(der)
     except ValueError as e:
         raise OcspError("garbage", f"not an OCSP response ({e})") from None
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OcspError("unsuccessful", f"responseStatus {response.response_status.name.lower()}")
-    expected = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
     mine = None
     for single in response.responses:
-        if single.serial_number != cert.serial_number:
+        if single.serial_number != serial:
             continue
-        algorithm = single.hash_algorithm
-        ours = (
-            expected
-            if isinstance(algorithm, hashes.SHA1)
-            else ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm).build()
-        )
-        if (single.issuer_name_hash, single.issuer_key_hash) == (
-            ours.issuer_name_hash,
-            ours.issuer_key_hash,
+        if (single.issuer_name_hash, single.issuer_key_hash) == issuer_hashes(
+            issuer, single.hash_algorithm
         ):
             mine = single
             break
     if mine is None:
-        raise OcspError(
-            "wrong_certificate", f"no answer for serial {cert.serial_number:X} of our issuer"
-        )
+        raise OcspError("wrong_certificate", f"no answer for serial {serial:X} of its issuer")
     if not _signed_by(response, issuer):
         delegate, why = _authorised_delegate(response, issuer, now)
         if delegate is None:
@@ -220,7 +265,9 @@ def validate(
             "not_yet_valid", f"thisUpdate {mine.this_update_utc.isoformat()} is in the future"
         )
     if next_update is None:
-        raise OcspError("no_next_update", "the response has no nextUpdate")
+        if max_age is None:
+            raise OcspError("no_next_update", "the response has no nextUpdate")
+        next_update = this_update + max_age
     if next_update <= now:
         when = datetime.datetime.fromtimestamp(next_update, datetime.timezone.utc).isoformat()
         raise OcspError("expired", f"nextUpdate {when} has passed")
@@ -232,10 +279,12 @@ def validate(
         if echoed != nonce:
             raise OcspError("bad_nonce", "the response does not echo our nonce")
     status = mine.certificate_status
-    if status == ocsp.OCSPCertStatus.UNKNOWN:
-        raise OcspError("unknown_status", "the responder does not know our certificate")
     produced = _ts(response.produced_at_utc)
     assert produced is not None
+    if status == ocsp.OCSPCertStatus.UNKNOWN:
+        if max_age is None:
+            raise OcspError("unknown_status", "the responder does not know our certificate")
+        return OcspInfo(der, "unknown", produced, this_update, next_update)
     if status == ocsp.OCSPCertStatus.REVOKED:
         reason = mine.revocation_reason
         return OcspInfo(

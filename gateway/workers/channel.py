@@ -45,6 +45,20 @@ class MasterChannel(amp.AMP):
         self.pool.discover(listener, url)
         return {}
 
+    @c.OcspQuery.responder
+    def ocsp_query(
+        self,
+        listener: str,
+        key_hash: bytes,
+        serial: str,
+        responder: str,
+        subject: str,
+        fresher_than: float,
+    ) -> defer.Deferred[dict[str, Any]]:
+        return self.pool.ocsp_query(
+            listener, key_hash, int(serial), responder or None, subject, fresher_than
+        )
+
     @c.WhenAttempted.responder
     def when_attempted(self, listener: str, url: str) -> defer.Deferred[dict[str, Any]]:
         return self.pool.when_attempted(listener, url).addCallback(lambda _: {})

@@ -37,6 +37,7 @@ from gateway.ports import PortService
 from gateway.prepare import prepare
 from gateway.reports import ListenerReport, WorkerReport
 from gateway.revocation.crl_service import CrlCache
+from gateway.revocation.ocsp_client import OcspClient, OcspQuestion
 from gateway.revocation.snapshot import map_snapshot
 from gateway.roles import IListenerRole, Serving, port_service
 from gateway.service import GatewayService, ProcessRole
@@ -206,6 +207,43 @@ class WorkerRole(Serving):
         self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
     ) -> SharedStaple:
         return SharedStaple(settings.name, self.state.staple(settings.name))
+
+    def ocsp_client(
+        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> OcspClient:
+        """Answers come from the master (one request per certificate for every worker),
+        validated here again; live sessions' answers are refreshed through it."""
+        assert settings.client_ocsp is not None
+        name = settings.name
+        state = self.state
+
+        def remote(q: OcspQuestion, fresher_than: float) -> defer.Deferred[bytes]:
+            d = state.call(
+                c.OcspQuery,
+                listener=name,
+                key_hash=q.key[0],
+                serial=str(q.serial),
+                responder=q.responder or "",
+                subject=q.subject,
+                fresher_than=fresher_than,
+            )
+
+            def der_of(answer: dict[str, Any]) -> bytes:
+                if not answer["der"]:
+                    raise GatewayError("ocsp_unavailable", answer["error"] or "no answer")
+                return bytes(answer["der"])
+
+            return d.addCallback(der_of)
+
+        return OcspClient(
+            name,
+            settings.client_ocsp,
+            state.reactor,
+            None,
+            material.issuers,
+            None,  # the master keeps the answers on disk
+            remote=remote,
+        )
 
     def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
         endpoint = AdoptedEndpoint(self.state, settings.name, settings.bind)

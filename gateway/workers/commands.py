@@ -90,3 +90,19 @@ class WhenAttempted(amp.Command):
 
     arguments = [(b"listener", amp.Unicode()), (b"url", amp.Unicode())]
     response = []
+
+
+class OcspQuery(amp.Command):
+    """A worker's question about a client certificate (OCSP checking of clients): the
+    master answers with the DER of an answer it validated (asking the responder once per
+    certificate for every worker), or with why it has none."""
+
+    arguments = [
+        (b"listener", amp.Unicode()),
+        (b"key_hash", amp.String()),  # SHA-1 of the issuer's public key
+        (b"serial", amp.Unicode()),  # decimal
+        (b"responder", amp.Unicode()),  # "" : none known
+        (b"subject", amp.Unicode()),
+        (b"fresher_than", amp.Float()),
+    ]
+    response = [(b"der", amp.String()), (b"error", amp.Unicode())]

@@ -20,6 +20,7 @@ from gateway.prepare import Prepared
 from gateway.reports import merge_reports
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
+from gateway.revocation.ocsp_client import OcspClient
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.roles import IListenerRole, SingleProcess
 from gateway.service import GatewayService, ProcessRole
@@ -71,6 +72,13 @@ class MasterRole:
         stapler.on_change = changed
         return stapler
 
+    def ocsp_client(
+        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+    ) -> OcspClient:
+        """The one client of every worker: the workers ask the master (``OcspQuery``),
+        which asks the responder once per certificate for all of them."""
+        return self.fetching.ocsp_client(settings, material, globals_)
+
     def port(self, listener: ListenerService, settings: ListenerSettings) -> SocketGroupService:
         return SocketGroupService(self.workers, settings)
 
@@ -78,9 +86,9 @@ class MasterRole:
         # Nothing reaches the workers before the first round is over: a worker accepts
         # from its first snapshot on, and one holding only some of the CRLs (the small
         # root CRL while the large devices CRL is still loading) would refuse devices.
-        revocation, crl = listener.parts.revocation, listener.parts.crl
-        if revocation is not None and (crl is None or crl.ready.called):
-            self.workers.publisher(listener.parts.name).publish(revocation.cache)
+        crl = listener.parts.crl
+        if crl is not None and crl.ready.called:
+            self.workers.publisher(listener.parts.name).publish(crl.cache)
 
     def staple_changed(self, listener: ListenerService) -> None:
         self.workers.send_staple(listener.parts.name, current_staple(listener))

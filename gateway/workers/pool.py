@@ -411,6 +411,29 @@ class WorkerPool(service.MultiService):
         d = ls.parts.crl.when_attempted(url)
         return d.addBoth(lambda _: publisher.flushed())
 
+    def ocsp_query(
+        self,
+        listener: str,
+        key_hash: bytes,
+        serial: int,
+        responder: str | None,
+        subject: str,
+        fresher_than: float,
+    ) -> defer.Deferred[dict[str, Any]]:
+        """A worker's OCSP question, answered by the master's client of the listener."""
+        ls = self.listener(listener)
+        client = ls.parts.ocsp_client if ls is not None else None
+        if client is None:
+            return defer.succeed({"der": b"", "error": "no OCSP checking on this listener"})
+        question = client.question_for(key_hash, serial, responder, subject)
+        if question is None:
+            return defer.succeed({"der": b"", "error": "issuer not in the CA bundle"})
+        d = client.ask(question, fresher_than)
+        return d.addCallbacks(
+            lambda answer: {"der": _clip(answer.der), "error": ""},
+            lambda f: {"der": b"", "error": describe_error(f.value)},
+        )
+
 
 def _clip(der: bytes) -> bytes:
     """An AMP value holds 65,535 bytes; a real OCSP response is a few KB."""

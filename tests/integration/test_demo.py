@@ -63,7 +63,9 @@ def test_demo_commands_work(workdir: str) -> None:
             subprocess.run(revoke_cmd, shell=True, capture_output=True, timeout=30).returncode == 0
         )
         support.wait_until(
-            lambda: "certificate revoked by a CRL update" in "".join(lines), 30, what="live revoke"
+            lambda: "certificate revoked by a revocation update" in "".join(lines),
+            30,
+            what="live revoke",
         )
         sub2.kill()
         out = "".join(lines)

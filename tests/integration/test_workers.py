@@ -181,7 +181,9 @@ def test_crl_update_reaches_every_worker(world: World, broker: int, workdir: str
         for source in ("127.0.0.1", "127.0.0.2", "127.0.0.4"):
             assert "revoked" in outcome_from(source, port, world, victim)
         assert ping(other)
-        support.wait_until(lambda: gw.log().count("certificate revoked by a CRL update") >= 2)
+        support.wait_until(
+            lambda: gw.log().count("certificate revoked by a revocation update") >= 2
+        )
     finally:
         gw.stop()
 

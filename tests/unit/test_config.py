@@ -257,6 +257,7 @@ def test_effective_configuration_round_trips_every_key(certs: support.Pki) -> No
         "listener.ssl.ext.crl_cache_urls = http://ca.test/a.crl\n"
         "listener.ssl.ext.enable_ocsp_stapling = true\n"
         "listener.ssl.ext.ocsp_responder_url = http://ocsp.test/\n"
+        "listener.ssl.ext.ocsp_client_check = chain\n"
         "crl_cache.dir = /var/lib/mqttgw/crl\nstats_log_interval = 1m\n"
     )
     config = cfg.parse_config(text, "/etc/mqttgw/gw.conf")

@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 from gateway import testing as support
 from gateway.config import Config, parse_config
 from gateway.demo import pki
-from gateway.peer import PeerVerification, PendingCrl
+from gateway.peer import PeerVerification, Pending, PendingCrl
 from gateway.revocation import crl_service, worker
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl import describe_loaded
@@ -449,7 +449,7 @@ def test_distribution_points_capacity_and_eviction(p: support.Pki) -> None:
     assert h.checker.decide_held(PendingCrl("http://ca.test/dp2.crl", issuer, 102)) == "revoked"
     assert h.checker.decide_held(PendingCrl("http://ca.test/dp2.crl", issuer, 5)) is None
     verdicts: list[Any] = []
-    h.checker.decide_later(PendingCrl("http://ca.test/dp2.crl", issuer, 102)).addCallback(
+    h.checker.decide_later(Pending(PendingCrl("http://ca.test/dp2.crl", issuer, 102))).addCallback(
         verdicts.append
     )
     assert verdicts == [("revoked", "after fetching http://ca.test/dp2.crl")]
@@ -465,7 +465,7 @@ def test_hold_is_bounded_by_the_download_timeout(p: support.Pki) -> None:
     leaf = pki.issue(h.p.inter, "held", crl_url="http://ca.test/slow.crl").cert
     issuer = leaf.issuer.public_bytes()
     verdicts: list[Any] = []
-    h.checker.decide_later(PendingCrl("http://ca.test/slow.crl", issuer, 1)).addCallback(
+    h.checker.decide_later(Pending(PendingCrl("http://ca.test/slow.crl", issuer, 1))).addCallback(
         verdicts.append
     )
     h.advance(2)

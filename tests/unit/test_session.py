@@ -188,7 +188,7 @@ def test_revocation_of_a_live_session() -> None:
     assert session.revoked() == []
     assert session.connection_lost("closed") == [
         S.CancelTimer(),
-        S.SessionEnded("revoked", "certificate revoked by a CRL update"),
+        S.SessionEnded("revoked", "certificate revoked by a revocation update"),
     ]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from gateway.config.keys.connections import CONNECT_KEYS, FRONT_KEYS, IDENTITY_KEYS, LIMIT_KEYS
 from gateway.config.keys.key import IDENTITY_SOURCES, LISTENER_PREFIX, Key
 from gateway.config.keys.operations import LOG_KEYS, OPERATION_KEYS, WORKER_KEYS
-from gateway.config.keys.revocation import CRL_KEYS, OCSP_KEYS
+from gateway.config.keys.revocation import CLIENT_OCSP_KEYS, CRL_KEYS, OCSP_KEYS
 from gateway.config.keys.tls import TLS_KEYS
 from gateway.config.keys.upstream import UPSTREAM_CONNECT_KEYS, UPSTREAM_KEYS
 
@@ -26,6 +26,7 @@ KEYS: tuple[Key, ...] = (
     + CONNECT_KEYS
     + CRL_KEYS
     + OCSP_KEYS
+    + CLIENT_OCSP_KEYS
     + OPERATION_KEYS
     + WORKER_KEYS
     + LOG_KEYS

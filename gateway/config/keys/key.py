@@ -14,6 +14,7 @@ from gateway.config.values import (
 )
 
 LISTENER_PREFIX = "listener.ssl."
+SECTIONS = ("crl", "ocsp", "client_ocsp")  # optional records of ListenerSettings
 IDENTITY_SOURCES = ("cn", "dn", "crt", "pem", "md5")
 
 
@@ -38,12 +39,14 @@ class Key:
     aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)
     presence: bool = False  # a boolean key whose value is whether ``attr`` is set
     path: bool = False  # a file or directory: relative to the configuration file's directory
+    switch: bool = False  # inside its section: the value "off" leaves the section out
 
     @property
     def section(self) -> str | None:
-        """``crl`` or ``ocsp`` for the keys of an optional section, else None."""
+        """``crl``, ``ocsp`` or ``client_ocsp`` for the keys of an optional section, else
+        None."""
         head, dot, _ = self.attr.partition(".")
-        return head if dot and head in ("crl", "ocsp") else None
+        return head if dot and head in SECTIONS else None
 
     @property
     def enables(self) -> str | None:
@@ -54,6 +57,8 @@ class Key:
         """This key's effective value, read from a ListenerSettings or GlobalSettings."""
         if self.enables is not None:
             return getattr(settings, self.attr) is not None
+        if self.switch and self.section is not None and getattr(settings, self.section) is None:
+            return "off"
         value = settings
         for part in self.attr.split("."):
             if value is None:

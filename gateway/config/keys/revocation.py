@@ -200,3 +200,100 @@ OCSP_KEYS: tuple[Key, ...] = (
         path=True,
     ),
 )
+
+
+CLIENT_OCSP_KEYS: tuple[Key, ...] = (
+    Key(
+        "ocsp_client_check",
+        "client_ocsp.mode",
+        enum_of("off", "leaf", "chain"),
+        "off",
+        "Check client certificates by OCSP (nginx's ssl_ocsp): leaf, the device's own "
+        "certificate; chain, every certificate below the trust anchor; off. A certificate "
+        "whose cached answer is good is admitted at once; otherwise the device is held after "
+        "its TLS handshake (nothing read, nothing sent to the broker) until the responder "
+        "answers (at most ocsp_client_http_timeout), then admitted or refused with CONNACK "
+        "'not authorized'. A cached 'revoked' refuses the handshake itself.",
+        switch=True,
+    ),
+    Key(
+        "ocsp_client_responder_url",
+        "client_ocsp.responder_url",
+        parse_urls_one,
+        None,
+        "The OCSP responder asked for every client certificate. Unset: the OCSP URL of each "
+        "certificate's Authority Information Access extension (a certificate without one "
+        "cannot be checked: ocsp_client_failure_policy decides).",
+        format=format_optional,
+    ),
+    Key(
+        "ocsp_client_http_timeout",
+        "client_ocsp.http_timeout",
+        parse_duration,
+        5.0,
+        "Time allowed for one OCSP request about a client certificate; also the longest a "
+        "device is held waiting for it.",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_client_cache_size",
+        "client_ocsp.cache_size",
+        parse_positive_int,
+        100_000,
+        "How many answers are kept (one per certificate); the least recently used goes.",
+    ),
+    Key(
+        "ocsp_client_refresh_interval",
+        "client_ocsp.refresh_interval",
+        parse_duration,
+        300.0,
+        "How often the answer for a device with a live session is asked again (and in any "
+        "case before its nextUpdate). A 'revoked' answer closes the device's live sessions.",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_client_failure_policy",
+        "client_ocsp.failure_policy",
+        enum_of("reject", "accept"),
+        "reject",
+        "When a certificate's status cannot be determined by OCSP (no responder, the "
+        "responder down or too slow, an answer that does not validate, 'unknown', a cached "
+        "answer past nextUpdate plus ocsp_client_grace_period): reject (fail closed) or "
+        "accept. A 'revoked' answer always refuses.",
+    ),
+    Key(
+        "ocsp_client_grace_period",
+        "client_ocsp.grace_period",
+        parse_duration_or_zero,
+        0.0,
+        "How long after its nextUpdate a cached answer is still used when no newer one can "
+        "be obtained (as crl_grace_period).",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_client_max_age",
+        "client_ocsp.max_age",
+        parse_duration,
+        3600.0,
+        "How long an answer without nextUpdate is used after its thisUpdate.",
+        format=format_duration,
+    ),
+    Key(
+        "ocsp_client_max_requests",
+        "client_ocsp.max_requests",
+        parse_positive_int,
+        16,
+        "Requests in flight to one responder at most; more wait in a queue. However many "
+        "connections wait for one certificate, it is asked about once at a time.",
+    ),
+    Key(
+        "ocsp_client_with_crl",
+        "client_ocsp.with_crl",
+        enum_of("both", "either"),
+        "both",
+        "With enable_crl_cache too: both, each certificate must pass both checks (each "
+        "undecided one following its own policy); either, a certificate one check cannot "
+        "decide is admitted when the other finds it good. A certificate either check finds "
+        "revoked is refused in both modes.",
+    ),
+)

@@ -1,0 +1,573 @@
+"""OCSP checking of client certificates: the answers held, and the client that asks for them.
+
+``OcspAnswers`` (sans-IO) holds one validated answer per certificate, keyed as OCSP keys
+them: (SHA-1 of the issuer's public key, serial). The verify callback reads it
+synchronously (``OcspChecker.lookup``): a usable answer decides at once; none makes the
+device wait after its handshake for ``OcspChecker.ask``.
+
+``OcspClient`` (Twisted) asks the responders: one request in flight per certificate however
+many connections wait for it, at most ``max_requests`` in flight to one responder (the rest
+queue), each bounded by ``http_timeout``; every answer is validated by
+``gateway.revocation.ocsp.validate`` (the stapling path's code) before it is held. It
+refreshes the answers of devices with live sessions, keeps the answers in ``ocsp_cache.dir``
+across restarts, and reports a 'revoked' refresh so that live sessions are closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp as x509_ocsp
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.clock import format_timestamp
+from gateway.config.model import ClientOcspSettings
+from gateway.errors import GatewayError, describe_error
+from gateway.revocation import ocsp
+from gateway.revocation.chains import IssuerIndex
+from gateway.revocation.store import write_atomically
+
+log = Logger()
+
+MAX_RESPONSE_SIZE = 64 * 1024
+REFRESH_TICK = 10.0  # how often live sessions' answers are looked at for a refresh
+PERSIST_TICK = 60.0  # how often changed answers are written to ocsp_cache.dir
+REFRESH_LEAD = 0.5  # refresh at the latest this far (as a share) from thisUpdate to nextUpdate
+
+Key = tuple[bytes, int]  # (SHA-1 of the issuer's public key, serial)
+
+
+def issuer_key_hash(issuer: x509.Certificate) -> bytes:
+    """SHA-1 of the issuer's subjectPublicKey (RFC 6960 CertID.issuerKeyHash): the key."""
+    return ocsp.issuer_hashes(issuer, hashes.SHA1())[1]
+
+
+@attrs.frozen
+class OcspAnswer:
+    """A validated answer about one certificate."""
+
+    status: str  # good | revoked | unknown
+    this_update: float
+    next_update: float  # nextUpdate, or thisUpdate + max_age when it had none
+    fetched: float
+    der: bytes
+    responder: str
+
+
+@attrs.frozen
+class OcspQuestion:
+    """What to ask a responder about one certificate, and where."""
+
+    key: Key
+    serial: int
+    issuer: x509.Certificate
+    responder: str | None  # None: no responder known for it
+    subject: str
+
+
+class OcspAnswers:
+    """The answers held (sans-IO): bounded, least recently used first out."""
+
+    def __init__(self, clock: Any, size: int, grace: float) -> None:
+        self._clock = clock
+        self.size = size
+        self.grace = grace
+        self._answers: collections.OrderedDict[Key, OcspAnswer] = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.changed = False  # since the last write to disk
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def usable(self, key: Key) -> OcspAnswer | None:
+        """The answer for ``key`` if it may still be used (nextUpdate plus the grace period
+        not passed), counting a hit or a miss."""
+        answer = self._answers.get(key)
+        if answer is not None and self._clock.seconds() <= answer.next_update + self.grace:
+            self._answers.move_to_end(key)
+            self.hits += 1
+            return answer
+        self.misses += 1
+        return None
+
+    def peek(self, key: Key) -> OcspAnswer | None:
+        return self._answers.get(key)
+
+    def put(self, key: Key, answer: OcspAnswer) -> bool:
+        """Hold ``answer`` unless an answer produced later is held; True if held."""
+        current = self._answers.get(key)
+        if current is not None and current.this_update > answer.this_update:
+            return False
+        self._answers[key] = answer
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+        self.changed = True
+        return True
+
+    def items(self) -> list[tuple[Key, OcspAnswer]]:
+        return list(self._answers.items())
+
+    def by_status(self) -> dict[str, int]:
+        out = {"good": 0, "revoked": 0, "unknown": 0}
+        for answer in self._answers.values():
+            out[answer.status] += 1
+        return out
+
+    def oldest(self) -> float | None:
+        """thisUpdate of the oldest answer held."""
+        return min((a.this_update for a in self._answers.values()), default=None)
+
+
+@attrs.define
+class ResponderStats:
+    requests: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    last_error: str | None = None
+
+
+class OcspClient(service.Service):
+    """Asks responders about client certificates for one listener (one process, or the
+    master for every worker)."""
+
+    def __init__(
+        self,
+        listener: str,
+        settings: ClientOcspSettings,
+        reactor: Any,
+        fetcher: Any,
+        issuers: IssuerIndex,
+        cache_dir: str | None,
+        remote: Callable[[OcspQuestion, float], defer.Deferred[bytes]] | None = None,
+    ) -> None:
+        """``remote``: in a worker, how an answer is obtained from the master (the DER it
+        validated, validated here again); None: from the responder, with ``fetcher``."""
+        self.name = f"ocsp-client:{listener}"
+        self.remote = remote
+        self.listener = listener
+        self.settings = settings
+        self.reactor = reactor
+        self.fetcher = fetcher
+        self.issuers = issuers
+        self.answers = OcspAnswers(reactor, settings.cache_size, settings.grace_period)
+        self.responders: dict[str, ResponderStats] = {}
+        self._limits: dict[str, defer.DeferredSemaphore] = {}
+        self._in_flight: dict[Key, defer.Deferred[OcspAnswer]] = {}
+        self._waiters: dict[Key, list[defer.Deferred[OcspAnswer]]] = {}
+        self._by_key: dict[bytes, x509.Certificate] | None = None
+        self._questions: dict[Key, OcspQuestion] = {}  # of live sessions, for refreshes
+        self._live: collections.Counter[Key] = collections.Counter()
+        self.on_revoked: Callable[[Key], None] = lambda key: None
+        self._path = os.path.join(cache_dir, f"{listener}.client-ocsp.json") if cache_dir else None
+        self._refresh = task.LoopingCall(self._refresh_live)
+        self._refresh.clock = reactor
+        self._persist = task.LoopingCall(self._write)
+        self._persist.clock = reactor
+        self.loaded: defer.Deferred[None] = defer.Deferred()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._refresh.start(
+            min(REFRESH_TICK, max(0.5, self.settings.refresh_interval / 2)), now=False
+        )
+        if self._path is not None:
+            self._persist.start(PERSIST_TICK, now=False)
+            self._read().addBoth(lambda _: self.loaded.callback(None))
+        else:
+            self.loaded.callback(None)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        for call in (self._refresh, self._persist):
+            if call.running:
+                call.stop()
+        if self._path is not None and self.answers.changed:
+            return self._write()
+        return None
+
+    # -- asking -----------------------------------------------------------------------------
+
+    def question_for(
+        self, key_hash: bytes, serial: int, responder: str | None, subject: str
+    ) -> OcspQuestion | None:
+        """A worker's question, its issuer taken from this process's CA bundle (None: no CA
+        of the bundle has that key)."""
+        if self._by_key is None:
+            self._by_key = {issuer_key_hash(c): c for c in self.issuers.all()}
+        issuer = self._by_key.get(key_hash)
+        if issuer is None:
+            return None
+        return OcspQuestion((key_hash, serial), serial, issuer, responder, subject)
+
+    def ask(self, question: OcspQuestion, fresher_than: float = 0.0) -> defer.Deferred[OcspAnswer]:
+        """The answer about ``question``'s certificate: a held one fetched after
+        ``fresher_than`` and still usable, else a new one (one request in flight per
+        certificate). Fails with GatewayError if none can be obtained."""
+        held = self.answers.peek(question.key)
+        if (
+            held is not None
+            and held.fetched > fresher_than
+            and self.reactor.seconds() <= held.next_update
+        ):
+            return defer.succeed(held)
+        key = question.key
+        # Each waiter has its own Deferred: the one request's outcome goes to all of them.
+        mine: defer.Deferred[OcspAnswer] = defer.Deferred()
+        self._waiters.setdefault(key, []).append(mine)
+        if key not in self._in_flight:
+            running = self._fetch(question, fresher_than)
+            self._in_flight[key] = running
+
+            def done(result: Any) -> None:
+                self._in_flight.pop(key, None)
+                for waiter in self._waiters.pop(key, []):
+                    if isinstance(result, Failure):
+                        waiter.errback(result)
+                    else:
+                        waiter.callback(result)
+
+            running.addBoth(done)
+        return mine
+
+    def _fetch(self, q: OcspQuestion, fresher_than: float) -> defer.Deferred[OcspAnswer]:
+        if self.remote is not None:
+            return self.remote(q, fresher_than).addCallback(self._validated, q)
+        if q.responder is None:
+            return defer.fail(
+                GatewayError("no_responder", f"no OCSP responder known for {q.subject}")
+            )
+        responder = q.responder
+        stats = self.responders.setdefault(responder, ResponderStats())
+        limit = self._limits.get(responder)
+        if limit is None:
+            limit = self._limits[responder] = defer.DeferredSemaphore(self.settings.max_requests)
+        stats.queued += 1
+
+        def request() -> defer.Deferred[OcspAnswer]:
+            stats.queued -= 1
+            stats.in_flight += 1
+            stats.requests += 1
+            body = request_for(q)
+            d = self.fetcher.fetch(
+                responder,
+                self.settings.http_timeout,
+                MAX_RESPONSE_SIZE,
+                method="POST",
+                body=body,
+                headers={b"Content-Type": [b"application/ocsp-request"]},
+            )
+            d.addCallback(self._validated, q)
+
+            def over(result: Any) -> Any:
+                stats.in_flight -= 1
+                if isinstance(result, Failure):
+                    stats.failures += 1
+                    stats.last_error = describe_error(result.value)
+                return result
+
+            return d.addBoth(over)
+
+        return limit.run(request)
+
+    def _validated(self, der: bytes, q: OcspQuestion) -> OcspAnswer:
+        now = self.reactor.seconds()
+        info = ocsp.validate_serial(der, q.serial, q.issuer, now, max_age=self.settings.max_age)
+        answer = OcspAnswer(
+            info.status, info.this_update, info.next_update, now, der, q.responder or ""
+        )
+        previous = self.answers.peek(q.key)
+        if self.answers.put(q.key, answer) and answer.status == "revoked":
+            if previous is None or previous.status != "revoked":
+                log.warn(
+                    "ocsp-client {listener}: {subject} (serial {serial:X}) is revoked "
+                    "(responder {responder})",
+                    listener=self.listener,
+                    subject=q.subject,
+                    serial=q.serial,
+                    responder=q.responder,
+                )
+            self.on_revoked(q.key)
+        return answer
+
+    # -- live sessions ----------------------------------------------------------------------
+
+    def track(self, questions: Iterable[OcspQuestion]) -> None:
+        for q in questions:
+            self._live[q.key] += 1
+            self._questions[q.key] = q
+
+    def untrack(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self._live[key] -= 1
+            if self._live[key] <= 0:
+                del self._live[key]
+                self._questions.pop(key, None)
+
+    def _refresh_live(self) -> None:
+        """Ask again about the certificates of live sessions whose answer is older than the
+        refresh interval or past halfway to its nextUpdate."""
+        now = self.reactor.seconds()
+        for key in list(self._live):
+            q = self._questions.get(key)
+            held = self.answers.peek(key)
+            if q is None or key in self._in_flight:
+                continue
+            if held is not None:
+                lead = held.this_update + (held.next_update - held.this_update) * REFRESH_LEAD
+                if now < held.fetched + self.settings.refresh_interval and now < lead:
+                    continue
+            # An answer another worker had fetched within half an interval will do.
+            fresh = now - self.settings.refresh_interval / 2
+            self.ask(q, fresher_than=fresh).addErrback(self._refresh_failed, q)
+
+    def _refresh_failed(self, failure: Failure, q: OcspQuestion) -> None:
+        log.info(
+            "ocsp-client {listener}: refresh for {subject} failed: {why}",
+            listener=self.listener,
+            subject=q.subject,
+            why=describe_error(failure.value),
+        )
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def _write(self) -> defer.Deferred[None]:
+        if self._path is None or not self.answers.changed:
+            return defer.succeed(None)
+        self.answers.changed = False
+        items = [
+            {
+                "key": key[0].hex(),
+                "serial": key[1],
+                "fetched": a.fetched,
+                "responder": a.responder,
+                "der": base64.b64encode(a.der).decode("ascii"),
+            }
+            for key, a in self.answers.items()
+        ]
+        path = self._path
+        data = json.dumps({"format": 1, "answers": items}).encode()
+        d = threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), write_atomically, path, data, {}
+        )
+        return d.addErrback(
+            lambda f: log.warn(
+                "ocsp-client {listener}: could not write {path}: {why}",
+                listener=self.listener,
+                path=path,
+                why=describe_error(f.value),
+            )
+        )
+
+    def _read(self) -> defer.Deferred[None]:
+        """The answers kept by an earlier run, each validated again (cooperatively)."""
+        path = self._path
+        assert path is not None
+
+        def read() -> Any:
+            try:
+                with open(path, "rb") as f:
+                    return json.loads(f.read())
+            except FileNotFoundError:
+                return None
+
+        def restore(data: Any) -> defer.Deferred[None] | None:
+            if not isinstance(data, dict) or not isinstance(data.get("answers"), list):
+                return None
+            by_key = {issuer_key_hash(c): c for c in self.issuers.all()}
+            kept = 0
+
+            def each() -> Iterable[None]:
+                nonlocal kept
+                now = self.reactor.seconds()
+                for item in data["answers"]:
+                    try:
+                        key = (bytes.fromhex(item["key"]), int(item["serial"]))
+                        issuer = by_key.get(key[0])
+                        if issuer is None:
+                            continue
+                        der = base64.b64decode(item["der"])
+                        info = ocsp.validate_serial(
+                            der, key[1], issuer, now, max_age=self.settings.max_age
+                        )
+                        self.answers.put(
+                            key,
+                            OcspAnswer(
+                                info.status,
+                                info.this_update,
+                                info.next_update,
+                                float(item["fetched"]),
+                                der,
+                                str(item["responder"]),
+                            ),
+                        )
+                        kept += 1
+                    except (GatewayError, KeyError, ValueError, TypeError):
+                        pass  # expired or damaged: asked again when needed
+                    yield None
+
+            done = task.cooperate(iter(each())).whenDone()
+
+            def report(_: object) -> None:
+                self.answers.changed = False
+                log.info(
+                    "ocsp-client {listener}: {kept} answer(s) restored from {path}",
+                    listener=self.listener,
+                    kept=kept,
+                    path=path,
+                )
+
+            return done.addCallback(report)
+
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), read)
+        d.addCallback(restore)
+        return d.addErrback(
+            lambda f: log.warn(
+                "ocsp-client {listener}: could not read {path}: {why}",
+                listener=self.listener,
+                path=path,
+                why=describe_error(f.value),
+            )
+        )
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "answers": len(self.answers),
+            "hits": self.answers.hits,
+            "misses": self.answers.misses,
+            "by_status": self.answers.by_status(),
+            "oldest": self.answers.oldest(),
+            "live": len(self._live),
+            "responders": {url: attrs.asdict(s) for url, s in self.responders.items()},
+        }
+
+
+def request_for(q: OcspQuestion) -> bytes:
+    """The DER request about ``q``'s certificate (SHA-1 CertID, as responders expect)."""
+    name_hash = ocsp.issuer_hashes(q.issuer, hashes.SHA1())[0]
+    builder = x509_ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash, q.key[0], q.serial, hashes.SHA1()
+    )
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def _status_of(answer: OcspAnswer) -> str:
+    return answer.status
+
+
+def format_answer(answer: OcspAnswer | None) -> str:
+    if answer is None:
+        return "none"
+    return f"{answer.status} until {format_timestamp(answer.next_update)}"
+
+
+class OcspChecker:
+    """The handshake-time side: which certificates OCSP checks, what the answers held say
+    (synchronously, no I/O), the questions for those without one, and the wait for them.
+
+    ``asker`` obtains an answer: the listener's ``OcspClient.ask`` in one process, a call
+    to the master in a worker (the master asks for every worker)."""
+
+    def __init__(
+        self,
+        settings: ClientOcspSettings,
+        answers: OcspAnswers,
+        issuers: IssuerIndex,
+        asker: Callable[[OcspQuestion], defer.Deferred[OcspAnswer]],
+        reactor: Any,
+        client: OcspClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client  # tracks live sessions' certificates, for refreshes
+        self.answers = answers
+        self.issuers = issuers
+        self.asker = asker
+        self.reactor = reactor
+        self.reject = settings.failure_policy == "reject"
+        self.either = settings.with_crl == "either"
+        self._key_hashes: dict[int, bytes] = {}  # by id() of the bundle's CA certificates
+        # The bundle's CAs by subject, with their key hashes: the live sweep has only
+        # (issuer name, serial) for each certificate of a session's chain.
+        self._by_name: dict[bytes, tuple[bytes, ...]] = {}
+
+    def covers(self, depth: int) -> bool:
+        return depth == 0 or self.settings.mode == "chain"
+
+    def key_hash(self, issuer: x509.Certificate) -> bytes:
+        known = self._key_hashes.get(id(issuer))
+        if known is None:
+            known = self._key_hashes[id(issuer)] = issuer_key_hash(issuer)
+        return known
+
+    def question(self, cert: x509.Certificate, serial: int) -> OcspQuestion | None:
+        """What to ask about ``cert`` (None: its issuer is not in the CA bundle)."""
+        issuer = self.issuers.issuer_of(cert)
+        if issuer is None:
+            return None
+        responder = self.settings.responder_url or ocsp.responder_url_of(cert)
+        return OcspQuestion(
+            (self.key_hash(issuer), serial),
+            serial,
+            issuer,
+            responder,
+            cert.subject.rfc4514_string(),
+        )
+
+    def status(self, q: OcspQuestion | None) -> str:
+        """What the answers held say of ``q``'s certificate now: good, revoked, unknown,
+        unavailable (no responder known; the issuer not in the bundle) or pending (ask)."""
+        if q is None or q.responder is None:
+            return "unavailable"
+        answer = self.answers.usable(q.key)
+        return answer.status if answer is not None else "pending"
+
+    def wait(self, questions: tuple[OcspQuestion, ...]) -> defer.Deferred[list[str]]:
+        """The status of each question once answered, or 'unavailable' (a failure, or
+        nothing within ocsp_client_http_timeout plus a second). Never fails."""
+        waits: list[defer.Deferred[str]] = []
+        for q in questions:
+            d = self.asker(q)
+            d.addTimeout(self.settings.http_timeout + 1.0, self.reactor)
+            waits.append(d.addCallbacks(_status_of, lambda _: "unavailable"))
+        return defer.gatherResults(waits)
+
+    def track(self, questions: list[OcspQuestion]) -> tuple[Key, ...]:
+        """A session is relayed: refresh its certificates' answers while it lives."""
+        if self.client is None or not questions:
+            return ()
+        self.client.track(questions)
+        return tuple(q.key for q in questions)
+
+    def untrack(self, keys: tuple[Key, ...]) -> None:
+        if self.client is not None and keys:
+            self.client.untrack(keys)
+
+    def revoked(self, issuer_name: bytes, serial: int) -> bool:
+        """For the live sweep: whether an answer held says the certificate is revoked."""
+        hashes_ = self._by_name.get(issuer_name)
+        if hashes_ is None:
+            hashes_ = self._by_name[issuer_name] = tuple(
+                self.key_hash(c) for c in self.issuers.named(issuer_name)
+            )
+        for key_hash in hashes_:
+            answer = self.answers.peek((key_hash, serial))
+            if answer is not None and answer.status == "revoked":
+                return True
+        return False

@@ -1,0 +1,171 @@
+"""OCSP checking of client certificates end to end: a real `openssl ocsp` responder over the
+test PKI's `openssl ca` database, the gateway under twistd, a real mosquitto, real clients."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from gateway import testing as support
+from gateway.testing.ocsp import OcspWorld
+
+pytestmark = pytest.mark.integration
+
+ACCEPTED = b"\x20\x02\x00\x00"
+NOT_AUTHORIZED_3 = b"\x20\x02\x00\x05"
+NOT_AUTHORIZED_5 = b"\x20\x03\x00\x87\x00"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OcspWorld]:
+    w = OcspWorld(str(tmp_path_factory.mktemp("ocsp-clients")))
+    yield w
+    w.responder.stop()
+
+
+def conf(world: OcspWorld, port: int, broker: int, **extra: str) -> str:
+    opts = {
+        "ocsp_client_check": "leaf",
+        "ocsp_client_responder_url": world.responder.url,
+        "ocsp_client_http_timeout": "3s",
+        "ocsp_client_refresh_interval": "1s",
+    }
+    globals_ = extra.pop("globals", "")
+    opts.update(extra)
+    return support.listener_conf("oc", port, broker, world.p, opts) + globals_
+
+
+def device(world: OcspWorld, name: str, register: bool = True) -> tuple[str, str]:
+    cert = world.p.client(name)
+    if register:
+        world.ca.register(cert[0])
+    return cert
+
+
+def connect(
+    port: int, world: OcspWorld, cert: tuple[str, str], level: int = 4, source: str = "127.0.0.1"
+) -> bytes | str:
+    """CONNECT over TLS: the CONNACK bytes, or the TLS error text."""
+    import socket
+
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        with support.client_context(world.p, cert).wrap_socket(
+            raw, server_hostname="localhost"
+        ) as s:
+            s.sendall(support.connect_packet("oc-client", level=level))
+            return support.read_exact(s, 5 if level == 5 else 4)
+    except (ssl.SSLError, ConnectionError, OSError) as e:
+        return str(e)
+
+
+def test_good_unknown_revoked_and_a_live_session(world: OcspWorld, workdir: str) -> None:
+    """A good device is held for its first answer, then admitted; the next connection uses
+    the cached answer (no request). A device the CA does not know gets CONNACK 'not
+    authorized' (3.1.1: 5; 5.0: 0x87) once its answer comes, and the cached 'unknown' then
+    refuses its next handshake. Revoked at the CA while connected: the refresh closes its
+    live session, and its next connection is refused at the handshake (certificate_revoked)."""
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    gw = support.start_gateway(workdir, conf(world, port, broker_port), "gw-oc")
+    good = device(world, "oc-good")
+    stranger = device(world, "oc-stranger", register=False)
+    stranger5 = device(world, "oc-stranger-5", register=False)
+    victim = device(world, "oc-victim")
+    try:
+        before = world.responder.hits
+        assert connect(port, world, good) == ACCEPTED
+        assert world.responder.hits == before + 1
+        assert connect(port, world, good) == ACCEPTED
+        assert world.responder.hits == before + 1  # the cached answer
+        assert connect(port, world, stranger) == NOT_AUTHORIZED_3
+        assert connect(port, world, stranger5, level=5) == NOT_AUTHORIZED_5
+        assert "certificate unknown" in str(connect(port, world, stranger))
+        support.wait_until(lambda: "reason=ocsp_unknown" in gw.log(), 5)
+        live = support.tls_connect(port, support.client_context(world.p, victim))
+        live.sendall(support.connect_packet("oc-victim"))
+        assert support.read_exact(live, 4) == ACCEPTED
+        world.ca.revoke(victim[0])
+        live.settimeout(15)
+        assert live.recv(10) == b"", "the live session was closed"
+        live.close()
+        refused = connect(port, world, victim)
+        assert "revoked" in str(refused), refused
+        log = gw.log()
+        assert re.search(r"closing oc .*CN=oc-victim.*: certificate revoked by a revocation", log)
+        assert re.search(r"refused oc .*reason=ocsp_revoked .*CN=oc-victim", log)
+        assert "oc-stranger" not in broker.log()  # refused devices never reached the broker
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("policy", ["reject", "accept"])
+def test_responder_down_follows_the_policy(world: OcspWorld, workdir: str, policy: str) -> None:
+    """The responder answering HTTP 500: a device without a cached answer is refused
+    (reject, CONNACK 'not authorized', ocsp_unavailable) or admitted (accept); a device with
+    a good answer cached is admitted either way."""
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    gw = support.start_gateway(
+        workdir,
+        conf(world, port, broker_port, ocsp_client_failure_policy=policy),
+        f"gw-oc-{policy}",
+    )
+    known = device(world, f"oc-known-{policy}")
+    newcomer = device(world, f"oc-new-{policy}")
+    try:
+        assert connect(port, world, known) == ACCEPTED
+        world.responder.mode = 500
+        try:
+            assert connect(port, world, known) == ACCEPTED
+            outcome = connect(port, world, newcomer)
+        finally:
+            world.responder.mode = "ok"
+        if policy == "reject":
+            assert outcome == NOT_AUTHORIZED_3
+            support.wait_until(lambda: "reason=ocsp_unavailable" in gw.log(), 5)
+        else:
+            assert outcome == ACCEPTED
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+def test_a_storm_asks_once_per_certificate_with_workers(world: OcspWorld, workdir: str) -> None:
+    """With two workers, 12 connections of 3 devices at once, from 12 addresses: each
+    device's certificate is asked about once (the master asks for every worker)."""
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    gw = support.start_gateway(
+        workdir,
+        conf(world, port, broker_port, globals="workers = 2\n"),
+        "gw-oc-workers",
+        "serving",
+    )
+    devices = [device(world, f"oc-storm-{i}") for i in range(3)]
+    try:
+        support.wait_until(lambda: gw.log().count(") serving") >= 2, 30, what="workers")
+        before = world.responder.hits
+        results: list[bytes | str] = []
+        threads = [
+            threading.Thread(
+                target=lambda i=i: results.append(
+                    connect(port, world, devices[i % 3], source=f"127.0.0.{10 + i}")
+                )
+            )
+            for i in range(12)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [ACCEPTED] * 12, results
+        assert world.responder.hits - before == 3
+    finally:
+        gw.stop()
+        broker.stop()
