@@ -47,7 +47,7 @@ _MIN_OUTPUT_LIMIT = 4096  # room for the answer's JSON line with a tiny CRL
 INDEX_VERIFY_DELAY = 60.0
 
 
-def _off_reactor(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+def off_reactor(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     """``f(*args)`` in the reactor's thread pool (inline under a test's Clock)."""
     pool = getattr(reactor, "getThreadPool", None)
     if pool is None:
@@ -254,7 +254,7 @@ class CrlService(service.Service):
     def _restore(self, source: _Source, path: str) -> defer.Deferred[None]:
         """At start: the persisted CRL's index if its record vouches for it (memory-mapped,
         nothing parsed: ready at once, verified later), else the body through the worker."""
-        d = _off_reactor(self._reactor, read_index, path, self._trust_pem)
+        d = off_reactor(self._reactor, read_index, path, self._trust_pem)
 
         def opened(found: tuple[Any, str]) -> defer.Deferred[None] | None:
             mapping, why = found

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp as x509_ocsp
 from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,6 +36,7 @@ from gateway.config.model import ClientOcspSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.revocation import ocsp
 from gateway.revocation.chains import IssuerIndex
+from gateway.revocation.crl_service import off_reactor
 from gateway.revocation.store import write_atomically
 
 log = Logger()
@@ -178,6 +179,7 @@ class OcspClient(service.Service):
         self._persist = task.LoopingCall(self._write)
         self._persist.clock = reactor
         self.loaded: defer.Deferred[None] = defer.Deferred()
+        self.cooperate: Callable[[Any], Any] = task.cooperate  # restoring kept answers
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -362,9 +364,7 @@ class OcspClient(service.Service):
         ]
         path = self._path
         data = json.dumps({"format": 1, "answers": items}).encode()
-        d = threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), write_atomically, path, data, {}
-        )
+        d = off_reactor(self.reactor, write_atomically, path, data, {})
         return d.addErrback(
             lambda f: log.warn(
                 "ocsp-client {listener}: could not write {path}: {why}",
@@ -421,7 +421,7 @@ class OcspClient(service.Service):
                         pass  # expired or damaged: asked again when needed
                     yield None
 
-            done = task.cooperate(iter(each())).whenDone()
+            done = self.cooperate(iter(each())).whenDone()
 
             def report(_: object) -> None:
                 self.answers.changed = False
@@ -434,7 +434,7 @@ class OcspClient(service.Service):
 
             return done.addCallback(report)
 
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), read)
+        d = off_reactor(self.reactor, read)
         d.addCallback(restore)
         return d.addErrback(
             lambda f: log.warn(
