@@ -16,9 +16,12 @@ from gateway.revocation.crl_cache import CrlCache
 from gateway.status import (
     BrokerStatus,
     CertificateStatus,
+    ClientOcspStatus,
     CrlCheckStatus,
     CrlSourceStatus,
     ListenerStatus,
+    ResponderStatus,
+    is_ocsp_count,
 )
 
 if TYPE_CHECKING:
@@ -83,15 +86,19 @@ def own_status(listener: ListenerService) -> ListenerStatus:
     if upstream is not None and upstream.client_cert is not None:
         certificates.append(certificate_status("upstream", upstream.client_cert))
     crl = None
+    counts = dict(parts.revocation.counts) if parts.revocation is not None else {}
     if parts.crl is not None and parts.revocation is not None:
         crl = CrlCheckStatus(
             held=len(parts.crl.cache.infos()),
-            counts=dict(parts.revocation.counts),
+            counts={k: v for k, v in counts.items() if not is_ocsp_count(k)},
             sources=parts.crl.status(),
         )
     stapler = parts.stapler
     ocsp = stapler.status() if stapler is not None else None  # None: another process staples
     tls = settings.tls
+    client_ocsp = None
+    if parts.ocsp_client is not None:
+        client_ocsp = client_ocsp_status(parts.ocsp_client, counts)
     return ListenerStatus(
         listener.stats.snapshot(),
         crl,
@@ -115,6 +122,23 @@ def own_status(listener: ListenerService) -> ListenerStatus:
             )
             if listener.role.fetches and parts.crl is not None and settings.crl
             else ""
+        ),
+        client_ocsp=client_ocsp,
+    )
+
+
+def client_ocsp_status(client: Any, counts: dict[str, int]) -> ClientOcspStatus:
+    answers = client.answers
+    return ClientOcspStatus(
+        answers=len(answers),
+        by_status=answers.by_status(),
+        oldest=answers.oldest(),
+        hits=answers.hits,
+        misses=answers.misses,
+        decisions={k: v for k, v in counts.items() if is_ocsp_count(k)},
+        responders=tuple(
+            ResponderStatus(url, r.requests, r.failures, r.in_flight, r.queued, r.last_error)
+            for url, r in client.responders.items()
         ),
     )
 

@@ -15,6 +15,7 @@ from gateway.status import (
     HistogramSnapshot,
     ListenerStatus,
     StatsSnapshot,
+    is_ocsp_count,
 )
 
 
@@ -134,9 +135,24 @@ def merge_reports(own: ListenerStatus, reports: list[ListenerReport]) -> Listene
     """A listener's status in a master: its own CRL sources and staple, the workers'
     counters added up (connections, CRL decisions, staples sent, each broker)."""
     stats = merge_stats(own.stats.listener, [r.stats for r in reports])
+    counts = _add_counts([r.crl_counts for r in reports])
     crl = own.crl
     if crl is not None:
-        crl = CrlCheckStatus(crl.held, _add_counts([r.crl_counts for r in reports]), crl.sources)
+        crl_counts = {k: v for k, v in counts.items() if not is_ocsp_count(k)}
+        crl = CrlCheckStatus(crl.held, crl_counts, crl.sources)
+    client_ocsp = own.client_ocsp
+    if client_ocsp is not None and reports:
+        # The master holds the answers and asks the responders; the workers decide.
+        client_ocsp = attrs.evolve(
+            client_ocsp,
+            hits=counts.get("ocsp_cache_hits", 0),
+            misses=counts.get("ocsp_cache_misses", 0),
+            decisions={
+                k: v
+                for k, v in counts.items()
+                if is_ocsp_count(k) and k not in ("ocsp_cache_hits", "ocsp_cache_misses")
+            },
+        )
     ocsp = own.ocsp
     if ocsp is not None:
         ocsp = attrs.evolve(ocsp, staples_sent=sum(r.staples_sent for r in reports))
@@ -161,5 +177,6 @@ def merge_reports(own: ListenerStatus, reports: list[ListenerReport]) -> Listene
         stats=stats,
         crl=crl,
         ocsp=ocsp,
+        client_ocsp=client_ocsp,
         brokers=tuple(brokers.values()) or own.brokers,
     )

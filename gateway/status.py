@@ -194,6 +194,36 @@ class CertificateStatus:
         return (self.not_after - now) / 86400
 
 
+def is_ocsp_count(key: str) -> bool:
+    """Whether a count of the revocation checker is OCSP's (else CRL's)."""
+    return key.startswith("ocsp_") or key == "held_for_ocsp"
+
+
+@attrs.frozen
+class ResponderStatus:
+    """One OCSP responder asked about client certificates."""
+
+    url: str
+    requests: int
+    failures: int
+    in_flight: int
+    queued: int
+    last_error: str | None
+
+
+@attrs.frozen
+class ClientOcspStatus:
+    """OCSP checking of client certificates on one listener."""
+
+    answers: int  # held now
+    by_status: dict[str, int]  # good, revoked, unknown
+    oldest: float | None  # thisUpdate of the oldest answer held
+    hits: int  # handshakes decided from an answer held
+    misses: int  # ... that had to ask (or found none usable)
+    decisions: dict[str, int]  # ocsp_revoked, ocsp_unknown, held_for_ocsp, ...
+    responders: tuple[ResponderStatus, ...] = ()
+
+
 @attrs.frozen
 class ListenerStatus:
     stats: StatsSnapshot
@@ -209,6 +239,7 @@ class ListenerStatus:
     # Why a good device would be refused now although the port accepts (no CRL held for a
     # CA the listener must check, with crl_expired_policy = reject); "" when it would not.
     undecided: str = ""
+    client_ocsp: ClientOcspStatus | None = None
 
 
 class WorkerState(str, enum.Enum):

@@ -33,6 +33,12 @@ DECISION_WORDS = {
     "crl_missing_accepted": "admitted without a CRL (policy accept)",
     "crl_expired_accepted": "admitted with an expired CRL (policy accept)",
     "crl_incomplete_accepted": "admitted with incomplete CRLs (policy accept)",
+    "held_for_ocsp": "held while the OCSP responder was asked",
+    "ocsp_revoked": "refused: revoked (OCSP)",
+    "ocsp_unknown": "refused: unknown to the OCSP responder",
+    "ocsp_unavailable": "refused: no valid OCSP answer in time",
+    "ocsp_unknown_accepted": "admitted although unknown to OCSP (policy accept)",
+    "ocsp_unavailable_accepted": "admitted without an OCSP answer (policy accept)",
 }
 
 
@@ -231,7 +237,31 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
         ],
         "crl": None,
         "ocsp": None,
+        "client_ocsp": None,
     }
+    if ls.client_ocsp is not None:
+        c = ls.client_ocsp
+        lookups = c.hits + c.misses
+        out["client_ocsp"] = {
+            "answers": c.answers,
+            "by_status": dict(c.by_status),
+            "oldest_answer": _ts(c.oldest),
+            "hits": c.hits,
+            "misses": c.misses,
+            "hit_ratio": round(c.hits / lookups, 4) if lookups else None,
+            "decisions": dict(sorted(c.decisions.items())),
+            "responders": [
+                {
+                    "url": r.url,
+                    "requests": r.requests,
+                    "failures": r.failures,
+                    "in_flight": r.in_flight,
+                    "queued": r.queued,
+                    "last_error": r.last_error,
+                }
+                for r in c.responders
+            ],
+        }
     if ls.crl is not None:
         out["crl"] = {
             "held": ls.crl.held,

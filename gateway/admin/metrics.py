@@ -251,6 +251,61 @@ def _revocation(status: GatewayStatus) -> Iterator[Metric]:
                 ocsp_failures.add_metric([name, kind], count)
     yield from (entries, this_update, next_update, success, failure, failures)
     yield from (ocsp_status, ocsp_next, staples, ocsp_failures)
+    yield from _client_ocsp(status)
+
+
+def _client_ocsp(status: GatewayStatus) -> Iterator[Metric]:
+    answers = _family(
+        GaugeMetricFamily,
+        "mqttgw_client_ocsp_answers",
+        "OCSP answers about client certificates held, by status (good, revoked, unknown).",
+        ["listener", "status"],
+    )
+    oldest = _family(
+        GaugeMetricFamily,
+        "mqttgw_client_ocsp_oldest_answer_timestamp_seconds",
+        "thisUpdate of the oldest answer held (0: none).",
+        ["listener"],
+    )
+    lookups = _family(
+        CounterMetricFamily,
+        "mqttgw_client_ocsp_lookups",
+        "Handshake-time lookups: hit (an answer held decided), miss (the responder was asked).",
+        ["listener", "result"],
+    )
+    requests = _family(
+        CounterMetricFamily,
+        "mqttgw_client_ocsp_requests",
+        "Requests to each OCSP responder about client certificates.",
+        ["listener", "responder"],
+    )
+    failures = _family(
+        CounterMetricFamily,
+        "mqttgw_client_ocsp_failures",
+        "Requests that gave no valid answer (connect, timeout, HTTP error, bad answer).",
+        ["listener", "responder"],
+    )
+    in_flight = _family(
+        GaugeMetricFamily,
+        "mqttgw_client_ocsp_in_flight",
+        "Requests in flight to each responder (at most ocsp_client_max_requests).",
+        ["listener", "responder"],
+    )
+    for ls in status.listeners:
+        c = ls.client_ocsp
+        if c is None:
+            continue
+        name = ls.stats.listener
+        for st in ("good", "revoked", "unknown"):
+            answers.add_metric([name, st], c.by_status.get(st, 0))
+        oldest.add_metric([name], c.oldest or 0)
+        lookups.add_metric([name, "hit"], c.hits)
+        lookups.add_metric([name, "miss"], c.misses)
+        for r in c.responders:
+            requests.add_metric([name, r.url], r.requests)
+            failures.add_metric([name, r.url], r.failures)
+            in_flight.add_metric([name, r.url], r.in_flight)
+    yield from (answers, oldest, lookups, requests, failures, in_flight)
 
 
 def _process(status: GatewayStatus) -> Iterator[Metric]:

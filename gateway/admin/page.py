@@ -163,6 +163,29 @@ def _listener(ls: dict[str, Any], now: float) -> str:
     out = [f"<h2>Listener {_e(ls['name'])}</h2>", _table(rows)]
     if ls["crl"] is not None:
         out.append(_crl_table(ls["crl"], now))
+    if ls.get("client_ocsp") is not None:
+        c = ls["client_ocsp"]
+        ratio = "-" if c["hit_ratio"] is None else f"{100 * c['hit_ratio']:.1f} %"
+        rows = [
+            ("answers held", f"{c['answers']} ({pairs(c['by_status'])})"),
+            ("oldest answer", _when(c["oldest_answer"], now)),
+            (
+                "handshakes decided from the cache",
+                f"{c['hits']} of {c['hits'] + c['misses']} ({ratio})",
+            ),
+            ("devices", in_words(c["decisions"])),
+        ]
+        for r in c["responders"]:
+            rows.append(
+                (
+                    f"responder {r['url']}",
+                    f"{r['requests']} requests, {r['failures']} failed, {r['in_flight']} in "
+                    f"flight, {r['queued']} queued"
+                    + (f"; last error {r['last_error']}" if r["last_error"] else ""),
+                )
+            )
+        out.append("<h3>OCSP checking of client certificates</h3>")
+        out.append(_table(rows))
     if ls["ocsp"] is not None:
         o = ls["ocsp"]
         out.append("<h3>OCSP staple of the server certificate</h3>")

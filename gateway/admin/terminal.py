@@ -63,6 +63,17 @@ def render_text(doc: dict[str, Any]) -> str:
                         f"    {src['url']}  {detail}  last fetch {_v(src['last_result'])}"
                         + (f" ({src['last_error']})" if src["last_error"] else "")
                     )
+        if ls.get("client_ocsp") is not None:
+            c = ls["client_ocsp"]
+            lines.append(
+                f"  client OCSP: {c['answers']} answer(s) ({pairs(c['by_status'])}), "
+                f"{c['hits']} hits / {c['misses']} misses; devices {in_words(c['decisions'])}"
+            )
+            for r in c["responders"]:
+                lines.append(
+                    f"    {r['url']}  {r['requests']} requests, {r['failures']} failed"
+                    + (f" ({r['last_error']})" if r["last_error"] else "")
+                )
         if ls["ocsp"] is not None:
             o = ls["ocsp"]
             staple = (

@@ -255,9 +255,13 @@ def listener_report(state: WorkerState, listener: ListenerService) -> ListenerRe
     parts = listener.parts
     staple = state.staples.get(parts.name)
     own = listener.status()
+    counts = dict(parts.revocation.counts) if parts.revocation is not None else {}
+    if parts.ocsp_client is not None:  # its lookups happen here; the master merges them
+        counts["ocsp_cache_hits"] = parts.ocsp_client.answers.hits
+        counts["ocsp_cache_misses"] = parts.ocsp_client.answers.misses
     return ListenerReport(
         own.stats,
-        dict(parts.revocation.counts) if parts.revocation is not None else {},
+        counts,
         staple.sent if staple is not None else 0,
         own.accepting,
         own.brokers,

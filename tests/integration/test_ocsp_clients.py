@@ -3,6 +3,7 @@ test PKI's `openssl ca` database, the gateway under twistd, a real mosquitto, re
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 import threading
@@ -12,6 +13,7 @@ import pytest
 
 from gateway import testing as support
 from gateway.testing.ocsp import OcspWorld
+from tests.integration.test_operations import http, metrics
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +72,10 @@ def test_good_unknown_revoked_and_a_live_session(world: OcspWorld, workdir: str)
     refuses its next handshake. Revoked at the CA while connected: the refresh closes its
     live session, and its next connection is refused at the handshake (certificate_revoked)."""
     broker, broker_port = support.start_mosquitto(workdir)
-    port = support.free_port()
-    gw = support.start_gateway(workdir, conf(world, port, broker_port), "gw-oc")
+    port, admin = support.free_port(), support.free_port()
+    gw = support.start_gateway(
+        workdir, conf(world, port, broker_port, globals=f"admin.listen = {admin}\n"), "gw-oc"
+    )
     good = device(world, "oc-good")
     stranger = device(world, "oc-stranger", register=False)
     stranger5 = device(world, "oc-stranger-5", register=False)
@@ -95,10 +99,25 @@ def test_good_unknown_revoked_and_a_live_session(world: OcspWorld, workdir: str)
         live.close()
         refused = connect(port, world, victim)
         assert "revoked" in str(refused), refused
+        support.wait_until(
+            lambda: re.search(r"refused oc .*reason=ocsp_revoked .*CN=oc-victim", gw.log()), 5
+        )
         log = gw.log()
         assert re.search(r"closing oc .*CN=oc-victim.*: certificate revoked by a revocation", log)
-        assert re.search(r"refused oc .*reason=ocsp_revoked .*CN=oc-victim", log)
         assert "oc-stranger" not in broker.log()  # refused devices never reached the broker
+        scraped = metrics(admin)
+        on = ("listener", "oc")
+        assert scraped[("mqttgw_client_ocsp_lookups_total", (on, ("result", "hit")))] >= 1
+        assert scraped[("mqttgw_client_ocsp_answers", (on, ("status", "revoked")))] == 1
+        responder = (on, ("responder", world.responder.url))
+        assert scraped[("mqttgw_client_ocsp_requests_total", responder)] >= 4
+        refused = ("mqttgw_connections_refused_total", (on, ("reason", "ocsp_revoked")))
+        assert scraped[refused] == 1
+        status = json.loads(http(admin, "/status")[2])
+        (listener,) = status["listeners"]
+        oc = listener["client_ocsp"]
+        assert oc["by_status"] == {"good": 1, "revoked": 1, "unknown": 2}, oc
+        assert oc["decisions"]["held_for_ocsp"] >= 4 and oc["hit_ratio"] > 0
     finally:
         gw.stop()
         broker.stop()
@@ -165,6 +184,9 @@ def test_a_storm_asks_once_per_certificate_with_workers(world: OcspWorld, workdi
         for t in threads:
             t.join()
         assert results == [ACCEPTED] * 12, results
+        assert world.responder.hits - before == 3
+        # The second connection of each device from another worker: no request either.
+        assert connect(port, world, devices[0], source="127.0.0.30") == ACCEPTED
         assert world.responder.hits - before == 3
     finally:
         gw.stop()
