@@ -175,14 +175,16 @@ class RevocationChecker:
                 self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor
             )
             crl_wait.addErrback(lambda _: None)
-        ocsp_wait: defer.Deferred[list[str]] = defer.succeed([])
+        ocsp_wait: defer.Deferred[list[tuple[str, str]]] = defer.succeed([])
         if pending.ocsp:
             assert self.ocsp is not None
             ocsp_wait = self.ocsp.wait(tuple(q for q, _ in pending.ocsp))
         both = defer.gatherResults([crl_wait, ocsp_wait])
         return both.addCallback(lambda results: self._decide(pending, results[1]))
 
-    def _decide(self, pending: Pending, answers: list[str]) -> tuple[Reason | None, str]:
+    def _decide(
+        self, pending: Pending, answers: list[tuple[str, str]]
+    ) -> tuple[Reason | None, str]:
         leaf_crl: CrlVerdict | None = None
         if pending.crl is not None:
             leaf_crl = self._crl_now(pending.crl)
@@ -190,27 +192,27 @@ class RevocationChecker:
         ocsp_reject = self.ocsp is not None and self.ocsp.reject
         decisions = []
         leaf_done = False
-        for (question, crl), status in zip(pending.ocsp, answers, strict=True):
+        for (question, crl), (status, why) in zip(pending.ocsp, answers, strict=True):
             if crl == PENDING:
                 crl, leaf_done = leaf_crl, True
-            decisions.append(
-                (combine(crl, status, either, self.reject_unknown, ocsp_reject), question)
-            )
+            decision = combine(crl, status, either, self.reject_unknown, ocsp_reject)
+            decisions.append((decision, question, why))
         if pending.crl is not None and not leaf_done:
-            decisions.append((combine(leaf_crl, None, either, self.reject_unknown, False), None))
+            decision = combine(leaf_crl, None, either, self.reject_unknown, False)
+            decisions.append((decision, None, ""))
         waited = []
         if pending.crl is not None:
             waited.append(f"after fetching {pending.crl.url}")
         if pending.ocsp:
             waited.append("after asking the OCSP responder")
         detail = " and ".join(waited)
-        for decision, question in decisions:
+        for decision, question, why in decisions:
             if decision.action == "refuse":
                 assert decision.reason is not None
                 self.counts[decision.reason.value] += 1
                 about = f" ({question.subject})" if isinstance(question, OcspQuestion) else ""
-                return decision.reason, f"{detail}{about}"
-        for decision, _ in decisions:
+                return decision.reason, f"{detail}{about}" + (f": {why}" if why else "")
+        for decision, _, _ in decisions:
             for key in decision.accepted:
                 self.counts[f"{key}_accepted"] += 1
         return None, detail

@@ -468,8 +468,14 @@ def request_for(q: OcspQuestion) -> bytes:
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def _status_of(answer: OcspAnswer) -> str:
-    return answer.status
+def _status_of(answer: OcspAnswer) -> tuple[str, str]:
+    return answer.status, ""
+
+
+def _why_not(failure: Failure) -> tuple[str, str]:
+    if failure.check(defer.TimeoutError, defer.CancelledError):
+        return "unavailable", "no answer in time"
+    return "unavailable", describe_error(failure.value)
 
 
 def format_answer(answer: OcspAnswer | None) -> str:
@@ -538,14 +544,18 @@ class OcspChecker:
         answer = self.answers.usable(q.key)
         return answer.status if answer is not None else "pending"
 
-    def wait(self, questions: tuple[OcspQuestion, ...]) -> defer.Deferred[list[str]]:
-        """The status of each question once answered, or 'unavailable' (a failure, or
-        nothing within ocsp_client_http_timeout plus a second). Never fails."""
-        waits: list[defer.Deferred[str]] = []
+    def wait(self, questions: tuple[OcspQuestion, ...]) -> defer.Deferred[list[tuple[str, str]]]:
+        """(status, why) of each question once answered: the answer's status and "", or
+        'unavailable' and what went wrong (nothing within ocsp_client_http_timeout plus a
+        second, no responder, an error, an answer that does not validate). Never fails."""
+        waits: list[defer.Deferred[tuple[str, str]]] = []
         for q in questions:
+            if q.responder is None and self.client is not None and self.client.remote is None:
+                waits.append(defer.succeed(("unavailable", "no OCSP responder is known for it")))
+                continue
             d = self.asker(q)
             d.addTimeout(self.settings.http_timeout + 1.0, self.reactor)
-            waits.append(d.addCallbacks(_status_of, lambda _: "unavailable"))
+            waits.append(d.addCallbacks(_status_of, _why_not))
         return defer.gatherResults(waits)
 
     def track(self, questions: list[OcspQuestion]) -> tuple[Key, ...]:

@@ -59,7 +59,8 @@ def unsuccessful(status: ocsp.OCSPResponseStatus = ocsp.OCSPResponseStatus.TRY_L
 class OpensslOcspResponder:
     """A real `openssl ocsp` responder, run once per request behind an HTTP server on
     127.0.0.1 (`openssl ocsp -port` would bind every interface). Each run re-reads
-    index.txt, so revocations show at once. ``mode``: "ok", or an HTTP status to answer."""
+    index.txt, so revocations show at once. ``mode``: "ok", an HTTP status to answer, or
+    bytes to answer with (status 200) instead of asking openssl."""
 
     def __init__(
         self, ca_dir: str, ca_cert: str, signer: tuple[str, str], minutes: int = 60
@@ -71,13 +72,20 @@ class OpensslOcspResponder:
         import threading
 
         responder = self
-        self.mode: str | int = "ok"
+        self.mode: str | int | bytes = "ok"
         self.hits = 0
         self.ca_dir, self.ca_cert, self.signer, self.minutes = ca_dir, ca_cert, signer, minutes
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _answer(self, request: bytes) -> None:
                 responder.hits += 1
+                if isinstance(responder.mode, bytes):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/ocsp-response")
+                    self.send_header("Content-Length", str(len(responder.mode)))
+                    self.end_headers()
+                    self.wfile.write(responder.mode)
+                    return
                 if responder.mode != "ok":
                     self.send_response(int(responder.mode))
                     self.send_header("Content-Length", "0")

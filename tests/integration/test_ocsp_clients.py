@@ -155,6 +155,52 @@ def test_responder_down_follows_the_policy(world: OcspWorld, workdir: str, polic
         broker.stop()
 
 
+def test_bad_answers_are_refused_and_said_in_plain_words(world: OcspWorld, workdir: str) -> None:
+    """tryLater, garbage, an answer signed by another CA: the device is refused with
+    CONNACK 'not authorized' (policy reject) and the log says why; the gateway keeps
+    serving a device whose answer is held."""
+    from gateway.demo import pki
+    from gateway.testing.ocsp import response, unsuccessful
+
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    gw = support.start_gateway(workdir, conf(world, port, broker_port), "gw-oc-bad")
+    known = device(world, "oc-bad-known")
+    other_ca = pki.make_ca("some other CA")
+    try:
+        assert connect(port, world, known) == ACCEPTED
+        cases = {
+            "try-later": (unsuccessful(), "responseStatus try_later"),
+            "garbage": (b"\x30\x03abc", "not an OCSP response"),
+            "other-ca": (None, "no answer for serial"),
+        }
+        for name, (body, words) in cases.items():
+            cert = device(world, f"oc-bad-{name}")
+            if body is None:
+                with open(cert[0], "rb") as f:
+                    from cryptography import x509
+
+                    leaf = x509.load_pem_x509_certificate(f.read())
+                body = response(leaf, other_ca)
+            world.responder.mode = body
+            try:
+                assert connect(port, world, cert) == NOT_AUTHORIZED_3, name
+            finally:
+                world.responder.mode = "ok"
+            support.wait_until(
+                lambda name=name, words=words: re.search(
+                    rf"refused oc .*reason=ocsp_unavailable .*CN=oc-bad-{name}.*{words}",
+                    gw.log(),
+                ),
+                5,
+                what=name,
+            )
+        assert connect(port, world, known) == ACCEPTED
+    finally:
+        gw.stop()
+        broker.stop()
+
+
 def test_a_storm_asks_once_per_certificate_with_workers(world: OcspWorld, workdir: str) -> None:
     """With two workers, 12 connections of 3 devices at once, from 12 addresses: each
     device's certificate is asked about once (the master asks for every worker)."""

@@ -158,7 +158,7 @@ def test_one_request_per_certificate_and_a_cap_per_responder(p: support.Pki) -> 
         fetcher.answer(lambda serial: response(by_serial[serial], p.inter))
     assert fetcher.requests == 1000 and fetcher.max_in_flight == 8
     results = [w.result for w in waits]
-    assert results == [["good"]] * 2000
+    assert results == [[("good", "")]] * 2000
     stats = client.responders[RESPONDER]
     assert (stats.requests, stats.failures, stats.in_flight, stats.queued) == (1000, 0, 0, 0)
     assert checker.status(checker.question(devices[0], devices[0].serial_number)) == "good"
@@ -203,7 +203,8 @@ def test_every_bad_answer_leaves_the_certificate_undecided(p: support.Pki, kind:
         clock.advance(client.settings.http_timeout + 2)
     else:
         fetcher.answer(make[kind])
-    assert waiting.result == ["unavailable"]
+    ((status, why),) = waiting.result
+    assert status == "unavailable" and why, why
     assert len(client.answers) == 0
     if kind != "timeout":
         assert client.responders[RESPONDER].failures == 1
