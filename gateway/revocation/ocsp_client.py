@@ -352,19 +352,10 @@ class OcspClient(service.Service):
         if self._path is None or not self.answers.changed:
             return defer.succeed(None)
         self.answers.changed = False
-        items = [
-            {
-                "key": key[0].hex(),
-                "serial": key[1],
-                "fetched": a.fetched,
-                "responder": a.responder,
-                "der": base64.b64encode(a.der).decode("ascii"),
-            }
-            for key, a in self.answers.items()
-        ]
+        # The answers are immutable: serialised and written in a thread (100,000 of them
+        # are some 200 MB of JSON, which the reactor thread must not build).
+        d = off_reactor(self.reactor, _write_answers, self._path, self.answers.items())
         path = self._path
-        data = json.dumps({"format": 1, "answers": items}).encode()
-        d = off_reactor(self.reactor, write_atomically, path, data, {})
         return d.addErrback(
             lambda f: log.warn(
                 "ocsp-client {listener}: could not write {path}: {why}",
@@ -457,6 +448,20 @@ class OcspClient(service.Service):
             "live": len(self._live),
             "responders": {url: attrs.asdict(s) for url, s in self.responders.items()},
         }
+
+
+def _write_answers(path: str, answers: list[tuple[Key, OcspAnswer]]) -> None:
+    items = [
+        {
+            "key": key[0].hex(),
+            "serial": key[1],
+            "fetched": a.fetched,
+            "responder": a.responder,
+            "der": base64.b64encode(a.der).decode("ascii"),
+        }
+        for key, a in answers
+    ]
+    write_atomically(path, json.dumps({"format": 1, "answers": items}).encode(), {})
 
 
 def request_for(q: OcspQuestion) -> bytes:
