@@ -88,7 +88,11 @@ class PortService(service.Service):
     def waiting_reason(self) -> str:
         if self.port is None or not self.running:
             return "not listening"
-        return "waiting for the first CRL round" if self._waiting else ""
+        return (
+            "waiting for its revocation data (the first CRL round, the kept OCSP answers)"
+            if self._waiting
+            else ""
+        )
 
     def bind(self) -> defer.Deferred[Any]:
         """Listen (once); fires with the port, or fails with ListenError."""

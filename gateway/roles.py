@@ -134,14 +134,26 @@ def port_service(
 ) -> PortService:
     """The port of a listener that accepts in this process (one process, a worker)."""
     parts = listener.parts
-    crl = parts.crl
+    # The port accepts once the listener can decide a device: its first CRL round is done,
+    # and the OCSP answers kept by the previous run are restored.
+    waits: list[defer.Deferred[Any]] = []
+    timeout = 0.0
+    if parts.crl is not None and settings.crl is not None:
+        waits.append(parts.crl.ready)
+        timeout = ready_timeout(settings.crl.http_timeout)
+    if parts.ocsp_client is not None and settings.client_ocsp is not None:
+        waits.append(parts.ocsp_client.loaded)
+        timeout = max(timeout, ready_timeout(settings.client_ocsp.http_timeout))
+    ready: defer.Deferred[Any] | None = None
+    if waits:
+        ready = defer.gatherResults(waits).addCallback(lambda _: None)
     return PortService(
         endpoint,
         settings.bind,
         listener.entry,
-        crl.ready if crl is not None else None,
+        ready,
         listener.reactor,
-        ready_timeout(settings.crl.http_timeout) if settings.crl is not None else 0.0,
+        timeout,
         settings.name,
         on_stop=listener.gate.stop,
     )

@@ -237,3 +237,81 @@ def test_a_storm_asks_once_per_certificate_with_workers(world: OcspWorld, workdi
     finally:
         gw.stop()
         broker.stop()
+
+
+@pytest.mark.parametrize("workers", ["", "workers = 2\n"])
+def test_a_resumed_session_is_checked_by_ocsp(world: OcspWorld, workdir: str, workers: str) -> None:
+    """Resumption skips OpenSSL's verification, not OCSP's: once a refresh learnt that the
+    device is revoked (its live session closed), resuming its TLS 1.2 session is refused
+    with nothing reaching the broker; with two workers too."""
+    from tests.integration.test_crl import _closed, _resume
+
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    name = "w" if workers else "1"
+    gw = support.start_gateway(
+        workdir,
+        conf(world, port, broker_port, globals=workers),
+        f"gw-oc-resume-{name}",
+        "serving" if workers else "listener ",
+    )
+    victim = device(world, f"oc-resume-{name}")
+    ctx = support.client_context(world.p, victim, "1.2")
+    try:
+        if workers:
+            support.wait_until(lambda: gw.log().count(") serving") >= 2, 30, what="workers")
+        live = support.tls_connect(port, ctx)
+        live.sendall(support.connect_packet(f"resume-first-{name}"))
+        assert support.read_exact(live, 4) == ACCEPTED
+        session = live.session
+        world.ca.revoke(victim[0])
+        live.settimeout(15)
+        assert _closed(live), "the refresh closed the live session"
+        late = _resume(port, ctx, session)  # type: ignore[arg-type]
+        assert late.session_reused
+        try:
+            late.sendall(support.connect_packet(f"resume-after-{name}"))
+        except (ConnectionError, ssl.SSLError):
+            pass
+        assert _closed(late)
+        support.wait_until(
+            lambda: re.search(r"reason=ocsp_revoked .*resumed session refused", gw.log()), 5
+        )
+        assert f"resume-after-{name}" not in broker.log()
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+def test_a_restart_keeps_admitting_from_the_kept_answers(world: OcspWorld, workdir: str) -> None:
+    """With ocsp_cache.dir: the answers are written at stop and read back (validated again)
+    at start; with the responder down, a device whose answer was kept is admitted, one
+    without is refused (policy reject)."""
+    broker, broker_port = support.start_mosquitto(workdir)
+    kept = device(world, "oc-kept")
+    newcomer = device(world, "oc-kept-new")
+    cache = f"ocsp_cache.dir = {workdir}/ocsp-cache\n"
+    try:
+        port = support.free_port()
+        gw = support.start_gateway(
+            workdir, conf(world, port, broker_port, globals=cache), "gw-oc-kept-1"
+        )
+        try:
+            assert connect(port, world, kept) == ACCEPTED
+        finally:
+            gw.stop()
+        world.responder.mode = 500
+        port = support.free_port()
+        gw = support.start_gateway(
+            workdir, conf(world, port, broker_port, globals=cache), "gw-oc-kept-2"
+        )
+        try:
+            support.wait_until(lambda: "answer(s) restored" in gw.log(), 10)
+            assert "1 answer(s) restored" in gw.log()
+            assert connect(port, world, kept) == ACCEPTED
+            assert connect(port, world, newcomer) == NOT_AUTHORIZED_3
+        finally:
+            gw.stop()
+    finally:
+        world.responder.mode = "ok"
+        broker.stop()
