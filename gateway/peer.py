@@ -63,6 +63,10 @@ class PeerVerification:
     # (OcspQuestion, its CRL verdict) of certificates without an OCSP answer held.
     ocsp_pending: list[tuple[object, object]] = attrs.Factory(list)
     ocsp_checked: list[object] = attrs.Factory(list)  # every OcspQuestion: live refreshes
+    # During the handshake: the CA certificate OpenSSL verified just above the one being
+    # checked (its issuer, maybe sent by the device rather than in cacertfile); cleared at
+    # the leaf.
+    above: x509.Certificate | None = None
     # The leaf as the verify callback parsed it, until the relay takes it for its log line
     # at the end of the handshake (then dropped: an idle connection does not keep it).
     leaf: x509.Certificate | None = None

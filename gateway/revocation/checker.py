@@ -79,7 +79,9 @@ class RevocationChecker:
         question = None
         ocsp_status = None
         if self.ocsp is not None and self.ocsp.covers(depth):
-            question = self.ocsp.question(cert, serial)
+            above = verification.above if verification is not None else None
+            issuer_cert = above if above is not None and above.subject == cert.issuer else None
+            question = self.ocsp.question(cert, serial, issuer_cert)
             ocsp_status = self.ocsp.status(question)
         decision = combine(
             crl,

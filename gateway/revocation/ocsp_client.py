@@ -47,6 +47,7 @@ PERSIST_TICK = 60.0  # how often changed answers are written to ocsp_cache.dir
 REFRESH_LEAD = 0.5  # refresh at the latest this far (as a share) from thisUpdate to nextUpdate
 
 Key = tuple[bytes, int]  # (SHA-1 of the issuer's public key, serial)
+_KEY_HASHES_KEPT = 4096
 
 
 def issuer_key_hash(issuer: x509.Certificate) -> bytes:
@@ -206,13 +207,26 @@ class OcspClient(service.Service):
     # -- asking -----------------------------------------------------------------------------
 
     def question_for(
-        self, key_hash: bytes, serial: int, responder: str | None, subject: str
+        self,
+        key_hash: bytes,
+        serial: int,
+        responder: str | None,
+        subject: str,
+        issuer_der: bytes = b"",
     ) -> OcspQuestion | None:
-        """A worker's question, its issuer taken from this process's CA bundle (None: no CA
-        of the bundle has that key)."""
+        """A worker's question: its issuer from this process's CA bundle, else the one the
+        worker verified the device's chain with (``issuer_der``); None if neither has the
+        key hash."""
         if self._by_key is None:
             self._by_key = {issuer_key_hash(c): c for c in self.issuers.all()}
         issuer = self._by_key.get(key_hash)
+        if issuer is None and issuer_der:
+            try:
+                candidate = x509.load_der_x509_certificate(issuer_der)
+            except ValueError:
+                return None
+            if issuer_key_hash(candidate) == key_hash:
+                issuer = candidate
         if issuer is None:
             return None
         return OcspQuestion((key_hash, serial), serial, issuer, responder, subject)
@@ -513,7 +527,7 @@ class OcspChecker:
         self.reactor = reactor
         self.reject = settings.failure_policy == "reject"
         self.either = settings.with_crl == "either"
-        self._key_hashes: dict[int, bytes] = {}  # by id() of the bundle's CA certificates
+        self._key_hashes: dict[int, tuple[x509.Certificate, bytes]] = {}  # by id()
         # The bundle's CAs by subject, with their key hashes: the live sweep has only
         # (issuer name, serial) for each certificate of a session's chain.
         self._by_name: dict[bytes, tuple[bytes, ...]] = {}
@@ -522,14 +536,25 @@ class OcspChecker:
         return depth == 0 or self.settings.mode == "chain"
 
     def key_hash(self, issuer: x509.Certificate) -> bytes:
+        """The issuer's key hash, computed once per certificate object (the verifier keeps
+        the CA certificates it parsed): the entry holds the object, so a reused id() of a
+        freed one never answers for another."""
         known = self._key_hashes.get(id(issuer))
-        if known is None:
-            known = self._key_hashes[id(issuer)] = issuer_key_hash(issuer)
-        return known
+        if known is not None and known[0] is issuer:
+            return known[1]
+        if len(self._key_hashes) >= _KEY_HASHES_KEPT:
+            self._key_hashes.clear()
+        value = issuer_key_hash(issuer)
+        self._key_hashes[id(issuer)] = (issuer, value)
+        return value
 
-    def question(self, cert: x509.Certificate, serial: int) -> OcspQuestion | None:
-        """What to ask about ``cert`` (None: its issuer is not in the CA bundle)."""
-        issuer = self.issuers.issuer_of(cert)
+    def question(
+        self, cert: x509.Certificate, serial: int, issuer: x509.Certificate | None = None
+    ) -> OcspQuestion | None:
+        """What to ask about ``cert``: of ``issuer`` (the certificate OpenSSL verified above
+        it), else of its issuer in the CA bundle (None: neither)."""
+        if issuer is None:
+            issuer = self.issuers.issuer_of(cert)
         if issuer is None:
             return None
         responder = self.settings.responder_url or ocsp.responder_url_of(cert)

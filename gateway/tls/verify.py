@@ -155,8 +155,12 @@ class CertificateVerifier:
         if verification is not None:
             verification.chain.append((issuer, serial))
         if known.self_issued:
+            if verification is not None:
+                verification.above = parsed
             return 0  # a trust anchor: nothing above it to revoke it
         verdict = self.revocation.check(parsed, issuer, serial, depth, verification)
+        if verification is not None:
+            verification.above = parsed if depth > 0 else None
         if verdict is None:
             return 0
         reason, code = verdict

@@ -50,13 +50,14 @@ class MasterChannel(amp.AMP):
         self,
         listener: str,
         key_hash: bytes,
+        issuer: bytes,
         serial: str,
         responder: str,
         subject: str,
         fresher_than: float,
     ) -> defer.Deferred[dict[str, Any]]:
         return self.pool.ocsp_query(
-            listener, key_hash, int(serial), responder or None, subject, fresher_than
+            listener, key_hash, issuer, int(serial), responder or None, subject, fresher_than
         )
 
     @c.WhenAttempted.responder

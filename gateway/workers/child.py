@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -222,6 +223,7 @@ class WorkerRole(Serving):
                 c.OcspQuery,
                 listener=name,
                 key_hash=q.key[0],
+                issuer=q.issuer.public_bytes(Encoding.DER),
                 serial=str(q.serial),
                 responder=q.responder or "",
                 subject=q.subject,

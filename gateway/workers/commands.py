@@ -100,6 +100,7 @@ class OcspQuery(amp.Command):
     arguments = [
         (b"listener", amp.Unicode()),
         (b"key_hash", amp.String()),  # SHA-1 of the issuer's public key
+        (b"issuer", amp.String()),  # DER of the issuer the worker verified the chain with
         (b"serial", amp.Unicode()),  # decimal
         (b"responder", amp.Unicode()),  # "" : none known
         (b"subject", amp.Unicode()),

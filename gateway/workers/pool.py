@@ -415,6 +415,7 @@ class WorkerPool(service.MultiService):
         self,
         listener: str,
         key_hash: bytes,
+        issuer: bytes,
         serial: int,
         responder: str | None,
         subject: str,
@@ -425,7 +426,7 @@ class WorkerPool(service.MultiService):
         client = ls.parts.ocsp_client if ls is not None else None
         if client is None:
             return defer.succeed({"der": b"", "error": "no OCSP checking on this listener"})
-        question = client.question_for(key_hash, serial, responder, subject)
+        question = client.question_for(key_hash, serial, responder, subject, issuer)
         if question is None:
             return defer.succeed({"der": b"", "error": "issuer not in the CA bundle"})
         d = client.ask(question, fresher_than)

@@ -315,3 +315,32 @@ def test_a_restart_keeps_admitting_from_the_kept_answers(world: OcspWorld, workd
     finally:
         world.responder.mode = "ok"
         broker.stop()
+
+
+@pytest.mark.parametrize("workers", ["", "workers = 2\n"])
+def test_an_intermediate_sent_by_the_device(world: OcspWorld, workdir: str, workers: str) -> None:
+    """cacertfile holds the root alone; devices send their intermediate. The answer is
+    asked and validated against the intermediate OpenSSL verified the chain with (in a
+    worker too: the master takes it from the worker's question)."""
+    from gateway.demo import pki
+
+    root_only = pki.write_ca_bundle(f"{workdir}/root-only.pem", world.p.root)
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    name = "w" if workers else "1"
+    gw = support.start_gateway(
+        workdir,
+        conf(world, port, broker_port, cacertfile=root_only, globals=workers),
+        f"gw-oc-chain-{name}",
+        "serving" if workers else "listener ",
+    )
+    good = device(world, f"oc-chain-good-{name}")
+    stranger = device(world, f"oc-chain-stranger-{name}", register=False)
+    try:
+        if workers:
+            support.wait_until(lambda: gw.log().count(") serving") >= 2, 30, what="workers")
+        assert connect(port, world, good) == ACCEPTED
+        assert connect(port, world, stranger) == NOT_AUTHORIZED_3
+    finally:
+        gw.stop()
+        broker.stop()
