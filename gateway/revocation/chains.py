@@ -57,32 +57,71 @@ class IssuerIndex:
         """The CA certificates whose subject is ``subject`` (DER)."""
         return self._by_subject.get(subject, ())
 
-    def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
-        """The CA of the bundle that issued ``cert``."""
-        candidates = self._by_subject.get(cert.issuer.public_bytes(), ())
-        if len(candidates) == 1:
-            return candidates[0]
-        aki = _key_id(cert, x509.AuthorityKeyIdentifier)
-        for candidate in candidates:
-            ski = _key_id(candidate, x509.SubjectKeyIdentifier)
-            if aki is not None and ski is not None:
-                if aki == ski:
-                    return candidate
-            elif issued_by(cert, candidate):
-                return candidate
-        return None
+    def issuer_of(
+        self, cert: x509.Certificate, also: VerifiedIssuers | None = None
+    ) -> x509.Certificate | None:
+        """The CA of the bundle that issued ``cert``, else one of ``also``."""
+        found = _pick(cert, self._by_subject.get(cert.issuer.public_bytes(), ()))
+        if found is None and also is not None:
+            found = _pick(cert, also.named(cert.issuer.public_bytes()))
+        return found
 
-    def path(self, leaf: x509.Certificate, limit: int = 16) -> list[x509.Certificate] | None:
+    def path(
+        self, leaf: x509.Certificate, limit: int = 16, also: VerifiedIssuers | None = None
+    ) -> list[x509.Certificate] | None:
         """[leaf, its issuer, ..., the self-signed anchor], or None if it does not chain to
-        the bundle. ``limit`` bounds the walk (a loop of cross-signed CAs)."""
+        the bundle (through ``also``'s intermediates where the bundle lacks them). ``limit``
+        bounds the walk (a loop of cross-signed CAs)."""
         out = [leaf]
         cert = leaf
         while cert.issuer != cert.subject:
             if len(out) > limit:
                 return None
-            issuer = self.issuer_of(cert)
+            issuer = self.issuer_of(cert, also)
             if issuer is None:
                 return None
             out.append(issuer)
             cert = issuer
         return out
+
+
+_VERIFIED_KEPT = 4096
+
+
+class VerifiedIssuers:
+    """Intermediate CA certificates that OpenSSL verified up to this listener's trust
+    anchors in full handshakes (devices may send their intermediate while cacertfile holds
+    only the root). A resumed session carries no chain: its path is rebuilt through these.
+    Bounded: once full, it stops growing."""
+
+    def __init__(self) -> None:
+        self._by_subject: dict[bytes, list[x509.Certificate]] = {}
+        self._count = 0
+
+    def add(self, cert: x509.Certificate) -> None:
+        if self._count >= _VERIFIED_KEPT:
+            return
+        known = self._by_subject.setdefault(cert.subject.public_bytes(), [])
+        if all(c != cert for c in known):
+            known.append(cert)
+            self._count += 1
+
+    def named(self, subject: bytes) -> list[x509.Certificate]:
+        return self._by_subject.get(subject, [])
+
+
+def _pick(
+    cert: x509.Certificate, candidates: Sequence[x509.Certificate]
+) -> x509.Certificate | None:
+    """The candidate (all named as ``cert``'s issuer) that issued ``cert``."""
+    if len(candidates) == 1:
+        return candidates[0]
+    aki = _key_id(cert, x509.AuthorityKeyIdentifier)
+    for candidate in candidates:
+        ski = _key_id(candidate, x509.SubjectKeyIdentifier)
+        if aki is not None and ski is not None:
+            if aki == ski:
+                return candidate
+        elif issued_by(cert, candidate):
+            return candidate
+    return None

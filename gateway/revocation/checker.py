@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, Pending, PendingCrl
 from gateway.reasons import CrlVerdict, Reason
-from gateway.revocation.chains import IssuerIndex
+from gateway.revocation.chains import IssuerIndex, VerifiedIssuers
 from gateway.revocation.combine import PENDING, combine
 from gateway.revocation.crl import distribution_point_urls, freshest_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -63,6 +63,13 @@ class RevocationChecker:
         self.ocsp = ocsp
         self._reactor = reactor
         self.counts: Counter[str] = Counter()
+        # Intermediates OpenSSL verified in full handshakes (a device may send its own):
+        # a resumed session's path is rebuilt through them where cacertfile lacks them.
+        self.verified = VerifiedIssuers()
+
+    def note_ca(self, cert: x509.Certificate) -> None:
+        """The verify callback met a CA certificate OpenSSL accepted in a chain."""
+        self.verified.add(cert)
 
     def check(
         self,
@@ -81,6 +88,8 @@ class RevocationChecker:
         if self.ocsp is not None and self.ocsp.covers(depth):
             above = verification.above if verification is not None else None
             issuer_cert = above if above is not None and above.subject == cert.issuer else None
+            if issuer_cert is None:
+                issuer_cert = self.issuers.issuer_of(cert, self.verified)
             question = self.ocsp.question(cert, serial, issuer_cert)
             ocsp_status = self.ocsp.status(question)
         decision = combine(
@@ -143,7 +152,7 @@ class RevocationChecker:
         """A resumed session ran no verify callback: check its chain now, exactly as a full
         handshake would (trust anchor down to the leaf), recording it for the live sweep.
         None to accept; else (reason class, detail)."""
-        path = self.issuers.path(leaf)
+        path = self.issuers.path(leaf, also=self.verified)
         if path is None:
             return (
                 Reason.UNKNOWN_CA,

@@ -82,6 +82,8 @@ class Revocation(Protocol):
         verification: PeerVerification | None,
     ) -> tuple[Reason, int] | None: ...
 
+    def note_ca(self, cert: x509.Certificate) -> None: ...
+
 
 def _failure(reason: Reason, errno: int, depth: int, cert: x509.Certificate) -> VerifyFailure:
     return VerifyFailure(
@@ -122,6 +124,8 @@ class CertificateVerifier:
             known = self._parsed(x509.load_der_x509_certificate(der))
             if len(self._cas) < _CAS_KEPT:
                 self._cas[der] = known
+            if not known.self_issued and self.revocation is not None:
+                self.revocation.note_ca(known.cert)  # a resumed session's path, later
         return known
 
     def _parsed(self, parsed: x509.Certificate) -> _Parsed:

@@ -321,8 +321,10 @@ def test_a_restart_keeps_admitting_from_the_kept_answers(world: OcspWorld, workd
 def test_an_intermediate_sent_by_the_device(world: OcspWorld, workdir: str, workers: str) -> None:
     """cacertfile holds the root alone; devices send their intermediate. The answer is
     asked and validated against the intermediate OpenSSL verified the chain with (in a
-    worker too: the master takes it from the worker's question)."""
+    worker too: the master takes it from the worker's question). A resumed session (no
+    chain in it) is checked through the intermediate verified in the full handshake."""
     from gateway.demo import pki
+    from tests.integration.test_crl import _resume
 
     root_only = pki.write_ca_bundle(f"{workdir}/root-only.pem", world.p.root)
     broker, broker_port = support.start_mosquitto(workdir)
@@ -341,6 +343,16 @@ def test_an_intermediate_sent_by_the_device(world: OcspWorld, workdir: str, work
             support.wait_until(lambda: gw.log().count(") serving") >= 2, 30, what="workers")
         assert connect(port, world, good) == ACCEPTED
         assert connect(port, world, stranger) == NOT_AUTHORIZED_3
+        ctx = support.client_context(world.p, good, "1.2")
+        with support.tls_connect(port, ctx) as first:
+            first.sendall(support.connect_packet("chain-first"))
+            assert support.read_exact(first, 4) == ACCEPTED
+            session = first.session
+        again = _resume(port, ctx, session)  # type: ignore[arg-type]
+        assert again.session_reused
+        again.sendall(support.connect_packet("chain-resumed"))
+        assert support.read_exact(again, 4) == ACCEPTED
+        again.close()
     finally:
         gw.stop()
         broker.stop()

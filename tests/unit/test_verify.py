@@ -20,6 +20,10 @@ class Recording:
     def __init__(self, revoked: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         self.revoked = revoked
         self.asked: list[tuple[x509.Certificate, bytes, int, int]] = []
+        self.cas: list[x509.Certificate] = []  # intermediates noted for resumed sessions
+
+    def note_ca(self, cert: x509.Certificate) -> None:
+        self.cas.append(cert)
 
     def check(
         self,
