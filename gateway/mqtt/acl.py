@@ -1,0 +1,200 @@
+"""Topic rules in Mosquitto's ACL file syntax, bound to the certificate (sans-IO, pure).
+
+    # comment
+    topic [read|write|readwrite|deny] <topic>        applies to every device
+    user <username>                                  the lines after it apply to that user
+    topic [read|write|readwrite|deny] <topic>
+    pattern [read|write|readwrite|deny] <topic>      every device; %c its client id, %u its
+                                                     user name (here: the certificate's)
+
+As Mosquitto 2: a ``deny`` line wins over any grant that matches; otherwise access is
+granted if a line of the device's user (or a general ``topic``/``pattern`` line) grants it,
+and ``default`` decides when nothing matches. A SUBSCRIBE is refused if its filter could
+receive any topic a deny line names. A ``%c``/``%u`` substitution containing ``+``,
+``#`` or ``/`` never matches (a device cannot widen its own rule by its name). Topics
+are matched as MQTT matches them: ``+`` one level, ``#`` the rest (and the parent level),
+and a topic starting with ``$`` is not matched by a filter starting with a wildcard.
+
+A SUBSCRIBE's topic filter is granted read if the rule's filter covers every topic it could
+match (``devices/alice/#`` covers ``devices/alice/+/t``; ``#`` covers nothing narrower
+than itself but ``#``).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+READ = 1
+WRITE = 2
+ACCESS = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": 0}
+
+
+class AclError(ValueError):
+    """A line of the ACL file that cannot be used: ``line`` (1-based) and why."""
+
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(f"line {line}: {why}")
+        self.line = line
+        self.why = why
+
+
+@attrs.frozen
+class Rule:
+    line: int
+    access: int  # READ | WRITE, or 0 for deny
+    topic: str
+    pattern: bool  # %c / %u to be substituted
+    user: str | None  # None: every device
+
+
+@attrs.frozen
+class Acl:
+    rules: tuple[Rule, ...]
+    default_allow: bool = False
+
+    def allows(self, access: int, topic: str, username: str, client_id: str) -> bool:
+        """Whether a device may publish (WRITE) to ``topic`` or subscribe (READ) to the
+        topic filter ``topic``: a matching deny line refuses; else a matching line that
+        grants the access allows; else a matching line (for the other access) refuses;
+        else the default decides."""
+        granted = matched = False
+        for rule in self.rules:
+            if rule.user is not None and rule.user != username:
+                continue
+            target = rule.topic
+            if rule.pattern:
+                substituted = _substitute(target, username, client_id)
+                if substituted is None:
+                    continue
+                target = substituted
+            if rule.access == 0:
+                # A subscription is refused if it could receive any topic a deny line
+                # names (the gateway does not filter the broker's deliveries).
+                hit = (
+                    filters_overlap(target, topic)
+                    if access == READ
+                    else topic_matches(target, topic)
+                )
+                if hit:
+                    return False  # deny wins
+                continue
+            if access == READ:
+                covered = filter_covers(target, topic)
+            else:
+                covered = topic_matches(target, topic)
+            if not covered:
+                continue
+            matched = True
+            if rule.access & access:
+                granted = True
+        if granted:
+            return True
+        return False if matched else self.default_allow
+
+
+def parse_acl(text: str, default_allow: bool = False) -> Acl:
+    """The rules of an ACL file; AclError names the first bad line."""
+    rules = []
+    user: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        word, _, rest = stripped.partition(" ")
+        rest = rest.strip()
+        if word == "user":
+            if not rest:
+                raise AclError(number, "'user' needs a user name")
+            user = rest
+            continue
+        if word not in ("topic", "pattern"):
+            raise AclError(number, f"unknown directive {word!r} (topic, pattern, user)")
+        access_word, _, topic = rest.partition(" ")
+        if access_word in ACCESS:
+            topic = topic.strip()
+            access = ACCESS[access_word]
+        else:
+            topic, access = rest, READ | WRITE
+        if not topic:
+            raise AclError(number, f"'{word}' needs a topic")
+        why = filter_problem(topic)
+        if why:
+            raise AclError(number, f"topic {topic!r}: {why}")
+        pattern = word == "pattern"
+        rules.append(Rule(number, access, topic, pattern, None if pattern else user))
+    return Acl(tuple(rules), default_allow)
+
+
+def _substitute(topic: str, username: str, client_id: str) -> str | None:
+    """The pattern for this device; None if a value it needs is empty or holds ``+``,
+    ``#`` or ``/`` (a device must not widen its own rule by its name)."""
+    for token, value in (("%u", username), ("%c", client_id)):
+        if token in topic and (not value or any(c in value for c in "+#/")):
+            return None
+    return topic.replace("%u", username).replace("%c", client_id)
+
+
+def filter_problem(topic_filter: str) -> str:
+    """Why ``topic_filter`` is not a valid MQTT topic filter ("" if it is)."""
+    if not topic_filter:
+        return "empty"
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole last level"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return ""
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether the topic filter matches the topic name (MQTT 3.1.1 4.7, MQTT 5 4.7)."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    f_levels = topic_filter.split("/")
+    t_levels = topic.split("/")
+    for i, level in enumerate(f_levels):
+        if level == "#":
+            return True
+        if i >= len(t_levels):
+            return False
+        if level != "+" and level != t_levels[i]:
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic name matches both filters."""
+    if (a.startswith("$") and b[:1] in ("+", "#")) or (b.startswith("$") and a[:1] in ("+", "#")):
+        return False
+    la, lb = a.split("/"), b.split("/")
+    i = 0
+    while True:
+        if (i < len(la) and la[i] == "#") or (i < len(lb) and lb[i] == "#"):
+            return True
+        if i == len(la) or i == len(lb):
+            return len(la) == len(lb)
+        if la[i] != "+" and lb[i] != "+" and la[i] != lb[i]:
+            return False
+        i += 1
+
+
+def filter_covers(rule: str, wanted: str) -> bool:
+    """Whether every topic the filter ``wanted`` can match is matched by ``rule``."""
+    if rule[:1] in ("+", "#") and wanted.startswith("$"):
+        return False  # a wildcard first level never matches a $-topic
+    r_levels = rule.split("/")
+    w_levels = wanted.split("/")
+    for i, level in enumerate(r_levels):
+        if level == "#":
+            return True
+        if i >= len(w_levels):
+            return False
+        w = w_levels[i]
+        if w == "#":
+            return False  # the wanted filter reaches further than this rule
+        if level == "+":
+            continue
+        if w == "+" or w != level:
+            return False
+    return len(r_levels) == len(w_levels)
