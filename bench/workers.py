@@ -269,6 +269,8 @@ def table(results: dict[str, list[tuple[float, ...]]], columns: list[str]) -> No
             ]
             ratios.append(
                 f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+                if per_round
+                else "-"
             )
         print(f"  {n}/{ref}:".ljust(14) + "".join(f"{r:>28}" for r in ratios))
 
