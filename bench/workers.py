@@ -175,9 +175,9 @@ class World:
         """Fresh mosquitto, gateways (name -> extra configuration) and HAProxy:
         name -> (port, pid)."""
         if gateways is None:
-            gateways = {"gw-auto": "workers = auto\n", "gw-1": ""}
+            gateways = {"gw-auto": "workers = auto\n", "gw-1": "workers = 1\n"}
             if self.socket_tls:
-                gateways["gw-sock"] = "tls_io = socket\n"
+                gateways["gw-sock"] = "tls_io = socket\nworkers = 1\n"
         runs: dict[str, tuple[str, dict[str, str]]] = {}
         for name, conf_extra in gateways.items():
             runs[name] = (conf_extra, {"PYTHONPATH": HERE_TREE})
@@ -202,7 +202,7 @@ class World:
                 listener = name.replace("@", "-")  # a listener name is [A-Za-z0-9_-]
                 conf = support.listener_conf(listener, port, plain, self.pki) + NO_LIMITS
                 conf += "stats_log_interval = 1h\n" + conf_extra + extra + self._crl_conf(listener)
-                workers = "workers" in conf_extra
+                workers = "workers = auto" in conf_extra
                 gw = support.start_gateway(
                     self.dir,
                     conf,
@@ -589,7 +589,7 @@ def crl(args: argparse.Namespace) -> None:
     gateways = {
         "gw-auto": "workers = auto\n",
         "gw-auto-crl": "workers = auto\n" + crl_conf.format(name="gw-auto-crl"),
-        "gw-1-crl": crl_conf.format(name="gw-1-crl"),
+        "gw-1-crl": "workers = 1\n" + crl_conf.format(name="gw-1-crl"),
     }
 
     def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
@@ -632,7 +632,7 @@ def storm(args: argparse.Namespace) -> None:
     gateways = {
         "gw-auto": "workers = auto\n",
         "gw-auto-kernel": "workers = auto\nworker_affinity = kernel\n",
-        "gw-1": "",
+        "gw-1": "workers = 1\n",
     }
 
     def measure(name: str, port: int, pid: int) -> tuple[float, ...]:
@@ -717,11 +717,14 @@ def start(args: argparse.Namespace) -> None:
     rows = []
     try:
         for r in range(args.rounds):
-            for mode, extra in (("one process", ""), ("workers = auto", "workers = auto\n")):
+            for mode, extra in (
+                ("one process", "workers = 1\n"),
+                ("workers = auto", "workers = auto\n"),
+            ):
                 cache = tempfile.mkdtemp(prefix="crlcache-", dir=world.dir)
                 for source in ("network", "cache"):
                     port = support.free_port()
-                    name = f"start-{r}-{'w' if extra else '1'}"  # one cache per mode
+                    name = f"start-{r}-{'w' if 'auto' in extra else '1'}"  # a cache per mode
                     conf = support.listener_conf(name, port, plain, world.pki) + NO_LIMITS
                     conf += extra + (
                         f"crl_cache.dir = {cache}\n"

@@ -34,11 +34,11 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from gateway.service import make_gateway_service
-    from gateway.workers.master import make_master_service
+    from gateway.workers.master import make_master_service, worker_count
 
     _one_line_start_errors()
     prepared = options["prepared"]
-    if prepared.config.globals.workers != 1:
+    if worker_count(prepared.config.globals.workers) > 1:
         return make_master_service(prepared, reactor)
     return make_gateway_service(prepared, reactor)
 

@@ -100,6 +100,8 @@ def write_demo_files(
             f"admin.listen = {admin}\n"
             # A line when a device gets in, as well as when its session ends.
             "log_connect = true\n"
+            # One process, easy to follow (auto runs one per CPU).
+            "workers = 1\n"
             f"listener.ssl.demo = 127.0.0.1:{listener_port}\n"
             "listener.ssl.demo.keyfile = server.key\n"
             "listener.ssl.demo.certfile = server.pem\n"

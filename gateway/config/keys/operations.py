@@ -100,7 +100,8 @@ WORKER_KEYS: tuple[Key, ...] = (
         parse_workers,
         1,
         "Global: serving processes. 1: one process does everything. auto: one per CPU the "
-        "process may use; N: N. With more than one, the process twistd starts is the master: "
+        "process may use (one process on a single CPU); N: N. With more than one, the "
+        "process twistd starts is the master: "
         "it binds every port (before dropping privileges), fetches CRLs and OCSP once for "
         "all, and starts N workers that serve connections on sockets it hands them "
         "(SO_REUSEPORT: the kernel spreads connections). A worker that dies is restarted "
