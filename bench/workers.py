@@ -511,7 +511,15 @@ def relay(args: argparse.Namespace) -> None:
         total = args.messages * args.publishers
         return total / elapsed, total / cpu if cpu else float("nan")
 
-    results = rounds(world, args.rounds, measure)
+    gateways = None
+    if args.limits:
+        # The policy edge's per-device limits on, never reached: the cost of reading every
+        # packet and paying its tokens, beside the short path (gw-1).
+        gateways = {
+            "gw-1": "workers = 1\n",
+            "gw-limits": "workers = 1\nmessages_rate = 1000000/s\nbytes_rate = 1GB/s\n",
+        }
+    results = rounds(world, args.rounds, measure, gateways=gateways)
     print(
         f"\nQoS 0, 64-byte payloads, one PUBLISH per TLS record; {args.publishers} publishers "
         f"(mosquitto_pub -l) x {args.messages} messages, each to its own subscriber, all "
@@ -828,6 +836,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--messages", type=int, default=50_000)
     p.add_argument("--publishers", type=int, default=4)
+    p.add_argument(
+        "--limits",
+        action="store_true",
+        help="one process with messages_rate and bytes_rate on (never reached) beside one "
+        "without (gw-limits / gw-1)",
+    )
     p = sub.add_parser("idle", parents=[common])
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--count", type=int, nargs="+", default=[2000])

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
 from gateway.config.values import format_bind
+from gateway.mqtt.limits import DeviceLimits
 from gateway.proxy.factory import session_limits
 from gateway.proxy.pool import Broker, BrokerPool
 from gateway.proxy.session import SessionLimits
@@ -70,6 +71,16 @@ class ListenerParts:
     @property
     def log_connect(self) -> bool:
         return self.settings.log_connect
+
+    @property
+    def device_limits(self) -> DeviceLimits | None:
+        """The per-device rates the relay paces to (None: the relay's short path)."""
+        limits = self.settings.limits
+        if limits.messages_rate is None and limits.bytes_rate is None:
+            return None
+        return DeviceLimits(
+            limits.messages_rate, limits.messages_burst, limits.bytes_rate, limits.bytes_burst
+        )
 
     def services(self) -> list[Any]:
         """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""

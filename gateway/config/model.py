@@ -66,6 +66,11 @@ class ConnectionLimits:
     max_connections_per_ip: int = _default("limits.max_connections_per_ip")  # 0: no limit
     max_conn_rate: int = _default("limits.max_conn_rate")  # per second; 0: no limit
     max_conn_rate_per_ip: int = _default("limits.max_conn_rate_per_ip")
+    # Per device, in the relay (None: not limited): PUBLISH packets and bytes per second.
+    messages_rate: float | None = _default("limits.messages_rate")
+    messages_burst: int = _default("limits.messages_burst")
+    bytes_rate: float | None = _default("limits.bytes_rate")
+    bytes_burst: int = _default("limits.bytes_burst")
 
 
 @attrs.frozen

@@ -94,6 +94,28 @@ def parse_workers(text: str) -> int:
     return value
 
 
+def parse_message_rate(text: str) -> float | None:
+    """``100/s``, ``10000/60m`` (messages); empty or ``none``: no limit."""
+    if text.strip().lower() in ("", "none", "infinity"):
+        return None
+    from gateway.mqtt.limits import parse_rate
+
+    return parse_rate(text, sized=False)
+
+
+def parse_byte_rate(text: str) -> float | None:
+    """``1MB/s``, ``512kb/10s`` (bytes); empty or ``none``: no limit."""
+    if text.strip().lower() in ("", "none", "infinity"):
+        return None
+    from gateway.mqtt.limits import parse_rate
+
+    return parse_rate(text, sized=True)
+
+
+def format_rate(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}/s"
+
+
 def format_workers(value: int) -> str:
     return "auto" if value == 0 else str(value)
 

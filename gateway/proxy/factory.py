@@ -12,6 +12,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config.model import ConnectionLimits, IdentitySettings
+from gateway.mqtt.limits import DeviceLimits
 from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import ConnectUpstream
@@ -68,6 +69,8 @@ class RelayParts(Protocol):
     def upstream_proxy_protocol(self) -> str | None: ...
     @property
     def log_connect(self) -> bool: ...
+    @property
+    def device_limits(self) -> DeviceLimits | None: ...
 
 
 class HoldsParts(Protocol):
@@ -123,6 +126,10 @@ class GatewayFactory(protocol.Factory):
     @property
     def upstream_proxy_protocol(self) -> str | None:
         return self.box.parts.upstream_proxy_protocol
+
+    @property
+    def device_limits(self) -> DeviceLimits | None:
+        return self.box.parts.device_limits
 
     @property
     def log_connect(self) -> bool:

@@ -30,6 +30,7 @@ from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamFactory, UpstreamProtocol, lost_text
 from gateway.proxy.identity import common_name, identity_of
+from gateway.proxy.pacing import Pacer
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
@@ -82,6 +83,8 @@ class ClientProtocol(protocol.Protocol):
     tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
     # With OCSP checking: (the checker, what it tracks) for this relayed session.
     _tracked: tuple[Any, tuple[Any, ...]] | None = None
+    # With messages_rate / bytes_rate: what paces this device (None: the short path).
+    _pacer: Pacer | None = None
     resumed = False  # whether the handshake resumed a session
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
@@ -144,11 +147,16 @@ class ClientProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.session.state is S.State.RELAY:
-            self._send_upstream(data)  # the relay's short path: what receive() would say
+            if self._pacer is None:
+                self._send_upstream(data)  # the relay's short path: what receive() would say
+            else:
+                self._pacer.feed(data)  # a listener with per-device limits
         else:
             self._run(self.session.receive(data))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._pacer is not None:
+            self._pacer.stop()
         if self._tracked is not None:
             checker, tracked = self._tracked
             self._tracked = None
@@ -343,6 +351,7 @@ class ClientProtocol(protocol.Protocol):
         connect = self.session.connect
         assert connect is not None
         identity = self.factory.identity
+        trailing = len(first) - len(connect.packet)  # bytes the device sent after its CONNECT
         if identity.username is not None or identity.client_id is not None:
             try:
                 first = self._rewrite(first, connect, identity)
@@ -351,11 +360,28 @@ class ClientProtocol(protocol.Protocol):
                 self._run(self.session.stop(Reason.BAD_IDENTITY, str(e)))
                 return
         header = self._proxy_header()
+        after = b""
+        limits = self.factory.device_limits
+        if limits is not None:
+            # Paced from the first PUBLISH on, those that came with the CONNECT included.
+            self._pacer = Pacer(
+                self.transport,
+                self._send_upstream,
+                self._paced_refusal,
+                limits,
+                connect.protocol_level,
+                self.factory.session_limits.max_packet_size,
+                self.factory.reactor,
+            )
+            after, first = first[len(first) - trailing :], first[: len(first) - trailing]
         upstream.transport.write(header + first if header else first)
-        # Flow control both ways: a full write buffer on one side pauses reading on the other.
-        upstream.transport.registerProducer(self.transport, True)
+        # Flow control both ways: a full write buffer on one side pauses reading on the other
+        # (through the pacer, when there is one: it pauses the device for its rate too).
+        upstream.transport.registerProducer(self._pacer or self.transport, True)
         self.transport.registerProducer(upstream.transport, True)
         self.transport.resumeProducing()
+        if self._pacer is not None and after:
+            self._pacer.feed(after)
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
         self._since = self.factory.reactor.seconds()
@@ -377,6 +403,12 @@ class ClientProtocol(protocol.Protocol):
                 tls=self.tls_version,
                 resumed="yes" if self.resumed else "no",
             )
+
+    def _paced_refusal(self, why: str) -> None:
+        """A packet after the CONNECT the limits' reader refused (over max_packet_size, or
+        malformed): the session ends."""
+        self._on_refuse(S.Refuse(Reason.BAD_PACKET, why))
+        self._run(self.session.stop(Reason.BAD_PACKET, why))
 
     def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:
         """The CONNECT with the user name / client id the certificate gives (the rest of

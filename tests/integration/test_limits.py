@@ -80,3 +80,93 @@ def test_flood_from_one_address_is_cut_to_the_rate(broker: int, workdir: str) ->
         for s in flood:
             s.close()
         gw.stop()
+
+
+class _Subscriber:
+    """On the broker's plain listener: when each message on ``paced/#`` arrived."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        from gateway.mqtt.packets import encode_length
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(support.connect_packet("paced-subscriber", keep_alive=0))
+        assert support.read_exact(self.sock, 4) == ACCEPTED
+        topic = b"paced/#"
+        body = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x00"
+        self.sock.sendall(b"\x82" + encode_length(len(body)) + body)
+        assert support.read_exact(self.sock, 5)[0] == 0x90
+        self.got: list[tuple[float, str]] = []
+        self.sock.settimeout(0.2)
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = b""
+        while self.running:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            buf += data
+            while len(buf) >= 2 and len(buf) >= 2 + buf[1]:  # short packets only here
+                packet, buf = buf[: 2 + buf[1]], buf[2 + buf[1] :]
+                size = int.from_bytes(packet[2:4], "big")
+                self.got.append((time.monotonic(), packet[4 + size :].decode()))
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()
+
+
+def _publish(topic: str, payload: str) -> bytes:
+    t, p = topic.encode(), payload.encode()
+    body = len(t).to_bytes(2, "big") + t + p
+    return bytes([0x30, len(body)]) + body
+
+
+def test_a_device_over_its_message_rate_is_paced_and_loses_nothing(
+    workdir: str,
+) -> None:
+    """messages_rate = 20/s: 60 PUBLISHes written at once reach the broker at 20 a second
+    (counted at a subscriber on the broker), none lost, in order; meanwhile another
+    device's message goes through at once."""
+    p = support.make_pki(workdir)
+    broker, plain = support.start_mosquitto(workdir)
+    port = support.free_port()
+    conf = support.listener_conf("paced", port, plain, p) + "messages_rate = 20/s\n"
+    gw = support.start_gateway(workdir, conf, "gw-paced")
+    sub = _Subscriber(plain)
+    try:
+        flood = support.tls_connect(port, support.client_context(p, p.client("flooder")))
+        flood.sendall(support.connect_packet("flooder", keep_alive=0))
+        assert support.read_exact(flood, 4) == ACCEPTED
+        other = support.tls_connect(port, support.client_context(p, p.client("neighbour")))
+        other.sendall(support.connect_packet("neighbour", keep_alive=0))
+        assert support.read_exact(other, 4) == ACCEPTED
+        start = time.monotonic()
+        flood.sendall(b"".join(_publish("paced/flood", f"{n:03d}") for n in range(60)))
+        time.sleep(1.0)
+        sent_at = time.monotonic()
+        other.sendall(_publish("paced/other", "hello"))
+        support.wait_until(lambda: len(sub.got) >= 61, 10, what="all messages")
+        flood_times = [t for t, m in sub.got if m != "hello"]
+        assert [m for _, m in sub.got if m != "hello"] == [f"{n:03d}" for n in range(60)]
+        (hello_at,) = [t for t, m in sub.got if m == "hello"]
+        assert hello_at - sent_at < 0.5  # not behind the flooder's queue
+        span = flood_times[-1] - start
+        assert 59 / 20 * 0.9 <= span <= 59 / 20 * 1.5, span  # paced to 20/s
+        for second in range(1, int(span)):  # after the first, never above the rate
+            count = sum(second <= t - start < second + 1 for t in flood_times)
+            assert count <= 21, (second, count)
+        flood.close()
+        other.close()
+    finally:
+        sub.stop()
+        gw.stop()
+        broker.stop()

@@ -51,3 +51,58 @@ def test_a_device_that_waits_as_told_never_exceeds_rate_plus_burst(
         now += wait  # forwarded then; the next one is read after that
         sent += 1
         assert sent <= max(burst, 1.0) + rate * now + 1e-6
+
+
+class Device:
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+def _publish(n: int) -> bytes:
+    payload = f"{n:08d}".encode()
+    body = b"\x00\x01t" + payload
+    return bytes([0x30, len(body)]) + body
+
+
+def test_the_pacer_holds_reads_and_forwards_in_order_at_the_rate() -> None:
+    """20 PUBLISHes at once at 10/s (burst 1): one goes at once, the others one every
+    100 ms, in order, none lost; the device is not read from meanwhile; the broker's flow
+    control keeps it paused even when the rate would let it go; a PINGREQ waits its turn."""
+    from twisted.internet.task import Clock
+
+    from gateway.proxy.pacing import Pacer
+
+    clock = Clock()
+    device = Device()
+    sent: list[bytes] = []
+    refused: list[str] = []
+    pacer = Pacer(
+        device, sent.append, refused.append, DeviceLimits(messages_rate=10), 4, 1000, clock
+    )
+    stream = b"".join(_publish(n) for n in range(20)) + b"\xc0\x00"
+    pacer.feed(stream[:7])  # split anywhere
+    pacer.feed(stream[7:])
+    assert b"".join(sent) == _publish(0) and device.paused
+    for i in range(1, 19):
+        clock.advance(0.1001)
+        assert b"".join(sent) == b"".join(_publish(n) for n in range(i + 1))
+        assert device.paused
+    pacer.pauseProducing()  # the broker's buffer is full
+    clock.advance(0.1001)
+    assert b"".join(sent) == stream  # the last PUBLISH, then the PINGREQ
+    assert device.paused  # still: the broker has not drained
+    pacer.resumeProducing()
+    assert not device.paused and not refused
+    pacer.feed(bytes([0x30, 0xE8, 0x07]))  # announces 1,003 bytes: over max_packet_size
+    assert refused and "too_large" in refused[0]

@@ -105,6 +105,10 @@ class Parts:
     def log_connect(self) -> bool:
         return self.settings.log_connect
 
+    @property
+    def device_limits(self) -> Any:
+        return None
+
 
 @attrs.define
 class Box:

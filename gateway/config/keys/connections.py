@@ -9,10 +9,13 @@ from gateway.config.values import (
     format_bool,
     format_duration,
     format_optional,
+    format_rate,
     format_size,
     parse_bool,
+    parse_byte_rate,
     parse_duration,
     parse_limit,
+    parse_message_rate,
     parse_positive_int,
     parse_size,
 )
@@ -62,6 +65,44 @@ LIMIT_KEYS: tuple[Key, ...] = (
         "New connections per second from one address (a token bucket holding one second's "
         "worth); beyond, closed at once, before any TLS work (reason rate_limited_per_ip). "
         "0: no limit.",
+        global_=True,
+    ),
+    Key(
+        "messages_rate",
+        "limits.messages_rate",
+        parse_message_rate,
+        None,
+        "PUBLISH packets per device (EMQX 5's name): 100/s, 10000/60m; none: no limit. Over "
+        "it the gateway holds the device's next PUBLISH and stops reading from it (TCP "
+        "backpressure, as EMQX does) until its tokens return: nothing is dropped, no other "
+        "device slows.",
+        format=format_rate,
+        global_=True,
+    ),
+    Key(
+        "messages_burst",
+        "limits.messages_burst",
+        parse_positive_int,
+        1,
+        "PUBLISH packets a device may send at once above messages_rate (the bucket's size).",
+        global_=True,
+    ),
+    Key(
+        "bytes_rate",
+        "limits.bytes_rate",
+        parse_byte_rate,
+        None,
+        "PUBLISH bytes per device (EMQX 5's name): 1MB/s, 512KB/10s; none: no limit. Paced "
+        "as messages_rate.",
+        format=format_rate,
+        global_=True,
+    ),
+    Key(
+        "bytes_burst",
+        "limits.bytes_burst",
+        parse_positive_int,
+        65536,
+        "PUBLISH bytes a device may send at once above bytes_rate (the bucket's size).",
         global_=True,
     ),
 )
