@@ -42,6 +42,8 @@ def stats_from_dict(d: dict[str, Any]) -> StatsSnapshot:
         int(d.get("upstream_failures", 0)),
         int(d.get("upstream_tls", 0)),
         int(d.get("upstream_tls_resumed", 0)),
+        int(d.get("throttled", 0)),
+        float(d.get("throttled_seconds", 0.0)),
     )
 
 
@@ -80,6 +82,8 @@ def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
         sum(p.upstream_failures for p in parts),
         sum(p.upstream_tls for p in parts),
         sum(p.upstream_tls_resumed for p in parts),
+        sum(p.throttled for p in parts),
+        sum(p.throttled_seconds for p in parts),
     )
 
 

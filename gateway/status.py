@@ -71,6 +71,8 @@ class ListenerStats:
     upstream_failures: int = 0
     upstream_tls: int = 0  # TLS handshakes to brokers
     upstream_tls_resumed: int = 0  # of which resumed a session
+    throttled: int = 0  # times a device's PUBLISH was held for its rate
+    throttled_seconds: float = 0.0  # the time they were held, added up
 
     def refuse(self, reason: Reason) -> None:
         self.refused[str(reason)] += 1
@@ -89,6 +91,8 @@ class ListenerStats:
             self.upstream_failures,
             self.upstream_tls,
             self.upstream_tls_resumed,
+            self.throttled,
+            self.throttled_seconds,
         )
 
 
@@ -106,6 +110,8 @@ class StatsSnapshot:
     upstream_failures: int = 0
     upstream_tls: int = 0
     upstream_tls_resumed: int = 0
+    throttled: int = 0
+    throttled_seconds: float = 0.0
 
 
 @attrs.frozen

@@ -223,6 +223,8 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "upstream_failures": s.upstream_failures,
             "upstream_tls_handshakes": s.upstream_tls,
             "upstream_tls_resumed": s.upstream_tls_resumed,
+            "throttled": s.throttled,
+            "throttled_seconds": round(s.throttled_seconds, 3),
         },
         "brokers": [
             {

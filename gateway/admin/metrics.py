@@ -109,6 +109,18 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "TLS handshakes to brokers (upstream_tls).",
         ["listener", "resumed"],
     )
+    throttled = _family(
+        CounterMetricFamily,
+        "mqttgw_throttled",
+        "Times a device's PUBLISH was held for its messages_rate or bytes_rate.",
+        L,
+    )
+    throttled_seconds = _family(
+        CounterMetricFamily,
+        "mqttgw_throttled_seconds",
+        "The time those PUBLISHes were held, added up.",
+        L,
+    )
     accepting = _family(
         GaugeMetricFamily,
         "mqttgw_listener_accepting",
@@ -137,8 +149,10 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         upstream_tls.add_metric([name, "yes"], s.upstream_tls_resumed)
         upstream_tls.add_metric([name, "no"], s.upstream_tls - s.upstream_tls_resumed)
         accepting.add_metric([name], 1 if ls.accepting else 0)
+        throttled.add_metric([name], s.throttled)
+        throttled_seconds.add_metric([name], s.throttled_seconds)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
-    yield from (upstream_failures, upstream_tls, accepting)
+    yield from (upstream_failures, upstream_tls, accepting, throttled, throttled_seconds)
     broker_up = _family(
         GaugeMetricFamily,
         "mqttgw_broker_up",

@@ -37,6 +37,7 @@ class Pacer:
         protocol_level: int,
         max_packet_size: int,
         reactor: Any,
+        stats: Any = None,  # the listener's ListenerStats: throttled, throttled_seconds
     ) -> None:
         self.device = device
         self.forward = forward
@@ -47,8 +48,7 @@ class Pacer:
         self.held: deque[Packet] = deque()
         self._timer: Any = None
         self._flow_paused = False
-        self.throttled = 0  # times this device was held
-        self.throttled_seconds = 0.0
+        self.stats = stats
 
     def feed(self, data: bytes) -> None:
         try:
@@ -70,8 +70,9 @@ class Pacer:
             if wait > 0:
                 self._flush(out)
                 self.held.extend(list(packets)[i:])
-                self.throttled += 1
-                self.throttled_seconds += wait
+                if self.stats is not None:
+                    self.stats.throttled += 1
+                    self.stats.throttled_seconds += wait
                 self._timer = self.reactor.callLater(wait, self._release)
                 self.device.pauseProducing()
                 return

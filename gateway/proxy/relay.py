@@ -372,6 +372,7 @@ class ClientProtocol(protocol.Protocol):
                 connect.protocol_level,
                 self.factory.session_limits.max_packet_size,
                 self.factory.reactor,
+                self.factory.stats,
             )
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
         upstream.transport.write(header + first if header else first)

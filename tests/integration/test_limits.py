@@ -139,7 +139,9 @@ def test_a_device_over_its_message_rate_is_paced_and_loses_nothing(
     p = support.make_pki(workdir)
     broker, plain = support.start_mosquitto(workdir)
     port = support.free_port()
+    admin = support.free_port()
     conf = support.listener_conf("paced", port, plain, p) + "messages_rate = 20/s\n"
+    conf += f"admin.listen = 127.0.0.1:{admin}\n"
     gw = support.start_gateway(workdir, conf, "gw-paced")
     sub = _Subscriber(plain)
     try:
@@ -164,6 +166,11 @@ def test_a_device_over_its_message_rate_is_paced_and_loses_nothing(
         for second in range(1, int(span)):  # after the first, never above the rate
             count = sum(second <= t - start < second + 1 for t in flood_times)
             assert count <= 21, (second, count)
+        from tests.integration.test_operations import metrics
+
+        scraped = metrics(admin)
+        assert scraped[("mqttgw_throttled_total", (("listener", "paced"),))] >= 50
+        assert scraped[("mqttgw_throttled_seconds_total", (("listener", "paced"),))] > 2
         flood.close()
         other.close()
     finally:
