@@ -369,15 +369,7 @@ class OcspClient(service.Service):
         # The answers are immutable: serialised and written in a thread (100,000 of them
         # are some 200 MB of JSON, which the reactor thread must not build).
         d = off_reactor(self.reactor, _write_answers, self._path, self.answers.items())
-        path = self._path
-        return d.addErrback(
-            lambda f: log.warn(
-                "ocsp-client {listener}: could not write {path}: {why}",
-                listener=self.listener,
-                path=path,
-                why=describe_error(f.value),
-            )
-        )
+        return d.addErrback(self._file_failed, "write")
 
     def _read(self) -> defer.Deferred[None]:
         """The answers kept by an earlier run, each validated again (cooperatively)."""
@@ -441,13 +433,15 @@ class OcspClient(service.Service):
 
         d = off_reactor(self.reactor, read)
         d.addCallback(restore)
-        return d.addErrback(
-            lambda f: log.warn(
-                "ocsp-client {listener}: could not read {path}: {why}",
-                listener=self.listener,
-                path=path,
-                why=describe_error(f.value),
-            )
+        return d.addErrback(self._file_failed, "read")
+
+    def _file_failed(self, failure: Failure, what: str) -> None:
+        log.warn(
+            "ocsp-client {listener}: could not {what} {path}: {why}",
+            listener=self.listener,
+            what=what,
+            path=self._path,
+            why=describe_error(failure.value),
         )
 
     # -- status -----------------------------------------------------------------------------
