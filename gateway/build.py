@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
 from gateway.config.values import format_bind
+from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.proxy.factory import session_limits
 from gateway.proxy.pool import Broker, BrokerPool
@@ -71,6 +72,14 @@ class ListenerParts:
     @property
     def log_connect(self) -> bool:
         return self.settings.log_connect
+
+    @property
+    def acl(self) -> Acl | None:
+        return self.material.acl
+
+    @property
+    def acl_deny_action(self) -> str:
+        return self.settings.acl.deny_action
 
     @property
     def device_limits(self) -> DeviceLimits | None:

@@ -10,6 +10,7 @@ import attrs
 
 from gateway import files
 from gateway.config import Config, load_config
+from gateway.mqtt.acl import Acl, AclError, parse_acl
 from gateway.tls.material import TlsMaterial, load_materials
 
 
@@ -35,13 +36,36 @@ def prepare(path: str, record: files.FileRecord | None = None) -> Prepared:
     return attrs.evolve(prepared, files=record.files)
 
 
+MAX_ACL_FILE = 4 * 1024 * 1024
+
+
+def _load_acl(config: Config, listener: str, path: str, default: str) -> Acl:
+    """acl_file's rules; ConfigError names the file's line and what is wrong with it."""
+    try:
+        raw = files.read(path, MAX_ACL_FILE + 1)
+    except OSError as e:
+        raise config.error(listener, "acl_file", f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_ACL_FILE:
+        raise config.error(listener, "acl_file", f"{path} is larger than 4 MB")
+    try:
+        return parse_acl(raw.decode("utf-8"), default_allow=default == "allow")
+    except UnicodeDecodeError:
+        raise config.error(listener, "acl_file", f"{path} is not UTF-8 text") from None
+    except AclError as e:
+        raise config.error(listener, "acl_file", f"{path}:{e.line}: {e.why}") from None
+
+
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_FILE = 4096
 
 
 def prepare_config(config: Config) -> Prepared:
     """Read every file ``config`` names (certificates, keys, CA bundles, the token)."""
-    materials = load_materials(config)
+    materials = dict(load_materials(config))
+    for listener in config.listeners:
+        if listener.acl.file is not None:
+            acl = _load_acl(config, listener.name, listener.acl.file, listener.acl.default)
+            materials[listener.name] = attrs.evolve(materials[listener.name], acl=acl)
     token, warnings = None, []
     path = config.globals.admin_token_file
     if path is not None:

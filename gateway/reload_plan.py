@@ -26,6 +26,7 @@ _FIELDS = (
     ("ocsp", "ocsp settings"),
     ("client_ocsp", "client ocsp settings"),
     ("identity", "identity settings"),
+    ("acl", "acl settings"),
     ("front", "front settings"),
 )
 _TIMES = ("stats_log_interval", "shutdown_drain", "reload_drain")
@@ -89,6 +90,8 @@ def listener_change(
         )
     elif list(material.chain) != list(old_material.chain):
         words.append("certificate chain")
+    if material.acl != old_material.acl and new.acl == old.acl:
+        words.append("ACL rules")
     ca_same = material.ca_pem == old_material.ca_pem
     if not ca_same:
         words.append("CA bundle")

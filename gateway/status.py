@@ -73,6 +73,7 @@ class ListenerStats:
     upstream_tls_resumed: int = 0  # of which resumed a session
     throttled: int = 0  # times a device's PUBLISH was held for its rate
     throttled_seconds: float = 0.0  # the time they were held, added up
+    acl_denied: Counter[str] = attrs.Factory(Counter)  # publish / subscribe -> count
 
     def refuse(self, reason: Reason) -> None:
         self.refused[str(reason)] += 1
@@ -93,6 +94,7 @@ class ListenerStats:
             self.upstream_tls_resumed,
             self.throttled,
             self.throttled_seconds,
+            dict(self.acl_denied),
         )
 
 
@@ -112,6 +114,7 @@ class StatsSnapshot:
     upstream_tls_resumed: int = 0
     throttled: int = 0
     throttled_seconds: float = 0.0
+    acl_denied: dict[str, int] = attrs.Factory(dict)
 
 
 @attrs.frozen

@@ -225,6 +225,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "upstream_tls_resumed": s.upstream_tls_resumed,
             "throttled": s.throttled,
             "throttled_seconds": round(s.throttled_seconds, 3),
+            "acl_denied": dict(s.acl_denied),
         },
         "brokers": [
             {

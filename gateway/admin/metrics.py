@@ -121,6 +121,12 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "The time those PUBLISHes were held, added up.",
         L,
     )
+    acl_denied = _family(
+        CounterMetricFamily,
+        "mqttgw_acl_denied",
+        "PUBLISHes and SUBSCRIBE filters the acl_file's rules denied.",
+        ["listener", "packet"],
+    )
     accepting = _family(
         GaugeMetricFamily,
         "mqttgw_listener_accepting",
@@ -151,8 +157,11 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         accepting.add_metric([name], 1 if ls.accepting else 0)
         throttled.add_metric([name], s.throttled)
         throttled_seconds.add_metric([name], s.throttled_seconds)
+        for what in ("publish", "subscribe"):
+            acl_denied.add_metric([name, what], s.acl_denied.get(what, 0))
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
     yield from (upstream_failures, upstream_tls, accepting, throttled, throttled_seconds)
+    yield acl_denied
     broker_up = _family(
         GaugeMetricFamily,
         "mqttgw_broker_up",

@@ -33,6 +33,7 @@ from gateway.config.keys import (
     Key,
 )
 from gateway.config.model import (
+    AclSettings,
     ClientOcspSettings,
     Config,
     ConnectionLimits,
@@ -357,6 +358,7 @@ def _assemble(name: str, bind: tuple[str, int], values: Mapping[str, Any]) -> Li
             ClientOcspSettings(**t["client_ocsp"]) if t["client_ocsp"] is not None else None
         ),
         identity=IdentitySettings(**t["identity"]),
+        acl=AclSettings(**t["acl"]),
         front=FrontSettings(**t["front"]),
         log_connect=t["log_connect"],
     )

@@ -165,6 +165,15 @@ class ClientOcspSettings:
 
 
 @attrs.frozen
+class AclSettings:
+    """Topic rules bound to the certificate (a Mosquitto ACL file), per listener."""
+
+    file: str | None = _default("acl.file")
+    default: str = _default("acl.default")  # deny | allow: when no line matches
+    deny_action: str = _default("acl.deny_action")  # ignore | disconnect
+
+
+@attrs.frozen
 class ListenerSettings:
     name: str
     bind: tuple[str, int]
@@ -175,6 +184,7 @@ class ListenerSettings:
     ocsp: OcspSettings | None
     client_ocsp: ClientOcspSettings | None = None
     identity: IdentitySettings = IdentitySettings()
+    acl: AclSettings = AclSettings()
     front: FrontSettings = FrontSettings()
     log_connect: bool = _default("log_connect")  # also a line at accept
 

@@ -94,7 +94,11 @@ class UpstreamProtocol(protocol.Protocol):
         if client.session.state in (S.State.RELAY, S.State.CLOSING):
             client.bytes_out += len(data)
             client.factory.stats.bytes_out += len(data)
-            client.transport.write(data)
+            policy = client._policy
+            if policy is None:
+                client.transport.write(data)
+            else:
+                policy.from_broker(data)  # whole packets, SUBACKs completed
 
     def readConnectionLost(self) -> None:
         # The broker half-closed: everything it sent is queued for the client; close after it.

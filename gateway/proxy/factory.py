@@ -12,6 +12,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config.model import ConnectionLimits, IdentitySettings
+from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
@@ -71,6 +72,10 @@ class RelayParts(Protocol):
     def log_connect(self) -> bool: ...
     @property
     def device_limits(self) -> DeviceLimits | None: ...
+    @property
+    def acl(self) -> Acl | None: ...
+    @property
+    def acl_deny_action(self) -> str: ...
 
 
 class HoldsParts(Protocol):
@@ -98,6 +103,8 @@ class GatewayFactory(protocol.Factory):
         self.reactor = reactor
         self.stats = stats
         self._cooperate = cooperate
+        self._denials_since = 0.0  # the acl_file denials logged in this 10-second window
+        self._denials_logged = 0
         self.live: set[ClientProtocol] = set()  # connections in the relay state
         # Told when a client connection is gone (with TLS on the socket, no wrapping
         # factory hears it: the entry's gate does, through this).
@@ -130,6 +137,23 @@ class GatewayFactory(protocol.Factory):
     @property
     def device_limits(self) -> DeviceLimits | None:
         return self.box.parts.device_limits
+
+    @property
+    def acl(self) -> Acl | None:
+        return self.box.parts.acl
+
+    @property
+    def acl_deny_action(self) -> str:
+        return self.box.parts.acl_deny_action
+
+    def denial_logged(self) -> bool:
+        """Whether one more denial line may be logged now: 10 per 10 seconds per
+        listener (the rest are counted in mqttgw_acl_denied_total)."""
+        now = self.reactor.seconds()
+        if now - self._denials_since >= 10.0:
+            self._denials_since, self._denials_logged = now, 0
+        self._denials_logged += 1
+        return self._denials_logged <= 10
 
     @property
     def log_connect(self) -> bool:

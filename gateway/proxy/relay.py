@@ -30,7 +30,7 @@ from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamFactory, UpstreamProtocol, lost_text
 from gateway.proxy.identity import common_name, identity_of
-from gateway.proxy.pacing import Pacer
+from gateway.proxy.policy import DevicePolicy, Who
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
@@ -83,8 +83,11 @@ class ClientProtocol(protocol.Protocol):
     tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
     # With OCSP checking: (the checker, what it tracks) for this relayed session.
     _tracked: tuple[Any, tuple[Any, ...]] | None = None
-    # With messages_rate / bytes_rate: what paces this device (None: the short path).
-    _pacer: Pacer | None = None
+    # With messages_rate / bytes_rate / acl_file: the policy edge for this device (None:
+    # the short path).
+    _policy: DevicePolicy | None = None
+    # With acl_file: the certificate's identity the rules know the device by.
+    _acl_user: str | None = None
     resumed = False  # whether the handshake resumed a session
 
     def __init__(self, factory: GatewayFactory, addr: Any) -> None:
@@ -132,6 +135,13 @@ class ClientProtocol(protocol.Protocol):
                 )
             except ValueError as e:
                 self._identity = e
+        if cert is not None and self.factory.acl is not None:
+            # The rules' user name: peer_cert_as_username's value, else the CN.
+            try:
+                source = identity.username or "cn"
+                self._acl_user = identity_of(cert, source)
+            except ValueError:
+                self._acl_user = ""  # fills no pattern, matches no user line
         refusal = self._check_resumed(cert)  # first: it may set crl_pending
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
@@ -147,16 +157,16 @@ class ClientProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.session.state is S.State.RELAY:
-            if self._pacer is None:
+            if self._policy is None:
                 self._send_upstream(data)  # the relay's short path: what receive() would say
             else:
-                self._pacer.feed(data)  # a listener with per-device limits
+                self._policy.feed(data)  # a listener with limits or topic rules
         else:
             self._run(self.session.receive(data))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if self._pacer is not None:
-            self._pacer.stop()
+        if self._policy is not None:
+            self._policy.stop()
         if self._tracked is not None:
             checker, tracked = self._tracked
             self._tracked = None
@@ -362,27 +372,35 @@ class ClientProtocol(protocol.Protocol):
         header = self._proxy_header()
         after = b""
         limits = self.factory.device_limits
-        if limits is not None:
-            # Paced from the first PUBLISH on, those that came with the CONNECT included.
-            self._pacer = Pacer(
+        factory = self.factory
+        if limits is not None or factory.acl is not None:
+            # From the first packet after the CONNECT on, those that came with it included.
+            client_id = connect.client_id
+            if isinstance(self._identity, tuple) and self._identity[1] is not None:
+                client_id = self._identity[1]
+            self._policy = DevicePolicy(
                 self.transport,
                 self._send_upstream,
-                self._paced_refusal,
+                self._policy_end,
                 limits,
+                lambda: factory.acl,
+                Who(self._acl_user or "", client_id),
                 connect.protocol_level,
-                self.factory.session_limits.max_packet_size,
-                self.factory.reactor,
-                self.factory.stats,
+                factory.session_limits.max_packet_size,
+                factory.reactor,
+                factory.stats,
+                factory.acl_deny_action,
+                self._log_denied,
             )
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
         upstream.transport.write(header + first if header else first)
         # Flow control both ways: a full write buffer on one side pauses reading on the other
         # (through the pacer, when there is one: it pauses the device for its rate too).
-        upstream.transport.registerProducer(self._pacer or self.transport, True)
+        upstream.transport.registerProducer(self._policy or self.transport, True)
         self.transport.registerProducer(upstream.transport, True)
         self.transport.resumeProducing()
-        if self._pacer is not None and after:
-            self._pacer.feed(after)
+        if self._policy is not None and after:
+            self._policy.feed(after)
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
         self._since = self.factory.reactor.seconds()
@@ -405,11 +423,25 @@ class ClientProtocol(protocol.Protocol):
                 resumed="yes" if self.resumed else "no",
             )
 
-    def _paced_refusal(self, why: str) -> None:
-        """A packet after the CONNECT the limits' reader refused (over max_packet_size, or
-        malformed): the session ends."""
-        self._on_refuse(S.Refuse(Reason.BAD_PACKET, why))
-        self._run(self.session.stop(Reason.BAD_PACKET, why))
+    def _policy_end(self, reason: str, why: str) -> None:
+        """The policy edge ends the session: a packet over max_packet_size or malformed
+        (bad_packet), or a denied one with acl_deny_action = disconnect (acl_denied)."""
+        by = Reason.ACL_DENIED if reason == Reason.ACL_DENIED.value else Reason.BAD_PACKET
+        self._on_refuse(S.Refuse(by, why))
+        self._run(self.session.stop(by, why))
+
+    def _log_denied(self, what: str, topic: str) -> None:
+        if self.factory.denial_logged():
+            log.warn(
+                "denied {listener} peer={peer} subject={subject} client_id={client_id!r}: "
+                "{what} {topic!r} (acl_file)",
+                listener=self.factory.name,
+                peer=self.peer,
+                subject=self.subject,
+                client_id=self.session.connect.client_id if self.session.connect else "-",
+                what=what.upper(),
+                topic=topic,
+            )
 
     def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:
         """The CONNECT with the user name / client id the certificate gives (the rest of

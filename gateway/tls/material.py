@@ -24,6 +24,7 @@ from gateway import files
 from gateway.config.model import Config, ListenerSettings, TlsSettings, UpstreamTls
 from gateway.config.profiles import split_ciphers
 from gateway.errors import ConfigError
+from gateway.mqtt.acl import Acl
 from gateway.revocation.chains import IssuerIndex
 from gateway.revocation.ocsp import OcspTarget, find_issuer, issuer_candidates, responder_url_of
 from gateway.tls.native import set_groups
@@ -44,7 +45,8 @@ class UpstreamTrust:
 
 @attrs.frozen(eq=False)
 class TlsMaterial:
-    """One listener's certificates and key, loaded and checked."""
+    """One listener's certificates and key, loaded and checked (and its ACL file, parsed:
+    the other file a listener names)."""
 
     chain: tuple[x509.Certificate, ...]  # certfile: the server certificate first
     key: PrivateKeyTypes
@@ -54,6 +56,7 @@ class TlsMaterial:
     issuers: IssuerIndex  # ca_certs indexed: rebuilds a resumed session's chain
     upstream: UpstreamTrust | None = None  # with upstream_tls: the broker's CAs, our cert
     warnings: tuple[str, ...] = ()  # file:line: key: text, for the log and check-config
+    acl: Acl | None = None  # acl_file's rules
 
 
 def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:

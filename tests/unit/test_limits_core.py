@@ -81,14 +81,22 @@ def test_the_pacer_holds_reads_and_forwards_in_order_at_the_rate() -> None:
     control keeps it paused even when the rate would let it go; a PINGREQ waits its turn."""
     from twisted.internet.task import Clock
 
-    from gateway.proxy.pacing import Pacer
+    from gateway.proxy.policy import DevicePolicy, Who
 
     clock = Clock()
     device = Device()
     sent: list[bytes] = []
     refused: list[str] = []
-    pacer = Pacer(
-        device, sent.append, refused.append, DeviceLimits(messages_rate=10), 4, 1000, clock
+    pacer = DevicePolicy(
+        device,
+        sent.append,
+        lambda reason, why: refused.append(why),
+        DeviceLimits(messages_rate=10),
+        lambda: None,
+        Who("u", "c"),
+        4,
+        1000,
+        clock,
     )
     stream = b"".join(_publish(n) for n in range(20)) + b"\xc0\x00"
     pacer.feed(stream[:7])  # split anywhere

@@ -109,6 +109,14 @@ class Parts:
     def device_limits(self) -> Any:
         return None
 
+    @property
+    def acl(self) -> Any:
+        return None
+
+    @property
+    def acl_deny_action(self) -> str:
+        return "ignore"
+
 
 @attrs.define
 class Box:

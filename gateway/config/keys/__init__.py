@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.config.keys.connections import CONNECT_KEYS, FRONT_KEYS, IDENTITY_KEYS, LIMIT_KEYS
+from gateway.config.keys.connections import (
+    ACL_KEYS,
+    CONNECT_KEYS,
+    FRONT_KEYS,
+    IDENTITY_KEYS,
+    LIMIT_KEYS,
+)
 from gateway.config.keys.key import IDENTITY_SOURCES, LISTENER_PREFIX, Key
 from gateway.config.keys.operations import LOG_KEYS, OPERATION_KEYS, WORKER_KEYS
 from gateway.config.keys.revocation import CLIENT_OCSP_KEYS, CRL_KEYS, OCSP_KEYS
@@ -21,6 +27,7 @@ KEYS: tuple[Key, ...] = (
     + LIMIT_KEYS
     + UPSTREAM_KEYS
     + IDENTITY_KEYS
+    + ACL_KEYS
     + FRONT_KEYS
     + UPSTREAM_CONNECT_KEYS
     + CONNECT_KEYS

@@ -16,6 +16,7 @@ from gateway.config.values import (
     parse_duration,
     parse_limit,
     parse_message_rate,
+    parse_path,
     parse_positive_int,
     parse_size,
 )
@@ -103,6 +104,44 @@ LIMIT_KEYS: tuple[Key, ...] = (
         parse_positive_int,
         65536,
         "PUBLISH bytes a device may send at once above bytes_rate (the bucket's size).",
+        global_=True,
+    ),
+)
+
+
+ACL_KEYS: tuple[Key, ...] = (
+    Key(
+        "acl_file",
+        "acl.file",
+        parse_path,
+        None,
+        "Topic rules in Mosquitto's ACL file syntax (topic, user, pattern with %u and %c; "
+        "read, write, readwrite, deny), checked by the gateway for every PUBLISH and "
+        "SUBSCRIBE of the device, for any broker. The user name is the certificate's "
+        "identity (peer_cert_as_username's value, else its CN), %c the client id. Reloaded "
+        "with the configuration: live sessions use the new rules for their next packet. "
+        "Unset: no rules (the relay forwards bytes unread).",
+        format=format_optional,
+        global_=True,
+        path=True,
+    ),
+    Key(
+        "acl_default",
+        "acl.default",
+        enum_of("deny", "allow"),
+        "deny",
+        "With acl_file: what a PUBLISH or SUBSCRIBE that no line matches gets.",
+        global_=True,
+    ),
+    Key(
+        "acl_deny_action",
+        "acl.deny_action",
+        enum_of("ignore", "disconnect"),
+        "ignore",
+        "With acl_file: ignore drops a denied PUBLISH (MQTT 5 QoS 1/2: PUBACK/PUBREC 0x87 "
+        "not authorized; 3.1.1: acknowledged, as Mosquitto does) and refuses a denied "
+        "SUBSCRIBE filter in the SUBACK (0x80 / 0x87) while the others pass; disconnect "
+        "ends the session (MQTT 5: DISCONNECT 0x87 first).",
         global_=True,
     ),
 )

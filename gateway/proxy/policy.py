@@ -1,0 +1,312 @@
+"""The MQTT policy edge for one relayed session: per-device limits and topic rules.
+
+Only for listeners with ``messages_rate``/``bytes_rate`` or an ``acl_file``: the relay's
+short path is untouched otherwise.
+
+Device to broker: the bytes are cut into packets (``mqtt.stream``).
+- A PUBLISH whose topic the rules deny is not forwarded: MQTT 5 QoS 1/2 gets PUBACK/PUBREC
+  0x87 (not authorized), 3.1.1 QoS 1/2 gets PUBACK/PUBREC (as Mosquitto acknowledges a
+  denied PUBLISH), QoS 0 nothing; or, with ``acl_deny_action = disconnect``, the session
+  ends (MQTT 5: DISCONNECT 0x87 first).
+- A SUBSCRIBE goes on with its permitted filters only; the broker's SUBACK then gets the
+  refused filters' codes back in their places (0x80 in 3.1.1, 0x87 in MQTT 5). With none
+  permitted, the gateway answers the SUBACK itself.
+- A PUBLISH pays its tokens (``mqtt.limits``); when a bucket is short, that PUBLISH and
+  whatever follows it are held and the device is not read from (TCP backpressure, as EMQX
+  does) until the wait is over. Nothing is dropped; other devices are not slowed. The
+  broker's flow control (its write buffer full) pauses the device as before.
+
+Broker to device: cut into packets too (boundaries only, and the SUBACKs above), so that a
+packet of the gateway's own always goes between two of the broker's.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from gateway.mqtt.acl import READ, WRITE, Acl
+from gateway.mqtt.errors import RemoteProtocolError
+from gateway.mqtt.limits import DeviceLimits, pause_for
+from gateway.mqtt.packets import MQTT_5, encode_length
+from gateway.mqtt.stream import PUBLISH, SUBACK, SUBSCRIBE, Packet, StreamReader
+
+NOT_AUTHORIZED = 0x87
+SUBACK_FAILURE_311 = 0x80
+
+
+@attrs.define
+class Who:
+    """The device as the rules see it: the certificate's identity and its client id."""
+
+    username: str
+    client_id: str
+
+
+@implementer(IPushProducer)
+class DevicePolicy:
+    """Between a device's transport and the broker connection. It is the producer the
+    broker's transport pauses and resumes (flow control), and it pauses the device itself
+    while a PUBLISH waits for its tokens."""
+
+    def __init__(
+        self,
+        device: Any,  # the device's transport: write, pauseProducing, resumeProducing
+        forward: Callable[[bytes], None],
+        end: Callable[[str, str], None],  # (reason, detail): the session is to be ended
+        limits: DeviceLimits | None,
+        acl: Callable[[], Acl | None],  # the rules in force now (a reload may change them)
+        who: Who,
+        protocol_level: int,
+        max_packet_size: int,
+        reactor: Any,
+        stats: Any = None,  # the listener's ListenerStats
+        deny_action: str = "ignore",
+        on_denied: Callable[[str, str], None] = lambda what, topic: None,
+    ) -> None:
+        self.device = device
+        self.forward = forward
+        self.end = end
+        self.acl = acl
+        self.who = who
+        self.level = protocol_level
+        self.reactor = reactor
+        self.stats = stats
+        self.deny_action = deny_action
+        self.on_denied = on_denied
+        self.reader = StreamReader(protocol_level, max_packet_size)
+        self.broker_reader = StreamReader(protocol_level, 1 << 28, fields=False)
+        self.buckets = limits.buckets(reactor.seconds()) if limits is not None else None
+        self.held: deque[Packet] = deque()
+        self._timer: Any = None
+        self._flow_paused = False
+        # SUBSCRIBE packet id -> (filters asked, positions refused): the broker's SUBACK
+        # gets the refused codes back in their places.
+        self._subscriptions: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self._ended = False
+
+    # -- device to broker -------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        try:
+            packets = self.reader.feed(data)
+        except RemoteProtocolError as e:
+            self._end("bad_packet", f"{e.kind}: {e.detail}")
+            return
+        if self.held:
+            self.held.extend(packets)
+            return
+        self._send(packets)
+
+    def _send(self, packets: list[Packet] | deque[Packet]) -> None:
+        """Forward packets in order until one must wait; hold it and the rest."""
+        now = self.reactor.seconds()
+        out: list[bytes | memoryview] = []
+        for i, packet in enumerate(packets):
+            if self._ended:
+                return
+            raw = self._permitted(packet)
+            if raw is None:
+                continue
+            wait = 0.0
+            if self.buckets is not None and packet.kind == PUBLISH:
+                wait = pause_for(self.buckets, len(packet.raw), now)
+            if wait > 0:
+                self._flush(out)
+                self.held.extend(list(packets)[i:])
+                if self.stats is not None:
+                    self.stats.throttled += 1
+                    self.stats.throttled_seconds += wait
+                self._timer = self.reactor.callLater(wait, self._release)
+                self.device.pauseProducing()
+                return
+            out.append(raw)
+        self._flush(out)
+
+    def _permitted(self, packet: Packet) -> bytes | memoryview | None:
+        """What of ``packet`` goes to the broker (None: nothing), by the rules in force."""
+        acl = self.acl()
+        if acl is None or packet.kind not in (PUBLISH, SUBSCRIBE):
+            return packet.raw
+        who = self.who
+        if packet.kind == PUBLISH:
+            assert packet.topic is not None
+            if acl.allows(WRITE, packet.topic, who.username, who.client_id):
+                return packet.raw
+            self._denied("publish", packet.topic)
+            if self.deny_action == "disconnect":
+                self._end("acl_denied", f"PUBLISH to {packet.topic!r} denied")
+                return None
+            if packet.qos and packet.packet_id is not None:
+                kind = 0x40 if packet.qos == 1 else 0x50  # PUBACK, PUBREC
+                pid = packet.packet_id.to_bytes(2, "big")
+                if self.level == MQTT_5:
+                    self.device.write(bytes([kind, 3]) + pid + b"\x87")
+                else:
+                    self.device.write(bytes([kind, 2]) + pid)
+            return None
+        allowed = []
+        refused = []
+        for i, sub in enumerate(packet.subscriptions):
+            if acl.allows(READ, sub.topic_filter, who.username, who.client_id):
+                allowed.append(sub)
+            else:
+                refused.append(i)
+                self._denied("subscribe", sub.topic_filter)
+        if not refused:
+            return packet.raw
+        if self.deny_action == "disconnect":
+            self._end("acl_denied", "SUBSCRIBE denied")
+            return None
+        assert packet.packet_id is not None
+        code = NOT_AUTHORIZED if self.level == MQTT_5 else SUBACK_FAILURE_311
+        if not allowed:
+            self.device.write(_suback(packet.packet_id, [code] * len(refused), self.level))
+            return None
+        self._subscriptions[packet.packet_id] = (len(packet.subscriptions), tuple(refused))
+        return _subscribe(packet, allowed, self.level)
+
+    def _denied(self, what: str, topic: str) -> None:
+        if self.stats is not None:
+            self.stats.acl_denied[what] += 1
+        self.on_denied(what, topic)
+
+    def _end(self, reason: str, detail: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.stop()
+        if reason == "acl_denied" and self.level == MQTT_5:
+            self.device.write(b"\xe0\x02\x87\x00")  # DISCONNECT, not authorized
+        self.end(reason, detail)
+
+    def _flush(self, out: list[bytes | memoryview]) -> None:
+        if out:
+            self.forward(b"".join(out))
+
+    def _release(self) -> None:
+        """The held PUBLISH has waited for its tokens (taken already): forward it, then
+        the rest as the buckets allow; read from the device again once nothing is held."""
+        self._timer = None
+        first = self.held.popleft()
+        rest = list(self.held)
+        self.held.clear()
+        self.forward(bytes(first.raw))
+        self._send(rest)
+        if not self.held and not self._flow_paused and not self._ended:
+            self.device.resumeProducing()
+
+    def stop(self) -> None:
+        """The session ended: drop the timer (and what was held: the device is gone)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.held.clear()
+
+    # -- broker to device ----------------------------------------------------------------------
+
+    def from_broker(self, data: bytes) -> None:
+        """The broker's bytes, written to the device whole packets at a time (a packet of
+        the gateway's own then always goes between two of the broker's)."""
+        try:
+            packets = self.broker_reader.feed(data)
+        except RemoteProtocolError:
+            self.device.write(data)  # not MQTT as read here: pass it on untouched
+            return
+        out: list[bytes | memoryview] = []
+        for packet in packets:
+            if packet.kind == SUBACK and self._subscriptions:
+                out.append(self._merged_suback(packet))
+            else:
+                out.append(packet.raw)
+        if out:
+            self.device.write(b"".join(out))
+
+    def _merged_suback(self, packet: Packet) -> bytes | memoryview:
+        raw = bytes(packet.raw)
+        body = raw[_header_size(raw) :]
+        if len(body) < 2:
+            return packet.raw
+        pid = int.from_bytes(body[:2], "big")
+        pending = self._subscriptions.pop(pid, None)
+        if pending is None:
+            return packet.raw
+        asked, refused = pending
+        pos = 2
+        properties = b""
+        if self.level == MQTT_5:
+            start = pos
+            length, pos = _varint(body, pos)
+            pos += length
+            properties = body[start:pos]
+        codes = list(body[pos:])
+        code = NOT_AUTHORIZED if self.level == MQTT_5 else SUBACK_FAILURE_311
+        merged = []
+        it = iter(codes)
+        for i in range(asked):
+            merged.append(code if i in refused else next(it, code))
+        return _suback(pid, merged, self.level, properties)
+
+    # -- IPushProducer, for the broker's transport (flow control) -------------------------
+
+    def pauseProducing(self) -> None:
+        self._flow_paused = True
+        self.device.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._flow_paused = False
+        if not self.held and not self._ended:
+            self.device.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.device.stopProducing()
+
+
+def _suback(pid: int, codes: list[int], level: int, properties: bytes = b"") -> bytes:
+    body = pid.to_bytes(2, "big")
+    if level == MQTT_5:
+        body += properties or b"\x00"
+    body += bytes(codes)
+    return b"\x90" + encode_length(len(body)) + body
+
+
+def _subscribe(packet: Packet, allowed: list[Any], level: int) -> bytes:
+    """The SUBSCRIBE with only ``allowed`` filters (its packet id and properties kept)."""
+    raw = bytes(packet.raw)
+    body = raw[_header_size(raw) :]
+    pos = 2
+    if level == MQTT_5:
+        length, pos = _varint(body, pos)
+        pos += length
+    head = body[:pos]
+    filters = b"".join(
+        len(s.topic_filter.encode()).to_bytes(2, "big")
+        + s.topic_filter.encode()
+        + bytes([s.options])
+        for s in allowed
+    )
+    new_body = head + filters
+    return b"\x82" + encode_length(len(new_body)) + new_body
+
+
+def _header_size(raw: bytes) -> int:
+    i = 1
+    while raw[i] & 0x80:
+        i += 1
+    return i + 1
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
