@@ -45,6 +45,7 @@ def stats_from_dict(d: dict[str, Any]) -> StatsSnapshot:
         int(d.get("throttled", 0)),
         float(d.get("throttled_seconds", 0.0)),
         {str(k): int(v) for k, v in d.get("acl_denied", {}).items()},
+        {str(k): int(v) for k, v in d.get("disconnects_sent", {}).items()},
     )
 
 
@@ -86,6 +87,7 @@ def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
         sum(p.throttled for p in parts),
         sum(p.throttled_seconds for p in parts),
         _add_counts([p.acl_denied for p in parts]),
+        _add_counts([p.disconnects_sent for p in parts]),
     )
 
 

@@ -74,6 +74,7 @@ class ListenerStats:
     throttled: int = 0  # times a device's PUBLISH was held for its rate
     throttled_seconds: float = 0.0  # the time they were held, added up
     acl_denied: Counter[str] = attrs.Factory(Counter)  # publish / subscribe -> count
+    disconnects_sent: Counter[str] = attrs.Factory(Counter)  # MQTT 5 reason code -> count
 
     def refuse(self, reason: Reason) -> None:
         self.refused[str(reason)] += 1
@@ -95,6 +96,7 @@ class ListenerStats:
             self.throttled,
             self.throttled_seconds,
             dict(self.acl_denied),
+            dict(self.disconnects_sent),
         )
 
 
@@ -115,6 +117,7 @@ class StatsSnapshot:
     throttled: int = 0
     throttled_seconds: float = 0.0
     acl_denied: dict[str, int] = attrs.Factory(dict)
+    disconnects_sent: dict[str, int] = attrs.Factory(dict)
 
 
 @attrs.frozen

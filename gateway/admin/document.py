@@ -226,6 +226,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "throttled": s.throttled,
             "throttled_seconds": round(s.throttled_seconds, 3),
             "acl_denied": dict(s.acl_denied),
+            "disconnects_sent": dict(s.disconnects_sent),
         },
         "brokers": [
             {

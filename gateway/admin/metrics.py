@@ -127,6 +127,12 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "PUBLISHes and SUBSCRIBE filters the acl_file's rules denied.",
         ["listener", "packet"],
     )
+    disconnects = _family(
+        CounterMetricFamily,
+        "mqttgw_disconnects_sent",
+        "MQTT 5 DISCONNECTs the gateway sent before closing a session, by reason code.",
+        ["listener", "reason_code"],
+    )
     accepting = _family(
         GaugeMetricFamily,
         "mqttgw_listener_accepting",
@@ -159,9 +165,12 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         throttled_seconds.add_metric([name], s.throttled_seconds)
         for what in ("publish", "subscribe"):
             acl_denied.add_metric([name, what], s.acl_denied.get(what, 0))
+        for code, count in sorted(s.disconnects_sent.items()):
+            disconnects.add_metric([name, code], count)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
     yield from (upstream_failures, upstream_tls, accepting, throttled, throttled_seconds)
     yield acl_denied
+    yield disconnects
     broker_up = _family(
         GaugeMetricFamily,
         "mqttgw_broker_up",

@@ -38,6 +38,13 @@ from gateway.mqtt.stream import PUBLISH, SUBACK, SUBSCRIBE, Packet, StreamReader
 
 NOT_AUTHORIZED = 0x87
 SUBACK_FAILURE_311 = 0x80
+# The MQTT 5 DISCONNECT reason code of each way the gateway ends a relayed session itself.
+DISCONNECT_REASONS = {
+    "revoked": 0x87,  # not authorized: its certificate was revoked
+    "shutdown": 0x8B,  # server shutting down
+    "reload": 0x98,  # administrative action: a reload removed the listener
+    "bad_packet": 0x81,  # malformed packet (over max_packet_size: 0x95, below)
+}
 
 
 @attrs.define
@@ -89,6 +96,7 @@ class DevicePolicy:
         # gets the refused codes back in their places.
         self._subscriptions: dict[int, tuple[int, tuple[int, ...]]] = {}
         self._ended = False
+        self._disconnect_sent = False
 
     # -- device to broker -------------------------------------------------------------------
 
@@ -181,9 +189,26 @@ class DevicePolicy:
             return
         self._ended = True
         self.stop()
-        if reason == "acl_denied" and self.level == MQTT_5:
-            self.device.write(b"\xe0\x02\x87\x00")  # DISCONNECT, not authorized
+        code = NOT_AUTHORIZED if reason == "acl_denied" else None
+        if reason == "bad_packet":
+            code = 0x95 if detail.startswith("too_large") else 0x81
+        if code is not None:
+            self._disconnect(code)
         self.end(reason, detail)
+
+    def disconnect(self, ended_by: str) -> None:
+        """The session is being closed by the gateway (``ended_by``: revoked, shutdown,
+        reload): MQTT 5 devices get a DISCONNECT with its reason code first."""
+        code = DISCONNECT_REASONS.get(ended_by)
+        if code is not None:
+            self._disconnect(code)
+
+    def _disconnect(self, code: int) -> None:
+        if self.level == MQTT_5 and not self._disconnect_sent:
+            self._disconnect_sent = True
+            self.device.write(bytes([0xE0, 2, code, 0]))
+            if self.stats is not None:
+                self.stats.disconnects_sent[f"0x{code:02X}"] += 1
 
     def _flush(self, out: list[bytes | memoryview]) -> None:
         if out:

@@ -271,6 +271,10 @@ class ClientProtocol(protocol.Protocol):
 
     def _on_close_client(self, action: S.CloseClient) -> None:
         self.transport.unregisterProducer()
+        policy, ended = self._policy, self.session.ended_by
+        if policy is not None and ended is not None and not action.abort:
+            # MQTT 5: the gateway's own close says why, between two of the broker's packets.
+            policy.disconnect(ended[0])
         if action.abort:
             self.transport.abortConnection()
         else:

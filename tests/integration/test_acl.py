@@ -130,6 +130,30 @@ def test_rules_bound_to_the_certificate(workdir: str, level: int) -> None:
         broker.stop()
 
 
+def test_an_mqtt5_session_hears_why_at_shutdown(workdir: str) -> None:
+    """On a listener with rules, the gateway's own close of an MQTT 5 session (here its
+    shutdown) comes after a DISCONNECT 0x8B (server shutting down)."""
+    p = support.make_pki(workdir)
+    broker, plain = support.start_mosquitto(workdir)
+    rules = os.path.join(workdir, "acl")
+    with open(rules, "w") as f:
+        f.write(RULES)
+    port = support.free_port()
+    conf = support.listener_conf("acl", port, plain, p, {"acl_file": rules})
+    gw = support.start_gateway(workdir, conf, "gw-acl-shutdown")
+    try:
+        carol = support.tls_connect(port, support.client_context(p, p.client("carol")))
+        carol.sendall(support.connect_packet("carol", keep_alive=0, level=5))
+        assert read_packet(carol)[0] == 0x20
+        carol.sendall(subscribe(3, ["devices/carol/#"], 5))
+        assert read_packet(carol)[0] == 0x90
+    finally:
+        gw.stop()
+        broker.stop()
+    carol.settimeout(5)
+    assert read_packet(carol) == b"\xe0\x02\x8b\x00"
+
+
 def test_disconnect_on_denial_and_a_bad_acl_file(workdir: str) -> None:
     """acl_deny_action = disconnect: an MQTT 5 device gets DISCONNECT 0x87, then the close.
     A bad line is a configuration error naming the file's line."""
