@@ -88,7 +88,11 @@ class ListenerParts:
         if limits.messages_rate is None and limits.bytes_rate is None:
             return None
         return DeviceLimits(
-            limits.messages_rate, limits.messages_burst, limits.bytes_rate, limits.bytes_burst
+            limits.messages_rate,
+            limits.messages_burst,
+            limits.bytes_rate,
+            limits.bytes_burst,
+            disconnect=limits.rate_limit_action == "disconnect",
         )
 
     def services(self) -> list[Any]:

@@ -52,6 +52,10 @@ class Reason(str, enum.Enum):
     BAD_CONNECT = "bad_connect", "the first packet was not a valid CONNECT"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable", "no broker could be reached"
     BAD_IDENTITY = "bad_identity", "the certificate lacks the value peer_cert_as_* takes"
+    MESSAGE_RATE = (
+        "message_rate",
+        "rate_limit_action = disconnect: the device went over messages_rate or bytes_rate",
+    )
     ACL_DENIED = "acl_denied", "acl_deny_action = disconnect: a PUBLISH or SUBSCRIBE was denied"
     BAD_PACKET = "bad_packet", "with per-device limits: a packet over max_packet_size or malformed"
     # Before TLS (past 10 per 10 seconds these are summarised in one line).

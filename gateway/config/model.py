@@ -71,6 +71,7 @@ class ConnectionLimits:
     messages_burst: int = _default("limits.messages_burst")
     bytes_rate: float | None = _default("limits.bytes_rate")
     bytes_burst: int = _default("limits.bytes_burst")
+    rate_limit_action: str = _default("limits.rate_limit_action")  # pause | disconnect
 
 
 @attrs.frozen

@@ -70,6 +70,7 @@ class DeviceLimits:
     bytes_rate: float | None = None
     bytes_burst: float = 0.0
     max_subscriptions: int | None = None
+    disconnect: bool = False  # over the rate: end the session rather than pause it
 
     def buckets(self, now: float) -> tuple[Bucket | None, Bucket | None]:
         messages = (

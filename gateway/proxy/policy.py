@@ -89,6 +89,7 @@ class DevicePolicy:
         self.reader = StreamReader(protocol_level, max_packet_size)
         self.broker_reader = StreamReader(protocol_level, 1 << 28, fields=False)
         self.buckets = limits.buckets(reactor.seconds()) if limits is not None else None
+        self.disconnect_over_rate = limits is not None and limits.disconnect
         self.held: deque[Packet] = deque()
         self._timer: Any = None
         self._flow_paused = False
@@ -124,6 +125,10 @@ class DevicePolicy:
             wait = 0.0
             if self.buckets is not None and packet.kind == PUBLISH:
                 wait = pause_for(self.buckets, len(packet.raw), now)
+            if wait > 0 and self.disconnect_over_rate:
+                self._flush(out)
+                self._end("message_rate", f"over the rate by {wait:.2f}s of tokens")
+                return
             if wait > 0:
                 self._flush(out)
                 self.held.extend(list(packets)[i:])
@@ -189,7 +194,7 @@ class DevicePolicy:
             return
         self._ended = True
         self.stop()
-        code = NOT_AUTHORIZED if reason == "acl_denied" else None
+        code = {"acl_denied": NOT_AUTHORIZED, "message_rate": 0x96}.get(reason)
         if reason == "bad_packet":
             code = 0x95 if detail.startswith("too_large") else 0x81
         if code is not None:

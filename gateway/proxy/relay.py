@@ -430,7 +430,10 @@ class ClientProtocol(protocol.Protocol):
     def _policy_end(self, reason: str, why: str) -> None:
         """The policy edge ends the session: a packet over max_packet_size or malformed
         (bad_packet), or a denied one with acl_deny_action = disconnect (acl_denied)."""
-        by = Reason.ACL_DENIED if reason == Reason.ACL_DENIED.value else Reason.BAD_PACKET
+        by = {
+            Reason.ACL_DENIED.value: Reason.ACL_DENIED,
+            Reason.MESSAGE_RATE.value: Reason.MESSAGE_RATE,
+        }.get(reason, Reason.BAD_PACKET)
         self._on_refuse(S.Refuse(by, why))
         self._run(self.session.stop(by, why))
 

@@ -189,3 +189,31 @@ def test_disconnect_on_denial_and_a_bad_acl_file(workdir: str) -> None:
     assert checked.returncode != 0
     said = checked.stderr + checked.stdout
     assert f"{rules}:2: topic 'a/#/b': '#' must be a whole last level" in said, said
+
+
+def test_packets_split_byte_by_byte_are_read_the_same(workdir: str) -> None:
+    """A PUBLISH sent one byte per TLS record is judged as a whole: the permitted one
+    reaches the broker, the denied one does not."""
+    p = support.make_pki(workdir)
+    broker, plain = support.start_mosquitto(workdir)
+    rules = os.path.join(workdir, "acl")
+    with open(rules, "w") as f:
+        f.write(RULES)
+    port = support.free_port()
+    conf = support.listener_conf("acl", port, plain, p, {"acl_file": rules})
+    gw = support.start_gateway(workdir, conf, "gw-acl-split")
+    watcher = Watcher(plain, "devices/#")
+    try:
+        dave = support.tls_connect(port, support.client_context(p, p.client("dave")))
+        dave.sendall(support.connect_packet("dave", keep_alive=0))
+        assert read_packet(dave)[0] == 0x20
+        for topic in ("devices/eve/t", "devices/dave/t"):
+            for byte in publish(topic, b"split", 1, 5, 4):
+                dave.sendall(bytes([byte]))  # one TLS record each
+            assert read_packet(dave) == b"\x40\x02\x00\x05"
+        assert watcher.topics() == ["devices/dave/t"]
+        dave.close()
+    finally:
+        watcher.sock.close()
+        gw.stop()
+        broker.stop()

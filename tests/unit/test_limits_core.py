@@ -114,3 +114,40 @@ def test_the_pacer_holds_reads_and_forwards_in_order_at_the_rate() -> None:
     assert not device.paused and not refused
     pacer.feed(bytes([0x30, 0xE8, 0x07]))  # announces 1,003 bytes: over max_packet_size
     assert refused and "too_large" in refused[0]
+
+
+class Written(Device):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_rate_limit_action_disconnect_tells_an_mqtt5_device() -> None:
+    from twisted.internet.task import Clock
+
+    from gateway.proxy.policy import DevicePolicy, Who
+
+    clock = Clock()
+    device = Written()
+    sent: list[bytes] = []
+    ended: list[tuple[str, str]] = []
+    policy = DevicePolicy(
+        device,
+        sent.append,
+        lambda reason, why: ended.append((reason, why)),
+        DeviceLimits(messages_rate=10, disconnect=True),
+        lambda: None,
+        Who("u", "c"),
+        5,
+        1000,
+        clock,
+    )
+    publish5 = b"\x30\x05\x00\x01t\x00x"  # MQTT 5: an empty properties length, then payload
+    policy.feed(publish5 * 3)
+    assert sent == [publish5]  # the first passes, the second is over the rate
+    assert device.written == [b"\xe0\x02\x96\x00"] and ended[0][0] == "message_rate"
+    policy.feed(publish5)  # nothing more after the end
+    assert sent == [publish5]

@@ -99,6 +99,16 @@ LIMIT_KEYS: tuple[Key, ...] = (
         global_=True,
     ),
     Key(
+        "rate_limit_action",
+        "limits.rate_limit_action",
+        enum_of("pause", "disconnect"),
+        "pause",
+        "A device over messages_rate or bytes_rate: pause (hold its PUBLISH and stop "
+        "reading from it until its tokens return) or disconnect (end the session: MQTT 5 "
+        "DISCONNECT 0x96 message rate too high; reason message_rate).",
+        global_=True,
+    ),
+    Key(
         "bytes_burst",
         "limits.bytes_burst",
         parse_positive_int,
