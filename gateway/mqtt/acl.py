@@ -54,11 +54,25 @@ class Acl:
 
     def allows(self, access: int, topic: str, username: str, client_id: str) -> bool:
         """Whether a device may publish (WRITE) to ``topic`` or subscribe (READ) to the
-        topic filter ``topic``: a matching deny line refuses; else a matching line that
-        grants the access allows; else a matching line (for the other access) refuses;
-        else the default decides."""
-        granted = matched = False
-        for rule in self.rules:
+        topic filter ``topic`` (see ``DeviceRules.decide``)."""
+        return DeviceRules(self, username, client_id).decide(access, topic)
+
+
+_DECISIONS_KEPT = 256  # per device: the topics it used last
+
+
+class DeviceRules:
+    """The rules as they apply to one device: the lines of its user and every general
+    line, patterns filled in with its names, indexed by first level; its decisions are
+    remembered (a device uses few topics)."""
+
+    def __init__(self, acl: Acl, username: str, client_id: str) -> None:
+        self.acl = acl
+        self.default_allow = acl.default_allow
+        self.by_first: dict[str, list[tuple[int, str]]] = {}
+        self.wild_first: list[tuple[int, str]] = []  # rules whose first level is + or #
+        self.rules: list[tuple[int, str]] = []
+        for rule in acl.rules:
             if rule.user is not None and rule.user != username:
                 continue
             target = rule.topic
@@ -67,14 +81,42 @@ class Acl:
                 if substituted is None:
                     continue
                 target = substituted
-            if rule.access == 0:
+            entry = (rule.access, target)
+            self.rules.append(entry)
+            first = target.split("/", 1)[0]
+            if first in ("+", "#"):
+                self.wild_first.append(entry)
+            else:
+                self.by_first.setdefault(first, []).append(entry)
+        self._decisions: dict[tuple[int, str], bool] = {}
+
+    def allows(self, access: int, topic: str) -> bool:
+        key = (access, topic)
+        known = self._decisions.get(key)
+        if known is None:
+            known = self.decide(access, topic)
+            if len(self._decisions) >= _DECISIONS_KEPT:
+                self._decisions.clear()
+            self._decisions[key] = known
+        return known
+
+    def decide(self, access: int, topic: str) -> bool:
+        """A matching deny line refuses; else a matching line that grants the access
+        allows; else a matching line (for the other access) refuses; else the default."""
+        first = topic.split("/", 1)[0]
+        if access == READ and first in ("+", "#"):
+            candidates = self.rules  # a wildcard filter may meet any rule
+        else:
+            candidates = self.by_first.get(first, []) + self.wild_first
+        granted = matched = False
+        for rule_access, target in candidates:
+            if rule_access == 0:
                 # A subscription is refused if it could receive any topic a deny line
                 # names (the gateway does not filter the broker's deliveries).
-                hit = (
-                    filters_overlap(target, topic)
-                    if access == READ
-                    else topic_matches(target, topic)
-                )
+                if access == READ:
+                    hit = filters_overlap(target, topic)
+                else:
+                    hit = topic_matches(target, topic)
                 if hit:
                     return False  # deny wins
                 continue
@@ -85,7 +127,7 @@ class Acl:
             if not covered:
                 continue
             matched = True
-            if rule.access & access:
+            if rule_access & access:
                 granted = True
         if granted:
             return True

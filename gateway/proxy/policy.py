@@ -30,7 +30,7 @@ import attrs
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from gateway.mqtt.acl import READ, WRITE, Acl
+from gateway.mqtt.acl import READ, WRITE, Acl, DeviceRules
 from gateway.mqtt.errors import RemoteProtocolError
 from gateway.mqtt.limits import DeviceLimits, pause_for
 from gateway.mqtt.packets import MQTT_5, encode_length
@@ -98,6 +98,7 @@ class DevicePolicy:
         self._subscriptions: dict[int, tuple[int, tuple[int, ...]]] = {}
         self._ended = False
         self._disconnect_sent = False
+        self._rules: DeviceRules | None = None  # the rules in force, for this device
 
     # -- device to broker -------------------------------------------------------------------
 
@@ -146,10 +147,12 @@ class DevicePolicy:
         acl = self.acl()
         if acl is None or packet.kind not in (PUBLISH, SUBSCRIBE):
             return packet.raw
-        who = self.who
+        rules = self._rules
+        if rules is None or rules.acl is not acl:  # the first packet, or a reload
+            rules = self._rules = DeviceRules(acl, self.who.username, self.who.client_id)
         if packet.kind == PUBLISH:
             assert packet.topic is not None
-            if acl.allows(WRITE, packet.topic, who.username, who.client_id):
+            if rules.allows(WRITE, packet.topic):
                 return packet.raw
             self._denied("publish", packet.topic)
             if self.deny_action == "disconnect":
@@ -166,7 +169,7 @@ class DevicePolicy:
         allowed = []
         refused = []
         for i, sub in enumerate(packet.subscriptions):
-            if acl.allows(READ, sub.topic_filter, who.username, who.client_id):
+            if rules.allows(READ, sub.topic_filter):
                 allowed.append(sub)
             else:
                 refused.append(i)

@@ -148,3 +148,45 @@ def test_a_bad_line_is_named(text: str, line: int, words: str) -> None:
     with pytest.raises(AclError) as refused:
         parse_acl(text)
     assert refused.value.line == line and words in str(refused.value)
+
+
+def naive(rules: list[tuple[int, str]], access: int, topic: str, default: bool) -> bool:
+    """The rules read one by one, no index (the reference for the indexed lookup)."""
+    granted = matched = False
+    for rule_access, target in rules:
+        if rule_access == 0:
+            hit = filters_overlap(target, topic) if access == READ else topic_matches(target, topic)
+            if hit:
+                return False
+            continue
+        covered = filter_covers(target, topic) if access == READ else topic_matches(target, topic)
+        if covered:
+            matched = True
+            granted = granted or bool(rule_access & access)
+    return True if granted else (False if matched else default)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["read", "write", "readwrite", "deny"]), topic_filters().filter(bool)
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([READ, WRITE]),
+    topic_filters(),
+    st.booleans(),
+)
+def test_the_indexed_lookup_decides_as_reading_every_rule(
+    lines: list[tuple[str, str]], access: int, topic: str, default: bool
+) -> None:
+    from gateway.mqtt.acl import ACCESS, DeviceRules
+
+    if access == WRITE:  # a PUBLISH names a topic, not a filter
+        topic = topic.replace("+", "x").replace("/#", "").replace("#", "x")
+    acl = parse_acl("".join(f"topic {a} {t}\n" for a, t in lines), default_allow=default)
+    rules = [(ACCESS[a], t) for a, t in lines]
+    device = DeviceRules(acl, "u", "c")
+    assert device.decide(access, topic) == naive(rules, access, topic, default)
+    assert device.allows(access, topic) == device.decide(access, topic)
