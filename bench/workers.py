@@ -513,11 +513,18 @@ def relay(args: argparse.Namespace) -> None:
 
     gateways = None
     if args.limits:
-        # The policy edge's per-device limits on, never reached: the cost of reading every
-        # packet and paying its tokens, beside the short path (gw-1).
+        # The policy edge on: per-device limits never reached (the cost of reading every
+        # packet and paying its tokens), then with a 100-line acl_file too, beside the
+        # short path (gw-1).
+        acl = os.path.join(world.dir, "acl")
+        with open(acl, "w") as f:
+            f.writelines(f"pattern readwrite fleet{i}/%u/#\n" for i in range(96))
+            f.writelines(f"topic readwrite t{i}\n" for i in range(4))
+        limits = "workers = 1\nmessages_rate = 1000000/s\nbytes_rate = 1GB/s\n"
         gateways = {
             "gw-1": "workers = 1\n",
-            "gw-limits": "workers = 1\nmessages_rate = 1000000/s\nbytes_rate = 1GB/s\n",
+            "gw-limits": limits,
+            "gw-policy": limits + f"acl_file = {acl}\n",
         }
     results = rounds(world, args.rounds, measure, gateways=gateways)
     print(
@@ -839,8 +846,8 @@ def main() -> None:
     p.add_argument(
         "--limits",
         action="store_true",
-        help="one process with messages_rate and bytes_rate on (never reached) beside one "
-        "without (gw-limits / gw-1)",
+        help="one process with messages_rate and bytes_rate on (never reached), and with a "
+        "100-line acl_file too, beside one without (gw-limits, gw-policy / gw-1)",
     )
     p = sub.add_parser("idle", parents=[common])
     p.add_argument("--rounds", type=int, default=1)
