@@ -22,6 +22,9 @@ than itself but ``#``).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 import attrs
 
 READ = 1
@@ -51,6 +54,31 @@ class Rule:
 class Acl:
     rules: tuple[Rule, ...]
     default_allow: bool = False
+    # The rules by their topic's first level (shared by every device): literal first
+    # levels, wildcard first levels, and patterns whose first level is filled in per device.
+    by_first: dict[str, tuple[Rule, ...]] = attrs.field(eq=False, factory=dict)
+    wild_first: tuple[Rule, ...] = attrs.field(eq=False, default=())
+    dynamic_first: tuple[Rule, ...] = attrs.field(eq=False, default=())
+
+    @classmethod
+    def of(cls, rules: tuple[Rule, ...], default_allow: bool = False) -> Acl:
+        by_first: dict[str, list[Rule]] = {}
+        wild, dynamic = [], []
+        for rule in rules:
+            first = rule.topic.split("/", 1)[0]
+            if rule.pattern and ("%u" in first or "%c" in first):
+                dynamic.append(rule)
+            elif first in ("+", "#"):
+                wild.append(rule)
+            else:
+                by_first.setdefault(first, []).append(rule)
+        return cls(
+            rules,
+            default_allow,
+            {k: tuple(v) for k, v in by_first.items()},
+            tuple(wild),
+            tuple(dynamic),
+        )
 
     def allows(self, access: int, topic: str, username: str, client_id: str) -> bool:
         """Whether a device may publish (WRITE) to ``topic`` or subscribe (READ) to the
@@ -62,32 +90,16 @@ _DECISIONS_KEPT = 256  # per device: the topics it used last
 
 
 class DeviceRules:
-    """The rules as they apply to one device: the lines of its user and every general
-    line, patterns filled in with its names, indexed by first level; its decisions are
-    remembered (a device uses few topics)."""
+    """The rules as they apply to one device, its decisions remembered (a device uses few
+    topics). Holds nothing per rule: the index is the Acl's, patterns are filled in as
+    they are met."""
+
+    __slots__ = ("acl", "username", "client_id", "_decisions")
 
     def __init__(self, acl: Acl, username: str, client_id: str) -> None:
         self.acl = acl
-        self.default_allow = acl.default_allow
-        self.by_first: dict[str, list[tuple[int, str]]] = {}
-        self.wild_first: list[tuple[int, str]] = []  # rules whose first level is + or #
-        self.rules: list[tuple[int, str]] = []
-        for rule in acl.rules:
-            if rule.user is not None and rule.user != username:
-                continue
-            target = rule.topic
-            if rule.pattern:
-                substituted = _substitute(target, username, client_id)
-                if substituted is None:
-                    continue
-                target = substituted
-            entry = (rule.access, target)
-            self.rules.append(entry)
-            first = target.split("/", 1)[0]
-            if first in ("+", "#"):
-                self.wild_first.append(entry)
-            else:
-                self.by_first.setdefault(first, []).append(entry)
+        self.username = username
+        self.client_id = client_id
         self._decisions: dict[tuple[int, str], bool] = {}
 
     def allows(self, access: int, topic: str) -> bool:
@@ -103,14 +115,26 @@ class DeviceRules:
     def decide(self, access: int, topic: str) -> bool:
         """A matching deny line refuses; else a matching line that grants the access
         allows; else a matching line (for the other access) refuses; else the default."""
+        acl = self.acl
         first = topic.split("/", 1)[0]
+        candidates: Iterable[Rule]
         if access == READ and first in ("+", "#"):
-            candidates = self.rules  # a wildcard filter may meet any rule
+            candidates = acl.rules  # a wildcard filter may meet any rule
         else:
-            candidates = self.by_first.get(first, []) + self.wild_first
+            candidates = itertools.chain(
+                acl.by_first.get(first, ()), acl.wild_first, acl.dynamic_first
+            )
         granted = matched = False
-        for rule_access, target in candidates:
-            if rule_access == 0:
+        for rule in candidates:
+            if rule.user is not None and rule.user != self.username:
+                continue
+            target = rule.topic
+            if rule.pattern:
+                substituted = _substitute(target, self.username, self.client_id)
+                if substituted is None:
+                    continue
+                target = substituted
+            if rule.access == 0:
                 # A subscription is refused if it could receive any topic a deny line
                 # names (the gateway does not filter the broker's deliveries).
                 if access == READ:
@@ -127,11 +151,11 @@ class DeviceRules:
             if not covered:
                 continue
             matched = True
-            if rule_access & access:
+            if rule.access & access:
                 granted = True
         if granted:
             return True
-        return False if matched else self.default_allow
+        return False if matched else acl.default_allow
 
 
 def parse_acl(text: str, default_allow: bool = False) -> Acl:
@@ -164,7 +188,7 @@ def parse_acl(text: str, default_allow: bool = False) -> Acl:
             raise AclError(number, f"topic {topic!r}: {why}")
         pattern = word == "pattern"
         rules.append(Rule(number, access, topic, pattern, None if pattern else user))
-    return Acl(tuple(rules), default_allow)
+    return Acl.of(tuple(rules), default_allow)
 
 
 def _substitute(topic: str, username: str, client_id: str) -> str | None:
