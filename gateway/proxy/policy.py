@@ -246,10 +246,15 @@ class DevicePolicy:
     def from_broker(self, data: bytes) -> None:
         """The broker's bytes, written to the device whole packets at a time (a packet of
         the gateway's own then always goes between two of the broker's)."""
+        if self._ended:
+            return
         try:
             packets = self.broker_reader.feed(data)
-        except RemoteProtocolError:
-            self.device.write(data)  # not MQTT as read here: pass it on untouched
+        except RemoteProtocolError as e:
+            # Not MQTT as read here (a remaining length over four bytes): the session ends.
+            self._ended = True
+            self.stop()
+            self.end("bad_packet", f"from the broker: {e.kind}: {e.detail}")
             return
         out: list[bytes | memoryview] = []
         for packet in packets:
