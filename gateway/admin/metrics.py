@@ -124,8 +124,9 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
     acl_denied = _family(
         CounterMetricFamily,
         "mqttgw_acl_denied",
-        "PUBLISHes and SUBSCRIBE filters the acl_file's rules denied.",
-        ["listener", "packet"],
+        "PUBLISHes and SUBSCRIBE filters the acl_file's rules denied, by the line that "
+        "decided (default: none matched).",
+        ["listener", "packet", "rule"],
     )
     disconnects = _family(
         CounterMetricFamily,
@@ -163,8 +164,9 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         accepting.add_metric([name], 1 if ls.accepting else 0)
         throttled.add_metric([name], s.throttled)
         throttled_seconds.add_metric([name], s.throttled_seconds)
-        for what in ("publish", "subscribe"):
-            acl_denied.add_metric([name, what], s.acl_denied.get(what, 0))
+        for key, count in sorted(s.acl_denied.items()):
+            what, _, rule = key.partition(" ")
+            acl_denied.add_metric([name, what, rule], count)
         for code, count in sorted(s.disconnects_sent.items()):
             disconnects.add_metric([name, code], count)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)

@@ -115,6 +115,14 @@ class DeviceRules:
     def decide(self, access: int, topic: str) -> bool:
         """A matching deny line refuses; else a matching line that grants the access
         allows; else a matching line (for the other access) refuses; else the default."""
+        return self._decide(access, topic)[0]
+
+    def rule_of(self, access: int, topic: str) -> str:
+        """Which line decided (for the log and the counters): ``line N`` of the deny line
+        or of the first line that matched, else ``default``."""
+        return self._decide(access, topic)[1]
+
+    def _decide(self, access: int, topic: str) -> tuple[bool, str]:
         acl = self.acl
         first = topic.split("/", 1)[0]
         candidates: Iterable[Rule]
@@ -124,7 +132,8 @@ class DeviceRules:
             candidates = itertools.chain(
                 acl.by_first.get(first, ()), acl.wild_first, acl.dynamic_first
             )
-        granted = matched = False
+        granted = False
+        matched: str | None = None  # the first line that matched
         for rule in candidates:
             if rule.user is not None and rule.user != self.username:
                 continue
@@ -142,7 +151,7 @@ class DeviceRules:
                 else:
                     hit = topic_matches(target, topic)
                 if hit:
-                    return False  # deny wins
+                    return False, f"line {rule.line}"  # deny wins
                 continue
             if access == READ:
                 covered = filter_covers(target, topic)
@@ -150,12 +159,15 @@ class DeviceRules:
                 covered = topic_matches(target, topic)
             if not covered:
                 continue
-            matched = True
+            if matched is None:
+                matched = f"line {rule.line}"
             if rule.access & access:
                 granted = True
         if granted:
-            return True
-        return False if matched else acl.default_allow
+            return True, matched or "default"
+        if matched is not None:
+            return False, matched
+        return acl.default_allow, "default"
 
 
 def parse_acl(text: str, default_allow: bool = False) -> Acl:

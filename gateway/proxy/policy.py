@@ -74,7 +74,7 @@ class DevicePolicy:
         reactor: Any,
         stats: Any = None,  # the listener's ListenerStats
         deny_action: str = "ignore",
-        on_denied: Callable[[str, str], None] = lambda what, topic: None,
+        on_denied: Callable[[str, str, str], None] = lambda what, topic, rule: None,
     ) -> None:
         self.device = device
         self.forward = forward
@@ -154,7 +154,7 @@ class DevicePolicy:
             assert packet.topic is not None
             if rules.allows(WRITE, packet.topic):
                 return packet.raw
-            self._denied("publish", packet.topic)
+            self._denied("publish", packet.topic, rules.rule_of(WRITE, packet.topic))
             if self.deny_action == "disconnect":
                 self._end("acl_denied", f"PUBLISH to {packet.topic!r} denied")
                 return None
@@ -173,7 +173,7 @@ class DevicePolicy:
                 allowed.append(sub)
             else:
                 refused.append(i)
-                self._denied("subscribe", sub.topic_filter)
+                self._denied("subscribe", sub.topic_filter, rules.rule_of(READ, sub.topic_filter))
         if not refused:
             return packet.raw
         if self.deny_action == "disconnect":
@@ -187,10 +187,10 @@ class DevicePolicy:
         self._subscriptions[packet.packet_id] = (len(packet.subscriptions), tuple(refused))
         return _subscribe(packet, allowed, self.level)
 
-    def _denied(self, what: str, topic: str) -> None:
+    def _denied(self, what: str, topic: str, rule: str) -> None:
         if self.stats is not None:
-            self.stats.acl_denied[what] += 1
-        self.on_denied(what, topic)
+            self.stats.acl_denied[f"{what} {rule}"] += 1
+        self.on_denied(what, topic, rule)
 
     def _end(self, reason: str, detail: str) -> None:
         if self._ended:

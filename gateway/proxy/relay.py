@@ -437,17 +437,18 @@ class ClientProtocol(protocol.Protocol):
         self._on_refuse(S.Refuse(by, why))
         self._run(self.session.stop(by, why))
 
-    def _log_denied(self, what: str, topic: str) -> None:
+    def _log_denied(self, what: str, topic: str, rule: str) -> None:
         if self.factory.denial_logged():
             log.warn(
                 "denied {listener} peer={peer} subject={subject} client_id={client_id!r}: "
-                "{what} {topic!r} (acl_file)",
+                "{what} {topic!r} (acl_file {rule})",
                 listener=self.factory.name,
                 peer=self.peer,
                 subject=self.subject,
                 client_id=self.session.connect.client_id if self.session.connect else "-",
                 what=what.upper(),
                 topic=topic,
+                rule=rule,
             )
 
     def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:

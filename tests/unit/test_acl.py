@@ -190,3 +190,13 @@ def test_the_indexed_lookup_decides_as_reading_every_rule(
     device = DeviceRules(acl, "u", "c")
     assert device.decide(access, topic) == naive(rules, access, topic, default)
     assert device.allows(access, topic) == device.decide(access, topic)
+
+
+def test_the_deciding_line_is_named() -> None:
+    from gateway.mqtt.acl import DeviceRules
+
+    alice = DeviceRules(parse_acl(ACL), "alice", "c1")
+    assert alice.rule_of(READ, "public/secret") == "line 5"  # the deny line
+    assert alice.rule_of(WRITE, "public/news") == "line 4"  # matched, read only
+    assert alice.rule_of(WRITE, "devices/bob/t") == "default"  # nothing matched
+    assert alice.rule_of(WRITE, "devices/alice/t") == "line 3"

@@ -151,3 +151,28 @@ def test_rate_limit_action_disconnect_tells_an_mqtt5_device() -> None:
     assert device.written == [b"\xe0\x02\x96\x00"] and ended[0][0] == "message_rate"
     policy.feed(publish5)  # nothing more after the end
     assert sent == [publish5]
+
+
+def test_the_gateways_own_close_says_why_to_an_mqtt5_device() -> None:
+    """A revoked certificate's session (or a shutdown, a listener removed) gets its MQTT 5
+    reason before the close, once; an MQTT 3.1.1 one is closed as it always was."""
+    from twisted.internet.task import Clock
+
+    from gateway.proxy.policy import DevicePolicy, Who
+
+    for level, expected in ((5, [b"\xe0\x02\x87\x00"]), (4, [])):
+        device = Written()
+        policy = DevicePolicy(
+            device,
+            lambda b: None,
+            lambda r, w: None,
+            None,
+            lambda: None,
+            Who("u", "c"),
+            level,
+            1000,
+            Clock(),
+        )
+        policy.disconnect("revoked")
+        policy.disconnect("shutdown")  # once only
+        assert device.written == expected
