@@ -99,10 +99,24 @@ class DevicePolicy:
         self._ended = False
         self._disconnect_sent = False
         self._rules: DeviceRules | None = None  # the rules in force, for this device
+        self._broker_need = 0  # bytes of the broker's current packet still to come
+        self._broker_head = b""  # the start of a fixed header split across reads
+        self._to_send: list[bytes] = []  # the gateway's own packets, for the next boundary
 
     # -- device to broker -------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        # The common case first: one whole short packet in the chunk, nothing held.
+        n = len(data)
+        if n >= 2 and data[1] < 0x80 and data[1] + 2 == n and not self.held:
+            if not self.reader.buffered and not self._ended:
+                kind = data[0] >> 4
+                if kind == PUBLISH:
+                    if self._fast_publish(data):
+                        return
+                elif kind != SUBSCRIBE:
+                    self.forward(data)  # PUBACK, PINGREQ, ...: nothing to judge
+                    return
         try:
             packets = self.reader.feed(data)
         except RemoteProtocolError as e:
@@ -112,6 +126,45 @@ class DevicePolicy:
             self.held.extend(packets)
             return
         self._send(packets)
+
+    def _fast_publish(self, data: bytes) -> bool:
+        """A whole short PUBLISH permitted and within the rate: forwarded as it came, and
+        True. False: the general path decides (a denial, a wait, anything unusual)."""
+        n = len(data)
+        qos = (data[0] >> 1) & 3
+        size = data[2] << 8 | data[3]
+        end = 4 + size + (2 if qos else 0)
+        if qos == 3 or size == 0 or end > n or n > self.reader.max:
+            return False
+        acl = self.acl()
+        if acl is not None:
+            rules = self._rules
+            if rules is None or rules.acl is not acl:
+                return False  # the general path (re)builds the rules
+            topic = data[4 : 4 + size]
+            known = rules.known(WRITE, topic)
+            if not known:  # denied, or not decided yet
+                return False
+        if self.buckets is not None:
+            now = self.reactor.seconds()
+            messages, sizes = self.buckets
+            if messages is not None:
+                m_tokens = messages.tokens + (now - messages.at) * messages.rate
+                if m_tokens > messages.burst:
+                    m_tokens = messages.burst
+                if m_tokens < 1:
+                    return False
+            if sizes is not None:
+                s_tokens = sizes.tokens + (now - sizes.at) * sizes.rate
+                if s_tokens > sizes.burst:
+                    s_tokens = sizes.burst
+                if s_tokens < n:
+                    return False
+                sizes.tokens, sizes.at = s_tokens - n, now
+            if messages is not None:
+                messages.tokens, messages.at = m_tokens - 1, now
+        self.forward(data)
+        return True
 
     def _send(self, packets: list[Packet] | deque[Packet]) -> None:
         """Forward packets in order until one must wait; hold it and the rest."""
@@ -153,6 +206,7 @@ class DevicePolicy:
         if packet.kind == PUBLISH:
             assert packet.topic is not None
             if rules.allows(WRITE, packet.topic):
+                rules.remember(packet.topic.encode())
                 return packet.raw
             self._denied("publish", packet.topic, rules.rule_of(WRITE, packet.topic))
             if self.deny_action == "disconnect":
@@ -162,9 +216,9 @@ class DevicePolicy:
                 kind = 0x40 if packet.qos == 1 else 0x50  # PUBACK, PUBREC
                 pid = packet.packet_id.to_bytes(2, "big")
                 if self.level == MQTT_5:
-                    self.device.write(bytes([kind, 3]) + pid + b"\x87")
+                    self._to_device(bytes([kind, 3]) + pid + b"\x87")
                 else:
-                    self.device.write(bytes([kind, 2]) + pid)
+                    self._to_device(bytes([kind, 2]) + pid)
             return None
         allowed = []
         refused = []
@@ -182,7 +236,7 @@ class DevicePolicy:
         assert packet.packet_id is not None
         code = NOT_AUTHORIZED if self.level == MQTT_5 else SUBACK_FAILURE_311
         if not allowed:
-            self.device.write(_suback(packet.packet_id, [code] * len(refused), self.level))
+            self._to_device(_suback(packet.packet_id, [code] * len(refused), self.level))
             return None
         self._subscriptions[packet.packet_id] = (len(packet.subscriptions), tuple(refused))
         return _subscribe(packet, allowed, self.level)
@@ -214,7 +268,7 @@ class DevicePolicy:
     def _disconnect(self, code: int) -> None:
         if self.level == MQTT_5 and not self._disconnect_sent:
             self._disconnect_sent = True
-            self.device.write(bytes([0xE0, 2, code, 0]))
+            self._to_device(bytes([0xE0, 2, code, 0]))
             if self.stats is not None:
                 self.stats.disconnects_sent[f"0x{code:02X}"] += 1
 
@@ -244,17 +298,75 @@ class DevicePolicy:
     # -- broker to device ----------------------------------------------------------------------
 
     def from_broker(self, data: bytes) -> None:
-        """The broker's bytes, written to the device whole packets at a time (a packet of
-        the gateway's own then always goes between two of the broker's)."""
+        """The broker's bytes to the device. Only their packet boundaries are followed
+        (cheaply) so that a packet of the gateway's own goes between two of the broker's;
+        while a SUBACK is to be completed they are read as packets."""
         if self._ended:
             return
+        n = len(data)
+        if (
+            not self._broker_need
+            and not self._broker_head
+            and n >= 2
+            and data[1] < 0x80
+            and data[1] + 2 == n
+            and not self.broker_reader.buffered
+            and not self._subscriptions
+        ):
+            self.device.write(data)  # one whole short packet: still at a boundary
+            if self._to_send:
+                self._flush_own()
+            return
+        if self.broker_reader.buffered or (
+            self._subscriptions and not self._broker_need and not self._broker_head
+        ):
+            self._from_broker_read(data)
+            return
+        try:
+            self._follow(data)
+        except RemoteProtocolError as e:
+            self._broker_failed(e)
+            return
+        self.device.write(data)
+        if self._to_send and not self._broker_need and not self._broker_head:
+            self._flush_own()
+
+    def _follow(self, data: bytes) -> None:
+        """Advance over ``data``: how much of the broker's current packet is still to come
+        (``_broker_need``), or the start of a fixed header split across reads."""
+        n = len(data)
+        if self._broker_need >= n:
+            self._broker_need -= n
+            return
+        pos = self._broker_need
+        head = self._broker_head  # with a split header, pos is 0
+        while pos < n:
+            header = head + data[pos : pos + 5 - len(head)]
+            length, shift, size, complete = 0, 0, 1, False
+            while size < len(header):
+                byte = header[size]
+                length |= (byte & 0x7F) << shift
+                size += 1
+                if not byte & 0x80:
+                    complete = True
+                    break
+                shift += 7
+                if size > 4:
+                    raise RemoteProtocolError("malformed", "remaining length over four bytes")
+            if not complete:  # the read ended inside the header
+                self._broker_head = header
+                self._broker_need = 0
+                return
+            pos += size - len(head) + length
+            head = b""
+        self._broker_head = b""
+        self._broker_need = pos - n
+
+    def _from_broker_read(self, data: bytes) -> None:
         try:
             packets = self.broker_reader.feed(data)
         except RemoteProtocolError as e:
-            # Not MQTT as read here (a remaining length over four bytes): the session ends.
-            self._ended = True
-            self.stop()
-            self.end("bad_packet", f"from the broker: {e.kind}: {e.detail}")
+            self._broker_failed(e)
             return
         out: list[bytes | memoryview] = []
         for packet in packets:
@@ -264,6 +376,26 @@ class DevicePolicy:
                 out.append(packet.raw)
         if out:
             self.device.write(b"".join(out))
+        if self._to_send and not self.broker_reader.buffered:
+            self._flush_own()
+
+    def _broker_failed(self, e: RemoteProtocolError) -> None:
+        # Not MQTT as read here (a remaining length over four bytes): the session ends.
+        self._ended = True
+        self.stop()
+        self.end("bad_packet", f"from the broker: {e.kind}: {e.detail}")
+
+    def _to_device(self, packet: bytes) -> None:
+        """A packet of the gateway's own: now if the broker's stream is between packets,
+        else once its current packet is through."""
+        if self._broker_need or self._broker_head or self.broker_reader.buffered:
+            self._to_send.append(packet)
+        else:
+            self.device.write(packet)
+
+    def _flush_own(self) -> None:
+        own, self._to_send = self._to_send, []
+        self.device.write(b"".join(own))
 
     def _merged_suback(self, packet: Packet) -> bytes | memoryview:
         raw = bytes(packet.raw)

@@ -127,3 +127,49 @@ def test_malformed_publish_and_subscribe_are_refused() -> None:
     ]:
         with pytest.raises(RemoteProtocolError):
             StreamReader(level, 1000).feed(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.data())
+def test_the_gateways_own_packets_go_between_the_brokers(
+    stream: tuple, data: st.DataObject
+) -> None:
+    """The broker's stream in any split, with packets of the gateway's own asked for at any
+    moment: what the device reads is the broker's packets, whole and in order, with the
+    gateway's between two of them."""
+    from twisted.internet.task import Clock
+
+    from gateway.proxy.policy import DevicePolicy, Who
+
+    level, expected, raw = stream
+
+    class Device:
+        def __init__(self) -> None:
+            self.out = b""
+
+        def write(self, chunk: bytes) -> None:
+            self.out += chunk
+
+    device = Device()
+    policy = DevicePolicy(
+        device,
+        lambda b: None,
+        lambda r, w: None,
+        None,
+        lambda: None,
+        Who("u", "c"),
+        level,
+        1 << 20,
+        Clock(),
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=8)))
+    own = b"\xd0\x00"  # a PINGRESP stands for any packet of the gateway's
+    inserted = 0
+    for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        policy.from_broker(raw[a:b])
+        if data.draw(st.booleans()):
+            policy._to_device(own)  # noqa: SLF001 (what a denial or a close does)
+            inserted += 1
+    packets = [bytes(p.raw) for p in StreamReader(level, 1 << 20, fields=False).feed(device.out)]
+    assert [p for p in packets if p != own] == [r for _, r, *_ in expected if r != own]
+    assert packets.count(own) == inserted + sum(r == own for _, r, *_ in expected)
