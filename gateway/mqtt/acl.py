@@ -103,7 +103,7 @@ class DeviceRules:
         self._decisions: dict[tuple[int, str], bool] = {}
         self._permitted: set[bytes] = set()  # PUBLISH topics (as sent) allowed before
 
-    def known(self, access: int, topic: bytes) -> bool:
+    def known(self, topic: bytes) -> bool:
         """Whether the PUBLISH topic ``topic`` (its UTF-8 bytes) was allowed before: the
         relay's fast path. False: decide it the full way."""
         return topic in self._permitted

@@ -51,10 +51,6 @@ class Bucket:
         if self.tokens is None:
             self.tokens = self.burst
 
-    def can_take(self, amount: float, now: float) -> bool:
-        """Whether ``amount`` tokens are there now (nothing taken)."""
-        return min(self.burst, self.tokens + (now - self.at) * self.rate) >= amount
-
     def take(self, amount: float, now: float) -> float:
         """Take ``amount`` tokens; the seconds to wait before the next packet (0: none).
         The tokens are taken even when short (the packet has arrived): the debt is paid by
@@ -73,7 +69,6 @@ class DeviceLimits:
     messages_burst: float = 0.0
     bytes_rate: float | None = None
     bytes_burst: float = 0.0
-    max_subscriptions: int | None = None
     disconnect: bool = False  # over the rate: end the session rather than pause it
 
     def buckets(self, now: float) -> tuple[Bucket | None, Bucket | None]:

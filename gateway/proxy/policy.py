@@ -142,7 +142,7 @@ class DevicePolicy:
             if rules is None or rules.acl is not acl:
                 return False  # the general path (re)builds the rules
             topic = data[4 : 4 + size]
-            known = rules.known(WRITE, topic)
+            known = rules.known(topic)
             if not known:  # denied, or not decided yet
                 return False
         if self.buckets is not None:

@@ -29,6 +29,8 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from gateway.clock import CLOCK_SKEW, utc_timestamp
 from gateway.errors import GatewayError
 
+MAX_RESPONSE_SIZE = 64 * 1024  # real responses are a few KB; more is not an OCSP answer
+
 
 class OcspError(GatewayError):
     """A response that must not be stapled. ``kind`` is a short machine-readable class."""

@@ -31,7 +31,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.clock import format_timestamp
 from gateway.config.model import ClientOcspSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.revocation import ocsp
@@ -41,7 +40,6 @@ from gateway.revocation.store import write_atomically
 
 log = Logger()
 
-MAX_RESPONSE_SIZE = 64 * 1024
 REFRESH_TICK = 10.0  # how often live sessions' answers are looked at for a refresh
 PERSIST_TICK = 60.0  # how often changed answers are written to ocsp_cache.dir
 REFRESH_LEAD = 0.5  # refresh at the latest this far (as a share) from thisUpdate to nextUpdate
@@ -283,7 +281,7 @@ class OcspClient(service.Service):
             d = self.fetcher.fetch(
                 responder,
                 self.settings.http_timeout,
-                MAX_RESPONSE_SIZE,
+                ocsp.MAX_RESPONSE_SIZE,
                 method="POST",
                 body=body,
                 headers={b"Content-Type": [b"application/ocsp-request"]},
@@ -489,12 +487,6 @@ def _why_not(failure: Failure) -> tuple[str, str]:
     if failure.check(defer.TimeoutError, defer.CancelledError):
         return "unavailable", "no answer in time"
     return "unavailable", describe_error(failure.value)
-
-
-def format_answer(answer: OcspAnswer | None) -> str:
-    if answer is None:
-        return "none"
-    return f"{answer.status} until {format_timestamp(answer.next_update)}"
 
 
 class OcspChecker:

@@ -31,7 +31,6 @@ from gateway.status import OcspStatus
 
 log = Logger()
 
-MAX_RESPONSE_SIZE = 64 * 1024  # real responses are a few KB; more is not an OCSP answer
 REFRESH_LEAD = 0.5  # refresh at the latest halfway to the held response's nextUpdate
 
 
@@ -165,7 +164,7 @@ class OcspStapler(service.Service):
             return
         try:
             with open(path, "rb") as f:  # a few KB, once, at start-up
-                der = f.read(MAX_RESPONSE_SIZE + 1)
+                der = f.read(ocsp.MAX_RESPONSE_SIZE + 1)
             info = ocsp.validate(der, self._cert, self._issuer, self._reactor.seconds())
         except (OSError, ocsp.OcspError) as e:
             log.info(
@@ -200,12 +199,13 @@ class OcspStapler(service.Service):
         timeout = self.settings.http_timeout
         d: defer.Deferred[Any]
         if self.settings.request_method == "get":
-            d = self._fetcher.fetch(ocsp.get_url(responder, request), timeout, MAX_RESPONSE_SIZE)
+            url = ocsp.get_url(responder, request)
+            d = self._fetcher.fetch(url, timeout, ocsp.MAX_RESPONSE_SIZE)
         else:
             d = self._fetcher.fetch(
                 responder,
                 timeout,
-                MAX_RESPONSE_SIZE,
+                ocsp.MAX_RESPONSE_SIZE,
                 method="POST",
                 body=request,
                 headers={b"Content-Type": [b"application/ocsp-request"]},

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,19 @@ def subscribe(pid: int, filters: list[str], level: int) -> bytes:
     return b"\x82" + encode_length(len(body)) + body
 
 
+def start(workdir: str, name: str, **opts: str) -> tuple[support.Pki, Any, int, Any, int, str]:
+    """A PKI, mosquitto and a gateway whose listener has RULES as its acl_file:
+    (pki, broker, its plain port, gateway, gateway port, rules path)."""
+    p = support.make_pki(workdir)
+    broker, plain = support.start_mosquitto(workdir)
+    rules = os.path.join(workdir, "acl")
+    with open(rules, "w") as f:
+        f.write(RULES)
+    port = support.free_port()
+    conf = support.listener_conf("acl", port, plain, p, {"acl_file": rules, **opts})
+    return p, broker, plain, support.start_gateway(workdir, conf, name), port, rules
+
+
 class Watcher:
     """A client on the broker's plain listener: what the broker delivered."""
 
@@ -80,14 +94,7 @@ class Watcher:
 
 @pytest.mark.parametrize("level", [4, 5])
 def test_rules_bound_to_the_certificate(workdir: str, level: int) -> None:
-    p = support.make_pki(workdir)
-    broker, plain = support.start_mosquitto(workdir)
-    rules = os.path.join(workdir, "acl")
-    with open(rules, "w") as f:
-        f.write(RULES)
-    port = support.free_port()
-    conf = support.listener_conf("acl", port, plain, p, {"acl_file": rules})
-    gw = support.start_gateway(workdir, conf, f"gw-acl-{level}")
+    p, broker, plain, gw, port, rules = start(workdir, f"gw-acl-{level}")
     watcher = Watcher(plain, "devices/#")
     try:
         alice = support.tls_connect(port, support.client_context(p, p.client("alice")))
@@ -133,14 +140,7 @@ def test_rules_bound_to_the_certificate(workdir: str, level: int) -> None:
 def test_an_mqtt5_session_hears_why_at_shutdown(workdir: str) -> None:
     """On a listener with rules, the gateway's own close of an MQTT 5 session (here its
     shutdown) comes after a DISCONNECT 0x8B (server shutting down)."""
-    p = support.make_pki(workdir)
-    broker, plain = support.start_mosquitto(workdir)
-    rules = os.path.join(workdir, "acl")
-    with open(rules, "w") as f:
-        f.write(RULES)
-    port = support.free_port()
-    conf = support.listener_conf("acl", port, plain, p, {"acl_file": rules})
-    gw = support.start_gateway(workdir, conf, "gw-acl-shutdown")
+    p, broker, plain, gw, port, rules = start(workdir, "gw-acl-shutdown")
     try:
         carol = support.tls_connect(port, support.client_context(p, p.client("carol")))
         carol.sendall(support.connect_packet("carol", keep_alive=0, level=5))
@@ -157,16 +157,9 @@ def test_an_mqtt5_session_hears_why_at_shutdown(workdir: str) -> None:
 def test_disconnect_on_denial_and_a_bad_acl_file(workdir: str) -> None:
     """acl_deny_action = disconnect: an MQTT 5 device gets DISCONNECT 0x87, then the close.
     A bad line is a configuration error naming the file's line."""
-    p = support.make_pki(workdir)
-    broker, plain = support.start_mosquitto(workdir)
-    rules = os.path.join(workdir, "acl")
-    with open(rules, "w") as f:
-        f.write(RULES)
-    port = support.free_port()
-    conf = support.listener_conf(
-        "acl", port, plain, p, {"acl_file": rules, "acl_deny_action": "disconnect"}
+    p, broker, plain, gw, port, rules = start(
+        workdir, "gw-acl-disconnect", acl_deny_action="disconnect"
     )
-    gw = support.start_gateway(workdir, conf, "gw-acl-disconnect")
     try:
         bob = support.tls_connect(port, support.client_context(p, p.client("bob")))
         bob.sendall(support.connect_packet("bob", keep_alive=0, level=5))
@@ -194,14 +187,7 @@ def test_disconnect_on_denial_and_a_bad_acl_file(workdir: str) -> None:
 def test_packets_split_byte_by_byte_are_read_the_same(workdir: str) -> None:
     """A PUBLISH sent one byte per TLS record is judged as a whole: the permitted one
     reaches the broker, the denied one does not."""
-    p = support.make_pki(workdir)
-    broker, plain = support.start_mosquitto(workdir)
-    rules = os.path.join(workdir, "acl")
-    with open(rules, "w") as f:
-        f.write(RULES)
-    port = support.free_port()
-    conf = support.listener_conf("acl", port, plain, p, {"acl_file": rules})
-    gw = support.start_gateway(workdir, conf, "gw-acl-split")
+    p, broker, plain, gw, port, rules = start(workdir, "gw-acl-split")
     watcher = Watcher(plain, "devices/#")
     try:
         dave = support.tls_connect(port, support.client_context(p, p.client("dave")))
