@@ -16,6 +16,7 @@ import attrs
 from OpenSSL import SSL
 from twisted.logger import Logger
 
+from gateway.choices import HealthCheck, RateAction
 from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
 from gateway.config.values import format_bind
 from gateway.mqtt.acl import Acl
@@ -92,7 +93,7 @@ class ListenerParts:
             limits.messages_burst,
             limits.bytes_rate,
             limits.bytes_burst,
-            disconnect=limits.rate_limit_action == "disconnect",
+            disconnect=limits.rate_limit_action == RateAction.DISCONNECT,
         )
 
     def services(self) -> list[Any]:
@@ -245,7 +246,7 @@ def _upstream(
     if (
         role.checks_brokers
         and up.check_interval > 0
-        and (len(up.addresses) > 1 or up.check == "mqtt")
+        and (len(up.addresses) > 1 or up.check == HealthCheck.MQTT)
     ):
         health = HealthChecker(connector, name)
     return pool, connector, health

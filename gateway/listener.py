@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.build import ListenerParts, PartsBox
+from gateway.choices import TlsIo
 from gateway.config.values import format_bind
 from gateway.drain import drain
 from gateway.observe import own_status
@@ -51,7 +52,7 @@ class ListenerService(service.MultiService):
         # TLS in a memory BIO, or on the socket (a TLSPort's transports; tls_io = socket).
         tls: Any = (
             SocketTLSFactory(self.gate)
-            if parts.settings.tls.io == "socket"
+            if parts.settings.tls.io == TlsIo.SOCKET
             else ListenerTLSFactory(self.creator, self.gate, reactor)
         )
         self.entry = EntryFactory(tls, lambda: self.box.parts.settings.front, reactor)

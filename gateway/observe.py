@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from gateway.choices import FailurePolicy
 from gateway.clock import format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.config.values import format_bind
@@ -55,7 +56,7 @@ def undecided(
     of the bundle whose certificates (devices, or the CAs below it) the CRLs held cannot
     decide, as the checker would find (``CrlCache.status``). With crl_cache_from_cert a
     missing CRL is fetched when a device names it (the device is held, not refused)."""
-    if settings.expired_policy != "reject":
+    if settings.expired_policy != FailurePolicy.REJECT:
         return ""
     why = []
     for ca in cas:

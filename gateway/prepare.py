@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import attrs
 
 from gateway import files
+from gateway.choices import AclDefault
 from gateway.config import Config, load_config
 from gateway.mqtt.acl import Acl, AclError, parse_acl
 from gateway.tls.material import TlsMaterial, load_materials
@@ -48,7 +49,7 @@ def _load_acl(config: Config, listener: str, path: str, default: str) -> Acl:
     if len(raw) > MAX_ACL_FILE:
         raise config.error(listener, "acl_file", f"{path} is larger than 4 MB")
     try:
-        return parse_acl(raw.decode("utf-8"), default_allow=default == "allow")
+        return parse_acl(raw.decode("utf-8"), default_allow=default == AclDefault.ALLOW)
     except UnicodeDecodeError:
         raise config.error(listener, "acl_file", f"{path} is not UTF-8 text") from None
     except AclError as e:

@@ -8,7 +8,21 @@ from __future__ import annotations
 import enum
 
 
-class Reason(str, enum.Enum):
+class Word(str, enum.Enum):
+    """A member of a vocabulary: a ``str`` whose text is its value (in logs, labels, the
+    configuration), that hashes as its value, so plain strings from a worker's report or a
+    configuration line land on the same keys."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    __hash__ = str.__hash__
+
+
+class Reason(Word):
     """A refusal reason: its value is the label operators see, ``text`` a plain default
     detail. A ``str`` (``Reason.REVOKED == "revoked"``) that hashes as its value, so counts
     merged from a worker's report (plain strings) land on the same keys."""
@@ -20,14 +34,6 @@ class Reason(str, enum.Enum):
         member._value_ = value
         member.text = text
         return member
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
-
-    __hash__ = str.__hash__
 
     # In the TLS handshake: the client certificate.
     NO_CERTIFICATE = "no_certificate", "the client sent no certificate"
@@ -73,13 +79,16 @@ class Reason(str, enum.Enum):
     RELOAD = "reload", "a reload removed the listener before the session was relayed"
 
 
-class CrlVerdict(str, enum.Enum):
+class Side(Word):
+    """Who ended a relayed session when the gateway did not (its own closes are a
+    ``Reason``): the ``closed_by`` of the session log and of ``mqttgw_sessions_closed_total``."""
+
+    CLIENT = "client"
+    BROKER = "broker"
+
+
+class CrlVerdict(Word):
     """What the CRLs held say of one certificate (``CrlCache.status``)."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    __hash__ = str.__hash__
 
     GOOD = "good"
     REVOKED = "revoked"

@@ -19,6 +19,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.choices import TlsIo
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.ports import PortService, ready_timeout
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -237,7 +238,7 @@ class SingleProcess(Serving):
         )
 
     def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
-        if settings.tls.io == "socket":
+        if settings.tls.io == TlsIo.SOCKET:
             endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
             return port_service(listener, settings, endpoint)
         return port_service(listener, settings, tcp_endpoint(self.reactor, settings.bind))

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway import files
+from gateway.choices import TlsIo
 from gateway.config import checks
 from gateway.config.checks import Line
 from gateway.config.keys import (
@@ -200,7 +201,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     checks.check_admin(path, settings, globals_, listeners)
     if settings.workers != 1:
         for listener in listeners:
-            if listener.tls.io == "socket":
+            if listener.tls.io == TlsIo.SOCKET:
                 where = origins[listener.name].get("tls_io")
                 line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.tls_io")
                 raise ConfigError(path, line, key, "socket needs workers = 1 (for now)")
@@ -287,7 +288,7 @@ def _build_listener(
             )
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
-    if v["tls_io"] == "socket" and v["proxy_protocol"]:
+    if v["tls_io"] == TlsIo.SOCKET and v["proxy_protocol"]:
         raise fail("tls_io", "socket does not read a PROXY header: use bio with proxy_protocol")
     if v["enable_crl_cache"]:
         if not verify_peer:

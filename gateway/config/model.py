@@ -8,6 +8,21 @@ from typing import Any
 
 import attrs
 
+from gateway.choices import (
+    AclDefault,
+    Affinity,
+    Balance,
+    DenyAction,
+    FailurePolicy,
+    HealthCheck,
+    IdentitySource,
+    OcspCheck,
+    OcspMethod,
+    ProxyVersion,
+    RateAction,
+    TlsIo,
+    WithCrl,
+)
 from gateway.config.keys import KEYS
 from gateway.errors import ConfigError
 
@@ -34,7 +49,7 @@ class GlobalSettings:
     admin_token_file: str | None = _default("admin_token_file")
     admin_open_read: bool = _default("admin_open_read")
     workers: int = _default("workers")  # 0: auto (one per usable CPU)
-    worker_affinity: str = _default("worker_affinity")  # auto | address | kernel
+    worker_affinity: Affinity = _default("worker_affinity")
 
 
 @attrs.frozen
@@ -52,7 +67,7 @@ class TlsSettings:
     ciphers: tuple[str, ...]  # effective: the profile's where not set
     groups: tuple[str, ...]
     honor_cipher_order: bool
-    io: str = _default("tls.io")  # bio | socket
+    io: TlsIo = _default("tls.io")
 
 
 @attrs.frozen
@@ -71,7 +86,7 @@ class ConnectionLimits:
     messages_burst: int = _default("limits.messages_burst")
     bytes_rate: float | None = _default("limits.bytes_rate")
     bytes_burst: int = _default("limits.bytes_burst")
-    rate_limit_action: str = _default("limits.rate_limit_action")  # pause | disconnect
+    rate_limit_action: RateAction = _default("limits.rate_limit_action")
 
 
 @attrs.frozen
@@ -93,13 +108,13 @@ class UpstreamSettings:
 
     addresses: tuple[tuple[str, int], ...]
     connect_timeout: float
-    balance: str = _default("upstream.balance")
+    balance: Balance = _default("upstream.balance")
     down_time: float = _default("upstream.down_time")
     check_interval: float = _default("upstream.check_interval")  # 0: no active check
-    check: str = _default("upstream.check")  # tcp | mqtt
+    check: HealthCheck = _default("upstream.check")
     check_client_id: str = _default("upstream.check_client_id")
     tls: UpstreamTls | None = None
-    proxy_protocol: str | None = _default("upstream.proxy_protocol")  # None | v1 | v2
+    proxy_protocol: ProxyVersion | None = _default("upstream.proxy_protocol")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -112,8 +127,8 @@ class IdentitySettings:
     """What of the verified client certificate replaces the CONNECT's user name and client
     id (EMQX's peer_cert_as_username / peer_cert_as_clientid): cn, dn, crt, pem, md5."""
 
-    username: str | None = _default("identity.username")
-    client_id: str | None = _default("identity.client_id")
+    username: IdentitySource | None = _default("identity.username")
+    client_id: IdentitySource | None = _default("identity.client_id")
 
 
 @attrs.frozen
@@ -131,7 +146,7 @@ class CrlSettings:
     urls: tuple[str, ...]
     http_timeout: float
     max_size: int
-    expired_policy: str  # reject | accept
+    expired_policy: FailurePolicy
     grace_period: float
     from_cert: bool
     capacity: int
@@ -145,7 +160,7 @@ class OcspSettings:
     issuer_pem: str | None
     refresh_interval: float
     http_timeout: float
-    request_method: str  # post | get
+    request_method: OcspMethod
     nonce: bool
 
 
@@ -153,16 +168,16 @@ class OcspSettings:
 class ClientOcspSettings:
     """OCSP checking of client certificates (present only when enabled)."""
 
-    mode: str  # leaf | chain
+    mode: OcspCheck  # leaf or chain (off: no section)
     responder_url: str | None  # overrides each certificate's AIA
     http_timeout: float
     cache_size: int
     refresh_interval: float  # live sessions' answers asked again this often
-    failure_policy: str  # reject | accept: no answer, an unusable one, or 'unknown'
+    failure_policy: FailurePolicy  # no answer, an unusable one, or 'unknown'
     grace_period: float  # an answer still used this long past its nextUpdate
     max_age: float  # an answer without nextUpdate is used this long after thisUpdate
     max_requests: int  # requests in flight to one responder; more wait in a queue
-    with_crl: str  # both | either, when CRL checking is on too
+    with_crl: WithCrl  # when CRL checking is on too
 
 
 @attrs.frozen
@@ -170,8 +185,8 @@ class AclSettings:
     """Topic rules bound to the certificate (a Mosquitto ACL file), per listener."""
 
     file: str | None = _default("acl.file")
-    default: str = _default("acl.default")  # deny | allow: when no line matches
-    deny_action: str = _default("acl.deny_action")  # ignore | disconnect
+    default: AclDefault = _default("acl.default")  # when no line matches
+    deny_action: DenyAction = _default("acl.deny_action")
 
 
 @attrs.frozen

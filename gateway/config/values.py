@@ -4,9 +4,11 @@ with the reason the operator reads; each formatter gives the text back."""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from collections.abc import Callable
+from typing import TypeVar
 
 from gateway.mqtt.packets import encode_string
 
@@ -173,6 +175,19 @@ def parse_host_port_list(text: str) -> tuple[tuple[str, int], ...]:
 
 def format_host_port_list(value: tuple[tuple[str, int], ...]) -> str:
     return ", ".join(format_bind(a) for a in value)
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def choice(vocabulary: type[E]) -> Callable[[str], E]:
+    """A parser of one of ``vocabulary``'s words into its member."""
+    words = [str(member.value) for member in vocabulary]
+
+    def parse(text: str) -> E:
+        return vocabulary(enum_of(*words)(text))
+
+    return parse
 
 
 def enum_of(*choices: str) -> Callable[[str], str]:

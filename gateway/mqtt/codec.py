@@ -12,11 +12,8 @@ import enum
 import attrs
 
 from gateway.mqtt.errors import RemoteProtocolError
-from gateway.mqtt.packets import MQTT_5
+from gateway.mqtt.packets import MQTT_5, Cursor, Kind, fixed_header
 from gateway.mqtt.packets import PROTOCOL_NAMES as _PROTOCOL_NAMES
-
-_CONNECT = 1
-_FIXED_HEADER_MAX = 5  # one type byte and at most four remaining-length bytes
 
 
 class _NeedData(enum.Enum):
@@ -69,16 +66,16 @@ class ConnectReader:
         buf = self._buffer
         if not buf:
             return NEED_DATA
-        if buf[0] >> 4 != _CONNECT:
+        if buf[0] >> 4 != Kind.CONNECT:
             raise RemoteProtocolError(
                 "not_connect", f"first packet is not CONNECT (first byte 0x{buf[0]:02x})"
             )
         if buf[0] & 0x0F:
             raise RemoteProtocolError("malformed", "CONNECT fixed-header flags are not zero")
-        header = _remaining_length(buf)
+        header = fixed_header(buf, 0, len(buf))
         if header is None:
             return NEED_DATA
-        length, header_size = header
+        header_size, length = header
         total = header_size + length
         if total > self._max:
             raise RemoteProtocolError(
@@ -93,69 +90,8 @@ class ConnectReader:
         return event
 
 
-def _remaining_length(buf: bytearray) -> tuple[int, int] | None:
-    """Decode the variable-length 'remaining length'; None if more bytes are needed."""
-    value = 0
-    for i in range(1, _FIXED_HEADER_MAX):
-        if i >= len(buf):
-            return None
-        byte = buf[i]
-        value |= (byte & 0x7F) << (7 * (i - 1))
-        if not byte & 0x80:
-            return value, i + 1
-    raise RemoteProtocolError("malformed", "remaining length is longer than four bytes")
-
-
-class _Cursor:
-    """Bounds-checked reads over one packet body."""
-
-    def __init__(self, data: bytes, pos: int) -> None:
-        self.data = data
-        self.pos = pos
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise RemoteProtocolError("malformed", f"CONNECT truncated in {what}")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def u16(self, what: str) -> int:
-        return int.from_bytes(self.take(2, what), "big")
-
-    def binary(self, what: str) -> bytes:
-        return self.take(self.u16(what), what)
-
-    def utf8(self, what: str) -> str:
-        raw = self.binary(what)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("malformed", f"{what} is not valid UTF-8") from None
-        if "\x00" in text:
-            raise RemoteProtocolError("malformed", f"{what} contains U+0000")
-        return text
-
-    def varint(self, what: str) -> int:
-        value = 0
-        for shift in range(0, 28, 7):
-            byte = self.u8(what)
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-        raise RemoteProtocolError("malformed", f"{what} length is longer than four bytes")
-
-    def properties(self, what: str) -> None:
-        # MQTT 5 properties: validated for length only; the broker interprets them.
-        self.take(self.varint(what), what)
-
-
 def _parse_connect(packet: bytes, header_size: int) -> Connect:
-    cur = _Cursor(packet, header_size)
+    cur = Cursor(packet, header_size)
     name = cur.binary("protocol name")
     level = cur.u8("protocol level")
     if _PROTOCOL_NAMES.get(level) != name:

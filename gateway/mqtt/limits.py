@@ -51,13 +51,17 @@ class Bucket:
         if self.tokens is None:
             self.tokens = self.burst
 
+    def level(self, now: float) -> float:
+        """The tokens held at ``now`` (refilled since the last take, up to the burst)."""
+        tokens = self.tokens + (now - self.at) * self.rate
+        return tokens if tokens < self.burst else self.burst
+
     def take(self, amount: float, now: float) -> float:
         """Take ``amount`` tokens; the seconds to wait before the next packet (0: none).
         The tokens are taken even when short (the packet has arrived): the debt is paid by
         waiting."""
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.tokens = self.level(now) - amount
         self.at = now
-        self.tokens -= amount
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
@@ -92,3 +96,23 @@ def pause_for(buckets: tuple[Bucket | None, Bucket | None], size: int, now: floa
     if sizes is not None:
         wait = max(wait, sizes.take(size, now))
     return wait
+
+
+def pay_now(buckets: tuple[Bucket | None, Bucket | None], size: int, now: float) -> bool:
+    """A PUBLISH of ``size`` bytes takes its tokens if every bucket has them now (True);
+    otherwise nothing is taken (False: ``pause_for`` says how long it is to wait)."""
+    messages, sizes = buckets
+    m = s = 0.0
+    if messages is not None:
+        m = messages.level(now)
+        if m < 1:
+            return False
+    if sizes is not None:
+        s = sizes.level(now)
+        if s < size:
+            return False
+    if messages is not None:
+        messages.tokens, messages.at = m - 1, now
+    if sizes is not None:
+        sizes.tokens, sizes.at = s - size, now
+    return True

@@ -10,9 +10,8 @@ for byte, and the remaining length is recomputed.
 
 from __future__ import annotations
 
-from gateway.mqtt.codec import _Cursor
 from gateway.mqtt.errors import RemoteProtocolError
-from gateway.mqtt.packets import MQTT_5, encode_string
+from gateway.mqtt.packets import MQTT_5, Cursor, body_start, encode_string
 from gateway.mqtt.packets import packet as whole_packet
 
 
@@ -24,12 +23,7 @@ def rewrite_connect(
     ValueError if a new value cannot be encoded."""
     if username is None and client_id is None:
         return packet
-    # The fixed header: type byte, then the remaining length (at most four bytes).
-    length_end = 1
-    while length_end < min(len(packet), 5) and packet[length_end] & 0x80:
-        length_end += 1
-    header_size = length_end + 1
-    cur = _Cursor(packet, header_size)
+    cur = Cursor(packet, body_start(packet))
     start = cur.pos
     cur.binary("protocol name")
     level = cur.u8("protocol level")

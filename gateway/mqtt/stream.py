@@ -19,14 +19,11 @@ from __future__ import annotations
 import attrs
 
 from gateway.mqtt.errors import RemoteProtocolError
-from gateway.mqtt.packets import MQTT_5
+from gateway.mqtt.packets import MQTT_5, Kind, fixed_header, read_u16, read_utf8, skip_properties
 
-PUBLISH = 3
-PUBACK = 4
-PUBREC = 5
-SUBSCRIBE = 8
-SUBACK = 9
-DISCONNECT = 14
+PUBLISH = Kind.PUBLISH
+SUBSCRIBE = Kind.SUBSCRIBE
+SUBACK = Kind.SUBACK
 
 
 @attrs.frozen
@@ -75,7 +72,7 @@ class StreamReader:
         pos = 0
         end = len(buf)
         while pos < end:
-            header = _header(buf, pos, end)
+            header = fixed_header(buf, pos, end)
             if header is None:
                 break
             body_start, length = header
@@ -114,14 +111,14 @@ class StreamReader:
         qos = (flags >> 1) & 0x03
         if qos == 3:
             raise RemoteProtocolError("malformed", "PUBLISH with QoS 3")
-        topic, pos = _utf8(raw, pos, "PUBLISH topic")
+        topic, pos = read_utf8(raw, pos, "PUBLISH topic")
         packet_id = None
         if qos:
-            packet_id, pos = _u16(raw, pos, "PUBLISH packet id")
+            packet_id, pos = read_u16(raw, pos, "PUBLISH packet id")
             if packet_id == 0:
                 raise RemoteProtocolError("malformed", "PUBLISH packet id 0")
         if self.level == MQTT_5:
-            pos = _skip_properties(raw, pos, "PUBLISH properties")
+            pos = skip_properties(raw, pos, "PUBLISH properties")
         if not topic and self.level != MQTT_5:
             raise RemoteProtocolError("malformed", "PUBLISH with an empty topic")
         if "+" in topic or "#" in topic:
@@ -131,12 +128,12 @@ class StreamReader:
     def _subscribe(self, flags: int, raw: memoryview, pos: int) -> Packet:
         if flags != 0x02:
             raise RemoteProtocolError("malformed", "SUBSCRIBE fixed-header flags are not 0010")
-        packet_id, pos = _u16(raw, pos, "SUBSCRIBE packet id")
+        packet_id, pos = read_u16(raw, pos, "SUBSCRIBE packet id")
         if self.level == MQTT_5:
-            pos = _skip_properties(raw, pos, "SUBSCRIBE properties")
+            pos = skip_properties(raw, pos, "SUBSCRIBE properties")
         subs = []
         while pos < len(raw):
-            topic_filter, pos = _utf8(raw, pos, "SUBSCRIBE topic filter")
+            topic_filter, pos = read_utf8(raw, pos, "SUBSCRIBE topic filter")
             if pos >= len(raw):
                 raise RemoteProtocolError("malformed", "SUBSCRIBE truncated in options")
             subs.append(Subscription(topic_filter, raw[pos]))
@@ -144,50 +141,3 @@ class StreamReader:
         if not subs:
             raise RemoteProtocolError("malformed", "SUBSCRIBE without a topic filter")
         return Packet(SUBSCRIBE, flags, raw, packet_id=packet_id, subscriptions=tuple(subs))
-
-
-def _header(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
-    """(where the body starts, its length) of the packet at ``pos``; None: not all here."""
-    value = 0
-    for i in range(1, 5):
-        if pos + i >= end:
-            return None
-        byte = buf[pos + i]
-        value |= (byte & 0x7F) << (7 * (i - 1))
-        if not byte & 0x80:
-            return pos + i + 1, value
-    raise RemoteProtocolError("malformed", "remaining length is longer than four bytes")
-
-
-def _u16(raw: memoryview, pos: int, what: str) -> tuple[int, int]:
-    if pos + 2 > len(raw):
-        raise RemoteProtocolError("malformed", f"{what} truncated")
-    return raw[pos] << 8 | raw[pos + 1], pos + 2
-
-
-def _utf8(raw: memoryview, pos: int, what: str) -> tuple[str, int]:
-    size, pos = _u16(raw, pos, what)
-    if pos + size > len(raw):
-        raise RemoteProtocolError("malformed", f"{what} truncated")
-    try:
-        text = bytes(raw[pos : pos + size]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise RemoteProtocolError("malformed", f"{what} is not valid UTF-8") from None
-    if "\x00" in text:
-        raise RemoteProtocolError("malformed", f"{what} contains U+0000")
-    return text, pos + size
-
-
-def _skip_properties(raw: memoryview, pos: int, what: str) -> int:
-    length = 0
-    for shift in range(0, 28, 7):
-        if pos >= len(raw):
-            raise RemoteProtocolError("malformed", f"{what} truncated")
-        byte = raw[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if pos + length > len(raw):
-                raise RemoteProtocolError("malformed", f"{what} truncated")
-            return pos + length
-    raise RemoteProtocolError("malformed", f"{what} length is longer than four bytes")

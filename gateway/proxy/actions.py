@@ -9,7 +9,7 @@ import enum
 import attrs
 
 from gateway.peer import Pending
-from gateway.reasons import Reason
+from gateway.reasons import Reason, Side
 
 
 class Timer(enum.Enum):
@@ -122,9 +122,9 @@ class RevokedLive:
 @attrs.frozen
 class SessionEnded:
     """A relayed session ended: log it (the session log), with who ended it (``by``:
-    client, broker, revoked, shutdown, reload) and ``why``."""
+    client, broker, or the gateway's reason: revoked, shutdown, reload, ...) and ``why``."""
 
-    by: str
+    by: Reason | Side
     why: str
 
 

@@ -23,7 +23,9 @@ from collections.abc import Callable
 
 import attrs
 
-BALANCES = ("least_conn", "round_robin", "client_id")
+from gateway.choices import Balance
+
+BALANCES = tuple(Balance)
 
 
 @attrs.define(eq=False)
@@ -51,7 +53,7 @@ class BrokerPool:
     def __init__(
         self,
         addresses: tuple[tuple[str, int], ...],
-        balance: str = "least_conn",
+        balance: Balance | str = Balance.LEAST_CONN,
         down_time: float = 10.0,
         on_change: Callable[[Broker, str], None] = lambda broker, why: None,
     ) -> None:
@@ -67,14 +69,14 @@ class BrokerPool:
         """Every broker, in the order a client should try them."""
         healthy = [b for b in self.brokers if self._usable(b, now)]
         down = [b for b in self.brokers if not self._usable(b, now)]
-        if self.balance == "client_id":
+        if self.balance == Balance.CLIENT_ID:
             return sorted(healthy, key=lambda b: -b.weight(client_id)) + sorted(
                 down, key=lambda b: -b.weight(client_id)
             )
         start = self._next
         self._next = (self._next + 1) % max(1, len(self.brokers))
         rotated = sorted(healthy, key=lambda b: (b.index - start) % len(self.brokers))
-        if self.balance == "least_conn":
+        if self.balance == Balance.LEAST_CONN:
             rotated.sort(key=lambda b: b.active)  # stable: ties keep the rotation
         return rotated + down
 

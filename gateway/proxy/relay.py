@@ -22,15 +22,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.choices import ProxyVersion
 from gateway.config.model import IdentitySettings
 from gateway.failures import plain_reason, ssl_error_words
+from gateway.mqtt.policy import PolicyEdge, Who
 from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, Pending
 from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamFactory, UpstreamProtocol, lost_text
 from gateway.proxy.identity import common_name, identity_of
-from gateway.proxy.policy import DevicePolicy, Who
+from gateway.proxy.policy import DevicePolicy
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
@@ -122,7 +124,7 @@ class ClientProtocol(protocol.Protocol):
         self.resumed = session_reused(handle)
         leaf, self.verification.leaf = self.verification.leaf, None
         self.subject, self.serial, cert = describe_peer_certificate(handle, leaf)
-        if cert is not None and self.factory.upstream_proxy_protocol == "v2":
+        if cert is not None and self.factory.upstream_proxy_protocol == ProxyVersion.V2:
             self._cn = common_name(cert)  # from the certificate parsed just now
         identity = self.factory.identity
         if cert is not None and (identity.username or identity.client_id):
@@ -262,7 +264,7 @@ class ClientProtocol(protocol.Protocol):
     def _on_send_to_upstream(self, action: S.SendToUpstream) -> None:
         self._send_upstream(action.data)
 
-    def _send_upstream(self, data: bytes) -> None:
+    def _send_upstream(self, data: bytes | memoryview) -> None:
         upstream = self.upstream
         if upstream is not None:
             self.bytes_in += len(data)
@@ -274,7 +276,8 @@ class ClientProtocol(protocol.Protocol):
         policy, ended = self._policy, self.session.ended_by
         if policy is not None and ended is not None and not action.abort:
             # MQTT 5: the gateway's own close says why, between two of the broker's packets.
-            policy.disconnect(ended[0])
+            if isinstance(ended[0], Reason):
+                policy.close(ended[0])
         if action.abort:
             self.transport.abortConnection()
         else:
@@ -382,18 +385,22 @@ class ClientProtocol(protocol.Protocol):
             client_id = connect.client_id
             if isinstance(self._identity, tuple) and self._identity[1] is not None:
                 client_id = self._identity[1]
-            self._policy = DevicePolicy(
-                self.transport,
-                self._send_upstream,
-                self._policy_end,
+            edge = PolicyEdge(
                 limits,
                 lambda: factory.acl,
                 Who(self._acl_user or "", client_id),
                 connect.protocol_level,
                 factory.session_limits.max_packet_size,
+                factory.reactor.seconds(),
+                factory.acl_deny_action,
+            )
+            self._policy = DevicePolicy(
+                edge,
+                self.transport,
+                self._send_upstream,
+                self._policy_end,
                 factory.reactor,
                 factory.stats,
-                factory.acl_deny_action,
                 self._log_denied,
             )
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
@@ -427,13 +434,10 @@ class ClientProtocol(protocol.Protocol):
                 resumed="yes" if self.resumed else "no",
             )
 
-    def _policy_end(self, reason: str, why: str) -> None:
+    def _policy_end(self, by: Reason, why: str) -> None:
         """The policy edge ends the session: a packet over max_packet_size or malformed
-        (bad_packet), or a denied one with acl_deny_action = disconnect (acl_denied)."""
-        by = {
-            Reason.ACL_DENIED.value: Reason.ACL_DENIED,
-            Reason.MESSAGE_RATE.value: Reason.MESSAGE_RATE,
-        }.get(reason, Reason.BAD_PACKET)
+        (bad_packet), a denied one with acl_deny_action = disconnect (acl_denied), a device
+        over its rate with rate_limit_action = disconnect (message_rate)."""
         self._on_refuse(S.Refuse(by, why))
         self._run(self.session.stop(by, why))
 
@@ -473,7 +477,7 @@ class ClientProtocol(protocol.Protocol):
         host = self.transport.getHost()
         source = (peer_host.strip("[]"), int(peer_port) if peer_port.isdigit() else 0)
         destination = (getattr(host, "host", "0.0.0.0"), getattr(host, "port", 0))
-        if version == "v1":
+        if version == ProxyVersion.V1:
             return proxyproto.header_v1(source, destination)
         return proxyproto.header_v2(source, destination, self._tls_facts())
 

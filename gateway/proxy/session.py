@@ -70,7 +70,7 @@ from gateway.proxy.actions import (
     State,
     Timer,
 )
-from gateway.reasons import Reason
+from gateway.reasons import Reason, Side
 
 
 @attrs.frozen
@@ -183,7 +183,7 @@ class Session:
         self.state = State.HANDSHAKE
         self.connect: mqtt.Connect | None = None
         self.refusal: Reason | None = None  # once refused
-        self.ended_by: tuple[str, str] | None = None  # who ended a relayed session, and why
+        self.ended_by: tuple[Reason | Side, str] | None = None  # who ended it, and why
         self.upstream_attempt = False  # a broker connection attempt is in progress
         self.upstream_open = False  # the broker connection is open
         self._reader: mqtt.ConnectReader | None = None
@@ -284,7 +284,7 @@ class Session:
         if self.state is not State.RELAY:
             return []
         self.state = State.CLOSING
-        self.ended_by = ("broker", why or "closed")
+        self.ended_by = (Side.BROKER, why or "closed")
         return [CloseClient()]
 
     @_event
@@ -298,7 +298,7 @@ class Session:
             return []
         self.state = State.CLOSING
         self.upstream_open = False
-        self.ended_by = ("revoked", "certificate revoked by a revocation update")
+        self.ended_by = (Reason.REVOKED, "certificate revoked by a revocation update")
         return [RevokedLive(), CloseUpstream(), CloseClient()]
 
     @_event
@@ -311,7 +311,7 @@ class Session:
         if self.state is State.RELAY:
             self.state = State.CLOSING
             self.upstream_open = False
-            self.ended_by = (by.value, why)
+            self.ended_by = (by, why)
             return [CloseUpstream(), CloseClient()]
         actions: list[Action] = [CancelTimer()]
         if self.upstream_attempt:
@@ -338,7 +338,7 @@ class Session:
             self.upstream_open = False
             actions.append(CloseUpstream())
         if state is State.RELAY:
-            actions.append(SessionEnded("client", why))
+            actions.append(SessionEnded(Side.CLIENT, why))
         elif state is State.CLOSING and self.ended_by is not None:
             actions.append(SessionEnded(*self.ended_by))
         return actions

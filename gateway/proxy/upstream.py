@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import mqtt
+from gateway.choices import HealthCheck
 from gateway.config.model import UpstreamSettings
 from gateway.failures import plain_reason
 from gateway.mqtt.packets import DISCONNECT
@@ -257,7 +258,7 @@ class HealthChecker(TimerService):
         settings = connector.settings
         self.mqtt_connect = (
             mqtt.connect_packet(settings.check_client_id, keep_alive=30)
-            if settings.check == "mqtt"
+            if settings.check == HealthCheck.MQTT
             else None
         )
 

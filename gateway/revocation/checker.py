@@ -12,6 +12,7 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from gateway.choices import FailurePolicy
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, Pending, PendingCrl
 from gateway.reasons import CrlVerdict, Reason
@@ -58,7 +59,7 @@ class RevocationChecker:
         self.cache = cache
         self.issuers = issuers or IssuerIndex.of([])
         self.settings = settings
-        self.reject_unknown = settings is None or settings.expired_policy == "reject"
+        self.reject_unknown = settings is None or settings.expired_policy == FailurePolicy.REJECT
         self.crl_service = crl_service
         self.ocsp = ocsp
         self._reactor = reactor

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.choices import FailurePolicy
 from gateway.clock import CLOCK_SKEW, format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.errors import GatewayError, describe_error
@@ -215,7 +216,7 @@ class CrlService(service.Service):
         for key, info in expired.items():
             if key not in self._expired_logged:
                 self._expired_logged.add(key)
-                reject = self.settings.expired_policy == "reject"
+                reject = self.settings.expired_policy == FailurePolicy.REJECT
                 log.critical(
                     "crl {listener}: CRL of {issuer} expired at {next_update} and no newer one "
                     "could be fetched; crl_expired_policy = {policy}: clients it covers are "

@@ -31,6 +31,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.choices import FailurePolicy, OcspCheck, WithCrl
 from gateway.config.model import ClientOcspSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.revocation import ocsp
@@ -511,15 +512,15 @@ class OcspChecker:
         self.issuers = issuers
         self.asker = asker
         self.reactor = reactor
-        self.reject = settings.failure_policy == "reject"
-        self.either = settings.with_crl == "either"
+        self.reject = settings.failure_policy == FailurePolicy.REJECT
+        self.either = settings.with_crl == WithCrl.EITHER
         self._key_hashes: dict[int, tuple[x509.Certificate, bytes]] = {}  # by id()
         # The bundle's CAs by subject, with their key hashes: the live sweep has only
         # (issuer name, serial) for each certificate of a session's chain.
         self._by_name: dict[bytes, tuple[bytes, ...]] = {}
 
     def covers(self, depth: int) -> bool:
-        return depth == 0 or self.settings.mode == "chain"
+        return depth == 0 or self.settings.mode == OcspCheck.CHAIN
 
     def key_hash(self, issuer: x509.Certificate) -> bytes:
         """The issuer's key hash, computed once per certificate object (the verifier keeps

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.choices import OcspMethod
 from gateway.clock import format_timestamp
 from gateway.config.model import OcspSettings
 from gateway.errors import GatewayError, describe_error
@@ -198,7 +199,7 @@ class OcspStapler(service.Service):
         responder = self.state.responder
         timeout = self.settings.http_timeout
         d: defer.Deferred[Any]
-        if self.settings.request_method == "get":
+        if self.settings.request_method == OcspMethod.GET:
             url = ocsp.get_url(responder, request)
             d = self._fetcher.fetch(url, timeout, ocsp.MAX_RESPONSE_SIZE)
         else:

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from gateway.choices import Affinity
 from gateway.config.model import ListenerSettings
 from gateway.ports import ListenError
 from gateway.workers.sockets import bind_group, close_all, steer_by_address
@@ -45,8 +46,8 @@ class SocketGroupService(service.Service):
         self.bind_address = settings.bind
         self.count = workers.count
         affinity = workers.affinity
-        self.by_address = affinity == "address" or (
-            affinity == "auto" and not settings.front.proxy_protocol
+        self.by_address = affinity == Affinity.ADDRESS or (
+            affinity == Affinity.AUTO and not settings.front.proxy_protocol
         )
         self.port: _Group | None = None
 

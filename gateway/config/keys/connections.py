@@ -3,9 +3,10 @@ gives."""
 
 from __future__ import annotations
 
-from gateway.config.keys.key import IDENTITY_SOURCES, Key
+from gateway.choices import AclDefault, DenyAction, IdentitySource, RateAction
+from gateway.config.keys.key import Key
 from gateway.config.values import (
-    enum_of,
+    choice,
     format_bool,
     format_duration,
     format_optional,
@@ -101,8 +102,8 @@ LIMIT_KEYS: tuple[Key, ...] = (
     Key(
         "rate_limit_action",
         "limits.rate_limit_action",
-        enum_of("pause", "disconnect"),
-        "pause",
+        choice(RateAction),
+        RateAction.PAUSE,
         "A device over messages_rate or bytes_rate: pause (hold its PUBLISH and stop "
         "reading from it until its tokens return) or disconnect (end the session: MQTT 5 "
         "DISCONNECT 0x96 message rate too high; reason message_rate).",
@@ -138,16 +139,16 @@ ACL_KEYS: tuple[Key, ...] = (
     Key(
         "acl_default",
         "acl.default",
-        enum_of("deny", "allow"),
-        "deny",
+        choice(AclDefault),
+        AclDefault.DENY,
         "With acl_file: what a PUBLISH or SUBSCRIBE that no line matches gets.",
         global_=True,
     ),
     Key(
         "acl_deny_action",
         "acl.deny_action",
-        enum_of("ignore", "disconnect"),
-        "ignore",
+        choice(DenyAction),
+        DenyAction.IGNORE,
         "With acl_file: ignore drops a denied PUBLISH (MQTT 5 QoS 1/2: PUBACK/PUBREC 0x87 "
         "not authorized; 3.1.1: acknowledged, as Mosquitto does) and refuses a denied "
         "SUBSCRIBE filter in the SUBACK (0x80 / 0x87) while the others pass; disconnect "
@@ -161,7 +162,7 @@ IDENTITY_KEYS: tuple[Key, ...] = (
     Key(
         "peer_cert_as_username",
         "identity.username",
-        enum_of(*IDENTITY_SOURCES),
+        choice(IdentitySource),
         None,
         "Replace the CONNECT's user name with the verified client certificate's cn, dn, "
         "crt (base64 DER), pem or md5 (hex MD5 of the DER), so that the broker's per-user "
@@ -171,7 +172,7 @@ IDENTITY_KEYS: tuple[Key, ...] = (
     Key(
         "peer_cert_as_clientid",
         "identity.client_id",
-        enum_of(*IDENTITY_SOURCES),
+        choice(IdentitySource),
         None,
         "Replace the CONNECT's client id the same way (EMQX's key). Unset: the device's own.",
         format=format_optional,

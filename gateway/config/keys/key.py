@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from gateway.choices import IdentitySource
 from gateway.config.values import (
     enum_of,
     format_bool,
@@ -15,7 +16,7 @@ from gateway.config.values import (
 
 LISTENER_PREFIX = "listener.ssl."
 SECTIONS = ("crl", "ocsp", "client_ocsp")  # optional records of ListenerSettings
-IDENTITY_SOURCES = ("cn", "dn", "crt", "pem", "md5")
+IDENTITY_SOURCES = tuple(source.value for source in IdentitySource)
 
 
 @attrs.frozen

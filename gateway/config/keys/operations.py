@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from gateway.choices import Affinity
 from gateway.config.keys.key import Key
 from gateway.config.values import (
-    enum_of,
+    choice,
     format_bool,
     format_duration,
     format_optional,
@@ -114,8 +115,8 @@ WORKER_KEYS: tuple[Key, ...] = (
     Key(
         "worker_affinity",
         "worker_affinity",
-        enum_of("auto", "address", "kernel"),
-        "auto",
+        choice(Affinity),
+        Affinity.AUTO,
         "Global, with workers: which worker gets a connection. address: always the same one "
         "for a client address (a reconnecting device meets the worker holding its TLS "
         "session, so it resumes); kernel: the kernel's hash of address and port (spreads "

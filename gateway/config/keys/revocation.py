@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from gateway.choices import FailurePolicy, OcspCheck, OcspMethod, WithCrl
 from gateway.config.keys.key import Key
 from gateway.config.values import (
-    enum_of,
+    choice,
     format_bool,
     format_duration,
     format_list,
@@ -88,8 +89,8 @@ CRL_KEYS: tuple[Key, ...] = (
     Key(
         "crl_expired_policy",
         "crl.expired_policy",
-        enum_of("reject", "accept"),
-        "reject",
+        choice(FailurePolicy),
+        FailurePolicy.REJECT,
         "What happens when the revocation status of a certificate of the client's chain "
         "cannot be determined (its CRLs past nextUpdate plus crl_grace_period, none ever "
         "obtained, or not covering every reason): reject (fail closed) or accept.",
@@ -172,8 +173,8 @@ OCSP_KEYS: tuple[Key, ...] = (
     Key(
         "ocsp_request_method",
         "ocsp.request_method",
-        enum_of("post", "get"),
-        "post",
+        choice(OcspMethod),
+        OcspMethod.POST,
         "post: POST application/ocsp-request; get: the GET form of RFC 6960 appendix A.1 "
         "(base64 request in the URL, cacheable by HTTP proxies).",
     ),
@@ -206,8 +207,8 @@ CLIENT_OCSP_KEYS: tuple[Key, ...] = (
     Key(
         "ocsp_client_check",
         "client_ocsp.mode",
-        enum_of("off", "leaf", "chain"),
-        "off",
+        choice(OcspCheck),
+        OcspCheck.OFF,
         "Check client certificates by OCSP (nginx's ssl_ocsp): leaf, the device's own "
         "certificate; chain, every certificate below the trust anchor; off. A certificate "
         "whose cached answer is good is admitted at once; otherwise the device is held after "
@@ -254,8 +255,8 @@ CLIENT_OCSP_KEYS: tuple[Key, ...] = (
     Key(
         "ocsp_client_failure_policy",
         "client_ocsp.failure_policy",
-        enum_of("reject", "accept"),
-        "reject",
+        choice(FailurePolicy),
+        FailurePolicy.REJECT,
         "When a certificate's status cannot be determined by OCSP (no responder, the "
         "responder down or too slow, an answer that does not validate, 'unknown', a cached "
         "answer past nextUpdate plus ocsp_client_grace_period): reject (fail closed) or "
@@ -289,8 +290,8 @@ CLIENT_OCSP_KEYS: tuple[Key, ...] = (
     Key(
         "ocsp_client_with_crl",
         "client_ocsp.with_crl",
-        enum_of("both", "either"),
-        "both",
+        choice(WithCrl),
+        WithCrl.BOTH,
         "With enable_crl_cache too: both, each certificate must pass both checks (each "
         "undecided one following its own policy); either, a certificate one check cannot "
         "decide is admitted when the other finds it good. A certificate either check finds "

@@ -3,9 +3,11 @@ the offer."""
 
 from __future__ import annotations
 
+from gateway.choices import TlsIo
 from gateway.config.keys.key import Key, format_tristate, format_verify, parse_verify
 from gateway.config.profiles import GROUPS, PROFILES, TLS12_SUITES, TLS13_SUITES
 from gateway.config.values import (
+    choice,
     enum_of,
     format_bool,
     format_list,
@@ -126,8 +128,8 @@ TLS_KEYS: tuple[Key, ...] = (
     Key(
         "tls_io",
         "tls.io",
-        enum_of("bio", "socket"),
-        "bio",
+        choice(TlsIo),
+        TlsIo.BIO,
         "Who moves the TLS bytes. bio: Twisted's TLS in a memory BIO (TLSMemoryBIOProtocol). "
         "socket (experimental): OpenSSL reads and writes the socket itself, one transport "
         "per connection; single process only, not with proxy_protocol.",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from gateway.choices import Balance, HealthCheck, ProxyVersion
 from gateway.config.keys.key import Key
 from gateway.config.values import (
-    enum_of,
+    choice,
     format_bool,
     format_duration,
     format_host_port_list,
@@ -32,8 +33,8 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
     Key(
         "upstream_balance",
         "upstream.balance",
-        enum_of("least_conn", "round_robin", "client_id"),
-        "least_conn",
+        choice(Balance),
+        Balance.LEAST_CONN,
         "How a pool's broker is chosen: least_conn (fewest relayed sessions), round_robin, "
         "or client_id (consistent hashing of the MQTT client id: a device keeps reaching the "
         "broker that holds its session; adding a broker moves about 1/N of the devices).",
@@ -62,8 +63,8 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
     Key(
         "upstream_check",
         "upstream.check",
-        enum_of("tcp", "mqtt"),
-        "tcp",
+        choice(HealthCheck),
+        HealthCheck.TCP,
         "tcp: a TCP (or TLS, with upstream_tls) connect; mqtt: a real CONNECT answered by a "
         "CONNACK accepting it, with upstream_check_client_id.",
         global_=True,
@@ -143,7 +144,7 @@ UPSTREAM_KEYS: tuple[Key, ...] = (
     Key(
         "upstream_proxy_protocol",
         "upstream.proxy_protocol",
-        enum_of("v1", "v2"),
+        choice(ProxyVersion),
         None,
         "Send a PROXY protocol header to the broker first, with the device's address; v2 "
         "also carries TLS facts (version, cipher, verify result, client certificate CN). "

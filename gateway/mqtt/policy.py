@@ -1,0 +1,455 @@
+"""The MQTT policy edge of one relayed session, sans-IO: per-device limits and topic rules.
+
+Bytes and time in, actions out (no Twisted, no I/O), in the manner of ``proxy.session``:
+``from_device(data, now)``, ``from_broker(data)``, ``release(now)`` (a wait is over) and
+``close(by)`` (the gateway ends the session) each return the actions to carry out, in
+order, or ``PASS`` when the bytes go on as they came (the common case, nothing built).
+``proxy.policy.DevicePolicy`` is the Twisted adapter that carries them out.
+
+Device to broker: the bytes are cut into packets (``mqtt.stream``).
+- A PUBLISH whose topic the rules deny is not forwarded: MQTT 5 QoS 1/2 gets PUBACK/PUBREC
+  0x87 (not authorized), 3.1.1 QoS 1/2 gets PUBACK/PUBREC (as Mosquitto acknowledges a
+  denied PUBLISH), QoS 0 nothing; or, with ``acl_deny_action = disconnect``, the session
+  ends (MQTT 5: DISCONNECT 0x87 first).
+- A SUBSCRIBE goes on with its permitted filters only; the broker's SUBACK then gets the
+  refused filters' codes back in their places (0x80 in 3.1.1, 0x87 in MQTT 5). With none
+  permitted, the gateway answers the SUBACK itself.
+- A PUBLISH pays its tokens (``mqtt.limits.Bucket``); when a bucket is short, that PUBLISH
+  and whatever follows it are held and the device is not read from (``WaitUntil``: TCP
+  backpressure, as EMQX does) until the wait is over. Nothing is dropped.
+
+Broker to device: cut into packets too (boundaries only, and the SUBACKs above), so that a
+packet of the gateway's own always goes between two of the broker's.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from gateway.choices import DenyAction
+from gateway.mqtt.acl import READ, WRITE, Acl, DeviceRules
+from gateway.mqtt.errors import RemoteProtocolError
+from gateway.mqtt.limits import DeviceLimits, pause_for, pay_now
+from gateway.mqtt.packets import (
+    MQTT_5,
+    Kind,
+    ack,
+    body_start,
+    decode_varint,
+    disconnect,
+    read_properties_length,
+    suback,
+    subscribe,
+)
+from gateway.mqtt.stream import PUBLISH, SUBACK, SUBSCRIBE, Packet, StreamReader
+from gateway.reasons import Reason
+
+NOT_AUTHORIZED = 0x87
+SUBACK_FAILURE_311 = 0x80
+# The MQTT 5 DISCONNECT reason code of each way the gateway ends a relayed session.
+DISCONNECT_REASONS: dict[Reason, int] = {
+    Reason.REVOKED: 0x87,  # not authorized: its certificate was revoked
+    Reason.ACL_DENIED: 0x87,  # not authorized: acl_deny_action = disconnect
+    Reason.SHUTDOWN: 0x8B,  # server shutting down
+    Reason.RELOAD: 0x98,  # administrative action: a reload removed the listener
+    Reason.BAD_PACKET: 0x81,  # malformed packet (over max_packet_size: 0x95, below)
+    Reason.MESSAGE_RATE: 0x96,  # message rate too high
+}
+PACKET_TOO_LARGE = 0x95
+
+
+class Pass(enum.Enum):
+    PASS = "PASS"
+
+
+PASS = Pass.PASS  # the bytes go on as they came: nothing else to do
+
+
+@attrs.frozen
+class Forward:
+    """Bytes to the broker."""
+
+    data: bytes | memoryview
+
+
+@attrs.frozen
+class ToDevice:
+    """Bytes to the device: the broker's, or a packet of the gateway's own."""
+
+    data: bytes | memoryview
+
+
+@attrs.frozen
+class WaitUntil:
+    """Read nothing more from the device until ``at``, then call ``release``."""
+
+    at: float
+    seconds: float  # how long that is from now (counted as time throttled)
+
+
+@attrs.frozen
+class ResumeDevice:
+    """Nothing is held any more: the device may be read from again (unless the broker's
+    flow control says otherwise)."""
+
+
+@attrs.frozen
+class End:
+    """The session is to end: the gateway refuses it with ``reason``."""
+
+    reason: Reason
+    detail: str
+
+
+@attrs.frozen
+class Denied:
+    """A PUBLISH or SUBSCRIBE the rules denied (``rule``: the acl_file line that decided)."""
+
+    what: str  # publish | subscribe
+    topic: str
+    rule: str
+
+
+@attrs.frozen
+class Told:
+    """An MQTT 5 DISCONNECT with this reason code was sent to the device."""
+
+    code: int
+
+
+Action = Forward | ToDevice | WaitUntil | ResumeDevice | End | Denied | Told
+Actions = list[Action]
+
+
+@attrs.frozen
+class Who:
+    """The device as the rules see it: the certificate's identity and its client id."""
+
+    username: str
+    client_id: str
+
+
+class PolicyEdge:
+    """One session's policy edge. ``acl``: the rules in force now (a reload may change
+    them, and the next packet is judged by the new ones)."""
+
+    def __init__(
+        self,
+        limits: DeviceLimits | None,
+        acl: Callable[[], Acl | None],
+        who: Who,
+        protocol_level: int,
+        max_packet_size: int,
+        now: float,
+        deny_action: DenyAction = DenyAction.IGNORE,
+    ) -> None:
+        self.acl = acl
+        self.who = who
+        self.level = protocol_level
+        self.deny_action = deny_action
+        self.reader = StreamReader(protocol_level, max_packet_size)
+        self.broker_reader = StreamReader(protocol_level, 1 << 28, fields=False)
+        self.buckets = limits.buckets(now) if limits is not None else None
+        self.disconnect_over_rate = limits is not None and limits.disconnect
+        self.held: deque[Packet] = deque()  # a PUBLISH waiting for tokens, and what followed
+        self.ended = False
+        self._told = False  # an MQTT 5 DISCONNECT went to the device
+        # SUBSCRIBE packet id -> (filters asked, positions refused): the broker's SUBACK
+        # gets the refused codes back in their places.
+        self._subscriptions: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self._rules: DeviceRules | None = None  # the rules in force, for this device
+        self._broker_need = 0  # bytes of the broker's current packet still to come
+        self._broker_head = b""  # the start of a fixed header split across reads
+        self._own: list[bytes] = []  # the gateway's own packets, for the next boundary
+
+    @property
+    def timed(self) -> bool:
+        """Whether ``now`` matters (there are buckets): the adapter may pass 0 otherwise."""
+        return self.buckets is not None
+
+    # -- device to broker --------------------------------------------------------------------
+
+    def from_device(self, data: bytes, now: float) -> Actions | Pass:
+        """Bytes from the device."""
+        if self.ended:
+            return []
+        # The common case first: one whole short packet in the chunk, nothing held.
+        n = len(data)
+        if n >= 2 and data[1] < 0x80 and data[1] + 2 == n and not self.held:
+            if not self.reader.buffered:
+                kind = data[0] >> 4
+                if kind == PUBLISH:
+                    if self._fast_publish(data, now):
+                        return PASS
+                elif kind != SUBSCRIBE:
+                    return PASS  # PUBACK, PINGREQ, ...: nothing to judge
+        try:
+            packets = self.reader.feed(data)
+        except RemoteProtocolError as e:
+            return self._end(Reason.BAD_PACKET, f"{e.kind}: {e.detail}")
+        if self.held:
+            self.held.extend(packets)
+            return []
+        return self._send(packets, now)
+
+    def release(self, now: float) -> Actions:
+        """The held PUBLISH has waited for its tokens (taken already): it goes, then the
+        rest as the buckets allow; the device is read again once nothing is held."""
+        if self.ended or not self.held:
+            return []
+        first = self.held.popleft()
+        rest = list(self.held)
+        self.held.clear()
+        actions: Actions = [Forward(bytes(first.raw))]
+        actions += self._send(rest, now)
+        if not self.held and not self.ended:
+            actions.append(ResumeDevice())
+        return actions
+
+    def _fast_publish(self, data: bytes, now: float) -> bool:
+        """A whole short PUBLISH permitted and within the rate: its tokens taken, and True.
+        False: the general path decides (a denial, a wait, anything unusual)."""
+        n = len(data)
+        qos = (data[0] >> 1) & 3
+        size = data[2] << 8 | data[3]
+        end = 4 + size + (2 if qos else 0)
+        if qos == 3 or size == 0 or end > n or n > self.reader.max:
+            return False
+        acl = self.acl()
+        if acl is not None:
+            rules = self._rules
+            if rules is None or rules.acl is not acl:
+                return False  # the general path (re)builds the rules
+            if not rules.known(data[4 : 4 + size]):  # denied, or not decided yet
+                return False
+        # Every bucket pays, or none is charged and the general path holds the packet.
+        return self.buckets is None or pay_now(self.buckets, n, now)
+
+    def _send(self, packets: list[Packet] | deque[Packet], now: float) -> Actions:
+        """Forward packets in order until one must wait; hold it and the rest."""
+        actions: Actions = []
+        out: list[bytes | memoryview] = []
+        for i, packet in enumerate(packets):
+            if self.ended:  # a denial ended it: what was permitted before goes nowhere
+                return actions
+            raw = self._permitted(packet, actions)
+            if raw is None:
+                continue
+            wait = 0.0
+            if self.buckets is not None and packet.kind == PUBLISH:
+                wait = pause_for(self.buckets, len(packet.raw), now)
+            if wait > 0:
+                _flush(out, actions)
+                if self.disconnect_over_rate:
+                    actions += self._end(Reason.MESSAGE_RATE, f"over the rate by {wait:.2f}s")
+                    return actions
+                self.held.extend(list(packets)[i:])
+                actions.append(WaitUntil(now + wait, wait))
+                return actions
+            out.append(raw)
+        _flush(out, actions)
+        return actions
+
+    def _permitted(self, packet: Packet, actions: Actions) -> bytes | memoryview | None:
+        """What of ``packet`` goes to the broker (None: nothing), by the rules in force;
+        what the device is told meanwhile goes to ``actions``."""
+        acl = self.acl()
+        if acl is None or packet.kind not in (PUBLISH, SUBSCRIBE):
+            return packet.raw
+        rules = self._rules
+        if rules is None or rules.acl is not acl:  # the first packet, or a reload
+            rules = self._rules = DeviceRules(acl, self.who.username, self.who.client_id)
+        if packet.kind == PUBLISH:
+            assert packet.topic is not None
+            if rules.allows(WRITE, packet.topic):
+                rules.remember(packet.topic.encode())
+                return packet.raw
+            actions.append(Denied("publish", packet.topic, rules.rule_of(WRITE, packet.topic)))
+            if self.deny_action == DenyAction.DISCONNECT:
+                actions += self._end(Reason.ACL_DENIED, f"PUBLISH to {packet.topic!r} denied")
+                return None
+            if packet.qos and packet.packet_id is not None:
+                kind = Kind.PUBACK if packet.qos == 1 else Kind.PUBREC
+                actions += self.send_own(ack(kind, packet.packet_id, self.level, NOT_AUTHORIZED))
+            return None
+        allowed = []
+        refused = []
+        for i, sub in enumerate(packet.subscriptions):
+            if rules.allows(READ, sub.topic_filter):
+                allowed.append((sub.topic_filter, sub.options))
+            else:
+                refused.append(i)
+                rule = rules.rule_of(READ, sub.topic_filter)
+                actions.append(Denied("subscribe", sub.topic_filter, rule))
+        if not refused:
+            return packet.raw
+        if self.deny_action == DenyAction.DISCONNECT:
+            actions += self._end(Reason.ACL_DENIED, "SUBSCRIBE denied")
+            return None
+        assert packet.packet_id is not None
+        code = NOT_AUTHORIZED if self.level == MQTT_5 else SUBACK_FAILURE_311
+        if not allowed:
+            actions += self.send_own(suback(packet.packet_id, [code] * len(refused), self.level))
+            return None
+        self._subscriptions[packet.packet_id] = (len(packet.subscriptions), tuple(refused))
+        return _subscribe(packet, allowed, self.level)
+
+    def _end(self, reason: Reason, detail: str) -> Actions:
+        if self.ended:
+            return []
+        self.ended = True
+        self.held.clear()
+        code = DISCONNECT_REASONS[reason]
+        if reason is Reason.BAD_PACKET and detail.startswith("too_large"):
+            code = PACKET_TOO_LARGE
+        return [*self._tell(code), End(reason, detail)]
+
+    def close(self, by: Reason) -> Actions:
+        """The gateway is closing the session (``by``: revoked, shutdown, reload): MQTT 5
+        devices get a DISCONNECT with its reason code first."""
+        self.held.clear()
+        code = DISCONNECT_REASONS.get(by)
+        return self._tell(code) if code is not None else []
+
+    def _tell(self, code: int) -> Actions:
+        if self.level != MQTT_5 or self._told:
+            return []
+        self._told = True
+        return [*self.send_own(disconnect(MQTT_5, code)), Told(code)]
+
+    # -- broker to device --------------------------------------------------------------------
+
+    def from_broker(self, data: bytes) -> Actions | Pass:
+        """The broker's bytes to the device. Only their packet boundaries are followed
+        (cheaply) so that a packet of the gateway's own goes between two of the broker's;
+        while a SUBACK is to be completed they are read as packets."""
+        if self.ended:
+            return []
+        n = len(data)
+        if (
+            not self._broker_need
+            and not self._broker_head
+            and n >= 2
+            and data[1] < 0x80
+            and data[1] + 2 == n
+            and not self.broker_reader.buffered
+            and not self._subscriptions
+        ):
+            # One whole short packet: still at a boundary.
+            return self._with_own(data) if self._own else PASS
+        if self.broker_reader.buffered or (
+            self._subscriptions and not self._broker_need and not self._broker_head
+        ):
+            return self._from_broker_read(data)
+        try:
+            self._follow(data)
+        except RemoteProtocolError as e:
+            return self._broker_failed(e)
+        if self._own and not self._broker_need and not self._broker_head:
+            return self._with_own(data)
+        return PASS
+
+    def _with_own(self, data: bytes | memoryview) -> Actions:
+        own, self._own = self._own, []
+        return [ToDevice(data), ToDevice(b"".join(own))]
+
+    def _follow(self, data: bytes) -> None:
+        """Advance over ``data``: how much of the broker's current packet is still to come
+        (``_broker_need``), or the start of a fixed header split across reads."""
+        n = len(data)
+        if self._broker_need >= n:
+            self._broker_need -= n
+            return
+        pos = self._broker_need
+        head = self._broker_head  # with a split header, pos is 0
+        while pos < n:
+            header = head + data[pos : pos + 5 - len(head)]
+            decoded = decode_varint(header, 1, len(header))
+            if decoded is None:  # the read ended inside the header
+                self._broker_head = header
+                self._broker_need = 0
+                return
+            length, size = decoded
+            pos += size - len(head) + length
+            head = b""
+        self._broker_head = b""
+        self._broker_need = pos - n
+
+    def _from_broker_read(self, data: bytes) -> Actions:
+        try:
+            packets = self.broker_reader.feed(data)
+        except RemoteProtocolError as e:
+            return self._broker_failed(e)
+        out: list[bytes | memoryview] = []
+        for packet in packets:
+            if packet.kind == SUBACK and self._subscriptions:
+                out.append(self._merged_suback(packet))
+            else:
+                out.append(packet.raw)
+        actions: Actions = [ToDevice(b"".join(out))] if out else []
+        if self._own and not self.broker_reader.buffered:
+            own, self._own = self._own, []
+            actions.append(ToDevice(b"".join(own)))
+        return actions
+
+    def _broker_failed(self, e: RemoteProtocolError) -> Actions:
+        # Not MQTT as read here (a remaining length over four bytes): the session ends.
+        self.ended = True
+        self.held.clear()
+        return [End(Reason.BAD_PACKET, f"from the broker: {e.kind}: {e.detail}")]
+
+    def send_own(self, packet: bytes) -> Actions:
+        """A packet of the gateway's own: now if the broker's stream is between packets,
+        else once its current packet is through."""
+        if self._broker_need or self._broker_head or self.broker_reader.buffered:
+            self._own.append(packet)
+            return []
+        return [ToDevice(packet)]
+
+    def _merged_suback(self, packet: Packet) -> bytes | memoryview:
+        raw = bytes(packet.raw)
+        pos = body_start(raw)
+        if len(raw) < pos + 2:
+            return packet.raw
+        pid = int.from_bytes(raw[pos : pos + 2], "big")
+        pending = self._subscriptions.pop(pid, None)
+        if pending is None:
+            return packet.raw
+        asked, refused = pending
+        pos += 2
+        properties = b""
+        if self.level == MQTT_5:
+            try:
+                length, start = read_properties_length(raw, pos, "SUBACK properties")
+            except RemoteProtocolError:
+                return packet.raw  # the broker's own bytes, as they came
+            properties = raw[pos : start + length]
+            pos = start + length
+        codes = list(raw[pos:])
+        code = NOT_AUTHORIZED if self.level == MQTT_5 else SUBACK_FAILURE_311
+        merged = []
+        it = iter(codes)
+        for i in range(asked):
+            merged.append(code if i in refused else next(it, code))
+        return suback(pid, merged, self.level, properties)
+
+
+def _flush(out: list[bytes | memoryview], actions: Actions) -> None:
+    if out:
+        actions.append(Forward(b"".join(out)))
+        out.clear()
+
+
+def _subscribe(packet: Packet, allowed: list[tuple[str, int]], level: int) -> bytes:
+    """The SUBSCRIBE with only ``allowed`` filters (its packet id and properties kept)."""
+    raw = bytes(packet.raw)
+    start = body_start(raw)
+    pos = start + 2
+    if level == MQTT_5:
+        length, props = read_properties_length(raw, pos, "SUBSCRIBE properties")
+        pos = props + length
+    return subscribe(raw[start:pos], allowed)
