@@ -12,18 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-from OpenSSL import SSL
 from twisted.logger import Logger
 
-from gateway.choices import HealthCheck, RateAction
-from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
-from gateway.config.values import format_bind
-from gateway.mqtt.acl import Acl
-from gateway.mqtt.limits import DeviceLimits
+from gateway.choices import HealthCheck
+from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.parts import ListenerEvents, ListenerParts
 from gateway.proxy.factory import session_limits
 from gateway.proxy.pool import Broker, BrokerPool
-from gateway.proxy.session import SessionLimits
 from gateway.proxy.upstream import HealthChecker, PoolConnector
 from gateway.reload_plan import ListenerChange
 from gateway.revocation.checker import RevocationChecker
@@ -36,96 +31,30 @@ from gateway.tls.verify import CertificateVerifier
 log = Logger()
 
 
-@attrs.frozen(eq=False)
-class ListenerParts:
-    """Everything one listener runs with, for one configuration generation."""
-
-    settings: ListenerSettings
-    material: TlsMaterial
-    globals: GlobalSettings
-    crl: Any  # IRevocationSource, or None without CRL checking
-    revocation: RevocationChecker | None  # with CRL or OCSP checking of clients
-    stapler: Any  # IStapler, or None without stapling
-    context: SSL.Context
-    pool: BrokerPool
-    connector: PoolConnector
-    health: HealthChecker | None
-    session_limits: SessionLimits
-    ocsp_client: OcspClient | None = None  # with OCSP checking of clients
-
-    # What the relay reads (``proxy.relay.RelayParts``).
-    @property
-    def name(self) -> str:
-        return self.settings.name
-
-    @property
-    def identity(self) -> IdentitySettings:
-        return self.settings.identity
-
-    @property
-    def upstream_name(self) -> str:
-        return format_bind(self.settings.upstream.address)
-
-    @property
-    def upstream_proxy_protocol(self) -> str | None:
-        return self.settings.upstream.proxy_protocol
-
-    @property
-    def log_connect(self) -> bool:
-        return self.settings.log_connect
-
-    @property
-    def acl(self) -> Acl | None:
-        return self.material.acl
-
-    @property
-    def acl_deny_action(self) -> str:
-        return self.settings.acl.deny_action
-
-    @property
-    def device_limits(self) -> DeviceLimits | None:
-        """The per-device rates the relay paces to (None: the relay's short path)."""
-        limits = self.settings.limits
-        if limits.messages_rate is None and limits.bytes_rate is None:
-            return None
-        return DeviceLimits(
-            limits.messages_rate,
-            limits.messages_burst,
-            limits.bytes_rate,
-            limits.bytes_burst,
-            disconnect=limits.rate_limit_action == RateAction.DISCONNECT,
-        )
-
-    def services(self) -> list[Any]:
-        """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""
-        return [s for s in (self.crl, self.ocsp_client, self.stapler, self.health) if s is not None]
-
-
-@attrs.define(eq=False)
-class PartsBox:
-    """The one reference through which a listener's factories read its current parts."""
-
-    parts: ListenerParts
-
-
 def build_parts(
     settings: ListenerSettings,
     material: TlsMaterial,
     globals_: GlobalSettings,
     role: IListenerRole,
     reactor: Any,
+    events: ListenerEvents,
     previous: ListenerParts | None = None,
     change: ListenerChange | None = None,
 ) -> ListenerParts:
-    """The parts of ``settings``. With ``previous`` and the reload plan's ``change``, what
-    did not change is reused (services keep running, the CRLs held stay in force)."""
+    """The parts of ``settings``, each given the listener's ``events`` it reports. With
+    ``previous`` and the reload plan's ``change``, what did not change is reused (services
+    keep running, the CRLs held stay in force)."""
     crl, client, checker = _revocation(
-        settings, material, globals_, role, reactor, previous, change
+        settings, material, globals_, role, reactor, events, previous, change
     )
     stapler = (
         previous.stapler
         if previous is not None and change is not None and not change.ocsp
-        else (role.stapler(settings, material, globals_) if settings.ocsp is not None else None)
+        else (
+            role.stapler(settings, material, globals_, events.staple_changed)
+            if settings.ocsp is not None
+            else None
+        )
     )
     if previous is not None and change is not None and not change.upstream:
         pool, connector, health = previous.pool, previous.connector, previous.health
@@ -159,23 +88,22 @@ def _revocation(
     globals_: GlobalSettings,
     role: IListenerRole,
     reactor: Any,
+    events: ListenerEvents,
     previous: ListenerParts | None,
     change: ListenerChange | None,
 ) -> tuple[Any, OcspClient | None, RevocationChecker | None]:
     """The CRL source, the OCSP client and the checker reading both (each reused where the
     reload plan says it did not change)."""
-    reload = previous is not None and change is not None
-    if reload and not change.crl and not change.client_ocsp:  # type: ignore[union-attr]
-        assert previous is not None
-        return previous.crl, previous.ocsp_client, previous.revocation
-    source = _crl_source(settings, material, globals_, role, previous, change)
+    if previous is not None and change is not None:
+        if not change.crl and not change.client_ocsp:
+            return previous.crl, previous.ocsp_client, previous.revocation
+    source = _crl_source(settings, material, globals_, role, events, previous, change)
     client = None
     if settings.client_ocsp is not None:
-        if reload and not change.client_ocsp:  # type: ignore[union-attr]
-            assert previous is not None
+        if previous is not None and change is not None and not change.client_ocsp:
             client = previous.ocsp_client
         else:
-            client = role.ocsp_client(settings, material, globals_)
+            client = role.ocsp_client(settings, material, globals_, events.ocsp_revoked)
     if source is None and client is None:
         return None, None, None
     checker = RevocationChecker(
@@ -203,6 +131,7 @@ def _crl_source(
     material: TlsMaterial,
     globals_: GlobalSettings,
     role: IListenerRole,
+    events: ListenerEvents,
     previous: ListenerParts | None,
     change: ListenerChange | None,
 ) -> Any:
@@ -220,7 +149,7 @@ def _crl_source(
             for url in previous.crl.sources:
                 if url not in keep:
                     cache.forget_source(url)
-    return role.revocation_source(settings, material, globals_, cache)
+    return role.revocation_source(settings, material, globals_, cache, events.crl_updated)
 
 
 def _upstream(

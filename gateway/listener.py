@@ -4,6 +4,7 @@ checks), its counters; on a reload, ``reconfigure`` (new parts, one assignment) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -11,11 +12,11 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.build import ListenerParts, PartsBox
 from gateway.choices import TlsIo
 from gateway.config.values import format_bind
 from gateway.drain import drain
 from gateway.observe import own_status
+from gateway.parts import ListenerEvents, ListenerHandle, ListenerParts, PartsBox
 from gateway.ports import ready_timeout
 from gateway.proxy.entry import EntryFactory, Gate, ListenerTLSFactory, SocketTLSFactory
 from gateway.proxy.factory import GatewayFactory
@@ -34,36 +35,53 @@ class ListenerService(service.MultiService):
 
     def __init__(
         self,
-        parts: ListenerParts,
+        build: Callable[[ListenerEvents], ListenerParts],
         role: IListenerRole,
         reactor: Any,
         cooperator: task.Cooperator | None = None,
     ) -> None:
+        """``build``: the listener's first parts, given what they are to tell it (a reload
+        builds the next ones with the same ``events``)."""
         super().__init__()
+        self.events = ListenerEvents(
+            crl_updated=self.revocation_updated,
+            ocsp_revoked=self.ocsp_revoked,
+            staple_changed=self.staple_changed,
+        )
+        parts = build(self.events)
         self.setName(parts.name)
         self.role = role
         self.reactor = reactor
         self.box = PartsBox(parts)
         self.stats = ListenerStats(parts.name)
         cooperate = cooperator.cooperate if cooperator is not None else task.cooperate
-        self.factory = GatewayFactory(self.box, reactor, self.stats, cooperate)
         self.creator = ServerConnectionCreator(lambda: self.box.parts.context)
-        self.gate = Gate(self.factory, parts.settings.limits, reactor)
-        # TLS in a memory BIO, or on the socket (a TLSPort's transports; tls_io = socket).
+        self.gate = Gate(parts.name, self.stats, parts.settings.limits, reactor)
+        # TLS in a memory BIO, or on the socket (a TLSPort's transports; tls_io = socket,
+        # where the client factory tells the gate of each closed connection).
+        on_socket = parts.settings.tls.io == TlsIo.SOCKET
+        self.factory = GatewayFactory(
+            self.box, reactor, self.stats, cooperate, self.gate.closed if on_socket else None
+        )
         tls: Any = (
-            SocketTLSFactory(self.gate)
-            if parts.settings.tls.io == TlsIo.SOCKET
-            else ListenerTLSFactory(self.creator, self.gate, reactor)
+            SocketTLSFactory(self.gate, self.factory)
+            if on_socket
+            else ListenerTLSFactory(self.creator, self.gate, self.factory, reactor)
         )
         self.entry = EntryFactory(tls, lambda: self.box.parts.settings.front, reactor)
+        self.handle = ListenerHandle(
+            parts.name,
+            lambda: self.box.parts,
+            self.entry,
+            self.creator,
+            reactor,
+            self.gate.stop,
+        )
         self._generation = 0  # reloads that replaced a service (unique child names)
         self._attach(parts.services())
         if parts.crl is not None:
-            parts.crl.on_update = self.revocation_updated
             parts.crl.ready.addCallback(lambda _: self.revocation_updated())
-        if parts.ocsp_client is not None:
-            parts.ocsp_client.on_revoked = self.ocsp_revoked
-        self.port = role.port(self, parts.settings)
+        self.port = role.port(self.handle, parts.settings)
         self.port.setServiceParent(self)
         self._logged = False
 
@@ -73,15 +91,20 @@ class ListenerService(service.MultiService):
 
     def revocation_updated(self, _crls: object = None) -> None:
         """New CRLs are in force (the role sweeps live sessions, or publishes them)."""
-        self.role.revocation_updated(self)
+        self.role.revocation_updated(self.handle, self.factory.sweep_revoked)
 
     def ocsp_revoked(self, _key: object = None) -> None:
         """An OCSP answer says a certificate is revoked: the live sessions here are swept
         (a master has none: its workers sweep theirs when their own refresh learns it)."""
         self.factory.sweep_revoked()
 
+    def staple_changed(self, _der: object = None) -> None:
+        """The staple changed (a refresh, or a reload's new stapler)."""
+        self.role.staple_changed(self.handle)
+
     def status(self) -> ListenerStatus:
-        return self.role.status(self, own_status(self))
+        own = own_status(self.parts, self.stats.snapshot(), self.port, fetches=self.role.fetches)
+        return self.role.status(self.handle, own)
 
     def _attach(self, services: list[Any]) -> None:
         for child in services:
@@ -119,10 +142,6 @@ class ListenerService(service.MultiService):
         def swap(_: object) -> None:
             self.box.parts = new
             self.gate.reconfigure(new.settings.limits)
-            if new.crl is not None:
-                new.crl.on_update = self.revocation_updated
-            if new.ocsp_client is not None:
-                new.ocsp_client.on_revoked = self.ocsp_revoked
             for gone in old.services():
                 if gone not in new.services():
                     gone.disownServiceParent()
@@ -135,7 +154,7 @@ class ListenerService(service.MultiService):
             if new.crl is not None and new.crl is not old.crl:
                 self.revocation_updated()  # live sessions against the new revocation data
             if new.stapler is not old.stapler:
-                self.role.staple_changed(self)
+                self.staple_changed()
 
         return defer.gatherResults(waits).addCallback(swap)
 

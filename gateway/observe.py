@@ -4,7 +4,7 @@ staple, brokers) and the report of a refresh asked for by ``POST /refresh``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 
@@ -12,6 +12,7 @@ from gateway.choices import FailurePolicy
 from gateway.clock import format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.config.values import format_bind
+from gateway.parts import ListenerParts
 from gateway.reasons import CrlVerdict
 from gateway.revocation.crl_cache import CrlCache
 from gateway.status import (
@@ -22,11 +23,9 @@ from gateway.status import (
     CrlSourceStatus,
     ListenerStatus,
     ResponderStatus,
+    StatsSnapshot,
     is_ocsp_count,
 )
-
-if TYPE_CHECKING:
-    from gateway.listener import ListenerService
 
 
 def certificate_status(role: str, cert: x509.Certificate) -> CertificateStatus:
@@ -78,9 +77,12 @@ def undecided(
 _ANY_SERIAL = 0
 
 
-def own_status(listener: ListenerService) -> ListenerStatus:
-    """This process's view of a listener, in one record."""
-    parts = listener.parts
+def own_status(
+    parts: ListenerParts, stats: StatsSnapshot, port: Any, fetches: bool
+) -> ListenerStatus:
+    """This process's view of a listener, in one record: its parts, its counters, its
+    port (``accepting``, ``waiting_reason``); ``fetches``: this process fetches its CRLs
+    (and so knows whether they decide a good device now)."""
     settings = parts.settings
     certificates = [certificate_status("server", parts.material.chain[0])]
     upstream = parts.material.upstream
@@ -101,13 +103,13 @@ def own_status(listener: ListenerService) -> ListenerStatus:
     if parts.ocsp_client is not None:
         client_ocsp = client_ocsp_status(parts.ocsp_client, counts)
     return ListenerStatus(
-        listener.stats.snapshot(),
+        stats,
         crl,
         ocsp,
         bind=format_bind(settings.bind),
         upstream=format_bind(settings.upstream.address),
-        accepting=listener.port.accepting,
-        not_accepting=listener.port.waiting_reason,
+        accepting=port.accepting,
+        not_accepting=port.waiting_reason,
         tls=f"{tls.profile} ({','.join(tls.versions)})",
         brokers=tuple(
             BrokerStatus(b.name, b.up, b.active, b.sessions, b.failures, b.last_error)
@@ -121,7 +123,7 @@ def own_status(listener: ListenerService) -> ListenerStatus:
                 settings.crl,
                 crl.sources if crl is not None else (),
             )
-            if listener.role.fetches and parts.crl is not None and settings.crl
+            if fetches and parts.crl is not None and settings.crl
             else ""
         ),
         client_ocsp=client_ocsp,
@@ -144,13 +146,13 @@ def client_ocsp_status(client: Any, counts: dict[str, int]) -> ClientOcspStatus:
     )
 
 
-def refresh_report(listeners: list[ListenerService]) -> dict[str, Any]:
-    """After ``POST /refresh``: each listener's sources and staple, as JSON."""
+def refresh_report(listeners: Sequence[ListenerParts], fetches: bool) -> dict[str, Any]:
+    """After ``POST /refresh``: each listener's sources and staple, as JSON (``fetches``:
+    this process fetched them; a worker's are the master's)."""
     out: dict[str, Any] = {"ok": True, "listeners": {}}
-    for ls in listeners:
-        parts = ls.parts
+    for parts in listeners:
         entry: dict[str, Any] = {}
-        if parts.crl is not None and ls.role.fetches:
+        if parts.crl is not None and fetches:
             entry["crl"] = [
                 {
                     "url": src.url,
@@ -163,7 +165,7 @@ def refresh_report(listeners: list[ListenerService]) -> dict[str, Any]:
                 }
                 for src in parts.crl.status()
             ]
-        if parts.stapler is not None and ls.role.fetches:
+        if parts.stapler is not None and fetches:
             o = parts.stapler.status()
             entry["ocsp"] = {
                 "status": o.status,

@@ -6,15 +6,29 @@ pool; its port) and the words the log and ``/status`` say. Tested as data
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import attrs
+from cryptography import x509
 
 from gateway.config.model import Config, GlobalSettings, ListenerSettings
 
-if TYPE_CHECKING:
-    from gateway.tls.material import TlsMaterial
+
+class TlsMaterial(Protocol):
+    """What the plan compares of a listener's material (``gateway.tls.material``)."""
+
+    @property
+    def chain(self) -> Sequence[x509.Certificate]: ...
+    @property
+    def acl(self) -> object: ...
+    @property
+    def ca_pem(self) -> bytes | None: ...
+    @property
+    def ocsp(self) -> object: ...
+    @property
+    def upstream(self) -> object: ...
+
 
 # The listener settings compared one by one, with the word the log uses for each.
 _FIELDS = (

@@ -13,7 +13,8 @@ of them is subclassed per role.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
@@ -21,6 +22,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from gateway.choices import TlsIo
 from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.parts import ListenerHandle
 from gateway.ports import PortService, ready_timeout
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
@@ -31,9 +33,6 @@ from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.tls.socket_tls import TLSPort
 
-if TYPE_CHECKING:
-    from gateway.listener import ListenerService
-
 
 class IRevocationSource(Interface):
     """Where a listener's CRLs come from (a service): fetched here (``CrlService``) or the
@@ -42,7 +41,6 @@ class IRevocationSource(Interface):
     cache = Attribute("the CrlCache the handshake reads")
     ready = Attribute("a Deferred that fires once the first round is done")
     sources = Attribute("url -> source, for the sources fetched in this process")
-    on_update = Attribute("called after new CRLs are in force")
 
     def status() -> tuple[Any, ...]:
         """The state of each source fetched here."""
@@ -78,29 +76,42 @@ class IListenerRole(Interface):
         material: TlsMaterial,
         globals_: GlobalSettings,
         cache: CrlCache | None,
+        on_update: Callable[..., None],
     ) -> Any:
         """The listener's IRevocationSource (its settings have CRL checking on); ``cache``:
-        the CRLs to keep (a reload with the same CA bundle), else None."""
+        the CRLs to keep (a reload with the same CA bundle), else None; ``on_update``:
+        called after new CRLs are in force."""
 
-    def stapler(settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings) -> Any:
-        """The listener's IStapler (its settings have stapling on)."""
+    def stapler(
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_change: Callable[[bytes], None],
+    ) -> Any:
+        """The listener's IStapler (its settings have stapling on); ``on_change``: called
+        with the new staple's DER (b"": none) when it changes."""
 
     def ocsp_client(
-        settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_revoked: Callable[..., None],
     ) -> Any:
-        """The listener's OcspClient (its settings have OCSP checking of clients on)."""
+        """The listener's OcspClient (its settings have OCSP checking of clients on);
+        ``on_revoked``: called when an answer says a certificate is revoked."""
 
-    def port(listener: ListenerService, settings: ListenerSettings) -> Any:
+    def port(listener: ListenerHandle, settings: ListenerSettings) -> Any:
         """The listener's port service for ``settings.bind`` (not bound yet): ``bind()``,
         ``accepting``, ``waiting_reason``."""
 
-    def revocation_updated(listener: ListenerService) -> None:
-        """New CRLs are in force for ``listener``."""
+    def revocation_updated(listener: ListenerHandle, sweep: Callable[[], Any]) -> None:
+        """New CRLs are in force for ``listener`` (``sweep``: close its live sessions
+        whose certificate they revoke)."""
 
-    def staple_changed(listener: ListenerService) -> None:
+    def staple_changed(listener: ListenerHandle) -> None:
         """``listener``'s stapler changed (a reload installed a new one)."""
 
-    def status(listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+    def status(listener: ListenerHandle, own: ListenerStatus) -> ListenerStatus:
         """The listener's status from this process's ``own``."""
 
 
@@ -131,10 +142,10 @@ class SocketTLSEndpoint:
 
 
 def port_service(
-    listener: ListenerService, settings: ListenerSettings, endpoint: Any
+    listener: ListenerHandle, settings: ListenerSettings, endpoint: Any
 ) -> PortService:
     """The port of a listener that accepts in this process (one process, a worker)."""
-    parts = listener.parts
+    parts = listener.parts()
     # The port accepts once the listener can decide a device: its first CRL round is done,
     # and the OCSP answers kept by the previous run are restored.
     waits: list[defer.Deferred[Any]] = []
@@ -156,7 +167,7 @@ def port_service(
         listener.reactor,
         timeout,
         settings.name,
-        on_stop=listener.gate.stop,
+        on_stop=listener.stop_accepting,
     )
 
 
@@ -164,13 +175,13 @@ class Serving:
     """What a process that serves connections does with a listener's updates: it sweeps
     its live sessions after a CRL update and reports its own status."""
 
-    def revocation_updated(self, listener: ListenerService) -> None:
-        listener.factory.sweep_revoked()
+    def revocation_updated(self, listener: ListenerHandle, sweep: Callable[[], Any]) -> None:
+        sweep()
 
-    def staple_changed(self, listener: ListenerService) -> None:
+    def staple_changed(self, listener: ListenerHandle) -> None:
         pass  # the next handshake staples the new one
 
-    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
+    def status(self, listener: ListenerHandle, own: ListenerStatus) -> ListenerStatus:
         return own
 
 
@@ -197,6 +208,7 @@ class SingleProcess(Serving):
         material: TlsMaterial,
         globals_: GlobalSettings,
         cache: CrlCache | None,
+        on_update: Callable[..., None],
     ) -> CrlService:
         assert settings.crl is not None and material.ca_pem is not None
         return CrlService(
@@ -209,10 +221,15 @@ class SingleProcess(Serving):
             self.processor or SubprocessProcessor(self.reactor),
             cache or CrlCache(self.reactor, settings.crl.grace_period),
             material.ca_pem,
+            on_update,
         )
 
     def stapler(
-        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_change: Callable[[bytes], None],
     ) -> OcspStapler:
         assert settings.ocsp is not None and material.ocsp is not None
         return OcspStapler(
@@ -222,10 +239,15 @@ class SingleProcess(Serving):
             self.reactor,
             self.http,
             material.ocsp,
+            on_change=on_change,
         )
 
     def ocsp_client(
-        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_revoked: Callable[..., None],
     ) -> OcspClient:
         assert settings.client_ocsp is not None
         return OcspClient(
@@ -235,9 +257,10 @@ class SingleProcess(Serving):
             self.http,
             material.issuers,
             globals_.ocsp_cache_dir,
+            on_revoked=on_revoked,
         )
 
-    def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
+    def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
         if settings.tls.io == TlsIo.SOCKET:
             endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
             return port_service(listener, settings, endpoint)

@@ -62,6 +62,16 @@ class ProcessRole:
     workers: Any = None
 
 
+@attrs.define(eq=False)
+class GatewayState:
+    """What a process serves now: the configuration in force and its listeners. The
+    gateway service keeps it; a master's worker pool is given it to read (the listeners'
+    sockets and parts, the configuration each new worker starts with)."""
+
+    prepared: Prepared
+    listeners: dict[str, ListenerService] = attrs.Factory(dict)
+
+
 class GatewayService(service.MultiService):
     """The top of the tree: the listeners, the monitor, the admin listener; status, refresh
     and reload for the whole gateway.
@@ -71,14 +81,23 @@ class GatewayService(service.MultiService):
     ``POST /reload`` reload.
     """
 
-    def __init__(self, prepared: Prepared, reactor: Any, role: ProcessRole) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        reactor: Any,
+        role: ProcessRole,
+        state: GatewayState | None = None,
+    ) -> None:
+        """``state``: where the configuration in force and the listeners are kept (a
+        master's worker pool reads the same one)."""
         super().__init__()
-        self.prepared = prepared
+        self.state = state if state is not None else GatewayState(prepared)
+        self.state.prepared = prepared
         self.config = prepared.config
         self.reactor = reactor
         self.role = role
         self.started = reactor.seconds()
-        self.listeners: dict[str, ListenerService] = {}
+        self.listeners = self.state.listeners
         self.reloads = ReloadStatus()
         self._reloading: defer.Deferred[dict[str, Any]] | None = None
         workers = role.workers
@@ -112,16 +131,25 @@ class GatewayService(service.MultiService):
         if workers is not None:
             workers.setServiceParent(self)
 
+    @property
+    def prepared(self) -> Prepared:
+        return self.state.prepared
+
     def new_listener(self, prepared: Prepared, name: str) -> ListenerService:
         config = prepared.config
-        parts = build_parts(
-            config.listener(name),
-            prepared.materials[name],
-            config.globals,
+        return ListenerService(
+            lambda events: build_parts(
+                config.listener(name),
+                prepared.materials[name],
+                config.globals,
+                self.role.listeners,
+                self.reactor,
+                events,
+            ),
             self.role.listeners,
             self.reactor,
+            self.cooperator,
         )
-        return ListenerService(parts, self.role.listeners, self.reactor, self.cooperator)
 
     def add_listener(self, listener_service: ListenerService) -> None:
         self.listeners[listener_service.parts.name] = listener_service
@@ -262,7 +290,8 @@ class GatewayService(service.MultiService):
             if s is not None
         ]
         d = defer.DeferredList(runs, consumeErrors=True)
-        return d.addCallback(lambda _: refresh_report(targets))
+        fetches = self.role.listeners.fetches
+        return d.addCallback(lambda _: refresh_report([ls.parts for ls in targets], fetches))
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -311,7 +340,7 @@ class GatewayService(service.MultiService):
         #    be bound, the ports bound so far are closed and the reload is refused.
         added = [self.new_listener(prepared, name) for name in plan.added]
         moved = {
-            c.name: self.role.listeners.port(self.listeners[c.name], config.listener(c.name))
+            c.name: self.role.listeners.port(self.listeners[c.name].handle, config.listener(c.name))
             for c in plan.changed
             if c.moved
         }
@@ -360,6 +389,7 @@ class GatewayService(service.MultiService):
                 config.globals,
                 self.role.listeners,
                 self.reactor,
+                current.events,
                 current.parts,
                 change,
             )
@@ -381,7 +411,7 @@ class GatewayService(service.MultiService):
             self.admin_resource.open_read = config.globals.admin_open_read
             if plan.admin_token:
                 changes.append("admin token")
-        self.prepared, self.config = prepared, config
+        self.state.prepared, self.config = prepared, config
         for warning in prepared.all_warnings():
             log.warn("{warning}", warning=warning)
 

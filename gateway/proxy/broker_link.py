@@ -5,7 +5,7 @@ straight to the client."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import error, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
@@ -13,33 +13,34 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.failures import plain_reason
-from gateway.proxy import session as S
+from gateway.proxy.contracts import Downstream
 from gateway.tls.native import session_reused
-
-if TYPE_CHECKING:
-    from gateway.proxy.relay import ClientProtocol
-
-# Opens the broker connection for one client. The factory is told the outcome: its protocol's
-# connectionMade on success, its clientConnectionFailed on failure. Returns a cancel function.
-ConnectUpstream = Callable[["UpstreamFactory"], Callable[[], None]]
 
 
 class UpstreamFactory(protocol.ClientFactory):
-    """One per upstream connection, carrying the client it serves. The connector (a broker
-    pool) may hook in: ``on_failed`` to try the next broker instead of failing the client,
-    ``on_connected`` / ``on_closed`` for its counts, ``tls`` when the connection is
-    wrapped in TLS (then it is up only once the handshake is done), ``tls_done`` to keep
-    the TLS session for resumption."""
+    """One per attempt to reach a broker, carrying the client it serves and what its
+    connector (a broker pool) is told: ``on_failed`` (this broker could not be reached: try
+    the next one, or tell the client), ``on_connected`` / ``on_closed`` for its counts;
+    ``tls`` when the connection is wrapped in TLS (then it is up only once the handshake is
+    done), ``tls_done`` to keep the TLS session for resumption."""
 
     noisy = False
 
-    def __init__(self, client: ClientProtocol) -> None:
+    def __init__(
+        self,
+        client: Downstream,
+        on_failed: Callable[[Failure], None],
+        on_connected: Callable[[], None] = lambda: None,
+        on_closed: Callable[[], None] = lambda: None,
+        tls: bool = False,
+        tls_done: Callable[[Any], None] | None = None,
+    ) -> None:
         self.client = client
-        self.on_failed: Callable[[Failure], None] | None = None
-        self.on_connected: Callable[[], None] | None = None
-        self.on_closed: Callable[[], None] | None = None
-        self.tls_done: Callable[[Any], None] | None = None
-        self.tls = False
+        self.on_failed = on_failed
+        self.on_connected = on_connected
+        self.on_closed = on_closed
+        self.tls = tls
+        self.tls_done = tls_done
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
         upstream = UpstreamProtocol()
@@ -47,10 +48,7 @@ class UpstreamFactory(protocol.ClientFactory):
         return upstream
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if self.on_failed is not None:
-            self.on_failed(reason)
-        else:
-            self.client.upstream_failed(reason)
+        self.on_failed(reason)
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -69,17 +67,13 @@ class UpstreamProtocol(protocol.Protocol):
             self._up()
 
     def handshakeCompleted(self) -> None:
-        stats = self.factory.client.factory.stats
-        stats.upstream_tls += 1
-        if session_reused(self.transport.getHandle()):
-            stats.upstream_tls_resumed += 1
+        self.factory.client.upstream_tls(session_reused(self.transport.getHandle()))
         self._keep_session()
         self._up()
 
     def _up(self) -> None:
         self.up = True
-        if self.factory.on_connected is not None:
-            self.factory.on_connected()
+        self.factory.on_connected()
         self.factory.client.upstream_connected(self)
 
     def _keep_session(self) -> None:
@@ -90,15 +84,7 @@ class UpstreamProtocol(protocol.Protocol):
         if self.factory.tls and not self._session_kept:
             self._session_kept = True  # a TLS 1.3 ticket arrives after the handshake
             self._keep_session()
-        client: ClientProtocol = self.factory.client
-        if client.session.state in (S.State.RELAY, S.State.CLOSING):
-            client.bytes_out += len(data)
-            client.factory.stats.bytes_out += len(data)
-            policy = client._policy
-            if policy is None:
-                client.transport.write(data)
-            else:
-                policy.from_broker(data)  # whole packets, SUBACKs completed
+        self.factory.client.from_broker(data)
 
     def readConnectionLost(self) -> None:
         # The broker half-closed: everything it sent is queued for the client; close after it.
@@ -111,8 +97,7 @@ class UpstreamProtocol(protocol.Protocol):
         if not self.up:  # a TLS handshake that failed (the broker's certificate, ...)
             self.factory.clientConnectionFailed(None, reason)
             return
-        if self.factory.on_closed is not None:
-            self.factory.on_closed()
+        self.factory.on_closed()
         self.factory.client.upstream_lost(why=lost_text(reason))
 
 

@@ -20,9 +20,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from gateway.config.model import ConnectionLimits, FrontSettings
 from gateway.proxy.admission import Admission, RefusalLog, address_key
-from gateway.proxy.factory import GatewayFactory
 from gateway.proxy.front import ProxyFrontFactory
 from gateway.reasons import Reason
+from gateway.status import ListenerStats
 
 log = Logger()
 
@@ -37,8 +37,11 @@ class Gate:
     logged one by one up to a threshold per interval, then summarised. Keeps the open
     connections (``protocols``), so that a drain learns when the last one ended."""
 
-    def __init__(self, gateway: GatewayFactory, limits: ConnectionLimits, reactor: IReactorTime):
-        self.gateway = gateway
+    def __init__(
+        self, name: str, stats: ListenerStats, limits: ConnectionLimits, reactor: IReactorTime
+    ) -> None:
+        self.name = name
+        self.stats = stats
         self.reactor = reactor
         self.admission = Admission(
             limits.max_connections,
@@ -92,11 +95,11 @@ class Gate:
 
     def refuse(self, reason: Reason, key: str, peer: str, detail: str | None = None) -> None:
         """Count a connection refused before TLS; log it, or summarise a flood."""
-        self.gateway.stats.refuse(reason)
+        self.stats.refuse(reason)
         if self.refusals.note(reason, key):
             log.warn(
                 "refused {listener} peer={peer} reason={reason}: {why}",
-                listener=self.gateway.name,
+                listener=self.name,
                 peer=peer,
                 reason=reason.value,
                 why=detail or reason.text,
@@ -111,7 +114,7 @@ class Gate:
         if text is not None:
             log.warn(
                 "refused {listener}: {summary} in the last {interval:.0f}s",
-                listener=self.gateway.name,
+                listener=self.name,
                 summary=text,
                 interval=REFUSAL_SUMMARY_INTERVAL,
             )
@@ -129,8 +132,10 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
 
     noisy = False
 
-    def __init__(self, creator: Any, gate: Gate, reactor: IReactorTime) -> None:
-        super().__init__(creator, False, gate.gateway, clock=reactor)
+    def __init__(
+        self, creator: Any, gate: Gate, clients: protocol.Factory, reactor: IReactorTime
+    ) -> None:
+        super().__init__(creator, False, clients, clock=reactor)
         self.gate = gate
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -152,23 +157,25 @@ class SocketTLSFactory(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, clients: protocol.Factory) -> None:
+        """``clients`` tells ``gate.closed`` when a connection is gone (no wrapping
+        factory hears it here)."""
         self.gate = gate
-        gate.gateway.on_closed = gate.closed
+        self.clients = clients
 
     def buildProtocol(self, addr: Any) -> Any:
         key = self.gate.admit(addr)
         if key is None:
             return None
-        client = self.gate.gateway.buildProtocol(addr)
+        client = self.clients.buildProtocol(addr)
         self.gate.opened(client, key)
         return client
 
     def doStart(self) -> None:
-        self.gate.gateway.doStart()
+        self.clients.doStart()
 
     def doStop(self) -> None:
-        self.gate.gateway.doStop()
+        self.clients.doStop()
 
 
 class EntryFactory(protocol.Factory):

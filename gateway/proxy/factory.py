@@ -5,82 +5,23 @@ reads the new one), and the live sessions (swept after a CRL update)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
-from cryptography import x509
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 
+from gateway.choices import DenyAction, ProxyVersion
 from gateway.config.model import ConnectionLimits, IdentitySettings
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
-from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
-from gateway.proxy.broker_link import ConnectUpstream
+from gateway.proxy.contracts import ConnectUpstream, HoldsParts, Revocation
 from gateway.proxy.relay import ClientProtocol
-from gateway.reasons import Reason
 from gateway.status import ListenerStats
-
-
-class CrlHold(Protocol):
-    """Decides a client held after its CONNECT while its leaf's CRL is fetched."""
-
-    def decide_later(self, pending: Pending) -> defer.Deferred[tuple[Reason | None, str]]:
-        """Fires with (refusal reason or None, detail); never fails."""
-        ...
-
-
-class LiveRevocation(Protocol):
-    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool: ...
-
-
-class Revocation(CrlHold, LiveRevocation, Protocol):
-    """What the relay asks of CRL checking (``RevocationChecker``)."""
-
-    def check_resumed(
-        self, leaf: x509.Certificate, serial: int, verification: PeerVerification
-    ) -> tuple[Reason, str] | None: ...
-
-    def track(self, verification: PeerVerification) -> tuple[Any, ...]: ...
-
-    def untrack(self, tracked: tuple[Any, ...]) -> None: ...
 
 
 def session_limits(limits: ConnectionLimits) -> S.SessionLimits:
     return S.SessionLimits(limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size)
-
-
-class RelayParts(Protocol):
-    """What the relay reads of a listener's current parts (``gateway.build.ListenerParts``):
-    a reload replaces the whole record, and the next connection reads the new one."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def session_limits(self) -> S.SessionLimits: ...
-    @property
-    def connector(self) -> ConnectUpstream: ...
-    @property
-    def revocation(self) -> Revocation | None: ...
-    @property
-    def identity(self) -> IdentitySettings: ...
-    @property
-    def upstream_name(self) -> str: ...
-    @property
-    def upstream_proxy_protocol(self) -> str | None: ...
-    @property
-    def log_connect(self) -> bool: ...
-    @property
-    def device_limits(self) -> DeviceLimits | None: ...
-    @property
-    def acl(self) -> Acl | None: ...
-    @property
-    def acl_deny_action(self) -> str: ...
-
-
-class HoldsParts(Protocol):
-    @property
-    def parts(self) -> RelayParts: ...
 
 
 class GatewayFactory(protocol.Factory):
@@ -97,6 +38,7 @@ class GatewayFactory(protocol.Factory):
         cooperate: Callable[
             [Iterator[None]], task.CooperativeTask[Iterator[None]]
         ] = task.cooperate,
+        on_closed: Callable[[ClientProtocol], None] | None = None,
     ) -> None:
         self.box = box
         self.name = box.parts.name
@@ -108,7 +50,7 @@ class GatewayFactory(protocol.Factory):
         self.live: set[ClientProtocol] = set()  # connections in the relay state
         # Told when a client connection is gone (with TLS on the socket, no wrapping
         # factory hears it: the entry's gate does, through this).
-        self.on_closed: Callable[[ClientProtocol], None] | None = None
+        self.on_closed = on_closed
 
     @property
     def session_limits(self) -> S.SessionLimits:
@@ -131,7 +73,7 @@ class GatewayFactory(protocol.Factory):
         return self.box.parts.upstream_name
 
     @property
-    def upstream_proxy_protocol(self) -> str | None:
+    def upstream_proxy_protocol(self) -> ProxyVersion | None:
         return self.box.parts.upstream_proxy_protocol
 
     @property
@@ -143,7 +85,7 @@ class GatewayFactory(protocol.Factory):
         return self.box.parts.acl
 
     @property
-    def acl_deny_action(self) -> str:
+    def acl_deny_action(self) -> DenyAction:
         return self.box.parts.acl_deny_action
 
     def denial_logged(self) -> bool:

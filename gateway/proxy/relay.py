@@ -9,7 +9,7 @@ ways, as in twisted.protocols.portforward, so neither side buffers without bound
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -30,15 +30,13 @@ from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, Pending
 from gateway.proxy import proxyproto
 from gateway.proxy import session as S
-from gateway.proxy.broker_link import UpstreamFactory, UpstreamProtocol, lost_text
+from gateway.proxy.broker_link import UpstreamProtocol, lost_text
+from gateway.proxy.contracts import ClientHome
 from gateway.proxy.identity import common_name, identity_of
 from gateway.proxy.policy import DevicePolicy
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
-
-if TYPE_CHECKING:
-    from gateway.proxy.factory import GatewayFactory
 
 log = Logger()
 
@@ -92,7 +90,7 @@ class ClientProtocol(protocol.Protocol):
     _acl_user: str | None = None
     resumed = False  # whether the handshake resumed a session
 
-    def __init__(self, factory: GatewayFactory, addr: Any) -> None:
+    def __init__(self, factory: ClientHome, addr: Any) -> None:
         self.factory = factory
         self.peer = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}"
         self.session = S.Session(factory.session_limits)
@@ -201,6 +199,22 @@ class ClientProtocol(protocol.Protocol):
         self.upstream = upstream
         self._run(self.session.upstream_connected())
 
+    def from_broker(self, data: bytes) -> None:
+        """The broker's bytes: to the device while the session relays (or is closing)."""
+        if self.session.state in (S.State.RELAY, S.State.CLOSING):
+            self.bytes_out += len(data)
+            self.factory.stats.bytes_out += len(data)
+            if self._policy is None:
+                self.transport.write(data)
+            else:
+                self._policy.from_broker(data)  # whole packets, SUBACKs completed
+
+    def upstream_tls(self, resumed: bool) -> None:
+        stats = self.factory.stats
+        stats.upstream_tls += 1
+        if resumed:
+            stats.upstream_tls_resumed += 1
+
     def upstream_failed(self, reason: Failure, broker: str | None = None) -> None:
         self.factory.stats.upstream_failures += 1
         self._cancel_upstream = None
@@ -245,7 +259,9 @@ class ClientProtocol(protocol.Protocol):
 
     def _on_open_upstream(self, action: S.OpenUpstream) -> None:
         self._since = self.factory.reactor.seconds()
-        self._cancel_upstream = self.factory.connect_upstream(UpstreamFactory(self))
+        connect = self.session.connect
+        client_id = connect.client_id if connect is not None else ""
+        self._cancel_upstream = self.factory.connect_upstream(self, client_id)
 
     def _on_cancel_upstream(self, action: S.CancelUpstream) -> None:
         cancel, self._cancel_upstream = self._cancel_upstream, None

@@ -31,6 +31,7 @@ from gateway.config.model import UpstreamSettings
 from gateway.failures import plain_reason
 from gateway.mqtt.packets import DISCONNECT
 from gateway.proxy.broker_link import UpstreamFactory
+from gateway.proxy.contracts import Downstream
 from gateway.proxy.pool import Broker, BrokerPool
 
 log = Logger()
@@ -99,12 +100,10 @@ class PoolConnector:
                     name, trust, client, settings.tls.session_reuse
                 )
 
-    def __call__(self, factory: UpstreamFactory) -> Callable[[], None]:
-        connect = factory.client.session.connect
-        client_id = connect.client_id if connect is not None else ""
+    def __call__(self, client: Downstream, client_id: str) -> Callable[[], None]:
         now = self.reactor.seconds()
         attempt = _Attempt(
-            self, factory, self.pool.candidates(client_id, now), now + self.settings.connect_timeout
+            self, client, self.pool.candidates(client_id, now), now + self.settings.connect_timeout
         )
         attempt.next()
         return attempt.cancel
@@ -132,24 +131,24 @@ class PoolConnector:
 
 
 class _Attempt:
+    """One client's way through the pool: each broker in turn (a connection factory each)
+    until one answers, within one deadline."""
+
     def __init__(
         self,
         connector: PoolConnector,
-        factory: UpstreamFactory,
+        client: Downstream,
         candidates: list[Broker],
         deadline: float,
     ) -> None:
         self.connector = connector
-        self.factory = factory
+        self.client = client
         self.candidates = candidates
         self.deadline = deadline
         self.broker: Broker | None = None
         self._cancel: Callable[[], None] | None = None
         self.errors: list[str] = []
-        factory.on_failed = self.failed
-        factory.on_connected = self.connected
-        factory.on_closed = self.closed
-        factory.tls = connector.settings.tls is not None
+        self.over = False  # cancelled, or the client was told it failed
 
     def next(self) -> None:
         remaining = self.deadline - self.connector.reactor.seconds()
@@ -158,15 +157,24 @@ class _Attempt:
             where = "every broker of the pool"
             if len(self.errors) == 1:
                 reason, where = self._last
-            self.factory.on_failed = None
-            self.factory.client.upstream_failed(reason, where)
+            self.over = True
+            self.client.upstream_failed(reason, where)
             return
         self.broker = self.candidates.pop(0)
         creator = self.connector.creators.get(self.broker.index)
-        self.factory.tls_done = creator.keep if creator is not None else None
-        self._cancel = self.connector.open(self.broker, self.factory, remaining)
+        factory = UpstreamFactory(
+            self.client,
+            self.failed,
+            self.connected,
+            self.closed,
+            tls=self.connector.settings.tls is not None,
+            tls_done=creator.keep if creator is not None else None,
+        )
+        self._cancel = self.connector.open(self.broker, factory, remaining)
 
     def failed(self, reason: Failure) -> None:
+        if self.over:
+            return  # cancelled: nobody to tell
         broker = self.broker
         assert broker is not None
         text = plain_reason(reason)
@@ -185,7 +193,7 @@ class _Attempt:
 
     def cancel(self) -> None:
         self.candidates = []
-        self.factory.on_failed = lambda reason: None  # cancelled: nobody to tell
+        self.over = True
         if self._cancel is not None:
             self._cancel()
 

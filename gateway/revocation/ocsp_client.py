@@ -154,6 +154,7 @@ class OcspClient(service.Service):
         issuers: IssuerIndex,
         cache_dir: str | None,
         remote: Callable[[OcspQuestion, float], defer.Deferred[bytes]] | None = None,
+        on_revoked: Callable[[Key], None] = lambda key: None,
     ) -> None:
         """``remote``: in a worker, how an answer is obtained from the master (the DER it
         validated, validated here again); None: from the responder, with ``fetcher``."""
@@ -172,7 +173,7 @@ class OcspClient(service.Service):
         self._by_key: dict[bytes, x509.Certificate] | None = None
         self._questions: dict[Key, OcspQuestion] = {}  # of live sessions, for refreshes
         self._live: collections.Counter[Key] = collections.Counter()
-        self.on_revoked: Callable[[Key], None] = lambda key: None
+        self.on_revoked = on_revoked  # an answer says a certificate is revoked
         self._path = os.path.join(cache_dir, f"{listener}.client-ocsp.json") if cache_dir else None
         self._refresh = task.LoopingCall(self._refresh_live)
         self._refresh.clock = reactor

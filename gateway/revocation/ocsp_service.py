@@ -75,6 +75,7 @@ class OcspStapler(service.Service):
         fetcher: HttpFetcher,
         target: ocsp.OcspTarget,
         write: Callable[[str, bytes, dict[str, Any]], defer.Deferred[None]] | None = None,
+        on_change: Callable[[bytes], object] = lambda der: None,
     ) -> None:
         self.listener = listener
         self.settings = settings
@@ -97,7 +98,7 @@ class OcspStapler(service.Service):
         )
         self.requests_stapled = 0
         # the staple changed (its DER; b"": none): a master hands it to its workers
-        self.on_change: Callable[[bytes], object] = lambda der: None
+        self.on_change = on_change  # the staple changed: its DER (b"": none any more)
 
     # -- the handshake side ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -34,6 +35,7 @@ from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.files import FileRecord
 from gateway.listener import ListenerService
+from gateway.parts import ListenerHandle
 from gateway.ports import PortService
 from gateway.prepare import prepare
 from gateway.reports import ListenerReport, WorkerReport
@@ -101,7 +103,13 @@ class SharedCrl(service.Service):
     (the master's snapshot), ``ready`` once the first one is in, and the master's services
     for certificates that name a distribution point."""
 
-    def __init__(self, listener: str, data: SharedCrlData, state: WorkerState) -> None:
+    def __init__(
+        self,
+        listener: str,
+        data: SharedCrlData,
+        state: WorkerState,
+        on_update: Callable[..., None] = lambda crls=None: None,
+    ) -> None:
         self.name = f"crl:{listener}"
         self.listener = listener
         self.data = data
@@ -109,7 +117,7 @@ class SharedCrl(service.Service):
         self.ready = data.ready
         self.state = state
         self.sources: dict[str, Any] = {}  # the master holds them
-        self.on_update: Any = lambda crls=None: None
+        self.on_update = on_update  # a new snapshot is in force
         data.current = self
 
     def status(self) -> tuple[()]:
@@ -198,19 +206,28 @@ class WorkerRole(Serving):
         material: TlsMaterial,
         globals_: GlobalSettings,
         cache: CrlCache | None,
+        on_update: Callable[..., None],
     ) -> SharedCrl:
         assert settings.crl is not None
         data = self.state.crl(settings.name)
         data.cache.grace = settings.crl.grace_period
-        return SharedCrl(settings.name, data, self.state)
+        return SharedCrl(settings.name, data, self.state, on_update)
 
     def stapler(
-        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_change: Callable[[bytes], None],
     ) -> SharedStaple:
         return SharedStaple(settings.name, self.state.staple(settings.name))
 
     def ocsp_client(
-        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_revoked: Callable[..., None],
     ) -> OcspClient:
         """Answers come from the master (one request per certificate for every worker),
         validated here again; live sessions' answers are refreshed through it."""
@@ -245,9 +262,10 @@ class WorkerRole(Serving):
             material.issuers,
             None,  # the master keeps the answers on disk
             remote=remote,
+            on_revoked=on_revoked,
         )
 
-    def port(self, listener: ListenerService, settings: ListenerSettings) -> PortService:
+    def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
         endpoint = AdoptedEndpoint(self.state, settings.name, settings.bind)
         return port_service(listener, settings, endpoint)
 

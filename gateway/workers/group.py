@@ -5,7 +5,7 @@ the workers accept on them."""
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
@@ -16,9 +16,6 @@ from gateway.choices import Affinity
 from gateway.config.model import ListenerSettings
 from gateway.ports import ListenError
 from gateway.workers.sockets import bind_group, close_all, steer_by_address
-
-if TYPE_CHECKING:
-    from gateway.workers.pool import WorkerPool
 
 log = Logger()
 
@@ -40,12 +37,19 @@ class SocketGroupService(service.Service):
     """In the master, a listener's port: its sockets, bound in privilegedStartService and
     held while the master lives; the workers accept on them."""
 
-    def __init__(self, workers: WorkerPool, settings: ListenerSettings) -> None:
-        self.workers = workers
+    def __init__(
+        self,
+        count: int,
+        affinity: Affinity,
+        settings: ListenerSettings,
+        serving: Callable[[str], int],
+    ) -> None:
+        """``count`` sockets (one per worker); ``serving(listener)``: how many workers
+        accept on them now."""
+        self.serving = serving
         self.listener_name = settings.name
         self.bind_address = settings.bind
-        self.count = workers.count
-        affinity = workers.affinity
+        self.count = count
         self.by_address = affinity == Affinity.ADDRESS or (
             affinity == Affinity.AUTO and not settings.front.proxy_protocol
         )
@@ -93,7 +97,7 @@ class SocketGroupService(service.Service):
 
     @property
     def accepting(self) -> bool:
-        return self.port is not None and self.workers.serving(self.listener_name) > 0
+        return self.port is not None and self.serving(self.listener_name) > 0
 
     @property
     def waiting_reason(self) -> str:

@@ -4,14 +4,11 @@ master's log, and its end starts the restart."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from twisted.internet import protocol
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
-
-if TYPE_CHECKING:
-    from gateway.workers.pool import WorkerPool, WorkerSlot
 
 log = Logger()
 
@@ -24,9 +21,9 @@ class WorkerProcess(protocol.ProcessProtocol):
 
     MAX_RECORD = 1 << 20
 
-    def __init__(self, pool: WorkerPool, slot: WorkerSlot) -> None:
-        self.pool = pool
-        self.slot = slot
+    def __init__(self, index: int, on_ended: Callable[[Failure], None]) -> None:
+        self.index = index
+        self.on_ended = on_ended  # the process ended (the pool restarts it)
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -73,7 +70,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         except Exception:
             self._text(record)
             return
-        index = self.slot.index
+        index = self.index
         globalLogPublisher(
             {
                 "log_time": float(when),
@@ -92,10 +89,10 @@ class WorkerProcess(protocol.ProcessProtocol):
     def _text(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
-                log.warn("worker {index}: {line}", index=self.slot.index, line=line)
+                log.warn("worker {index}: {line}", index=self.index, line=line)
 
     def processEnded(self, reason: Failure) -> None:
         if self._buffer:
             self._text(self._buffer)
             self._buffer = b""
-        self.pool.ended(self.slot, reason)
+        self.on_ended(reason)

@@ -10,12 +10,13 @@ SIGHUP come here: the workers are drained and stopped, or reconfigured after the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from zope.interface import implementer
 
 from gateway.config.model import GlobalSettings, ListenerSettings
-from gateway.listener import ListenerService
+from gateway.parts import ListenerHandle
 from gateway.prepare import Prepared
 from gateway.reports import merge_reports
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -23,7 +24,7 @@ from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_client import OcspClient
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.roles import IListenerRole, SingleProcess
-from gateway.service import GatewayService, ProcessRole
+from gateway.service import GatewayService, GatewayState, ProcessRole
 from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.twisted_native import quiet_agent
@@ -55,56 +56,59 @@ class MasterRole:
         material: TlsMaterial,
         globals_: GlobalSettings,
         cache: CrlCache | None,
+        on_update: Callable[..., None],
     ) -> CrlService:
-        return self.fetching.revocation_source(settings, material, globals_, cache)
+        return self.fetching.revocation_source(settings, material, globals_, cache, on_update)
 
     def stapler(
-        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_change: Callable[[bytes], None],
     ) -> OcspStapler:
-        stapler = self.fetching.stapler(settings, material, globals_)
-        name = settings.name
-
-        def changed(der: bytes) -> None:
-            ls = self.workers.listener(name)
-            if ls is not None and ls.parts.stapler is stapler:
-                self.workers.send_staple(name, der)
-
-        stapler.on_change = changed
-        return stapler
+        """``on_change`` is the listener's: it sends the staple of the parts in force to
+        the workers (``staple_changed``), so an old stapler still stopping sends nothing
+        stale."""
+        return self.fetching.stapler(settings, material, globals_, on_change)
 
     def ocsp_client(
-        self, settings: ListenerSettings, material: TlsMaterial, globals_: GlobalSettings
+        self,
+        settings: ListenerSettings,
+        material: TlsMaterial,
+        globals_: GlobalSettings,
+        on_revoked: Callable[..., None],
     ) -> OcspClient:
         """The one client of every worker: the workers ask the master (``OcspQuery``),
         which asks the responder once per certificate for all of them."""
-        return self.fetching.ocsp_client(settings, material, globals_)
+        return self.fetching.ocsp_client(settings, material, globals_, on_revoked)
 
-    def port(self, listener: ListenerService, settings: ListenerSettings) -> SocketGroupService:
-        return SocketGroupService(self.workers, settings)
+    def port(self, listener: ListenerHandle, settings: ListenerSettings) -> SocketGroupService:
+        workers = self.workers
+        return SocketGroupService(workers.count, workers.affinity, settings, workers.serving)
 
-    def revocation_updated(self, listener: ListenerService) -> None:
+    def revocation_updated(self, listener: ListenerHandle, sweep: Callable[[], Any]) -> None:
         # Nothing reaches the workers before the first round is over: a worker accepts
         # from its first snapshot on, and one holding only some of the CRLs (the small
         # root CRL while the large devices CRL is still loading) would refuse devices.
-        crl = listener.parts.crl
+        crl = listener.parts().crl
         if crl is not None and crl.ready.called:
-            self.workers.publisher(listener.parts.name).publish(crl.cache)
+            self.workers.publisher(listener.name).publish(crl.cache)
 
-    def staple_changed(self, listener: ListenerService) -> None:
-        self.workers.send_staple(listener.parts.name, current_staple(listener))
+    def staple_changed(self, listener: ListenerHandle) -> None:
+        self.workers.send_staple(listener.name, current_staple(listener.parts()))
 
-    def status(self, listener: ListenerService, own: ListenerStatus) -> ListenerStatus:
-        return merge_reports(own, self.workers.reports(listener.parts.name))
+    def status(self, listener: ListenerHandle, own: ListenerStatus) -> ListenerStatus:
+        return merge_reports(own, self.workers.reports(listener.name))
 
 
 def make_master_service(prepared: Prepared, reactor: Any) -> GatewayService:
     g = prepared.config.globals
-    workers = WorkerPool(reactor, None, worker_count(g.workers), g.worker_affinity)
+    state = GatewayState(prepared)
+    workers = WorkerPool(reactor, state, worker_count(g.workers), g.worker_affinity)
     http = HttpFetcher(quiet_agent(reactor), reactor)
     role = MasterRole(SingleProcess(reactor, http), workers)
-    top = GatewayService(prepared, reactor, ProcessRole(role, workers=workers))
-    workers.gateway = top
-    return top
+    return GatewayService(prepared, reactor, ProcessRole(role, workers=workers), state)
 
 
 __all__ = ["MasterRole", "make_master_service", "worker_count"]

@@ -11,7 +11,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from twisted.application import service
@@ -21,19 +21,19 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from gateway.choices import Affinity
 from gateway.errors import describe_error
+from gateway.listener import ListenerService
+from gateway.parts import ListenerParts
 from gateway.prepare import Prepared
 from gateway.reports import WorkerReport
+from gateway.service import GatewayState
 from gateway.status import WorkerState, WorkerStatus
 from gateway.workers import commands as c
-from gateway.workers.channel import MasterChannel, OneProtocol
+from gateway.workers.channel import MasterAnswers, MasterChannel, OneProtocol, clip
 from gateway.workers.group import SocketGroupService
 from gateway.workers.logrelay import WorkerProcess
 from gateway.workers.publisher import CrlPublisher
-
-if TYPE_CHECKING:
-    from gateway.listener import ListenerService
-    from gateway.service import GatewayService
 
 log = Logger()
 
@@ -46,9 +46,9 @@ REPORT_INTERVAL = 1.0  # how often the master gathers its workers' counters
 STOP_MARGIN = 5.0  # after the shutdown drain, then a worker still running is killed
 
 
-def current_staple(listener: ListenerService) -> bytes:
+def current_staple(parts: ListenerParts) -> bytes:
     """The DER of the staple a master's listener holds now (b"": none)."""
-    stapler = listener.parts.stapler
+    stapler = parts.stapler
     current = stapler.current if stapler is not None else None
     return current.der if current is not None else b""
 
@@ -77,12 +77,12 @@ class WorkerPool(service.MultiService):
 
     name = "workers"
 
-    def __init__(
-        self, reactor: Any, gateway: GatewayService | None, count: int, affinity: str
-    ) -> None:
+    def __init__(self, reactor: Any, state: GatewayState, count: int, affinity: Affinity) -> None:
+        """``state``: the configuration in force and the listeners, as the gateway service
+        keeps them (what each worker is sent)."""
         super().__init__()
         self.reactor = reactor
-        self.gateway = gateway
+        self.state = state
         self.count = count
         self.affinity = affinity
         self.slots = [WorkerSlot(i) for i in range(count)]
@@ -95,12 +95,15 @@ class WorkerPool(service.MultiService):
         self._reports.clock = reactor
         self._reports.setServiceParent(self)
         self.generation = 0
+        self.answers = MasterAnswers(self._parts, lambda name: self.publisher(name).flushed())
 
     # -- what the listeners use --
 
     def publisher(self, listener: str) -> CrlPublisher:
         if listener not in self._publishers:
-            self._publishers[listener] = CrlPublisher(self, listener)
+            self._publishers[listener] = CrlPublisher(
+                listener, self.runtime_dir, self.send_crl, self.reactor
+            )
         return self._publishers[listener]
 
     def runtime_dir(self) -> str:
@@ -116,8 +119,9 @@ class WorkerPool(service.MultiService):
             self._owns_runtime = True
         return self._runtime
 
-    def listener(self, name: str) -> ListenerService | None:
-        return self.gateway.listeners.get(name) if self.gateway is not None else None
+    def _parts(self, name: str) -> ListenerParts | None:
+        listener = self.state.listeners.get(name)
+        return listener.parts if listener is not None else None
 
     def serving(self, listener: str) -> int:
         return sum(
@@ -193,8 +197,8 @@ class WorkerPool(service.MultiService):
 
     def stopService(self) -> defer.Deferred[Any] | None:
         stopped = super().stopService()
-        if not self.stopping and self.gateway is not None:
-            return self.stop(self.gateway.config.globals.shutdown_drain)
+        if not self.stopping:
+            return self.stop(self.state.prepared.config.globals.shutdown_drain)
         return stopped
 
     def _remove_runtime(self) -> None:
@@ -214,7 +218,7 @@ class WorkerPool(service.MultiService):
         slot.ended = defer.Deferred()
         try:
             slot.process = self.reactor.spawnProcess(
-                WorkerProcess(self, slot),
+                WorkerProcess(slot.index, lambda reason: self.ended(slot, reason)),
                 sys.executable,
                 [sys.executable, "-m", "gateway.workers.child", str(slot.index)],
                 env=env,
@@ -224,11 +228,23 @@ class WorkerPool(service.MultiService):
             child_end.close()
         slot.pid = slot.process.pid
         slot.started = self.reactor.seconds()
-        channel = MasterChannel(self, slot)
+        channel = MasterChannel(
+            self.answers,
+            lambda ch: self._connected(slot, ch),
+            lambda ch: self._lost(slot, ch),
+        )
         self.reactor.adoptStreamConnection(
             parent_end.fileno(), socket.AF_UNIX, OneProtocol(channel)
         )
         parent_end.close()
+
+    def _connected(self, slot: WorkerSlot, channel: MasterChannel) -> None:
+        slot.channel = channel
+        self.started(slot)
+
+    def _lost(self, slot: WorkerSlot, channel: MasterChannel) -> None:
+        if slot.channel is channel:
+            slot.channel = None
 
     def ended(self, slot: WorkerSlot, reason: Failure) -> None:
         value = reason.value
@@ -265,7 +281,7 @@ class WorkerPool(service.MultiService):
     # -- talking to workers --
 
     def _groups(self) -> list[tuple[ListenerService, SocketGroupService]]:
-        listeners = self.gateway.listeners.values() if self.gateway is not None else ()
+        listeners = self.state.listeners.values()
         return [(ls, ls.port) for ls in listeners if isinstance(ls.port, SocketGroupService)]
 
     @defer.inlineCallbacks
@@ -299,7 +315,7 @@ class WorkerPool(service.MultiService):
             snapshot = self.publisher(name).path
             if snapshot is not None:
                 yield channel.callRemote(c.CrlSnapshot, listener=name, path=snapshot)
-            yield channel.callRemote(c.Staple, listener=name, der=_clip(current_staple(ls)))
+            yield channel.callRemote(c.Staple, listener=name, der=clip(current_staple(ls.parts)))
         answer = yield channel.callRemote(
             c.Configure, path=prepared.config.path, generation=self.generation
         )
@@ -311,8 +327,7 @@ class WorkerPool(service.MultiService):
         return slot.turn.run(self._configure, slot, prepared)
 
     def started(self, slot: WorkerSlot) -> None:
-        assert self.gateway is not None
-        d = self._in_turn(slot, self.gateway.prepared)
+        d = self._in_turn(slot, self.state.prepared)
 
         def answered(answer: dict[str, Any]) -> None:
             if answer.get("ok"):
@@ -368,7 +383,7 @@ class WorkerPool(service.MultiService):
     def send_staple(self, listener: str, der: bytes) -> None:
         for slot in self.slots:
             if slot.channel is not None and any(k[0] == listener for k in slot.sent):
-                slot.channel.callRemote(c.Staple, listener=listener, der=_clip(der)).addErrback(
+                slot.channel.callRemote(c.Staple, listener=listener, der=clip(der)).addErrback(
                     lambda _: None
                 )
 
@@ -395,50 +410,6 @@ class WorkerPool(service.MultiService):
             pass  # a worker going away: its next life reports again
         except Exception:
             log.failure("worker {index}: its report could not be read", index=slot.index)
-
-    # -- from workers --
-
-    def discover(self, listener: str, url: str) -> None:
-        ls = self.listener(listener)
-        if ls is not None and ls.parts.crl is not None:
-            ls.parts.crl.discover(url)
-
-    def when_attempted(self, listener: str, url: str) -> defer.Deferred[None]:
-        ls = self.listener(listener)
-        if ls is None or ls.parts.crl is None:
-            return defer.succeed(None)
-        publisher = self.publisher(listener)
-        d = ls.parts.crl.when_attempted(url)
-        return d.addBoth(lambda _: publisher.flushed())
-
-    def ocsp_query(
-        self,
-        listener: str,
-        key_hash: bytes,
-        issuer: bytes,
-        serial: int,
-        responder: str | None,
-        subject: str,
-        fresher_than: float,
-    ) -> defer.Deferred[dict[str, Any]]:
-        """A worker's OCSP question, answered by the master's client of the listener."""
-        ls = self.listener(listener)
-        client = ls.parts.ocsp_client if ls is not None else None
-        if client is None:
-            return defer.succeed({"der": b"", "error": "no OCSP checking on this listener"})
-        question = client.question_for(key_hash, serial, responder, subject, issuer)
-        if question is None:
-            return defer.succeed({"der": b"", "error": "issuer not in the CA bundle"})
-        d = client.ask(question, fresher_than)
-        return d.addCallbacks(
-            lambda answer: {"der": _clip(answer.der), "error": ""},
-            lambda f: {"der": b"", "error": describe_error(f.value)},
-        )
-
-
-def _clip(der: bytes) -> bytes:
-    """An AMP value holds 65,535 bytes; a real OCSP response is a few KB."""
-    return der if len(der) <= 65535 else b""
 
 
 def _signal(process: Any, name: str) -> None:

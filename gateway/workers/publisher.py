@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -14,9 +15,6 @@ from gateway.errors import describe_error
 from gateway.revocation.crl import LoadedCrl
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.snapshot import encode_snapshot, map_snapshot
-
-if TYPE_CHECKING:
-    from gateway.workers.pool import WorkerPool
 
 log = Logger()
 
@@ -34,9 +32,19 @@ class CrlPublisher:
     tells every worker, then removes the previous file (mappings of it stay valid). The
     master then holds the mapped copy too: the CRL is in memory once, in the page cache."""
 
-    def __init__(self, pool: WorkerPool, listener: str) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        listener: str,
+        directory: Callable[[], str],
+        send: Callable[[str, str], defer.Deferred[Any]],
+        reactor: Any,
+    ) -> None:
+        """``directory()``: where the snapshot files go; ``send(listener, path)``: tells
+        every worker of a new one (fires once they all have it)."""
         self.listener = listener
+        self.directory = directory
+        self.send = send
+        self.reactor = reactor
         self.path: str | None = None
         self._seq = 0
         self._busy = False
@@ -51,8 +59,8 @@ class CrlPublisher:
         items = cache.held()
         self._seq += 1
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.listener)
-        path = os.path.join(self.pool.runtime_dir(), f"crl-{safe}-{self._seq}.snapshot")
-        reactor = self.pool.reactor
+        path = os.path.join(self.directory(), f"crl-{safe}-{self._seq}.snapshot")
+        reactor = self.reactor
         d = threads.deferToThreadPool(
             reactor, reactor.getThreadPool(), _write_snapshot, path, encode_snapshot(items)
         )
@@ -66,7 +74,7 @@ class CrlPublisher:
         mapped = map_snapshot(path)
         cache.adopt([(old, new) for (_, old), (_, new) in zip(items, mapped, strict=True)])
         previous, self.path = self.path, path
-        sent = self.pool.send_crl(self.listener, path)
+        sent = self.send(self.listener, path)
 
         def remove(_: object) -> None:
             if previous is not None:

@@ -9,7 +9,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 
 from gateway import testing as support
-from gateway.build import ListenerParts, build_parts
+from gateway.build import build_parts
+from gateway.parts import ListenerEvents, ListenerParts
 from gateway.reload_plan import plan_reload
 from gateway.revocation.fetch import HttpFetcher
 from gateway.roles import SingleProcess
@@ -21,6 +22,14 @@ CRL = {"enable_crl_cache": "true", "crl_cache_urls": "http://ca.test/a.crl"}
 @pytest.fixture(scope="module")
 def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
     return support.make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+HEARD: list[tuple[str, object]] = []
+EVENTS = ListenerEvents(
+    crl_updated=lambda crls=None: HEARD.append(("crl", crls)),
+    ocsp_revoked=lambda key=None: HEARD.append(("ocsp", key)),
+    staple_changed=lambda der=None: HEARD.append(("staple", der)),
+)
 
 
 def _role(reactor: MemoryReactorClock) -> SingleProcess:
@@ -43,12 +52,18 @@ def _build(p: support.Pki, reactor: MemoryReactorClock, opts: dict[str, str], pr
             config.globals,
             _role(reactor),
             reactor,
+            EVENTS,
             old,
             change,
         )
     else:
         parts = build_parts(
-            config.listener("a"), prepared.materials["a"], config.globals, _role(reactor), reactor
+            config.listener("a"),
+            prepared.materials["a"],
+            config.globals,
+            _role(reactor),
+            reactor,
+            EVENTS,
         )
     return parts, prepared
 
@@ -67,6 +82,8 @@ def test_the_record_holds_every_part_and_is_frozen(p: support.Pki) -> None:
     assert parts.session_limits.connect_timeout == parts.settings.limits.connect_timeout
     assert parts.upstream_name == "127.0.0.1:1883" and parts.name == "a"
     assert parts.services() == [parts.crl]
+    # Each part is given the listener's events when it is built, not afterwards.
+    assert parts.crl.on_update is EVENTS.crl_updated
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         parts.context = None  # type: ignore[misc]
 

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import files
+from gateway.choices import Affinity
 from gateway.config.values import format_workers, parse_workers
 from gateway.demo import pki
 from gateway.prepare import prepare
@@ -25,6 +26,7 @@ from gateway.revocation.crl import CrlError, decode_answer
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.process import encode_request
 from gateway.revocation.snapshot import decode_snapshot, encode_snapshot
+from gateway.service import GatewayState
 from gateway.status import HistogramSnapshot, StatsSnapshot
 from gateway.workers.sockets import bind_group, close_all, steer_by_address
 from tests.unit.test_crl_core import make_crl, pem
@@ -214,16 +216,6 @@ def test_socket_group_port_in_use() -> None:
         taken.close()
 
 
-class _Pool:
-    """What WorkerProcess needs of its pool."""
-
-    def __init__(self) -> None:
-        self.ended: list[object] = []
-
-    def ended(self, slot: object, reason: object) -> None:
-        self.ended.append(reason)
-
-
 def test_worker_log_records_become_master_log_events() -> None:
     """A worker's records (RS, JSON [time, level, namespace, text], newline) are re-emitted
     in the master's log behind ``worker N:``, whatever the pipe's chunking; anything else
@@ -233,12 +225,11 @@ def test_worker_log_records_become_master_log_events() -> None:
     from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
     from gateway.workers.logrelay import WorkerProcess
-    from gateway.workers.pool import WorkerSlot
 
     seen: list[dict] = []  # type: ignore[type-arg]
     globalLogPublisher.addObserver(seen.append)
     try:
-        proc = WorkerProcess(_Pool(), WorkerSlot(3))  # type: ignore[arg-type]
+        proc = WorkerProcess(3, lambda reason: None)
         records = b"".join(
             b"\x1e" + json.dumps(r).encode() + b"\n"
             for r in (
@@ -314,7 +305,7 @@ def test_a_dying_worker_is_restarted_with_backoff() -> None:
     from gateway.workers import pool as M
 
     clock = Clock()
-    pool = M.WorkerPool(clock, None, 1, "auto")  # type: ignore[arg-type]
+    pool = M.WorkerPool(clock, GatewayState(None), 1, Affinity.AUTO)  # type: ignore[arg-type]
     starts: list[float] = []
     pool._spawn = lambda slot: (
         starts.append(clock.seconds()),

@@ -19,6 +19,7 @@ from twisted.test import iosim
 
 from gateway import testing as support
 from gateway.config import ListenerSettings
+from gateway.proxy.broker_link import UpstreamFactory
 from gateway.proxy.entry import Gate, ListenerTLSFactory
 from gateway.proxy.factory import GatewayFactory, session_limits
 from gateway.status import ListenerStats
@@ -48,7 +49,8 @@ class FakeUpstream:
     attempts: list[Any] = attrs.Factory(list)
     cancelled: int = 0
 
-    def __call__(self, factory: Any) -> Any:
+    def __call__(self, client: Any, client_id: str) -> Any:
+        factory = UpstreamFactory(client, client.upstream_failed)
         self.attempts.append(factory)
 
         def cancel() -> None:
@@ -149,7 +151,9 @@ class Listener:
             upstream,
             stats,
             creator,
-            ListenerTLSFactory(creator, Gate(gateway, config.limits, reactor), reactor),
+            ListenerTLSFactory(
+                creator, Gate(config.name, stats, config.limits, reactor), gateway, reactor
+            ),
         )
 
     def connect(

@@ -1,0 +1,124 @@
+"""A listener's parts, and what passes between a listener and its parts and role (pure
+records and small classes; no service):
+
+- ``ListenerParts``: everything one listener runs with, for one configuration generation;
+  ``PartsBox``: the one reference through which its factories read the current parts;
+- ``ListenerEvents``: what a listener is told by its parts, given to their constructors;
+- ``ListenerHandle``: what a role is given of a listener (values and callables, never the
+  listener service itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from OpenSSL import SSL
+
+from gateway.choices import DenyAction, ProxyVersion, RateAction
+from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
+from gateway.config.values import format_bind
+from gateway.mqtt.acl import Acl
+from gateway.mqtt.limits import DeviceLimits
+from gateway.proxy.pool import BrokerPool
+from gateway.proxy.session import SessionLimits
+from gateway.proxy.upstream import HealthChecker, PoolConnector
+from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.ocsp_client import OcspClient
+from gateway.tls.material import TlsMaterial
+
+
+@attrs.frozen(eq=False)
+class ListenerParts:
+    """Everything one listener runs with, for one configuration generation."""
+
+    settings: ListenerSettings
+    material: TlsMaterial
+    globals: GlobalSettings
+    crl: Any  # IRevocationSource, or None without CRL checking
+    revocation: RevocationChecker | None  # with CRL or OCSP checking of clients
+    stapler: Any  # IStapler, or None without stapling
+    context: SSL.Context
+    pool: BrokerPool
+    connector: PoolConnector
+    health: HealthChecker | None
+    session_limits: SessionLimits
+    ocsp_client: OcspClient | None = None  # with OCSP checking of clients
+
+    # What the relay reads (``proxy.relay.RelayParts``).
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def identity(self) -> IdentitySettings:
+        return self.settings.identity
+
+    @property
+    def upstream_name(self) -> str:
+        return format_bind(self.settings.upstream.address)
+
+    @property
+    def upstream_proxy_protocol(self) -> ProxyVersion | None:
+        return self.settings.upstream.proxy_protocol
+
+    @property
+    def log_connect(self) -> bool:
+        return self.settings.log_connect
+
+    @property
+    def acl(self) -> Acl | None:
+        return self.material.acl
+
+    @property
+    def acl_deny_action(self) -> DenyAction:
+        return self.settings.acl.deny_action
+
+    @property
+    def device_limits(self) -> DeviceLimits | None:
+        """The per-device rates the relay paces to (None: the relay's short path)."""
+        limits = self.settings.limits
+        if limits.messages_rate is None and limits.bytes_rate is None:
+            return None
+        return DeviceLimits(
+            limits.messages_rate,
+            limits.messages_burst,
+            limits.bytes_rate,
+            limits.bytes_burst,
+            disconnect=limits.rate_limit_action == RateAction.DISCONNECT,
+        )
+
+    def services(self) -> list[Any]:
+        """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""
+        return [s for s in (self.crl, self.ocsp_client, self.stapler, self.health) if s is not None]
+
+
+@attrs.define(eq=False)
+class PartsBox:
+    """The one reference through which a listener's factories read its current parts."""
+
+    parts: ListenerParts
+
+
+@attrs.frozen
+class ListenerEvents:
+    """What a listener hears from its parts; each part is given its callable when it is
+    built (a reload's new parts get the same ones)."""
+
+    crl_updated: Callable[..., None]  # new CRLs are in force (the CRLs, or nothing)
+    ocsp_revoked: Callable[..., None]  # an OCSP answer says a certificate is revoked
+    staple_changed: Callable[..., None]  # the listener's OCSP staple changed (its DER)
+
+
+@attrs.frozen
+class ListenerHandle:
+    """What a role is given of one listener: its name, its current parts, what its port
+    serves, and what to call; never the listener service itself."""
+
+    name: str
+    parts: Callable[[], ListenerParts]  # the parts in force now
+    entry: Any  # the factory its port serves (proxy.entry.EntryFactory)
+    creator: Any  # its TLS connection creator (the port of tls_io = socket needs it)
+    reactor: Any
+    stop_accepting: Callable[[], None]  # the port stopped: log what the gate still holds
