@@ -24,11 +24,8 @@ packet of the gateway's own always goes between two of the broker's.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
-
-import attrs
 
 from gateway.choices import DenyAction
 from gateway.mqtt.acl import READ, WRITE, Acl, DeviceRules
@@ -38,12 +35,26 @@ from gateway.mqtt.packets import (
     MQTT_5,
     Kind,
     ack,
-    body_start,
+    ack_packet_id,
     decode_varint,
     disconnect,
-    read_properties_length,
     suback,
-    subscribe,
+    suback_refilled,
+    subscribe_with,
+)
+from gateway.mqtt.policy_actions import (
+    PASS,
+    Action,
+    Actions,
+    Denied,
+    End,
+    Forward,
+    Pass,
+    ResumeDevice,
+    ToDevice,
+    Told,
+    WaitUntil,
+    Who,
 )
 from gateway.mqtt.stream import PUBLISH, SUBACK, SUBSCRIBE, Packet, StreamReader
 from gateway.reasons import Reason
@@ -60,77 +71,6 @@ DISCONNECT_REASONS: dict[Reason, int] = {
     Reason.MESSAGE_RATE: 0x96,  # message rate too high
 }
 PACKET_TOO_LARGE = 0x95
-
-
-class Pass(enum.Enum):
-    PASS = "PASS"
-
-
-PASS = Pass.PASS  # the bytes go on as they came: nothing else to do
-
-
-@attrs.frozen
-class Forward:
-    """Bytes to the broker."""
-
-    data: bytes | memoryview
-
-
-@attrs.frozen
-class ToDevice:
-    """Bytes to the device: the broker's, or a packet of the gateway's own."""
-
-    data: bytes | memoryview
-
-
-@attrs.frozen
-class WaitUntil:
-    """Read nothing more from the device until ``at``, then call ``release``."""
-
-    at: float
-    seconds: float  # how long that is from now (counted as time throttled)
-
-
-@attrs.frozen
-class ResumeDevice:
-    """Nothing is held any more: the device may be read from again (unless the broker's
-    flow control says otherwise)."""
-
-
-@attrs.frozen
-class End:
-    """The session is to end: the gateway refuses it with ``reason``."""
-
-    reason: Reason
-    detail: str
-
-
-@attrs.frozen
-class Denied:
-    """A PUBLISH or SUBSCRIBE the rules denied (``rule``: the acl_file line that decided)."""
-
-    what: str  # publish | subscribe
-    topic: str
-    rule: str
-
-
-@attrs.frozen
-class Told:
-    """An MQTT 5 DISCONNECT with this reason code was sent to the device."""
-
-    code: int
-
-
-Action = Forward | ToDevice | WaitUntil | ResumeDevice | End | Denied | Told
-Actions = list[Action]
-
-
-@attrs.frozen
-class Who:
-    """The device as the rules see it: the certificate's identity and its client id."""
-
-    username: str
-    client_id: str
 
 
 class PolicyEdge:
@@ -296,7 +236,7 @@ class PolicyEdge:
             actions += self.send_own(suback(packet.packet_id, [code] * len(refused), self.level))
             return None
         self._subscriptions[packet.packet_id] = (len(packet.subscriptions), tuple(refused))
-        return _subscribe(packet, allowed, self.level)
+        return subscribe_with(bytes(packet.raw), allowed, self.level)
 
     def _end(self, reason: Reason, detail: str) -> Actions:
         if self.ended:
@@ -411,31 +351,15 @@ class PolicyEdge:
         return [ToDevice(packet)]
 
     def _merged_suback(self, packet: Packet) -> bytes | memoryview:
+        """The broker's SUBACK with the refused filters' codes back in their places."""
         raw = bytes(packet.raw)
-        pos = body_start(raw)
-        if len(raw) < pos + 2:
-            return packet.raw
-        pid = int.from_bytes(raw[pos : pos + 2], "big")
-        pending = self._subscriptions.pop(pid, None)
+        pending = self._subscriptions.pop(ack_packet_id(raw) or 0, None)
         if pending is None:
             return packet.raw
         asked, refused = pending
-        pos += 2
-        properties = b""
-        if self.level == MQTT_5:
-            try:
-                length, start = read_properties_length(raw, pos, "SUBACK properties")
-            except RemoteProtocolError:
-                return packet.raw  # the broker's own bytes, as they came
-            properties = raw[pos : start + length]
-            pos = start + length
-        codes = list(raw[pos:])
         code = NOT_AUTHORIZED if self.level == MQTT_5 else SUBACK_FAILURE_311
-        merged = []
-        it = iter(codes)
-        for i in range(asked):
-            merged.append(code if i in refused else next(it, code))
-        return suback(pid, merged, self.level, properties)
+        merged = suback_refilled(raw, asked, refused, code, self.level)
+        return merged if merged is not None else packet.raw  # the broker's, as it came
 
 
 def _flush(out: list[bytes | memoryview], actions: Actions) -> None:
@@ -444,12 +368,19 @@ def _flush(out: list[bytes | memoryview], actions: Actions) -> None:
         out.clear()
 
 
-def _subscribe(packet: Packet, allowed: list[tuple[str, int]], level: int) -> bytes:
-    """The SUBSCRIBE with only ``allowed`` filters (its packet id and properties kept)."""
-    raw = bytes(packet.raw)
-    start = body_start(raw)
-    pos = start + 2
-    if level == MQTT_5:
-        length, props = read_properties_length(raw, pos, "SUBSCRIBE properties")
-        pos = props + length
-    return subscribe(raw[start:pos], allowed)
+# The actions are part of this module's vocabulary (the adapter and the tests name them here).
+__all__ = [
+    "PASS",
+    "Action",
+    "Actions",
+    "Denied",
+    "End",
+    "Forward",
+    "Pass",
+    "PolicyEdge",
+    "ResumeDevice",
+    "ToDevice",
+    "Told",
+    "WaitUntil",
+    "Who",
+]

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import mqtt
-from gateway.mqtt import packets
+from gateway.mqtt import packets, properties
 from gateway.mqtt.packets import encode_length, read_connack
 
 
@@ -111,52 +111,58 @@ def test_over_four_length_bytes_is_malformed() -> None:
 
 
 _VALUES = {
-    packets.Value.BYTE: st.integers(0, 0xFF),
-    packets.Value.TWO: st.integers(0, 0xFFFF),
-    packets.Value.FOUR: st.integers(0, 0xFFFFFFFF),
-    packets.Value.VARINT: st.integers(0, packets.MAX_REMAINING),
-    packets.Value.UTF8: st.text(
+    properties.Value.BYTE: st.integers(0, 0xFF),
+    properties.Value.TWO: st.integers(0, 0xFFFF),
+    properties.Value.FOUR: st.integers(0, 0xFFFFFFFF),
+    properties.Value.VARINT: st.integers(0, packets.MAX_REMAINING),
+    properties.Value.UTF8: st.text(
         alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
         max_size=40,
     ),
-    packets.Value.BINARY: st.binary(max_size=40),
+    properties.Value.BINARY: st.binary(max_size=40),
 }
-_VALUES[packets.Value.PAIR] = st.tuples(_VALUES[packets.Value.UTF8], _VALUES[packets.Value.UTF8])
-properties = st.lists(
-    st.sampled_from(list(packets.Property)).flatmap(
-        lambda key: st.tuples(st.just(key), _VALUES[packets.TYPES[key]])
+_VALUES[properties.Value.PAIR] = st.tuples(
+    _VALUES[properties.Value.UTF8], _VALUES[properties.Value.UTF8]
+)
+property_lists = st.lists(
+    st.sampled_from(list(properties.Property)).flatmap(
+        lambda key: st.tuples(st.just(key), _VALUES[properties.TYPES[key]])
     ),
     max_size=6,
 )
 
 
-@given(properties)
+@given(property_lists)
 def test_properties_round_trip(props: list) -> None:
     """MQTT 5 properties of every form encode and decode back, in order."""
-    raw = packets.encode_properties(props)
-    assert packets.decode_properties(raw, 0) == (props, len(raw))
+    raw = properties.encode_properties(props)
+    assert properties.decode_properties(raw, 0) == (props, len(raw))
 
 
 @given(st.binary(max_size=64))
 def test_properties_on_any_bytes(data: bytes) -> None:
     """Any bytes give properties within their length, or the one error."""
     try:
-        props, end = packets.decode_properties(data, 0)
+        props, end = properties.decode_properties(data, 0)
     except mqtt.RemoteProtocolError:
         return
-    assert end <= len(data) and all(isinstance(k, packets.Property) for k, _ in props)
+    assert end <= len(data) and all(isinstance(k, properties.Property) for k, _ in props)
 
 
 def test_the_packets_the_gateway_writes() -> None:
     """DISCONNECT with a reason and a Server Reference, PUBACK/PUBREC and SUBACK in both
     dialects, a SUBSCRIBE rebuilt from its head: each reads back as what it says."""
     ref = packets.disconnect(
-        packets.MQTT_5, 0x9C, [(packets.Property.SERVER_REFERENCE, "other.example:8883")]
+        packets.MQTT_5,
+        0x9C,
+        properties.encode_properties(
+            [(properties.Property.SERVER_REFERENCE, "other.example:8883")]
+        ),
     )
     assert ref[:3] == b"\xe0\x17\x9c" and ref.endswith(b"other.example:8883")
     pos, length = packets.fixed_header(ref, 0, len(ref)) or (0, 0)
-    assert packets.decode_properties(ref, pos + 1)[0] == [
-        (packets.Property.SERVER_REFERENCE, "other.example:8883")
+    assert properties.decode_properties(ref, pos + 1)[0] == [
+        (properties.Property.SERVER_REFERENCE, "other.example:8883")
     ]
     assert packets.disconnect(packets.MQTT_3_1_1, 0x8B) == b"\xe0\x00"
     assert packets.ack(packets.Kind.PUBREC, 7, packets.MQTT_5, 0x87) == b"\x50\x03\x00\x07\x87"
@@ -165,3 +171,43 @@ def test_the_packets_the_gateway_writes() -> None:
     assert packets.suback(9, [1], packets.MQTT_5) == b"\x90\x04\x00\x09\x00\x01"
     assert packets.subscribe(b"\x00\x09", [("a/#", 1)]) == b"\x82\x08\x00\x09\x00\x03a/#\x01"
     assert packets.connack(packets.MQTT_5, packets.NOT_AUTHORIZED) == b"\x20\x03\x00\x87\x00"
+
+
+_filters = st.lists(
+    st.tuples(st.text(alphabet="ab/+#", min_size=1, max_size=8), st.integers(0, 2)),
+    min_size=1,
+    max_size=5,
+)
+
+
+@given(st.sampled_from([packets.MQTT_3_1_1, packets.MQTT_5]), _filters, st.data())
+def test_a_subscribe_cut_to_its_permitted_filters_and_its_suback_refilled(
+    level: int, filters: list[tuple[str, int]], data: st.DataObject
+) -> None:
+    """The SUBSCRIBE the broker sees holds the permitted filters with the packet id (and
+    MQTT 5 properties) kept; the broker's SUBACK for it, refilled, answers every filter
+    asked: the refused code at the refused places, the broker's codes in order elsewhere."""
+    from gateway.mqtt.stream import StreamReader
+
+    head = b"\x12\x34" + (b"\x02\x0b\x07" if level == packets.MQTT_5 else b"")
+    asked = packets.subscribe(head, filters)
+    refused = sorted(data.draw(st.sets(st.integers(0, len(filters) - 1))))
+    allowed = [f for i, f in enumerate(filters) if i not in refused]
+    if not allowed:
+        return
+    cut = packets.subscribe_with(asked, allowed, level)
+    (read,) = StreamReader(level, 1 << 16).feed(cut)
+    assert (
+        read.packet_id == 0x1234
+        and [(s.topic_filter, s.options) for s in read.subscriptions] == allowed
+    )
+    assert cut[packets.body_start(cut) :].startswith(head)  # packet id and properties kept
+    granted = list(range(len(allowed)))
+    props = b"\x00" if level == packets.MQTT_5 else b""
+    broker = packets.suback(0x1234, granted, level, props)
+    assert packets.ack_packet_id(broker) == 0x1234
+    full = packets.suback_refilled(broker, len(filters), refused, 0x80, level)
+    assert full is not None
+    codes = list(full[packets.body_start(full) + 2 + len(props) :])
+    expected = iter(granted)
+    assert codes == [0x80 if i in refused else next(expected) for i in range(len(filters))]
