@@ -130,6 +130,11 @@ class IdentitySettings:
     username: IdentitySource | None = _default("identity.username")
     client_id: IdentitySource | None = _default("identity.client_id")
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether the CONNECT is rewritten with what the certificate gives."""
+        return self.username is not None or self.client_id is not None
+
 
 @attrs.frozen
 class FrontSettings:

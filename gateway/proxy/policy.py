@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
@@ -27,7 +28,9 @@ from gateway.mqtt.policy import (
     ToDevice,
     Told,
     WaitUntil,
+    Who,
 )
+from gateway.proxy.contracts import ClientHome
 from gateway.reasons import Reason
 
 
@@ -47,6 +50,38 @@ class PolicyCounts(Protocol):
     throttled_seconds: float
     acl_denied: Any  # Counter by "<what> <rule>"
     disconnects_sent: Any  # Counter by reason code
+
+
+@attrs.frozen
+class PolicyHooks:
+    """What the policy of one session calls on the relay."""
+
+    forward: Callable[[bytes | memoryview], None]  # bytes to the broker
+    end: Callable[[Reason, str], None]  # the session is to be ended, and why
+    denied: Callable[[str, str, str], None]  # (what, topic, rule), for the log
+
+
+def policy_for(
+    home: ClientHome, device: DeviceTransport, who: Who, protocol_level: int, hooks: PolicyHooks
+) -> DevicePolicy | None:
+    """The policy edge of a session about to relay, on a listener with per-device limits or
+    topic rules (None: the relay's short path). The rules are read from ``home`` for each
+    packet, so a reload applies to live sessions."""
+    limits = home.device_limits
+    if limits is None and home.acl is None:
+        return None
+    edge = PolicyEdge(
+        limits,
+        lambda: home.acl,
+        who,
+        protocol_level,
+        home.session_limits.max_packet_size,
+        home.reactor.seconds(),
+        home.acl_deny_action,
+    )
+    return DevicePolicy(
+        edge, device, hooks.forward, hooks.end, home.reactor, home.stats, hooks.denied
+    )
 
 
 @implementer(IPushProducer)

@@ -1,10 +1,9 @@
-"""The Twisted adapter around ``gateway.proxy.session``: client and upstream protocols.
-
-``ClientProtocol`` turns Twisted callbacks into session events and carries out the actions
-the session returns (timers, logs, the broker connection, closes). In the relay state the
-bytes take a short path (straight to the other transport) with producers registered both
-ways, as in twisted.protocols.portforward, so neither side buffers without bound.
-"""
+"""The Twisted adapter around ``gateway.proxy.session``: ``ClientProtocol`` turns Twisted
+callbacks into session events and carries out the actions the session returns (timers, the
+log lines of ``session_log``, the broker connection, closes). In the relay state the bytes
+take a short path (straight to the other transport) with producers registered both ways, as
+in twisted.protocols.portforward, so neither side buffers without bound; with per-device
+limits or topic rules they go through the policy edge (``proxy.policy``)."""
 
 from __future__ import annotations
 
@@ -12,62 +11,37 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
-from OpenSSL import SSL
 from twisted.internet import protocol
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IHandshakeListener,
-)
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.choices import ProxyVersion
-from gateway.config.model import IdentitySettings
-from gateway.failures import plain_reason, ssl_error_words
-from gateway.mqtt.policy import PolicyEdge, Who
-from gateway.mqtt.rewrite import rewrite_connect
+from gateway.failures import plain_reason
+from gateway.mqtt.policy import Who
 from gateway.peer import PeerVerification, Pending
-from gateway.proxy import proxyproto
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamProtocol, lost_text
 from gateway.proxy.contracts import ClientHome
-from gateway.proxy.identity import common_name, identity_of
-from gateway.proxy.policy import DevicePolicy
+from gateway.proxy.handshake import (
+    Identity,
+    classify_handshake_failure,
+    describe_peer_certificate,
+    proxy_header,
+    rewrite_identity,
+    rewritten,
+    rules_user,
+    ssl_error_text,
+)
+from gateway.proxy.identity import common_name
+from gateway.proxy.policy import DevicePolicy, PolicyHooks, policy_for
+from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection, verify_error_text
 
 log = Logger()
-
-
-def ssl_error_text(exc: BaseException | None) -> str:
-    """OpenSSL's reason strings from an SSL.Error, else the exception's text."""
-    if isinstance(exc, SSL.Error):
-        return ssl_error_words(exc)
-    if exc is None:
-        return "unknown"
-    return str(exc) or exc.__class__.__name__
-
-
-def classify_handshake_failure(reason: Failure) -> Reason:
-    text = ssl_error_text(reason.value)
-    if "peer did not return a certificate" in text:
-        return Reason.NO_CERTIFICATE
-    if reason.check(SSL.Error):
-        return Reason.TLS_ERROR
-    return Reason.CLOSED_IN_HANDSHAKE
-
-
-def describe_peer_certificate(
-    connection: SSL.Connection, parsed: x509.Certificate | None = None
-) -> tuple[str, str, x509.Certificate | None]:
-    """(subject, serial, the parsed certificate) of the client, or ("-", "-", None).
-    ``parsed``: the certificate as the verify callback parsed it, if it did."""
-    cert = parsed if parsed is not None else connection.get_peer_certificate(as_cryptography=True)
-    if cert is None:
-        return "-", "-", None
-    return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
 
 
 @implementer(IHandshakeListener)
@@ -77,10 +51,9 @@ class ClientProtocol(protocol.Protocol):
     # The TLS protocol (TLSMemoryBIOProtocol): a transport, a producer and a consumer.
     transport: Any
     # With peer_cert_as_*: (user name, client id) from the certificate, or why not.
-    _identity: tuple[str | None, str | None] | ValueError | None = None
+    _identity: Identity | None = None
     # With upstream_proxy_protocol = v2: the certificate's CN for the SSL TLV.
     _cn: str | None = None
-    tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
     # With OCSP checking: (the checker, what it tracks) for this relayed session.
     _tracked: tuple[Any, tuple[Any, ...]] | None = None
     # With messages_rate / bytes_rate / acl_file: the policy edge for this device (None:
@@ -88,15 +61,13 @@ class ClientProtocol(protocol.Protocol):
     _policy: DevicePolicy | None = None
     # With acl_file: the certificate's identity the rules know the device by.
     _acl_user: str | None = None
-    resumed = False  # whether the handshake resumed a session
 
     def __init__(self, factory: ClientHome, addr: Any) -> None:
         self.factory = factory
-        self.peer = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}"
+        peer = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '')}"
+        self.record = SessionLog(factory.name, peer)  # what the log says of it
         self.session = S.Session(factory.session_limits)
         self.verification = PeerVerification()  # replaced by the connection's own record
-        self.subject = "-"
-        self.serial = "-"
         self.upstream: UpstreamProtocol | None = None
         self.bytes_in = 0  # this session's bytes, client -> broker, after the CONNECT
         self.bytes_out = 0  # broker -> client
@@ -118,30 +89,18 @@ class ClientProtocol(protocol.Protocol):
         stats = self.factory.stats
         stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
-        self.tls_version = handle.get_protocol_version_name()
-        self.resumed = session_reused(handle)
+        record = self.record
+        record.tls_version = handle.get_protocol_version_name()
+        record.resumed = session_reused(handle)
         leaf, self.verification.leaf = self.verification.leaf, None
-        self.subject, self.serial, cert = describe_peer_certificate(handle, leaf)
+        record.subject, record.serial, cert = describe_peer_certificate(handle, leaf)
         if cert is not None and self.factory.upstream_proxy_protocol == ProxyVersion.V2:
             self._cn = common_name(cert)  # from the certificate parsed just now
-        identity = self.factory.identity
-        if cert is not None and (identity.username or identity.client_id):
-            # Taken now, from the certificate just parsed: the CONNECT rewrite needs no
-            # second parse. Kept only on listeners that rewrite.
-            try:
-                self._identity = (
-                    identity_of(cert, identity.username) if identity.username else None,
-                    identity_of(cert, identity.client_id) if identity.client_id else None,
-                )
-            except ValueError as e:
-                self._identity = e
-        if cert is not None and self.factory.acl is not None:
-            # The rules' user name: peer_cert_as_username's value, else the CN.
-            try:
-                source = identity.username or "cn"
-                self._acl_user = identity_of(cert, source)
-            except ValueError:
-                self._acl_user = ""  # fills no pattern, matches no user line
+        if cert is not None:
+            # Taken now, from the certificate just parsed: no second parse later.
+            self._identity = rewrite_identity(cert, self.factory.identity)
+            if self.factory.acl is not None:
+                self._acl_user = rules_user(cert, self.factory.identity)
         refusal = self._check_resumed(cert)  # first: it may set crl_pending
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
@@ -183,7 +142,7 @@ class ClientProtocol(protocol.Protocol):
         """(reason class, detail) of a handshake that did not complete."""
         failure = self.verification.failure
         if failure is not None:
-            self.subject, self.serial = failure.subject, failure.serial
+            self.record.subject, self.record.serial = failure.subject, failure.serial
             return failure.reason, (
                 f"certificate verification failed at depth {failure.depth}: "
                 + verify_error_text(failure.errno)
@@ -308,39 +267,20 @@ class ClientProtocol(protocol.Protocol):
 
     def _on_revoked_live(self, action: S.RevokedLive) -> None:
         self.factory.stats.refuse(Reason.REVOKED_LIVE)
-        log.warn(
-            "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
-            "revoked by a revocation update (CRL or OCSP)",
-            listener=self.factory.name,
-            peer=self.peer,
-            subject=self.subject,
-            serial=self.serial,
-        )
+        self.record.revoked_live()
 
     def _on_session_ended(self, action: S.SessionEnded) -> None:
         """The session log: one structured line per relayed session, written when it ends
         (HAProxy's tcplog): what the accept line would say, then duration, bytes, who
         closed it and how."""
-        connect = self.session.connect
         self.factory.stats.closed[action.by] += 1
-        log.info(
-            "session ended {listener} peer={peer} subject={subject} serial={serial} "
-            "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed} "
-            "duration={duration:.1f}s bytes_in={bytes_in} bytes_out={bytes_out} "
-            "closed_by={closed_by}: {why}",
-            listener=self.factory.name,
-            peer=self.peer,
-            subject=self.subject,
-            serial=self.serial,
-            client_id=connect.client_id if connect is not None else "",
-            mqtt_level=connect.protocol_level if connect is not None else "-",
-            tls=self.tls_version,
-            resumed="yes" if self.resumed else "no",
-            duration=self.factory.reactor.seconds() - self._since,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            closed_by=action.by,
-            why=action.why,
+        self.record.ended(
+            self.session.connect,
+            action.by,
+            action.why,
+            self.factory.reactor.seconds() - self._since,
+            self.bytes_in,
+            self.bytes_out,
         )
 
     def _cancel_timer(self) -> None:
@@ -350,14 +290,7 @@ class ClientProtocol(protocol.Protocol):
 
     def _on_refuse(self, refusal: S.Refuse) -> None:
         self.factory.stats.refuse(refusal.reason)
-        log.warn(
-            "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
-            listener=self.factory.name,
-            peer=self.peer,
-            reason=refusal.reason.value,
-            subject=self.subject,
-            detail=refusal.detail,
-        )
+        self.record.refused(refusal.reason, refusal.detail)
 
     def _hold_for_crl(self, pending: Pending) -> None:
         revocation = self.factory.revocation
@@ -367,13 +300,7 @@ class ClientProtocol(protocol.Protocol):
             waits.append(f"the CRL at {pending.crl.url} is fetched")
         if pending.ocsp:
             waits.append("the OCSP responder answers")
-        log.info(
-            "holding {listener} peer={peer} subject={subject} until {what}",
-            listener=self.factory.name,
-            peer=self.peer,
-            subject=self.subject,
-            what=" and ".join(waits),
-        )
+        self.record.holding(" and ".join(waits))
         revocation.decide_later(pending).addCallback(self._crl_decided).addErrback(
             lambda f: log.failure("revocation hold failed", f)
         )
@@ -383,42 +310,25 @@ class ClientProtocol(protocol.Protocol):
         assert upstream is not None
         connect = self.session.connect
         assert connect is not None
-        identity = self.factory.identity
         trailing = len(first) - len(connect.packet)  # bytes the device sent after its CONNECT
-        if identity.username is not None or identity.client_id is not None:
+        if self.factory.identity.rewrites:
             try:
-                first = self._rewrite(first, connect, identity)
+                first = rewritten(first, connect.packet, self._identity)
             except ValueError as e:
                 self._on_refuse(S.Refuse(Reason.BAD_IDENTITY, str(e)))
                 self._run(self.session.stop(Reason.BAD_IDENTITY, str(e)))
                 return
         header = self._proxy_header()
         after = b""
-        limits = self.factory.device_limits
-        factory = self.factory
-        if limits is not None or factory.acl is not None:
+        client_id = connect.client_id
+        if isinstance(self._identity, tuple) and self._identity[1] is not None:
+            client_id = self._identity[1]
+        who = Who(self._acl_user or "", client_id)
+        self._policy = policy_for(
+            self.factory, self.transport, who, connect.protocol_level, self._policy_hooks
+        )
+        if self._policy is not None:
             # From the first packet after the CONNECT on, those that came with it included.
-            client_id = connect.client_id
-            if isinstance(self._identity, tuple) and self._identity[1] is not None:
-                client_id = self._identity[1]
-            edge = PolicyEdge(
-                limits,
-                lambda: factory.acl,
-                Who(self._acl_user or "", client_id),
-                connect.protocol_level,
-                factory.session_limits.max_packet_size,
-                factory.reactor.seconds(),
-                factory.acl_deny_action,
-            )
-            self._policy = DevicePolicy(
-                edge,
-                self.transport,
-                self._send_upstream,
-                self._policy_end,
-                factory.reactor,
-                factory.stats,
-                self._log_denied,
-            )
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
         upstream.transport.write(header + first if header else first)
         # Flow control both ways: a full write buffer on one side pauses reading on the other
@@ -437,18 +347,11 @@ class ClientProtocol(protocol.Protocol):
             if tracked:  # OCSP answers refreshed while the session lives
                 self._tracked = (revocation, tracked)
         if self.factory.log_connect:  # else the session's one line is at its end
-            log.info(
-                "accepted {listener} peer={peer} subject={subject} serial={serial} "
-                "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed}",
-                listener=self.factory.name,
-                peer=self.peer,
-                subject=self.subject,
-                serial=self.serial,
-                client_id=connect.client_id,
-                mqtt_level=connect.protocol_level,
-                tls=self.tls_version,
-                resumed="yes" if self.resumed else "no",
-            )
+            self.record.accepted(connect)
+
+    @property
+    def _policy_hooks(self) -> PolicyHooks:
+        return PolicyHooks(self._send_upstream, self._policy_end, self._log_denied)
 
     def _policy_end(self, by: Reason, why: str) -> None:
         """The policy edge ends the session: a packet over max_packet_size or malformed
@@ -459,56 +362,22 @@ class ClientProtocol(protocol.Protocol):
 
     def _log_denied(self, what: str, topic: str, rule: str) -> None:
         if self.factory.denial_logged():
-            log.warn(
-                "denied {listener} peer={peer} subject={subject} client_id={client_id!r}: "
-                "{what} {topic!r} (acl_file {rule})",
-                listener=self.factory.name,
-                peer=self.peer,
-                subject=self.subject,
-                client_id=self.session.connect.client_id if self.session.connect else "-",
-                what=what.upper(),
-                topic=topic,
-                rule=rule,
-            )
-
-    def _rewrite(self, first: bytes, connect: Any, identity: IdentitySettings) -> bytes:
-        """The CONNECT with the user name / client id the certificate gives (the rest of
-        ``first``, bytes that came with the CONNECT, is relayed as it is)."""
-        taken = self._identity
-        if isinstance(taken, ValueError):
-            raise taken
-        if taken is None:  # checked at configuration: these listeners require a certificate
-            raise ValueError("no client certificate to take the identity from")
-        username, client_id = taken
-        packet = connect.packet
-        return rewrite_connect(packet, username, client_id) + first[len(packet) :]
+            self.record.denied(self.session.connect, what, topic, rule)
 
     def _proxy_header(self) -> bytes:
-        version = self.factory.upstream_proxy_protocol
-        if version is None:
-            return b""
-        # The device's address as the listener admitted it (from a PROXY header in front,
-        # when there is one), and the address it reached the gateway on.
-        peer_host, _, peer_port = self.peer.rpartition(":")
-        host = self.transport.getHost()
-        source = (peer_host.strip("[]"), int(peer_port) if peer_port.isdigit() else 0)
-        destination = (getattr(host, "host", "0.0.0.0"), getattr(host, "port", 0))
-        if version == ProxyVersion.V1:
-            return proxyproto.header_v1(source, destination)
-        return proxyproto.header_v2(source, destination, self._tls_facts())
-
-    def _tls_facts(self) -> proxyproto.TlsFacts | None:
-        handle = self.transport.getHandle()
-        if not isinstance(handle, SSL.Connection):
-            return None
-        has_cert = self.subject != "-"  # describe_peer_certificate found one
-        return proxyproto.TlsFacts(
-            version=handle.get_protocol_version_name(),
-            cipher=handle.get_cipher_name() or "",
-            cert_in_connection=has_cert,
-            verified=has_cert and self.verification.failure is None,
-            cn=self._cn,
-            resumed=self.resumed,
+        has_cert = self.record.has_certificate
+        facts = {
+            "cert_in_connection": has_cert,
+            "verified": has_cert and self.verification.failure is None,
+            "cn": self._cn,
+            "resumed": self.record.resumed,
+        }
+        return proxy_header(
+            self.factory.upstream_proxy_protocol,
+            self.record.peer,
+            self.transport.getHost(),
+            self.transport.getHandle(),
+            facts,
         )
 
 

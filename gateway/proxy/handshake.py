@@ -1,0 +1,112 @@
+"""What the relay reads off a completed TLS handshake, as plain values: OpenSSL's words for a
+failure and its reason class, the client certificate's subject and serial, the identities
+it gives (``peer_cert_as_*``, the topic rules' user name), and the TLS facts a PROXY v2
+header carries to the broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.python.failure import Failure
+
+from gateway.choices import IdentitySource, ProxyVersion
+from gateway.config.model import IdentitySettings
+from gateway.failures import ssl_error_words
+from gateway.mqtt.rewrite import rewrite_connect
+from gateway.proxy import proxyproto
+from gateway.proxy.identity import identity_of
+from gateway.reasons import Reason
+
+# With peer_cert_as_*: (user name, client id) from the certificate, or why not.
+Identity = tuple[str | None, str | None] | ValueError
+
+
+def ssl_error_text(exc: BaseException | None) -> str:
+    """OpenSSL's reason strings from an SSL.Error, else the exception's text."""
+    if isinstance(exc, SSL.Error):
+        return ssl_error_words(exc)
+    if exc is None:
+        return "unknown"
+    return str(exc) or exc.__class__.__name__
+
+
+def classify_handshake_failure(reason: Failure) -> Reason:
+    text = ssl_error_text(reason.value)
+    if "peer did not return a certificate" in text:
+        return Reason.NO_CERTIFICATE
+    if reason.check(SSL.Error):
+        return Reason.TLS_ERROR
+    return Reason.CLOSED_IN_HANDSHAKE
+
+
+def describe_peer_certificate(
+    connection: SSL.Connection, parsed: x509.Certificate | None = None
+) -> tuple[str, str, x509.Certificate | None]:
+    """(subject, serial, the parsed certificate) of the client, or ("-", "-", None).
+    ``parsed``: the certificate as the verify callback parsed it, if it did."""
+    cert = parsed if parsed is not None else connection.get_peer_certificate(as_cryptography=True)
+    if cert is None:
+        return "-", "-", None
+    return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
+
+
+def rewrite_identity(cert: x509.Certificate, identity: IdentitySettings) -> Identity | None:
+    """What ``peer_cert_as_username`` / ``peer_cert_as_clientid`` take from ``cert`` (None
+    on listeners that rewrite nothing); taken once, from the certificate already parsed."""
+    if not (identity.username or identity.client_id):
+        return None
+    try:
+        return (
+            identity_of(cert, identity.username) if identity.username else None,
+            identity_of(cert, identity.client_id) if identity.client_id else None,
+        )
+    except ValueError as e:
+        return e
+
+
+def rewritten(first: bytes, packet: bytes, taken: Identity | None) -> bytes:
+    """``first`` (the CONNECT ``packet`` and what came with it) with the user name / client
+    id the certificate gives; ValueError when it gives none (checked at configuration:
+    these listeners require a certificate) or the value cannot be encoded."""
+    if isinstance(taken, ValueError):
+        raise taken
+    if taken is None:
+        raise ValueError("no client certificate to take the identity from")
+    username, client_id = taken
+    return rewrite_connect(packet, username, client_id) + first[len(packet) :]
+
+
+def rules_user(cert: x509.Certificate, identity: IdentitySettings) -> str:
+    """The user name the topic rules know the device by: peer_cert_as_username's value,
+    else the CN ("" when the certificate has neither: it fills no pattern, matches no user
+    line)."""
+    try:
+        return identity_of(cert, identity.username or IdentitySource.CN)
+    except ValueError:
+        return ""
+
+
+def proxy_header(
+    version: ProxyVersion | None, peer: str, host: Any, handle: Any, facts: dict[str, Any]
+) -> bytes:
+    """The PROXY header to the broker (b"": none): the device's address as the listener
+    admitted it (``peer``, from a PROXY header in front when there is one), the address it
+    reached (``host``), and with v2 the TLS facts of ``handle`` and ``facts`` (whether a
+    certificate came and was verified, its CN, whether the session resumed)."""
+    if version is None:
+        return b""
+    peer_host, _, peer_port = peer.rpartition(":")
+    source = (peer_host.strip("[]"), int(peer_port) if peer_port.isdigit() else 0)
+    destination = (getattr(host, "host", "0.0.0.0"), getattr(host, "port", 0))
+    if version == ProxyVersion.V1:
+        return proxyproto.header_v1(source, destination)
+    tls = None
+    if isinstance(handle, SSL.Connection):
+        tls = proxyproto.TlsFacts(
+            version=handle.get_protocol_version_name(),
+            cipher=handle.get_cipher_name() or "",
+            **facts,
+        )
+    return proxyproto.header_v2(source, destination, tls)

@@ -1,0 +1,118 @@
+"""What the log says of one connection, and its lines (HAProxy's tcplog habits): every line
+names the listener, the peer and the certificate's subject and serial; the accept line and
+the session line (one per relayed session, written when it ends) add the client id, the
+MQTT level, the TLS version and whether the session resumed. The structured keys are the
+log's interface (benchmarks and tests read them from the JSON log)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from gateway.mqtt import Connect
+from gateway.reasons import Reason, Side
+
+log = Logger(namespace="gateway.proxy.relay")
+
+
+class SessionLog:
+    """One connection's facts as the log says them, filled in as the handshake reveals
+    them, and the lines about it."""
+
+    __slots__ = ("listener", "peer", "resumed", "serial", "subject", "tls_version")
+
+    def __init__(self, listener: str, peer: str) -> None:
+        self.listener = listener
+        self.peer = peer
+        self.subject = "-"  # the client certificate's subject (RFC 4514), once known
+        self.serial = "-"  # its serial, hex
+        self.tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
+        self.resumed = False  # whether the handshake resumed a session
+
+    @property
+    def has_certificate(self) -> bool:
+        return self.subject != "-"
+
+    def _emit(self, emit: Callable[..., None], text: str, **fields: Any) -> None:
+        emit(
+            text,
+            listener=self.listener,
+            peer=self.peer,
+            subject=self.subject,
+            serial=self.serial,
+            **fields,
+        )
+
+    def _session(self, connect: Connect | None) -> dict[str, Any]:
+        return {
+            "client_id": connect.client_id if connect is not None else "",
+            "mqtt_level": connect.protocol_level if connect is not None else "-",
+            "tls": self.tls_version,
+            "resumed": "yes" if self.resumed else "no",
+        }
+
+    def refused(self, reason: Reason, detail: str) -> None:
+        self._emit(
+            log.warn,
+            "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
+            reason=reason.value,
+            detail=detail,
+        )
+
+    def holding(self, what: str) -> None:
+        self._emit(
+            log.info, "holding {listener} peer={peer} subject={subject} until {what}", what=what
+        )
+
+    def accepted(self, connect: Connect | None) -> None:
+        self._emit(
+            log.info,
+            "accepted {listener} peer={peer} subject={subject} serial={serial} "
+            "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed}",
+            **self._session(connect),
+        )
+
+    def revoked_live(self) -> None:
+        self._emit(
+            log.warn,
+            "closing {listener} peer={peer} subject={subject} serial={serial}: certificate "
+            "revoked by a revocation update (CRL or OCSP)",
+        )
+
+    def denied(self, connect: Connect | None, what: str, topic: str, rule: str) -> None:
+        self._emit(
+            log.warn,
+            "denied {listener} peer={peer} subject={subject} client_id={client_id!r}: "
+            "{what} {topic!r} (acl_file {rule})",
+            client_id=connect.client_id if connect is not None else "-",
+            what=what.upper(),
+            topic=topic,
+            rule=rule,
+        )
+
+    def ended(
+        self,
+        connect: Connect | None,
+        by: Reason | Side,
+        why: str,
+        duration: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        """The session line: what the accept line would say, then duration, bytes, who
+        closed it and how."""
+        self._emit(
+            log.info,
+            "session ended {listener} peer={peer} subject={subject} serial={serial} "
+            "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed} "
+            "duration={duration:.1f}s bytes_in={bytes_in} bytes_out={bytes_out} "
+            "closed_by={closed_by}: {why}",
+            **self._session(connect),
+            duration=duration,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            closed_by=by,
+            why=why,
+        )
