@@ -22,7 +22,8 @@ from gateway.proxy.pool import Broker, BrokerPool
 from gateway.proxy.upstream import HealthChecker, PoolConnector
 from gateway.reload_plan import ListenerChange
 from gateway.revocation.checker import RevocationChecker
-from gateway.revocation.ocsp_client import OcspChecker, OcspClient
+from gateway.revocation.ocsp_checker import OcspChecker
+from gateway.revocation.ocsp_client import OcspClient
 from gateway.roles import IListenerRole
 from gateway.tls.context import build_context
 from gateway.tls.material import TlsMaterial
@@ -122,7 +123,13 @@ def _ocsp_checker(
 ) -> OcspChecker:
     assert settings.client_ocsp is not None
     return OcspChecker(
-        settings.client_ocsp, client.answers, material.issuers, client.ask, reactor, client
+        settings.client_ocsp,
+        client.answers,
+        material.issuers,
+        client.ask,
+        reactor,
+        tracker=client,
+        asks_master=client.remote is not None,
     )
 
 

@@ -92,6 +92,7 @@ class CrlVerdict(Word):
 
     GOOD = "good"
     REVOKED = "revoked"
+    PENDING = "pending"  # the leaf's distribution point is being fetched (the device waits)
     MISSING = "missing"  # no CRL of its issuer covers it
     EXPIRED = "expired"  # the covering CRL is past its nextUpdate and the grace period
     INCOMPLETE = "incomplete"  # the CRLs held cover only some revocation reasons
@@ -100,6 +101,24 @@ class CrlVerdict(Word):
     def refusal(self) -> Reason:
         """The refusal reason of a verdict that crl_expired_policy = reject refuses."""
         return _POLICY_REASONS[self]
+
+
+class OcspVerdict(Word):
+    """What an OCSP answer (or the want of one) says of a certificate."""
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"  # the responder does not know it
+    UNAVAILABLE = "unavailable"  # no valid answer could be had (no responder, an error, late)
+    PENDING = "pending"  # being asked (the device waits)
+
+
+class Outcome(Word):
+    """What the revocation checks decide for a certificate, together."""
+
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+    HOLD = "hold"  # a check is still waiting: the device is held after its CONNECT
 
 
 _POLICY_REASONS = {

@@ -15,12 +15,13 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.choices import FailurePolicy
 from gateway.config.model import CrlSettings
 from gateway.peer import PeerVerification, Pending, PendingCrl
-from gateway.reasons import CrlVerdict, Reason
+from gateway.reasons import CrlVerdict, OcspVerdict, Outcome, Reason
 from gateway.revocation.chains import IssuerIndex, VerifiedIssuers
-from gateway.revocation.combine import PENDING, combine
+from gateway.revocation.combine import combine
 from gateway.revocation.crl import distribution_point_urls, freshest_urls
 from gateway.revocation.crl_service import CrlCache, CrlService
-from gateway.revocation.ocsp_client import OcspChecker, OcspQuestion
+from gateway.revocation.ocsp_answers import OcspQuestion
+from gateway.revocation.ocsp_checker import OcspChecker
 from gateway.revocation.scope import cert_scope
 
 _V = SSL.X509VerificationCodes
@@ -100,15 +101,15 @@ class RevocationChecker:
             self.reject_unknown,
             self.ocsp is not None and self.ocsp.reject,
         )
-        if decision.action == "refuse":
+        if decision.outcome is Outcome.REFUSE:
             assert decision.reason is not None
             self.counts[decision.reason.value] += 1
             return decision.reason, _error_of(decision.reason, crl)
-        if decision.action == "hold":
-            if crl == PENDING and verification is not None:
+        if decision.outcome is Outcome.HOLD:
+            if crl is CrlVerdict.PENDING and verification is not None:
                 verification.crl_pending = pending_crl
                 self.counts["held_for_crl"] += 1
-            if ocsp_status == PENDING and verification is not None:
+            if ocsp_status is OcspVerdict.PENDING and verification is not None:
                 verification.ocsp_pending.append((question, crl))
                 self.counts["held_for_ocsp"] += 1
         for key in decision.accepted:
@@ -124,7 +125,7 @@ class RevocationChecker:
         serial: int,
         depth: int,
         verification: PeerVerification | None,
-    ) -> tuple[CrlVerdict | str | None, PendingCrl | None]:
+    ) -> tuple[CrlVerdict | None, PendingCrl | None]:
         """What the CRLs held say (None: no CRL checking), or PENDING with what to wait for
         (the leaf's distribution point, with crl_cache_from_cert)."""
         if self.cache is None or self.settings is None:
@@ -144,7 +145,7 @@ class RevocationChecker:
                 self.crl_service.discover(url)  # a CA's too: in force for its next device
             if urls and depth == 0:
                 chain = tuple(verification.chain) if verification is not None else ()
-                return PENDING, PendingCrl(urls[0], issuer, serial, cert, chain)
+                return CrlVerdict.PENDING, PendingCrl(urls[0], issuer, serial, cert, chain)
         return status, None
 
     def check_resumed(
@@ -187,7 +188,7 @@ class RevocationChecker:
                 self.settings.http_timeout + HOLD_PROCESSING_ALLOWANCE, self._reactor
             )
             crl_wait.addErrback(lambda _: None)
-        ocsp_wait: defer.Deferred[list[tuple[str, str]]] = defer.succeed([])
+        ocsp_wait: defer.Deferred[list[tuple[OcspVerdict, str]]] = defer.succeed([])
         if pending.ocsp:
             assert self.ocsp is not None
             ocsp_wait = self.ocsp.wait(tuple(q for q, _ in pending.ocsp))
@@ -195,7 +196,7 @@ class RevocationChecker:
         return both.addCallback(lambda results: self._decide(pending, results[1]))
 
     def _decide(
-        self, pending: Pending, answers: list[tuple[str, str]]
+        self, pending: Pending, answers: list[tuple[OcspVerdict, str]]
     ) -> tuple[Reason | None, str]:
         leaf_crl: CrlVerdict | None = None
         if pending.crl is not None:
@@ -205,7 +206,7 @@ class RevocationChecker:
         decisions = []
         leaf_done = False
         for (question, crl), (status, why) in zip(pending.ocsp, answers, strict=True):
-            if crl == PENDING:
+            if crl is CrlVerdict.PENDING:
                 crl, leaf_done = leaf_crl, True
             decision = combine(crl, status, either, self.reject_unknown, ocsp_reject)
             decisions.append((decision, question, why))
@@ -219,7 +220,7 @@ class RevocationChecker:
             waited.append("after asking the OCSP responder")
         detail = " and ".join(waited)
         for decision, question, why in decisions:
-            if decision.action == "refuse":
+            if decision.outcome is Outcome.REFUSE:
                 assert decision.reason is not None
                 self.counts[decision.reason.value] += 1
                 about = f" ({question.subject})" if isinstance(question, OcspQuestion) else ""
@@ -239,7 +240,7 @@ class RevocationChecker:
         """After a held client's distribution point was fetched: None or a refusal reason
         (CRL checking alone)."""
         decision = combine(self._crl_now(pending), None, False, self.reject_unknown, False)
-        if decision.action == "refuse":
+        if decision.outcome is Outcome.REFUSE:
             assert decision.reason is not None
             self.counts[decision.reason.value] += 1
             return decision.reason

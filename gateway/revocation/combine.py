@@ -1,9 +1,9 @@
 """How the CRL and OCSP verdicts on one certificate make one decision (sans-IO, pure).
 
-``crl``: None when CRL checking is off, else a ``CrlVerdict`` or ``PENDING`` (the leaf's
+``crl``: None when CRL checking is off, else a ``CrlVerdict`` (``PENDING``: the leaf's
 distribution point is being fetched). ``ocsp``: None when OCSP does not check this
-certificate, else one of ``OCSP_GOOD``, ``OCSP_REVOKED``, ``OCSP_UNKNOWN``,
-``OCSP_UNAVAILABLE`` (no valid answer could be had) or ``PENDING`` (being asked).
+certificate, else an ``OcspVerdict`` (``UNAVAILABLE``: no valid answer could be had;
+``PENDING``: being asked).
 
 - Revoked by either check: refused, whatever the mode.
 - ``either``: a certificate one check finds good is admitted although the other cannot
@@ -16,55 +16,52 @@ from __future__ import annotations
 
 import attrs
 
-from gateway.reasons import CrlVerdict, Reason
+from gateway.reasons import CrlVerdict, OcspVerdict, Outcome, Reason
 
-PENDING = "pending"
-OCSP_GOOD = "good"
-OCSP_REVOKED = "revoked"
-OCSP_UNKNOWN = "unknown"
-OCSP_UNAVAILABLE = "unavailable"
-
-_OCSP_REASONS = {OCSP_UNKNOWN: Reason.OCSP_UNKNOWN, OCSP_UNAVAILABLE: Reason.OCSP_UNAVAILABLE}
+_OCSP_REASONS = {
+    OcspVerdict.UNKNOWN: Reason.OCSP_UNKNOWN,
+    OcspVerdict.UNAVAILABLE: Reason.OCSP_UNAVAILABLE,
+}
 
 
 @attrs.frozen
 class Decision:
-    """``accept``, ``refuse`` (with ``reason``) or ``hold``; ``accepted``: the count keys of
+    """What to do (``reason``: why it is refused); ``accepted``: the count keys of
     undecided checks a policy of accept let through."""
 
-    action: str
+    outcome: Outcome
     reason: Reason | None = None
     accepted: tuple[str, ...] = ()
 
 
-ACCEPT = Decision("accept")
-HOLD = Decision("hold")
+ACCEPT = Decision(Outcome.ACCEPT)
+HOLD = Decision(Outcome.HOLD)
 
 
 def combine(
-    crl: CrlVerdict | str | None,
-    ocsp: str | None,
+    crl: CrlVerdict | None,
+    ocsp: OcspVerdict | None,
     either: bool,
     crl_reject: bool,
     ocsp_reject: bool,
 ) -> Decision:
     if crl is CrlVerdict.REVOKED:
-        return Decision("refuse", Reason.REVOKED)
-    if ocsp == OCSP_REVOKED:
-        return Decision("refuse", Reason.OCSP_REVOKED)
-    if either and (crl is CrlVerdict.GOOD or ocsp == OCSP_GOOD):
+        return Decision(Outcome.REFUSE, Reason.REVOKED)
+    if ocsp is OcspVerdict.REVOKED:
+        return Decision(Outcome.REFUSE, Reason.OCSP_REVOKED)
+    if either and (crl is CrlVerdict.GOOD or ocsp is OcspVerdict.GOOD):
         return ACCEPT
-    if PENDING in (crl, ocsp):
+    if crl is CrlVerdict.PENDING or ocsp is OcspVerdict.PENDING:
         return HOLD
     accepted: list[str] = []
     if crl is not None and crl is not CrlVerdict.GOOD:
-        reason = CrlVerdict(crl).refusal
+        reason = crl.refusal
         if crl_reject:
-            return Decision("refuse", reason)
+            return Decision(Outcome.REFUSE, reason)
         accepted.append(reason.value)
-    if ocsp is not None and ocsp != OCSP_GOOD:
+    if ocsp is not None and ocsp is not OcspVerdict.GOOD:
         reason = _OCSP_REASONS[ocsp]
         if ocsp_reject:
-            return Decision("refuse", reason)
+            return Decision(Outcome.REFUSE, reason)
         accepted.append(reason.value)
-    return Decision("accept", accepted=tuple(accepted))
+    return Decision(Outcome.ACCEPT, accepted=tuple(accepted))

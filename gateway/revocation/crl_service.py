@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from gateway.choices import FailurePolicy
 from gateway.clock import CLOCK_SKEW, format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.errors import GatewayError, describe_error
+from gateway.offload import off_reactor
 from gateway.revocation.crl import CrlError, CrlInfo, LoadedCrl, decode_answer, loaded_blobs
 from gateway.revocation.crl_cache import CrlCache as CrlCache
 from gateway.revocation.fetch import Body, HttpFetcher
@@ -46,14 +47,6 @@ _MIN_OUTPUT_LIMIT = 4096  # room for the answer's JSON line with a tiny CRL
 # start (past the reconnect storm), the CRL worker parses the kept body again and the index
 # must match what it finds.
 INDEX_VERIFY_DELAY = 60.0
-
-
-def off_reactor(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-    """``f(*args)`` in the reactor's thread pool (inline under a test's Clock)."""
-    pool = getattr(reactor, "getThreadPool", None)
-    if pool is None:
-        return defer.maybeDeferred(f, *args)
-    return threads.deferToThreadPool(reactor, pool(), f, *args)
 
 
 def _same_indexes(a: list[LoadedCrl], b: list[LoadedCrl]) -> bool:

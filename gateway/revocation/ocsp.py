@@ -28,6 +28,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from gateway.clock import CLOCK_SKEW, utc_timestamp
 from gateway.errors import GatewayError
+from gateway.reasons import OcspVerdict
 
 MAX_RESPONSE_SIZE = 64 * 1024  # real responses are a few KB; more is not an OCSP answer
 
@@ -50,7 +51,7 @@ class OcspInfo:
     """A validated response, ready to staple."""
 
     der: bytes
-    status: str  # good | revoked | unknown (unknown: client checking only)
+    status: OcspVerdict  # good, revoked, unknown (unknown: client checking only)
     produced_at: float
     this_update: float
     next_update: float
@@ -286,16 +287,16 @@ def validate_serial(
     if status == ocsp.OCSPCertStatus.UNKNOWN:
         if max_age is None:
             raise OcspError("unknown_status", "the responder does not know our certificate")
-        return OcspInfo(der, "unknown", produced, this_update, next_update)
+        return OcspInfo(der, OcspVerdict.UNKNOWN, produced, this_update, next_update)
     if status == ocsp.OCSPCertStatus.REVOKED:
         reason = mine.revocation_reason
         return OcspInfo(
             der,
-            "revoked",
+            OcspVerdict.REVOKED,
             produced,
             this_update,
             next_update,
             _ts(mine.revocation_time_utc),
             reason.name if reason else None,
         )
-    return OcspInfo(der, "good", produced, this_update, next_update)
+    return OcspInfo(der, OcspVerdict.GOOD, produced, this_update, next_update)

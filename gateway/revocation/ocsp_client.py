@@ -24,112 +24,32 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp as x509_ocsp
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.choices import FailurePolicy, OcspCheck, WithCrl
 from gateway.config.model import ClientOcspSettings
 from gateway.errors import GatewayError, describe_error
+from gateway.offload import off_reactor
+from gateway.reasons import OcspVerdict
 from gateway.revocation import ocsp
 from gateway.revocation.chains import IssuerIndex
-from gateway.revocation.crl_service import off_reactor
-from gateway.revocation.store import write_atomically
+from gateway.revocation.ocsp_answers import (
+    Key,
+    OcspAnswer,
+    OcspAnswers,
+    OcspQuestion,
+    issuer_key_hash,
+    request_for,
+    write_answers,
+)
 
 log = Logger()
 
 REFRESH_TICK = 10.0  # how often live sessions' answers are looked at for a refresh
 PERSIST_TICK = 60.0  # how often changed answers are written to ocsp_cache.dir
 REFRESH_LEAD = 0.5  # refresh at the latest this far (as a share) from thisUpdate to nextUpdate
-
-Key = tuple[bytes, int]  # (SHA-1 of the issuer's public key, serial)
-_KEY_HASHES_KEPT = 4096
-
-
-def issuer_key_hash(issuer: x509.Certificate) -> bytes:
-    """SHA-1 of the issuer's subjectPublicKey (RFC 6960 CertID.issuerKeyHash): the key."""
-    return ocsp.issuer_hashes(issuer, hashes.SHA1())[1]
-
-
-@attrs.frozen
-class OcspAnswer:
-    """A validated answer about one certificate."""
-
-    status: str  # good | revoked | unknown
-    this_update: float
-    next_update: float  # nextUpdate, or thisUpdate + max_age when it had none
-    fetched: float
-    der: bytes
-    responder: str
-
-
-@attrs.frozen
-class OcspQuestion:
-    """What to ask a responder about one certificate, and where."""
-
-    key: Key
-    serial: int
-    issuer: x509.Certificate
-    responder: str | None  # None: no responder known for it
-    subject: str
-
-
-class OcspAnswers:
-    """The answers held (sans-IO): bounded, least recently used first out."""
-
-    def __init__(self, clock: Any, size: int, grace: float) -> None:
-        self._clock = clock
-        self.size = size
-        self.grace = grace
-        self._answers: collections.OrderedDict[Key, OcspAnswer] = collections.OrderedDict()
-        self.hits = 0
-        self.misses = 0
-        self.changed = False  # since the last write to disk
-
-    def __len__(self) -> int:
-        return len(self._answers)
-
-    def usable(self, key: Key) -> OcspAnswer | None:
-        """The answer for ``key`` if it may still be used (nextUpdate plus the grace period
-        not passed), counting a hit or a miss."""
-        answer = self._answers.get(key)
-        if answer is not None and self._clock.seconds() <= answer.next_update + self.grace:
-            self._answers.move_to_end(key)
-            self.hits += 1
-            return answer
-        self.misses += 1
-        return None
-
-    def peek(self, key: Key) -> OcspAnswer | None:
-        return self._answers.get(key)
-
-    def put(self, key: Key, answer: OcspAnswer) -> bool:
-        """Hold ``answer`` unless an answer produced later is held; True if held."""
-        current = self._answers.get(key)
-        if current is not None and current.this_update > answer.this_update:
-            return False
-        self._answers[key] = answer
-        self._answers.move_to_end(key)
-        while len(self._answers) > self.size:
-            self._answers.popitem(last=False)
-        self.changed = True
-        return True
-
-    def items(self) -> list[tuple[Key, OcspAnswer]]:
-        return list(self._answers.items())
-
-    def by_status(self) -> dict[str, int]:
-        out = {"good": 0, "revoked": 0, "unknown": 0}
-        for answer in self._answers.values():
-            out[answer.status] += 1
-        return out
-
-    def oldest(self) -> float | None:
-        """thisUpdate of the oldest answer held."""
-        return min((a.this_update for a in self._answers.values()), default=None)
 
 
 @attrs.define
@@ -308,8 +228,8 @@ class OcspClient(service.Service):
             info.status, info.this_update, info.next_update, now, der, q.responder or ""
         )
         previous = self.answers.peek(q.key)
-        if self.answers.put(q.key, answer) and answer.status == "revoked":
-            if previous is None or previous.status != "revoked":
+        if self.answers.put(q.key, answer) and answer.status is OcspVerdict.REVOKED:
+            if previous is None or previous.status is not OcspVerdict.REVOKED:
                 log.warn(
                     "ocsp-client {listener}: {subject} (serial {serial:X}) is revoked "
                     "(responder {responder})",
@@ -368,7 +288,7 @@ class OcspClient(service.Service):
         self.answers.changed = False
         # The answers are immutable: serialised and written in a thread (100,000 of them
         # are some 200 MB of JSON, which the reactor thread must not build).
-        d = off_reactor(self.reactor, _write_answers, self._path, self.answers.items())
+        d = off_reactor(self.reactor, write_answers, self._path, self.answers.items())
         return d.addErrback(self._file_failed, "write")
 
     def _read(self) -> defer.Deferred[None]:
@@ -456,146 +376,3 @@ class OcspClient(service.Service):
             "live": len(self._live),
             "responders": {url: attrs.asdict(s) for url, s in self.responders.items()},
         }
-
-
-def _write_answers(path: str, answers: list[tuple[Key, OcspAnswer]]) -> None:
-    items = [
-        {
-            "key": key[0].hex(),
-            "serial": key[1],
-            "fetched": a.fetched,
-            "responder": a.responder,
-            "der": base64.b64encode(a.der).decode("ascii"),
-        }
-        for key, a in answers
-    ]
-    write_atomically(path, json.dumps({"format": 1, "answers": items}).encode(), {})
-
-
-def request_for(q: OcspQuestion) -> bytes:
-    """The DER request about ``q``'s certificate (SHA-1 CertID, as responders expect)."""
-    name_hash = ocsp.issuer_hashes(q.issuer, hashes.SHA1())[0]
-    builder = x509_ocsp.OCSPRequestBuilder().add_certificate_by_hash(
-        name_hash, q.key[0], q.serial, hashes.SHA1()
-    )
-    return builder.build().public_bytes(serialization.Encoding.DER)
-
-
-def _status_of(answer: OcspAnswer) -> tuple[str, str]:
-    return answer.status, ""
-
-
-def _why_not(failure: Failure) -> tuple[str, str]:
-    if failure.check(defer.TimeoutError, defer.CancelledError):
-        return "unavailable", "no answer in time"
-    return "unavailable", describe_error(failure.value)
-
-
-class OcspChecker:
-    """The handshake-time side: which certificates OCSP checks, what the answers held say
-    (synchronously, no I/O), the questions for those without one, and the wait for them.
-
-    ``asker`` obtains an answer: the listener's ``OcspClient.ask`` in one process, a call
-    to the master in a worker (the master asks for every worker)."""
-
-    def __init__(
-        self,
-        settings: ClientOcspSettings,
-        answers: OcspAnswers,
-        issuers: IssuerIndex,
-        asker: Callable[[OcspQuestion], defer.Deferred[OcspAnswer]],
-        reactor: Any,
-        client: OcspClient | None = None,
-    ) -> None:
-        self.settings = settings
-        self.client = client  # tracks live sessions' certificates, for refreshes
-        self.answers = answers
-        self.issuers = issuers
-        self.asker = asker
-        self.reactor = reactor
-        self.reject = settings.failure_policy == FailurePolicy.REJECT
-        self.either = settings.with_crl == WithCrl.EITHER
-        self._key_hashes: dict[int, tuple[x509.Certificate, bytes]] = {}  # by id()
-        # The bundle's CAs by subject, with their key hashes: the live sweep has only
-        # (issuer name, serial) for each certificate of a session's chain.
-        self._by_name: dict[bytes, tuple[bytes, ...]] = {}
-
-    def covers(self, depth: int) -> bool:
-        return depth == 0 or self.settings.mode == OcspCheck.CHAIN
-
-    def key_hash(self, issuer: x509.Certificate) -> bytes:
-        """The issuer's key hash, computed once per certificate object (the verifier keeps
-        the CA certificates it parsed): the entry holds the object, so a reused id() of a
-        freed one never answers for another."""
-        known = self._key_hashes.get(id(issuer))
-        if known is not None and known[0] is issuer:
-            return known[1]
-        if len(self._key_hashes) >= _KEY_HASHES_KEPT:
-            self._key_hashes.clear()
-        value = issuer_key_hash(issuer)
-        self._key_hashes[id(issuer)] = (issuer, value)
-        return value
-
-    def question(
-        self, cert: x509.Certificate, serial: int, issuer: x509.Certificate | None = None
-    ) -> OcspQuestion | None:
-        """What to ask about ``cert``: of ``issuer`` (the certificate OpenSSL verified above
-        it), else of its issuer in the CA bundle (None: neither)."""
-        if issuer is None:
-            issuer = self.issuers.issuer_of(cert)
-        if issuer is None:
-            return None
-        responder = self.settings.responder_url or ocsp.responder_url_of(cert)
-        return OcspQuestion(
-            (self.key_hash(issuer), serial),
-            serial,
-            issuer,
-            responder,
-            cert.subject.rfc4514_string(),
-        )
-
-    def status(self, q: OcspQuestion | None) -> str:
-        """What the answers held say of ``q``'s certificate now: good, revoked, unknown,
-        unavailable (no responder known; the issuer not in the bundle) or pending (ask)."""
-        if q is None or q.responder is None:
-            return "unavailable"
-        answer = self.answers.usable(q.key)
-        return answer.status if answer is not None else "pending"
-
-    def wait(self, questions: tuple[OcspQuestion, ...]) -> defer.Deferred[list[tuple[str, str]]]:
-        """(status, why) of each question once answered: the answer's status and "", or
-        'unavailable' and what went wrong (nothing within ocsp_client_http_timeout plus a
-        second, no responder, an error, an answer that does not validate). Never fails."""
-        waits: list[defer.Deferred[tuple[str, str]]] = []
-        for q in questions:
-            if q.responder is None and self.client is not None and self.client.remote is None:
-                waits.append(defer.succeed(("unavailable", "no OCSP responder is known for it")))
-                continue
-            d = self.asker(q)
-            d.addTimeout(self.settings.http_timeout + 1.0, self.reactor)
-            waits.append(d.addCallbacks(_status_of, _why_not))
-        return defer.gatherResults(waits)
-
-    def track(self, questions: list[OcspQuestion]) -> tuple[Key, ...]:
-        """A session is relayed: refresh its certificates' answers while it lives."""
-        if self.client is None or not questions:
-            return ()
-        self.client.track(questions)
-        return tuple(q.key for q in questions)
-
-    def untrack(self, keys: tuple[Key, ...]) -> None:
-        if self.client is not None and keys:
-            self.client.untrack(keys)
-
-    def revoked(self, issuer_name: bytes, serial: int) -> bool:
-        """For the live sweep: whether an answer held says the certificate is revoked."""
-        hashes_ = self._by_name.get(issuer_name)
-        if hashes_ is None:
-            hashes_ = self._by_name[issuer_name] = tuple(
-                self.key_hash(c) for c in self.issuers.named(issuer_name)
-            )
-        for key_hash in hashes_:
-            answer = self.answers.peek((key_hash, serial))
-            if answer is not None and answer.status == "revoked":
-                return True
-        return False

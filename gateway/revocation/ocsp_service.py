@@ -24,6 +24,7 @@ from gateway.choices import OcspMethod
 from gateway.clock import format_timestamp
 from gateway.config.model import OcspSettings
 from gateway.errors import GatewayError, describe_error
+from gateway.reasons import OcspVerdict
 from gateway.revocation import ocsp
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
@@ -42,7 +43,7 @@ class OcspState:
     certificate: str
     serial: str
     responder: str
-    status: str | None = None  # good | revoked | None (nothing stapled)
+    status: OcspVerdict | None = None  # good, revoked, or None (nothing stapled)
     produced_at: float | None = None
     this_update: float | None = None
     next_update: float | None = None
@@ -266,7 +267,9 @@ class OcspStapler(service.Service):
                 self._write(path, info.der, {"responder": self.state.responder}).addErrback(
                     lambda f: log.failure("ocsp: could not persist the response", f)
                 )
-        if info.status == "revoked" and (previous is None or previous.status != "revoked"):
+        if info.status is OcspVerdict.REVOKED and (
+            previous is None or previous.status is not OcspVerdict.REVOKED
+        ):
             log.critical(
                 "ocsp {listener}: THE SERVER CERTIFICATE {subject} (serial {serial}) IS REVOKED "
                 "(since {when}, reason {reason}); the revoked status is being stapled",

@@ -40,7 +40,8 @@ from gateway.ports import PortService
 from gateway.prepare import prepare
 from gateway.reports import ListenerReport, WorkerReport
 from gateway.revocation.crl_service import CrlCache
-from gateway.revocation.ocsp_client import OcspClient, OcspQuestion
+from gateway.revocation.ocsp_answers import OcspQuestion
+from gateway.revocation.ocsp_client import OcspClient
 from gateway.revocation.snapshot import map_snapshot
 from gateway.roles import IListenerRole, Serving, port_service
 from gateway.service import GatewayService, ProcessRole

@@ -19,25 +19,17 @@ from gateway import testing as support
 from gateway.config import parse_config
 from gateway.demo import pki
 from gateway.errors import GatewayError
-from gateway.reasons import CrlVerdict, Reason
+from gateway.reasons import CrlVerdict, OcspVerdict, Outcome, Reason
 from gateway.revocation import ocsp
 from gateway.revocation.chains import IssuerIndex
-from gateway.revocation.combine import (
-    OCSP_GOOD,
-    OCSP_REVOKED,
-    OCSP_UNAVAILABLE,
-    OCSP_UNKNOWN,
-    PENDING,
-    combine,
-)
-from gateway.revocation.ocsp_client import (
-    OcspAnswer,
-    OcspAnswers,
-    OcspChecker,
-    OcspClient,
-    issuer_key_hash,
-)
+from gateway.revocation.combine import combine
+from gateway.revocation.ocsp_answers import OcspAnswer, OcspAnswers, issuer_key_hash
+from gateway.revocation.ocsp_checker import OcspChecker
+from gateway.revocation.ocsp_client import OcspClient
 from gateway.testing.ocsp import response, unsuccessful
+
+OCSP_GOOD, OCSP_REVOKED = OcspVerdict.GOOD, OcspVerdict.REVOKED
+OCSP_UNAVAILABLE, OCSP_UNKNOWN = OcspVerdict.UNAVAILABLE, OcspVerdict.UNKNOWN
 
 RESPONDER = "http://ocsp.test/"
 
@@ -51,25 +43,28 @@ def test_the_decision_table() -> None:
         assert combine(R, OCSP_GOOD, either, True, True).reason is Reason.REVOKED
         assert combine(G, OCSP_REVOKED, either, False, False).reason is Reason.OCSP_REVOKED
         assert combine(None, OCSP_REVOKED, either, True, True).reason is Reason.OCSP_REVOKED
-        assert combine(G, OCSP_GOOD, either, True, True).action == "accept"
-        assert combine(None, PENDING, either, True, True).action == "hold"
-        assert combine(PENDING, None, either, True, True).action == "hold"
+        assert combine(G, OCSP_GOOD, either, True, True).outcome is Outcome.ACCEPT
+        assert combine(None, OcspVerdict.PENDING, either, True, True).outcome is Outcome.HOLD
+        assert combine(CrlVerdict.PENDING, None, either, True, True).outcome is Outcome.HOLD
     # both: each check must pass on its own.
     assert combine(M, OCSP_GOOD, False, True, True).reason is Reason.CRL_MISSING
     assert combine(G, OCSP_UNAVAILABLE, False, True, True).reason is Reason.OCSP_UNAVAILABLE
-    assert combine(G, PENDING, False, True, True).action == "hold"
+    assert combine(G, OcspVerdict.PENDING, False, True, True).outcome is Outcome.HOLD
     accepted = combine(M, OCSP_UNKNOWN, False, False, False)
-    assert accepted.action == "accept" and accepted.accepted == ("crl_missing", "ocsp_unknown")
+    assert accepted.outcome is Outcome.ACCEPT and accepted.accepted == (
+        "crl_missing",
+        "ocsp_unknown",
+    )
     # either: one good verdict is enough, even while the other waits.
-    assert combine(M, OCSP_GOOD, True, True, True).action == "accept"
-    assert combine(G, OCSP_UNAVAILABLE, True, True, True).action == "accept"
-    assert combine(G, PENDING, True, True, True).action == "accept"
+    assert combine(M, OCSP_GOOD, True, True, True).outcome is Outcome.ACCEPT
+    assert combine(G, OCSP_UNAVAILABLE, True, True, True).outcome is Outcome.ACCEPT
+    assert combine(G, OcspVerdict.PENDING, True, True, True).outcome is Outcome.ACCEPT
     assert combine(M, OCSP_UNKNOWN, True, False, True).reason is Reason.OCSP_UNKNOWN
     assert combine(M, OCSP_UNKNOWN, True, True, False).reason is Reason.CRL_MISSING
 
 
 def _answer(status: str = "good", this: float = 100.0, nxt: float = 200.0) -> OcspAnswer:
-    return OcspAnswer(status, this, nxt, this, b"", RESPONDER)
+    return OcspAnswer(OcspVerdict(status), this, nxt, this, b"", RESPONDER)
 
 
 def test_answers_are_bounded_used_until_next_update_plus_grace_and_never_older() -> None:
@@ -138,7 +133,9 @@ def client_for(p: support.Pki, cache_dir: str | None = None, **extra: str) -> tu
     fetcher = Fetcher()
     issuers = IssuerIndex.of([p.root.cert, p.inter.cert])
     client = OcspClient("t", settings_of(p, **extra), clock, fetcher, issuers, cache_dir)
-    checker = OcspChecker(client.settings, client.answers, issuers, client.ask, clock, client)
+    checker = OcspChecker(
+        client.settings, client.answers, issuers, client.ask, clock, tracker=client
+    )
     return clock, fetcher, client, checker
 
 
@@ -151,7 +148,7 @@ def test_one_request_per_certificate_and_a_cap_per_responder(p: support.Pki) -> 
     waits = []
     for cert in devices * 2:
         q = checker.question(cert, cert.serial_number)
-        assert checker.status(q) == PENDING
+        assert checker.status(q) is OcspVerdict.PENDING
         waits.append(checker.wait((q,)))
     assert fetcher.requests == 8  # the rest queue
     while fetcher.pending:
@@ -236,7 +233,7 @@ def test_kept_answers_serve_a_restart_while_the_responder_is_down(
     client2.cooperate = _run_all
     client2._read()  # noqa: SLF001 (what the start runs)
     assert checker2.status(checker2.question(good, good.serial_number)) == "good"
-    assert checker2.status(checker2.question(short, short.serial_number)) == PENDING
+    assert checker2.status(checker2.question(short, short.serial_number)) is OcspVerdict.PENDING
     assert fetcher2.requests == 0
 
 
