@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.application.internet import TimerService
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +29,7 @@ from gateway.history import History
 from gateway.listener import ListenerService
 from gateway.monitor import Monitor
 from gateway.observe import refresh_report
+from gateway.offload import off_reactor
 from gateway.ports import ADMIN, ListenError, PortService
 from gateway.prepare import Prepared, prepare
 from gateway.reload_plan import ReloadPlan, plan_reload
@@ -303,10 +304,7 @@ class GatewayService(service.MultiService):
             return defer.succeed({"ok": False, "error": "a reload is already in progress"})
         sdnotify.notify("RELOADING=1")
         log.info("reload ({origin}): reading {path}", origin=origin, path=self.config.path)
-        pool = self.reactor.getThreadPool()
-        read: defer.Deferred[Prepared] = threads.deferToThreadPool(
-            self.reactor, pool, prepare, self.config.path
-        )
+        read: defer.Deferred[Prepared] = off_reactor(self.reactor, prepare, self.config.path)
         d: defer.Deferred[dict[str, Any]] = read.addCallback(self.apply)
         d.addErrback(self._refused)
         self._reloading = d

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +24,7 @@ from gateway.choices import OcspMethod
 from gateway.clock import format_timestamp
 from gateway.config.model import OcspSettings
 from gateway.errors import GatewayError, describe_error
+from gateway.offload import off_reactor
 from gateway.reasons import OcspVerdict
 from gateway.revocation import ocsp
 from gateway.revocation.fetch import HttpFetcher
@@ -57,9 +58,7 @@ class OcspState:
 
 def _write_in_thread(reactor: Any) -> Callable[[str, bytes, dict[str, Any]], defer.Deferred[None]]:
     def write(path: str, data: bytes, meta: dict[str, Any]) -> defer.Deferred[None]:
-        return threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), write_atomically, path, data, meta
-        )
+        return off_reactor(reactor, write_atomically, path, data, meta)
 
     return write
 

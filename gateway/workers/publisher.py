@@ -7,11 +7,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.errors import describe_error
+from gateway.offload import off_reactor
 from gateway.revocation.crl import LoadedCrl
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.snapshot import encode_snapshot, map_snapshot
@@ -60,10 +61,7 @@ class CrlPublisher:
         self._seq += 1
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.listener)
         path = os.path.join(self.directory(), f"crl-{safe}-{self._seq}.snapshot")
-        reactor = self.reactor
-        d = threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), _write_snapshot, path, encode_snapshot(items)
-        )
+        d = off_reactor(self.reactor, _write_snapshot, path, encode_snapshot(items))
         d.addCallback(lambda _: self._written(cache, items, path))
         d.addErrback(self._failed)
         d.addBoth(lambda _: self._done())
