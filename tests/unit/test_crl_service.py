@@ -23,7 +23,7 @@ from gateway import testing as support
 from gateway.config import Config, parse_config
 from gateway.demo import pki
 from gateway.peer import PeerVerification, Pending, PendingCrl
-from gateway.revocation import crl_service, worker
+from gateway.revocation import crl_kept, worker
 from gateway.revocation.checker import RevocationChecker
 from gateway.revocation.crl import describe_loaded
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -365,7 +365,7 @@ def test_a_restart_serves_the_kept_index_without_parsing(p: support.Pki, tmp_pat
         assert again.status(77) == "revoked" and again.status(79) == "good"
         assert again.processor.runs == []  # neither the kept body nor the same fetched one
         assert again.state().last_result == "unchanged"
-        again.advance(crl_service.INDEX_VERIFY_DELAY + 1)
+        again.advance(crl_kept.INDEX_VERIFY_DELAY + 1)
     assert len(again.processor.runs) == 1 and b"body_path" in again.processor.runs[0]
     assert any("kept index verified" in e["log_format"] for e in events)
     assert again.status(77) == "revoked"
@@ -407,7 +407,7 @@ def test_a_kept_index_that_lies_is_replaced_by_the_parsed_crl(
         lied.service.startService()
         lied.flush()
         assert lied.status(77) == "good"  # the forged index serves for now
-        lied.advance(crl_service.INDEX_VERIFY_DELAY + 1)
+        lied.advance(crl_kept.INDEX_VERIFY_DELAY + 1)
     assert lied.status(77) == "revoked"
     assert any("does not match the CRL kept" in e["log_format"] for e in events)
     assert lied.updates  # live sessions swept against the parsed CRL
