@@ -21,11 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -42,152 +39,20 @@ from gateway.reports import ListenerReport, WorkerReport
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.ocsp_answers import OcspQuestion
 from gateway.revocation.ocsp_client import OcspClient
-from gateway.revocation.snapshot import map_snapshot
 from gateway.roles import IListenerRole, Serving, port_service
 from gateway.service import GatewayService, ProcessRole
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
+from gateway.workers.inbox import (
+    AdoptedEndpoint,
+    SharedCrl,
+    SharedStaple,
+    WorkerInbox,
+)
 
 log = Logger()
 
 CHANNEL_FD = 3
-
-
-class WorkerState:
-    """What the master has sent this worker: files, sockets, CRLs and staples by listener."""
-
-    def __init__(self, reactor: Any, index: int) -> None:
-        self.reactor = reactor
-        self.index = index
-        self.files: dict[str, tuple[bytes, int]] = {}
-        self._parts: dict[str, list[bytes]] = {}
-        self.sockets: dict[tuple[str, str, int], int] = {}  # (listener, host, port) -> fd
-        self.crls: dict[str, SharedCrlData] = {}
-        self.staples: dict[str, StapleBox] = {}
-        self.channel: WorkerChannel | None = None
-        self.gateway: GatewayService | None = None
-
-    def crl(self, listener: str) -> SharedCrlData:
-        if listener not in self.crls:
-            self.crls[listener] = SharedCrlData(CrlCache(self.reactor, 0.0))
-        return self.crls[listener]
-
-    def staple(self, listener: str) -> StapleBox:
-        return self.staples.setdefault(listener, StapleBox())
-
-    def call(self, command: type[amp.Command], **kwargs: Any) -> defer.Deferred[Any]:
-        if self.channel is None:
-            return defer.fail(GatewayError("workers", "no channel to the master"))
-        return self.channel.callRemote(command, **kwargs)
-
-
-@attrs.define(eq=False)
-class SharedCrlData:
-    """A listener's CRLs as the master last sent them (one mapped snapshot)."""
-
-    cache: CrlCache
-    ready: defer.Deferred[None] = attrs.Factory(defer.Deferred)
-    path: str | None = None
-    current: SharedCrl | None = None  # the service of the listener's running generation
-
-    def load(self, path: str) -> None:
-        self.cache.replace(map_snapshot(path))  # the previous mapping goes with its indexes
-        self.path = path
-        if not self.ready.called:
-            self.ready.callback(None)
-        if self.current is not None:
-            self.current.on_update()
-
-
-class SharedCrl(service.Service):
-    """In a worker, what a CrlService is in a single process: the cache the handshake reads
-    (the master's snapshot), ``ready`` once the first one is in, and the master's services
-    for certificates that name a distribution point."""
-
-    def __init__(
-        self,
-        listener: str,
-        data: SharedCrlData,
-        state: WorkerState,
-        on_update: Callable[..., None] = lambda crls=None: None,
-    ) -> None:
-        self.name = f"crl:{listener}"
-        self.listener = listener
-        self.data = data
-        self.cache = data.cache
-        self.ready = data.ready
-        self.state = state
-        self.sources: dict[str, Any] = {}  # the master holds them
-        self.on_update = on_update  # a new snapshot is in force
-        data.current = self
-
-    def status(self) -> tuple[()]:
-        return ()  # the master reports the sources
-
-    def refresh_now(self) -> defer.Deferred[tuple[()]]:
-        return defer.succeed(())  # the master fetches
-
-    def discover(self, url: str) -> None:
-        self.state.call(c.Discover, listener=self.listener, url=url).addErrback(lambda _: None)
-
-    def when_attempted(self, url: str) -> defer.Deferred[None]:
-        d = self.state.call(c.WhenAttempted, listener=self.listener, url=url)
-        return d.addBoth(lambda _: None)
-
-
-@attrs.define(eq=False)
-class StapleBox:
-    der: bytes = b""
-    sent: int = 0
-
-
-class SharedStaple(service.Service):
-    """In a worker, the stapling callback over the response the master validated."""
-
-    def __init__(self, listener: str, box: StapleBox) -> None:
-        self.name = f"ocsp:{listener}"
-        self.box = box
-
-    def install(self, ctx: Any) -> None:
-        ctx.set_ocsp_server_callback(self.staple)
-
-    def staple(self, connection: Any, data: object) -> bytes:
-        der = self.box.der
-        if der:
-            self.box.sent += 1
-        return der
-
-    def first_attempt(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-    def status(self) -> None:
-        return None  # the master reports the staple
-
-    def refresh_now(self) -> defer.Deferred[None]:
-        return defer.succeed(None)  # the master fetches
-
-
-@implementer(IStreamServerEndpoint)
-class AdoptedEndpoint:
-    """A listening socket the master bound, looked up when the port is opened and adopted
-    (the reactor takes a duplicate; ours is closed, so a socket the worker no longer serves
-    never holds connections)."""
-
-    def __init__(self, state: WorkerState, listener: str, bind: tuple[str, int]) -> None:
-        self.state = state
-        self.key = (listener, bind[0], bind[1])
-        self.family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
-
-    def listen(self, factory: Any) -> defer.Deferred[Any]:
-        fd = self.state.sockets.pop(self.key, None)
-        if fd is None:
-            return defer.fail(GatewayError("workers", f"no socket from the master for {self.key}"))
-        try:
-            return defer.succeed(self.state.reactor.adoptStreamPort(fd, self.family, factory))
-        except Exception as e:
-            return defer.fail(e)
-        finally:
-            os.close(fd)
 
 
 @implementer(IListenerRole)
@@ -198,8 +63,8 @@ class WorkerRole(Serving):
     checks_brokers = True
     fetches = False  # the master fetches (and reports the sources)
 
-    def __init__(self, state: WorkerState) -> None:
-        self.state = state
+    def __init__(self, inbox: WorkerInbox) -> None:
+        self.inbox = inbox
 
     def revocation_source(
         self,
@@ -210,9 +75,9 @@ class WorkerRole(Serving):
         on_update: Callable[..., None],
     ) -> SharedCrl:
         assert settings.crl is not None
-        data = self.state.crl(settings.name)
+        data = self.inbox.crl(settings.name)
         data.cache.grace = settings.crl.grace_period
-        return SharedCrl(settings.name, data, self.state, on_update)
+        return SharedCrl(settings.name, data, self.inbox.call, on_update)
 
     def stapler(
         self,
@@ -221,7 +86,7 @@ class WorkerRole(Serving):
         globals_: GlobalSettings,
         on_change: Callable[[bytes], None],
     ) -> SharedStaple:
-        return SharedStaple(settings.name, self.state.staple(settings.name))
+        return SharedStaple(settings.name, self.inbox.staple(settings.name))
 
     def ocsp_client(
         self,
@@ -234,10 +99,10 @@ class WorkerRole(Serving):
         validated here again; live sessions' answers are refreshed through it."""
         assert settings.client_ocsp is not None
         name = settings.name
-        state = self.state
+        inbox = self.inbox
 
         def remote(q: OcspQuestion, fresher_than: float) -> defer.Deferred[bytes]:
-            d = state.call(
+            d = inbox.call(
                 c.OcspQuery,
                 listener=name,
                 key_hash=q.key[0],
@@ -258,7 +123,7 @@ class WorkerRole(Serving):
         return OcspClient(
             name,
             settings.client_ocsp,
-            state.reactor,
+            inbox.reactor,
             None,
             material.issuers,
             None,  # the master keeps the answers on disk
@@ -267,14 +132,14 @@ class WorkerRole(Serving):
         )
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
-        endpoint = AdoptedEndpoint(self.state, settings.name, settings.bind)
+        endpoint = AdoptedEndpoint(self.inbox, settings.name, settings.bind)
         return port_service(listener, settings, endpoint)
 
 
-def listener_report(state: WorkerState, listener: ListenerService) -> ListenerReport:
+def listener_report(inbox: WorkerInbox, listener: ListenerService) -> ListenerReport:
     """This worker's counters for one listener (the master adds them up)."""
     parts = listener.parts
-    staple = state.staples.get(parts.name)
+    staple = inbox.staples.get(parts.name)
     own = listener.status()
     counts = dict(parts.revocation.counts) if parts.revocation is not None else {}
     if parts.ocsp_client is not None:  # its lookups happen here; the master merges them
@@ -289,20 +154,20 @@ def listener_report(state: WorkerState, listener: ListenerService) -> ListenerRe
     )
 
 
-def worker_report(state: WorkerState, gateway: GatewayService) -> WorkerReport:
+def worker_report(inbox: WorkerInbox, gateway: GatewayService) -> WorkerReport:
     return WorkerReport(
         os.getpid(),
         gateway.monitor.max_lag_ever,
-        {name: listener_report(state, ls) for name, ls in gateway.listeners.items()},
+        {name: listener_report(inbox, ls) for name, ls in gateway.listeners.items()},
     )
 
 
 class WorkerChannel(amp.AMP):
     """The worker's end of the channel to the master."""
 
-    def __init__(self, state: WorkerState) -> None:
+    def __init__(self, inbox: WorkerInbox) -> None:
         super().__init__()
-        self.worker = state
+        self.worker = inbox
         self._report: list[bytes] = []
 
     def connectionMade(self) -> None:
@@ -319,18 +184,12 @@ class WorkerChannel(amp.AMP):
 
     @c.FilePart.responder
     def file_part(self, path: str, mode: int, data: bytes, last: bool) -> dict[str, Any]:
-        parts = self.worker._parts.setdefault(path, [])
-        parts.append(data)
-        if last:
-            self.worker.files[path] = (b"".join(self.worker._parts.pop(path)), mode)
+        self.worker.file_part(path, mode, data, last)
         return {}
 
     @c.Listen.responder
     def listen(self, listener: str, host: str, port: int, fd: int) -> dict[str, Any]:
-        old = self.worker.sockets.pop((listener, host, port), None)
-        if old is not None:
-            os.close(old)
-        self.worker.sockets[(listener, host, port)] = fd
+        self.worker.socket(listener, host, port, fd)
         return {}
 
     @c.CrlSnapshot.responder
@@ -472,8 +331,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
-    state = WorkerState(reactor, index)
-    factory = protocol.Factory.forProtocol(lambda: WorkerChannel(state))
+    inbox = WorkerInbox(reactor, index)
+    factory = protocol.Factory.forProtocol(lambda: WorkerChannel(inbox))
 
     def adopt() -> None:
         reactor.adoptStreamConnection(CHANNEL_FD, socket.AF_UNIX, factory)
