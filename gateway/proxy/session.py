@@ -43,10 +43,6 @@ complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT o
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
-
 import attrs
 
 from gateway import mqtt
@@ -70,6 +66,7 @@ from gateway.proxy.actions import (
     State,
     Timer,
 )
+from gateway.proxy.transitions import TRANSITIONS, SessionStateError, checked, transitions_text
 from gateway.reasons import Reason, Side
 
 
@@ -78,84 +75,6 @@ class SessionLimits:
     handshake_timeout: float
     connect_timeout: float
     max_packet_size: int
-
-
-# -- the transitions, as data --------------------------------------------------------------
-
-H, C, CH, U, R, CL, X = (
-    State.HANDSHAKE,
-    State.CONNECT,
-    State.CRL_HOLD,
-    State.UPSTREAM,
-    State.RELAY,
-    State.CLOSING,
-    State.CLOSED,
-)
-_ALL = (H, C, CH, U, R, CL, X)
-
-
-def _ignored(*states: State) -> dict[State, frozenset[State]]:
-    """States where an event changes nothing (it can arrive late: the adapter's callbacks
-    race with the gateway's own closes)."""
-    return {state: frozenset({state}) for state in states}
-
-
-# event -> state before -> the states it may leave the session in. An event in a state not
-# listed is an error (SessionStateError): the adapter called it where it cannot happen.
-TRANSITIONS: dict[str, dict[State, frozenset[State]]] = {
-    "start": {H: frozenset({H})},
-    "handshake_done": {H: frozenset({C, CL}), **_ignored(C, CH, U, R, CL, X)},
-    "receive": {
-        C: frozenset({C, U, CH, CL}),
-        U: frozenset({U, CL}),
-        CH: frozenset({CH, CL}),
-        **_ignored(H, R, CL, X),
-    },
-    "timer_fired": {**{s: frozenset({CL}) for s in (H, C, CH, U, R)}, **_ignored(CL, X)},
-    "crl_decided": {CH: frozenset({U, CL}), **_ignored(H, C, U, R, CL, X)},
-    "upstream_connected": {U: frozenset({R}), **_ignored(H, C, CH, R, CL, X)},
-    "upstream_failed": {U: frozenset({CL}), **_ignored(H, C, CH, R, CL, X)},
-    "upstream_lost": {R: frozenset({CL}), **_ignored(H, C, CH, U, CL, X)},
-    "revoked": {R: frozenset({CL}), **_ignored(H, C, CH, U, CL, X)},
-    "stop": {**{s: frozenset({CL}) for s in (H, C, CH, U, R)}, **_ignored(CL, X)},
-    "connection_lost": {s: frozenset({X}) for s in _ALL},
-}
-
-
-def transitions_text() -> str:
-    """The state-changing transitions, one line per state and event (in the module's
-    docstring, where a test holds them to the table)."""
-    lines = []
-    for state in _ALL:
-        for event, moves in TRANSITIONS.items():
-            targets = moves.get(state, frozenset()) - {state}
-            if targets:
-                names = " | ".join(t.name for t in _ALL if t in targets)
-                lines.append(f"    {state.name} --{event}--> {names}")
-    return "\n".join(lines)
-
-
-class SessionStateError(Exception):
-    """An event where the table has no transition for it: a bug in the adapter."""
-
-
-def _event(method: Callable[..., list[Action]]) -> Callable[..., list[Action]]:
-    """Check an event method against TRANSITIONS: allowed in the state it finds, and
-    leaving the session in a state the table allows."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def checked(self: Session, *args: Any, **kwargs: Any) -> list[Action]:
-        before = self.state
-        allowed = TRANSITIONS[name].get(before)
-        if allowed is None:
-            raise SessionStateError(f"{name} in state {before.name}")
-        actions = method(self, *args, **kwargs)
-        if self.state not in allowed:
-            raise SessionStateError(f"{name} from {before.name} to {self.state.name}")
-        return actions
-
-    return checked
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -193,12 +112,12 @@ class Session:
 
     # -- events ------------------------------------------------------------------------
 
-    @_event
+    @checked
     def start(self) -> list[Action]:
         """The TCP connection was accepted; the TLS handshake begins."""
         return [StartTimer(self._limits.handshake_timeout, Timer.HANDSHAKE)]
 
-    @_event
+    @checked
     def handshake_done(
         self, pending_crl: Pending | None = None, refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:
@@ -214,7 +133,7 @@ class Session:
         self._reader = mqtt.ConnectReader(self._limits.max_packet_size)
         return [StartTimer(self._limits.connect_timeout, Timer.CONNECT)]
 
-    @_event
+    @checked
     def receive(self, data: bytes) -> list[Action]:
         """Bytes from the client (decrypted)."""
         state = self.state
@@ -232,7 +151,7 @@ class Session:
                 )
         return []
 
-    @_event
+    @checked
     def timer_fired(self, what: Timer) -> list[Action]:
         if self.state in (State.CLOSING, State.CLOSED):
             return []
@@ -242,7 +161,7 @@ class Session:
             CloseClient(abort=True),
         ]
 
-    @_event
+    @checked
     def crl_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
         """The held client's CRL was fetched (or the wait timed out): None admits it."""
         if self.state is not State.CRL_HOLD:
@@ -251,7 +170,7 @@ class Session:
             return self._open_upstream()
         return [*self._refuse(refusal, detail), *self._connack(mqtt.NOT_AUTHORIZED)]
 
-    @_event
+    @checked
     def upstream_connected(self) -> list[Action]:
         self.upstream_attempt = False
         self.upstream_open = True
@@ -264,7 +183,7 @@ class Session:
         self._pending_size = 0
         return [StartRelay(first)]
 
-    @_event
+    @checked
     def upstream_failed(self, detail: str) -> list[Action]:
         self.upstream_attempt = False
         if self.state is not State.UPSTREAM:
@@ -274,7 +193,7 @@ class Session:
             *self._connack(mqtt.SERVER_UNAVAILABLE),
         ]
 
-    @_event
+    @checked
     def upstream_lost(self, half: bool = False, why: str = "") -> list[Action]:
         """The broker closed (``half``: only its sending side; ``why``: how, for the log):
         flush what it sent to the client and close. The session's end is logged once the
@@ -287,13 +206,11 @@ class Session:
         self.ended_by = (Side.BROKER, why or "closed")
         return [CloseClient()]
 
-    @_event
+    @checked
     def revoked(self) -> list[Action]:
-        """A CRL update revoked this live session's certificate.
-
-        The gateway does not parse the relayed stream, so it cannot place an MQTT 5
-        DISCONNECT at a packet boundary; the session ends with a TLS close_notify.
-        """
+        """A CRL or OCSP update revoked this live session's certificate: both sides are
+        closed (the adapter's policy edge, where there is one, tells an MQTT 5 device
+        why first)."""
         if self.state is not State.RELAY:
             return []
         self.state = State.CLOSING
@@ -301,7 +218,7 @@ class Session:
         self.ended_by = (Reason.REVOKED, "certificate revoked by a revocation update")
         return [RevokedLive(), CloseUpstream(), CloseClient()]
 
-    @_event
+    @checked
     def stop(self, by: Reason, why: str) -> list[Action]:
         """The gateway ends this connection (``by``: shutdown, or reload when its listener
         was removed and the drain time is over). A relayed session is closed on both sides
@@ -319,7 +236,7 @@ class Session:
             actions.append(CancelUpstream())
         return actions + self._refuse_and_close(by, why)
 
-    @_event
+    @checked
     def connection_lost(
         self, why: str, handshake_refusal: tuple[Reason, str] | None = None
     ) -> list[Action]:
