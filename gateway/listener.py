@@ -38,7 +38,7 @@ class ListenerService(service.MultiService):
         build: Callable[[ListenerEvents], ListenerParts],
         role: IListenerRole,
         reactor: Any,
-        cooperator: task.Cooperator | None = None,
+        cooperator: task.Cooperator,
     ) -> None:
         """``build``: the listener's first parts, given what they are to tell it (a reload
         builds the next ones with the same ``events``)."""
@@ -54,7 +54,7 @@ class ListenerService(service.MultiService):
         self.reactor = reactor
         self.box = PartsBox(parts)
         self.stats = ListenerStats(parts.name)
-        cooperate = cooperator.cooperate if cooperator is not None else task.cooperate
+        cooperate = cooperator.cooperate
         self.creator = ServerConnectionCreator(lambda: self.box.parts.context)
         self.gate = Gate(parts.name, self.stats, parts.settings.limits, reactor)
         # TLS in a memory BIO, or on the socket (a TLSPort's transports; tls_io = socket,

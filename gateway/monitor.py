@@ -24,6 +24,7 @@ from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from gateway import timers
 from gateway.status import (
     Histogram,
     ListenerStatus,
@@ -116,24 +117,21 @@ class Monitor(service.Service):
             self._reactor, lambda poller, unit: TimedPoller(poller, self._busy, self._now, unit)
         )
         if self._restore is not None:
-            self._probe = task.LoopingCall(self._heartbeat)
-            self._probe.clock = self._reactor
-            self._probe.start(HEARTBEAT, now=False)
+            self._probe = timers.looping(self._heartbeat, self._reactor, "the heartbeat")
+            timers.start(self._probe, HEARTBEAT, "the heartbeat")
         else:
             self._expected = self._reactor.seconds() + PROBE_INTERVAL
-            self._probe = task.LoopingCall(self._tick)
-            self._probe.clock = self._reactor
-            self._probe.start(PROBE_INTERVAL, now=False)
-        self._report = task.LoopingCall(self.report)
-        self._report.clock = self._reactor
-        self._report.start(self._interval, now=False)
+            self._probe = timers.looping(self._tick, self._reactor, "the lag probe")
+            timers.start(self._probe, PROBE_INTERVAL, "the lag probe")
+        self._report = timers.looping(self.report, self._reactor, "the stats line")
+        timers.start(self._report, self._interval, "the stats line")
 
     def set_interval(self, interval: float) -> None:
         """A reload changed stats_log_interval: the next line comes ``interval`` from now."""
         self._interval = interval
         if self._report is not None and self._report.running:
             self._report.stop()
-            self._report.start(interval, now=False)
+            timers.start(self._report, interval, "the stats line")
 
     def stopService(self) -> None:
         super().stopService()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
+from twisted.logger import Logger
 
 from gateway.choices import FailurePolicy
 from gateway.clock import format_timestamp
@@ -16,6 +17,8 @@ from gateway.parts import ListenerParts
 from gateway.reasons import CrlVerdict
 from gateway.revocation.crl_cache import CrlCache
 from gateway.status import (
+    EXPIRY_CRITICAL_DAYS,
+    EXPIRY_WARNING_DAYS,
     BrokerStatus,
     CertificateStatus,
     ClientOcspStatus,
@@ -26,6 +29,8 @@ from gateway.status import (
     StatsSnapshot,
     is_ocsp_count,
 )
+
+log = Logger(namespace="gateway.service")
 
 
 def certificate_status(role: str, cert: x509.Certificate) -> CertificateStatus:
@@ -175,3 +180,33 @@ def refresh_report(listeners: Sequence[ListenerParts], fetches: bool) -> dict[st
             }
         out["listeners"][parts.name] = entry or "nothing to refresh"
     return out
+
+
+def gateway_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mqttgw")
+    except Exception:
+        return "dev"
+
+
+def log_expiring(listeners: Sequence[ListenerStatus], now: float) -> None:
+    """A warning line for each certificate of the gateway's own that expires within
+    EXPIRY_WARNING_DAYS (an error line within the critical days, or once expired)."""
+    for ls in listeners:
+        for cert in ls.certificates:
+            days = cert.days_left(now)
+            if days >= EXPIRY_WARNING_DAYS:
+                continue
+            level = log.error if days < EXPIRY_CRITICAL_DAYS else log.warn
+            level(
+                "certificate {role} of listener {listener} ({subject}, serial {serial}) "
+                "{when} {not_after}: renew it and reload",
+                role=cert.role,
+                listener=ls.stats.listener,
+                subject=cert.subject,
+                serial=cert.serial,
+                when="EXPIRED on" if days < 0 else f"expires in {days:.0f} days, on",
+                not_after=format_timestamp(cert.not_after),
+            )

@@ -13,7 +13,7 @@ of them is subclassed per role.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import defer, endpoints
@@ -196,10 +196,13 @@ class SingleProcess(Serving):
         self,
         reactor: IReactorTime,
         http: HttpFetcher,
+        cooperate: Callable[[Iterator[Any]], Any],
         processor: Any = None,
     ) -> None:
+        """``cooperate``: the process's cooperator's (its parts' long walks)."""
         self.reactor = reactor
         self.http = http
+        self.cooperate = cooperate
         self.processor = processor
 
     def revocation_source(
@@ -257,6 +260,7 @@ class SingleProcess(Serving):
             self.http,
             material.issuers,
             globals_.ocsp_cache_dir,
+            self.cooperate,
             on_revoked=on_revoked,
         )
 

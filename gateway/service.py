@@ -12,32 +12,28 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.application import service
-from twisted.application.internet import TimerService
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import sdnotify, signals
+from gateway import sdnotify, signals, timers
 from gateway.build import build_parts
-from gateway.clock import format_timestamp
 from gateway.config.values import format_bind
 from gateway.errors import GatewayError, describe_error
 from gateway.history import INTERVAL as HISTORY_INTERVAL
 from gateway.history import History
 from gateway.listener import ListenerService
 from gateway.monitor import Monitor
-from gateway.observe import refresh_report
+from gateway.observe import gateway_version, log_expiring, refresh_report
 from gateway.offload import off_reactor
 from gateway.ports import ADMIN, ListenError, PortService
 from gateway.prepare import Prepared, prepare
+from gateway.process import GatewayState, ProcessRole
 from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.revocation.fetch import HttpFetcher
-from gateway.roles import IListenerRole, SingleProcess, tcp_endpoint
+from gateway.roles import SingleProcess, tcp_endpoint
 from gateway.status import (
-    EXPIRY_CRITICAL_DAYS,
-    EXPIRY_WARNING_DAYS,
     GatewayStatus,
     ReloadStatus,
 )
@@ -47,30 +43,6 @@ log = Logger()
 
 LIVE_LIMIT = 5.0
 EXPIRY_CHECK_INTERVAL = 86400.0  # the certificates' expiry is logged at start and daily
-
-
-@attrs.frozen
-class ProcessRole:
-    """What the top of a process's tree is given: its listeners' role, whether it serves
-    the admin listener, answers signals and records reloads, and (a master) its workers:
-    a service with ``status()``, ``configure_all(prepared)`` and ``stop(drain)``."""
-
-    listeners: IListenerRole
-    admin: bool = True
-    signals: bool = True
-    logs_reloads: bool = True
-    stats_line: bool = True
-    workers: Any = None
-
-
-@attrs.define(eq=False)
-class GatewayState:
-    """What a process serves now: the configuration in force and its listeners. The
-    gateway service keeps it; a master's worker pool is given it to read (the listeners'
-    sockets and parts, the configuration each new worker starts with)."""
-
-    prepared: Prepared
-    listeners: dict[str, ListenerService] = attrs.Factory(dict)
 
 
 class GatewayService(service.MultiService):
@@ -110,23 +82,20 @@ class GatewayService(service.MultiService):
         )
         self.admin: PortService | None = None
         self.admin_resource: Any = None
-        self._ready_poll = TimerService(0.2, self._notify_when_ready)  # READY=1, once
-        self._ready_poll.clock = reactor
+        self._ready_poll = timers.every(0.2, self._notify_when_ready, reactor, "readiness")
         # Long walks (the live-session sweep after a CRL update) share one cooperator on this
         # reactor, in slices, so that a large listener never stalls the loop.
-        self.cooperator = task.Cooperator(
-            scheduler=lambda work: reactor.callLater(0, work), started=False
-        )
+        self.cooperator = role.cooperator or timers.paced_cooperator(reactor)
         for listener in self.config.listeners:
             self.add_listener(self.new_listener(prepared, listener.name))
         self.monitor.setServiceParent(self)
         self.history = History()
         if role.stats_line:  # the process operators read (one process, or the master)
-            sampler = TimerService(HISTORY_INTERVAL, self._record)
-            sampler.clock = reactor
-            sampler.setServiceParent(self)
-            expiry = TimerService(EXPIRY_CHECK_INTERVAL, self.check_certificates)
-            expiry.clock = reactor
+            history = timers.every(HISTORY_INTERVAL, self._record, reactor, "the history")
+            history.setServiceParent(self)
+            expiry = timers.every(
+                EXPIRY_CHECK_INTERVAL, self.check_certificates, reactor, "the expiry check"
+            )
             expiry.setServiceParent(self)
         self.set_admin(self.admin_port(prepared))
         if workers is not None:
@@ -230,7 +199,7 @@ class GatewayService(service.MultiService):
     def status(self) -> GatewayStatus:
         workers = self.role.workers
         return GatewayStatus(
-            version=_version(),
+            version=gateway_version(),
             config_path=self.config.path,
             started=self.started,
             now=self.reactor.seconds(),
@@ -243,34 +212,12 @@ class GatewayService(service.MultiService):
         )
 
     def check_certificates(self) -> None:
-        """At start and once a day: a warning line for each certificate of the gateway's own
-        that expires within EXPIRY_WARNING_DAYS (an error line within the critical days)."""
-        try:
-            now = self.reactor.seconds()
-            for ls in self.status().listeners:
-                for cert in ls.certificates:
-                    days = cert.days_left(now)
-                    if days >= EXPIRY_WARNING_DAYS:
-                        continue
-                    level = log.error if days < EXPIRY_CRITICAL_DAYS else log.warn
-                    level(
-                        "certificate {role} of listener {listener} ({subject}, serial {serial}) "
-                        "{when} {not_after}: renew it and reload",
-                        role=cert.role,
-                        listener=ls.stats.listener,
-                        subject=cert.subject,
-                        serial=cert.serial,
-                        when="EXPIRED on" if days < 0 else f"expires in {days:.0f} days, on",
-                        not_after=format_timestamp(cert.not_after),
-                    )
-        except Exception:
-            log.failure("checking certificate expiry failed")
+        """At start and once a day: a line for each certificate of the gateway's own that
+        expires soon (``observe.log_expiring``)."""
+        log_expiring(self.status().listeners, self.reactor.seconds())
 
     def _record(self) -> None:
-        try:
-            self.history.record(self.status())
-        except Exception:
-            log.failure("recording the status history failed")
+        self.history.record(self.status())
 
     def alive(self) -> tuple[bool, str]:
         """The reactor turns: the monitor's heartbeat (every second) ran within the last 5
@@ -433,15 +380,6 @@ class GatewayService(service.MultiService):
         return done.addCallback(applied)
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("mqttgw")
-    except Exception:
-        return "dev"
-
-
 def make_gateway_service(
     prepared: Prepared,
     reactor: Any,
@@ -451,8 +389,9 @@ def make_gateway_service(
     """The whole gateway in one process: one ListenerService per listener, the monitor, and
     the admin listener if configured. (With ``workers``, ``gateway.workers.master``.)"""
     http = HttpFetcher(http_agent or quiet_agent(reactor), reactor)
-    role = SingleProcess(reactor, http, crl_processor)
-    return GatewayService(prepared, reactor, ProcessRole(role))
+    cooperator = timers.paced_cooperator(reactor)
+    role = SingleProcess(reactor, http, cooperator.cooperate, crl_processor)
+    return GatewayService(prepared, reactor, ProcessRole(role, cooperator=cooperator))
 
 
-__all__ = ["GatewayService", "ProcessRole", "make_gateway_service"]
+__all__ = ["GatewayService", "make_gateway_service"]

@@ -35,9 +35,7 @@ class GatewayFactory(protocol.Factory):
         box: HoldsParts,
         reactor: IReactorTime,
         stats: ListenerStats,
-        cooperate: Callable[
-            [Iterator[None]], task.CooperativeTask[Iterator[None]]
-        ] = task.cooperate,
+        cooperate: Callable[[Iterator[None]], task.CooperativeTask[Iterator[None]]],
         on_closed: Callable[[ClientProtocol], None] | None = None,
     ) -> None:
         self.box = box

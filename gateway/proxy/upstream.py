@@ -25,7 +25,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import mqtt
+from gateway import mqtt, timers
 from gateway.choices import HealthCheck
 from gateway.config.model import UpstreamSettings
 from gateway.failures import plain_reason
@@ -259,7 +259,9 @@ class HealthChecker(TimerService):
     pool.check_ok or pool.failed with the reason. A check never fails (DeferredList)."""
 
     def __init__(self, connector: PoolConnector, listener: str) -> None:
-        super().__init__(connector.settings.check_interval, self.check_all)
+        super().__init__(
+            connector.settings.check_interval, timers.guarded(self.check_all, "a health check")
+        )
         self.clock = connector.reactor
         self.connector = connector
         self.name = f"upstream-check:{listener}"

@@ -19,16 +19,17 @@ import base64
 import collections
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 from cryptography import x509
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import timers
 from gateway.config.model import ClientOcspSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.offload import off_reactor
@@ -73,6 +74,7 @@ class OcspClient(service.Service):
         fetcher: Any,
         issuers: IssuerIndex,
         cache_dir: str | None,
+        cooperate: Callable[[Iterator[Any]], Any],
         remote: Callable[[OcspQuestion, float], defer.Deferred[bytes]] | None = None,
         on_revoked: Callable[[Key], None] = lambda key: None,
     ) -> None:
@@ -95,22 +97,19 @@ class OcspClient(service.Service):
         self._live: collections.Counter[Key] = collections.Counter()
         self.on_revoked = on_revoked  # an answer says a certificate is revoked
         self._path = os.path.join(cache_dir, f"{listener}.client-ocsp.json") if cache_dir else None
-        self._refresh = task.LoopingCall(self._refresh_live)
-        self._refresh.clock = reactor
-        self._persist = task.LoopingCall(self._write)
-        self._persist.clock = reactor
+        self._refresh = timers.looping(self._refresh_live, reactor, "the OCSP answers' refresh")
+        self._persist = timers.looping(self._write, reactor, "writing the OCSP answers")
         self.loaded: defer.Deferred[None] = defer.Deferred()
-        self.cooperate: Callable[[Any], Any] = task.cooperate  # restoring kept answers
+        self.cooperate = cooperate  # the process's cooperator's: restoring kept answers
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._refresh.start(
-            min(REFRESH_TICK, max(0.5, self.settings.refresh_interval / 2)), now=False
-        )
+        tick = min(REFRESH_TICK, max(0.5, self.settings.refresh_interval / 2))
+        timers.start(self._refresh, tick, "the OCSP answers' refresh")
         if self._path is not None:
-            self._persist.start(PERSIST_TICK, now=False)
+            timers.start(self._persist, PERSIST_TICK, "writing the OCSP answers")
             self._read().addBoth(lambda _: self.loaded.callback(None))
         else:
             self.loaded.callback(None)

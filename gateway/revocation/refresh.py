@@ -21,6 +21,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import timers
+
 log = Logger()
 
 TICK = 1.0  # seconds between checks of what is due; also the shortest delay
@@ -90,11 +92,8 @@ class RefreshScheduler:
             job.in_flight.cancel()
 
     def start(self) -> None:
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(TICK, now=False).addErrback(
-            lambda f: log.failure("refresh timer stopped", f)  # not expected: _tick catches all
-        )
+        self._loop = timers.looping(self._tick, self._clock, "the refresh timer")
+        timers.start(self._loop, TICK, "the refresh timer")
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:

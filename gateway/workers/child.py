@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,6 +28,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway import timers
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.files import FileRecord
@@ -35,12 +36,13 @@ from gateway.listener import ListenerService
 from gateway.parts import ListenerHandle
 from gateway.ports import PortService
 from gateway.prepare import prepare
+from gateway.process import ProcessRole
 from gateway.reports import ListenerReport, WorkerReport
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.ocsp_answers import OcspQuestion
 from gateway.revocation.ocsp_client import OcspClient
 from gateway.roles import IListenerRole, Serving, port_service
-from gateway.service import GatewayService, ProcessRole
+from gateway.service import GatewayService
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
 from gateway.workers.inbox import (
@@ -63,8 +65,9 @@ class WorkerRole(Serving):
     checks_brokers = True
     fetches = False  # the master fetches (and reports the sources)
 
-    def __init__(self, inbox: WorkerInbox) -> None:
+    def __init__(self, inbox: WorkerInbox, cooperate: Callable[[Iterator[Any]], Any]) -> None:
         self.inbox = inbox
+        self.cooperate = cooperate
 
     def revocation_source(
         self,
@@ -127,6 +130,7 @@ class WorkerRole(Serving):
             None,
             material.issuers,
             None,  # the master keeps the answers on disk
+            self.cooperate,
             remote=remote,
             on_revoked=on_revoked,
         )
@@ -222,12 +226,14 @@ class WorkerChannel(amp.AMP):
             return defer.succeed({"ok": False, "text": str(e)})
         gateway = self.worker.gateway
         if gateway is None:
+            cooperator = timers.paced_cooperator(self.worker.reactor)
             role = ProcessRole(
-                WorkerRole(self.worker),
+                WorkerRole(self.worker, cooperator.cooperate),
                 admin=False,
                 signals=False,
                 logs_reloads=False,
                 stats_line=False,
+                cooperator=cooperator,
             )
             gateway = GatewayService(prepared, self.worker.reactor, role)
             self.worker.gateway = gateway

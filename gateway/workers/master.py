@@ -15,16 +15,18 @@ from typing import Any
 
 from zope.interface import implementer
 
+from gateway import timers
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.parts import ListenerHandle
 from gateway.prepare import Prepared
+from gateway.process import GatewayState, ProcessRole
 from gateway.reports import merge_reports
 from gateway.revocation.crl_service import CrlCache, CrlService
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_client import OcspClient
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.roles import IListenerRole, SingleProcess
-from gateway.service import GatewayService, GatewayState, ProcessRole
+from gateway.service import GatewayService
 from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.twisted_native import quiet_agent
@@ -107,8 +109,10 @@ def make_master_service(prepared: Prepared, reactor: Any) -> GatewayService:
     state = GatewayState(prepared)
     workers = WorkerPool(reactor, state, worker_count(g.workers), g.worker_affinity)
     http = HttpFetcher(quiet_agent(reactor), reactor)
-    role = MasterRole(SingleProcess(reactor, http), workers)
-    return GatewayService(prepared, reactor, ProcessRole(role, workers=workers), state)
+    cooperator = timers.paced_cooperator(reactor)
+    role = MasterRole(SingleProcess(reactor, http, cooperator.cooperate), workers)
+    process = ProcessRole(role, workers=workers, cooperator=cooperator)
+    return GatewayService(prepared, reactor, process, state)
 
 
 __all__ = ["MasterRole", "make_master_service", "worker_count"]

@@ -15,19 +15,20 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.application.internet import TimerService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from gateway import timers
 from gateway.choices import Affinity
 from gateway.errors import describe_error
 from gateway.listener import ListenerService
 from gateway.parts import ListenerParts
 from gateway.prepare import Prepared
+from gateway.process import GatewayState
 from gateway.reports import WorkerReport
-from gateway.service import GatewayState
 from gateway.status import WorkerState, WorkerStatus
 from gateway.workers import commands as c
 from gateway.workers.channel import MasterAnswers, MasterChannel, OneProtocol, clip
@@ -91,8 +92,7 @@ class WorkerPool(service.MultiService):
         self._runtime: str | None = None
         self._owns_runtime = False
         # The workers' counters, gathered every second (Twisted's TimerService).
-        self._reports = TimerService(REPORT_INTERVAL, self._gather)
-        self._reports.clock = reactor
+        self._reports = timers.every(REPORT_INTERVAL, self._gather, reactor, "the workers' reports")
         self._reports.setServiceParent(self)
         self.generation = 0
         self.answers = MasterAnswers(self._parts, lambda name: self.publisher(name).flushed())

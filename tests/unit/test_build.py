@@ -34,7 +34,7 @@ EVENTS = ListenerEvents(
 
 def _role(reactor: MemoryReactorClock) -> SingleProcess:
     http = HttpFetcher(RequestTraversalAgent(Resource()), reactor)
-    return SingleProcess(reactor, http, InlineProcessor())
+    return SingleProcess(reactor, http, lambda work: None, InlineProcessor())
 
 
 def _build(p: support.Pki, reactor: MemoryReactorClock, opts: dict[str, str], previous=None):  # type: ignore[no-untyped-def]

@@ -132,7 +132,7 @@ def client_for(p: support.Pki, cache_dir: str | None = None, **extra: str) -> tu
     clock.advance(pki.now().timestamp())
     fetcher = Fetcher()
     issuers = IssuerIndex.of([p.root.cert, p.inter.cert])
-    client = OcspClient("t", settings_of(p, **extra), clock, fetcher, issuers, cache_dir)
+    client = OcspClient("t", settings_of(p, **extra), clock, fetcher, issuers, cache_dir, _run_all)
     checker = OcspChecker(
         client.settings, client.answers, issuers, client.ask, clock, tracker=client
     )
@@ -230,7 +230,6 @@ def test_kept_answers_serve_a_restart_while_the_responder_is_down(
     assert os.path.exists(os.path.join(directory, "t.client-ocsp.json"))
     clock2, fetcher2, client2, checker2 = client_for(p, directory)
     clock2.advance(120)  # the short answer's nextUpdate has passed
-    client2.cooperate = _run_all
     client2._read()  # noqa: SLF001 (what the start runs)
     assert checker2.status(checker2.question(good, good.serial_number)) == "good"
     assert checker2.status(checker2.question(short, short.serial_number)) is OcspVerdict.PENDING

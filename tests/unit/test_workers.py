@@ -20,13 +20,13 @@ from gateway.choices import Affinity
 from gateway.config.values import format_workers, parse_workers
 from gateway.demo import pki
 from gateway.prepare import prepare
+from gateway.process import GatewayState
 from gateway.reports import merge_stats, stats_from_dict
 from gateway.revocation import worker
 from gateway.revocation.crl import CrlError, decode_answer
 from gateway.revocation.crl_service import CrlCache
 from gateway.revocation.process import encode_request
 from gateway.revocation.snapshot import decode_snapshot, encode_snapshot
-from gateway.service import GatewayState
 from gateway.status import HistogramSnapshot, StatsSnapshot
 from gateway.workers.sockets import bind_group, close_all, steer_by_address
 from tests.unit.test_crl_core import make_crl, pem

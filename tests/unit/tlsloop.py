@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.internet import protocol
+from twisted.internet import protocol, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.ssl import (
     Certificate,
@@ -143,7 +143,7 @@ class Listener:
         stats = ListenerStats(config.name)
         context = build_context(config.name, config.tls, material, CertificateVerifier())
         creator = ServerConnectionCreator(lambda: context)
-        gateway = GatewayFactory(Box(Parts(config, upstream)), reactor, stats)
+        gateway = GatewayFactory(Box(Parts(config, upstream)), reactor, stats, task.cooperate)
         return cls(
             config,
             material,
