@@ -22,7 +22,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         # A configuration error is not a usage error: print the one line that names
-        # file, line, key and reason, and exit non-zero before anything listens.
+        # file, line, key and reason, and exit non-zero before anything listens. (twistd
+        # answers a UsageError with its whole help text and exit status 0.)
         try:
             self["prepared"] = prepare(self["config"])
         except ConfigError as e:
@@ -36,18 +37,20 @@ def makeService(options: Options) -> service.MultiService:
     from gateway.service import make_gateway_service
     from gateway.workers.master import make_master_service, worker_count
 
-    _one_line_start_errors()
+    _one_line_start_errors(reactor)
     prepared = options["prepared"]
     if worker_count(prepared.config.globals.workers) > 1:
         return make_master_service(prepared, reactor)
     return make_gateway_service(prepared, reactor)
 
 
-def _one_line_start_errors() -> None:
+def _one_line_start_errors(reactor: Any) -> None:
     """An error of mqttgw's own that stops the start after the options were read (a port
-    that cannot be bound) reaches the top of twistd as an exception: print its one line,
+    that cannot be bound, in ``privilegedStartService``: twistd calls it outside anything
+    that could catch it) reaches the top of twistd as an exception: print its one line,
     not a traceback, to the real standard error (twistd's logging has taken over
-    ``sys.stderr``) and to the log. twistd has already removed its pid file; exit status 1."""
+    ``sys.stderr``) and to the log. twistd has already removed its pid file; exit status 1.
+    For the start only: once the reactor runs, the previous hook is back."""
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
@@ -61,6 +64,12 @@ def _one_line_start_errors() -> None:
             previous(kind, value, tb)
 
     sys.excepthook = hook
+
+    def restore() -> None:
+        if sys.excepthook is hook:
+            sys.excepthook = previous
+
+    reactor.callWhenRunning(restore)
 
 
 __all__ = ["Options", "makeService"]

@@ -11,6 +11,12 @@ when a Twisted release changes what it relies on.
   line for every fetch. ``HTTPConnectionPool`` takes no factory argument and the line comes from
   its private ``_HTTP11ClientFactory``; twistd owns the log observers, so it cannot be
   filtered out before they see it.
+- ``SocketServer``: the base of ``tls.socket_tls.TLSServer`` (``tls_io = socket``), a
+  ``tcp.Server`` whose bytes OpenSSL reads and writes on the socket. Two hooks of Twisted's
+  connection have no public name: ``tcp.Connection._dataReceived`` (bytes read, to the
+  protocol, with the return value that ends the connection) is called as ``deliver``, and
+  ``FileDescriptor._postLoseConnection`` (everything written: now close) is overridden as
+  ``after_last_write``, where TLS sends its close_notify.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import select
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 
-def time_poller(reactor: object, wrap: Callable[[Any, float], Any]) -> Callable[[], None] | None:
+def time_poller(reactor: Any, wrap: Callable[[Any, float], Any]) -> Callable[[], None] | None:
     """Replace the reactor's poller by ``wrap(poller, unit)`` (``unit``: seconds per unit
     of the poller's timeout, 1 for epoll, 0.001 for poll). Returns the function that gives
     the reactor its poller back, or None where the reactor has no poller (a test's Clock,
@@ -33,11 +40,11 @@ def time_poller(reactor: object, wrap: Callable[[Any, float], Any]) -> Callable[
         return None
     unit = 1.0 if isinstance(poller, getattr(select, "epoll", ())) else 0.001
     timed = wrap(poller, unit)
-    reactor._poller = timed  # type: ignore[attr-defined]
+    reactor._poller = timed
 
     def restore() -> None:
         if getattr(reactor, "_poller", None) is timed:
-            reactor._poller = poller  # type: ignore[attr-defined]
+            reactor._poller = poller
 
     return restore
 
@@ -51,3 +58,19 @@ def quiet_agent(reactor: IReactorTime) -> Agent:
     pool = HTTPConnectionPool(reactor, persistent=False)
     pool._factory = _QuietHTTP11ClientFactory
     return Agent(reactor, pool=pool)
+
+
+class SocketServer(tcp.Server):
+    """``tcp.Server`` with its two private hooks under public names (see the docstring)."""
+
+    def deliver(self, data: bytes) -> Any:
+        """Bytes read from the socket, to the protocol (what ``doRead`` does with them)."""
+        return self._dataReceived(data)
+
+    def after_last_write(self) -> Any:
+        """Everything written after ``loseConnection``: what to do now (None: wait for the
+        socket again; a reason: close). By default, close."""
+        return super()._postLoseConnection()
+
+    def _postLoseConnection(self) -> Any:
+        return self.after_last_write()

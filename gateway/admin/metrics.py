@@ -9,7 +9,6 @@ and error kind, OCSP status; never a client address, id or certificate.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,20 +18,24 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gateway.reasons import Reason
-from gateway.status import GatewayStatus, HistogramSnapshot
+from gateway.admin.metrics_revocation import buckets as _buckets
+from gateway.admin.metrics_revocation import family as _family
+from gateway.admin.metrics_revocation import revocation as _revocation
+from gateway.reasons import Reason, Side
+from gateway.status import GatewayStatus
 
 # Every refusal reason the gateway has (``gateway.reasons.Reason``), exported at 0 before it
 # first happens, so that rate() and alerts work from the start.
 REASONS = tuple(reason.value for reason in Reason)
-CLOSED_BY = ("client", "broker", "revoked", "shutdown", "reload")
-OCSP_STATUSES = ("good", "revoked", "none")
-
-
-def _buckets(h: HistogramSnapshot) -> list[tuple[str, float]]:
-    out = [(repr(float(b)), float(c)) for b, c in zip(h.bounds, h.cumulative, strict=False)]
-    out.append(("+Inf", float(h.count)))
-    return out
+# Who ends sessions most: the device, the broker, the gateway's revocation, stops and reloads
+# (the other reasons appear once they happen).
+CLOSED_BY = (
+    Side.CLIENT.value,
+    Side.BROKER.value,
+    Reason.REVOKED.value,
+    Reason.SHUTDOWN.value,
+    Reason.RELOAD.value,
+)
 
 
 class GatewayCollector(Collector):
@@ -46,10 +49,6 @@ class GatewayCollector(Collector):
         yield from _connections(status)
         yield from _revocation(status)
         yield from _process(status)
-
-
-def _family(kind: type, name: str, doc: str, labels: list[str], **kw: Any) -> Any:
-    return kind(name, doc, labels=labels, **kw)
 
 
 def _connections(status: GatewayStatus) -> Iterator[Metric]:
@@ -198,148 +197,6 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
             broker_active.add_metric(labels, b.active)
             broker_failures.add_metric(labels, b.failures)
     yield from (broker_up, broker_active, broker_failures)
-
-
-def _revocation(status: GatewayStatus) -> Iterator[Metric]:
-    src_labels = ["listener", "url"]
-    crl_labels = ["listener", "url", "issuer"]
-    entries = _family(
-        GaugeMetricFamily, "mqttgw_crl_entries", "Revoked serials in the CRL.", crl_labels
-    )
-    this_update = _family(
-        GaugeMetricFamily,
-        "mqttgw_crl_this_update_timestamp_seconds",
-        "thisUpdate of the CRL held.",
-        crl_labels,
-    )
-    next_update = _family(
-        GaugeMetricFamily,
-        "mqttgw_crl_next_update_timestamp_seconds",
-        "nextUpdate of the CRL held (alert when time() passes it).",
-        crl_labels,
-    )
-    success = _family(
-        GaugeMetricFamily,
-        "mqttgw_crl_last_success_timestamp_seconds",
-        "Last fetch that gave a valid CRL (0: never).",
-        src_labels,
-    )
-    failure = _family(
-        GaugeMetricFamily,
-        "mqttgw_crl_last_failure_timestamp_seconds",
-        "Last failed fetch (0: never).",
-        src_labels,
-    )
-    failures = _family(
-        CounterMetricFamily,
-        "mqttgw_crl_fetch_failures",
-        "Failed CRL fetches, by kind (connect, timeout, http_status, too_large, garbage, ...).",
-        ["listener", "url", "kind"],
-    )
-    ocsp_status = _family(
-        GaugeMetricFamily,
-        "mqttgw_ocsp_status",
-        "1 for the status of the staple held (good, revoked, none).",
-        ["listener", "status"],
-    )
-    ocsp_next = _family(
-        GaugeMetricFamily,
-        "mqttgw_ocsp_next_update_timestamp_seconds",
-        "nextUpdate of the staple held (0: none).",
-        ["listener"],
-    )
-    staples = _family(
-        CounterMetricFamily,
-        "mqttgw_ocsp_staples_sent",
-        "Handshakes that received the staple.",
-        ["listener"],
-    )
-    ocsp_failures = _family(
-        CounterMetricFamily,
-        "mqttgw_ocsp_refresh_failures",
-        "Failed OCSP refreshes, by kind.",
-        ["listener", "kind"],
-    )
-    for ls in status.listeners:
-        name = ls.stats.listener
-        if ls.crl is not None:
-            for src in ls.crl.sources:
-                for crl in src.crls:
-                    labels = [name, src.url, crl.issuer]
-                    entries.add_metric(labels, crl.entries)
-                    this_update.add_metric(labels, crl.this_update)
-                    if crl.next_update is not None:
-                        next_update.add_metric(labels, crl.next_update)
-                success.add_metric([name, src.url], src.last_success or 0)
-                failure.add_metric([name, src.url], src.last_failure or 0)
-                for kind, count in sorted(src.failure_kinds.items()):
-                    failures.add_metric([name, src.url, kind], count)
-        if ls.ocsp is not None:
-            o = ls.ocsp
-            held = o.status or "none"
-            for st in OCSP_STATUSES:
-                ocsp_status.add_metric([name, st], 1 if st == held else 0)
-            ocsp_next.add_metric([name], o.next_update or 0)
-            staples.add_metric([name], o.staples_sent)
-            for kind, count in sorted(o.failure_kinds.items()):
-                ocsp_failures.add_metric([name, kind], count)
-    yield from (entries, this_update, next_update, success, failure, failures)
-    yield from (ocsp_status, ocsp_next, staples, ocsp_failures)
-    yield from _client_ocsp(status)
-
-
-def _client_ocsp(status: GatewayStatus) -> Iterator[Metric]:
-    answers = _family(
-        GaugeMetricFamily,
-        "mqttgw_client_ocsp_answers",
-        "OCSP answers about client certificates held, by status (good, revoked, unknown).",
-        ["listener", "status"],
-    )
-    oldest = _family(
-        GaugeMetricFamily,
-        "mqttgw_client_ocsp_oldest_answer_timestamp_seconds",
-        "thisUpdate of the oldest answer held (0: none).",
-        ["listener"],
-    )
-    lookups = _family(
-        CounterMetricFamily,
-        "mqttgw_client_ocsp_lookups",
-        "Handshake-time lookups: hit (an answer held decided), miss (the responder was asked).",
-        ["listener", "result"],
-    )
-    requests = _family(
-        CounterMetricFamily,
-        "mqttgw_client_ocsp_requests",
-        "Requests to each OCSP responder about client certificates.",
-        ["listener", "responder"],
-    )
-    failures = _family(
-        CounterMetricFamily,
-        "mqttgw_client_ocsp_failures",
-        "Requests that gave no valid answer (connect, timeout, HTTP error, bad answer).",
-        ["listener", "responder"],
-    )
-    in_flight = _family(
-        GaugeMetricFamily,
-        "mqttgw_client_ocsp_in_flight",
-        "Requests in flight to each responder (at most ocsp_client_max_requests).",
-        ["listener", "responder"],
-    )
-    for ls in status.listeners:
-        c = ls.client_ocsp
-        if c is None:
-            continue
-        name = ls.stats.listener
-        for st in ("good", "revoked", "unknown"):
-            answers.add_metric([name, st], c.by_status.get(st, 0))
-        oldest.add_metric([name], c.oldest or 0)
-        lookups.add_metric([name, "hit"], c.hits)
-        lookups.add_metric([name, "miss"], c.misses)
-        for r in c.responders:
-            requests.add_metric([name, r.url], r.requests)
-            failures.add_metric([name, r.url], r.failures)
-            in_flight.add_metric([name, r.url], r.in_flight)
-    yield from (answers, oldest, lookups, requests, failures, in_flight)
 
 
 def _process(status: GatewayStatus) -> Iterator[Metric]:

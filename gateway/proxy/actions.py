@@ -29,7 +29,7 @@ _TIMEOUTS = {Timer.HANDSHAKE: Reason.HANDSHAKE_TIMEOUT, Timer.CONNECT: Reason.CO
 class State(enum.Enum):
     HANDSHAKE = "handshake"  # TLS in progress, bounded by handshake_timeout
     CONNECT = "connect"  # reading the client's CONNECT, bounded by connect_timeout
-    CRL_HOLD = "crl_hold"  # CONNECT held while the leaf's CRL is fetched
+    REVOCATION_HOLD = "revocation_hold"  # CONNECT held: the leaf's CRL fetched, OCSP asked
     UPSTREAM = "upstream"  # CONNECT valid; the broker connection is opening
     RELAY = "relay"  # bytes flow untouched both ways
     CLOSING = "closing"  # the gateway is closing the connection
@@ -76,8 +76,9 @@ class CancelUpstream:
 
 
 @attrs.frozen
-class HoldForCrl:
-    """Fetch the leaf's CRL; report ``crl_decided`` (always, also on timeout)."""
+class HoldForRevocation:
+    """Wait for what revocation checking still needs (the leaf's CRL fetched, the OCSP
+    responder's answer); report ``revocation_decided`` (always, also on timeout)."""
 
     pending: Pending
 
@@ -135,7 +136,7 @@ Action = (
     | PauseClient
     | OpenUpstream
     | CancelUpstream
-    | HoldForCrl
+    | HoldForRevocation
     | StartRelay
     | SendToClient
     | SendToUpstream

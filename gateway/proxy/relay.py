@@ -195,8 +195,8 @@ class ClientProtocol(protocol.Protocol):
         self._timer = None
         self._run(self.session.timer_fired(what))
 
-    def _crl_decided(self, verdict: tuple[Reason | None, str]) -> None:
-        self._run(self.session.crl_decided(*verdict))
+    def _revocation_decided(self, verdict: tuple[Reason | None, str]) -> None:
+        self._run(self.session.revocation_decided(*verdict))
 
     # -- actions -----------------------------------------------------------------------
 
@@ -227,8 +227,8 @@ class ClientProtocol(protocol.Protocol):
         if cancel is not None:
             cancel()
 
-    def _on_hold_for_crl(self, action: S.HoldForCrl) -> None:
-        self._hold_for_crl(action.pending)
+    def _on_hold_for_revocation(self, action: S.HoldForRevocation) -> None:
+        self._hold_for_revocation(action.pending)
 
     def _on_start_relay(self, action: S.StartRelay) -> None:
         self._start_relay(action.first)
@@ -292,7 +292,7 @@ class ClientProtocol(protocol.Protocol):
         self.factory.stats.refuse(refusal.reason)
         self.record.refused(refusal.reason, refusal.detail)
 
-    def _hold_for_crl(self, pending: Pending) -> None:
+    def _hold_for_revocation(self, pending: Pending) -> None:
         revocation = self.factory.revocation
         assert revocation is not None  # a pending decision comes only from the checker
         waits = []
@@ -301,7 +301,7 @@ class ClientProtocol(protocol.Protocol):
         if pending.ocsp:
             waits.append("the OCSP responder answers")
         self.record.holding(" and ".join(waits))
-        revocation.decide_later(pending).addCallback(self._crl_decided).addErrback(
+        revocation.decide_later(pending).addCallback(self._revocation_decided).addErrback(
             lambda f: log.failure("revocation hold failed", f)
         )
 
@@ -388,7 +388,7 @@ _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
     S.PauseClient: ClientProtocol._on_pause_client,
     S.OpenUpstream: ClientProtocol._on_open_upstream,
     S.CancelUpstream: ClientProtocol._on_cancel_upstream,
-    S.HoldForCrl: ClientProtocol._on_hold_for_crl,
+    S.HoldForRevocation: ClientProtocol._on_hold_for_revocation,
     S.StartRelay: ClientProtocol._on_start_relay,
     S.SendToClient: ClientProtocol._on_send_to_client,
     S.SendToUpstream: ClientProtocol._on_send_to_upstream,

@@ -15,15 +15,15 @@ there too but not below):
     HANDSHAKE --timer_fired--> CLOSING
     HANDSHAKE --stop--> CLOSING
     HANDSHAKE --connection_lost--> CLOSED
-    CONNECT --receive--> CRL_HOLD | UPSTREAM | CLOSING
+    CONNECT --receive--> REVOCATION_HOLD | UPSTREAM | CLOSING
     CONNECT --timer_fired--> CLOSING
     CONNECT --stop--> CLOSING
     CONNECT --connection_lost--> CLOSED
-    CRL_HOLD --receive--> CLOSING
-    CRL_HOLD --timer_fired--> CLOSING
-    CRL_HOLD --crl_decided--> UPSTREAM | CLOSING
-    CRL_HOLD --stop--> CLOSING
-    CRL_HOLD --connection_lost--> CLOSED
+    REVOCATION_HOLD --receive--> CLOSING
+    REVOCATION_HOLD --timer_fired--> CLOSING
+    REVOCATION_HOLD --revocation_decided--> UPSTREAM | CLOSING
+    REVOCATION_HOLD --stop--> CLOSING
+    REVOCATION_HOLD --connection_lost--> CLOSED
     UPSTREAM --receive--> CLOSING
     UPSTREAM --timer_fired--> CLOSING
     UPSTREAM --upstream_connected--> RELAY
@@ -38,7 +38,7 @@ there too but not below):
     CLOSING --connection_lost--> CLOSED
 
 Invariant: nothing reaches the broker before the client certificate has been verified and a
-complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT or CRL_HOLD).
+complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT or REVOCATION_HOLD).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from gateway.proxy.actions import (
     CancelUpstream,
     CloseClient,
     CloseUpstream,
-    HoldForCrl,
+    HoldForRevocation,
     OpenUpstream,
     PauseClient,
     Refuse,
@@ -141,7 +141,7 @@ class Session:
             return [SendToUpstream(data)]
         if state is State.CONNECT:
             return self._read_connect(data)
-        if state in (State.UPSTREAM, State.CRL_HOLD):
+        if state in (State.UPSTREAM, State.REVOCATION_HOLD):
             # The TLS layer may deliver records decrypted from the same read after a pause.
             self._pending.append(data)
             self._pending_size += len(data)
@@ -162,9 +162,9 @@ class Session:
         ]
 
     @checked
-    def crl_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
+    def revocation_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
         """The held client's CRL was fetched (or the wait timed out): None admits it."""
-        if self.state is not State.CRL_HOLD:
+        if self.state is not State.REVOCATION_HOLD:
             return []
         if refusal is None:
             return self._open_upstream()
@@ -304,8 +304,8 @@ class Session:
         self._reader = None
         actions: list[Action] = [CancelTimer(), PauseClient()]
         if self._pending_crl is not None:
-            self.state = State.CRL_HOLD
-            return [*actions, HoldForCrl(self._pending_crl)]
+            self.state = State.REVOCATION_HOLD
+            return [*actions, HoldForRevocation(self._pending_crl)]
         return [*actions, *self._open_upstream()]
 
 
@@ -316,7 +316,7 @@ __all__ = [
     "CancelUpstream",
     "CloseClient",
     "CloseUpstream",
-    "HoldForCrl",
+    "HoldForRevocation",
     "OpenUpstream",
     "PauseClient",
     "Refuse",

@@ -11,17 +11,17 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.proxy.actions import State
 
-HANDSHAKE, CONNECT, CRL_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED = (
+HANDSHAKE, CONNECT, REVOCATION_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED = (
     State.HANDSHAKE,
     State.CONNECT,
-    State.CRL_HOLD,
+    State.REVOCATION_HOLD,
     State.UPSTREAM,
     State.RELAY,
     State.CLOSING,
     State.CLOSED,
 )
-_ORDER = (HANDSHAKE, CONNECT, CRL_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED)
-_OPEN = (HANDSHAKE, CONNECT, CRL_HOLD, UPSTREAM, RELAY)  # before the gateway closes it
+_ORDER = (HANDSHAKE, CONNECT, REVOCATION_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED)
+_OPEN = (HANDSHAKE, CONNECT, REVOCATION_HOLD, UPSTREAM, RELAY)  # before the gateway closes it
 
 
 def _ignored(*states: State) -> dict[State, frozenset[State]]:
@@ -43,13 +43,16 @@ TRANSITIONS: dict[str, dict[State, frozenset[State]]] = {
         **_ignored(*_except(HANDSHAKE)),
     },
     "receive": {
-        CONNECT: frozenset({CONNECT, UPSTREAM, CRL_HOLD, CLOSING}),
+        CONNECT: frozenset({CONNECT, UPSTREAM, REVOCATION_HOLD, CLOSING}),
         UPSTREAM: frozenset({UPSTREAM, CLOSING}),
-        CRL_HOLD: frozenset({CRL_HOLD, CLOSING}),
+        REVOCATION_HOLD: frozenset({REVOCATION_HOLD, CLOSING}),
         **_ignored(HANDSHAKE, RELAY, CLOSING, CLOSED),
     },
     "timer_fired": {**{s: frozenset({CLOSING}) for s in _OPEN}, **_ignored(CLOSING, CLOSED)},
-    "crl_decided": {CRL_HOLD: frozenset({UPSTREAM, CLOSING}), **_ignored(*_except(CRL_HOLD))},
+    "revocation_decided": {
+        REVOCATION_HOLD: frozenset({UPSTREAM, CLOSING}),
+        **_ignored(*_except(REVOCATION_HOLD)),
+    },
     "upstream_connected": {UPSTREAM: frozenset({RELAY}), **_ignored(*_except(UPSTREAM))},
     "upstream_failed": {UPSTREAM: frozenset({CLOSING}), **_ignored(*_except(UPSTREAM))},
     "upstream_lost": {RELAY: frozenset({CLOSING}), **_ignored(*_except(RELAY))},

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -310,11 +309,6 @@ def s_client(
 
 def run(cmd: list[str], timeout: float = 20, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def children_stopped(processes: Iterator[Process]) -> None:
-    for p in processes:
-        p.stop()
 
 
 @attrs.define

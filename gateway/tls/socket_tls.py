@@ -36,11 +36,13 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
+from gateway.twisted_native import SocketServer
+
 # Decrypted bytes at most one doRead delivers before letting other connections run.
 READ_BUDGET = 256 * 1024
 
 
-class TLSServer(tcp.Server):
+class TLSServer(SocketServer):
     """A server-side TCP connection whose bytes OpenSSL reads and writes on the socket."""
 
     tls: Any = None  # the SSL.Connection (a GatewayConnection) over self.socket
@@ -103,7 +105,7 @@ class TLSServer(tcp.Server):
                 tcp.Server.startWriting(self)
                 tcp.Server.stopReading(self)
             except (SSL.ZeroReturnError, SSL.SysCallError):
-                self._dataReceived(b"".join(chunks))  # what came before the end first
+                self.deliver(b"".join(chunks))  # what came before the end first
                 raise
             data = b"".join(chunks)
         except SSL.WantReadError:
@@ -120,7 +122,7 @@ class TLSServer(tcp.Server):
             return main.CONNECTION_DONE if e.args and e.args[0] == -1 else main.CONNECTION_LOST
         except SSL.Error as e:
             return e  # a failed handshake: the reason the protocol sees
-        return self._dataReceived(data)
+        return self.deliver(data)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class TLSServer(tcp.Server):
 
     # -- closing --------------------------------------------------------------------------
 
-    def _postLoseConnection(self) -> Any:
+    def after_last_write(self) -> Any:
         """Everything written: send close_notify (once the socket takes it), then close."""
         if not self.handshake_done:
             return main.CONNECTION_DONE

@@ -70,7 +70,7 @@ class GatewayConnection(SSL.Connection):
         self.verification = verification
 
 
-class Revocation(Protocol):
+class HandshakeRevocation(Protocol):
     """What the verifier asks of revocation checking (``RevocationChecker``)."""
 
     def check(
@@ -103,7 +103,7 @@ class CertificateVerifier:
     fail the handshake confusingly): they are logged and the certificate refused.
     """
 
-    def __init__(self, revocation: Revocation | None = None) -> None:
+    def __init__(self, revocation: HandshakeRevocation | None = None) -> None:
         self.revocation = revocation
         # One bytes object per issuer name, shared by every connection's recorded chain
         # (a verified chain's issuers are the CA bundle's: few). Bounded all the same.

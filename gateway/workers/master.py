@@ -31,7 +31,8 @@ from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.twisted_native import quiet_agent
 from gateway.workers.group import SocketGroupService
-from gateway.workers.pool import WorkerPool, current_staple
+from gateway.workers.pool import WorkerPool
+from gateway.workers.slots import current_staple
 from gateway.workers.sockets import usable_cpus
 
 

@@ -10,10 +10,8 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 from typing import Any
 
-import attrs
 from twisted.application import service
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error
@@ -35,6 +33,7 @@ from gateway.workers.channel import MasterAnswers, MasterChannel, OneProtocol, c
 from gateway.workers.group import SocketGroupService
 from gateway.workers.logrelay import WorkerProcess
 from gateway.workers.publisher import CrlPublisher
+from gateway.workers.slots import WorkerSlot, current_staple, runtime_directory, signal_process
 
 log = Logger()
 
@@ -45,32 +44,6 @@ RESTART_RESET = 60.0  # a worker that lived this long restarts after RESTART_FIR
 restart_delay = backoffPolicy(RESTART_FIRST, RESTART_MAX, 2.0, jitter=lambda: 0.0)
 REPORT_INTERVAL = 1.0  # how often the master gathers its workers' counters
 STOP_MARGIN = 5.0  # after the shutdown drain, then a worker still running is killed
-
-
-def current_staple(parts: ListenerParts) -> bytes:
-    """The DER of the staple a master's listener holds now (b"": none)."""
-    stapler = parts.stapler
-    current = stapler.current if stapler is not None else None
-    return current.der if current is not None else b""
-
-
-@attrs.define(eq=False)
-class WorkerSlot:
-    index: int
-    process: Any = None
-    channel: MasterChannel | None = None
-    pid: int | None = None
-    state: WorkerState = WorkerState.STARTING
-    restarts: int = 0
-    failures: int = 0  # consecutive short lives (the backoff)
-    started: float | None = None
-    report: WorkerReport | None = None
-    sent: set[tuple[str, str, int]] = attrs.Factory(set)  # sockets this process has
-    last_exit: str | None = None
-    timer: Any = None
-    ended: defer.Deferred[None] | None = None
-    # What is sent to this process goes in turn (a reload during its start waits).
-    turn: defer.DeferredLock = attrs.Factory(defer.DeferredLock)
 
 
 class WorkerPool(service.MultiService):
@@ -107,15 +80,9 @@ class WorkerPool(service.MultiService):
         return self._publishers[listener]
 
     def runtime_dir(self) -> str:
-        """Where the CRL snapshots go: systemd's RUNTIME_DIRECTORY, else a private directory
-        of our own (in /dev/shm where it exists: memory, never a disk)."""
+        """Where the CRL snapshots go (``slots.runtime_directory``), made when first asked."""
         if self._runtime is None:
-            given = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-            if given and os.path.isdir(given):
-                self._runtime = tempfile.mkdtemp(prefix="mqttgw-", dir=given)
-            else:
-                shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-                self._runtime = tempfile.mkdtemp(prefix="mqttgw-", dir=shm)
+            self._runtime = runtime_directory()
             self._owns_runtime = True
         return self._runtime
 
@@ -182,14 +149,14 @@ class WorkerPool(service.MultiService):
                 slot.timer.cancel()
             if slot.process is not None and slot.ended is not None:
                 waits.append(slot.ended)
-                _signal(slot.process, "TERM")
+                signal_process(slot.process, "TERM")
         done = defer.gatherResults(waits, consumeErrors=True)
 
         def kill() -> None:
             for slot in self.slots:
                 if slot.process is not None:
                     log.warn("worker {index} did not stop in time: killed", index=slot.index)
-                    _signal(slot.process, "KILL")
+                    signal_process(slot.process, "KILL")
 
         timer = self.reactor.callLater(drain + STOP_MARGIN, kill)
         done.addBoth(lambda _: timer.active() and timer.cancel())
@@ -338,7 +305,7 @@ class WorkerPool(service.MultiService):
                 log.error(
                     "worker {index} could not start: {text}", index=slot.index, text=answer["text"]
                 )
-                _signal(slot.process, "KILL")
+                signal_process(slot.process, "KILL")
 
         def failed(reason: Failure) -> None:
             if slot.process is not None:
@@ -347,7 +314,7 @@ class WorkerPool(service.MultiService):
                     index=slot.index,
                     error=describe_error(reason.value),
                 )
-                _signal(slot.process, "KILL")
+                signal_process(slot.process, "KILL")
 
         d.addCallbacks(answered, failed)
 
@@ -367,7 +334,7 @@ class WorkerPool(service.MultiService):
                         index=slot.index,
                         text=answer.get("text"),
                     )
-                    _signal(slot.process, "TERM")
+                    signal_process(slot.process, "TERM")
 
             runs.append(d.addCallback(answered).addErrback(lambda _: None))
         return defer.gatherResults(runs)
@@ -410,12 +377,3 @@ class WorkerPool(service.MultiService):
             pass  # a worker going away: its next life reports again
         except Exception:
             log.failure("worker {index}: its report could not be read", index=slot.index)
-
-
-def _signal(process: Any, name: str) -> None:
-    if process is None:
-        return
-    try:
-        process.signalProcess(name)
-    except (error.ProcessExitedAlready, OSError):
-        pass

@@ -155,11 +155,11 @@ def test_crl_hold_admits_or_refuses() -> None:
         assert session.receive(connect_packet("held")) == [
             S.CancelTimer(),
             S.PauseClient(),
-            S.HoldForCrl(PENDING),
+            S.HoldForRevocation(PENDING),
         ]
-        assert session.state is S.State.CRL_HOLD
-        assert session.crl_decided(refusal, "after fetching") == expected
-        assert session.crl_decided(None, "twice") == []  # only the first verdict counts
+        assert session.state is S.State.REVOCATION_HOLD
+        assert session.revocation_decided(refusal, "after fetching") == expected
+        assert session.revocation_decided(None, "twice") == []  # only the first verdict counts
 
 
 def test_too_much_data_before_relay() -> None:
@@ -294,8 +294,8 @@ _EVENTS = {
     "receive_bytes": lambda s: s.receive(b"\x00" * 10),
     "timer_handshake": lambda s: s.timer_fired(S.Timer.HANDSHAKE),
     "timer_connect": lambda s: s.timer_fired(S.Timer.CONNECT),
-    "crl_admit": lambda s: s.crl_decided(None, "fetched"),
-    "crl_refuse": lambda s: s.crl_decided(Reason.REVOKED, "fetched"),
+    "crl_admit": lambda s: s.revocation_decided(None, "fetched"),
+    "crl_refuse": lambda s: s.revocation_decided(Reason.REVOKED, "fetched"),
     "upstream_connected": lambda s: s.upstream_connected(),
     "upstream_failed": lambda s: s.upstream_failed("refused"),
     "upstream_lost": lambda s: s.upstream_lost(),

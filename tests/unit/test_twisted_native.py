@@ -79,3 +79,34 @@ def test_http_pool_builds_its_connections_with_its_factory_attribute() -> None:
 
     pool = quiet_agent(MemoryReactorClock())._pool
     assert pool._factory is _QuietHTTP11ClientFactory
+
+
+def test_the_socket_servers_hooks_are_where_twisted_calls_them() -> None:
+    """``SocketServer.deliver`` is ``tcp.Connection._dataReceived``, which ``doRead`` hands
+    every read to; ``after_last_write`` runs where ``FileDescriptor`` calls
+    ``_postLoseConnection`` once the writes after ``loseConnection`` are flushed."""
+    from twisted.internet import abstract, tcp
+
+    from gateway.twisted_native import SocketServer
+
+    assert "_dataReceived" in inspect.getsource(tcp.Connection.doRead)
+    assert list(inspect.signature(tcp.Connection._dataReceived).parameters) == ["self", "data"]
+    assert "_postLoseConnection" in inspect.getsource(abstract.FileDescriptor.doWrite)
+    assert abstract.FileDescriptor._postLoseConnection is not SocketServer._postLoseConnection
+
+    class Recording(SocketServer):
+        def __init__(self) -> None:  # no socket: only the hooks are exercised
+            self.seen: list[object] = []
+
+        def _dataReceived(self, data: bytes) -> object:  # what Twisted's would be given
+            self.seen.append(data)
+            return None
+
+        def after_last_write(self) -> object:
+            self.seen.append("closing")
+            return "done"
+
+    server = Recording()
+    server.deliver(b"abc")
+    assert server._postLoseConnection() == "done"  # Twisted's call reaches the public hook
+    assert server.seen == [b"abc", "closing"]
