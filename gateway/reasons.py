@@ -121,6 +121,31 @@ class Outcome(Word):
     HOLD = "hold"  # a check is still waiting: the device is held after its CONNECT
 
 
+class FetchResult(Word):
+    """What a CRL source's or a staple's last fetch (or restore from the cache directory)
+    came to."""
+
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    OLDER = "older"  # older than the CRL held: the held one kept
+    EXPIRED = "expired"  # past its nextUpdate while the held one is not: the held one kept
+    LOADED_FROM_DISK = "loaded_from_disk"
+    ERROR = "error"
+    DROPPED = "dropped"  # a staple no longer usable (past its nextUpdate): none stapled
+
+    @property
+    def kept_out(self) -> str | None:
+        """For a fetch that installed nothing because what came was worse than what is
+        held, the log's words; else None."""
+        return _KEPT_OUT.get(self)
+
+
+_KEPT_OUT = {
+    FetchResult.OLDER: "older than the CRL held, kept the held one",
+    FetchResult.EXPIRED: "already past its nextUpdate while the CRL held is not, kept the held one",
+}
+
+
 _POLICY_REASONS = {
     CrlVerdict.REVOKED: Reason.REVOKED,
     CrlVerdict.MISSING: Reason.CRL_MISSING,

@@ -18,9 +18,10 @@ from twisted.python.failure import Failure
 from gateway.clock import CLOCK_SKEW
 from gateway.errors import describe_error
 from gateway.offload import off_reactor
+from gateway.reasons import FetchResult
 from gateway.revocation.crl import CrlError, LoadedCrl, decode_answer
 from gateway.revocation.crl_cache import CrlCache
-from gateway.revocation.crl_sources import FetchResult, Source, same_indexes
+from gateway.revocation.crl_sources import Source, same_indexes
 from gateway.revocation.process import encode_request
 from gateway.revocation.store import read_index
 

@@ -24,6 +24,7 @@ from gateway.choices import FailurePolicy
 from gateway.clock import CLOCK_SKEW, format_timestamp
 from gateway.config.model import CrlSettings
 from gateway.errors import GatewayError, describe_error
+from gateway.reasons import FetchResult
 from gateway.revocation.crl import LoadedCrl
 from gateway.revocation.crl_cache import CrlCache as CrlCache
 from gateway.revocation.crl_kept import (
@@ -31,7 +32,7 @@ from gateway.revocation.crl_kept import (
     KeptCrls,
     kept_distribution_points,
 )
-from gateway.revocation.crl_sources import CrlSourceState, FetchResult, Source
+from gateway.revocation.crl_sources import CrlSourceState, Source
 from gateway.revocation.fetch import Body, HttpFetcher
 from gateway.revocation.process import encode_request
 from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 from twisted.internet import defer
 
-from gateway.reasons import Word
+from gateway.reasons import FetchResult
 from gateway.revocation.crl import CrlInfo, LoadedCrl, loaded_blobs
 from gateway.revocation.refresh import RefreshJob
 from gateway.status import CrlSourceStatus, CrlStatus
@@ -23,29 +23,6 @@ def same_indexes(a: list[LoadedCrl], b: list[LoadedCrl]) -> bool:
         if any(bx != by for bx, by in zip(blobs_x, blobs_y, strict=True)):
             return False
     return True
-
-
-class FetchResult(Word):
-    """What a source's last fetch (or its restore from crl_cache.dir) came to."""
-
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-    OLDER = "older"  # older than the CRL held: the held one kept
-    EXPIRED = "expired"  # past its nextUpdate while the held one is not: the held one kept
-    LOADED_FROM_DISK = "loaded_from_disk"
-    ERROR = "error"
-
-    @property
-    def kept_out(self) -> str | None:
-        """For a fetch that installed nothing because what came was worse than what is
-        held, the log's words; else None."""
-        return _KEPT_OUT.get(self)
-
-
-_KEPT_OUT = {
-    FetchResult.OLDER: "older than the CRL held, kept the held one",
-    FetchResult.EXPIRED: "already past its nextUpdate while the CRL held is not, kept the held one",
-}
 
 
 @attrs.define

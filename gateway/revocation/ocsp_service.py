@@ -25,7 +25,7 @@ from gateway.clock import format_timestamp
 from gateway.config.model import OcspSettings
 from gateway.errors import GatewayError, describe_error
 from gateway.offload import off_reactor
-from gateway.reasons import OcspVerdict
+from gateway.reasons import FetchResult, OcspVerdict
 from gateway.revocation import ocsp
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.refresh import Outcome, RefreshJob, RefreshScheduler
@@ -49,7 +49,7 @@ class OcspState:
     this_update: float | None = None
     next_update: float | None = None
     last_fetch: float | None = None
-    last_result: str | None = None  # updated, unchanged, error, loaded_from_disk, dropped
+    last_result: FetchResult | None = None
     last_error: str | None = None
     last_success: float | None = None
     last_failure: float | None = None
@@ -176,7 +176,7 @@ class OcspStapler(service.Service):
                 why=e,
             )
             return
-        self._accept(info, "loaded_from_disk", persist=False)
+        self._accept(info, FetchResult.LOADED_FROM_DISK, persist=False)
 
     # -- refresh ---------------------------------------------------------------------------------
 
@@ -185,7 +185,7 @@ class OcspStapler(service.Service):
         if current is not None and self._reactor.seconds() >= current.next_update:
             self.current = None
             self.state.status = None
-            self.state.last_result = "dropped"
+            self.state.last_result = FetchResult.DROPPED
             self.on_change(b"")
             log.warn(
                 "ocsp {listener}: response reached its nextUpdate {next_update} with no "
@@ -222,19 +222,21 @@ class OcspStapler(service.Service):
         next_update = current.next_update if current is not None else None
         self.scheduler.schedule(self.job, Outcome(ok, next_update))
 
-    def _accept(self, info: ocsp.OcspInfo, result: str | None, persist: bool = True) -> None:
+    def _accept(
+        self, info: ocsp.OcspInfo, result: FetchResult | None, persist: bool = True
+    ) -> None:
         now = self._reactor.seconds()
         previous = self.current
         if result is None:
             self.state.last_fetch = now
             self.state.last_error = None
             if previous is not None and info.this_update < previous.this_update:
-                result = "older"
+                result = FetchResult.OLDER
+            elif previous is not None and previous.der == info.der:
+                result = FetchResult.UNCHANGED
             else:
-                result = (
-                    "unchanged" if previous is not None and previous.der == info.der else "updated"
-                )
-        if result != "older":
+                result = FetchResult.UPDATED
+        if result is not FetchResult.OLDER:
             if previous is None or previous.der != info.der:
                 self.on_change(info.der)
             self.current = info
@@ -243,13 +245,13 @@ class OcspStapler(service.Service):
             self.state.this_update = info.this_update
             self.state.next_update = info.next_update
         self.state.last_result = result
-        if result == "older":
+        if result is FetchResult.OLDER:
             self.state.last_failure = self._reactor.seconds()
             self.state.failure_kinds["older"] = self.state.failure_kinds.get("older", 0) + 1
         else:
             self.state.last_success = self._reactor.seconds()
         self._schedule(ok=True)
-        if result in ("updated", "loaded_from_disk"):
+        if result in (FetchResult.UPDATED, FetchResult.LOADED_FROM_DISK):
             log.info(
                 "ocsp {listener}: {result}; status={status} producedAt={produced} "
                 "thisUpdate={this_update} nextUpdate={next_update} next refresh {next_refresh}",
@@ -284,7 +286,7 @@ class OcspStapler(service.Service):
         if not isinstance(error, GatewayError):
             log.failure("ocsp {listener}: unexpected failure", reason, listener=self.listener)
         self.state.last_fetch = self._reactor.seconds()
-        self.state.last_result = "error"
+        self.state.last_result = FetchResult.ERROR
         self.state.last_error = describe_error(error)
         self.state.last_failure = self.state.last_fetch
         kind = error.kind if isinstance(error, GatewayError) else "unexpected"
