@@ -101,18 +101,24 @@ def pause_for(buckets: tuple[Bucket | None, Bucket | None], size: int, now: floa
 def pay_now(buckets: tuple[Bucket | None, Bucket | None], size: int, now: float) -> bool:
     """A PUBLISH of ``size`` bytes takes its tokens if every bucket has them now (True);
     otherwise nothing is taken (False: ``pause_for`` says how long it is to wait)."""
+    # Bucket.level's refill, written out: this runs for every message of a limited device.
     messages, sizes = buckets
     m = s = 0.0
     if messages is not None:
-        m = messages.level(now)
+        m = messages.tokens + (now - messages.at) * messages.rate
+        if m > messages.burst:
+            m = messages.burst
         if m < 1:
             return False
     if sizes is not None:
-        s = sizes.level(now)
+        s = sizes.tokens + (now - sizes.at) * sizes.rate
+        if s > sizes.burst:
+            s = sizes.burst
         if s < size:
             return False
+        sizes.tokens = s - size
+        sizes.at = now
     if messages is not None:
-        messages.tokens, messages.at = m - 1, now
-    if sizes is not None:
-        sizes.tokens, sizes.at = s - size, now
+        messages.tokens = m - 1
+        messages.at = now
     return True

@@ -107,11 +107,15 @@ class DevicePolicy:
         self.on_denied = on_denied
         self._timer: IDelayedCall | None = None
         self._flow_paused = False  # the broker's transport asked for a pause
+        # Looked up once: every message of the session goes through these.
+        self._from_device = edge.from_device
+        self._from_broker = edge.from_broker
+        self._seconds = reactor.seconds if edge.timed else None
 
     def feed(self, data: bytes) -> None:
         """Bytes from the device."""
-        edge = self.edge
-        actions = edge.from_device(data, self.reactor.seconds() if edge.timed else 0.0)
+        seconds = self._seconds
+        actions = self._from_device(data, seconds() if seconds is not None else 0.0)
         if actions is PASS:
             self.forward(data)
         else:
@@ -119,7 +123,7 @@ class DevicePolicy:
 
     def from_broker(self, data: bytes) -> None:
         """Bytes from the broker, for the device."""
-        actions = self.edge.from_broker(data)
+        actions = self._from_broker(data)
         if actions is PASS:
             self.device.write(data)
         else:

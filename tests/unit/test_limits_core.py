@@ -51,3 +51,35 @@ def test_a_device_that_waits_as_told_never_exceeds_rate_plus_burst(
         now += wait  # forwarded then; the next one is read after that
         sent += 1
         assert sent <= max(burst, 1.0) + rate * now + 1e-6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(1, 1000),
+    st.floats(1, 100),
+    st.floats(100, 1e6),
+    st.lists(st.tuples(st.floats(0, 0.2), st.integers(2, 5000)), min_size=1, max_size=100),
+)
+def test_pay_now_takes_only_what_every_bucket_has(
+    rate: float, burst: float, byte_rate: float, steps: list[tuple[float, int]]
+) -> None:
+    """The fast path's ``pay_now``: a PUBLISH is charged to both buckets exactly as
+    ``Bucket.level`` says they stand, and only if both can pay; otherwise nothing is taken
+    (the general path holds the packet and ``pause_for`` charges it)."""
+    from gateway.mqtt.limits import pay_now
+
+    buckets = DeviceLimits(rate, burst, byte_rate, byte_rate).buckets(0.0)
+    messages, sizes = buckets
+    assert messages is not None and sizes is not None
+    now = 0.0
+    for gap, size in steps:
+        now += gap
+        m, s = messages.level(now), sizes.level(now)
+        before = (messages.tokens, messages.at, sizes.tokens, sizes.at)
+        if pay_now(buckets, size, now):
+            assert m >= 1 and s >= size
+            assert messages.tokens == pytest.approx(m - 1) and messages.at == now
+            assert sizes.tokens == pytest.approx(s - size) and sizes.at == now
+        else:
+            assert m < 1 or s < size
+            assert (messages.tokens, messages.at, sizes.tokens, sizes.at) == before
