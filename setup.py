@@ -19,6 +19,7 @@ setup(
         "cryptography>=43",
         "attrs>=23.1",
         "prometheus_client>=0.20",
+        "wsproto>=1.2",
     ],
     entry_points={"console_scripts": ["mqttgw = gateway.cli:main"]},
     classifiers=[

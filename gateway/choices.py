@@ -7,6 +7,13 @@ from __future__ import annotations
 from gateway.reasons import Word
 
 
+class Transport(Word):
+    """How devices reach a listener: ``listener.<transport>.<name>``."""
+
+    SSL = "ssl"  # MQTT over TLS (and, with alpn listing http/1.1, MQTT over WebSocket)
+    WSS = "wss"  # MQTT over WebSocket over TLS
+
+
 class FailurePolicy(Word):
     """``crl_expired_policy``, ``ocsp_client_failure_policy``: a certificate whose status
     cannot be determined is refused or admitted."""

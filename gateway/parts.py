@@ -16,8 +16,13 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 
-from gateway.choices import DenyAction, ProxyVersion, RateAction
-from gateway.config.model import GlobalSettings, IdentitySettings, ListenerSettings
+from gateway.choices import DenyAction, ProxyVersion, RateAction, Transport
+from gateway.config.model import (
+    GlobalSettings,
+    IdentitySettings,
+    ListenerSettings,
+    WebSocketSettings,
+)
 from gateway.config.values import format_bind
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
@@ -70,6 +75,16 @@ class ListenerParts:
     @property
     def acl(self) -> Acl | None:
         return self.material.acl
+
+    @property
+    def websocket(self) -> WebSocketSettings | None:
+        """MQTT over WebSocket's settings where devices may use it (None: MQTT only)."""
+        return self.settings.websocket if self.settings.websocket_enabled else None
+
+    @property
+    def websocket_only(self) -> bool:
+        """A wss listener: every device speaks WebSocket."""
+        return self.settings.transport is Transport.WSS
 
     @property
     def acl_deny_action(self) -> DenyAction:

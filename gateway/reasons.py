@@ -64,6 +64,11 @@ class Reason(Word):
     )
     ACL_DENIED = "acl_denied", "acl_deny_action = disconnect: a PUBLISH or SUBSCRIBE was denied"
     BAD_PACKET = "bad_packet", "with per-device limits: a packet over max_packet_size or malformed"
+    BAD_WEBSOCKET = (
+        "bad_websocket",
+        "over WebSocket: not a valid upgrade (path, subprotocol, origin), a text or "
+        "oversized message, or malformed framing",
+    )
     # Before TLS (past 10 per 10 seconds these are summarised in one line).
     TOO_MANY_CONNECTIONS = "too_many_connections", "listener at max_connections"
     TOO_MANY_CONNECTIONS_PER_IP = (

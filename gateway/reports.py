@@ -46,6 +46,8 @@ def stats_from_dict(d: dict[str, Any]) -> StatsSnapshot:
         float(d.get("throttled_seconds", 0.0)),
         {str(k): int(v) for k, v in d.get("acl_denied", {}).items()},
         {str(k): int(v) for k, v in d.get("disconnects_sent", {}).items()},
+        {str(k): int(v) for k, v in d.get("sessions", {}).items()},
+        {str(k): int(v) for k, v in d.get("refused_transport", {}).items()},
     )
 
 
@@ -88,6 +90,8 @@ def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
         sum(p.throttled_seconds for p in parts),
         _add_counts([p.acl_denied for p in parts]),
         _add_counts([p.disconnects_sent for p in parts]),
+        _add_counts([p.sessions for p in parts]),
+        _add_counts([p.refused_transport for p in parts]),
     )
 
 

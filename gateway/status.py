@@ -75,6 +75,9 @@ class ListenerStats:
     throttled_seconds: float = 0.0  # the time they were held, added up
     acl_denied: Counter[str] = attrs.Factory(Counter)  # publish / subscribe -> count
     disconnects_sent: Counter[str] = attrs.Factory(Counter)  # MQTT 5 reason code -> count
+    sessions: Counter[str] = attrs.Factory(Counter)  # relayed sessions by transport (tls, wss)
+    # refusals after the TLS handshake, by transport (before it, none is known yet)
+    refused_transport: Counter[str] = attrs.Factory(Counter)
 
     def refuse(self, reason: Reason) -> None:
         self.refused[str(reason)] += 1
@@ -97,6 +100,8 @@ class ListenerStats:
             self.throttled_seconds,
             dict(self.acl_denied),
             dict(self.disconnects_sent),
+            dict(self.sessions),
+            dict(self.refused_transport),
         )
 
 
@@ -118,6 +123,8 @@ class StatsSnapshot:
     throttled_seconds: float = 0.0
     acl_denied: dict[str, int] = attrs.Factory(dict)
     disconnects_sent: dict[str, int] = attrs.Factory(dict)
+    sessions: dict[str, int] = attrs.Factory(dict)  # by transport
+    refused_transport: dict[str, int] = attrs.Factory(dict)  # by transport
 
 
 @attrs.frozen

@@ -227,6 +227,8 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "throttled_seconds": round(s.throttled_seconds, 3),
             "acl_denied": dict(s.acl_denied),
             "disconnects_sent": dict(s.disconnects_sent),
+            "sessions_by_transport": dict(sorted(s.sessions.items())),
+            "refused_by_transport": dict(sorted(s.refused_transport.items())),
         },
         "brokers": [
             {

@@ -133,6 +133,20 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "MQTT 5 DISCONNECTs the gateway sent before closing a session, by reason code.",
         ["listener", "reason_code"],
     )
+    by_transport = _family(
+        CounterMetricFamily,
+        "mqttgw_sessions",
+        "Relayed sessions, by how the device reached the gateway (tls: MQTT over TLS, wss: "
+        "MQTT over WebSocket over TLS).",
+        ["listener", "transport"],
+    )
+    refused_transport = _family(
+        CounterMetricFamily,
+        "mqttgw_refused_after_handshake",
+        "Connections refused after the TLS handshake, by transport (the reasons are in "
+        "mqttgw_refused_total).",
+        ["listener", "transport"],
+    )
     accepting = _family(
         GaugeMetricFamily,
         "mqttgw_listener_accepting",
@@ -168,10 +182,16 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
             acl_denied.add_metric([name, what, rule], count)
         for code, count in sorted(s.disconnects_sent.items()):
             disconnects.add_metric([name, code], count)
+        for transport in sorted({"tls", *s.sessions}):
+            by_transport.add_metric([name, transport], s.sessions.get(transport, 0))
+        for transport in sorted({"tls", *s.refused_transport}):
+            refused_transport.add_metric([name, transport], s.refused_transport.get(transport, 0))
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
     yield from (upstream_failures, upstream_tls, accepting, throttled, throttled_seconds)
     yield acl_denied
     yield disconnects
+    yield by_transport
+    yield refused_transport
     broker_up = _family(
         GaugeMetricFamily,
         "mqttgw_broker_up",

@@ -8,7 +8,6 @@ from typing import Any
 
 import attrs
 
-from gateway.config.keys import LISTENER_PREFIX
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.errors import ConfigError
 
@@ -81,7 +80,7 @@ def check_no_loop(
             if not _reaches(address, other.bind):
                 continue
             where = origins[listener.name].get("upstream")
-            line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.upstream")
+            line, key = where if where else (None, f"{listener.key_prefix}.upstream")
             whose = (
                 "this listener's own address"
                 if other is listener

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from gateway.config.keys import KEYS, LISTENER_PREFIX, Key
+from gateway.config.keys import KEYS, Key
 from gateway.config.model import Config
 from gateway.config.values import format_bind
 
@@ -19,7 +19,7 @@ def format_config(config: Config) -> str:
         if not key.listener:  # global-only: the same for every listener
             out.append(_line(key.name, key, config.globals))
     for listener in config.listeners:
-        prefix = f"{LISTENER_PREFIX}{listener.name}"
+        prefix = listener.key_prefix
         out.append("")
         out.append(f"{prefix} = {format_bind(listener.bind)}")
         for key in KEYS:

@@ -2,8 +2,9 @@
 cross-key checks, and building the settings model.
 
 The format is EMQX 4's: ``key = value`` lines, ``#`` comments (at the start of a line or
-after white space). A listener is declared by ``listener.ssl.<name> = [ip:]port`` and
-configured by ``listener.ssl.<name>.<option>``. Relative paths are taken relative to the
+after white space). A listener is declared by ``listener.ssl.<name> = [ip:]port`` (MQTT over
+TLS) or ``listener.wss.<name> = [ip:]port`` (MQTT over WebSocket over TLS) and configured by
+``listener.<ssl|wss>.<name>.<option>``. Relative paths are taken relative to the
 directory of the configuration file.
 
 Nothing here reads the files a configuration names: certificates and keys are read and
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway import files
-from gateway.choices import TlsIo
+from gateway.choices import TlsIo, Transport
 from gateway.config import checks
 from gateway.config.checks import Line
 from gateway.config.keys import (
@@ -29,8 +30,8 @@ from gateway.config.keys import (
     KEYS,
     KEYS_BY_NAME,
     LISTENER_ALIASES,
+    LISTENER_FAMILIES,
     LISTENER_KEYS,
-    LISTENER_PREFIX,
     Key,
 )
 from gateway.config.model import (
@@ -47,12 +48,23 @@ from gateway.config.model import (
     TlsSettings,
     UpstreamSettings,
     UpstreamTls,
+    WebSocketSettings,
 )
 from gateway.config.profiles import PROFILES, effective_ciphers
 from gateway.config.values import parse_bind
 from gateway.errors import ConfigError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _family_of(key: str) -> Transport | None:
+    """The transport of a ``listener.<family>.`` key, or None for any other key."""
+    for family in LISTENER_FAMILIES:
+        if key.startswith(f"listener.{family}."):
+            return Transport(family)
+    return None
+
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -129,23 +141,36 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 
     globals_: dict[str, tuple[Any, Line]] = {}
     declared: dict[str, tuple[tuple[str, int], Line]] = {}
+    families: dict[str, Transport] = {}
     options: dict[str, dict[str, tuple[Any, Line]]] = {}
-    pending_options: list[tuple[str, str, Line]] = []
-    all_full_keys = list(GLOBAL_KEYS) + [f"{LISTENER_PREFIX}<name>.{k}" for k in LISTENER_KEYS]
+    pending_options: list[tuple[str, Transport, str, Line]] = []
+    all_full_keys = list(GLOBAL_KEYS) + [
+        f"listener.{family}.<name>.{k}" for family in LISTENER_FAMILIES for k in LISTENER_KEYS
+    ]
 
     for entry in lines:
-        if entry.key.startswith(LISTENER_PREFIX):
-            rest = entry.key[len(LISTENER_PREFIX) :]
+        family = _family_of(entry.key)
+        if family is not None:
+            rest = entry.key[len(f"listener.{family.value}.") :]
             name, dot, option = rest.partition(".")
             if not name or not _NAME_RE.match(name):
                 raise ConfigError(path, entry.line, entry.key, "malformed listener name")
             if not dot:
+                if name in declared:
+                    first = declared[name][1]
+                    raise ConfigError(
+                        path,
+                        entry.line,
+                        entry.key,
+                        f"listener {name!r} is declared at line {first.line}",
+                    )
                 try:
                     declared[name] = (parse_bind(entry.value), entry)
                 except ValueError as e:
                     raise ConfigError(path, entry.line, entry.key, str(e)) from None
+                families[name] = family
             else:
-                pending_options.append((name, option, entry))
+                pending_options.append((name, family, option, entry))
         elif entry.key in GLOBAL_KEYS or entry.key in GLOBAL_ALIASES:
             name = GLOBAL_ALIASES.get(entry.key, entry.key)
             if name in globals_:
@@ -158,7 +183,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                 path, entry.line, entry.key, "unknown key" + _suggest(entry.key, all_full_keys)
             )
 
-    for name, option, entry in pending_options:
+    for name, family, option, entry in pending_options:
         option = LISTENER_ALIASES.get(option, option)
         if option not in LISTENER_KEYS:
             raise ConfigError(
@@ -172,7 +197,15 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                 path,
                 entry.line,
                 entry.key,
-                f"listener {name!r} is not declared (add '{LISTENER_PREFIX}{name} = [ip:]port')",
+                f"listener {name!r} is not declared (add 'listener.{family.value}.{name} = "
+                "[ip:]port')",
+            )
+        if families[name] is not family:
+            raise ConfigError(
+                path,
+                entry.line,
+                entry.key,
+                f"listener {name!r} is declared as listener.{families[name].value}.{name}",
             )
         if option in options.get(name, {}):
             first = options[name][option][1]
@@ -184,13 +217,13 @@ def parse_config(text: str, path: str = "<config>") -> Config:
 
     if not declared:
         raise ConfigError(
-            path, None, None, f"no listener declared (add '{LISTENER_PREFIX}<name> = [ip:]port')"
+            path, None, None, "no listener declared (add 'listener.ssl.<name> = [ip:]port')"
         )
     origins: dict[str, dict[str, tuple[int, str]]] = {}
     listeners = []
     for name, (bind, declaration) in declared.items():
         listener, origin = _build_listener(
-            path, base_dir, name, bind, options.get(name, {}), globals_
+            path, base_dir, name, families[name], bind, options.get(name, {}), globals_
         )
         origin[""] = (declaration.line, declaration.key)
         listeners.append(listener)
@@ -203,7 +236,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         for listener in listeners:
             if listener.tls.io == TlsIo.SOCKET:
                 where = origins[listener.name].get("tls_io")
-                line, key = where if where else (None, f"{LISTENER_PREFIX}{listener.name}.tls_io")
+                line, key = where if where else (None, f"{listener.key_prefix}.tls_io")
                 raise ConfigError(path, line, key, "socket needs workers = 1 (for now)")
     return Config(
         path=path,
@@ -232,13 +265,14 @@ def _build_listener(
     path: str,
     base_dir: str,
     name: str,
+    family: Transport,
     bind: tuple[str, int],
     opts: Mapping[str, tuple[Any, Line]],
     globals_: Mapping[str, tuple[Any, Line]],
 ) -> tuple[ListenerSettings, dict[str, tuple[int, str]]]:
     """One listener's settings (its own values, else the global ones, else the defaults),
     and the line each option came from."""
-    prefix = f"{LISTENER_PREFIX}{name}"
+    prefix = f"listener.{family.value}.{name}"
     v: dict[str, Any] = {}
     origin: dict[str, tuple[int, str]] = {}
     for key in KEYS:
@@ -290,6 +324,10 @@ def _build_listener(
         raise fail("ecdh_curves", "at least one group is required")
     if v["tls_io"] == TlsIo.SOCKET and v["proxy_protocol"]:
         raise fail("tls_io", "socket does not read a PROXY header: use bio with proxy_protocol")
+    if family is Transport.WSS and v["alpn"] and "http/1.1" not in v["alpn"]:
+        raise fail("alpn", "a wss listener speaks http/1.1: list it, or leave alpn unset")
+    if v["check_origin_enable"] and not v["allowed_origins"]:
+        raise fail("check_origin_enable", "needs allowed_origins (else every browser is refused)")
     if v["enable_crl_cache"]:
         if not verify_peer:
             raise fail("enable_crl_cache", "CRL checking needs verify = verify_peer")
@@ -298,7 +336,7 @@ def _build_listener(
                 "enable_crl_cache",
                 "no CRL source: set crl_cache_urls, or crl_cache_from_cert = true",
             )
-    return _assemble(name, bind, v), origin
+    return _assemble(name, family, bind, v), origin
 
 
 def _tree(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,7 +367,9 @@ def _tree(values: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _assemble(name: str, bind: tuple[str, int], values: Mapping[str, Any]) -> ListenerSettings:
+def _assemble(
+    name: str, family: Transport, bind: tuple[str, int], values: Mapping[str, Any]
+) -> ListenerSettings:
     """The listener's settings from the key table's model paths; where a key is unset, the
     TLS profile gives the effective versions, suites, groups and cipher order."""
     t = _tree(values)
@@ -362,4 +402,6 @@ def _assemble(name: str, bind: tuple[str, int], values: Mapping[str, Any]) -> Li
         acl=AclSettings(**t["acl"]),
         front=FrontSettings(**t["front"]),
         log_connect=t["log_connect"],
+        transport=family,
+        websocket=WebSocketSettings(**t["websocket"]),
     )

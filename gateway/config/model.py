@@ -21,6 +21,7 @@ from gateway.choices import (
     ProxyVersion,
     RateAction,
     TlsIo,
+    Transport,
     WithCrl,
 )
 from gateway.config.keys import KEYS
@@ -68,6 +69,7 @@ class TlsSettings:
     groups: tuple[str, ...]
     honor_cipher_order: bool
     io: TlsIo = _default("tls.io")
+    alpn: tuple[str, ...] = _default("tls.alpn")  # offered, in order of preference
 
 
 @attrs.frozen
@@ -195,6 +197,22 @@ class AclSettings:
 
 
 @attrs.frozen
+class WebSocketSettings:
+    """MQTT over WebSocket: the upgrade's path, subprotocols and origins, the headers a
+    trusted proxy names the device in, the largest message."""
+
+    path: str = _default("websocket.path")
+    subprotocols: tuple[str, ...] = _default("websocket.subprotocols")
+    fail_if_no_subprotocol: bool = _default("websocket.fail_if_no_subprotocol")
+    check_origin: bool = _default("websocket.check_origin")
+    allowed_origins: tuple[str, ...] = _default("websocket.allowed_origins")
+    address_header: str = _default("websocket.address_header")
+    port_header: str = _default("websocket.port_header")
+    trusted_proxies: tuple[str, ...] = _default("websocket.trusted_proxies")
+    max_message_size: int = _default("websocket.max_message_size")
+
+
+@attrs.frozen
 class ListenerSettings:
     name: str
     bind: tuple[str, int]
@@ -208,6 +226,19 @@ class ListenerSettings:
     acl: AclSettings = AclSettings()
     front: FrontSettings = FrontSettings()
     log_connect: bool = _default("log_connect")  # also a line at accept
+    transport: Transport = Transport.SSL
+    websocket: WebSocketSettings = WebSocketSettings()
+
+    @property
+    def key_prefix(self) -> str:
+        """``listener.<transport>.<name>``: how the configuration names this listener."""
+        return f"listener.{self.transport.value}.{self.name}"
+
+    @property
+    def websocket_enabled(self) -> bool:
+        """Whether devices may speak MQTT over WebSocket here: a wss listener, or an ssl
+        listener whose alpn offers http/1.1."""
+        return self.transport is Transport.WSS or "http/1.1" in self.tls.alpn
 
 
 # Where each listener option was set: option name -> (line, key as written), for errors
@@ -238,6 +269,10 @@ class Config:
         option "" is the listener's declaration."""
         where = self.origins.get(listener, {}).get(option)
         if where is None:
-            key = f"listener.ssl.{listener}" + (f".{option}" if option else "")
+            try:
+                prefix = self.listener(listener).key_prefix
+            except KeyError:
+                prefix = f"listener.ssl.{listener}"
+            key = prefix + (f".{option}" if option else "")
             return ConfigError(self.path, None, key, reason)
         return ConfigError(self.path, where[0], where[1], reason)

@@ -274,3 +274,43 @@ def parse_mqtt_client_id(text: str) -> str:
     except ValueError as e:
         raise ValueError(f"{e} (at most 65535 bytes of UTF-8)") from None
     return value
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+
+
+def parse_token(text: str) -> str:
+    """An HTTP header name, lowercased."""
+    value = text.strip().lower()
+    if not _TOKEN.match(value):
+        raise ValueError(f"not an HTTP header name: {text!r}")
+    return value
+
+
+def parse_http_path(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/") or any(c.isspace() or ord(c) < 0x21 for c in value):
+        raise ValueError(f"expected a path such as /mqtt, got {text!r}")
+    return value
+
+
+def parse_protocol_names(text: str) -> tuple[str, ...]:
+    """ALPN protocol names (printable ASCII, 1-255 bytes each), no repeats."""
+    names = parse_list(text)
+    for name in names:
+        if not 0 < len(name) < 256 or not name.isascii() or not name.isprintable():
+            raise ValueError(f"not an ALPN protocol name: {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError("a protocol is listed twice")
+    return names
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    """Addresses or networks in CIDR notation (kept as text, normalised)."""
+    out = []
+    for item in parse_list(text):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"not an address or network: {item!r}") from None
+    return tuple(out)

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from gateway.choices import DenyAction, ProxyVersion
-from gateway.config.model import IdentitySettings
+from gateway.config.model import IdentitySettings, WebSocketSettings
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.peer import PeerVerification, Pending
@@ -105,6 +105,10 @@ class RelayParts(Protocol):
     def acl(self) -> Acl | None: ...
     @property
     def acl_deny_action(self) -> DenyAction: ...
+    @property
+    def websocket(self) -> WebSocketSettings | None: ...
+    @property
+    def websocket_only(self) -> bool: ...
 
 
 class HoldsParts(Protocol):
@@ -142,5 +146,9 @@ class ClientHome(Protocol):
     def acl(self) -> Acl | None: ...
     @property
     def acl_deny_action(self) -> DenyAction: ...
+    @property
+    def websocket(self) -> WebSocketSettings | None: ...
+    @property
+    def websocket_only(self) -> bool: ...
 
     def denial_logged(self) -> bool: ...

@@ -11,7 +11,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.choices import DenyAction, ProxyVersion
-from gateway.config.model import ConnectionLimits, IdentitySettings
+from gateway.config.model import ConnectionLimits, IdentitySettings, WebSocketSettings
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.proxy import session as S
@@ -85,6 +85,14 @@ class GatewayFactory(protocol.Factory):
     @property
     def acl_deny_action(self) -> DenyAction:
         return self.box.parts.acl_deny_action
+
+    @property
+    def websocket(self) -> WebSocketSettings | None:
+        return self.box.parts.websocket
+
+    @property
+    def websocket_only(self) -> bool:
+        return self.box.parts.websocket_only
 
     def denial_logged(self) -> bool:
         """Whether one more denial line may be logged now: 10 per 10 seconds per

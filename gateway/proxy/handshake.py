@@ -15,9 +15,12 @@ from gateway.choices import IdentitySource, ProxyVersion
 from gateway.config.model import IdentitySettings
 from gateway.failures import ssl_error_words
 from gateway.mqtt.rewrite import rewrite_connect
+from gateway.peer import VerifyFailure
 from gateway.proxy import proxyproto
 from gateway.proxy.identity import identity_of
+from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
+from gateway.tls.verify import verify_error_text
 
 # With peer_cert_as_*: (user name, client id) from the certificate, or why not.
 Identity = tuple[str | None, str | None] | ValueError
@@ -39,6 +42,17 @@ def classify_handshake_failure(reason: Failure) -> Reason:
     if reason.check(SSL.Error):
         return Reason.TLS_ERROR
     return Reason.CLOSED_IN_HANDSHAKE
+
+
+def handshake_refusal(failure: VerifyFailure | None, reason: Failure) -> tuple[Reason, str]:
+    """(reason class, detail) of a handshake that did not complete: the certificate's
+    verification failure if there was one, else OpenSSL's words."""
+    if failure is not None:
+        return failure.reason, (
+            f"certificate verification failed at depth {failure.depth}: "
+            + verify_error_text(failure.errno)
+        )
+    return classify_handshake_failure(reason), ssl_error_text(reason.value)
 
 
 def describe_peer_certificate(
@@ -89,24 +103,33 @@ def rules_user(cert: x509.Certificate, identity: IdentitySettings) -> str:
 
 
 def proxy_header(
-    version: ProxyVersion | None, peer: str, host: Any, handle: Any, facts: dict[str, Any]
+    version: ProxyVersion | None,
+    record: SessionLog,
+    cn: str | None,
+    verified: bool,
+    transport: Any,
 ) -> bytes:
     """The PROXY header to the broker (b"": none): the device's address as the listener
-    admitted it (``peer``, from a PROXY header in front when there is one), the address it
-    reached (``host``), and with v2 the TLS facts of ``handle`` and ``facts`` (whether a
-    certificate came and was verified, its CN, whether the session resumed)."""
+    admitted it (``record.peer``, from a PROXY header in front when there is one), the
+    address it reached, and with v2 the TLS facts (version, cipher, whether a certificate
+    came and was ``verified``, its ``cn``, whether the session resumed)."""
     if version is None:
         return b""
-    peer_host, _, peer_port = peer.rpartition(":")
+    host, handle = transport.getHost(), transport.getHandle()
+    peer_host, _, peer_port = record.peer.rpartition(":")
     source = (peer_host.strip("[]"), int(peer_port) if peer_port.isdigit() else 0)
     destination = (getattr(host, "host", "0.0.0.0"), getattr(host, "port", 0))
     if version == ProxyVersion.V1:
         return proxyproto.header_v1(source, destination)
     tls = None
     if isinstance(handle, SSL.Connection):
+        has_cert = record.has_certificate
         tls = proxyproto.TlsFacts(
             version=handle.get_protocol_version_name(),
             cipher=handle.get_cipher_name() or "",
-            **facts,
+            cert_in_connection=has_cert,
+            verified=has_cert and verified,
+            cn=cn,
+            resumed=record.resumed,
         )
     return proxyproto.header_v2(source, destination, tls)

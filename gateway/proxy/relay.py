@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cryptography import x509
 from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.logger import Logger
@@ -24,22 +23,22 @@ from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamProtocol, lost_text
 from gateway.proxy.contracts import ClientHome
+from gateway.proxy.device_link import DeviceLink, link_for
 from gateway.proxy.handshake import (
     Identity,
-    classify_handshake_failure,
     describe_peer_certificate,
+    handshake_refusal,
     proxy_header,
     rewrite_identity,
     rewritten,
     rules_user,
-    ssl_error_text,
 )
 from gateway.proxy.identity import common_name
 from gateway.proxy.policy import DevicePolicy, PolicyHooks, policy_for
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
-from gateway.tls.verify import GatewayConnection, verify_error_text
+from gateway.tls.verify import GatewayConnection
 
 log = Logger()
 
@@ -61,6 +60,9 @@ class ClientProtocol(protocol.Protocol):
     _policy: DevicePolicy | None = None
     # With acl_file: the certificate's identity the rules know the device by.
     _acl_user: str | None = None
+    # With MQTT over WebSocket on the listener: the device's link (None: MQTT over TLS).
+    link: DeviceLink | None = None
+    device: Any  # what the device is written to: the transport, or its link
 
     def __init__(self, factory: ClientHome, addr: Any) -> None:
         self.factory = factory
@@ -79,6 +81,7 @@ class ClientProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self._since = self.factory.reactor.seconds()
+        self.device = self.transport
         self.factory.stats.active += 1
         handle = self.transport.getHandle()
         if isinstance(handle, GatewayConnection):
@@ -101,20 +104,24 @@ class ClientProtocol(protocol.Protocol):
             self._identity = rewrite_identity(cert, self.factory.identity)
             if self.factory.acl is not None:
                 self._acl_user = rules_user(cert, self.factory.identity)
-        refusal = self._check_resumed(cert)  # first: it may set crl_pending
+        if self.factory.websocket is not None:
+            self.link = link_for(self.factory, self.transport, handle, record, self._end_by)
+            self.device = self.link or self.transport
+        # With CRL checking, a handshake whose chain no verify callback reported was a
+        # resumed session (OpenSSL verifies nothing then): its certificate (as parsed once
+        # for the log line) is checked now, before any byte can reach the broker. First:
+        # it may set crl_pending.
+        revocation, refusal = self.factory.revocation, None
+        if revocation is not None and not self.verification.chain and cert is not None:
+            refusal = revocation.check_resumed(cert, cert.serial_number, self.verification)
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
-    def _check_resumed(self, peer: x509.Certificate | None) -> tuple[Reason, str] | None:
-        """With CRL checking on, a handshake whose chain no verify callback reported was a
-        resumed session (OpenSSL verifies nothing then): check the session's certificate
-        (as parsed once for the log line) now, before any byte can reach the broker. None
-        to go on; else (reason, detail) to refuse."""
-        revocation = self.factory.revocation
-        if revocation is None or self.verification.chain or peer is None:
-            return None
-        return revocation.check_resumed(peer, peer.serial_number, self.verification)
-
     def dataReceived(self, data: bytes) -> None:
+        link = self.link
+        if link is not None:  # MQTT over WebSocket: the MQTT bytes the frames carried
+            data = link.receive(data)
+            if not data:
+                return
         if self.session.state is S.State.RELAY:
             if self._policy is None:
                 self._send_upstream(data)  # the relay's short path: what receive() would say
@@ -143,11 +150,7 @@ class ClientProtocol(protocol.Protocol):
         failure = self.verification.failure
         if failure is not None:
             self.record.subject, self.record.serial = failure.subject, failure.serial
-            return failure.reason, (
-                f"certificate verification failed at depth {failure.depth}: "
-                + verify_error_text(failure.errno)
-            )
-        return classify_handshake_failure(reason), ssl_error_text(reason.value)
+        return handshake_refusal(failure, reason)
 
     # -- events from elsewhere -----------------------------------------------------------
 
@@ -164,7 +167,7 @@ class ClientProtocol(protocol.Protocol):
             self.bytes_out += len(data)
             self.factory.stats.bytes_out += len(data)
             if self._policy is None:
-                self.transport.write(data)
+                self.device.write(data)
             else:
                 self._policy.from_broker(data)  # whole packets, SUBACKs completed
 
@@ -234,7 +237,7 @@ class ClientProtocol(protocol.Protocol):
         self._start_relay(action.first)
 
     def _on_send_to_client(self, action: S.SendToClient) -> None:
-        self.transport.write(action.data)
+        self.device.write(action.data)
 
     def _on_send_to_upstream(self, action: S.SendToUpstream) -> None:
         self._send_upstream(action.data)
@@ -253,6 +256,9 @@ class ClientProtocol(protocol.Protocol):
             # MQTT 5: the gateway's own close says why, between two of the broker's packets.
             if isinstance(ended[0], Reason):
                 policy.close(ended[0])
+        by = ended[0] if ended is not None else self.session.refusal
+        if self.link is not None and by is not None and not action.abort:
+            self.link.close(by)  # a WebSocket's close frame says why too
         if action.abort:
             self.transport.abortConnection()
         else:
@@ -289,7 +295,10 @@ class ClientProtocol(protocol.Protocol):
         self._timer = None
 
     def _on_refuse(self, refusal: S.Refuse) -> None:
-        self.factory.stats.refuse(refusal.reason)
+        stats = self.factory.stats
+        stats.refuse(refusal.reason)
+        if self.record.tls_version != "-":  # after the handshake: the transport is known
+            stats.refused_transport[self.record.transport] += 1
         self.record.refused(refusal.reason, refusal.detail)
 
     def _hold_for_revocation(self, pending: Pending) -> None:
@@ -325,7 +334,7 @@ class ClientProtocol(protocol.Protocol):
             client_id = self._identity[1]
         who = Who(self._acl_user or "", client_id)
         self._policy = policy_for(
-            self.factory, self.transport, who, connect.protocol_level, self._policy_hooks
+            self.factory, self.device, who, connect.protocol_level, self._policy_hooks
         )
         if self._policy is not None:
             # From the first packet after the CONNECT on, those that came with it included.
@@ -340,6 +349,7 @@ class ClientProtocol(protocol.Protocol):
             self._policy.feed(after)
         self.factory.live.add(self)
         self.factory.stats.accepted += 1
+        self.factory.stats.sessions[self.record.transport] += 1
         self._since = self.factory.reactor.seconds()
         revocation = self.factory.revocation
         if revocation is not None:
@@ -351,12 +361,13 @@ class ClientProtocol(protocol.Protocol):
 
     @property
     def _policy_hooks(self) -> PolicyHooks:
-        return PolicyHooks(self._send_upstream, self._policy_end, self._log_denied)
+        return PolicyHooks(self._send_upstream, self._end_by, self._log_denied)
 
-    def _policy_end(self, by: Reason, why: str) -> None:
-        """The policy edge ends the session: a packet over max_packet_size or malformed
-        (bad_packet), a denied one with acl_deny_action = disconnect (acl_denied), a device
-        over its rate with rate_limit_action = disconnect (message_rate)."""
+    def _end_by(self, by: Reason, why: str) -> None:
+        """The policy edge or the WebSocket ends the session: a packet over max_packet_size
+        or malformed (bad_packet), a denied one with acl_deny_action = disconnect
+        (acl_denied), a device over its rate with rate_limit_action = disconnect
+        (message_rate), a WebSocket refused or broken (bad_websocket)."""
         self._on_refuse(S.Refuse(by, why))
         self._run(self.session.stop(by, why))
 
@@ -365,20 +376,8 @@ class ClientProtocol(protocol.Protocol):
             self.record.denied(self.session.connect, what, topic, rule)
 
     def _proxy_header(self) -> bytes:
-        has_cert = self.record.has_certificate
-        facts = {
-            "cert_in_connection": has_cert,
-            "verified": has_cert and self.verification.failure is None,
-            "cn": self._cn,
-            "resumed": self.record.resumed,
-        }
-        return proxy_header(
-            self.factory.upstream_proxy_protocol,
-            self.record.peer,
-            self.transport.getHost(),
-            self.transport.getHandle(),
-            facts,
-        )
+        version, verified = self.factory.upstream_proxy_protocol, self.verification.failure is None
+        return proxy_header(version, self.record, self._cn, verified, self.transport)
 
 
 _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gateway.mqtt import Connect
+from gateway.proxy.websocket import Upgrade
 from gateway.reasons import Reason, Side
 
 log = Logger(namespace="gateway.proxy.relay")
@@ -21,7 +22,16 @@ class SessionLog:
     """One connection's facts as the log says them, filled in as the handshake reveals
     them, and the lines about it."""
 
-    __slots__ = ("listener", "peer", "resumed", "serial", "subject", "tls_version")
+    __slots__ = (
+        "listener",
+        "peer",
+        "resumed",
+        "serial",
+        "subject",
+        "tls_version",
+        "transport",
+        "websocket",
+    )
 
     def __init__(self, listener: str, peer: str) -> None:
         self.listener = listener
@@ -30,6 +40,12 @@ class SessionLog:
         self.serial = "-"  # its serial, hex
         self.tls_version = "-"  # the handshake's protocol version (TLSv1.3, TLSv1.2)
         self.resumed = False  # whether the handshake resumed a session
+        self.transport = "tls"  # tls, or wss once the device speaks WebSocket
+        self.websocket: Upgrade | None = None  # its upgrade, once accepted
+
+    def upgraded(self, upgrade: Upgrade) -> None:
+        """The device's WebSocket upgrade was accepted (a proxy may have named its address)."""
+        self.websocket = upgrade
 
     @property
     def has_certificate(self) -> bool:
@@ -46,12 +62,30 @@ class SessionLog:
         )
 
     def _session(self, connect: Connect | None) -> dict[str, Any]:
+        ws = self.websocket
+        forwarded = "-"
+        if ws is not None and ws.forwarded is not None:
+            host, port = ws.forwarded
+            forwarded = f"{host}:{port}" if port is not None else host
         return {
+            "transport": self.transport,
+            "subprotocol": ws.subprotocol or "-" if ws is not None else "-",
+            "origin": ws.origin or "-" if ws is not None else "-",
+            "forwarded": forwarded,
             "client_id": connect.client_id if connect is not None else "",
             "mqtt_level": connect.protocol_level if connect is not None else "-",
             "tls": self.tls_version,
             "resumed": "yes" if self.resumed else "no",
         }
+
+    def _transport_text(self) -> str:
+        """What the session lines say of the transport (their fields are all structured)."""
+        if self.websocket is None:
+            return "transport={transport} "
+        return (
+            "transport={transport} subprotocol={subprotocol} origin={origin!r} "
+            "forwarded={forwarded} "
+        )
 
     def refused(self, reason: Reason, detail: str) -> None:
         self._emit(
@@ -70,7 +104,8 @@ class SessionLog:
         self._emit(
             log.info,
             "accepted {listener} peer={peer} subject={subject} serial={serial} "
-            "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed}",
+            + self._transport_text()
+            + "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed}",
             **self._session(connect),
         )
 
@@ -106,7 +141,8 @@ class SessionLog:
         self._emit(
             log.info,
             "session ended {listener} peer={peer} subject={subject} serial={serial} "
-            "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed} "
+            + self._transport_text()
+            + "client_id={client_id!r} mqtt={mqtt_level} tls={tls} resumed={resumed} "
             "duration={duration:.1f}s bytes_in={bytes_in} bytes_out={bytes_out} "
             "closed_by={closed_by}: {why}",
             **self._session(connect),

@@ -253,7 +253,12 @@ def make_pki(directory: str, key_kind: str = "ec") -> Pki:
 
 
 def listener_conf(
-    name: str, port: int, upstream_port: int, p: Pki, extra: dict[str, str] | None = None
+    name: str,
+    port: int,
+    upstream_port: int,
+    p: Pki,
+    extra: dict[str, str] | None = None,
+    family: str = "ssl",
 ) -> str:
     lines = {
         "": f"127.0.0.1:{port}",
@@ -263,7 +268,7 @@ def listener_conf(
         "upstream": f"127.0.0.1:{upstream_port}",
     }
     lines.update(extra or {})
-    prefix = f"listener.ssl.{name}"
+    prefix = f"listener.{family}.{name}"
     return "".join(f"{prefix}{'.' + k if k else ''} = {v}\n" for k, v in lines.items())
 
 

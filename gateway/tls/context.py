@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
@@ -66,7 +67,24 @@ def build_context(
         ctx.set_verify_depth(tls.depth)
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
+    if tls.alpn:
+        ctx.set_alpn_select_callback(alpn_selector(tls.alpn))
     return ctx
+
+
+def alpn_selector(offered: tuple[str, ...]) -> Callable[[SSL.Connection, list[bytes]], Any]:
+    """The ALPN select callback: the first of the listener's names (its order of preference)
+    that the client offers; none in common refuses the handshake (the
+    no_application_protocol alert). Reads nothing but the list it was built with."""
+    ours = [name.encode("ascii") for name in offered]
+
+    def select(connection: SSL.Connection, theirs: list[bytes]) -> Any:
+        for name in ours:
+            if name in theirs:
+                return name
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -119,6 +119,14 @@ class Parts:
     def acl_deny_action(self) -> str:
         return "ignore"
 
+    @property
+    def websocket(self) -> Any:
+        return self.settings.websocket if self.settings.websocket_enabled else None
+
+    @property
+    def websocket_only(self) -> bool:
+        return self.settings.transport == "wss"
+
 
 @attrs.define
 class Box:

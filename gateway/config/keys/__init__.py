@@ -1,8 +1,8 @@
 """The key table: every configuration key, where it may appear, how it parses, its default,
-where it lands in the settings model, and its meaning, by concern (``tls``, ``connections``,
-``upstream``, ``revocation``, ``operations``). One table drives parsing, the settings model's
-defaults, ``check-config``'s output, and the tests that hold docs/configuration.md and the
-sample configuration to it."""
+where it lands in the settings model, and its meaning, by concern (``tls``, ``websocket``,
+``connections``, ``upstream``, ``revocation``, ``operations``). One table drives parsing, the
+settings model's defaults, ``check-config``'s output, and the tests that hold
+docs/configuration.md and the sample configuration to it."""
 
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ from gateway.config.keys.connections import (
     IDENTITY_KEYS,
     LIMIT_KEYS,
 )
-from gateway.config.keys.key import IDENTITY_SOURCES, LISTENER_PREFIX, Key
+from gateway.config.keys.key import IDENTITY_SOURCES, LISTENER_FAMILIES, LISTENER_PREFIX, Key
 from gateway.config.keys.operations import LOG_KEYS, OPERATION_KEYS, WORKER_KEYS
 from gateway.config.keys.revocation import CLIENT_OCSP_KEYS, CRL_KEYS, OCSP_KEYS
 from gateway.config.keys.tls import TLS_KEYS
 from gateway.config.keys.upstream import UPSTREAM_CONNECT_KEYS, UPSTREAM_KEYS
+from gateway.config.keys.websocket import WEBSOCKET_KEYS
 
 # In the order check-config prints them.
 KEYS: tuple[Key, ...] = (
     TLS_KEYS
+    + WEBSOCKET_KEYS
     + LIMIT_KEYS
     + UPSTREAM_KEYS
     + IDENTITY_KEYS
@@ -55,6 +57,7 @@ __all__ = [
     "KEYS",
     "KEYS_BY_NAME",
     "LISTENER_ALIASES",
+    "LISTENER_FAMILIES",
     "LISTENER_KEYS",
     "LISTENER_PREFIX",
     "Key",

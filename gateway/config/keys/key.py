@@ -15,6 +15,8 @@ from gateway.config.values import (
 )
 
 LISTENER_PREFIX = "listener.ssl."
+# listener.<family>.<name>: the transports a listener may be declared with.
+LISTENER_FAMILIES = ("ssl", "wss")
 SECTIONS = ("crl", "ocsp", "client_ocsp")  # optional records of ListenerSettings
 IDENTITY_SOURCES = tuple(source.value for source in IdentitySource)
 
@@ -34,7 +36,7 @@ class Key:
     default: Any
     doc: str
     format: Callable[[Any], str] = str
-    listener: bool = True  # listener.ssl.<name>.<key>
+    listener: bool = True  # listener.<ssl|wss>.<name>.<key>
     global_: bool = False  # <key> at the top level
     required: bool = False
     aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)

@@ -1,0 +1,216 @@
+"""MQTT over WebSocket, the device's side of it, sans-IO: wsproto (python-hyper's sans-IO
+WebSocket, the h11 family) does the HTTP upgrade and the framing; this module decides what
+is admitted and turns frames into the MQTT byte stream and back. No Twisted, no I/O.
+
+``WebSocketEdge.receive(data)`` takes the bytes the device sent (the upgrade request, then
+frames, split anywhere) and returns ``Received``: the MQTT bytes they carried (the payloads
+of binary messages, in order: an MQTT packet may span frames and a frame may hold several
+packets), the bytes to send back (the 101 or an HTTP error, pongs, the answer to a close),
+and what happened (``Upgrade``, ``Refusal``, the device's close). ``frame(mqtt)`` wraps the
+gateway's bytes as one binary message; ``close(code)`` is the gateway's close frame.
+
+Refused, each with its HTTP status or close code and a reason for the log: a request that is
+not a WebSocket upgrade (400), another path than ``mqtt_path`` (404), no subprotocol the
+listener supports with ``fail_if_no_subprotocol`` (400), an Origin not allowed (403), an
+upgrade request over 16 KiB (h11's bound; 400); after the upgrade, a text message (1003),
+a message over ``max_frame_size`` (1009, once that many bytes have come: nothing larger is
+ever held), anything wsproto finds malformed (1002).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+import attrs
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+from gateway.config.model import WebSocketSettings
+
+# Close codes (RFC 6455, 7.4.1).
+NORMAL = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+
+
+@attrs.frozen
+class Upgrade:
+    """The device's upgrade, accepted: the subprotocol chosen, its Origin, and the address a
+    trusted proxy named it by (None: its own)."""
+
+    subprotocol: str | None
+    origin: str | None
+    forwarded: tuple[str, int | None] | None
+
+
+@attrs.frozen
+class Refusal:
+    """Why the device is refused: an HTTP status before the upgrade, a close code after."""
+
+    why: str
+    status: int | None = None
+    code: int | None = None
+
+
+@attrs.frozen
+class Received:
+    mqtt: bytes = b""  # the MQTT bytes the device's binary messages carried
+    out: bytes = b""  # to send to the device
+    upgraded: Upgrade | None = None
+    refused: Refusal | None = None
+    closed: bool = False  # the device closed the WebSocket (its close answered)
+
+
+class WebSocketEdge:
+    """One device's WebSocket: the upgrade, then its messages."""
+
+    def __init__(self, settings: WebSocketSettings, peer_host: str) -> None:
+        self.settings = settings
+        self.peer_host = peer_host
+        self._ws = WSConnection(ConnectionType.SERVER)
+        self._message = 0  # bytes of the binary message being received
+        self.upgraded = False
+        self.done = False  # refused or closed: nothing more is read
+
+    def receive(self, data: bytes) -> Received:
+        if self.done or not data:  # (wsproto takes b"" for the end of the connection)
+            return Received()
+        try:
+            self._ws.receive_data(data)
+            return self._events()
+        except RemoteProtocolError as e:
+            return self._refuse(Refusal(f"malformed: {e}", status=400, code=PROTOCOL_ERROR))
+        except Exception as e:  # whatever else the library finds wrong: the device's fault
+            why = f"malformed: {e.__class__.__name__}: {e}"
+            return self._refuse(Refusal(why, status=400, code=PROTOCOL_ERROR))
+
+    def frame(self, data: bytes | memoryview) -> bytes:
+        """The gateway's bytes to the device, as one binary message."""
+        return self._ws.send(Message(data=bytes(data)))
+
+    def close(self, code: int = NORMAL, reason: str = "") -> bytes:
+        """The gateway's close frame (b"" before the upgrade, or once closing)."""
+        if not self.upgraded or self._ws.state is not ConnectionState.OPEN:
+            return b""
+        self.done = True
+        return self._ws.send(CloseConnection(code=code, reason=reason))
+
+    def _events(self) -> Received:
+        mqtt: list[bytes] = []
+        out: list[bytes] = []
+        upgraded: Upgrade | None = None
+        for event in self._ws.events():
+            if isinstance(event, Request):
+                decided = self._upgrade(event)
+                if isinstance(decided, Refusal):
+                    return self._refuse(decided, mqtt, out)
+                upgraded = decided
+                self.upgraded = True
+                out.append(self._ws.send(AcceptConnection(subprotocol=decided.subprotocol)))
+            elif isinstance(event, BytesMessage):
+                self._message += len(event.data)
+                if self._message > self.settings.max_message_size:
+                    too_big = f"a message over max_frame_size ({self.settings.max_message_size})"
+                    return self._refuse(Refusal(too_big, code=MESSAGE_TOO_BIG), mqtt, out)
+                if event.message_finished:
+                    self._message = 0
+                mqtt.append(bytes(event.data))
+            elif isinstance(event, TextMessage):
+                refusal = Refusal("a text message (MQTT is binary)", code=UNSUPPORTED_DATA)
+                return self._refuse(refusal, mqtt, out)
+            elif isinstance(event, Ping):
+                out.append(self._ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                out.append(self._ws.send(event.response()))
+                self.done = True
+                return Received(b"".join(mqtt), b"".join(out), upgraded, closed=True)
+        return Received(b"".join(mqtt), b"".join(out), upgraded)
+
+    def _upgrade(self, request: Request) -> Upgrade | Refusal:
+        settings = self.settings
+        path = urlsplit(request.target).path
+        if path != settings.path:
+            return Refusal(f"path {path[:100]!r} is not {settings.path}", status=404)
+        offered = [p.strip() for p in request.subprotocols]
+        chosen = next((p for p in settings.subprotocols if p in offered), None)
+        if chosen is None and settings.fail_if_no_subprotocol:
+            what = ", ".join(offered)[:200] if offered else "none"
+            return Refusal(f"no supported subprotocol (offered: {what})", status=400)
+        headers = {name.lower(): value for name, value in request.extra_headers}
+        origin = _text(headers.get(b"origin"))
+        if settings.check_origin and origin is not None:
+            if origin not in settings.allowed_origins:
+                return Refusal(f"origin {origin[:200]!r} is not allowed", status=403)
+        return Upgrade(chosen, origin, self._forwarded(headers))
+
+    def _forwarded(self, headers: dict[bytes, bytes]) -> tuple[str, int | None] | None:
+        """The device's address as a trusted proxy names it (the address the proxy itself
+        saw: the last of a list), else None."""
+        settings = self.settings
+        if not settings.trusted_proxies or not _within(self.peer_host, settings.trusted_proxies):
+            return None
+        value = _text(headers.get(settings.address_header.encode()))
+        if not value:
+            return None
+        host = value.split(",")[-1].strip()
+        try:
+            host = str(ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            return None  # not an address: not believed
+        port_text = _text(headers.get(settings.port_header.encode())) or ""
+        port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else None
+        return host, port
+
+    def _refuse(
+        self, refusal: Refusal, mqtt: list[bytes] | None = None, out: list[bytes] | None = None
+    ) -> Received:
+        self.done = True
+        sent = list(out or [])
+        if self.upgraded:
+            if self._ws.state is ConnectionState.OPEN and refusal.code is not None:
+                sent.append(self._ws.send(CloseConnection(code=refusal.code, reason="")))
+        elif refusal.status is not None:
+            sent.append(self._http_error(refusal.status, refusal.why))
+        return Received(b"".join(mqtt or []), b"".join(sent), refused=refusal)
+
+    def _http_error(self, status: int, why: str) -> bytes:
+        body = (why + "\n").encode("utf-8", "replace")
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        try:
+            reject = RejectConnection(status_code=status, headers=headers, has_body=True)
+            return self._ws.send(reject) + self._ws.send(RejectData(data=body))
+        except Exception:  # the HTTP layer is past answering (a request it could not read)
+            reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(status, "Error")
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            )
+            return head.encode("ascii") + body
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1").strip() if value is not None else None
+
+
+def _within(host: str, networks: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n) for n in networks)
