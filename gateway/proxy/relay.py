@@ -368,7 +368,8 @@ class ClientProtocol(protocol.Protocol):
         or malformed (bad_packet), a denied one with acl_deny_action = disconnect
         (acl_denied), a device over its rate with rate_limit_action = disconnect
         (message_rate), a WebSocket refused or broken (bad_websocket)."""
-        self._on_refuse(S.Refuse(by, why))
+        if self.session.state is S.State.RELAY:  # (before it, stop refuses, and logs it)
+            self._on_refuse(S.Refuse(by, why))
         self._run(self.session.stop(by, why))
 
     def _log_denied(self, what: str, topic: str, rule: str) -> None:

@@ -74,15 +74,18 @@ def build_context(
 
 def alpn_selector(offered: tuple[str, ...]) -> Callable[[SSL.Connection, list[bytes]], Any]:
     """The ALPN select callback: the first of the listener's names (its order of preference)
-    that the client offers; none in common refuses the handshake (the
-    no_application_protocol alert). Reads nothing but the list it was built with."""
+    that the client offers. None in common refuses the handshake with the
+    no_application_protocol alert (RFC 7301: pyOpenSSL turns an exception of the callback
+    into that fatal alert, and raises it from the handshake: the refusal's log line says
+    what was offered). Reads nothing but the list it was built with."""
     ours = [name.encode("ascii") for name in offered]
 
     def select(connection: SSL.Connection, theirs: list[bytes]) -> Any:
         for name in ours:
             if name in theirs:
                 return name
-        return SSL.NO_OVERLAPPING_PROTOCOLS
+        what = ", ".join(t.decode("ascii", "replace") for t in theirs)[:200]
+        raise SSL.Error([("", "", f"no application protocol in common (offered: {what})")])
 
     return select
 
