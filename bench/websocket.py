@@ -8,7 +8,7 @@ listener and mosquitto's own WebSocket-over-TLS listener, in one run, interleave
   CPU-second of the process terminating TLS (the gateway; mosquitto: its CPU also routes);
 - connects: full handshake + (upgrade +) CONNECT/CONNACK, then close, from 16 source
   addresses (127.0.0.10-25); per CPU-second of the target;
-- idle: memory per idle session (RSS growth / sessions) of the gateway on each listener.
+- idle: memory per idle session (RSS growth / sessions), a fresh gateway for each transport.
 
 The clients are Python (wsproto's client for WebSocket, frames built once) on the same
 2-core machine: absolute rates are bounded by them too; the per-CPU-second figures of the
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connects", type=int, default=300)
     parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--idle-only", action="store_true", help="only the memory figures")
     args = parser.parse_args()
     raise_fd_limit()
     directory = tempfile.mkdtemp(prefix="mqttgw-bench-ws-")
@@ -167,7 +168,7 @@ def main() -> None:
     }
     results: dict[str, dict[str, list[float]]] = {n: {} for n in targets}
     try:
-        for r in range(args.rounds):
+        for r in range(0 if args.idle_only else args.rounds):
             order = list(targets)[r % 3 :] + list(targets)[: r % 3]
             for name in order:
                 port, pid, ws = targets[name]
@@ -178,9 +179,17 @@ def main() -> None:
                 out.setdefault("relay per CPU-s", []).append(per_cpu)
                 out.setdefault("connects per CPU-s", []).append(hs)
                 print(f"  round {r + 1} {name}: {rate:.0f}/s, {per_cpu:.0f}/CPU-s, {hs:.1f}/CPU-s")
-        for name in ("gw-tls", "gw-wss"):
-            port, pid, ws = targets[name]
-            results[name]["idle KiB/session"] = [idle(port, pid, ctx, ws, args.idle)]
+        # Memory: a fresh gateway for each transport (a process that served the other one
+        # would reuse the memory its closed sessions freed).
+        for name, family, ws in (("gw-tls", "ssl", False), ("gw-wss", "wss", True)):
+            port = support.free_port()
+            conf = support.listener_conf("i", port, plain, p, family=family) + NO_LIMITS
+            fresh = support.start_gateway(directory, conf + "log_connect = false\n", f"gw-{family}")
+            try:
+                per = idle(port, fresh.pid, ctx, ws, args.idle)
+            finally:
+                fresh.stop()
+            results[name]["idle KiB/session"] = [per]
     finally:
         gateway.stop()
         broker.stop()
