@@ -1,6 +1,8 @@
-"""The WebSocket library's own cost per MQTT message, in process: wsproto (what mqttgw uses,
-through ``gateway.proxy.websocket``) beside autobahn's Twisted server protocol, fed the same
-masked frames of one 64-byte PUBLISH each, and sending the same messages.
+"""The WebSocket layer's own cost per MQTT message, in process, fed the same masked frames of
+one 64-byte PUBLISH each and sending the same messages: wsproto alone (the edge with its
+short path off), mqttgw's edge as it runs (``gateway.proxy.websocket``: whole short binary
+frames read and written by its short path, everything else by wsproto), and autobahn's
+Twisted server protocol.
 
     python bench/websocket_libraries.py        # autobahn measured if installed
                                                # (pip install autobahn: not a dependency)
@@ -33,9 +35,9 @@ def per_message(run: object, count: int) -> float:
     return min(timeit.repeat(run, number=N, repeat=3)) / (N * count) * 1e6  # type: ignore[arg-type]
 
 
-def wsproto_costs() -> tuple[float, float]:
+def edge_costs(short_path: bool) -> tuple[float, float]:
     client, request, _ = client_frames()
-    edge = WebSocketEdge(WebSocketSettings(), "127.0.0.1")
+    edge = WebSocketEdge(WebSocketSettings(), "127.0.0.1", short_path=short_path)
     client.receive_data(edge.receive(request).out)
     assert any(isinstance(e, AcceptConnection) for e in client.events())
     frames = [client.send(Message(data=PUBLISH)) for _ in range(1000)]
@@ -44,7 +46,10 @@ def wsproto_costs() -> tuple[float, float]:
         for frame in frames:
             edge.receive(frame)
 
-    return per_message(receive, 1000), per_message(lambda: edge.frame(PUBLISH), 1)
+    if short_path:
+        return per_message(receive, 1000), per_message(lambda: edge.frame(PUBLISH), 1)
+    message = Message(data=PUBLISH)
+    return per_message(receive, 1000), per_message(lambda: edge._ws.send(message), 1)
 
 
 def autobahn_costs() -> tuple[float, float] | None:
@@ -87,14 +92,15 @@ def autobahn_costs() -> tuple[float, float] | None:
 
 def main() -> None:
     print("us per 64-byte PUBLISH, one per WebSocket message (best of 3 x 20,000)")
-    print(f"  {'library':12} {'receive':>10} {'send':>10}")
-    received, sent = wsproto_costs()
-    print(f"  {'wsproto':12} {received:10.2f} {sent:10.2f}")
+    print(f"  {'':24} {'receive':>10} {'send':>10}")
+    for name, short in (("wsproto alone", False), ("mqttgw's edge", True)):
+        received, sent = edge_costs(short)
+        print(f"  {name:24} {received:10.2f} {sent:10.2f}")
     other = autobahn_costs()
     if other is None:
-        print("  autobahn     (not installed: pip install autobahn to compare)")
+        print(f"  {'autobahn':24} (not installed: pip install autobahn to compare)")
     else:
-        print(f"  {'autobahn':12} {other[0]:10.2f} {other[1]:10.2f}")
+        print(f"  {'autobahn':24} {other[0]:10.2f} {other[1]:10.2f}")
 
 
 if __name__ == "__main__":

@@ -21,3 +21,14 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+
+# MQTT.js for the demo's browser page (and its test), from the npm registry into .npm/
+# (never copied into the repository). Without npm the page says MQTT.js is missing.
+if [ ! -f .npm/node_modules/mqtt/dist/mqtt.min.js ]; then
+    if command -v npm >/dev/null 2>&1; then
+        npm install --silent --no-audit --no-fund --no-save --prefix .npm mqtt@5 >/dev/null 2>&1 \
+            || echo "npm install mqtt failed: the demo's browser page will say MQTT.js is missing"
+    else
+        echo "npm not found: the demo's browser page needs MQTT.js (apt-get install npm)"
+    fi
+fi

@@ -56,7 +56,13 @@ def _mosquitto() -> str:
 
 
 def write_demo_files(
-    directory: str, port: int, broker_port: int, ca_port: int, admin_port: int, twistd_port: int
+    directory: str,
+    port: int,
+    broker_port: int,
+    ca_port: int,
+    admin_port: int,
+    twistd_port: int,
+    web_port: int,
 ) -> tuple[dict[str, str], pki.Issued]:
     root = pki.make_ca("mqttgw demo root CA")
     devices = pki.make_ca("mqttgw demo devices CA", issuer=root)
@@ -90,7 +96,7 @@ def write_demo_files(
     with open(files["root_crl"], "wb") as f:
         f.write(root_ca.gencrl("root.crl.pem"))
 
-    def conf(listener_port: int, admin: str) -> str:
+    def conf(listener_port: int, admin: str, web: str) -> str:
         return (
             "# Written by 'mqttgw demo'. See docs/configuration.md for every key.\n"
             f"upstream = 127.0.0.1:{broker_port}\n"
@@ -111,14 +117,22 @@ def write_demo_files(
             "listener.ssl.demo.enable_crl_cache = true\n"
             f"listener.ssl.demo.crl_cache_urls = http://127.0.0.1:{ca_port}/devices.crl.pem, "
             f"http://127.0.0.1:{ca_port}/root.crl.pem\n"
-            "listener.ssl.demo.enable_ocsp_stapling = true\n"
+            "listener.ssl.demo.enable_ocsp_stapling = true\n" + web
+            # MQTT over WebSocket for browsers: TLS, no client certificate.
         )
+
+    browsers = (
+        f"listener.wss.web = 127.0.0.1:{web_port}\n"
+        "listener.wss.web.keyfile = server.key\n"
+        "listener.wss.web.certfile = server.pem\n"
+        "listener.wss.web.verify = verify_none\n"
+    )
 
     # The demo's gateway, and the same for twistd on a port of its own (beside the demo's).
     broker = f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
     for key, filename, text in (
-        ("conf", "mqttgw.conf", conf(port, f"127.0.0.1:{admin_port}")),
-        ("twistd_conf", "twistd.conf", conf(twistd_port, "")),
+        ("conf", "mqttgw.conf", conf(port, f"127.0.0.1:{admin_port}", browsers)),
+        ("twistd_conf", "twistd.conf", conf(twistd_port, "", "")),
         ("mosquitto_conf", "mosquitto.conf", broker),
     ):
         files[key] = os.path.join(directory, filename)
@@ -135,6 +149,7 @@ def instructions(
     files: dict[str, str],
     admin_port: int,
     twistd_port: int,
+    web_port: int,
     keep: bool,
 ) -> str:
     tls = f"-h localhost -p {port} --cafile {files['ca']}"
@@ -179,6 +194,10 @@ The gateway staples the CA's OCSP answer about its own certificate (s_client the
 without speaking MQTT, so this log says 'refused ... reason=bad_connect' for it):
   {s_client}
 
+MQTT over WebSocket in a browser (MQTT.js through the gateway's wss listener on port
+{web_port}; open https://localhost:{web_port}/ once and accept the demo certificate first):
+  {admin}/demo/
+
 What the gateway is doing (status page, Prometheus metrics, the same in a terminal):
   {admin}/
   {admin}/metrics
@@ -203,8 +222,9 @@ def run_demo(directory: str | None, port: int, keep: bool = False) -> int:
     ca_port = _free_port(0)
     admin_port = _free_port(9180)
     twistd_port = _free_port(port + 1)
+    web_port = _free_port(8084)
     try:
-        return _run(directory, port, broker_port, ca_port, admin_port, twistd_port, keep)
+        return _run(directory, port, broker_port, ca_port, admin_port, twistd_port, web_port, keep)
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
@@ -217,6 +237,7 @@ def _run(
     ca_port: int,
     admin_port: int,
     twistd_port: int,
+    web_port: int,
     keep: bool,
 ) -> int:
     from twisted.internet import endpoints, reactor
@@ -228,7 +249,7 @@ def _run(
     from gateway.service import make_gateway_service
 
     files, devices_ca = write_demo_files(
-        directory, port, broker_port, ca_port, admin_port, twistd_port
+        directory, port, broker_port, ca_port, admin_port, twistd_port, web_port
     )
     broker = subprocess.Popen(
         [_mosquitto(), "-c", files["mosquitto_conf"]],
@@ -260,10 +281,12 @@ def _run(
         if failed:  # a TCP endpoint listens at once
             raise SystemExit(f"demo: the demo CA cannot listen on 127.0.0.1:{ca_port}: {failed[0]}")
         gateway = make_gateway_service(prepare(files["conf"]), reactor)
+        if gateway.admin_resource is not None:  # the browser page, beside the status page
+            gateway.admin_resource.putChild(b"demo", _web_page(web_port))
         gateway.privilegedStartService()
         gateway.startService()
         text = instructions(
-            directory, port, broker_port, ca_port, files, admin_port, twistd_port, keep
+            directory, port, broker_port, ca_port, files, admin_port, twistd_port, web_port, keep
         )
         reactor.callWhenRunning(lambda: print(text, flush=True))
         reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
@@ -272,3 +295,19 @@ def _run(
         broker.terminate()
         broker.wait(10)
     return 0
+
+
+def _web_page(web_port: int) -> Any:
+    """/demo/ of the admin listener: the browser page and MQTT.js beside it."""
+    from twisted.web import resource, static
+
+    from gateway.demo.webpage import mqtt_js, page
+
+    demo = resource.Resource()
+    html = static.Data(page(f"wss://localhost:{web_port}/mqtt"), "text/html; charset=utf-8")
+    demo.putChild(b"", html)
+    demo.putChild(b"index.html", html)
+    bundle = mqtt_js()
+    if bundle is not None:
+        demo.putChild(b"mqtt.min.js", static.File(bundle, defaultType="text/javascript"))
+    return demo

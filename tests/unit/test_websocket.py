@@ -267,3 +267,70 @@ def test_wss_listeners_and_their_keys_parse() -> None:
 def test_bad_websocket_configuration_names_its_line(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(_conf(extra))
+
+
+@st.composite
+def device_streams(draw: st.DrawFn) -> bytes:
+    """What a device may send after its upgrade: short and long binary messages, fragmented
+    ones, pings, text, a close, and garbage, in any order."""
+    ws, request = client()
+    edge = W.WebSocketEdge(SETTINGS, "127.0.0.1", short_path=False)
+    ws.receive_data(edge.receive(request).out)
+    list(ws.events())
+    wire = b""
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(
+            st.sampled_from(["short", "long", "fragmented", "ping", "text", "close", "junk"])
+        )
+        if kind == "short":
+            wire += ws.send(Message(data=draw(st.binary(max_size=125))))
+        elif kind == "long":
+            wire += ws.send(Message(data=draw(st.binary(min_size=126, max_size=400))))
+        elif kind == "fragmented":
+            data = draw(st.binary(min_size=2, max_size=60))
+            wire += ws.send(Message(data=data[:1], message_finished=False))
+            wire += ws.send(Message(data=data[1:], message_finished=True))
+        elif kind == "ping":
+            wire += ws.send(Ping(payload=draw(st.binary(max_size=20))))
+        elif kind == "text":
+            wire += ws.send(TextMessage(data="x"))
+        elif kind == "close":
+            wire += ws.send(CloseConnection(code=1000))
+            break
+        else:
+            wire += draw(st.binary(max_size=30))
+            break
+    return wire
+
+
+@settings(max_examples=400, deadline=None)
+@given(device_streams(), st.data())
+def test_the_short_path_answers_as_wsproto_does(wire: bytes, data: st.DataObject) -> None:
+    """Whatever the device sends after its upgrade, cut anywhere: the edge with its short
+    path gives the same MQTT bytes, the same answers and the same refusal as wsproto alone
+    (the short path reads only whole short binary frames and leaves the rest to it)."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    results = []
+    for short in (True, False):
+        edge = W.WebSocketEdge(SETTINGS, "127.0.0.1", short_path=short)
+        _, request = client()
+        assert edge.receive(request).upgraded is not None
+        mqtt, out, refused, closed = b"", b"", None, False
+        for chunk in chunks:
+            got = edge.receive(chunk)
+            mqtt, out = mqtt + got.mqtt, out + got.out
+            refused = refused or got.refused
+            closed = closed or got.closed
+        results.append((mqtt, out, refused, closed))
+    assert results[0] == results[1]
+
+
+@given(st.binary(max_size=70000))
+def test_the_gateways_frames_read_back_as_one_message(payload: bytes) -> None:
+    """``frame``: one final binary message of any length, as wsproto's client reads it."""
+    edge, ws = upgraded()
+    ws.receive_data(edge.frame(payload))
+    (message,) = list(ws.events())
+    assert isinstance(message, BytesMessage) and message.message_finished
+    assert bytes(message.data) == payload
