@@ -79,16 +79,11 @@ class Downstream(Protocol):
 ConnectUpstream = Callable[[Downstream, str], Callable[[], None]]
 
 
-class RelayParts(Protocol):
-    """What the relay reads of a listener's current parts (``gateway.parts.ListenerParts``):
-    a reload replaces the whole record, and the next connection reads the new one."""
+class ListenerRules(Protocol):
+    """What a connection is handled by on its listener, as the current parts say."""
 
     @property
-    def name(self) -> str: ...
-    @property
     def session_limits(self) -> SessionLimits: ...
-    @property
-    def connector(self) -> ConnectUpstream: ...
     @property
     def revocation(self) -> Revocation | None: ...
     @property
@@ -111,12 +106,22 @@ class RelayParts(Protocol):
     def websocket_only(self) -> bool: ...
 
 
+class RelayParts(ListenerRules, Protocol):
+    """What the relay reads of a listener's current parts (``gateway.parts.ListenerParts``):
+    a reload replaces the whole record, and the next connection reads the new one."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def connector(self) -> ConnectUpstream: ...
+
+
 class HoldsParts(Protocol):
     @property
     def parts(self) -> RelayParts: ...
 
 
-class ClientHome(Protocol):
+class ClientHome(ListenerRules, Protocol):
     """What a client protocol reads of its listener (``factory.GatewayFactory``): the
     listener's name, clock and counters, its live sessions, and the current parts."""
 
@@ -127,28 +132,6 @@ class ClientHome(Protocol):
     on_closed: Callable[[Any], None] | None
 
     @property
-    def session_limits(self) -> SessionLimits: ...
-    @property
     def connect_upstream(self) -> ConnectUpstream: ...
-    @property
-    def revocation(self) -> Revocation | None: ...
-    @property
-    def identity(self) -> IdentitySettings: ...
-    @property
-    def upstream_name(self) -> str: ...
-    @property
-    def upstream_proxy_protocol(self) -> ProxyVersion | None: ...
-    @property
-    def log_connect(self) -> bool: ...
-    @property
-    def device_limits(self) -> DeviceLimits | None: ...
-    @property
-    def acl(self) -> Acl | None: ...
-    @property
-    def acl_deny_action(self) -> DenyAction: ...
-    @property
-    def websocket(self) -> WebSocketSettings | None: ...
-    @property
-    def websocket_only(self) -> bool: ...
 
     def denial_logged(self) -> bool: ...

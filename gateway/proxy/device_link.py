@@ -111,6 +111,11 @@ class DeviceLink:
         edge = self.edge
         if edge is None:
             return data
+        before = b""
+        if edge.short:  # the common case: whole short binary frames, nothing else to do
+            data, before = edge.read_short(data)
+            if not data:
+                return before
         got = edge.receive(data)
         if got.out:
             self.transport.write(got.out)
@@ -121,7 +126,7 @@ class DeviceLink:
             return b""
         if got.closed:
             self.transport.loseConnection()  # the device closed its WebSocket: so is the session
-        return got.mqtt
+        return before + got.mqtt
 
     # -- what the relay writes to, and pauses ---------------------------------------------
 

@@ -91,7 +91,7 @@ class WebSocketEdge:
         self._message = 0  # bytes of the binary message being received
         self.upgraded = False
         self.done = False  # refused or closed: nothing more is read
-        # The short path (``_short_frames``): on from the upgrade until the first frame of
+        # The short path (``read_short``): on from the upgrade until the first frame of
         # another shape, then wsproto reads everything; ``_tail``: a short frame cut by the
         # read, held for the next (at most 130 bytes).
         self._short = False
@@ -102,7 +102,7 @@ class WebSocketEdge:
             return Received()
         before = b""
         if self._short:
-            data, before = self._short_frames(data)
+            data, before = self.read_short(data)
             if not data:
                 return Received(before)
         try:
@@ -121,7 +121,12 @@ class WebSocketEdge:
             why = f"malformed: {e.__class__.__name__}: {e}"
             return self._refuse(Refusal(why, status=400, code=PROTOCOL_ERROR))
 
-    def _short_frames(self, data: bytes) -> tuple[bytes, bytes]:
+    @property
+    def short(self) -> bool:
+        """Whether the short path reads the next bytes (``read_short``)."""
+        return self._short and not self.done
+
+    def read_short(self, data: bytes) -> tuple[bytes, bytes]:
         """The common case, read here rather than by wsproto (which costs some 11 us a
         frame, bench/websocket_libraries.py): whole, final, masked binary frames of at most
         125 bytes, each one MQTT message. Their payloads are returned; what is left
