@@ -42,6 +42,9 @@ _FIELDS = (
     ("identity", "identity settings"),
     ("acl", "acl settings"),
     ("front", "front settings"),
+    ("transport", "transport"),
+    ("websocket", "websocket settings"),
+    ("log_connect", "log_connect"),
 )
 _TIMES = ("stats_log_interval", "shutdown_drain", "reload_drain")
 

@@ -79,3 +79,17 @@ def test_only_the_drain_time_changed_still_reconfigures(p: support.Pki) -> None:
     old = _prepared(p, {"a": {}})
     new = _prepared(p, {"a": {}}, "shutdown_drain = 9s\n")
     assert _plan(old, new).changed == (ListenerChange("a", ()),)
+
+
+def test_websocket_settings_and_the_transport_are_a_change(p: support.Pki) -> None:
+    """A reload that changes only MQTT over WebSocket's settings, the ALPN offered or the
+    listener's family is applied (new parts for the next connection), never ignored."""
+    a = _prepared(p, {"a": {}})
+    origins = _prepared(p, {"a": {"check_origin_enable": "true", "allowed_origins": "https://x"}})
+    (change,) = _plan(a, origins).changed
+    assert change.words == ("websocket settings",)
+    (change,) = _plan(a, _prepared(p, {"a": {"alpn": "mqtt, http/1.1"}})).changed
+    assert change.words == ("tls settings",)
+    wss = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="wss"))
+    (change,) = _plan(a, wss).changed
+    assert change.words == ("transport",)

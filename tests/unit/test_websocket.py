@@ -334,3 +334,18 @@ def test_the_gateways_frames_read_back_as_one_message(payload: bytes) -> None:
     (message,) = list(ws.events())
     assert isinstance(message, BytesMessage) and message.message_finished
     assert bytes(message.data) == payload
+
+
+def test_check_config_prints_a_wss_listener_that_parses_back_the_same() -> None:
+    """``mqttgw check-config``'s effective text names the listener by its family and holds
+    every WebSocket key; read back, it is the same configuration."""
+    from gateway.config import format_config
+
+    config = parse_config(
+        _conf("listener.wss.w.trusted_proxies = 10.0.0.0/8\nlistener.wss.w.alpn = http/1.1\n")
+    )
+    text = format_config(config)
+    assert "listener.wss.w = 127.0.0.1:18084" in text
+    assert "listener.wss.w.trusted_proxies = 10.0.0.0/8" in text
+    again = parse_config(text)
+    assert again.listeners == config.listeners
