@@ -192,6 +192,7 @@ class WebSocketEdge:
         mqtt: list[bytes] = []
         out: list[bytes] = []
         upgraded: Upgrade | None = None
+        ping: Ping | None = None
         for event in self._ws.events():
             if isinstance(event, Request):
                 decided = self._upgrade(event)
@@ -212,11 +213,13 @@ class WebSocketEdge:
                 refusal = Refusal("a text message (MQTT is binary)", code=UNSUPPORTED_DATA)
                 return self._refuse(refusal, mqtt, out)
             elif isinstance(event, Ping):
-                out.append(self._ws.send(event.response()))
+                ping = event  # answered once per read: the last one (RFC 6455 5.5.3)
             elif isinstance(event, CloseConnection):
                 out.append(self._ws.send(event.response()))
                 self.done = True
                 return Received(b"".join(mqtt), b"".join(out), upgraded, closed=True)
+        if ping is not None:  # a flood of pings gets no more bytes back than it sent
+            out.append(self._ws.send(ping.response()))
         return Received(b"".join(mqtt), b"".join(out), upgraded)
 
     def _upgrade(self, request: Request) -> Upgrade | Refusal:

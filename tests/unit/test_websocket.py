@@ -174,9 +174,14 @@ def test_text_messages_and_oversized_messages_are_refused_with_their_close_codes
 
 
 def test_pings_are_answered_and_a_close_is_answered_and_reported() -> None:
+    """A ping gets its pong (several in one read: one pong, for the last: a flood of pings
+    gets back no more than it sent); a close is answered, and reported."""
     edge, ws = upgraded()
     (pong,) = events(ws, edge.receive(ws.send(Ping(payload=b"hi"))).out)
     assert isinstance(pong, Pong) and pong.payload == b"hi"
+    flood = b"".join(ws.send(Ping(payload=bytes([i]))) for i in range(100))
+    (pong,) = events(ws, edge.receive(flood).out)
+    assert isinstance(pong, Pong) and pong.payload == bytes([99])
     got = edge.receive(ws.send(CloseConnection(code=1000)))
     assert got.closed
     (answer,) = events(ws, got.out)
