@@ -49,6 +49,29 @@ def connect_from(
     return s
 
 
+def ws_connect_from(
+    source: str, port: int, world: World, cert: tuple[str, str], client_id: str
+) -> ssl.SSLSocket:
+    """An MQTT session over WebSocket over mutual TLS from ``source``: its CONNACK read."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Message, Request
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
+    s = support.client_context(world.p, cert).wrap_socket(raw, server_hostname="localhost")
+    ws = WSConnection(ConnectionType.CLIENT)
+    s.sendall(ws.send(Request(host="localhost", target="/mqtt", subprotocols=["mqtt"])))
+    got: list[object] = []
+    while not any(isinstance(e, BytesMessage) for e in got):
+        ws.receive_data(s.recv(4096))
+        for event in ws.events():
+            got.append(event)
+            if isinstance(event, AcceptConnection):
+                s.sendall(ws.send(Message(data=support.connect_packet(client_id))))
+    (connack,) = [bytes(e.data) for e in got if isinstance(e, BytesMessage)]
+    assert connack == ACCEPTED
+    return s
+
+
 def outcome_from(source: str, port: int, world: World, cert: tuple[str, str]) -> str:
     try:
         connect_from(source, port, world, cert, "probe").close()
@@ -109,13 +132,16 @@ def alive(pid: int) -> bool:
 def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workdir: str) -> None:
     """workers = 4: connections from eight addresses land on every worker (address
     affinity: the same address always on the same worker); the CA sees one fetch per
-    refresh, not four; /status adds the workers' counters up."""
+    refresh, not four; /status adds the workers' counters up; a wss listener is served by
+    the workers as well (MQTT over WebSocket from two addresses, on two workers)."""
     device = world.p.client("spread")
-    port, admin = support.free_port(), support.free_port()
+    port, admin, wss = support.free_port(), support.free_port(), support.free_port()
     globals_ = f"workers = 4\nadmin.listen = {admin}\ncrl_cache.refresh_interval = 1s\n"
     globals_ += "stats_log_interval = 1s\n"
     world.http.hits.clear()
-    gw = support.start_gateway(workdir, world.conf(port, broker, globals=globals_), ready="serving")
+    conf = world.conf(port, broker, globals=globals_)
+    conf += support.listener_conf("w", wss, broker, world.p, family="wss")
+    gw = support.start_gateway(workdir, conf, ready="serving")
     try:
         serving_pids(gw, 4)
         sessions = [
@@ -150,7 +176,14 @@ def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workd
         elapsed, counts = time.monotonic() - started, fetched()
         for path in paths:
             assert counts[path] <= elapsed / 1.0 + 2, (counts, elapsed)
-        for s in sessions:
+        web = [ws_connect_from(f"127.0.0.{i}", wss, world, device, f"ws-{i}") for i in (1, 2)]
+        pattern = r"worker (\d+): accepted w peer=\S+ .*transport=wss .*client_id='ws-{}'"
+        on = {
+            support.wait_until(lambda i=i: re.search(pattern.format(i), gw.log()), 10).group(1)
+            for i in (1, 2)
+        }
+        assert len(on) == 2  # two addresses, two workers
+        for s in sessions + web:
             s.close()
     finally:
         gw.stop()
