@@ -138,6 +138,11 @@ class WebSocketEdge:
         if self._tail:
             data = self._tail + data
             self._tail = b""
+        n = len(data)
+        if n > 6 and data[0] == 0x82 and data[1] - 0x80 == n - 6 < 126:  # one whole frame
+            mask = data[2:6] * ((n - 6) // 4 + 1)
+            payload = int.from_bytes(data[6:], "big") ^ int.from_bytes(mask[: n - 6], "big")
+            return b"", payload.to_bytes(n - 6, "big")
         out = []
         pos, n = 0, len(data)
         while pos < n:
