@@ -97,11 +97,7 @@ def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
     tls_port = support.free_port()
     broker, plain = support.start_mosquitto(
         directory,
-        extra=(
-            f"listener {tls_port} 127.0.0.1\ncafile {p.ca_file}\ncertfile {p.server_cert}\n"
-            f"keyfile {p.server_key}\nrequire_certificate true\n"
-            "max_connections -1\n"
-        ),
+        extra=support.mosquitto_mtls_listener(tls_port, p),
     )
     port = support.free_port()
     # The load generator is one address (127.0.0.1) running as fast as it can: the

@@ -149,11 +149,7 @@ def main() -> None:
     mosq_ws = support.free_port()
     broker, plain = support.start_mosquitto(
         directory,
-        extra=(
-            f"listener {mosq_ws} 127.0.0.1\nprotocol websockets\ncafile {p.ca_file}\n"
-            f"certfile {p.server_cert}\nkeyfile {p.server_key}\nrequire_certificate true\n"
-            "max_connections -1\n"
-        ),
+        extra=support.mosquitto_mtls_listener(mosq_ws, p, protocol="websockets"),
     )
     tls, wss = support.free_port(), support.free_port()
     conf = support.listener_conf("t", tls, plain, p) + support.listener_conf(

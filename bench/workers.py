@@ -186,12 +186,8 @@ class World:
         tls_port = support.free_port()
         broker, plain = support.start_mosquitto(
             self.dir,
-            extra=(
-                f"listener {tls_port} 127.0.0.1\ncafile {self.pki.ca_file}\n"
-                f"certfile {self.pki.server_cert}\nkeyfile {self.pki.server_key}\n"
-                "require_certificate true\nmax_connections -1\n"
-                + (f"crlfile {self.crl_file}\n" if self.crl_file else "")
-            ),
+            extra=support.mosquitto_mtls_listener(tls_port, self.pki)
+            + (f"crlfile {self.crl_file}\n" if self.crl_file else ""),
         )
         started: list[support.Process] = []
         targets: dict[str, tuple[int, int]] = {"mosquitto": (tls_port, broker.pid)}

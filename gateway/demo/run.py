@@ -17,9 +17,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.demo import pki
+
+
+class DemoPorts(NamedTuple):
+    """The loopback ports the demo uses, each picked free at start."""
+
+    gateway: int  # the demo's mutual-TLS listener
+    broker: int  # mosquitto, plain MQTT
+    ca: int  # the demo CA's CRLs and OCSP responder
+    admin: int  # status page, /metrics, the browser page
+    twistd: int  # the same gateway under twistd
+    web: int  # the wss listener for browsers
 
 
 def _quiet_site(root: Any) -> Any:
@@ -55,15 +66,8 @@ def _mosquitto() -> str:
     return path
 
 
-def write_demo_files(
-    directory: str,
-    port: int,
-    broker_port: int,
-    ca_port: int,
-    admin_port: int,
-    twistd_port: int,
-    web_port: int,
-) -> tuple[dict[str, str], pki.Issued]:
+def write_demo_files(directory: str, ports: DemoPorts) -> tuple[dict[str, str], pki.Issued]:
+    port, broker_port, ca_port, admin_port, twistd_port, web_port = ports
     root = pki.make_ca("mqttgw demo root CA")
     devices = pki.make_ca("mqttgw demo devices CA", issuer=root)
     files = {"ca": pki.write_ca_bundle(os.path.join(directory, "ca.pem"), root, devices)}
@@ -141,17 +145,8 @@ def write_demo_files(
     return files, devices
 
 
-def instructions(
-    directory: str,
-    port: int,
-    broker_port: int,
-    ca_port: int,
-    files: dict[str, str],
-    admin_port: int,
-    twistd_port: int,
-    web_port: int,
-    keep: bool,
-) -> str:
+def instructions(directory: str, ports: DemoPorts, files: dict[str, str], keep: bool) -> str:
+    port, broker_port, ca_port, admin_port, twistd_port, web_port = ports
     tls = f"-h localhost -p {port} --cafile {files['ca']}"
     bindir = os.path.dirname(sys.executable)  # mqttgw and twistd, beside this Python
     admin = f"http://127.0.0.1:{admin_port}"
@@ -218,28 +213,22 @@ def run_demo(directory: str | None, port: int, keep: bool = False) -> int:
     directory = directory or tempfile.mkdtemp(prefix="mqttgw-demo-")
     os.makedirs(directory, exist_ok=True)
     port = _free_port(port)
-    broker_port = _free_port(0)
-    ca_port = _free_port(0)
-    admin_port = _free_port(9180)
-    twistd_port = _free_port(port + 1)
-    web_port = _free_port(8084)
+    ports = DemoPorts(
+        gateway=port,
+        broker=_free_port(0),
+        ca=_free_port(0),
+        admin=_free_port(9180),
+        twistd=_free_port(port + 1),
+        web=_free_port(8084),
+    )
     try:
-        return _run(directory, port, broker_port, ca_port, admin_port, twistd_port, web_port, keep)
+        return _run(directory, ports, keep)
     finally:
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run(
-    directory: str,
-    port: int,
-    broker_port: int,
-    ca_port: int,
-    admin_port: int,
-    twistd_port: int,
-    web_port: int,
-    keep: bool,
-) -> int:
+def _run(directory: str, ports: DemoPorts, keep: bool) -> int:
     from twisted.internet import endpoints, reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.web import resource, static
@@ -248,9 +237,7 @@ def _run(
     from gateway.prepare import prepare
     from gateway.service import make_gateway_service
 
-    files, devices_ca = write_demo_files(
-        directory, port, broker_port, ca_port, admin_port, twistd_port, web_port
-    )
+    files, devices_ca = write_demo_files(directory, ports)
     broker = subprocess.Popen(
         [_mosquitto(), "-c", files["mosquitto_conf"]],
         stdout=subprocess.DEVNULL,
@@ -260,7 +247,7 @@ def _run(
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", broker_port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", ports.broker), timeout=0.2).close()
                 break
             except OSError:
                 if broker.poll() is not None or time.monotonic() > deadline:
@@ -275,19 +262,19 @@ def _run(
         ca_root.putChild(b"root.crl.pem", static.File(files["root_crl"]))
         ca_root.putChild(b"ocsp", DemoOcspResponder(devices_ca, files["ca_index"]))
         ca_site = _quiet_site(ca_root)
-        ca_endpoint = endpoints.TCP4ServerEndpoint(reactor, ca_port, interface="127.0.0.1")
+        ca_endpoint = endpoints.TCP4ServerEndpoint(reactor, ports.ca, interface="127.0.0.1")
         failed: list[BaseException] = []
         ca_endpoint.listen(ca_site).addErrback(lambda f: failed.append(f.value))
         if failed:  # a TCP endpoint listens at once
-            raise SystemExit(f"demo: the demo CA cannot listen on 127.0.0.1:{ca_port}: {failed[0]}")
+            raise SystemExit(
+                f"demo: the demo CA cannot listen on 127.0.0.1:{ports.ca}: {failed[0]}"
+            )
         gateway = make_gateway_service(prepare(files["conf"]), reactor)
         if gateway.admin_resource is not None:  # the browser page, beside the status page
-            gateway.admin_resource.putChild(b"demo", _web_page(web_port))
+            gateway.admin_resource.putChild(b"demo", _web_page(ports.web))
         gateway.privilegedStartService()
         gateway.startService()
-        text = instructions(
-            directory, port, broker_port, ca_port, files, admin_port, twistd_port, web_port, keep
-        )
+        text = instructions(directory, ports, files, keep)
         reactor.callWhenRunning(lambda: print(text, flush=True))
         reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
         reactor.run()

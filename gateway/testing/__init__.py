@@ -125,6 +125,17 @@ def mosquitto_path() -> str:
     return path
 
 
+def mosquitto_mtls_listener(port: int, p: Pki, protocol: str = "mqtt") -> str:
+    """Lines for a mosquitto listener (``extra`` of ``start_mosquitto``) on 127.0.0.1:``port``
+    that wants a client certificate from ``p``'s CA: the baseline the benchmarks compare
+    the gateway with. ``protocol`` is mosquitto's: mqtt or websockets."""
+    return (
+        f"listener {port} 127.0.0.1\nprotocol {protocol}\ncafile {p.ca_file}\n"
+        f"certfile {p.server_cert}\nkeyfile {p.server_key}\nrequire_certificate true\n"
+        "max_connections -1\n"
+    )
+
+
 def start_mosquitto(
     directory: str, port: int | None = None, extra: str = ""
 ) -> tuple[Process, int]:

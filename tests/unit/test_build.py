@@ -40,31 +40,22 @@ def _role(reactor: MemoryReactorClock) -> SingleProcess:
 def _build(p: support.Pki, reactor: MemoryReactorClock, opts: dict[str, str], previous=None):  # type: ignore[no-untyped-def]
     prepared = prepare_text(support.listener_conf("a", 18001, 1883, p, opts))
     config = prepared.config
-    change = None
+    old = change = None
     if previous is not None:
         old, old_prepared = previous
         plan = plan_reload(old_prepared.config, old_prepared.materials, config, prepared.materials)
         change = plan.change("a")
         assert change is not None
-        parts = build_parts(
-            config.listener("a"),
-            prepared.materials["a"],
-            config.globals,
-            _role(reactor),
-            reactor,
-            EVENTS,
-            old,
-            change,
-        )
-    else:
-        parts = build_parts(
-            config.listener("a"),
-            prepared.materials["a"],
-            config.globals,
-            _role(reactor),
-            reactor,
-            EVENTS,
-        )
+    parts = build_parts(
+        config.listener("a"),
+        prepared.materials["a"],
+        config.globals,
+        _role(reactor),
+        reactor,
+        EVENTS,
+        old,
+        change,
+    )
     return parts, prepared
 
 
