@@ -63,9 +63,11 @@ class Client:
         self.sock.sendall(self.frame(data))
 
     def recv(self) -> bytes:
-        """MQTT bytes, as they come (b"": closed)."""
+        """MQTT bytes, as they come (ConnectionError once the server closed)."""
         data = self.sock.recv(1 << 20)
-        if self.ws is None or not data:
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        if self.ws is None:
             return data
         self.ws.receive_data(data)
         return b"".join(bytes(e.data) for e in self.ws.events() if isinstance(e, Message))
@@ -78,15 +80,17 @@ class Client:
         assert got[:2] == b"\x20\x02", got
 
 
-def relay(port: int, pid: int, ctx: ssl.SSLContext, ws: bool, messages: int) -> tuple[float, float]:
+def relay(
+    port: int, pid: int, ctx: ssl.SSLContext, ws: bool, messages: int, round_: int
+) -> tuple[float, float]:
     sub = Client(port, ctx, ws)
-    sub.connect(f"sub-{port}-{ws}")
+    sub.connect(f"sub-{port}-{ws}-{round_}")  # (a new id each round: no session taken over)
     sub.send(b"\x82\x06\x00\x01\x00\x01b\x00")
     got = b""
     while len(got) < 5:
         got += sub.recv()
     pub = Client(port, ctx, ws)
-    pub.connect(f"pub-{port}-{ws}")
+    pub.connect(f"pub-{port}-{ws}-{round_}")
     frames = [pub.frame(PUBLISH) for _ in range(1000)]  # framed once (masks differ)
     cpu0, start = support.cpu_seconds(pid), time.monotonic()
 
@@ -99,10 +103,7 @@ def relay(port: int, pid: int, ctx: ssl.SSLContext, ws: bool, messages: int) -> 
     writer.start()
     expected, received = messages * len(PUBLISH), 0
     while received < expected:
-        data = sub.recv()
-        if not data and sub.ws is None:
-            raise RuntimeError("subscriber closed")
-        received += len(data)
+        received += len(sub.recv())
     elapsed, cpu = time.monotonic() - start, support.cpu_seconds(pid) - cpu0
     writer.join()
     for c in (pub, sub):
@@ -168,7 +169,7 @@ def main() -> None:
             order = list(targets)[r % 3 :] + list(targets)[: r % 3]
             for name in order:
                 port, pid, ws = targets[name]
-                rate, per_cpu = relay(port, pid, ctx, ws, args.messages)
+                rate, per_cpu = relay(port, pid, ctx, ws, args.messages, r)
                 hs = connects(port, pid, ctx, ws, args.connects)
                 out = results[name]
                 out.setdefault("relay/s", []).append(rate)

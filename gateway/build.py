@@ -64,8 +64,12 @@ def build_parts(
     verifier = CertificateVerifier(checker)
     # pyOpenSSL freezes a context once its first connection exists: the stapling callback
     # goes in before the context is used.
-    context = build_context(settings.name, settings.tls, material, verifier)
-    if stapler is not None:
+    context = (
+        build_context(settings.name, settings.tls, material, verifier)
+        if settings.transport.tls
+        else None  # a ws listener: no TLS here
+    )
+    if stapler is not None and context is not None:
         stapler.install(context)
     return ListenerParts(
         settings,

@@ -12,6 +12,12 @@ class Transport(Word):
 
     SSL = "ssl"  # MQTT over TLS (and, with alpn listing http/1.1, MQTT over WebSocket)
     WSS = "wss"  # MQTT over WebSocket over TLS
+    WS = "ws"  # MQTT over WebSocket, TLS ended by a load balancer in front
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gateway itself speaks TLS with the devices here."""
+        return self is not Transport.WS
 
 
 class FailurePolicy(Word):

@@ -22,6 +22,9 @@ def check_config(path: str) -> int:
         print(f"mqttgw: {warning}", file=sys.stderr)
     sys.stdout.write(format_config(config))
     for listener in config.listeners:
+        if not listener.transport.tls:
+            print(f"\n# listener {listener.name}: no TLS (ws: the load balancer in front ends it)")
+            continue
         print(f"\n# listener {listener.name} offers (as OpenSSL expands the settings):")
         for line in describe_offer(listener.tls, prepared.materials[listener.name]):
             print(f"#   {line}")

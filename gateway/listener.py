@@ -18,7 +18,7 @@ from gateway.drain import drain
 from gateway.observe import own_status
 from gateway.parts import ListenerEvents, ListenerHandle, ListenerParts, PartsBox
 from gateway.ports import ready_timeout
-from gateway.proxy.entry import EntryFactory, Gate, ListenerTLSFactory, SocketTLSFactory
+from gateway.proxy.entry import DirectFactory, EntryFactory, Gate, ListenerTLSFactory
 from gateway.proxy.factory import GatewayFactory
 from gateway.reasons import Reason
 from gateway.reload_plan import ListenerChange
@@ -57,15 +57,16 @@ class ListenerService(service.MultiService):
         cooperate = cooperator.cooperate
         self.creator = ServerConnectionCreator(lambda: self.box.parts.context)
         self.gate = Gate(parts.name, self.stats, parts.settings.limits, reactor)
-        # TLS in a memory BIO, or on the socket (a TLSPort's transports; tls_io = socket,
-        # where the client factory tells the gate of each closed connection).
-        on_socket = parts.settings.tls.io == TlsIo.SOCKET
+        # TLS in a memory BIO; or none between the port and the client protocol: TLS on
+        # the socket (a TLSPort's transports; tls_io = socket), or no TLS (a ws listener),
+        # where the client factory tells the gate of each closed connection.
+        direct = parts.settings.tls.io == TlsIo.SOCKET or not parts.settings.transport.tls
         self.factory = GatewayFactory(
-            self.box, reactor, self.stats, cooperate, self.gate.closed if on_socket else None
+            self.box, reactor, self.stats, cooperate, self.gate.closed if direct else None
         )
         tls: Any = (
-            SocketTLSFactory(self.gate, self.factory)
-            if on_socket
+            DirectFactory(self.gate, self.factory)
+            if direct
             else ListenerTLSFactory(self.creator, self.gate, self.factory, reactor)
         )
         self.entry = EntryFactory(tls, lambda: self.box.parts.settings.front, reactor)
@@ -187,13 +188,18 @@ class ListenerService(service.MultiService):
         if not self._logged:
             self._logged = True
             settings = self.parts.settings
+            tls = settings.tls
             log.info(
-                "listener {listener} on {bind} -> upstream {upstream} (verify={verify}, tls={tls})",
+                "listener {listener} on {bind} -> upstream {upstream} ({how})",
                 listener=settings.name,
                 bind=format_bind(settings.bind),
                 upstream=format_bind(settings.upstream.address),
-                verify="verify_peer" if settings.tls.verify_peer else "verify_none",
-                tls=",".join(settings.tls.versions),
+                how=(
+                    f"verify={'verify_peer' if tls.verify_peer else 'verify_none'}, "
+                    f"tls={','.join(tls.versions)}"
+                    if settings.transport.tls
+                    else "ws: no TLS, the load balancer in front ends it"
+                ),
             )
 
     def stopService(self) -> defer.Deferred[Any]:

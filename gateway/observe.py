@@ -89,7 +89,8 @@ def own_status(
     port (``accepting``, ``waiting_reason``); ``fetches``: this process fetches its CRLs
     (and so knows whether they decide a good device now)."""
     settings = parts.settings
-    certificates = [certificate_status("server", parts.material.chain[0])]
+    chain = parts.material.chain  # (none on a ws listener)
+    certificates = [certificate_status("server", chain[0])] if chain else []
     upstream = parts.material.upstream
     if upstream is not None and upstream.client_cert is not None:
         certificates.append(certificate_status("upstream", upstream.client_cert))
@@ -115,7 +116,7 @@ def own_status(
         upstream=format_bind(settings.upstream.address),
         accepting=port.accepting,
         not_accepting=port.waiting_reason,
-        tls=f"{tls.profile} ({','.join(tls.versions)})",
+        tls=f"{tls.profile} ({','.join(tls.versions)})" if settings.transport.tls else "none (ws)",
         brokers=tuple(
             BrokerStatus(b.name, b.up, b.active, b.sessions, b.failures, b.last_error)
             for b in parts.pool.brokers

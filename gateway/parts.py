@@ -44,7 +44,7 @@ class ListenerParts:
     crl: Any  # IRevocationSource, or None without CRL checking
     revocation: RevocationChecker | None  # with CRL or OCSP checking of clients
     stapler: Any  # IStapler, or None without stapling
-    context: SSL.Context
+    context: SSL.Context | None  # None on a ws listener (no TLS)
     pool: BrokerPool
     connector: PoolConnector
     health: HealthChecker | None
@@ -83,8 +83,13 @@ class ListenerParts:
 
     @property
     def websocket_only(self) -> bool:
-        """A wss listener: every device speaks WebSocket."""
-        return self.settings.transport is Transport.WSS
+        """A wss or ws listener: every device speaks WebSocket."""
+        return self.settings.transport is not Transport.SSL
+
+    @property
+    def plain(self) -> bool:
+        """A ws listener: no TLS on its connections (a load balancer in front ended it)."""
+        return not self.settings.transport.tls
 
     @property
     def acl_deny_action(self) -> DenyAction:

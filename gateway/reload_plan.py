@@ -100,7 +100,8 @@ def listener_change(
     globals_: GlobalSettings,
 ) -> ListenerChange:
     words = [word for field, word in _FIELDS if getattr(old, field) != getattr(new, field)]
-    if material.chain[0] != old_material.chain[0]:
+    server = material.chain[:1] != old_material.chain[:1]  # (a ws listener has none)
+    if server and material.chain and old_material.chain:
         words.append(
             f"certificate (serial {old_material.chain[0].serial_number:X} -> "
             f"{material.chain[0].serial_number:X})"
@@ -124,12 +125,7 @@ def listener_change(
         tuple(words),
         crl=crl,
         keep_crls=crl and ca_same and old.crl is not None and new.crl is not None,
-        ocsp=(
-            new.ocsp != old.ocsp
-            or material.chain[0] != old_material.chain[0]
-            or material.ocsp != old_material.ocsp
-            or ocsp_dir
-        ),
+        ocsp=(new.ocsp != old.ocsp or server or material.ocsp != old_material.ocsp or ocsp_dir),
         client_ocsp=new.client_ocsp != old.client_ocsp or not ca_same or ocsp_dir,
         upstream=new.upstream != old.upstream or material.upstream is not None,
         moved=new.bind != old.bind,

@@ -281,6 +281,17 @@ class GatewayService(service.MultiService):
         if config.globals.workers != old.globals.workers and self.role.workers is not None:
             log.warn("reload: a new value of workers takes effect at the next restart")
         plan = plan_reload(old, self.prepared.materials, config, prepared.materials)
+        for change in plan.changed:
+            if (
+                old.listener(change.name).transport.tls
+                != config.listener(change.name).transport.tls
+            ):
+                raise config.error(
+                    change.name,
+                    "",
+                    "a reload cannot turn a listener between ws (no TLS) and TLS: restart, or "
+                    "declare a new listener on another address",
+                )
         # 1. Everything that can fail is done first: binding new addresses. If one cannot
         #    be bound, the ports bound so far are closed and the reload is refused.
         added = [self.new_listener(prepared, name) for name in plan.added]

@@ -23,8 +23,8 @@ def format_config(config: Config) -> str:
         out.append("")
         out.append(f"{prefix} = {format_bind(listener.bind)}")
         for key in KEYS:
-            if not key.listener:
-                continue
+            if not key.listener or (key.tls_only and not listener.transport.tls):
+                continue  # (a ws listener: no TLS, its TLS keys do not apply)
             if (
                 key.section is not None
                 and not key.switch

@@ -264,10 +264,22 @@ def _build_listener(
     prefix = f"listener.{family.value}.{name}"
     v: dict[str, Any] = {}
     origin: dict[str, tuple[int, str]] = {}
+    plain = not family.tls  # listener.ws: no TLS here (a load balancer ended it)
     for key in KEYS:
         if not key.listener:
             continue
         found = opts.get(key.name) or (globals_.get(key.name) if key.global_ else None)
+        if plain and key.tls_only:
+            if key.name in opts:
+                line = opts[key.name][1]
+                raise ConfigError(
+                    path,
+                    line.line,
+                    line.key,
+                    "a ws listener has no TLS (the load balancer in front ends it): use "
+                    f"listener.wss.{name} for TLS, certificates and revocation in the gateway",
+                )
+            found = None  # a global TLS setting does not apply here
         if found is None:
             v[key.name] = key.default
         else:
@@ -281,10 +293,12 @@ def _build_listener(
         return ConfigError(path, where[0], where[1], reason)
 
     for key in KEYS:
-        if key.listener and key.required and v[key.name] is None:
+        if key.listener and key.required and v[key.name] is None and not (plain and key.tls_only):
             raise ConfigError(path, None, f"{prefix}.{key.name}", "required for every listener")
     if v["upstream"] is None:
         raise fail("upstream", "listener has no upstream (set it, or a global upstream)")
+    if plain:
+        v["verify"] = False
     verify_peer: bool = v["verify"]
     if v["fail_if_no_peer_cert"] is None:
         v["fail_if_no_peer_cert"] = verify_peer

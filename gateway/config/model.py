@@ -57,8 +57,8 @@ class GlobalSettings:
 class TlsSettings:
     """What the listener's TLS context is built from (the files are read into TlsMaterial)."""
 
-    certfile: str
-    keyfile: str
+    certfile: str | None  # None only on a ws listener (no TLS)
+    keyfile: str | None
     cacertfile: str | None
     verify_peer: bool
     fail_if_no_peer_cert: bool
@@ -236,9 +236,9 @@ class ListenerSettings:
 
     @property
     def websocket_enabled(self) -> bool:
-        """Whether devices may speak MQTT over WebSocket here: a wss listener, or an ssl
-        listener whose alpn offers http/1.1."""
-        return self.transport is Transport.WSS or "http/1.1" in self.tls.alpn
+        """Whether devices may speak MQTT over WebSocket here: a wss or ws listener, or an
+        ssl listener whose alpn offers http/1.1."""
+        return self.transport is not Transport.SSL or "http/1.1" in self.tls.alpn
 
 
 # Where each listener option was set: option name -> (line, key as written), for errors

@@ -70,6 +70,14 @@ def link_for(
     return DeviceLink(transport, websocket, mode, record, refuse)
 
 
+def plain_link(
+    home: Any, transport: Any, record: SessionLog, refuse: Callable[[Reason, str], None]
+) -> DeviceLink:
+    """On a ws listener (no TLS: a load balancer in front ended it), from the connection's
+    first byte: the device speaks WebSocket."""
+    return DeviceLink(transport, home.websocket, Mode.WEBSOCKET, record, refuse, "ws")
+
+
 class DeviceLink:
     """The device's transport as MQTT over WebSocket (or, until the first byte, maybe)."""
 
@@ -80,8 +88,11 @@ class DeviceLink:
         mode: Mode,
         record: SessionLog,
         refuse: Callable[[Reason, str], None],
+        name: str = "wss",
     ) -> None:
-        """``refuse(reason, detail)``: the session is to be refused or ended."""
+        """``refuse(reason, detail)``: the session is to be refused or ended; ``name``: the
+        transport's name in the session line (wss; ws on a listener without TLS)."""
+        self.name = name
         self.transport = transport
         self.settings = settings
         self.mode = mode
@@ -99,23 +110,29 @@ class DeviceLink:
         self.mode = Mode.WEBSOCKET
         host = self.record.peer.rpartition(":")[0].strip("[]")
         self.edge = W.WebSocketEdge(self.settings, host)
-        self.record.transport = "wss"
+        self.record.transport = self.name
 
     def receive(self, data: bytes) -> bytes:
         """The MQTT bytes in ``data``."""
-        if self.mode is Mode.SNIFF:
-            if data[:1].isalpha():  # an HTTP request line: GET ...
-                self._start()
-            else:
-                self.mode = Mode.MQTT
         edge = self.edge
-        if edge is None:
-            return data
-        before = b""
-        if edge.short:  # the common case: whole short binary frames, nothing else to do
+        if edge is not None and edge.short:  # the common case: whole short binary frames
+            if not edge.tail:
+                one = W.unmask_one(data)  # exactly one (the commonest read)
+                if one is not None:
+                    return one
             data, before = edge.read_short(data)
             if not data:
                 return before
+        else:
+            before = b""
+            if self.mode is Mode.SNIFF:
+                if data[:1].isalpha():  # an HTTP request line: GET ...
+                    self._start()
+                else:
+                    self.mode = Mode.MQTT
+                edge = self.edge
+            if edge is None:
+                return data
         got = edge.receive(data)
         if got.out:
             self.transport.write(got.out)

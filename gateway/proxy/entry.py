@@ -151,9 +151,10 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
         self.gate.closed(p)
 
 
-class SocketTLSFactory(protocol.Factory):
-    """TLS on the socket (``tls.socket_tls.TLSPort``'s transports do it): the client
-    protocol itself, each connection admitted by the gate first."""
+class DirectFactory(protocol.Factory):
+    """The client protocol itself on the port's transport, each connection admitted by the
+    gate first: TLS on the socket (``tls.socket_tls.TLSPort``'s transports do it), or no
+    TLS at all (a ws listener: a load balancer in front ended it)."""
 
     noisy = False
 
@@ -190,7 +191,7 @@ class EntryFactory(protocol.Factory):
         front: Callable[[], FrontSettings],
         reactor: IReactorTime,
     ) -> None:
-        self.tls = tls  # ListenerTLSFactory or SocketTLSFactory
+        self.tls = tls  # ListenerTLSFactory or DirectFactory
         self._front = front
         self._reactor = reactor
         self._proxied: tuple[float, ProxyFrontFactory] | None = None

@@ -94,6 +94,10 @@ class GatewayFactory(protocol.Factory):
     def websocket_only(self) -> bool:
         return self.box.parts.websocket_only
 
+    @property
+    def plain(self) -> bool:
+        return self.box.parts.plain
+
     def denial_logged(self) -> bool:
         """Whether one more denial line may be logged now: 10 per 10 seconds per
         listener (the rest are counted in mqttgw_acl_denied_total)."""

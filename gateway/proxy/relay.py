@@ -23,7 +23,7 @@ from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamProtocol, lost_text
 from gateway.proxy.contracts import ClientHome
-from gateway.proxy.device_link import DeviceLink, link_for
+from gateway.proxy.device_link import DeviceLink, link_for, plain_link
 from gateway.proxy.handshake import (
     Identity,
     describe_peer_certificate,
@@ -87,6 +87,11 @@ class ClientProtocol(protocol.Protocol):
         if isinstance(handle, GatewayConnection):
             self.verification = handle.verification
         self._run(self.session.start())
+        if self.factory.plain:  # a ws listener: no TLS, the WebSocket from the first byte
+            self.link = self.device = plain_link(
+                self.factory, self.transport, self.record, self._end_by
+            )
+            self._run(self.session.handshake_done())
 
     def handshakeCompleted(self) -> None:
         stats = self.factory.stats

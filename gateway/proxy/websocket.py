@@ -94,14 +94,14 @@ class WebSocketEdge:
         # The short path (``read_short``): on from the upgrade until the first frame of
         # another shape, then wsproto reads everything; ``_tail``: a short frame cut by the
         # read, held for the next (at most 130 bytes).
-        self._short = False
-        self._tail = b""
+        self.short = False
+        self.tail = b""
 
     def receive(self, data: bytes) -> Received:
         if self.done or not data:  # (wsproto takes b"" for the end of the connection)
             return Received()
         before = b""
-        if self._short:
+        if self.short:
             data, before = self.read_short(data)
             if not data:
                 return Received(before)
@@ -111,7 +111,7 @@ class WebSocketEdge:
             if got.upgraded is not None and data.endswith(b"\r\n\r\n"):
                 # Nothing came after the request (wsproto holds no part of a frame): the
                 # short path may take over from the next read.
-                self._short = self._short_path and self.settings.max_message_size >= 125
+                self.short = self._short_path and self.settings.max_message_size >= 125
             if before:  # what the short path read before it stepped aside
                 got = attrs.evolve(got, mqtt=before + got.mqtt)
             return got
@@ -120,11 +120,6 @@ class WebSocketEdge:
         except Exception as e:  # whatever else the library finds wrong: the device's fault
             why = f"malformed: {e.__class__.__name__}: {e}"
             return self._refuse(Refusal(why, status=400, code=PROTOCOL_ERROR))
-
-    @property
-    def short(self) -> bool:
-        """Whether the short path reads the next bytes (``read_short``)."""
-        return self._short and not self.done
 
     def read_short(self, data: bytes) -> tuple[bytes, bytes]:
         """The common case, read here rather than by wsproto (which costs some 11 us a
@@ -135,21 +130,20 @@ class WebSocketEdge:
         from a frame boundary: wsproto never sees a frame cut in two. Held to wsproto's
         answer for any bytes by a hypothesis test (tests/unit/test_websocket.py). Returns
         (what is left for wsproto, the MQTT bytes read)."""
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
-        n = len(data)
-        if n > 6 and data[0] == 0x82 and data[1] - 0x80 == n - 6 < 126:  # one whole frame
-            mask = data[2:6] * ((n - 6) // 4 + 1)
-            payload = int.from_bytes(data[6:], "big") ^ int.from_bytes(mask[: n - 6], "big")
-            return b"", payload.to_bytes(n - 6, "big")
+        if self.tail:
+            data = self.tail + data
+            self.tail = b""
+        else:
+            one = unmask_one(data)
+            if one is not None:
+                return b"", one
         out = []
         pos, n = 0, len(data)
         while pos < n:
             if n - pos < 2:
                 if data[pos] != 0x82:
                     break
-                self._tail = data[pos:]
+                self.tail = data[pos:]
                 pos = n
                 break
             b1 = data[pos + 1]
@@ -158,21 +152,16 @@ class WebSocketEdge:
             start = pos + 6
             end = start + b1 - 0x80
             if end > n:
-                self._tail = data[pos:]
+                self.tail = data[pos:]
                 pos = n
                 break
-            size = end - start
-            if size:
-                mask = data[pos + 2 : start] * (size // 4 + 1)
-                payload = int.from_bytes(data[start:end], "big") ^ int.from_bytes(
-                    mask[:size], "big"
-                )
-                out.append(payload.to_bytes(size, "big"))
+            if end > start:
+                out.append(_unmask(data[start:end], data[pos + 2 : start]))
             pos = end
         mqtt = b"".join(out)
         if pos >= n:
             return b"", mqtt
-        self._short = False  # another shape: wsproto from here on
+        self.short = False  # another shape: wsproto from here on
         return data[pos:], mqtt
 
     def frame(self, data: bytes | memoryview) -> bytes:
@@ -190,7 +179,7 @@ class WebSocketEdge:
         """The gateway's close frame (b"" before the upgrade, or once closing)."""
         if not self.upgraded or self._ws.state is not ConnectionState.OPEN:
             return b""
-        self.done = True
+        self.done, self.short = True, False
         return self._ws.send(CloseConnection(code=code, reason=reason))
 
     def _events(self) -> Received:
@@ -221,7 +210,7 @@ class WebSocketEdge:
                 ping = event  # answered once per read: the last one (RFC 6455 5.5.3)
             elif isinstance(event, CloseConnection):
                 out.append(self._ws.send(event.response()))
-                self.done = True
+                self.done, self.short = True, False
                 return Received(b"".join(mqtt), b"".join(out), upgraded, closed=True)
         if ping is not None:  # a flood of pings gets no more bytes back than it sent
             out.append(self._ws.send(ping.response()))
@@ -265,7 +254,7 @@ class WebSocketEdge:
     def _refuse(
         self, refusal: Refusal, mqtt: list[bytes] | None = None, out: list[bytes] | None = None
     ) -> Received:
-        self.done = True
+        self.done, self.short = True, False
         sent = list(out or [])
         if self.upgraded:
             if self._ws.state is ConnectionState.OPEN and refusal.code is not None:
@@ -287,6 +276,24 @@ class WebSocketEdge:
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
             )
             return head.encode("ascii") + body
+
+
+def unmask_one(data: bytes) -> bytes | None:
+    """The payload when ``data`` is exactly one whole, final, masked binary frame of 1 to
+    125 bytes (the common case: one MQTT packet a message, one message a read), else None."""
+    n = len(data)
+    if n > 6 and data[0] == 0x82 and data[1] - 0x80 == n - 6 < 126:
+        k = (n - 3) >> 2  # the mask's repeats: the payload rounded up to whole words
+        word = int.from_bytes(data[6:], "little") ^ int.from_bytes(data[2:6] * k, "little")
+        return word.to_bytes(k * 4, "little")[: n - 6]
+    return None
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    """``payload`` XORed with the repeated 4-byte ``mask`` (RFC 6455 5.3)."""
+    k = (len(payload) + 3) >> 2
+    word = int.from_bytes(payload, "little") ^ int.from_bytes(mask * k, "little")
+    return word.to_bytes(k * 4, "little")[: len(payload)]
 
 
 def _text(value: bytes | None) -> str | None:

@@ -271,13 +271,10 @@ def listener_conf(
     extra: dict[str, str] | None = None,
     family: str = "ssl",
 ) -> str:
-    lines = {
-        "": f"127.0.0.1:{port}",
-        "keyfile": p.server_key,
-        "certfile": p.server_cert,
-        "cacertfile": p.ca_file,
-        "upstream": f"127.0.0.1:{upstream_port}",
-    }
+    lines = {"": f"127.0.0.1:{port}"}
+    if family != "ws":  # (a ws listener has no TLS)
+        lines |= {"keyfile": p.server_key, "certfile": p.server_cert, "cacertfile": p.ca_file}
+    lines["upstream"] = f"127.0.0.1:{upstream_port}"
     lines.update(extra or {})
     prefix = f"listener.{family}.{name}"
     return "".join(f"{prefix}{'.' + k if k else ''} = {v}\n" for k, v in lines.items())

@@ -95,8 +95,15 @@ class ServerConnectionCreator:
     """Hands out a ``GatewayConnection`` of the listener's current context (``context()``:
     a reload's new one from the next connection on), each with a fresh PeerVerification."""
 
-    def __init__(self, context: Callable[[], SSL.Context]) -> None:
-        self.context = context
+    def __init__(self, context: Callable[[], SSL.Context | None]) -> None:
+        """``context()``: None on a listener without TLS (ws), which never asks."""
+        self._context = context
+
+    def context(self) -> SSL.Context:
+        ctx = self._context()
+        if ctx is None:
+            raise RuntimeError("a TLS connection on a listener without TLS")
+        return ctx
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> GatewayConnection:
         return GatewayConnection(self.context(), PeerVerification())

@@ -48,8 +48,8 @@ class TlsMaterial:
     """One listener's certificates and key, loaded and checked (and its ACL file, parsed:
     the other file a listener names)."""
 
-    chain: tuple[x509.Certificate, ...]  # certfile: the server certificate first
-    key: PrivateKeyTypes
+    chain: tuple[x509.Certificate, ...]  # certfile: the server certificate first (ws: none)
+    key: PrivateKeyTypes | None  # None on a ws listener (no TLS)
     ca_certs: tuple[x509.Certificate, ...]  # cacertfile (empty with verify_none)
     ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
     ocsp: OcspTarget | None
@@ -115,6 +115,9 @@ def _spki(key: PublicKeyTypes) -> bytes:
 def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     """Read and check everything the listener's TLS needs; ConfigError on any problem."""
     tls = listener.tls
+    upstream, warnings = _upstream_material(listener, fail)
+    if tls.certfile is None or tls.keyfile is None:  # a ws listener: no TLS of its own
+        return TlsMaterial((), None, (), None, None, IssuerIndex.of([]), upstream, warnings)
     _, chain = _certificates(tls.certfile, "certfile", fail)
     key = _private_key(tls.keyfile, fail)
     if _spki(key.public_key()) != _spki(chain[0].public_key()):
@@ -130,13 +133,7 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     ocsp = None
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
-    warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile))
-    upstream = None
-    if listener.upstream.tls is not None:
-        upstream = load_upstream_tls(listener.upstream.tls, fail)
-        if listener.upstream.tls.keyfile is not None:
-            for w in _key_file_warnings(listener.upstream.tls.keyfile):
-                warnings += (str(fail("upstream_keyfile", w)),)
+    warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile)) + warnings
     return TlsMaterial(
         tuple(chain),
         key,
@@ -147,6 +144,19 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         upstream=upstream,
         warnings=warnings,
     )
+
+
+def _upstream_material(
+    listener: ListenerSettings, fail: Fail
+) -> tuple[UpstreamTrust | None, tuple[str, ...]]:
+    """With upstream_tls: the broker's CAs and the gateway's client certificate, and the
+    warnings about its key file."""
+    if listener.upstream.tls is None:
+        return None, ()
+    upstream = load_upstream_tls(listener.upstream.tls, fail)
+    keyfile = listener.upstream.tls.keyfile
+    warnings = _key_file_warnings(keyfile) if keyfile is not None else []
+    return upstream, tuple(str(fail("upstream_keyfile", w)) for w in warnings)
 
 
 def load_upstream_tls(tls: UpstreamTls, fail: Fail) -> UpstreamTrust:

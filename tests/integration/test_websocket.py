@@ -1,12 +1,14 @@
 """MQTT over WebSocket, with the real things: paho-mqtt over wss with a client certificate
 through a real mosquitto, CRLs made by ``openssl ca``, the topic rules, a live revocation's
 DISCONNECT and close frame; one TLS port for MQTT (mosquitto_pub with and without ALPN) and
-WebSocket; and every bad request refused clearly. One gateway serves the whole module: a
-wss listener and an ssl listener offering ALPN."""
+WebSocket; plain WebSocket behind a load balancer (ws, with and without its PROXY header); and
+every bad request refused clearly. One gateway serves the whole module: a wss listener, an ssl
+listener offering ALPN and two ws listeners."""
 
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import threading
 import time
@@ -44,7 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     rules = os.path.join(directory, "acl")
     with open(rules, "w") as f:
         f.write(RULES)
-    wss, one = support.free_port(), support.free_port()
+    wss, one, ws, lb = (support.free_port() for _ in range(4))
     crl = {
         "enable_crl_cache": "true",
         "crl_cache_urls": f"{world.url('devices')},{world.url('root')}",
@@ -64,11 +66,24 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     conf += support.listener_conf(
         "a", one, plain, world.p, {**crl, "alpn": "mqtt, x-amzn-mqtt-ca, http/1.1"}
     )
+    # Behind a TLS-terminating load balancer: plain WebSocket, with and without its PROXY
+    # header.
+    conf += support.listener_conf("ws", ws, plain, world.p, family="ws")
+    conf += support.listener_conf("lb", lb, plain, world.p, {"proxy_protocol": "true"}, "ws")
     admin = support.free_port()
     conf += f"crl_cache.refresh_interval = 1s\nadmin.listen = {admin}\n"
     gw = support.start_gateway(directory, conf, "gw-ws", ready="crl a: ready")
-    support.wait_until(lambda: support.port_open(wss) and support.port_open(one), what="ports")
-    yield {"world": world, "gw": gw, "wss": wss, "one": one, "plain": plain, "admin": admin}
+    support.wait_until(lambda: all(support.port_open(x) for x in (wss, one, ws, lb)), what="ports")
+    yield {
+        "world": world,
+        "gw": gw,
+        "wss": wss,
+        "one": one,
+        "ws": ws,
+        "lb": lb,
+        "plain": plain,
+        "admin": admin,
+    }
     gw.stop()
     broker.stop()
     world.http.stop()
@@ -86,11 +101,17 @@ class RawWs:
         subprotocols: tuple[str, ...] = ("mqtt",),
         headers: tuple[tuple[bytes, bytes], ...] = (),
         alpn: list[str] | None = None,
+        plain: bytes | None = None,
     ) -> None:
-        ctx = support.client_context(p, cert)
-        if alpn:
-            ctx.set_alpn_protocols(alpn)
-        self.sock = support.tls_connect(port, ctx)
+        """``plain``: no TLS (a ws listener), these bytes first (a PROXY header)."""
+        if plain is not None:
+            self.sock: Any = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.sock.sendall(plain)
+        else:
+            ctx = support.client_context(p, cert)
+            if alpn:
+                ctx.set_alpn_protocols(alpn)
+            self.sock = support.tls_connect(port, ctx)
         self.ws = WSConnection(ConnectionType.CLIENT)
         request = Request(
             host="localhost",
@@ -131,8 +152,9 @@ class RawWs:
 
 
 def paho_ws(
-    site: dict[str, Any], client_id: str, cert: tuple[str, str], v5: bool, port: int
+    site: dict[str, Any], client_id: str, cert: tuple[str, str] | None, v5: bool, port: int
 ) -> paho.Client:
+    """A paho-mqtt client over WebSocket: over TLS with ``cert``, else plain (ws)."""
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -140,7 +162,8 @@ def paho_ws(
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
     )
     client.ws_set_options(path="/mqtt")
-    client.tls_set_context(support.client_context(site["world"].p, cert))
+    if cert is not None:
+        client.tls_set_context(support.client_context(site["world"].p, cert))
     return client
 
 
@@ -174,6 +197,50 @@ def test_paho_over_wss_with_a_client_certificate(site: dict[str, Any], v5: bool)
     support.wait_until(lambda: f"client_id='ws-sub-{v5}'" in site["gw"].log())
     line = next(x for x in site["gw"].log().splitlines() if f"client_id='ws-sub-{v5}'" in x)
     assert f"transport=wss subprotocol=mqtt origin='https://localhost:{site['wss']}'" in line
+
+
+def test_plain_ws_behind_a_load_balancer(site: dict[str, Any]) -> None:
+    """A ws listener (TLS ended by a load balancer): paho-mqtt over plain WebSocket,
+    MQTT 5 with a user name, publishes and receives through mosquitto; the session line
+    says transport=ws. With proxy_protocol, the load balancer's PROXY header names the
+    device (in the session line and to the limits), and a connection without one is
+    refused before any WebSocket byte is read."""
+    topic = "devices/plain-ws/t"
+    got: list[bytes] = []
+    subscribed, received = threading.Event(), threading.Event()
+    client = paho_ws(site, "plain-ws", None, True, site["ws"])
+    client.username_pw_set("dashboard-user", "secret")
+    client.on_connect = lambda c, u, f, rc, props=None: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = lambda c, u, m: (got.append(m.payload), received.set())
+    try:
+        client.connect("127.0.0.1", site["ws"])
+        client.loop_start()
+        assert subscribed.wait(10), _log(site)[-2000:]
+        client.publish(topic, b"behind the load balancer", qos=1).wait_for_publish(10)
+        assert received.wait(10)
+        assert got == [b"behind the load balancer"]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    support.wait_until(lambda: "client_id='plain-ws'" in _log(site))
+    line = next(x for x in _log(site).splitlines() if "client_id='plain-ws'" in x)
+    assert " ws peer=127.0.0.1:" in line and "transport=ws subprotocol=mqtt" in line, line
+    assert "tls=-" in line, line
+
+    header = b"PROXY TCP4 198.51.100.7 127.0.0.1 40001 443\r\n"
+    ws = RawWs(site["lb"], site["world"].p, None, plain=header)
+    assert isinstance(ws.events()[0], AcceptConnection)
+    ws.send(support.connect_packet("behind-lb", keep_alive=0))
+    assert ws.mqtt() == b"\x20\x02\x00\x00"
+    ws.sock.close()
+    support.wait_until(lambda: "client_id='behind-lb'" in _log(site))
+    line = next(x for x in _log(site).splitlines() if "client_id='behind-lb'" in x)
+    assert "peer=198.51.100.7:40001" in line and "transport=ws" in line, line
+
+    bare = RawWs(site["lb"], site["world"].p, None, plain=b"")  # no PROXY header
+    assert bare.events() == []
+    support.wait_until(lambda: "refused lb" in _log(site) and "bad_proxy_header" in _log(site))
 
 
 def test_a_revoked_device_is_refused_on_wss_as_on_tls(site: dict[str, Any]) -> None:

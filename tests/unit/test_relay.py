@@ -182,7 +182,7 @@ def test_swapped_context_serves_new_connections_only(p: support.Pki, good: tuple
     old_context = server._tlsConnection.get_context()
     config = listener.config
     new_context = build_context(config.name, config.tls, listener.material, CertificateVerifier())
-    listener.creator.context = lambda: new_context
+    listener.creator._context = lambda: new_context
     server2, client2, pump2 = listener.connect(p, good)
     pump2.flush()
     assert server._tlsConnection.get_context() is old_context

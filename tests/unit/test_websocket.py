@@ -354,3 +354,51 @@ def test_check_config_prints_a_wss_listener_that_parses_back_the_same() -> None:
     assert "listener.wss.w.trusted_proxies = 10.0.0.0/8" in text
     again = parse_config(text)
     assert again.listeners == config.listeners
+
+
+def test_ws_listeners_have_no_tls_keys() -> None:
+    """``listener.ws.<name>`` (a load balancer in front ends TLS) needs no certificate;
+    global TLS settings do not apply to it; check-config's text leaves its TLS keys out
+    and reads back the same."""
+    from gateway.config import format_config
+
+    config = parse_config(
+        "tls_profile = modern\n"
+        "listener.ws.lb = 127.0.0.1:18080\n"
+        "listener.ws.lb.upstream = 127.0.0.1:1883\n"
+        "listener.ws.lb.proxy_protocol = true\n"
+    )
+    (lb,) = config.listeners
+    assert lb.transport is Transport.WS and not lb.transport.tls
+    assert lb.websocket_enabled and lb.key_prefix == "listener.ws.lb"
+    assert lb.tls.certfile is None and not lb.tls.verify_peer and lb.crl is None
+    text = format_config(config)
+    assert "listener.ws.lb.proxy_protocol = true" in text
+    assert "listener.ws.lb.certfile" not in text and "listener.ws.lb.verify" not in text
+    assert parse_config(text).listeners == config.listeners
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "listener.ws.lb.certfile = server.pem\n",
+        "listener.ws.lb.verify = verify_peer\n",
+        "listener.ws.lb.enable_crl_cache = true\n",
+        "listener.ws.lb.peer_cert_as_username = cn\n",
+        "listener.ws.lb.alpn = http/1.1\n",
+    ],
+)
+def test_a_tls_key_on_a_ws_listener_names_its_line(extra: str) -> None:
+    text = "listener.ws.lb = 127.0.0.1:18080\nlistener.ws.lb.upstream = 127.0.0.1:1883\n"
+    with pytest.raises(ConfigError, match=r":3: listener\.ws\.lb\..*a ws listener has no TLS"):
+        parse_config(text + extra)
+
+
+@given(st.binary(min_size=1, max_size=125), st.binary(min_size=4, max_size=4))
+def test_one_short_frame_is_unmasked_as_wsproto_does(payload: bytes, mask: bytes) -> None:
+    """``unmask_one``: a whole short masked binary frame gives its payload; anything with a
+    byte more or less is not one frame."""
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    frame = bytes((0x82, 0x80 | len(payload))) + mask + masked
+    assert W.unmask_one(frame) == payload
+    assert W.unmask_one(frame[:-1]) is None and W.unmask_one(frame + b"\x00") is None

@@ -125,7 +125,11 @@ class Parts:
 
     @property
     def websocket_only(self) -> bool:
-        return self.settings.transport == "wss"
+        return self.settings.transport != "ssl"
+
+    @property
+    def plain(self) -> bool:
+        return not self.settings.transport.tls
 
 
 @attrs.define

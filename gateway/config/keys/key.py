@@ -16,7 +16,7 @@ from gateway.config.values import (
 
 LISTENER_PREFIX = "listener.ssl."
 # listener.<family>.<name>: the transports a listener may be declared with.
-LISTENER_FAMILIES = ("ssl", "wss")
+LISTENER_FAMILIES = ("ssl", "wss", "ws")
 SECTIONS = ("crl", "ocsp", "client_ocsp")  # optional records of ListenerSettings
 IDENTITY_SOURCES = tuple(source.value for source in IdentitySource)
 
@@ -36,7 +36,7 @@ class Key:
     default: Any
     doc: str
     format: Callable[[Any], str] = str
-    listener: bool = True  # listener.<ssl|wss>.<name>.<key>
+    listener: bool = True  # listener.<ssl|wss|ws>.<name>.<key>
     global_: bool = False  # <key> at the top level
     required: bool = False
     aliases: tuple[str, ...] = ()  # other accepted names (EMQX 4.4's code uses some)
@@ -50,6 +50,13 @@ class Key:
         None."""
         head, dot, _ = self.attr.partition(".")
         return head if dot and head in SECTIONS else None
+
+    @property
+    def tls_only(self) -> bool:
+        """Whether the key is about the devices' TLS (certificates, verification, CRL and
+        OCSP, identity from the certificate): meaningless on a ``listener.ws`` (no TLS)."""
+        head = self.attr.partition(".")[0]
+        return head in ("tls", "identity") or self.section is not None or self.enables is not None
 
     @property
     def enables(self) -> str | None:
