@@ -15,9 +15,10 @@ from gateway.choices import IdentitySource, ProxyVersion
 from gateway.config.model import IdentitySettings
 from gateway.failures import ssl_error_words
 from gateway.mqtt.rewrite import rewrite_connect
-from gateway.peer import VerifyFailure
+from gateway.peer import PeerVerification, VerifyFailure
 from gateway.proxy import proxyproto
-from gateway.proxy.identity import identity_of
+from gateway.proxy.contracts import ListenerRules
+from gateway.proxy.identity import common_name, identity_of
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
 from gateway.tls.verify import verify_error_text
@@ -53,6 +54,29 @@ def handshake_refusal(failure: VerifyFailure | None, reason: Failure) -> tuple[R
             + verify_error_text(failure.errno)
         )
     return classify_handshake_failure(reason), ssl_error_text(reason.value)
+
+
+def why_not_completed(
+    verification: PeerVerification, record: SessionLog, reason: Failure
+) -> tuple[Reason, str]:
+    """(reason class, detail) of a handshake that did not complete; the certificate that
+    failed verification, if one did, named in the session log."""
+    failure = verification.failure
+    if failure is not None:
+        record.subject, record.serial = failure.subject, failure.serial
+    return handshake_refusal(failure, reason)
+
+
+def taken_from(
+    cert: x509.Certificate, home: ListenerRules
+) -> tuple[Identity | None, str | None, str | None]:
+    """What the relay keeps of the client certificate, taken once from the parsed one:
+    ``peer_cert_as_*``'s identity, the topic rules' user name (with acl_file) and the CN
+    for a PROXY v2 header to the broker (with upstream_proxy_protocol = v2)."""
+    identity = rewrite_identity(cert, home.identity)
+    acl_user = rules_user(cert, home.identity) if home.acl is not None else None
+    v2 = home.upstream_proxy_protocol == ProxyVersion.V2
+    return identity, acl_user, common_name(cert) if v2 else None
 
 
 def describe_peer_certificate(

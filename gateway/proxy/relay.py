@@ -16,7 +16,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.choices import ProxyVersion
 from gateway.failures import plain_reason
 from gateway.mqtt.policy import Who
 from gateway.peer import PeerVerification, Pending
@@ -27,13 +26,11 @@ from gateway.proxy.device_link import DeviceLink, link_for, plain_link
 from gateway.proxy.handshake import (
     Identity,
     describe_peer_certificate,
-    handshake_refusal,
     proxy_header,
-    rewrite_identity,
     rewritten,
-    rules_user,
+    taken_from,
+    why_not_completed,
 )
-from gateway.proxy.identity import common_name
 from gateway.proxy.policy import DevicePolicy, PolicyHooks, policy_for
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
@@ -63,6 +60,8 @@ class ClientProtocol(protocol.Protocol):
     # With MQTT over WebSocket on the listener: the device's link (None: MQTT over TLS).
     link: DeviceLink | None = None
     device: Any  # what the device is written to: the transport, or its link
+    # While the TLS layer reads one socket read's records: their bytes, heard at its end.
+    _batch: list[bytes] | None = None
 
     def __init__(self, factory: ClientHome, addr: Any) -> None:
         self.factory = factory
@@ -102,26 +101,24 @@ class ClientProtocol(protocol.Protocol):
         record.resumed = session_reused(handle)
         leaf, self.verification.leaf = self.verification.leaf, None
         record.subject, record.serial, cert = describe_peer_certificate(handle, leaf)
-        if cert is not None and self.factory.upstream_proxy_protocol == ProxyVersion.V2:
-            self._cn = common_name(cert)  # from the certificate parsed just now
-        if cert is not None:
-            # Taken now, from the certificate just parsed: no second parse later.
-            self._identity = rewrite_identity(cert, self.factory.identity)
-            if self.factory.acl is not None:
-                self._acl_user = rules_user(cert, self.factory.identity)
+        if cert is not None:  # taken now, from the certificate just parsed: no second parse
+            self._identity, self._acl_user, self._cn = taken_from(cert, self.factory)
         if self.factory.websocket is not None:
             self.link = link_for(self.factory, self.transport, handle, record, self._end_by)
             self.device = self.link or self.transport
-        # With CRL checking, a handshake whose chain no verify callback reported was a
-        # resumed session (OpenSSL verifies nothing then): its certificate (as parsed once
-        # for the log line) is checked now, before any byte can reach the broker. First:
-        # it may set crl_pending.
+        # With CRL checking, a handshake no verify callback reported resumed a session
+        # (OpenSSL verifies nothing then): its certificate is checked now, before any byte
+        # can reach the broker (it may set crl_pending).
         revocation, refusal = self.factory.revocation, None
         if revocation is not None and not self.verification.chain and cert is not None:
             refusal = revocation.check_resumed(cert, cert.serial_number, self.verification)
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
     def dataReceived(self, data: bytes) -> None:
+        batch = self._batch
+        if batch is not None:  # inside one socket read (``entry.ReadBatching``): at its end
+            batch.append(data)
+            return
         link = self.link
         if link is not None:  # MQTT over WebSocket: the MQTT bytes the frames carried
             data = link.receive(data)
@@ -135,7 +132,17 @@ class ClientProtocol(protocol.Protocol):
         else:
             self._run(self.session.receive(data))
 
+    def read_started(self) -> None:
+        """A socket read begins: the TLS records it holds are heard at once, at its end."""
+        self._batch = []
+
+    def read_ended(self) -> None:  # (and before the connection's end)
+        batch, self._batch = self._batch, None
+        if batch:
+            self.dataReceived(batch[0] if len(batch) == 1 else b"".join(batch))
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.read_ended()
         if self._policy is not None:
             self._policy.stop()
         if self._tracked is not None:
@@ -147,15 +154,10 @@ class ClientProtocol(protocol.Protocol):
         if self.factory.on_closed is not None:
             self.factory.on_closed(self)
         in_handshake = self.session.state is S.State.HANDSHAKE
-        why_not = self._why_not(reason) if in_handshake else None
+        why_not = (
+            why_not_completed(self.verification, self.record, reason) if in_handshake else None
+        )
         self._run(self.session.connection_lost(lost_text(reason), why_not))
-
-    def _why_not(self, reason: Failure) -> tuple[Reason, str]:
-        """(reason class, detail) of a handshake that did not complete."""
-        failure = self.verification.failure
-        if failure is not None:
-            self.record.subject, self.record.serial = failure.subject, failure.serial
-        return handshake_refusal(failure, reason)
 
     # -- events from elsewhere -----------------------------------------------------------
 
@@ -309,12 +311,7 @@ class ClientProtocol(protocol.Protocol):
     def _hold_for_revocation(self, pending: Pending) -> None:
         revocation = self.factory.revocation
         assert revocation is not None  # a pending decision comes only from the checker
-        waits = []
-        if pending.crl is not None:
-            waits.append(f"the CRL at {pending.crl.url} is fetched")
-        if pending.ocsp:
-            waits.append("the OCSP responder answers")
-        self.record.holding(" and ".join(waits))
+        self.record.holding(pending)
         revocation.decide_later(pending).addCallback(self._revocation_decided).addErrback(
             lambda f: log.failure("revocation hold failed", f)
         )
@@ -337,10 +334,9 @@ class ClientProtocol(protocol.Protocol):
         client_id = connect.client_id
         if isinstance(self._identity, tuple) and self._identity[1] is not None:
             client_id = self._identity[1]
+        hooks = PolicyHooks(self._send_upstream, self._end_by, self._log_denied)
         who = Who(self._acl_user or "", client_id)
-        self._policy = policy_for(
-            self.factory, self.device, who, connect.protocol_level, self._policy_hooks
-        )
+        self._policy = policy_for(self.factory, self.device, who, connect.protocol_level, hooks)
         if self._policy is not None:
             # From the first packet after the CONNECT on, those that came with it included.
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
@@ -363,10 +359,6 @@ class ClientProtocol(protocol.Protocol):
                 self._tracked = (revocation, tracked)
         if self.factory.log_connect:  # else the session's one line is at its end
             self.record.accepted(connect)
-
-    @property
-    def _policy_hooks(self) -> PolicyHooks:
-        return PolicyHooks(self._send_upstream, self._end_by, self._log_denied)
 
     def _end_by(self, by: Reason, why: str) -> None:
         """The policy edge or the WebSocket ends the session: a packet over max_packet_size

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gateway.mqtt import Connect
+from gateway.peer import Pending
 from gateway.proxy.websocket import Upgrade
 from gateway.reasons import Reason, Side
 
@@ -95,7 +96,14 @@ class SessionLog:
             detail=detail,
         )
 
-    def holding(self, what: str) -> None:
+    def holding(self, pending: Pending) -> None:
+        """The device waits for its revocation status (a CRL fetched, an OCSP answer)."""
+        waits = []
+        if pending.crl is not None:
+            waits.append(f"the CRL at {pending.crl.url} is fetched")
+        if pending.ocsp:
+            waits.append("the OCSP responder answers")
+        what = " and ".join(waits)
         self._emit(
             log.info, "holding {listener} peer={peer} subject={subject} until {what}", what=what
         )
