@@ -138,12 +138,21 @@ def plan_reload(
     new: Config,
     materials: Mapping[str, TlsMaterial],
 ) -> ReloadPlan:
+    """The plan; ConfigError for a change no reload can make (a listener turned between
+    ws and TLS)."""
     old_names = [ls.name for ls in old.listeners]
     new_names = [ls.name for ls in new.listeners]
     changed = []
     for listener in new.listeners:
         if listener.name not in old_names:
             continue
+        if old.listener(listener.name).transport.tls != listener.transport.tls:
+            raise new.error(
+                listener.name,
+                "",
+                "a reload cannot turn a listener between ws (no TLS) and TLS: restart, or "
+                "declare a new listener on another address",
+            )
         change = listener_change(
             old.listener(listener.name),
             old_materials[listener.name],

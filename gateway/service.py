@@ -1,11 +1,9 @@
 """The top of the service tree and its lifecycle: ``GatewayService`` (the listeners, the
-monitor, the admin listener; status, refresh and reload). One listener's service is
-``gateway.listener.ListenerService``.
-
-What a listener runs with is built by ``gateway.build`` (one frozen record per
-configuration generation); what differs between a single process, a master and a worker
-is the role each is given (``gateway.roles``); the reload decision is a plan computed as
-data (``gateway.reload_plan``); ports, drains and signals have modules of their own.
+monitor, the admin listener, the file watcher; status, refresh and reload). One listener's
+service is ``gateway.listener.ListenerService``; what it runs with is built by
+``gateway.build``; what differs between a single process, a master and a worker is the role
+each is given (``gateway.roles``); the reload decision is a plan computed as data
+(``gateway.reload_plan``); ports, drains, signals and the watcher have modules of their own.
 """
 
 from __future__ import annotations
@@ -33,11 +31,9 @@ from gateway.process import GatewayState, ProcessRole
 from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.revocation.fetch import HttpFetcher
 from gateway.roles import SingleProcess, tcp_endpoint
-from gateway.status import (
-    GatewayStatus,
-    ReloadStatus,
-)
+from gateway.status import GatewayStatus, ReloadStatus
 from gateway.twisted_native import quiet_agent
+from gateway.watch import FileWatcher, watched_files
 
 log = Logger()
 
@@ -47,11 +43,9 @@ EXPIRY_CHECK_INTERVAL = 86400.0  # the certificates' expiry is logged at start a
 
 class GatewayService(service.MultiService):
     """The top of the tree: the listeners, the monitor, the admin listener; status, refresh
-    and reload for the whole gateway.
-
-    A listener that cannot bind stops the start before anything else starts, as a
-    ConfigError at the line that declared it. SIGTERM stops cleanly (exit 0); SIGHUP and
-    ``POST /reload`` reload.
+    and reload for the whole gateway. A listener that cannot bind stops the start before
+    anything else starts, as a ConfigError at the line that declared it. SIGTERM stops
+    cleanly (exit 0); SIGHUP, ``POST /reload`` and a settled change of a watched file reload.
     """
 
     def __init__(
@@ -98,6 +92,11 @@ class GatewayService(service.MultiService):
             )
             expiry.setServiceParent(self)
         self.set_admin(self.admin_port(prepared))
+        self.files: FileWatcher | None = None  # watch_files, in the process that reloads
+        g = self.config.globals
+        if role.signals and g.watch_files:
+            self.files = FileWatcher(self._watched, self.reload, reactor, g.watch_files_interval)
+            self.files.setServiceParent(self)
         if workers is not None:
             workers.setServiceParent(self)
 
@@ -209,7 +208,11 @@ class GatewayService(service.MultiService):
             reload=self.reloads,
             workers=workers.status() if workers is not None else (),
             history=self.history.snapshot(),
+            files=self.files.status() if self.files is not None else None,
         )
+
+    def _watched(self) -> tuple[str, ...]:
+        return watched_files(self.config)
 
     def check_certificates(self) -> None:
         """At start and once a day: a line for each certificate of the gateway's own that
@@ -220,8 +223,7 @@ class GatewayService(service.MultiService):
         self.history.record(self.status())
 
     def alive(self) -> tuple[bool, str]:
-        """The reactor turns: the monitor's heartbeat (every second) ran within the last 5
-        seconds."""
+        """The reactor turns: the monitor's heartbeat (every second) ran in the last 5 s."""
         quiet = self.reactor.seconds() - self.monitor.last_tick
         if quiet > LIVE_LIMIT:
             return False, f"the event loop has not turned for {quiet:.1f}s"
@@ -281,17 +283,6 @@ class GatewayService(service.MultiService):
         if config.globals.workers != old.globals.workers and self.role.workers is not None:
             log.warn("reload: a new value of workers takes effect at the next restart")
         plan = plan_reload(old, self.prepared.materials, config, prepared.materials)
-        for change in plan.changed:
-            if (
-                old.listener(change.name).transport.tls
-                != config.listener(change.name).transport.tls
-            ):
-                raise config.error(
-                    change.name,
-                    "",
-                    "a reload cannot turn a listener between ws (no TLS) and TLS: restart, or "
-                    "declare a new listener on another address",
-                )
         # 1. Everything that can fail is done first: binding new addresses. If one cannot
         #    be bound, the ports bound so far are closed and the reload is refused.
         added = [self.new_listener(prepared, name) for name in plan.added]

@@ -1,10 +1,7 @@
 """Status in one place: the counters the hot path updates, and typed snapshot records of
-each listener (counters, CRL sources, OCSP staple) and of the reactor.
-
-Services fill the snapshots on request (``ListenerService.status()``); the stats line is
-rendered from them with structured log keys, and later status surfaces (metrics, a status
-page) read the same records. Pure: no Twisted.
-"""
+each listener (counters, CRL sources, OCSP staple) and of the reactor. Services fill them on
+request (``ListenerService.status()``); the stats line, metrics and the status page read the
+same records. Pure: no Twisted."""
 
 from __future__ import annotations
 
@@ -300,6 +297,16 @@ class ReloadStatus:
 
 
 @attrs.frozen
+class FilesStatus:
+    """watch_files: the files watched, the settled changes seen and their reloads."""
+
+    watched: int = 0
+    changes: int = 0
+    applied: int = 0
+    refused: int = 0  # (the running material stayed)
+
+
+@attrs.frozen
 class Sample:
     """The gateway's counters at one moment (``gateway.history`` keeps an hour of them)."""
 
@@ -325,6 +332,7 @@ class GatewayStatus:
     reload: ReloadStatus = ReloadStatus()
     workers: tuple[WorkerStatus, ...] = ()  # with workers: each worker process
     history: tuple[Sample, ...] = ()  # the last hour, every ``history.INTERVAL`` seconds
+    files: FilesStatus | None = None  # with watch_files, in the process that reloads
 
     @property
     def accepting(self) -> bool:

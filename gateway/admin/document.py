@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from gateway.clock import format_timestamp
 from gateway.history import series
 from gateway.status import (
@@ -173,6 +175,9 @@ def document(status: GatewayStatus) -> dict[str, Any]:
             "last_error": status.reload.last_error,
             "last_changes": list(status.reload.last_changes),
         },
+        "files": (
+            attrs.asdict(status.files) if status.files is not None else None
+        ),  # watch_files: watched, changes, applied, refused
         "problems": problems(status),
         "listeners": [_listener(ls, status.now) for ls in status.listeners],
         "history": series(status.history),

@@ -245,6 +245,19 @@ def _process(status: GatewayStatus) -> Iterator[Metric]:
         "0 when the last reload was refused, else 1.",
         value=0 if status.reload.last_result == "failed" else 1,
     )
+    if status.files is not None:
+        yield GaugeMetricFamily(
+            "mqttgw_watched_files", "Files watch_files looks at.", value=status.files.watched
+        )
+        changes = CounterMetricFamily(
+            "mqttgw_file_reloads",
+            "Reloads started by a settled change of a watched file, by result (applied, or "
+            "refused: the running material stayed).",
+            labels=["result"],
+        )
+        changes.add_metric(["applied"], status.files.applied)
+        changes.add_metric(["refused"], status.files.refused)
+        yield changes
     ready, _ = status.ready
     yield GaugeMetricFamily(
         "mqttgw_ready",

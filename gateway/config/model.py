@@ -51,6 +51,8 @@ class GlobalSettings:
     admin_open_read: bool = _default("admin_open_read")
     workers: int = _default("workers")  # 0: auto (one per usable CPU)
     worker_affinity: Affinity = _default("worker_affinity")
+    watch_files: bool = _default("watch_files")
+    watch_files_interval: float = _default("watch_files_interval")
 
 
 @attrs.frozen

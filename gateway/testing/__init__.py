@@ -199,6 +199,9 @@ def start_gateway(
         # The tests wait on a session's accept line (tests/conftest.py sets this); the
         # product's default is one line per session, at its end.
         conf_text += "log_connect = true\n"
+    if "watch_files" not in conf_text:
+        # Tests write files and reload when they mean to (the watcher has its own test).
+        conf_text += "watch_files = false\n"
     if "shutdown_drain" not in conf_text:
         # Tests stop gateways with clients still connected: a short drain keeps them fast
         # (the drain itself is tested with its own value).

@@ -612,3 +612,76 @@ def test_reload_moves_the_admin_listener(p: support.Pki, workdir: str, broker: i
             taken.close()
     finally:
         gw.stop()
+
+
+def test_certificates_rotated_on_disk_are_served_without_a_signal(
+    p: support.Pki, workdir: str, broker: int
+) -> None:
+    """watch_files: a certificate and key replaced by ``mv`` over the old files, and a
+    Kubernetes-style secret whose ``..data`` symlink is swapped, are served from the next
+    handshake (openssl s_client sees the new certificate) with no signal; a live session
+    keeps going; a key that does not match its certificate is refused and the old material
+    keeps serving; /status and /metrics count both."""
+    plain_port, k8s_port, admin = (support.free_port() for _ in range(3))
+    live = os.path.join(workdir, "live")
+    os.makedirs(live)
+    cert_path, key_path = pki.issue(p.inter, "localhost", server=True).write(live, "srv")
+    # A Kubernetes secret volume: tls.crt -> ..data/tls.crt, ..data -> ..v1 (swapped whole).
+    secret = os.path.join(workdir, "secret")
+    os.makedirs(os.path.join(secret, "..v1"))
+    pki.issue(p.inter, "localhost", server=True).write(os.path.join(secret, "..v1"), "tls")
+    os.symlink("..v1", os.path.join(secret, "..data"))
+    for name in ("tls.pem", "tls.key"):
+        os.symlink(os.path.join("..data", name), os.path.join(secret, name))
+    conf = support.listener_conf(
+        "plain", plain_port, broker, p, {"certfile": cert_path, "keyfile": key_path}
+    )
+    k8s = {"certfile": os.path.join(secret, "tls.pem"), "keyfile": os.path.join(secret, "tls.key")}
+    conf += support.listener_conf("k8s", k8s_port, broker, p, k8s)
+    conf += f"watch_files = true\nwatch_files_interval = 500ms\nadmin.listen = {admin}\n"
+    gw = support.start_gateway(workdir, conf, "gw-watch")
+    device = p.client("watched")
+    try:
+        sub = _subscribe(plain_port, support.client_context(p, device), "rotation/news")
+        first, k8s_first = (
+            server_fingerprint(plain_port, p, device),
+            server_fingerprint(k8s_port, p, device),
+        )
+
+        # 1. mv over the old files (as certbot's deploy hooks and most ACME clients do).
+        staging = os.path.join(workdir, "staging")
+        os.makedirs(staging)
+        new_cert, new_key = pki.issue(p.inter, "localhost", server=True).write(staging, "srv")
+        os.replace(new_key, key_path)
+        os.replace(new_cert, cert_path)
+        support.wait_until(
+            lambda: server_fingerprint(plain_port, p, device) != first, 20, what="new cert"
+        )
+        assert "files changed on disk:" in gw.log() and "reload applied" in gw.log()
+        _publish(broker, "rotation/news", "after-rotation")
+        assert _received(sub, "after-rotation")  # the live session was not touched
+
+        # 2. The secret's ..data swapped to a new directory, atomically.
+        os.makedirs(os.path.join(secret, "..v2"))
+        pki.issue(p.inter, "localhost", server=True).write(os.path.join(secret, "..v2"), "tls")
+        os.symlink("..v2", os.path.join(secret, "..data_tmp"))
+        os.replace(os.path.join(secret, "..data_tmp"), os.path.join(secret, "..data"))
+        support.wait_until(
+            lambda: server_fingerprint(k8s_port, p, device) != k8s_first, 20, what="k8s swap"
+        )
+
+        # 3. A key that does not match the certificate: refused, the running one stays.
+        served = server_fingerprint(plain_port, p, device)
+        pki.issue(p.inter, "other", server=True).write(staging, "wrong")
+        os.replace(os.path.join(staging, "wrong.key"), key_path)
+        support.wait_until(lambda: "reload refused" in gw.log(), 20, what="the refusal")
+        assert "does not match" in gw.log()
+        assert server_fingerprint(plain_port, p, device) == served
+        assert connect(plain_port, support.client_context(p, device), "still-in") == ACCEPTED
+        files = json.loads(http(admin, "/status")[2])["files"]
+        assert files["watched"] == 5 and files["applied"] >= 2 and files["refused"] >= 1
+        m = metrics(admin)
+        assert m[("mqttgw_file_reloads_total", (("result", "refused"),))] >= 1
+        sub.close()
+    finally:
+        gw.stop()

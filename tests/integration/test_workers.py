@@ -50,14 +50,20 @@ def connect_from(
 
 
 def ws_connect_from(
-    source: str, port: int, world: World, cert: tuple[str, str], client_id: str
-) -> ssl.SSLSocket:
-    """An MQTT session over WebSocket over mutual TLS from ``source``: its CONNACK read."""
+    source: str,
+    port: int,
+    world: World,
+    cert: tuple[str, str] | None,
+    client_id: str,
+) -> socket.socket:
+    """An MQTT session over WebSocket from ``source``: over mutual TLS with ``cert``, else
+    plain (a ws listener); its CONNACK read."""
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, BytesMessage, Message, Request
 
-    raw = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
-    s = support.client_context(world.p, cert).wrap_socket(raw, server_hostname="localhost")
+    s = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
+    if cert is not None:
+        s = support.client_context(world.p, cert).wrap_socket(s, server_hostname="localhost")
     ws = WSConnection(ConnectionType.CLIENT)
     s.sendall(ws.send(Request(host="localhost", target="/mqtt", subprotocols=["mqtt"])))
     got: list[object] = []
@@ -133,14 +139,16 @@ def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workd
     """workers = 4: connections from eight addresses land on every worker (address
     affinity: the same address always on the same worker); the CA sees one fetch per
     refresh, not four; /status adds the workers' counters up; a wss listener is served by
-    the workers as well (MQTT over WebSocket from two addresses, on two workers)."""
+    the workers as well (MQTT over WebSocket from two addresses, on two workers), and a ws
+    listener (plain WebSocket)."""
     device = world.p.client("spread")
-    port, admin, wss = support.free_port(), support.free_port(), support.free_port()
+    port, admin, wss, ws = (support.free_port() for _ in range(4))
     globals_ = f"workers = 4\nadmin.listen = {admin}\ncrl_cache.refresh_interval = 1s\n"
     globals_ += "stats_log_interval = 1s\n"
     world.http.hits.clear()
     conf = world.conf(port, broker, globals=globals_)
     conf += support.listener_conf("w", wss, broker, world.p, family="wss")
+    conf += support.listener_conf("p", ws, broker, world.p, family="ws")
     gw = support.start_gateway(workdir, conf, ready="serving")
     try:
         serving_pids(gw, 4)
@@ -183,6 +191,9 @@ def test_workers_share_the_load_and_one_fetcher(world: World, broker: int, workd
             for i in (1, 2)
         }
         assert len(on) == 2  # two addresses, two workers
+        web.append(ws_connect_from("127.0.0.3", ws, world, None, "plain-ws"))  # a ws listener
+        plain = r"worker \d+: accepted p peer=127.0.0.3:\d+ .*transport=ws .*'plain-ws'"
+        support.wait_until(lambda: re.search(plain, gw.log()), 10, what="the ws session")
         for s in sessions + web:
             s.close()
     finally:

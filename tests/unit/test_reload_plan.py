@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import testing as support
+from gateway.errors import ConfigError
 from gateway.prepare import Prepared
 from gateway.reload_plan import ListenerChange, plan_reload
 from gateway.testing import prepare_text
@@ -93,3 +94,7 @@ def test_websocket_settings_and_the_transport_are_a_change(p: support.Pki) -> No
     wss = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="wss"))
     (change,) = _plan(a, wss).changed
     assert change.words == ("transport",)
+    # Between TLS and ws (no TLS) no reload goes: the port's factories differ.
+    ws = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="ws"))
+    with pytest.raises(ConfigError, match="cannot turn a listener between ws"):
+        _plan(a, ws)

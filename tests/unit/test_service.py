@@ -102,14 +102,16 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
 
 
 def test_gateway_tree_has_listeners_and_monitor(p: support.Pki) -> None:
-    """make_gateway_service builds one service per listener, plus the monitor and the sampler
-    of the status history."""
+    """make_gateway_service builds one service per listener, plus the monitor, the sampler
+    of the status history, the expiry check and the file watcher (watch_files)."""
     text = support.listener_conf("a", 18884, 1883, p) + support.listener_conf("b", 18885, 1884, p)
     top = make_gateway_service(prepare_text(text), MemoryReactorClock())
     names = [getattr(s, "name", None) for s in top]
     # and the monitor, the history sampler, the daily check of certificate expiry
-    assert names[:2] == ["a", "b"] and len(names) == 5
-    assert top.monitor in list(top)
+    assert names[:2] == ["a", "b"] and len(names) == 6
+    assert top.monitor in list(top) and names[-1] == "file-watcher"
+    off = make_gateway_service(prepare_text(text + "watch_files = false\n"), MemoryReactorClock())
+    assert off.files is None and len(list(off)) == 5
 
 
 def test_a_server_certificate_that_expires_in_five_days(p: support.Pki, tmp_path: Any) -> None:
