@@ -33,7 +33,7 @@ from gateway.revocation.fetch import HttpFetcher
 from gateway.roles import SingleProcess, tcp_endpoint
 from gateway.status import GatewayStatus, ReloadStatus
 from gateway.twisted_native import quiet_agent
-from gateway.watch import FileWatcher, watched_files
+from gateway.watch import IN_PROGRESS, FileWatcher, watched_files
 
 log = Logger()
 
@@ -250,7 +250,7 @@ class GatewayService(service.MultiService):
         it; an invalid one is refused and the running one stays in force. Fires with
         {"ok", "changes"} or {"ok": False, "error"}; one reload at a time."""
         if self._reloading is not None:
-            return defer.succeed({"ok": False, "error": "a reload is already in progress"})
+            return defer.succeed({"ok": False, "error": IN_PROGRESS})
         sdnotify.notify("RELOADING=1")
         log.info("reload ({origin}): reading {path}", origin=origin, path=self.config.path)
         read: defer.Deferred[Prepared] = off_reactor(self.reactor, prepare, self.config.path)

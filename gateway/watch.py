@@ -38,6 +38,7 @@ log = Logger()
 Stamp = tuple[int, int, int, int] | None
 
 SETTLE = 1.0  # seconds after an inotify event before the first look
+IN_PROGRESS = "a reload is already in progress"  # GatewayService.reload's answer then
 
 
 def watched_files(config: Config) -> tuple[str, ...]:
@@ -159,6 +160,7 @@ class FileWatcher(service.Service):
 
     def _looked(self, now: dict[str, Stamp]) -> defer.Deferred[Any] | None:
         assert self.looks is not None
+        before = self.looks.applied
         changed = self.looks.look(now)
         if not changed:
             if self.looks.pending is not None:  # settle: look again soon, not an interval on
@@ -169,10 +171,15 @@ class FileWatcher(service.Service):
             "files changed on disk: {files}; reloading",
             files=", ".join(changed),
         )
-        return self.reload("files changed").addCallback(self._reloaded)
+        return self.reload("files changed").addCallback(self._reloaded, before)
 
-    def _reloaded(self, result: dict[str, Any]) -> None:
+    def _reloaded(self, result: dict[str, Any], before: Mapping[str, Stamp]) -> None:
         c = self.counts
+        if result.get("error") == IN_PROGRESS:  # another reload read the files: try again
+            assert self.looks is not None
+            self.looks.applied = before
+            self._look_soon(SETTLE)
+            return
         if result.get("ok"):
             self.counts = attrs.evolve(c, applied=c.applied + 1)
             if self.paths() != self._watched:
