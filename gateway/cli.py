@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from gateway.config import format_config
 from gateway.errors import ConfigError
@@ -35,15 +36,17 @@ def check_config(path: str) -> int:
 DEFAULT_ADMIN = "http://127.0.0.1:9180"
 
 
-def status(admin: str, as_json: bool, token_file: str | None) -> int:
-    """``mqttgw status``: the admin listener's /status for a terminal. Exit status as a
-    Nagios plugin's: 0 fine, 1 warnings, 2 a problem (or not ready), 3 no answer."""
+class NoAnswer(Exception):
+    """The admin listener did not answer as asked (its words, for the terminal)."""
+
+
+def ask_admin(admin: str, path: str, token_file: str | None, method: str = "GET") -> Any:
+    """The JSON the admin listener answers ``path`` with (the token from ``token_file`` or
+    MQTTGW_ADMIN_TOKEN); NoAnswer with why not."""
     import json
     import os
     import urllib.error
     import urllib.request
-
-    from gateway.admin.terminal import render_text
 
     token = os.environ.get("MQTTGW_ADMIN_TOKEN")
     if token_file:
@@ -51,28 +54,56 @@ def status(admin: str, as_json: bool, token_file: str | None) -> int:
             with open(token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as e:
-            print(f"mqttgw: cannot read {token_file}: {e.strerror}", file=sys.stderr)
-            return 3
-    request = urllib.request.Request(admin.rstrip("/") + "/status")
+            raise NoAnswer(f"cannot read {token_file}: {e.strerror}") from None
+    data = b"" if method == "POST" else None
+    request = urllib.request.Request(admin.rstrip("/") + path, data=data, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            doc = json.loads(response.read())
+            return json.loads(response.read())
     except urllib.error.HTTPError as e:
-        print(
-            f"mqttgw: {admin}/status answered {e.code}: {e.read().decode()[:200]}".strip(),
-            file=sys.stderr,
-        )
-        return 3
+        answer = e.read().decode(errors="replace")[:200]
+        raise NoAnswer(f"{admin}{path} answered {e.code}: {answer}".strip()) from None
     except (OSError, ValueError) as e:
-        print(f"mqttgw: no status from {admin}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        raise NoAnswer(f"no answer from {admin}{path}: {getattr(e, 'reason', e)}") from None
+
+
+def status(admin: str, as_json: bool, token_file: str | None) -> int:
+    """``mqttgw status``: the admin listener's /status for a terminal. Exit status as a
+    Nagios plugin's: 0 fine, 1 warnings, 2 a problem (or not ready), 3 no answer."""
+    import json
+
+    from gateway.admin.terminal import render_text
+
+    try:
+        doc = ask_admin(admin, "/status", token_file)
+    except NoAnswer as e:
+        print(f"mqttgw: {e}", file=sys.stderr)
         return 3
     sys.stdout.write(json.dumps(doc, indent=2) + "\n" if as_json else render_text(doc))
     severities = {p["severity"] for p in doc.get("problems", [])}
     if "error" in severities or not doc.get("ready", {}).get("ok", False):
         return 2
     return 1 if severities else 0
+
+
+def drain(admin: str, token_file: str | None) -> int:
+    """``mqttgw drain``: POST /drain (the gateway stops as on SIGTERM: not ready, then its
+    sessions closed at drain_rate, then exit 0). 0 once asked, 3 without an answer."""
+    try:
+        doc = ask_admin(admin, "/drain", token_file, "POST")
+    except NoAnswer as e:
+        print(f"mqttgw: {e}", file=sys.stderr)
+        return 3
+    rate = doc.get("drain_rate")
+    print(
+        f"mqttgw: draining {doc.get('sessions', 0)} session(s): not ready now, the ports accept "
+        f"for {doc.get('ready_delay_seconds', 0):g}s more, then the sessions close over "
+        f"{doc.get('drain_seconds', 0):g}s ({rate if rate == 'auto' else f'{rate:g}/s'}), "
+        "then the gateway exits"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL (default {DEFAULT_ADMIN})")
     st.add_argument("--json", action="store_true", help="print the JSON document")
     st.add_argument("--token-file", help="file holding the admin token (or set MQTTGW_ADMIN_TOKEN)")
+    dr = sub.add_parser(
+        "drain", help="stop the running gateway gently: not ready, sessions closed at a pace"
+    )
+    dr.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL (default {DEFAULT_ADMIN})")
+    dr.add_argument("--token-file", help="file holding the admin token (or set MQTTGW_ADMIN_TOKEN)")
     demo = sub.add_parser("demo", help="throwaway CA + mosquitto + gateway on this machine")
     demo.add_argument("--dir", help="where to write the demo files (default: a new temp dir)")
     demo.add_argument("--port", type=int, default=8883, help="gateway port (default 8883)")
@@ -102,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.path)
     if args.command == "status":
         return status(args.admin, args.json, args.token_file)
+    if args.command == "drain":
+        return drain(args.admin, args.token_file)
     from gateway.demo.run import run_demo
 
     return run_demo(args.dir, args.port, args.keep)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from gateway.choices import TlsIo
 from gateway.config.values import format_bind
-from gateway.drain import drain
+from gateway.drain import drain, pace
 from gateway.observe import own_status
 from gateway.parts import ListenerEvents, ListenerHandle, ListenerParts, PartsBox
 from gateway.ports import ready_timeout
@@ -79,6 +79,9 @@ class ListenerService(service.MultiService):
             self.gate.stop,
         )
         self._generation = 0  # reloads that replaced a service (unique child names)
+        # Closes per second when the gateway stops (None: spread over the drain); the
+        # gateway sets this listener's share of drain_rate before stopping it.
+        self.drain_rate: float | None = parts.globals.drain_rate
         self._attach(parts.services())
         if parts.crl is not None:
             parts.crl.ready.addCallback(lambda _: self.revocation_updated())
@@ -208,16 +211,18 @@ class ListenerService(service.MultiService):
         stopped = defer.maybeDeferred(super().stopService)
         count = len(self.gate.protocols)
         seconds = self.parts.globals.shutdown_drain
+        rate = pace(self.drain_rate, count, seconds)
         if count:
             log.info(
-                "stopping {listener}: {count} connection(s) get {drain:g}s to end",
+                "stopping {listener}: {count} connection(s) closed over {drain:g}s, "
+                "{rate:.1f} a second, oldest first, the rest at its end",
                 listener=self.parts.name,
                 count=count,
                 drain=seconds,
+                rate=rate,
             )
-        drained = drain(
-            self.gate, self.reactor, seconds, Reason.SHUTDOWN, "the gateway is stopping"
-        )
+        why = "the gateway is stopping"
+        drained = drain(self.gate, self.reactor, seconds, Reason.SHUTDOWN, why, rate)
         return defer.gatherResults([stopped, drained])
 
 

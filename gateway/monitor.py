@@ -25,17 +25,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway import timers
-from gateway.status import (
-    Histogram,
-    ListenerStatus,
-    WorkerStatus,
-    render_stats_line,
-    render_worker_line,
-    stats_fields,
-    worker_fields,
-)
+from gateway.stats_line import render_stats_line, render_worker_line, stats_fields, worker_fields
+from gateway.status import Histogram, ListenerStatus, WorkerStatus
 from gateway.twisted_native import time_poller
 
+LIVE_LIMIT = 5.0  # seconds without a turn of the event loop: /live fails
 log = Logger()
 
 PROBE_INTERVAL = 0.01  # fine enough to see a stall a device would notice
@@ -141,6 +135,13 @@ class Monitor(service.Service):
         restore, self._restore = self._restore, None
         if restore is not None:
             restore()
+
+    def alive(self) -> tuple[bool, str]:
+        """The reactor turns: the heartbeat (every second) ran in the last ``LIVE_LIMIT``."""
+        quiet = self._reactor.seconds() - self.last_tick
+        if quiet > LIVE_LIMIT:
+            return False, f"the event loop has not turned for {quiet:.1f}s"
+        return True, "alive"
 
     def _heartbeat(self) -> None:
         self.last_tick = self._reactor.seconds()

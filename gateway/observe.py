@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.choices import FailurePolicy
@@ -150,6 +151,16 @@ def client_ocsp_status(client: Any, counts: dict[str, int]) -> ClientOcspStatus:
             for url, r in client.responders.items()
         ),
     )
+
+
+def refresh_now(
+    listeners: Sequence[ListenerParts], fetches: bool
+) -> defer.Deferred[dict[str, Any]]:
+    """Fetch the CRLs and OCSP of ``listeners`` now; fires with ``refresh_report``."""
+    sources = [s for parts in listeners for s in (parts.crl, parts.stapler) if s is not None]
+    runs = [source.refresh_now() for source in sources]
+    d = defer.DeferredList(runs, consumeErrors=True)
+    return d.addCallback(lambda _: refresh_report(listeners, fetches))
 
 
 def refresh_report(listeners: Sequence[ListenerParts], fetches: bool) -> dict[str, Any]:

@@ -87,6 +87,10 @@ class ListenerParts:
         return self.settings.transport is not Transport.SSL
 
     @property
+    def server_reference(self) -> str | None:
+        return self.globals.drain_server_reference
+
+    @property
     def plain(self) -> bool:
         """A ws listener: no TLS on its connections (a load balancer in front ended it)."""
         return not self.settings.transport.tls

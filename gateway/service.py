@@ -11,33 +11,31 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import sdnotify, signals, timers
 from gateway.build import build_parts
 from gateway.config.values import format_bind
+from gateway.drain import drain_shares
 from gateway.errors import GatewayError, describe_error
 from gateway.history import INTERVAL as HISTORY_INTERVAL
 from gateway.history import History
 from gateway.listener import ListenerService
 from gateway.monitor import Monitor
-from gateway.observe import gateway_version, log_expiring, refresh_report
+from gateway.observe import gateway_version, log_expiring, refresh_now
 from gateway.offload import off_reactor
 from gateway.ports import ADMIN, ListenError, PortService
 from gateway.prepare import Prepared, prepare
 from gateway.process import GatewayState, ProcessRole
 from gateway.reload_plan import ReloadPlan, plan_reload
-from gateway.revocation.fetch import HttpFetcher
-from gateway.roles import SingleProcess, tcp_endpoint
+from gateway.roles import tcp_endpoint
 from gateway.status import GatewayStatus, ReloadStatus
-from gateway.twisted_native import quiet_agent
 from gateway.watch import IN_PROGRESS, FileWatcher, watched_files
 
 log = Logger()
 
-LIVE_LIMIT = 5.0
 EXPIRY_CHECK_INTERVAL = 86400.0  # the certificates' expiry is logged at start and daily
 
 
@@ -66,6 +64,7 @@ class GatewayService(service.MultiService):
         self.started = reactor.seconds()
         self.listeners = self.state.listeners
         self.reloads = ReloadStatus()
+        self.draining: float | None = None  # since when (SIGTERM, POST /drain)
         self._reloading: defer.Deferred[dict[str, Any]] | None = None
         workers = role.workers
         self.monitor = Monitor(
@@ -179,7 +178,17 @@ class GatewayService(service.MultiService):
                 log.info("told systemd: ready")
 
     def stopService(self) -> defer.Deferred[Any]:
+        """Not ready at once; the ports accept for drain_ready_delay more, then drain."""
         sdnotify.notify("STOPPING=1")
+        self.draining = self.reactor.seconds()
+        delay = self.config.globals.drain_ready_delay if self.role.signals else 0.0  # (worker: 0)
+        log.info("draining: not ready; the ports accept for {delay:g}s more", delay=delay)
+        return task.deferLater(self.reactor, delay, self._stop_now)
+
+    def _stop_now(self) -> defer.Deferred[Any]:
+        share = drain_shares(self.config.globals.drain_rate, self.listeners, self.role.workers)
+        for name, listener in self.listeners.items():
+            listener.drain_rate = share[name]
         runs = []
         workers = self.role.workers
         if workers is not None:
@@ -209,6 +218,7 @@ class GatewayService(service.MultiService):
             workers=workers.status() if workers is not None else (),
             history=self.history.snapshot(),
             files=self.files.status() if self.files is not None else None,
+            draining=self.draining,
         )
 
     def _watched(self) -> tuple[str, ...]:
@@ -223,25 +233,30 @@ class GatewayService(service.MultiService):
         self.history.record(self.status())
 
     def alive(self) -> tuple[bool, str]:
-        """The reactor turns: the monitor's heartbeat (every second) ran in the last 5 s."""
-        quiet = self.reactor.seconds() - self.monitor.last_tick
-        if quiet > LIVE_LIMIT:
-            return False, f"the event loop has not turned for {quiet:.1f}s"
-        return True, "alive"
+        return self.monitor.alive()
+
+    def drain(self, origin: str) -> dict[str, Any]:
+        """Stop as on SIGTERM (readiness false, drain_ready_delay, the paced drain, exit 0);
+        what it will do, for the one who asked."""
+        g, status = self.config.globals, self.status()
+        sessions = sum(ls.stats.active for ls in status.listeners)
+        sessions += sum(w.active for w in status.workers)
+        log.info("drain asked ({origin}): stopping as on SIGTERM", origin=origin)
+        if self.draining is None:
+            self.reactor.callLater(0, self.reactor.stop)
+        return {
+            "ok": True,
+            "sessions": sessions,
+            "ready_delay_seconds": g.drain_ready_delay,
+            "drain_seconds": g.shutdown_drain,
+            "drain_rate": "auto" if g.drain_rate is None else g.drain_rate,
+        }
 
     def refresh(self, listener: str | None) -> defer.Deferred[dict[str, Any]]:
         """Fetch CRLs and OCSP now (one listener or all); fires with what happened."""
-        targets = [ls for name, ls in self.listeners.items() if listener in (None, name)]
+        targets = [ls.parts for name, ls in self.listeners.items() if listener in (None, name)]
         log.info("refresh asked for {which}", which=listener or "every listener")
-        runs = [
-            s.refresh_now()
-            for ls in targets
-            for s in (ls.parts.crl, ls.parts.stapler)
-            if s is not None
-        ]
-        d = defer.DeferredList(runs, consumeErrors=True)
-        fetches = self.role.listeners.fetches
-        return d.addCallback(lambda _: refresh_report([ls.parts for ls in targets], fetches))
+        return refresh_now(targets, self.role.listeners.fetches)
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -382,18 +397,4 @@ class GatewayService(service.MultiService):
         return done.addCallback(applied)
 
 
-def make_gateway_service(
-    prepared: Prepared,
-    reactor: Any,
-    http_agent: Any = None,
-    crl_processor: Any = None,
-) -> GatewayService:
-    """The whole gateway in one process: one ListenerService per listener, the monitor, and
-    the admin listener if configured. (With ``workers``, ``gateway.workers.master``.)"""
-    http = HttpFetcher(http_agent or quiet_agent(reactor), reactor)
-    cooperator = timers.paced_cooperator(reactor)
-    role = SingleProcess(reactor, http, cooperator.cooperate, crl_processor)
-    return GatewayService(prepared, reactor, ProcessRole(role, cooperator=cooperator))
-
-
-__all__ = ["GatewayService", "make_gateway_service"]
+__all__ = ["GatewayService"]

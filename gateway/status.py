@@ -8,11 +8,9 @@ from __future__ import annotations
 import bisect
 import enum
 from collections import Counter
-from typing import Any
 
 import attrs
 
-from gateway.clock import format_timestamp
 from gateway.reasons import Reason
 
 # Upper bounds (seconds) of the duration histograms: a handshake is milliseconds when the
@@ -333,6 +331,7 @@ class GatewayStatus:
     workers: tuple[WorkerStatus, ...] = ()  # with workers: each worker process
     history: tuple[Sample, ...] = ()  # the last hour, every ``history.INTERVAL`` seconds
     files: FilesStatus | None = None  # with watch_files, in the process that reloads
+    draining: float | None = None  # since when the gateway drains (not ready)
 
     @property
     def accepting(self) -> bool:
@@ -344,6 +343,8 @@ class GatewayStatus:
     def ready(self) -> tuple[bool, str]:
         """(every listener accepts and can admit a good device now, the reason when not):
         what /ready, /status, the page and ``mqttgw status`` say."""
+        if self.draining is not None:
+            return False, "draining: the gateway is stopping"
         waiting = [
             f"{ls.stats.listener}: {ls.not_accepting}" for ls in self.listeners if not ls.accepting
         ]
@@ -353,48 +354,3 @@ class GatewayStatus:
             if ls.accepting and ls.undecided
         ]
         return (not waiting, "; ".join(waiting))
-
-
-def stats_fields(status: ListenerStatus, max_lag: float) -> dict[str, Any]:
-    """The structured keys of a listener's stats line."""
-    s = status.stats
-    fields: dict[str, Any] = {
-        "listener": s.listener,
-        "active": s.active,
-        "accepted": s.accepted,
-        "refused": s.refused,
-        "bytes_in": s.bytes_in,
-        "bytes_out": s.bytes_out,
-        "max_reactor_lag_ms": round(max_lag * 1000, 1),
-    }
-    if status.crl is not None:
-        fields["crls_held"] = status.crl.held
-        fields.update({f"crl_{k}": v for k, v in status.crl.counts.items()})
-    if status.ocsp is not None:
-        fields["ocsp_status"] = status.ocsp.status or "none"
-        fields["ocsp_next_update"] = format_timestamp(status.ocsp.next_update)
-        fields["ocsp_staples_sent"] = status.ocsp.staples_sent
-    return fields
-
-
-def render_stats_line(fields: dict[str, Any]) -> str:
-    """``stats NAME: key=value ...``: the text of the stats line, from its fields."""
-    rest = " ".join(f"{k}={v}" for k, v in fields.items() if k != "listener")
-    return f"stats {fields['listener']}: {rest}"
-
-
-def worker_fields(workers: list[WorkerStatus]) -> dict[str, Any]:
-    """The structured keys of the workers' stats line (with ``workers``)."""
-    return {
-        "workers": len(workers),
-        "serving": sum(1 for w in workers if w.state == WorkerState.SERVING),
-        "restarts": sum(w.restarts for w in workers),
-        "active_per_worker": [w.active for w in workers],
-        "accepted_per_worker": [w.accepted for w in workers],
-    }
-
-
-def render_worker_line(fields: dict[str, Any]) -> str:
-    """``stats workers: serving=N/M restarts= active_per_worker=[...] ...``."""
-    rest = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("workers", "serving"))
-    return f"stats workers: serving={fields['serving']}/{fields['workers']} {rest}"

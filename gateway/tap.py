@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -11,6 +11,9 @@ from twisted.python import usage
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.prepare import prepare
+
+if TYPE_CHECKING:
+    from gateway.service import GatewayService
 
 DEFAULT_CONFIG = "/etc/mqttgw/mqttgw.conf"
 
@@ -34,7 +37,6 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
-    from gateway.service import make_gateway_service
     from gateway.workers.master import make_master_service, worker_count
 
     _one_line_start_errors(reactor)
@@ -42,6 +44,28 @@ def makeService(options: Options) -> service.MultiService:
     if worker_count(prepared.config.globals.workers) > 1:
         return make_master_service(prepared, reactor)
     return make_gateway_service(prepared, reactor)
+
+
+def make_gateway_service(
+    prepared: Any,
+    reactor: Any,
+    http_agent: Any = None,
+    crl_processor: Any = None,
+) -> GatewayService:
+    """The whole gateway in one process (``gateway.service.GatewayService``): one
+    ListenerService per listener, the monitor, and the admin listener if configured. (With
+    ``workers``, ``gateway.workers.master``.)"""
+    from gateway import timers
+    from gateway.process import ProcessRole
+    from gateway.revocation.fetch import HttpFetcher
+    from gateway.roles import SingleProcess
+    from gateway.service import GatewayService
+    from gateway.twisted_native import quiet_agent
+
+    http = HttpFetcher(http_agent or quiet_agent(reactor), reactor)
+    cooperator = timers.paced_cooperator(reactor)
+    role = SingleProcess(reactor, http, cooperator.cooperate, crl_processor)
+    return GatewayService(prepared, reactor, ProcessRole(role, cooperator=cooperator))
 
 
 def _one_line_start_errors(reactor: Any) -> None:
@@ -72,4 +96,4 @@ def _one_line_start_errors(reactor: Any) -> None:
     reactor.callWhenRunning(restore)
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "make_gateway_service"]

@@ -175,6 +175,7 @@ def document(status: GatewayStatus) -> dict[str, Any]:
             "last_error": status.reload.last_error,
             "last_changes": list(status.reload.last_changes),
         },
+        "draining_since": _ts(status.draining),
         "files": (
             attrs.asdict(status.files) if status.files is not None else None
         ),  # watch_files: watched, changes, applied, refused

@@ -245,6 +245,11 @@ def _process(status: GatewayStatus) -> Iterator[Metric]:
         "0 when the last reload was refused, else 1.",
         value=0 if status.reload.last_result == "failed" else 1,
     )
+    yield GaugeMetricFamily(
+        "mqttgw_draining",
+        "1 while the gateway drains (SIGTERM, POST /drain) before it exits.",
+        value=0 if status.draining is None else 1,
+    )
     if status.files is not None:
         yield GaugeMetricFamily(
             "mqttgw_watched_files", "Files watch_files looks at.", value=status.files.watched

@@ -7,11 +7,13 @@
     GET  /live     200 while the reactor turns
     POST /refresh  fetch CRLs and OCSP now (?listener=NAME for one listener)
     POST /reload   re-read the configuration and every file it names (as SIGHUP)
+    POST /drain    stop as on SIGTERM: not ready, then the paced drain, then exit 0
 
 Access: with ``admin.token_file`` every request needs ``Authorization: Bearer <token>``
 (compared in constant time), except the reading endpoints when ``admin.open_read`` is
 true. Without a token (only possible on a loopback address) the reading endpoints are open
-and the changing ones refused: ``/reload`` and ``/refresh`` never work without a token.
+and the changing ones refused: ``/reload``, ``/refresh`` and ``/drain`` never work without
+a token.
 
 Bad requests get plain HTTP errors (404, 405 with Allow, 401, 403, 413), never a traceback
 page; a request body larger than ``MAX_BODY`` is answered 413 as soon as its length is known.
@@ -53,6 +55,8 @@ class Control(Protocol):
     def refresh(self, listener: str | None) -> defer.Deferred[dict[str, Any]]: ...
 
     def reload(self, origin: str) -> defer.Deferred[dict[str, Any]]: ...
+
+    def drain(self, origin: str) -> dict[str, Any]: ...
 
 
 class AdminRequest(server.Request):
@@ -148,6 +152,7 @@ class AdminResource(resource.Resource):
             b"live": Live(self),
             b"refresh": Refresh(self),
             b"reload": Reload(self),
+            b"drain": Drain(self),
         }
         for name, child in self.endpoints.items():
             self.putChild(name, child)
@@ -307,6 +312,14 @@ class Reload(Endpoint):
 
     def render_POST(self, request: Any) -> Any:
         return self.later(request, self.admin.control.reload("POST /reload"))
+
+
+class Drain(Endpoint):
+    kind = CHANGE
+    method = b"POST"
+
+    def render_POST(self, request: Any) -> Any:
+        return self.later(request, defer.succeed(self.admin.control.drain("POST /drain")))
 
 
 def _on_reactor_thread(

@@ -45,6 +45,9 @@ class GlobalSettings:
     ocsp_cache_dir: str | None = _default("ocsp_cache_dir")
     stats_log_interval: float = _default("stats_log_interval")
     shutdown_drain: float = _default("shutdown_drain")
+    drain_rate: float | None = _default("drain_rate")  # None: auto
+    drain_ready_delay: float = _default("drain_ready_delay")
+    drain_server_reference: str | None = _default("drain_server_reference")
     reload_drain: float = _default("reload_drain")
     admin_listen: tuple[str, int] | None = _default("admin_listen")
     admin_token_file: str | None = _default("admin_token_file")

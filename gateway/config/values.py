@@ -118,6 +118,32 @@ def format_rate(value: float | None) -> str:
     return "none" if value is None else f"{value:g}/s"
 
 
+def parse_drain_rate(text: str) -> float | None:
+    """``auto`` (None: spread over the drain) or sessions per second (0: none early)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected auto or sessions per second, got {text!r}") from None
+    if not 0 <= value <= 1_000_000:
+        raise ValueError("must be auto or from 0 to 1000000 sessions per second")
+    return value
+
+
+def parse_server_reference(text: str) -> str:
+    """An MQTT 5 Server Reference: host[:port], or several separated by spaces (MQTT 5
+    4.11); printable, at most 1024 characters."""
+    value = " ".join(text.split())
+    if not value or len(value) > 1024 or not value.isprintable():
+        raise ValueError("expected host[:port] (or several, space-separated), printable, <= 1024")
+    return value
+
+
+def format_drain_rate(value: float | None) -> str:
+    return "auto" if value is None else f"{value:g}"
+
+
 def format_workers(value: int) -> str:
     return "auto" if value == 0 else str(value)
 

@@ -235,7 +235,7 @@ def _run(directory: str, ports: DemoPorts, keep: bool) -> int:
 
     from gateway.demo.ocsp import DemoOcspResponder
     from gateway.prepare import prepare
-    from gateway.service import make_gateway_service
+    from gateway.tap import make_gateway_service
 
     files, devices_ca = write_demo_files(directory, ports)
     broker = subprocess.Popen(

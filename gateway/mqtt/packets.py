@@ -76,6 +76,45 @@ def decode_varint(
     return None
 
 
+class Boundaries:
+    """Follows where the packets of one direction of a stream begin and end, without
+    reading them: ``between`` tells whether the bytes fed so far end at a packet boundary
+    (where a packet of the gateway's own may go). One step per packet, a short one for
+    the usual two-byte fixed header."""
+
+    __slots__ = ("head", "need")
+
+    def __init__(self) -> None:
+        self.need = 0  # bytes of the current packet still to come
+        self.head = b""  # the start of a fixed header split across reads
+
+    @property
+    def between(self) -> bool:
+        return not self.need and not self.head
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Advance over ``data``; RemoteProtocolError on a length of five bytes."""
+        n = len(data)
+        pos = self.need
+        if pos >= n:
+            self.need = pos - n
+            return
+        head = self.head
+        if not head:  # packets of under 128 bytes: a two-byte header, one step each
+            while pos + 1 < n and data[pos + 1] < 0x80:
+                pos += data[pos + 1] + 2
+        while pos < n:
+            header = head + bytes(data[pos : pos + 5 - len(head)])
+            decoded = decode_varint(header, 1, len(header))
+            if decoded is None:  # the read ended inside the header
+                self.head, self.need = header, 0
+                return
+            length, size = decoded
+            pos += size - len(head) + length
+            head = b""
+        self.head, self.need = b"", pos - n
+
+
 def fixed_header(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int] | None:
     """(where the body starts, its length) of the packet at ``buf[pos]``; None while the
     fixed header is not all in ``buf[:end]``."""

@@ -33,10 +33,10 @@ from gateway.mqtt.errors import RemoteProtocolError
 from gateway.mqtt.limits import DeviceLimits, pause_for, pay_now
 from gateway.mqtt.packets import (
     MQTT_5,
+    Boundaries,
     Kind,
     ack,
     ack_packet_id,
-    decode_varint,
     disconnect,
     suback,
     suback_refilled,
@@ -56,6 +56,7 @@ from gateway.mqtt.policy_actions import (
     WaitUntil,
     Who,
 )
+from gateway.mqtt.properties import Property, encode_properties
 from gateway.mqtt.stream import SUBACK, Packet, StreamReader
 from gateway.reasons import Reason
 
@@ -73,6 +74,18 @@ DISCONNECT_REASONS: dict[Reason, int] = {
     Reason.MESSAGE_RATE: 0x96,  # message rate too high
 }
 PACKET_TOO_LARGE = 0x95
+USE_ANOTHER_SERVER = 0x9C
+
+
+def closing_reason(by: Reason, server_reference: str | None = None) -> tuple[int, bytes] | None:
+    """(reason code, encoded properties) of the MQTT 5 DISCONNECT that tells a device why
+    the gateway ends its session (None: no reason to tell): a drain toward another server
+    (``drain_server_reference``) is 0x9C with its Server Reference."""
+    if by is Reason.SHUTDOWN and server_reference:
+        reference = encode_properties([(Property.SERVER_REFERENCE, server_reference)])
+        return USE_ANOTHER_SERVER, reference
+    code = DISCONNECT_REASONS.get(by)
+    return None if code is None else (code, b"\x00")
 
 
 class PolicyEdge:
@@ -104,8 +117,7 @@ class PolicyEdge:
         # gets the refused codes back in their places.
         self._subscriptions: dict[int, tuple[int, tuple[int, ...]]] = {}
         self._rules: DeviceRules | None = None  # the rules in force, for this device
-        self._broker_need = 0  # bytes of the broker's current packet still to come
-        self._broker_head = b""  # the start of a fixed header split across reads
+        self._broker = Boundaries()  # where the broker's packets begin and end
         self._own: list[bytes] = []  # the gateway's own packets, for the next boundary
 
     @property
@@ -246,18 +258,18 @@ class PolicyEdge:
             code = PACKET_TOO_LARGE
         return [*self._tell(code), End(reason, detail)]
 
-    def close(self, by: Reason) -> Actions:
+    def close(self, by: Reason, server_reference: str | None = None) -> Actions:
         """The gateway is closing the session (``by``: revoked, shutdown, reload): MQTT 5
-        devices get a DISCONNECT with its reason code first."""
+        devices get a DISCONNECT with its reason code first (``closing_reason``)."""
         self.held.clear()
-        code = DISCONNECT_REASONS.get(by)
-        return self._tell(code) if code is not None else []
+        told = closing_reason(by, server_reference)
+        return self._tell(*told) if told is not None else []
 
-    def _tell(self, code: int) -> Actions:
+    def _tell(self, code: int, properties: bytes = b"\x00") -> Actions:
         if self.level != MQTT_5 or self._told:
             return []
         self._told = True
-        return [*self.send_own(disconnect(MQTT_5, code)), Told(code)]
+        return [*self.send_own(disconnect(MQTT_5, code, properties)), Told(code)]
 
     # -- broker to device --------------------------------------------------------------------
 
@@ -269,8 +281,7 @@ class PolicyEdge:
             return []
         n = len(data)
         if (
-            not self._broker_need
-            and not self._broker_head
+            self._broker.between
             and n >= 2
             and data[1] < 0x80
             and data[1] + 2 == n
@@ -279,43 +290,19 @@ class PolicyEdge:
         ):
             # One whole short packet: still at a boundary.
             return self._with_own(data) if self._own else PASS
-        if self.broker_reader.buffered or (
-            self._subscriptions and not self._broker_need and not self._broker_head
-        ):
+        if self.broker_reader.buffered or (self._subscriptions and self._broker.between):
             return self._from_broker_read(data)
         try:
-            self._follow(data)
+            self._broker.feed(data)
         except RemoteProtocolError as e:
             return self._broker_failed(e)
-        if self._own and not self._broker_need and not self._broker_head:
+        if self._own and self._broker.between:
             return self._with_own(data)
         return PASS
 
     def _with_own(self, data: bytes | memoryview) -> Actions:
         own, self._own = self._own, []
         return [ToDevice(data), ToDevice(b"".join(own))]
-
-    def _follow(self, data: bytes) -> None:
-        """Advance over ``data``: how much of the broker's current packet is still to come
-        (``_broker_need``), or the start of a fixed header split across reads."""
-        n = len(data)
-        if self._broker_need >= n:
-            self._broker_need -= n
-            return
-        pos = self._broker_need
-        head = self._broker_head  # with a split header, pos is 0
-        while pos < n:
-            header = head + data[pos : pos + 5 - len(head)]
-            decoded = decode_varint(header, 1, len(header))
-            if decoded is None:  # the read ended inside the header
-                self._broker_head = header
-                self._broker_need = 0
-                return
-            length, size = decoded
-            pos += size - len(head) + length
-            head = b""
-        self._broker_head = b""
-        self._broker_need = pos - n
 
     def _from_broker_read(self, data: bytes) -> Actions:
         try:
@@ -343,7 +330,7 @@ class PolicyEdge:
     def send_own(self, packet: bytes) -> Actions:
         """A packet of the gateway's own: now if the broker's stream is between packets,
         else once its current packet is through."""
-        if self._broker_need or self._broker_head or self.broker_reader.buffered:
+        if not self._broker.between or self.broker_reader.buffered:
             self._own.append(packet)
             return []
         return [ToDevice(packet)]

@@ -98,6 +98,11 @@ class GatewayFactory(protocol.Factory):
     def plain(self) -> bool:
         return self.box.parts.plain
 
+    @property
+    def server_reference(self) -> str | None:
+        """drain_server_reference: where a drain sends MQTT 5 devices (0x9C)."""
+        return self.box.parts.server_reference
+
     def denial_logged(self) -> bool:
         """Whether one more denial line may be logged now: 10 per 10 seconds per
         listener (the rest are counted in mqttgw_acl_denied_total)."""

@@ -17,6 +17,8 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from zope.interface import implementer
 
+from gateway.mqtt import MQTT_5, RemoteProtocolError
+from gateway.mqtt.packets import Boundaries, disconnect
 from gateway.mqtt.policy import (
     PASS,
     Action,
@@ -29,6 +31,7 @@ from gateway.mqtt.policy import (
     Told,
     WaitUntil,
     Who,
+    closing_reason,
 )
 from gateway.proxy.contracts import ClientHome
 from gateway.reasons import Reason
@@ -129,11 +132,11 @@ class DevicePolicy:
         else:
             self._run(actions)
 
-    def close(self, by: Reason) -> None:
+    def close(self, by: Reason, server_reference: str | None = None) -> None:
         """The gateway is closing the session (revoked, shutdown, reload): MQTT 5 devices
         are told why first."""
         self.stop()
-        self._run(self.edge.close(by))
+        self._run(self.edge.close(by, server_reference))
 
     def stop(self) -> None:
         """The session ended: drop the timer."""
@@ -201,3 +204,30 @@ _HANDLERS: dict[type, Callable[[DevicePolicy, Any], None]] = {
     Denied: DevicePolicy._denied,
     Told: DevicePolicy._told,
 }
+
+
+class BrokerFollower:
+    """An MQTT 5 session on the short path (no policy edge): follows where the broker's
+    packets end, so that a close of the gateway's own can tell the device why between two
+    of them, as the policy edge does (inside one, which is rare, the device is closed
+    without it: a packet cannot be cut)."""
+
+    __slots__ = ("boundaries", "device")
+
+    def __init__(self, device: Any) -> None:
+        self.device = device  # what the device is written to (the transport, or its link)
+        self.boundaries: Boundaries | None = Boundaries()
+
+    def feed(self, data: bytes) -> None:
+        """The broker's bytes, as they go to the device."""
+        if self.boundaries is not None:
+            try:
+                self.boundaries.feed(data)
+            except RemoteProtocolError:  # not MQTT: no boundary is known from here on
+                self.boundaries = None
+
+    def close(self, by: Reason, server_reference: str | None = None) -> None:
+        if self.boundaries is not None and self.boundaries.between:
+            told = closing_reason(by, server_reference)
+            if told is not None:
+                self.device.write(disconnect(MQTT_5, *told))

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.failures import plain_reason
+from gateway.mqtt import MQTT_5
 from gateway.mqtt.policy import Who
 from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
@@ -31,7 +32,7 @@ from gateway.proxy.handshake import (
     taken_from,
     why_not_completed,
 )
-from gateway.proxy.policy import DevicePolicy, PolicyHooks, policy_for
+from gateway.proxy.policy import BrokerFollower, DevicePolicy, PolicyHooks, policy_for
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
@@ -60,6 +61,8 @@ class ClientProtocol(protocol.Protocol):
     # With MQTT over WebSocket on the listener: the device's link (None: MQTT over TLS).
     link: DeviceLink | None = None
     device: Any  # what the device is written to: the transport, or its link
+    # MQTT 5 on the short path: where the broker's packets end (a DISCONNECT goes between).
+    _follow: BrokerFollower | None = None
     # While the TLS layer reads one socket read's records: their bytes, heard at its end.
     _batch: list[bytes] | None = None
 
@@ -174,6 +177,8 @@ class ClientProtocol(protocol.Protocol):
             self.bytes_out += len(data)
             self.factory.stats.bytes_out += len(data)
             if self._policy is None:
+                if self._follow is not None:  # MQTT 5: where the broker's packets end
+                    self._follow.feed(data)
                 self.device.write(data)
             else:
                 self._policy.from_broker(data)  # whole packets, SUBACKs completed
@@ -258,11 +263,10 @@ class ClientProtocol(protocol.Protocol):
 
     def _on_close_client(self, action: S.CloseClient) -> None:
         self.transport.unregisterProducer()
-        policy, ended = self._policy, self.session.ended_by
-        if policy is not None and ended is not None and not action.abort:
-            # MQTT 5: the gateway's own close says why, between two of the broker's packets.
-            if isinstance(ended[0], Reason):
-                policy.close(ended[0])
+        ended, says = self.session.ended_by, self._policy or self._follow
+        if says is not None and ended is not None and isinstance(ended[0], Reason):
+            if not action.abort:  # MQTT 5: the gateway's own close says why
+                says.close(ended[0], self.factory.server_reference)
         by = ended[0] if ended is not None else self.session.refusal
         if self.link is not None and by is not None and not action.abort:
             self.link.close(by)  # a WebSocket's close frame says why too
@@ -337,6 +341,8 @@ class ClientProtocol(protocol.Protocol):
         hooks = PolicyHooks(self._send_upstream, self._end_by, self._log_denied)
         who = Who(self._acl_user or "", client_id)
         self._policy = policy_for(self.factory, self.device, who, connect.protocol_level, hooks)
+        if self._policy is None and connect.protocol_level == MQTT_5:
+            self._follow = BrokerFollower(self.device)  # a close of the gateway's says why
         if self._policy is not None:
             # From the first packet after the CONNECT on, those that came with it included.
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]

@@ -178,6 +178,7 @@ class WorkerPool(service.MultiService):
         slot.timer = None
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env["MQTTGW_WORKERS"] = str(len(self.slots))  # each drains its share of drain_rate
         slot.state = WorkerState.STARTING
         slot.sent = set()
         slot.report = None

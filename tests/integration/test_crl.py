@@ -127,7 +127,9 @@ def test_revoked_client_refused_at_handshake(
 
 
 def test_revoked_while_running_closes_live_session(world: World, broker: int, workdir: str) -> None:
-    """Revoked while connected: the session is closed after the next refresh; reconnects refused."""
+    """Revoked while connected: the session is closed after the next refresh (an MQTT 5
+    session on this listener without the policy edge hears DISCONNECT 0x87 first);
+    reconnects refused."""
     victim = world.p.client("live-victim")
     bystander = world.p.client("live-bystander")
     port = support.free_port()
@@ -138,6 +140,10 @@ def test_revoked_while_running_closes_live_session(world: World, broker: int, wo
         live = support.tls_connect(port, ctx, timeout=15)
         live.sendall(support.connect_packet("victim"))
         assert support.read_exact(live, 4) == ACCEPTED
+        live5 = support.tls_connect(port, ctx, timeout=15)
+        live5.sendall(support.connect_packet("victim-5", level=5))
+        head = support.read_exact(live5, 2)
+        assert head[0] == 0x20 and support.read_exact(live5, head[1])[1] == 0  # CONNACK 5
         other = support.tls_connect(port, support.client_context(world.p, bystander), timeout=15)
         other.sendall(support.connect_packet("bystander"))
         assert support.read_exact(other, 4) == ACCEPTED
@@ -150,6 +156,8 @@ def test_revoked_while_running_closes_live_session(world: World, broker: int, wo
         except ConnectionResetError:
             pass
         assert time.monotonic() - start < 8
+        assert support.read_exact(live5, 4) == b"\xe0\x02\x87\x00"  # DISCONNECT: revoked
+        assert live5.recv(10) == b""
         assert "revoked" in str(mqtt_connect(port, world.p, victim))
         other.sendall(b"\xc0\x00")  # PINGREQ: the bystander's session is untouched
         assert support.read_exact(other, 2) == b"\xd0\x00"

@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -409,7 +410,7 @@ def test_mqttgw_status_and_the_status_page(p: support.Pki, workdir: str, broker:
         as_json = support.run([mqttgw, "status", "--json", "--admin", f"http://127.0.0.1:{admin}"])
         assert json.loads(as_json.stdout)["listeners"][1]["name"] == "bad"
         nothing = support.run([mqttgw, "status", "--admin", f"http://127.0.0.1:{dead}"])
-        assert nothing.returncode == 3 and "no status from" in nothing.stderr
+        assert nothing.returncode == 3 and "no answer from" in nothing.stderr
 
         dom = chromium(workdir, "--dump-dom", f"http://127.0.0.1:{admin}/")
         assert "<h1>mqttgw " in dom and "not ready: bad: CA " in dom, dom[:2000]
@@ -684,4 +685,88 @@ def test_certificates_rotated_on_disk_are_served_without_a_signal(
         assert m[("mqttgw_file_reloads_total", (("result", "refused"),))] >= 1
         sub.close()
     finally:
+        gw.stop()
+
+
+def test_a_drain_is_paced_and_tells_mqtt5_devices_where_to_go(
+    p: support.Pki, workdir: str, broker: int
+) -> None:
+    """``mqttgw drain`` (POST /drain): readiness turns false at once while the port still
+    accepts for drain_ready_delay; then the sessions (from 16 addresses) are closed at
+    drain_rate, oldest first, spread over seconds rather than all at once; the MQTT 5 ones
+    hear DISCONNECT 0x9C with the Server Reference (the policy edge is off here), the
+    3.1.1 ones a clean close; the gateway exits 0."""
+    import selectors
+
+    port, admin = support.free_port(), support.free_port()
+    token_file = write_token(workdir)
+    conf = support.listener_conf("main", port, broker, p)
+    conf += f"admin.listen = {admin}\nadmin.token_file = {token_file}\n"
+    conf += "shutdown_drain = 5s\ndrain_rate = 40\ndrain_ready_delay = 1s\n"
+    conf += "drain_server_reference = mqtt2.example.com:8883\n"
+    gw = support.start_gateway(workdir, conf, "gw-drain")
+    ctx = support.client_context(p, p.client("drained"))
+    sockets: dict[Any, tuple[int, int]] = {}  # socket -> (order, level)
+    try:
+        for i in range(80):
+            raw = socket.create_connection(
+                ("127.0.0.1", port), timeout=10, source_address=(f"127.0.0.{10 + i % 16}", 0)
+            )
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            level = 5 if i % 4 == 0 else 4
+            s.sendall(support.connect_packet(f"drained-{i}", level=level, keep_alive=0))
+            head = support.read_exact(s, 2)
+            assert head[0] == 0x20 and support.read_exact(s, head[1])[1] == 0
+            sockets[s] = (i, level)
+        drained = support.run(
+            [os.path.join(support.BIN, "mqttgw"), "drain", "--admin", f"http://127.0.0.1:{admin}"]
+            + ["--token-file", token_file]
+        )
+        asked = time.monotonic()
+        assert drained.returncode == 0, drained.stderr
+        assert "draining 80 session(s)" in drained.stdout
+        code, _, body = http(admin, "/ready", token=TOKEN)
+        assert code == 503 and b"draining" in body
+        assert connect(port, ctx, "late-but-in") == ACCEPTED  # the port still accepts
+        closed: dict[int, float] = {}
+        said: dict[int, bytes] = {}
+        selector = selectors.DefaultSelector()
+        for s in sockets:
+            s.setblocking(False)
+            selector.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + 20
+        while len(closed) < len(sockets) and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=1):
+                s = key.fileobj
+                order, level = sockets[s]
+                try:
+                    data = s.recv(4096)
+                except ssl.SSLWantReadError:
+                    continue
+                except (ssl.SSLError, OSError):
+                    data = b""
+                if data:
+                    said[order] = said.get(order, b"") + data
+                    continue
+                closed[order] = time.monotonic() - asked
+                selector.unregister(s)
+                s.close()  # as a device does: the gateway's side then ends at once
+        assert len(closed) == 80, sorted(closed)
+        first, last = min(closed.values()), max(closed.values())
+        assert first >= 0.9, first  # not before drain_ready_delay
+        assert last - first >= 1.2, (first, last)  # 80 at 40 a second: about two seconds
+        order = sorted(closed, key=lambda i: closed[i])
+        assert max(order[:20]) < 30, order  # the oldest first
+        reference = b"mqtt2.example.com:8883"
+        for i, level in sorted(sockets.values()):
+            if level == 5:
+                assert said.get(i, b"")[:3] == b"\xe0" + bytes((len(reference) + 5,)) + b"\x9c"
+                assert said[i].endswith(b"\x1c" + len(reference).to_bytes(2, "big") + reference)
+            else:
+                assert said.get(i, b"") == b""
+        assert gw.proc.wait(15) == 0
+        assert "drain asked (POST /drain)" in gw.log()
+    finally:
+        for s in sockets:
+            s.close()
         gw.stop()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import mqtt
 from gateway.mqtt import packets, properties
-from gateway.mqtt.packets import encode_length, read_connack
+from gateway.mqtt.packets import Boundaries, encode_length, read_connack
 
 
 @pytest.mark.parametrize("size", [0, 1, 115, 116, 200, 243, 244, 16_383, 16_384, 65_535])
@@ -211,3 +211,26 @@ def test_a_subscribe_cut_to_its_permitted_filters_and_its_suback_refilled(
     codes = list(full[packets.body_start(full) + 2 + len(props) :])
     expected = iter(granted)
     assert codes == [0x80 if i in refused else next(expected) for i in range(len(filters))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 20000), min_size=1, max_size=12),
+    st.lists(st.integers(0, 1 << 20), max_size=10),
+)
+def test_boundaries_are_followed_however_the_stream_is_cut(
+    lengths: list[int], cuts: list[int]
+) -> None:
+    """``Boundaries``: packets of any length (one- to three-byte lengths), the stream cut
+    anywhere (inside a header too): after each piece, ``between`` says whether it ended
+    exactly at a packet boundary."""
+    stream, ends = b"", {0}
+    for i, n in enumerate(lengths):
+        stream += bytes((0x30 | (i & 1),)) + encode_length(n) + bytes(n)
+        ends.add(len(stream))
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {len(stream)})
+    follower, start = Boundaries(), 0
+    for point in points:
+        follower.feed(stream[start:point])
+        start = point
+        assert follower.between == (point in ends), point

@@ -245,3 +245,46 @@ def test_the_adapter_holds_reads_for_the_wait_and_keeps_the_brokers_flow_control
     assert not device.paused and not ended
     policy.feed(bytes([0x30, 0xE8, 0x07]))  # over max_packet_size
     assert ended and ended[0][0] is Reason.BAD_PACKET and not clock.getDelayedCalls()
+
+
+def test_the_reason_a_close_of_the_gateways_own_gives_an_mqtt5_device() -> None:
+    """0x87 revoked, 0x8B shutting down, or 0x9C with the Server Reference of a drain
+    toward another server; nothing for a close that has no reason to tell."""
+    from gateway.mqtt.policy import closing_reason
+    from gateway.mqtt.properties import Property, decode_properties
+
+    assert closing_reason(Reason.REVOKED) == (0x87, b"\x00")
+    assert closing_reason(Reason.SHUTDOWN) == (0x8B, b"\x00")
+    assert closing_reason(Reason.REVOKED, "b.example:8883") == (0x87, b"\x00")
+    code, props = closing_reason(Reason.SHUTDOWN, "b.example:8883") or (0, b"")
+    assert code == 0x9C
+    decoded, _ = decode_properties(props, 0)
+    assert decoded == [(Property.SERVER_REFERENCE, "b.example:8883")]
+    assert closing_reason(Reason.BAD_CONNECT) is None
+
+
+def test_an_mqtt5_session_on_the_short_path_is_told_why_between_the_brokers_packets() -> None:
+    """``BrokerFollower``: the DISCONNECT goes to the device only where the broker's stream
+    is between two packets (never inside one); a stream that is not MQTT stops it."""
+    from gateway.proxy.policy import BrokerFollower
+
+    class Device:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+    pub = publish(5, "t", 0, 0, b"x" * 200)
+    device = Device()
+    follower = BrokerFollower(device)
+    follower.feed(pub[:100])
+    follower.close(Reason.REVOKED)
+    assert device.written == []  # inside a packet: nothing
+    follower.feed(pub[100:] + pub)
+    follower.close(Reason.REVOKED)
+    assert device.written == [b"\xe0\x02\x87\x00"]
+    broken = BrokerFollower(device)
+    broken.feed(b"\x30\xff\xff\xff\xff\xff")  # a five-byte length: not MQTT
+    broken.close(Reason.REVOKED)
+    assert device.written == [b"\xe0\x02\x87\x00"]

@@ -13,7 +13,7 @@ from twisted.web.server import NOT_DONE_YET
 from gateway import testing as support
 from gateway.demo import pki
 from gateway.reasons import Reason
-from gateway.service import make_gateway_service
+from gateway.tap import make_gateway_service
 from gateway.testing import InlineProcessor, prepare_text
 
 

@@ -131,6 +131,10 @@ class Parts:
     def plain(self) -> bool:
         return not self.settings.transport.tls
 
+    @property
+    def server_reference(self) -> str | None:
+        return None
+
 
 @attrs.define
 class Box:

@@ -7,15 +7,18 @@ from gateway.config.keys.key import Key
 from gateway.config.values import (
     choice,
     format_bool,
+    format_drain_rate,
     format_duration,
     format_optional,
     format_optional_bind,
     format_workers,
     parse_admin_bind,
     parse_bool,
+    parse_drain_rate,
     parse_duration,
     parse_duration_or_zero,
     parse_path,
+    parse_server_reference,
     parse_workers,
 )
 
@@ -43,6 +46,43 @@ OPERATION_KEYS: tuple[Key, ...] = (
         listener=False,
         global_=True,
         format=format_duration,
+    ),
+    Key(
+        "drain_rate",
+        "drain_rate",
+        parse_drain_rate,
+        None,
+        "Global: during the shutdown_drain, close sessions at this many per second, oldest "
+        "first, so that the fleet reconnects elsewhere spread out instead of all in one "
+        "second (the rest are closed when shutdown_drain ends). auto: spread evenly over "
+        "the drain; 0: none before the drain ends. With workers, shared among them.",
+        format=format_drain_rate,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "drain_ready_delay",
+        "drain_ready_delay",
+        parse_duration_or_zero,
+        0.0,
+        "Global: on SIGTERM or POST /drain, readiness turns false at once (/ready 503, "
+        "mqttgw_ready 0) while the ports keep accepting for this long, so that a load "
+        "balancer stops sending devices before any is refused; then the drain starts.",
+        format=format_duration,
+        listener=False,
+        global_=True,
+    ),
+    Key(
+        "drain_server_reference",
+        "drain_server_reference",
+        parse_server_reference,
+        None,
+        "Global: MQTT 5 sessions closed by a drain get DISCONNECT 0x9C (use another server) "
+        "with this Server Reference (a host[:port] or a list the devices understand); "
+        "unset: 0x8B (server shutting down).",
+        format=format_optional,
+        listener=False,
+        global_=True,
     ),
     Key(
         "reload_drain",
