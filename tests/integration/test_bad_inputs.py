@@ -207,13 +207,14 @@ def test_crl_server_closing_before_an_answer(
 
 
 def test_sigterm_drains_then_closes(p: support.Pki, workdir: str, broker: int) -> None:
-    """SIGTERM: no new connection is accepted, a live session gets shutdown_drain to end,
-    then is closed and logged with closed_by=shutdown; twistd exits 0."""
+    """SIGTERM with drain_rate = 0: no new connection is accepted, a live session gets the
+    whole shutdown_drain to end, then is closed and logged with closed_by=shutdown; twistd
+    exits 0. (The paced drain has its own test in test_operations.)"""
     import subprocess
     import time
 
     port = support.free_port()
-    conf = support.listener_conf("x", port, broker, p) + "shutdown_drain = 2s\n"
+    conf = support.listener_conf("x", port, broker, p) + "shutdown_drain = 2s\ndrain_rate = 0\n"
     gw = support.start_gateway(workdir, conf)
     ctx = support.client_context(p, p.client("draining"))
     with support.tls_connect(port, ctx) as s:
@@ -231,5 +232,7 @@ def test_sigterm_drains_then_closes(p: support.Pki, workdir: str, broker: int) -
     assert gw.proc.wait(10) == 0
     log = gw.log()
     # (the port probes above may still be counted as connections)
-    assert re.search(r"stopping x: \d+ connection\(s\) get 2s to end", log), log[-2000:]
+    assert re.search(r"stopping x: \d+ connection\(s\) closed over 2s, 0.0 a second", log), log[
+        -2000:
+    ]
     assert "client_id='draining'" in log and "closed_by=shutdown: the gateway is stopping" in log
