@@ -232,7 +232,6 @@ def test_sigterm_drains_then_closes(p: support.Pki, workdir: str, broker: int) -
     assert gw.proc.wait(10) == 0
     log = gw.log()
     # (the port probes above may still be counted as connections)
-    assert re.search(r"stopping x: \d+ connection\(s\) closed over 2s, 0.0 a second", log), log[
-        -2000:
-    ]
+    stopping = r"stopping x: \d+ connection\(s\) closed over 2s, 0.0 a second"
+    assert re.search(stopping, log), log[-2000:]
     assert "client_id='draining'" in log and "closed_by=shutdown: the gateway is stopping" in log
