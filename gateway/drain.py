@@ -16,9 +16,11 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
+from gateway.config.model import GlobalSettings
 from gateway.proxy.entry import Gate
 from gateway.proxy.relay import ClientProtocol
 from gateway.reasons import Reason
+from gateway.status import GatewayStatus
 
 ABORT_AFTER = 2.0  # after a stop: time for close_notify and the broker side to close
 TICK = 0.05  # seconds between two batches of paced closes
@@ -44,6 +46,19 @@ def drain_shares(
     counts = {name: len(ls.gate.protocols) for name, ls in listeners.items()}
     total = sum(counts.values())
     return {name: rate * n / total if total else rate for name, n in counts.items()}
+
+
+def drain_summary(g: GlobalSettings, status: GatewayStatus) -> dict[str, Any]:
+    """What a drain asked for (POST /drain) will do, for the one who asked."""
+    sessions = sum(ls.stats.active for ls in status.listeners)
+    sessions += sum(w.active for w in status.workers)
+    return {
+        "ok": True,
+        "sessions": sessions,
+        "ready_delay_seconds": g.drain_ready_delay,
+        "drain_seconds": g.shutdown_drain,
+        "drain_rate": "auto" if g.drain_rate is None else g.drain_rate,
+    }
 
 
 def drain(

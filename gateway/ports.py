@@ -79,6 +79,10 @@ class PortService(service.Service):
         self._ready_seen = False
         self._waiting = False  # bound, but not reading until the first CRL round is done
 
+    def filenos(self) -> list[int]:
+        """The listening socket's descriptor (what a takeover hands over), if listening."""
+        return [self.port.fileno()] if self.port is not None else []
+
     @property
     def accepting(self) -> bool:
         """Whether the port accepts connections now (what /ready reports)."""

@@ -4,11 +4,13 @@ in force and its listeners, which a master's worker pool reads)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import attrs
 from twisted.internet import task
 
+from gateway.handover import Inherited
 from gateway.listener import ListenerService
 from gateway.prepare import Prepared
 from gateway.roles import IListenerRole
@@ -29,6 +31,10 @@ class ProcessRole:
     # The process's one Cooperator (``timers.paced_cooperator``), shared with its role's
     # parts; the gateway service starts and stops it. None: one of the service's own.
     cooperator: task.Cooperator | None = None
+    # Listening sockets given to this process (systemd, a takeover), and the connection to
+    # the gateway it took over from (told to drain once this one accepts everywhere).
+    inherited: Inherited = attrs.Factory(Inherited)
+    told: socket.socket | None = None
 
 
 @attrs.define(eq=False)

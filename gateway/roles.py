@@ -13,15 +13,19 @@ of them is subclassed per role.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.choices import TlsIo
 from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.config.values import format_bind
+from gateway.handover import Inherited
 from gateway.parts import ListenerHandle
 from gateway.ports import PortService, ready_timeout
 from gateway.revocation.crl_service import CrlCache, CrlService
@@ -32,6 +36,8 @@ from gateway.revocation.process import SubprocessProcessor
 from gateway.status import ListenerStatus
 from gateway.tls.material import TlsMaterial
 from gateway.tls.socket_tls import TLSPort
+
+log = Logger()
 
 
 class IRevocationSource(Interface):
@@ -122,6 +128,26 @@ def tcp_endpoint(reactor: Any, bind: tuple[str, int]) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+def listen_endpoint(reactor: Any, inherited: Inherited, bind: tuple[str, int]) -> Any:
+    """Where to listen on ``bind``: an inherited socket bound there (systemd's, or one a
+    takeover handed over), else a new one."""
+    given = inherited.take(bind)
+    if len(given) > 1:  # a master's group, taken by one process: one socket serves
+        log.warn(
+            "{bind}: {n} sockets handed over, one process uses one (connections waiting "
+            "on the others are reset: keep workers the same across a takeover)",
+            bind=format_bind(bind),
+            n=len(given),
+        )
+        for extra in given[1:]:
+            extra.close()
+    if not given:
+        return tcp_endpoint(reactor, bind)
+    fd = os.dup(given[0].fileno())  # (the endpoint closes it once listening)
+    given[0].close()
+    return endpoints.AdoptedStreamServerEndpoint(reactor, fd, given[0].family)
+
+
 @implementer(IStreamServerEndpoint)
 class SocketTLSEndpoint:
     """Listens with a ``TLSPort``: its connections speak TLS on their sockets."""
@@ -198,12 +224,16 @@ class SingleProcess(Serving):
         http: HttpFetcher,
         cooperate: Callable[[Iterator[Any]], Any],
         processor: Any = None,
+        inherited: Inherited | None = None,
     ) -> None:
-        """``cooperate``: the process's cooperator's (its parts' long walks)."""
+        """``cooperate``: the process's cooperator's (its parts' long walks); ``inherited``:
+        listening sockets given to the process (a listener on one of their addresses
+        listens on it rather than binding)."""
         self.reactor = reactor
         self.http = http
         self.cooperate = cooperate
         self.processor = processor
+        self.inherited = inherited if inherited is not None else Inherited()
 
     def revocation_source(
         self,
@@ -268,4 +298,7 @@ class SingleProcess(Serving):
         if settings.tls.io == TlsIo.SOCKET:
             endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
             return port_service(listener, settings, endpoint)
-        return port_service(listener, settings, tcp_endpoint(self.reactor, settings.bind))
+        return port_service(listener, settings, self.endpoint(settings.bind))
+
+    def endpoint(self, bind: tuple[str, int]) -> Any:
+        return listen_endpoint(self.reactor, self.inherited, bind)

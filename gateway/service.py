@@ -1,10 +1,8 @@
 """The top of the service tree and its lifecycle: ``GatewayService`` (the listeners, the
-monitor, the admin listener, the file watcher; status, refresh and reload). One listener's
-service is ``gateway.listener.ListenerService``; what it runs with is built by
-``gateway.build``; what differs between a single process, a master and a worker is the role
-each is given (``gateway.roles``); the reload decision is a plan computed as data
-(``gateway.reload_plan``); ports, drains, signals and the watcher have modules of their own.
-"""
+monitor, the admin listener, the file watcher, the takeover; status, refresh, reload, drain).
+Listeners (``gateway.listener``), their parts (``gateway.build``), roles (``gateway.roles``),
+the reload plan, ports, drains, signals, the watcher and the takeover have modules of their
+own."""
 
 from __future__ import annotations
 
@@ -17,9 +15,11 @@ from twisted.python.failure import Failure
 
 from gateway import sdnotify, signals, timers
 from gateway.build import build_parts
+from gateway.config.model import GlobalSettings
 from gateway.config.values import format_bind
-from gateway.drain import drain_shares
+from gateway.drain import drain_shares, drain_summary
 from gateway.errors import GatewayError, describe_error
+from gateway.handover import HandoverService
 from gateway.history import INTERVAL as HISTORY_INTERVAL
 from gateway.history import History
 from gateway.listener import ListenerService
@@ -30,9 +30,9 @@ from gateway.ports import ADMIN, ListenError, PortService
 from gateway.prepare import Prepared, prepare
 from gateway.process import GatewayState, ProcessRole
 from gateway.reload_plan import ReloadPlan, plan_reload
-from gateway.roles import tcp_endpoint
+from gateway.roles import listen_endpoint
 from gateway.status import GatewayStatus, ReloadStatus
-from gateway.watch import IN_PROGRESS, FileWatcher, watched_files
+from gateway.watch import IN_PROGRESS, FileWatcher
 
 log = Logger()
 
@@ -84,20 +84,26 @@ class GatewayService(service.MultiService):
         self.monitor.setServiceParent(self)
         self.history = History()
         if role.stats_line:  # the process operators read (one process, or the master)
-            history = timers.every(HISTORY_INTERVAL, self._record, reactor, "the history")
-            history.setServiceParent(self)
-            expiry = timers.every(
-                EXPIRY_CHECK_INTERVAL, self.check_certificates, reactor, "the expiry check"
-            )
-            expiry.setServiceParent(self)
+            for every, call, what in (
+                (HISTORY_INTERVAL, self._record, "the history"),
+                (EXPIRY_CHECK_INTERVAL, self.check_certificates, "the expiry check"),
+            ):
+                timers.every(every, call, reactor, what).setServiceParent(self)
         self.set_admin(self.admin_port(prepared))
         self.files: FileWatcher | None = None  # watch_files, in the process that reloads
-        g = self.config.globals
-        if role.signals and g.watch_files:
-            self.files = FileWatcher(self._watched, self.reload, reactor, g.watch_files_interval)
-            self.files.setServiceParent(self)
+        if role.signals:  # the process that reloads, drains and may be taken over
+            self._watch_and_hand_over(self.config.globals)
         if workers is not None:
             workers.setServiceParent(self)
+
+    def _watch_and_hand_over(self, g: GlobalSettings) -> None:
+        """watch_files, and takeover_socket (``gateway.handover``)."""
+        if g.watch_files:
+            self.files = FileWatcher(self, self.reactor, g.watch_files_interval)
+            self.files.setServiceParent(self)
+        if g.takeover_socket is not None:
+            handover = HandoverService(self, self.reactor, g.takeover_socket, self.role.told)
+            handover.setServiceParent(self)
 
     @property
     def prepared(self) -> Prepared:
@@ -131,7 +137,7 @@ class GatewayService(service.MultiService):
         from gateway.admin.web import admin_site
 
         site = admin_site(self, prepared.admin_token, settings.admin_open_read, self.reactor)
-        endpoint = tcp_endpoint(self.reactor, settings.admin_listen)
+        endpoint = listen_endpoint(self.reactor, self.role.inherited, settings.admin_listen)
         port = PortService(endpoint, settings.admin_listen, site, None, self.reactor, 0.0, ADMIN)
         port.setName("admin")
         return port
@@ -147,6 +153,7 @@ class GatewayService(service.MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+            self.role.inherited.close_rest()  # (sockets no listener took)
         except ListenError as e:
             if e.listener == ADMIN:
                 raise self.config.global_error("admin.listen", e.detail) from None
@@ -221,9 +228,6 @@ class GatewayService(service.MultiService):
             draining=self.draining,
         )
 
-    def _watched(self) -> tuple[str, ...]:
-        return watched_files(self.config)
-
     def check_certificates(self) -> None:
         """At start and once a day: a line for each certificate of the gateway's own that
         expires soon (``observe.log_expiring``)."""
@@ -238,19 +242,10 @@ class GatewayService(service.MultiService):
     def drain(self, origin: str) -> dict[str, Any]:
         """Stop as on SIGTERM (readiness false, drain_ready_delay, the paced drain, exit 0);
         what it will do, for the one who asked."""
-        g, status = self.config.globals, self.status()
-        sessions = sum(ls.stats.active for ls in status.listeners)
-        sessions += sum(w.active for w in status.workers)
         log.info("drain asked ({origin}): stopping as on SIGTERM", origin=origin)
         if self.draining is None:
             self.reactor.callLater(0, self.reactor.stop)
-        return {
-            "ok": True,
-            "sessions": sessions,
-            "ready_delay_seconds": g.drain_ready_delay,
-            "drain_seconds": g.shutdown_drain,
-            "drain_rate": "auto" if g.drain_rate is None else g.drain_rate,
-        }
+        return drain_summary(self.config.globals, self.status())
 
     def refresh(self, listener: str | None) -> defer.Deferred[dict[str, Any]]:
         """Fetch CRLs and OCSP now (one listener or all); fires with what happened."""

@@ -22,6 +22,14 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "A TLS gateway for MQTT brokers: mutual TLS on the outside, the broker inside."
     optParameters = [["config", "c", DEFAULT_CONFIG, "Configuration file."]]
+    optFlags = [
+        [
+            "takeover",
+            "t",
+            "Take the listening sockets over from the gateway running on takeover_socket, "
+            "and have it drain once this one accepts on every listener.",
+        ]
+    ]
 
     def postOptions(self) -> None:
         # A configuration error is not a usage error: print the one line that names
@@ -41,9 +49,31 @@ def makeService(options: Options) -> service.MultiService:
 
     _one_line_start_errors(reactor)
     prepared = options["prepared"]
+    inherited, told = _inherited(prepared, bool(options["takeover"]))
     if worker_count(prepared.config.globals.workers) > 1:
-        return make_master_service(prepared, reactor)
-    return make_gateway_service(prepared, reactor)
+        return make_master_service(prepared, reactor, inherited, told)
+    return make_gateway_service(prepared, reactor, inherited=inherited, told=told)
+
+
+def _inherited(prepared: Any, takeover: bool) -> tuple[Any, Any]:
+    """The listening sockets systemd passed, and with ``--takeover`` those of the gateway
+    running on ``takeover_socket`` (and the connection to tell it to drain)."""
+    from twisted.internet import reactor
+
+    from gateway.handover import Inherited, TakeoverError, from_systemd, take_over
+
+    inherited, told = Inherited(from_systemd(reactor)), None
+    if takeover:
+        path = prepared.config.globals.takeover_socket
+        try:
+            if path is None:
+                raise TakeoverError("--takeover needs takeover_socket in the configuration")
+            sockets, told = take_over(path)
+        except TakeoverError as e:
+            print(f"mqttgw: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        inherited.add(sockets)
+    return inherited, told
 
 
 def make_gateway_service(
@@ -51,11 +81,14 @@ def make_gateway_service(
     reactor: Any,
     http_agent: Any = None,
     crl_processor: Any = None,
+    inherited: Any = None,
+    told: Any = None,
 ) -> GatewayService:
     """The whole gateway in one process (``gateway.service.GatewayService``): one
     ListenerService per listener, the monitor, and the admin listener if configured. (With
     ``workers``, ``gateway.workers.master``.)"""
     from gateway import timers
+    from gateway.handover import Inherited
     from gateway.process import ProcessRole
     from gateway.revocation.fetch import HttpFetcher
     from gateway.roles import SingleProcess
@@ -64,8 +97,10 @@ def make_gateway_service(
 
     http = HttpFetcher(http_agent or quiet_agent(reactor), reactor)
     cooperator = timers.paced_cooperator(reactor)
-    role = SingleProcess(reactor, http, cooperator.cooperate, crl_processor)
-    return GatewayService(prepared, reactor, ProcessRole(role, cooperator=cooperator))
+    inherited = inherited if inherited is not None else Inherited()
+    role = SingleProcess(reactor, http, cooperator.cooperate, crl_processor, inherited)
+    process = ProcessRole(role, cooperator=cooperator, inherited=inherited, told=told)
+    return GatewayService(prepared, reactor, process)
 
 
 def _one_line_start_errors(reactor: Any) -> None:

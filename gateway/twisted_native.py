@@ -17,6 +17,9 @@ when a Twisted release changes what it relies on.
   protocol, with the return value that ends the connection) is called as ``deliver``, and
   ``FileDescriptor._postLoseConnection`` (everything written: now close) is overridden as
   ``after_last_write``, where TLS sends its close_notify.
+- ``shared_on_close``: a listening port whose socket a takeover handed to another process
+  is closed without ``shutdown()``, which would end the other process's accepts too
+  (``tcp.Port._shouldShutdown``, which Twisted clears itself only for adopted sockets).
 """
 
 from __future__ import annotations
@@ -74,3 +77,10 @@ class SocketServer(tcp.Server):
 
     def _postLoseConnection(self) -> Any:
         return self.after_last_write()
+
+
+def shared_on_close(port: Any) -> None:
+    """``port`` (a ``tcp.Port``, or a unix one) shares its socket with another process now:
+    closing it closes this process's descriptor only."""
+    if isinstance(port, tcp.Port):
+        port._shouldShutdown = False

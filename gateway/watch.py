@@ -18,8 +18,8 @@ is tried again.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import attrs
 from twisted.application import service
@@ -90,22 +90,25 @@ class FileLooks:
         return changed
 
 
+class Reloads(Protocol):
+    """What the watcher asks of the gateway (``GatewayService``)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def reload(self, origin: str) -> defer.Deferred[dict[str, Any]]: ...
+
+
 class FileWatcher(service.Service):
-    """Looks at ``paths()`` every ``interval`` seconds (and soon after an inotify event in
-    their directories); a settled change calls ``reload(origin)``, which fires with
-    {"ok": ...}."""
+    """Looks at the files of ``gateway.config`` (the configuration in force) every
+    ``interval`` seconds (and soon after an inotify event in their directories); a settled
+    change calls ``gateway.reload(origin)``, which fires with {"ok": ...}."""
 
     name = "file-watcher"
 
-    def __init__(
-        self,
-        paths: Callable[[], tuple[str, ...]],
-        reload: Callable[[str], defer.Deferred[dict[str, Any]]],
-        reactor: Any,
-        interval: float,
-    ) -> None:
-        self.paths = paths
-        self.reload = reload
+    def __init__(self, gateway: Reloads, reactor: Any, interval: float) -> None:
+        self.paths = lambda: watched_files(gateway.config)
+        self.reload = gateway.reload
         self.reactor = reactor
         self.interval = interval
         self.counts = FilesStatus()

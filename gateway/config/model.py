@@ -55,6 +55,7 @@ class GlobalSettings:
     workers: int = _default("workers")  # 0: auto (one per usable CPU)
     worker_affinity: Affinity = _default("worker_affinity")
     watch_files: bool = _default("watch_files")
+    takeover_socket: str | None = _default("takeover_socket")
     watch_files_interval: float = _default("watch_files_interval")
 
 

@@ -87,6 +87,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+# What systemd does between fork and exec for a socket-activated service: the socket at
+# descriptor 3, LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (this process's: exec keeps it).
+_ACTIVATE = (
+    "import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); fd != 3 and os.close(fd); "
+    "os.environ.update(LISTEN_FDS='1', LISTEN_FDNAMES='mqttgw.socket', "
+    "LISTEN_PID=str(os.getpid())); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 @attrs.define
 class Process:
     proc: subprocess.Popen[bytes]
@@ -189,10 +199,14 @@ def start_gateway(
     ready: str = "listener ",
     stats_json: bool = False,
     extra_args: list[str] | None = None,
+    plugin_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    activate: socket.socket | None = None,
 ) -> Process:
     """twistd mqttgw on ``conf_text``, logging to ``NAME.log`` (and with ``stats_json`` the
-    stats lines to ``NAME.log.json``, read by ``Process.events``)."""
+    stats lines to ``NAME.log.json``, read by ``Process.events``). ``activate``: a listening
+    socket passed as systemd's socket activation passes it (descriptor 3, LISTEN_FDS=1,
+    LISTEN_PID the gateway's)."""
     conf = os.path.join(directory, f"{name}.conf")
     log_path = os.path.join(directory, f"{name}.log")
     if "log_connect" not in conf_text and os.environ.get("MQTTGW_TEST_LOG_CONNECT"):
@@ -217,7 +231,12 @@ def start_gateway(
         "mqttgw",
         "--config",
         conf,
+        *(plugin_args or []),
     ]
+    passed: tuple[int, ...] = ()
+    if activate is not None:
+        passed = (activate.fileno(),)
+        cmd = [sys.executable, "-c", _ACTIVATE, str(passed[0]), *cmd]
     open(log_path, "w").close()
     proc = subprocess.Popen(
         cmd,
@@ -225,6 +244,7 @@ def start_gateway(
         stderr=subprocess.STDOUT,
         cwd=directory,
         env=dict(os.environ, MQTTGW_TEST_LOG=log_path, **(env or {})),
+        pass_fds=passed,
     )
     process = Process(proc, log_path)
     try:

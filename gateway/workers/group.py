@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from gateway.choices import Affinity
 from gateway.config.model import ListenerSettings
+from gateway.handover import Inherited
 from gateway.ports import ListenError
 from gateway.workers.sockets import bind_group, close_all, steer_by_address
 
@@ -43,10 +44,13 @@ class SocketGroupService(service.Service):
         affinity: Affinity,
         settings: ListenerSettings,
         serving: Callable[[str], int],
+        inherited: Inherited | None = None,
     ) -> None:
         """``count`` sockets (one per worker); ``serving(listener)``: how many workers
-        accept on them now."""
+        accept on them now; ``inherited``: sockets given to the process (systemd's, a
+        takeover's), used rather than bound when one is on this address."""
         self.serving = serving
+        self.inherited = inherited
         self.listener_name = settings.name
         self.bind_address = settings.bind
         self.count = count
@@ -65,6 +69,11 @@ class SocketGroupService(service.Service):
         if self.port is not None:
             return self.port
         host, port = self.bind_address
+        given = self.inherited.take(self.bind_address) if self.inherited is not None else []
+        if given:  # the group as handed over (a takeover), or systemd's one socket shared
+            sockets = given + [given[0].dup() for _ in range(self.count - len(given))]
+            self.port = _Group(sockets, False)
+            return self.port
         try:
             sockets = bind_group(host, port, self.count)
         except OSError as e:
@@ -94,6 +103,10 @@ class SocketGroupService(service.Service):
         port, self.port = self.port, None
         if port is not None:
             port.stopListening()
+
+    def filenos(self) -> list[int]:
+        """The group's descriptors (what a takeover hands over: the group, whole)."""
+        return [s.fileno() for s in self.port.sockets] if self.port is not None else []
 
     @property
     def accepting(self) -> bool:

@@ -10,6 +10,7 @@ SIGHUP come here: the workers are drained and stopped, or reconfigured after the
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from gateway import timers
 from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.handover import Inherited
 from gateway.parts import ListenerHandle
 from gateway.prepare import Prepared
 from gateway.process import GatewayState, ProcessRole
@@ -88,7 +90,9 @@ class MasterRole:
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> SocketGroupService:
         workers = self.workers
-        return SocketGroupService(workers.count, workers.affinity, settings, workers.serving)
+        return SocketGroupService(
+            workers.count, workers.affinity, settings, workers.serving, self.fetching.inherited
+        )
 
     def revocation_updated(self, listener: ListenerHandle, sweep: Callable[[], Any]) -> None:
         # Nothing reaches the workers before the first round is over: a worker accepts
@@ -105,14 +109,24 @@ class MasterRole:
         return merge_reports(own, self.workers.reports(listener.name))
 
 
-def make_master_service(prepared: Prepared, reactor: Any) -> GatewayService:
+def make_master_service(
+    prepared: Prepared,
+    reactor: Any,
+    inherited: Inherited | None = None,
+    told: socket.socket | None = None,
+) -> GatewayService:
+    """``inherited``, ``told``: sockets given to the process, and the gateway it took
+    over from (``gateway.handover``)."""
     g = prepared.config.globals
     state = GatewayState(prepared)
     workers = WorkerPool(reactor, state, worker_count(g.workers), g.worker_affinity)
     http = HttpFetcher(quiet_agent(reactor), reactor)
     cooperator = timers.paced_cooperator(reactor)
-    role = MasterRole(SingleProcess(reactor, http, cooperator.cooperate), workers)
-    process = ProcessRole(role, workers=workers, cooperator=cooperator)
+    inherited = inherited if inherited is not None else Inherited()
+    role = MasterRole(SingleProcess(reactor, http, cooperator.cooperate, None, inherited), workers)
+    process = ProcessRole(
+        role, workers=workers, cooperator=cooperator, inherited=inherited, told=told
+    )
     return GatewayService(prepared, reactor, process, state)
 
 

@@ -5,6 +5,7 @@ name, not somewhere in production."""
 from __future__ import annotations
 
 import inspect
+import os
 import select
 from typing import Any
 
@@ -110,3 +111,24 @@ def test_the_socket_servers_hooks_are_where_twisted_calls_them() -> None:
     server.deliver(b"abc")
     assert server._postLoseConnection() == "done"  # Twisted's call reaches the public hook
     assert server.seen == [b"abc", "closing"]
+
+
+def test_a_shared_listening_port_closes_without_shutting_the_socket_down() -> None:
+    """A takeover's old process closes its ports: the socket another process holds keeps
+    accepting (Twisted shuts a port's socket down on close unless told not to)."""
+    import socket
+
+    from twisted.internet import protocol, reactor
+
+    from gateway.twisted_native import shared_on_close
+
+    port = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    other = socket.socket(fileno=os.dup(port.fileno()))  # the new process's copy
+    number = port.getHost().port
+    shared_on_close(port)
+    port.stopListening()
+    client = socket.create_connection(("127.0.0.1", number), timeout=2)
+    accepted, _ = other.accept()
+    accepted.close()
+    client.close()
+    other.close()

@@ -132,6 +132,20 @@ OPERATION_KEYS: tuple[Key, ...] = (
         global_=True,
     ),
     Key(
+        "takeover_socket",
+        "takeover_socket",
+        parse_path,
+        None,
+        "Global: a unix socket (mode 0600) on which the running gateway hands its listening "
+        "sockets to a new one started with --takeover (SCM_RIGHTS, as HAProxy's -x), then "
+        "drains once the new one accepts on every listener: an upgrade without a closed "
+        "port. Unset: no takeover.",
+        format=format_optional,
+        listener=False,
+        global_=True,
+        path=True,
+    ),
+    Key(
         "watch_files",
         "watch_files",
         parse_bool,
