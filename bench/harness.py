@@ -53,7 +53,11 @@ class Setup:
 
 
 def start_haproxy(
-    directory: str, p: support.Pki, upstream: int, crl_file: str | None = None
+    directory: str,
+    p: support.Pki,
+    upstream: int,
+    crl_file: str | None = None,
+    port: int | None = None,
 ) -> tuple[Any, int]:
     """HAProxy from Debian's packages terminating the same mutual TLS in front of the same
     mosquitto (plain): server certificate, client CA, TCP mode, and with ``crl_file`` the
@@ -63,7 +67,7 @@ def start_haproxy(
     haproxy = shutil.which("haproxy")
     if haproxy is None:
         return None, 0
-    port = support.free_port()
+    port = port or support.free_port()  # (the same port again: a restart)
     crt = os.path.join(directory, "haproxy-server.pem")
     with open(crt, "wb") as out:
         for path in (p.server_cert, p.server_key):
