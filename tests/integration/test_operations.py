@@ -694,8 +694,8 @@ def test_a_drain_is_paced_and_tells_mqtt5_devices_where_to_go(
     """``mqttgw drain`` (POST /drain): readiness turns false at once while the port still
     accepts for drain_ready_delay; then the sessions (from 16 addresses) are closed at
     drain_rate, oldest first, spread over seconds rather than all at once; the MQTT 5 ones
-    hear DISCONNECT 0x9C with the Server Reference (the policy edge is off here), the
-    3.1.1 ones a clean close; the gateway exits 0."""
+    hear DISCONNECT 0x9C with the Server Reference (the policy edge is off here; paho-mqtt
+    reads it too), the 3.1.1 ones a clean close; the gateway exits 0."""
     import selectors
 
     port, admin = support.free_port(), support.free_port()
@@ -718,13 +718,28 @@ def test_a_drain_is_paced_and_tells_mqtt5_devices_where_to_go(
             head = support.read_exact(s, 2)
             assert head[0] == 0x20 and support.read_exact(s, head[1])[1] == 0
             sockets[s] = (i, level)
+        # And paho-mqtt, as an MQTT 5 device library reads the drain's DISCONNECT.
+        import paho.mqtt.client as paho
+
+        told: list[tuple[int, Any]] = []
+        pahos = []
+        for i in range(2):
+            client = paho.Client(
+                paho.CallbackAPIVersion.VERSION2, client_id=f"paho-{i}", protocol=paho.MQTTv5
+            )
+            client.tls_set_context(ctx)
+            client.on_disconnect = lambda c, u, f, rc, props: told.append((rc.value, props))
+            client.connect("localhost", port, keepalive=60)
+            client.loop_start()
+            pahos.append(client)
+        support.wait_until(lambda: all(c.is_connected() for c in pahos), 10, what="paho")
         drained = support.run(
             [os.path.join(support.BIN, "mqttgw"), "drain", "--admin", f"http://127.0.0.1:{admin}"]
             + ["--token-file", token_file]
         )
         asked = time.monotonic()
         assert drained.returncode == 0, drained.stderr
-        assert "draining 80 session(s)" in drained.stdout
+        assert "draining 82 session(s)" in drained.stdout
         code, _, body = http(admin, "/ready", token=TOKEN)
         assert code == 503 and b"draining" in body
         assert connect(port, ctx, "late-but-in") == ACCEPTED  # the port still accepts
@@ -766,6 +781,11 @@ def test_a_drain_is_paced_and_tells_mqtt5_devices_where_to_go(
                 assert said.get(i, b"") == b""
         assert gw.proc.wait(15) == 0
         assert "drain asked (POST /drain)" in gw.log()
+        support.wait_until(lambda: len(told) == 2, 10, what="paho's disconnects")
+        for code, props in told:
+            assert code == 0x9C and props.ServerReference == "mqtt2.example.com:8883"
+        for client in pahos:
+            client.loop_stop()
     finally:
         for s in sockets:
             s.close()
