@@ -231,3 +231,8 @@ class BrokerFollower:
             told = closing_reason(by, server_reference)
             if told is not None:
                 self.device.write(disconnect(MQTT_5, *told))
+
+
+def follows(protocol_level: int, device: Any) -> BrokerFollower | None:
+    """An MQTT 5 session on the short path follows the broker's packets; others do not."""
+    return BrokerFollower(device) if protocol_level == MQTT_5 else None

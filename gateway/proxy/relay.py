@@ -17,7 +17,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.failures import plain_reason
-from gateway.mqtt import MQTT_5
 from gateway.mqtt.policy import Who
 from gateway.peer import PeerVerification, Pending
 from gateway.proxy import session as S
@@ -32,7 +31,7 @@ from gateway.proxy.handshake import (
     taken_from,
     why_not_completed,
 )
-from gateway.proxy.policy import BrokerFollower, DevicePolicy, PolicyHooks, policy_for
+from gateway.proxy.policy import BrokerFollower, DevicePolicy, PolicyHooks, follows, policy_for
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
 from gateway.tls.native import session_reused
@@ -61,8 +60,7 @@ class ClientProtocol(protocol.Protocol):
     # With MQTT over WebSocket on the listener: the device's link (None: MQTT over TLS).
     link: DeviceLink | None = None
     device: Any  # what the device is written to: the transport, or its link
-    # MQTT 5 on the short path: where the broker's packets end (a DISCONNECT goes between).
-    _follow: BrokerFollower | None = None
+    _follow: BrokerFollower | None = None  # MQTT 5 on the short path: the broker's packets
     # While the TLS layer reads one socket read's records: their bytes, heard at its end.
     _batch: list[bytes] | None = None
 
@@ -341,8 +339,8 @@ class ClientProtocol(protocol.Protocol):
         hooks = PolicyHooks(self._send_upstream, self._end_by, self._log_denied)
         who = Who(self._acl_user or "", client_id)
         self._policy = policy_for(self.factory, self.device, who, connect.protocol_level, hooks)
-        if self._policy is None and connect.protocol_level == MQTT_5:
-            self._follow = BrokerFollower(self.device)  # a close of the gateway's says why
+        if self._policy is None:  # MQTT 5: a close of the gateway's own says why
+            self._follow = follows(connect.protocol_level, self.device)
         if self._policy is not None:
             # From the first packet after the CONNECT on, those that came with it included.
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
