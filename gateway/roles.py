@@ -298,7 +298,5 @@ class SingleProcess(Serving):
         if settings.tls.io == TlsIo.SOCKET:
             endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
             return port_service(listener, settings, endpoint)
-        return port_service(listener, settings, self.endpoint(settings.bind))
-
-    def endpoint(self, bind: tuple[str, int]) -> Any:
-        return listen_endpoint(self.reactor, self.inherited, bind)
+        endpoint = listen_endpoint(self.reactor, self.inherited, settings.bind)
+        return port_service(listener, settings, endpoint)
