@@ -47,6 +47,9 @@ UNSUPPORTED_DATA = 1003
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 
+# Frames of one size from which the short path unmasks them column by column (``unmask_run``).
+RUN = 16
+
 
 @attrs.frozen
 class Upgrade:
@@ -138,7 +141,7 @@ class WebSocketEdge:
             if one is not None:
                 return b"", one
         out = []
-        pos, n = 0, len(data)
+        pos, n, probe = 0, len(data), 0
         while pos < n:
             if n - pos < 2:
                 if data[pos] != 0x82:
@@ -155,6 +158,14 @@ class WebSocketEdge:
                 self.tail = data[pos:]
                 pos = n
                 break
+            size = end - pos
+            if pos >= probe and n - pos >= RUN * size > RUN * 6:  # perhaps a run of one size
+                count, payloads = unmask_run(data, pos, size, min((n - pos) // size, 4096))
+                if payloads:
+                    out.append(payloads)
+                    pos += count * size
+                    continue
+                probe = pos + RUN * size  # (not before RUN more frames: bounded work)
             if end > start:  # unmasked as words (RFC 6455 5.3), inline: it runs per frame
                 k = (end - start + 3) >> 2
                 word = int.from_bytes(data[start:end], "little") ^ int.from_bytes(
@@ -291,6 +302,32 @@ def unmask_one(data: bytes) -> bytes | None:
         word = int.from_bytes(data[6:], "little") ^ int.from_bytes(data[2:6] * k, "little")
         return word.to_bytes(k * 4, "little")[: n - 6]
     return None
+
+
+def unmask_run(data: bytes, pos: int, size: int, count: int) -> tuple[int, bytes]:
+    """The run of frames of one shape at ``pos`` (up to ``count`` frames of ``size`` bytes,
+    the first one already checked as a short masked binary frame of at least one byte): how
+    many frames it holds, and, when that is at least ``RUN``, their payloads, unmasked column
+    by column: one XOR of two big integers per payload byte position, across all the frames
+    (a device writing fixed-size messages fast: per frame, the loop of ``read_short`` costs
+    about 1 us, this about 0.1 us). Fewer than ``RUN``: b"" (the caller reads them one by one)."""
+    end = pos + count * size
+    head, length = data[pos : pos + 2], size - 6
+    differ = int.from_bytes(data[pos:end:size], "big") ^ int.from_bytes(head[:1] * count, "big")
+    differ |= int.from_bytes(data[pos + 1 : end : size], "big") ^ int.from_bytes(
+        head[1:] * count, "big"
+    )
+    if differ:  # the first frame of another shape: the highest byte that differs
+        count -= 1 + (differ.bit_length() - 1) // 8
+        if count < RUN:
+            return count, b""
+        end = pos + count * size
+    masks = [int.from_bytes(data[pos + 2 + i : end : size], "big") for i in range(4)]
+    out = bytearray(count * length)
+    for j in range(length):
+        column = int.from_bytes(data[pos + 6 + j : end : size], "big") ^ masks[j & 3]
+        out[j::length] = column.to_bytes(count, "big")
+    return count, bytes(out)
 
 
 def _text(value: bytes | None) -> str | None:

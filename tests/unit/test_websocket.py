@@ -285,10 +285,14 @@ def device_streams(draw: st.DrawFn) -> bytes:
     wire = b""
     for _ in range(draw(st.integers(0, 8))):
         kind = draw(
-            st.sampled_from(["short", "long", "fragmented", "ping", "text", "close", "junk"])
+            st.sampled_from(["short", "run", "long", "fragmented", "ping", "text", "close", "junk"])
         )
         if kind == "short":
             wire += ws.send(Message(data=draw(st.binary(max_size=125))))
+        elif kind == "run":  # frames of one size, as a device writing fixed-size messages
+            size = draw(st.integers(0, 125))
+            for _ in range(draw(st.integers(1, 3 * W.RUN))):
+                wire += ws.send(Message(data=draw(st.binary(min_size=size, max_size=size))))
         elif kind == "long":
             wire += ws.send(Message(data=draw(st.binary(min_size=126, max_size=400))))
         elif kind == "fragmented":
