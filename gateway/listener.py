@@ -157,6 +157,8 @@ class ListenerService(service.MultiService):
                 old_port.disownServiceParent()  # stops listening; accepted connections stay
             if new.crl is not None and new.crl is not old.crl:
                 self.revocation_updated()  # live sessions against the new revocation data
+            if new.deny and new.deny != old.deny:
+                self.factory.sweep_denied()  # live sessions against the new deny_file
             if new.stapler is not old.stapler:
                 self.staple_changed()
 

@@ -24,6 +24,7 @@ from gateway.config.model import (
     WebSocketSettings,
 )
 from gateway.config.values import format_bind
+from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.proxy.pool import BrokerPool
@@ -75,6 +76,10 @@ class ListenerParts:
     @property
     def acl(self) -> Acl | None:
         return self.material.acl
+
+    @property
+    def deny(self) -> DenyList | None:
+        return self.material.deny
 
     @property
     def websocket(self) -> WebSocketSettings | None:

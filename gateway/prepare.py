@@ -11,6 +11,7 @@ import attrs
 from gateway import files
 from gateway.choices import AclDefault
 from gateway.config import Config, load_config
+from gateway.deny import DenyError, DenyList, parse_deny
 from gateway.mqtt.acl import Acl, AclError, parse_acl
 from gateway.tls.material import TlsMaterial, load_materials
 
@@ -56,6 +57,25 @@ def _load_acl(config: Config, listener: str, path: str, default: str) -> Acl:
         raise config.error(listener, "acl_file", f"{path}:{e.line}: {e.why}") from None
 
 
+MAX_DENY_FILE = 64 * 1024 * 1024  # about 700,000 fingerprints
+
+
+def _load_deny(config: Config, listener: str, path: str) -> DenyList:
+    """deny_file's entries; ConfigError names the file's line and what is wrong with it."""
+    try:
+        raw = files.read(path, MAX_DENY_FILE + 1)
+    except OSError as e:
+        raise config.error(listener, "deny_file", f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_DENY_FILE:
+        raise config.error(listener, "deny_file", f"{path} is larger than 64 MB")
+    try:
+        return parse_deny(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise config.error(listener, "deny_file", f"{path} is not UTF-8 text") from None
+    except DenyError as e:
+        raise config.error(listener, "deny_file", f"{path}:{e.line}: {e.why}") from None
+
+
 MIN_TOKEN_LENGTH = 16
 MAX_TOKEN_FILE = 4096
 
@@ -67,6 +87,9 @@ def prepare_config(config: Config) -> Prepared:
         if listener.acl.file is not None:
             acl = _load_acl(config, listener.name, listener.acl.file, listener.acl.default)
             materials[listener.name] = attrs.evolve(materials[listener.name], acl=acl)
+        if listener.identity.deny_file is not None:
+            deny = _load_deny(config, listener.name, listener.identity.deny_file)
+            materials[listener.name] = attrs.evolve(materials[listener.name], deny=deny)
     token, warnings = None, []
     path = config.globals.admin_token_file
     if path is not None:

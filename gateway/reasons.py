@@ -42,6 +42,7 @@ class Reason(Word):
     NOT_YET_VALID = "not_yet_valid", "the certificate is not yet valid"
     REVOKED = "revoked", "the certificate is revoked"
     BAD_CERTIFICATE = "bad_certificate", "the certificate failed verification"
+    DENY_LISTED = "deny_listed", "deny_file names the certificate (its fingerprint or serial)"
     TLS_ERROR = "tls_error", "the TLS handshake failed"
     CLOSED_IN_HANDSHAKE = "closed_in_handshake", "the client closed during the handshake"
     # With CRL checking, where no CRL decides and crl_expired_policy = reject.

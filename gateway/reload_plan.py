@@ -23,6 +23,8 @@ class TlsMaterial(Protocol):
     @property
     def acl(self) -> object: ...
     @property
+    def deny(self) -> object: ...
+    @property
     def ca_pem(self) -> bytes | None: ...
     @property
     def ocsp(self) -> object: ...
@@ -110,6 +112,8 @@ def listener_change(
         words.append("certificate chain")
     if material.acl != old_material.acl and new.acl == old.acl:
         words.append("ACL rules")
+    if material.deny != old_material.deny and new.identity == old.identity:
+        words.append("deny list")
     ca_same = material.ca_pem == old_material.ca_pem
     if not ca_same:
         words.append("CA bundle")

@@ -1,7 +1,7 @@
 """Certificates rotated on disk are served without a signal (``watch_files``).
 
 The files the listeners' TLS is built from (``certfile``, ``keyfile``, ``cacertfile``,
-``ocsp_issuer_pem``, ``acl_file``, the upstream TLS files) are looked at every
+``ocsp_issuer_pem``, ``acl_file``, ``deny_file``, the upstream TLS files) are looked at every
 ``watch_files_interval``, and at once (after a short settle) when inotify reports an event in
 their directories. A look is one ``stat`` of each (following symlinks, so that a Kubernetes
 secret's ``..data`` swap and an ``mv`` over the old file are seen as well as a write in
@@ -47,6 +47,7 @@ def watched_files(config: Config) -> tuple[str, ...]:
     for listener in config.listeners:
         tls = listener.tls
         paths += [tls.certfile, tls.keyfile, tls.cacertfile, listener.acl.file]
+        paths.append(listener.identity.deny_file)
         if listener.ocsp is not None:
             paths.append(listener.ocsp.issuer_pem)
         upstream = listener.upstream.tls

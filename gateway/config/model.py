@@ -137,6 +137,7 @@ class IdentitySettings:
 
     username: IdentitySource | None = _default("identity.username")
     client_id: IdentitySource | None = _default("identity.client_id")
+    deny_file: str | None = _default("identity.deny_file")  # certificates refused by name
 
     @property
     def rewrites(self) -> bool:

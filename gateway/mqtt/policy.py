@@ -67,6 +67,7 @@ SUBACK_FAILURE_311 = 0x80
 # The MQTT 5 DISCONNECT reason code of each way the gateway ends a relayed session.
 DISCONNECT_REASONS: dict[Reason, int] = {
     Reason.REVOKED: 0x87,  # not authorized: its certificate was revoked
+    Reason.DENY_LISTED: 0x87,  # not authorized: a reload's deny_file names its certificate
     Reason.ACL_DENIED: 0x87,  # not authorized: acl_deny_action = disconnect
     Reason.SHUTDOWN: 0x8B,  # server shutting down
     Reason.RELOAD: 0x98,  # administrative action: a reload removed the listener

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from gateway.choices import DenyAction, ProxyVersion
 from gateway.config.model import IdentitySettings, WebSocketSettings
+from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.peer import PeerVerification, Pending
@@ -100,6 +101,8 @@ class ListenerRules(Protocol):
     def acl(self) -> Acl | None: ...
     @property
     def acl_deny_action(self) -> DenyAction: ...
+    @property
+    def deny(self) -> DenyList | None: ...
     @property
     def websocket(self) -> WebSocketSettings | None: ...
     @property

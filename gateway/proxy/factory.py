@@ -12,10 +12,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.choices import DenyAction, ProxyVersion
 from gateway.config.model import ConnectionLimits, IdentitySettings, WebSocketSettings
+from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.proxy import session as S
 from gateway.proxy.contracts import ConnectUpstream, HoldsParts, Revocation
+from gateway.proxy.handshake import deny_refusal, peer_certificate
 from gateway.proxy.relay import ClientProtocol
 from gateway.status import ListenerStats
 
@@ -83,6 +85,10 @@ class GatewayFactory(protocol.Factory):
         return self.box.parts.acl
 
     @property
+    def deny(self) -> DenyList | None:
+        return self.box.parts.deny
+
+    @property
     def acl_deny_action(self) -> DenyAction:
         return self.box.parts.acl_deny_action
 
@@ -137,4 +143,22 @@ class GatewayFactory(protocol.Factory):
                     client.revoke_session()
                 yield None
 
+        return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)
+
+    def sweep_denied(self) -> defer.Deferred[None]:
+        """After a reload changed deny_file: close the live sessions it now names (their
+        certificates as OpenSSL keeps them), cooperatively as ``sweep_revoked``."""
+        deny = self.deny
+
+        def sweep() -> Iterator[None]:
+            for client in list(self.live):
+                if client.session.state is S.State.RELAY:
+                    cert = peer_certificate(client.transport)
+                    refusal = deny_refusal(deny, cert) if cert is not None else None
+                    if refusal is not None:
+                        client.revoke_session(*refusal)
+                yield None
+
+        if not deny:
+            return defer.succeed(None)
         return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)

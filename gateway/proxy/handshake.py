@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from gateway.choices import IdentitySource, ProxyVersion
 from gateway.config.model import IdentitySettings
+from gateway.deny import DenyList
 from gateway.failures import ssl_error_words
 from gateway.mqtt.rewrite import rewrite_connect
 from gateway.peer import PeerVerification, VerifyFailure
@@ -88,6 +89,21 @@ def describe_peer_certificate(
     if cert is None:
         return "-", "-", None
     return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
+
+
+def deny_refusal(deny: DenyList | None, cert: x509.Certificate) -> tuple[Reason, str] | None:
+    """The refusal when deny_file names ``cert`` (at every handshake, resumed or not, and
+    in a reload's sweep of the live sessions), else None."""
+    hit = deny.match(cert) if deny is not None else None
+    return (Reason.DENY_LISTED, f"deny_file: {hit}") if hit is not None else None
+
+
+def peer_certificate(transport: Any) -> x509.Certificate | None:
+    """A live session's client certificate, as OpenSSL keeps it (a reload's sweep)."""
+    handle = transport.getHandle()
+    if not isinstance(handle, SSL.Connection):  # (a ws listener: no TLS here)
+        return None
+    return handle.get_peer_certificate(as_cryptography=True)
 
 
 def rewrite_identity(cert: x509.Certificate, identity: IdentitySettings) -> Identity | None:

@@ -25,6 +25,7 @@ from gateway.proxy.contracts import ClientHome
 from gateway.proxy.device_link import DeviceLink, link_for, plain_link
 from gateway.proxy.handshake import (
     Identity,
+    deny_refusal,
     describe_peer_certificate,
     proxy_header,
     rewritten,
@@ -48,17 +49,14 @@ class ClientProtocol(protocol.Protocol):
     transport: Any
     # With peer_cert_as_*: (user name, client id) from the certificate, or why not.
     _identity: Identity | None = None
-    # With upstream_proxy_protocol = v2: the certificate's CN for the SSL TLV.
-    _cn: str | None = None
+    _cn: str | None = None  # with upstream_proxy_protocol = v2: the CN for the SSL TLV
     # With OCSP checking: (the checker, what it tracks) for this relayed session.
     _tracked: tuple[Any, tuple[Any, ...]] | None = None
-    # With messages_rate / bytes_rate / acl_file: the policy edge for this device (None:
-    # the short path).
+    # With messages_rate / bytes_rate / acl_file: its policy edge (None: the short path).
     _policy: DevicePolicy | None = None
     # With acl_file: the certificate's identity the rules know the device by.
     _acl_user: str | None = None
-    # With MQTT over WebSocket on the listener: the device's link (None: MQTT over TLS).
-    link: DeviceLink | None = None
+    link: DeviceLink | None = None  # with MQTT over WebSocket: the device's link
     device: Any  # what the device is written to: the transport, or its link
     _follow: BrokerFollower | None = None  # MQTT 5 on the short path: the broker's packets
     # While the TLS layer reads one socket read's records: their bytes, heard at its end.
@@ -113,6 +111,8 @@ class ClientProtocol(protocol.Protocol):
         revocation, refusal = self.factory.revocation, None
         if revocation is not None and not self.verification.chain and cert is not None:
             refusal = revocation.check_resumed(cert, cert.serial_number, self.verification)
+        if refusal is None and cert is not None:  # deny_file: full and resumed handshakes
+            refusal = deny_refusal(self.factory.deny, cert)
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
     def dataReceived(self, data: bytes) -> None:
@@ -201,8 +201,8 @@ class ClientProtocol(protocol.Protocol):
     def upstream_lost(self, half: bool = False, why: str = "") -> None:
         self._run(self.session.upstream_lost(half, why))
 
-    def revoke_session(self) -> None:
-        self._run(self.session.revoked())
+    def revoke_session(self, *by: Any) -> None:  # (Reason, why): not a revocation's
+        self._run(self.session.revoked(*by))
 
     def _timed_out(self, what: S.Timer) -> None:
         self._timer = None

@@ -207,16 +207,19 @@ class Session:
         return [CloseClient()]
 
     @checked
-    def revoked(self) -> list[Action]:
-        """A CRL or OCSP update revoked this live session's certificate: both sides are
-        closed (the adapter's policy edge, where there is one, tells an MQTT 5 device
-        why first)."""
+    def revoked(
+        self, by: Reason = Reason.REVOKED, why: str = "certificate revoked by a revocation update"
+    ) -> list[Action]:
+        """A CRL or OCSP update revoked this live session's certificate (or a reload's
+        deny_file names it, ``by`` DENY_LISTED): both sides are closed (the adapter's policy
+        edge, where there is one, tells an MQTT 5 device why first)."""
         if self.state is not State.RELAY:
             return []
         self.state = State.CLOSING
         self.upstream_open = False
-        self.ended_by = (Reason.REVOKED, "certificate revoked by a revocation update")
-        return [RevokedLive(), CloseUpstream(), CloseClient()]
+        self.ended_by = (by, why)
+        first: list[Action] = [RevokedLive()] if by is Reason.REVOKED else []
+        return [*first, CloseUpstream(), CloseClient()]
 
     @checked
     def stop(self, by: Reason, why: str) -> list[Action]:

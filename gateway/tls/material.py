@@ -23,6 +23,7 @@ from twisted.internet import ssl
 from gateway import files
 from gateway.config.model import Config, ListenerSettings, TlsSettings, UpstreamTls
 from gateway.config.profiles import split_ciphers
+from gateway.deny import DenyList
 from gateway.errors import ConfigError
 from gateway.mqtt.acl import Acl
 from gateway.revocation.chains import IssuerIndex
@@ -57,6 +58,7 @@ class TlsMaterial:
     upstream: UpstreamTrust | None = None  # with upstream_tls: the broker's CAs, our cert
     warnings: tuple[str, ...] = ()  # file:line: key: text, for the log and check-config
     acl: Acl | None = None  # acl_file's rules
+    deny: DenyList | None = None  # deny_file's certificates
 
 
 def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:

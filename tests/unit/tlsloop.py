@@ -81,6 +81,7 @@ class Parts:
     settings: ListenerSettings
     connector: Any
     revocation: Any = None
+    deny: Any = None  # deny_file's list
 
     @property
     def name(self) -> str:
@@ -152,14 +153,16 @@ class Listener:
     factory: ListenerTLSFactory
 
     @classmethod
-    def make(cls, p: support.Pki, **extra: str) -> Listener:
+    def make(cls, p: support.Pki, deny: Any = None, **extra: str) -> Listener:
         config, material = listener_config(p, **extra)
         reactor = MemoryReactorClock()
         upstream = FakeUpstream()
         stats = ListenerStats(config.name)
         context = build_context(config.name, config.tls, material, CertificateVerifier())
         creator = ServerConnectionCreator(lambda: context)
-        gateway = GatewayFactory(Box(Parts(config, upstream)), reactor, stats, task.cooperate)
+        gateway = GatewayFactory(
+            Box(Parts(config, upstream, deny=deny)), reactor, stats, task.cooperate
+        )
         return cls(
             config,
             material,

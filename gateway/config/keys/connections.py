@@ -177,6 +177,21 @@ IDENTITY_KEYS: tuple[Key, ...] = (
         "Replace the CONNECT's client id the same way (EMQX's key). Unset: the device's own.",
         format=format_optional,
     ),
+    Key(
+        "deny_file",
+        "identity.deny_file",
+        parse_path,
+        None,
+        "Device certificates refused whatever their CA and revocation status say, one a "
+        "line: 'sha256 HEX' (the certificate's SHA-256 fingerprint), 'serial HEX' (any "
+        "issuer) or 'serial HEX ISSUER' (RFC 4514). Checked at every handshake, resumed ones "
+        "too (reason deny_listed); re-read on each reload (SIGHUP, /reload, watch_files), "
+        "which then closes the live sessions it names (MQTT 5: DISCONNECT 0x87 first). "
+        "Unset: no list.",
+        format=format_optional,
+        global_=True,
+        path=True,
+    ),
 )
 
 

@@ -150,13 +150,13 @@ OPERATION_KEYS: tuple[Key, ...] = (
         "watch_files",
         parse_bool,
         True,
-        "Global: watch the files the listeners' TLS and rules are read from (certfile, "
-        "keyfile, cacertfile, ocsp_issuer_pem, acl_file, the upstream TLS files; inotify, "
+        "Global: watch the files the listeners' TLS and rules are read from (certfile, keyfile,"
+        " cacertfile, ocsp_issuer_pem, acl_file, deny_file, the upstream TLS files; inotify, "
         "and a look every watch_files_interval that also sees a Kubernetes secret's ..data "
-        "swap) and reload as on SIGHUP once a change has settled: a certificate renewed on "
-        "disk is served from the next handshake, live sessions untouched. New files that do "
-        "not parse or do not match are refused like any reload: the running ones stay. "
-        "false: SIGHUP and POST /reload only. Changing it needs a restart.",
+        "swap) and reload as on SIGHUP once a change has settled: a certificate renewed on disk"
+        " is served from the next handshake, live sessions untouched. New files that do not "
+        "parse or do not match are refused like any reload: the running ones stay. false: "
+        "SIGHUP and POST /reload only. Changing it needs a restart.",
         format=format_bool,
         listener=False,
         global_=True,
