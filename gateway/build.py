@@ -17,17 +17,20 @@ from twisted.logger import Logger
 from gateway.choices import HealthCheck
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.parts import ListenerEvents, ListenerParts
+from gateway.proxy.authorize import Authorizer
 from gateway.proxy.factory import session_limits
 from gateway.proxy.pool import Broker, BrokerPool
 from gateway.proxy.upstream import HealthChecker, PoolConnector
 from gateway.reload_plan import ListenerChange
 from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_checker import OcspChecker
 from gateway.revocation.ocsp_client import OcspClient
 from gateway.roles import IListenerRole
 from gateway.tls.context import build_context
 from gateway.tls.material import TlsMaterial
 from gateway.tls.verify import CertificateVerifier
+from gateway.twisted_native import quiet_agent
 
 log = Logger()
 
@@ -82,9 +85,22 @@ def build_parts(
         pool,
         connector,
         health,
-        session_limits(settings.limits),
+        session_limits(settings.limits, settings.auth.url is not None),
         client,
+        _authorizer(settings, reactor, previous),
     )
+
+
+def _authorizer(settings: ListenerSettings, reactor: Any, previous: ListenerParts | None) -> Any:
+    """The hook's asker: the previous one (its cache, its connections) while its settings
+    hold, else a new one on an HTTP client of its own (persistent connections)."""
+    if settings.auth.url is None:
+        return None
+    if previous is not None and previous.authorizer is not None:
+        if previous.authorizer.settings == settings.auth:
+            return previous.authorizer
+    fetcher = HttpFetcher(quiet_agent(reactor, persistent=True), reactor)
+    return Authorizer(settings.name, settings.auth, fetcher.fetch, reactor)
 
 
 def _revocation(

@@ -27,6 +27,7 @@ from gateway.config.values import format_bind
 from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
+from gateway.proxy.authorize import Authorizer
 from gateway.proxy.pool import BrokerPool
 from gateway.proxy.session import SessionLimits
 from gateway.proxy.upstream import HealthChecker, PoolConnector
@@ -51,6 +52,7 @@ class ListenerParts:
     health: HealthChecker | None
     session_limits: SessionLimits
     ocsp_client: OcspClient | None = None  # with OCSP checking of clients
+    authorizer: Authorizer | None = None  # with auth_http_url
 
     # What the relay reads (``proxy.relay.RelayParts``).
     @property

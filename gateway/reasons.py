@@ -59,6 +59,11 @@ class Reason(Word):
     BAD_CONNECT = "bad_connect", "the first packet was not a valid CONNECT"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable", "no broker could be reached"
     BAD_IDENTITY = "bad_identity", "the certificate lacks the value peer_cert_as_* takes"
+    AUTH_DENIED = "auth_denied", "the authorization hook (auth_http_url) answered deny"
+    AUTH_UNAVAILABLE = (
+        "auth_unavailable",
+        "no valid answer from auth_http_url in time (auth_http_failure_policy = reject)",
+    )
     MESSAGE_RATE = (
         "message_rate",
         "rate_limit_action = disconnect: the device went over messages_rate or bytes_rate",

@@ -43,6 +43,7 @@ _FIELDS = (
     ("client_ocsp", "client ocsp settings"),
     ("identity", "identity settings"),
     ("acl", "acl settings"),
+    ("auth", "auth_http settings"),
     ("front", "front settings"),
     ("transport", "transport"),
     ("websocket", "websocket settings"),

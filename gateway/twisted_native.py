@@ -56,9 +56,10 @@ class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line for every CRL or OCSP fetch
 
 
-def quiet_agent(reactor: IReactorTime) -> Agent:
-    """An HTTP agent on the given reactor, without per-connection log noise."""
-    pool = HTTPConnectionPool(reactor, persistent=False)
+def quiet_agent(reactor: IReactorTime, persistent: bool = False) -> Agent:
+    """An HTTP agent on the given reactor, without per-connection log noise (``persistent``:
+    keeping its connections open between requests)."""
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool._factory = _QuietHTTP11ClientFactory
     return Agent(reactor, pool=pool)
 

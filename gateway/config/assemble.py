@@ -11,6 +11,7 @@ from gateway.choices import Transport
 from gateway.config.keys import KEYS
 from gateway.config.model import (
     AclSettings,
+    AuthSettings,
     ClientOcspSettings,
     ConnectionLimits,
     CrlSettings,
@@ -87,6 +88,7 @@ def assemble(
         ),
         identity=IdentitySettings(**t["identity"]),
         acl=AclSettings(**t["acl"]),
+        auth=AuthSettings(**t["auth"]),
         front=FrontSettings(**t["front"]),
         log_connect=t["log_connect"],
         transport=family,

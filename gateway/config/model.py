@@ -204,6 +204,17 @@ class AclSettings:
 
 
 @attrs.frozen
+class AuthSettings:
+    """The authorization hook asked at CONNECT (auth_http_*), per listener."""
+
+    url: str | None = _default("auth.url")
+    timeout: float = _default("auth.timeout")
+    cache_ttl: float = _default("auth.cache_ttl")
+    failure_policy: FailurePolicy = _default("auth.failure_policy")
+    max_requests: int = _default("auth.max_requests")
+
+
+@attrs.frozen
 class WebSocketSettings:
     """MQTT over WebSocket: the upgrade's path, subprotocols and origins, the headers a
     trusted proxy names the device in, the largest message."""
@@ -231,6 +242,7 @@ class ListenerSettings:
     client_ocsp: ClientOcspSettings | None = None
     identity: IdentitySettings = IdentitySettings()
     acl: AclSettings = AclSettings()
+    auth: AuthSettings = AuthSettings()
     front: FrontSettings = FrontSettings()
     log_connect: bool = _default("log_connect")  # also a line at accept
     transport: Transport = Transport.SSL

@@ -35,6 +35,7 @@ class Connect:
     has_password: bool
     has_will: bool
     packet: bytes  # the whole packet, to be forwarded unchanged
+    username: str | None = None  # as the device sent it (the authorization hook is told)
 
 
 class ConnectReader:
@@ -121,8 +122,7 @@ def _parse_connect(packet: bytes, header_size: int) -> Connect:
             cur.properties("will properties")
         cur.utf8("will topic")
         cur.binary("will payload")
-    if has_username:
-        cur.utf8("user name")
+    username = cur.utf8("user name") if has_username else None
     if has_password:
         cur.binary("password")
     if cur.pos != len(packet):
@@ -138,4 +138,5 @@ def _parse_connect(packet: bytes, header_size: int) -> Connect:
         has_password=has_password,
         has_will=has_will,
         packet=packet,
+        username=username,
     )

@@ -30,6 +30,7 @@ class State(enum.Enum):
     HANDSHAKE = "handshake"  # TLS in progress, bounded by handshake_timeout
     CONNECT = "connect"  # reading the client's CONNECT, bounded by connect_timeout
     REVOCATION_HOLD = "revocation_hold"  # CONNECT held: the leaf's CRL fetched, OCSP asked
+    AUTH_HOLD = "auth_hold"  # CONNECT held: the authorization hook (auth_http_url) asked
     UPSTREAM = "upstream"  # CONNECT valid; the broker connection is opening
     RELAY = "relay"  # bytes flow untouched both ways
     CLOSING = "closing"  # the gateway is closing the connection
@@ -73,6 +74,12 @@ class OpenUpstream:
 @attrs.frozen
 class CancelUpstream:
     """Abandon a broker connection attempt still in progress."""
+
+
+@attrs.frozen
+class AskAuthorization:
+    """Ask the authorization hook about the CONNECT; report ``authorization_decided``
+    (always, also on its timeout or failure)."""
 
 
 @attrs.frozen
@@ -137,6 +144,7 @@ Action = (
     | OpenUpstream
     | CancelUpstream
     | HoldForRevocation
+    | AskAuthorization
     | StartRelay
     | SendToClient
     | SendToUpstream

@@ -26,6 +26,7 @@ from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.peer import PeerVerification, Pending
+from gateway.proxy.authorize import Authorizer
 from gateway.proxy.session import SessionLimits
 from gateway.reasons import Reason
 from gateway.status import ListenerStats
@@ -103,6 +104,8 @@ class ListenerRules(Protocol):
     def acl_deny_action(self) -> DenyAction: ...
     @property
     def deny(self) -> DenyList | None: ...
+    @property
+    def authorizer(self) -> Authorizer | None: ...
     @property
     def websocket(self) -> WebSocketSettings | None: ...
     @property

@@ -16,14 +16,17 @@ from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.proxy import session as S
+from gateway.proxy.authorize import Authorizer
 from gateway.proxy.contracts import ConnectUpstream, HoldsParts, Revocation
 from gateway.proxy.handshake import deny_refusal, peer_certificate
 from gateway.proxy.relay import ClientProtocol
 from gateway.status import ListenerStats
 
 
-def session_limits(limits: ConnectionLimits) -> S.SessionLimits:
-    return S.SessionLimits(limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size)
+def session_limits(limits: ConnectionLimits, authorize: bool = False) -> S.SessionLimits:
+    return S.SessionLimits(
+        limits.handshake_timeout, limits.connect_timeout, limits.max_packet_size, authorize
+    )
 
 
 class GatewayFactory(protocol.Factory):
@@ -87,6 +90,10 @@ class GatewayFactory(protocol.Factory):
     @property
     def deny(self) -> DenyList | None:
         return self.box.parts.deny
+
+    @property
+    def authorizer(self) -> Authorizer | None:
+        return self.box.parts.authorizer
 
     @property
     def acl_deny_action(self) -> DenyAction:

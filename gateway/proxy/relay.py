@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from gateway.failures import plain_reason
 from gateway.mqtt.policy import Who
-from gateway.peer import PeerVerification, Pending
+from gateway.peer import PeerVerification
 from gateway.proxy import session as S
 from gateway.proxy.broker_link import UpstreamProtocol, lost_text
 from gateway.proxy.contracts import ClientHome
@@ -32,6 +32,7 @@ from gateway.proxy.handshake import (
     taken_from,
     why_not_completed,
 )
+from gateway.proxy.holds import ask_authorization, hold_for_revocation
 from gateway.proxy.policy import BrokerFollower, DevicePolicy, PolicyHooks, follows, policy_for
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
@@ -208,14 +209,17 @@ class ClientProtocol(protocol.Protocol):
         self._timer = None
         self._run(self.session.timer_fired(what))
 
-    def _revocation_decided(self, verdict: tuple[Reason | None, str]) -> None:
-        self._run(self.session.revocation_decided(*verdict))
-
-    # -- actions -----------------------------------------------------------------------
-
     def _run(self, actions: list[S.Action]) -> None:
         for action in actions:
             _HANDLERS[type(action)](self, action)
+
+    act = _run  # (what a hold's answer is carried out with: ``proxy.holds``)
+
+    def rename(self, username: str) -> None:
+        """The hook's user name for the broker (over peer_cert_as_username's)."""
+        ident = self._identity
+        if not isinstance(ident, ValueError):
+            self._identity = (username, ident[1] if ident is not None else None)
 
     # One handler per action type; _HANDLERS (after the class) maps each type to its handler.
 
@@ -241,7 +245,10 @@ class ClientProtocol(protocol.Protocol):
             cancel()
 
     def _on_hold_for_revocation(self, action: S.HoldForRevocation) -> None:
-        self._hold_for_revocation(action.pending)
+        hold_for_revocation(self, action.pending)
+
+    def _on_ask_authorization(self, action: S.AskAuthorization) -> None:
+        ask_authorization(self)
 
     def _on_start_relay(self, action: S.StartRelay) -> None:
         self._start_relay(action.first)
@@ -310,21 +317,13 @@ class ClientProtocol(protocol.Protocol):
             stats.refused_transport[self.record.transport] += 1
         self.record.refused(refusal.reason, refusal.detail)
 
-    def _hold_for_revocation(self, pending: Pending) -> None:
-        revocation = self.factory.revocation
-        assert revocation is not None  # a pending decision comes only from the checker
-        self.record.holding(pending)
-        revocation.decide_later(pending).addCallback(self._revocation_decided).addErrback(
-            lambda f: log.failure("revocation hold failed", f)
-        )
-
     def _start_relay(self, first: bytes) -> None:
         upstream = self.upstream
         assert upstream is not None
         connect = self.session.connect
         assert connect is not None
         trailing = len(first) - len(connect.packet)  # bytes the device sent after its CONNECT
-        if self.factory.identity.rewrites:
+        if self._identity is not None:  # peer_cert_as_*, or the hook's name
             try:
                 first = rewritten(first, connect.packet, self._identity)
             except ValueError as e:
@@ -390,6 +389,7 @@ _HANDLERS: dict[type, Callable[[ClientProtocol, Any], None]] = {
     S.OpenUpstream: ClientProtocol._on_open_upstream,
     S.CancelUpstream: ClientProtocol._on_cancel_upstream,
     S.HoldForRevocation: ClientProtocol._on_hold_for_revocation,
+    S.AskAuthorization: ClientProtocol._on_ask_authorization,
     S.StartRelay: ClientProtocol._on_start_relay,
     S.SendToClient: ClientProtocol._on_send_to_client,
     S.SendToUpstream: ClientProtocol._on_send_to_upstream,

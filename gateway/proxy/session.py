@@ -15,15 +15,20 @@ there too but not below):
     HANDSHAKE --timer_fired--> CLOSING
     HANDSHAKE --stop--> CLOSING
     HANDSHAKE --connection_lost--> CLOSED
-    CONNECT --receive--> REVOCATION_HOLD | UPSTREAM | CLOSING
+    CONNECT --receive--> REVOCATION_HOLD | AUTH_HOLD | UPSTREAM | CLOSING
     CONNECT --timer_fired--> CLOSING
     CONNECT --stop--> CLOSING
     CONNECT --connection_lost--> CLOSED
     REVOCATION_HOLD --receive--> CLOSING
     REVOCATION_HOLD --timer_fired--> CLOSING
-    REVOCATION_HOLD --revocation_decided--> UPSTREAM | CLOSING
+    REVOCATION_HOLD --revocation_decided--> AUTH_HOLD | UPSTREAM | CLOSING
     REVOCATION_HOLD --stop--> CLOSING
     REVOCATION_HOLD --connection_lost--> CLOSED
+    AUTH_HOLD --receive--> CLOSING
+    AUTH_HOLD --timer_fired--> CLOSING
+    AUTH_HOLD --authorization_decided--> UPSTREAM | CLOSING
+    AUTH_HOLD --stop--> CLOSING
+    AUTH_HOLD --connection_lost--> CLOSED
     UPSTREAM --receive--> CLOSING
     UPSTREAM --timer_fired--> CLOSING
     UPSTREAM --upstream_connected--> RELAY
@@ -38,7 +43,8 @@ there too but not below):
     CLOSING --connection_lost--> CLOSED
 
 Invariant: nothing reaches the broker before the client certificate has been verified and a
-complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT or REVOCATION_HOLD).
+complete, valid CONNECT has arrived (OpenUpstream is emitted only from CONNECT, REVOCATION_HOLD
+or AUTH_HOLD), and, with auth_http_url, the hook has allowed it (or its failure policy has).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from gateway import mqtt
 from gateway.peer import Pending
 from gateway.proxy.actions import (
     Action,
+    AskAuthorization,
     CancelTimer,
     CancelUpstream,
     CloseClient,
@@ -75,6 +82,7 @@ class SessionLimits:
     handshake_timeout: float
     connect_timeout: float
     max_packet_size: int
+    authorize: bool = False  # auth_http_url: the hook is asked about each CONNECT
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -141,7 +149,7 @@ class Session:
             return [SendToUpstream(data)]
         if state is State.CONNECT:
             return self._read_connect(data)
-        if state in (State.UPSTREAM, State.REVOCATION_HOLD):
+        if state in (State.UPSTREAM, State.REVOCATION_HOLD, State.AUTH_HOLD):
             # The TLS layer may deliver records decrypted from the same read after a pause.
             self._pending.append(data)
             self._pending_size += len(data)
@@ -165,6 +173,15 @@ class Session:
     def revocation_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
         """The held client's CRL was fetched (or the wait timed out): None admits it."""
         if self.state is not State.REVOCATION_HOLD:
+            return []
+        if refusal is None:
+            return self._after_checks()
+        return [*self._refuse(refusal, detail), *self._connack(mqtt.NOT_AUTHORIZED)]
+
+    @checked
+    def authorization_decided(self, refusal: Reason | None, detail: str) -> list[Action]:
+        """The hook answered (or the failure policy did, on its failure): None admits."""
+        if self.state is not State.AUTH_HOLD:
             return []
         if refusal is None:
             return self._open_upstream()
@@ -309,7 +326,14 @@ class Session:
         if self._pending_crl is not None:
             self.state = State.REVOCATION_HOLD
             return [*actions, HoldForRevocation(self._pending_crl)]
-        return [*actions, *self._open_upstream()]
+        return [*actions, *self._after_checks()]
+
+    def _after_checks(self) -> list[Action]:
+        """The certificate is settled: the hook next, where there is one, then the broker."""
+        if self._limits.authorize:
+            self.state = State.AUTH_HOLD
+            return [AskAuthorization()]
+        return self._open_upstream()
 
 
 # The actions and states are part of this module's vocabulary (the adapter says S.StartTimer).
@@ -319,6 +343,7 @@ __all__ = [
     "CancelUpstream",
     "CloseClient",
     "CloseUpstream",
+    "AskAuthorization",
     "HoldForRevocation",
     "OpenUpstream",
     "PauseClient",

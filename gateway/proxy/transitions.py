@@ -11,17 +11,19 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.proxy.actions import State
 
-HANDSHAKE, CONNECT, REVOCATION_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED = (
+HANDSHAKE, CONNECT, REVOCATION_HOLD, AUTH_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED = (
     State.HANDSHAKE,
     State.CONNECT,
     State.REVOCATION_HOLD,
+    State.AUTH_HOLD,
     State.UPSTREAM,
     State.RELAY,
     State.CLOSING,
     State.CLOSED,
 )
-_ORDER = (HANDSHAKE, CONNECT, REVOCATION_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED)
-_OPEN = (HANDSHAKE, CONNECT, REVOCATION_HOLD, UPSTREAM, RELAY)  # before the gateway closes it
+_ORDER = (HANDSHAKE, CONNECT, REVOCATION_HOLD, AUTH_HOLD, UPSTREAM, RELAY, CLOSING, CLOSED)
+# Before the gateway closes it:
+_OPEN = (HANDSHAKE, CONNECT, REVOCATION_HOLD, AUTH_HOLD, UPSTREAM, RELAY)
 
 
 def _ignored(*states: State) -> dict[State, frozenset[State]]:
@@ -43,15 +45,20 @@ TRANSITIONS: dict[str, dict[State, frozenset[State]]] = {
         **_ignored(*_except(HANDSHAKE)),
     },
     "receive": {
-        CONNECT: frozenset({CONNECT, UPSTREAM, REVOCATION_HOLD, CLOSING}),
+        CONNECT: frozenset({CONNECT, UPSTREAM, REVOCATION_HOLD, AUTH_HOLD, CLOSING}),
         UPSTREAM: frozenset({UPSTREAM, CLOSING}),
         REVOCATION_HOLD: frozenset({REVOCATION_HOLD, CLOSING}),
+        AUTH_HOLD: frozenset({AUTH_HOLD, CLOSING}),
         **_ignored(HANDSHAKE, RELAY, CLOSING, CLOSED),
     },
     "timer_fired": {**{s: frozenset({CLOSING}) for s in _OPEN}, **_ignored(CLOSING, CLOSED)},
     "revocation_decided": {
-        REVOCATION_HOLD: frozenset({UPSTREAM, CLOSING}),
+        REVOCATION_HOLD: frozenset({UPSTREAM, AUTH_HOLD, CLOSING}),
         **_ignored(*_except(REVOCATION_HOLD)),
+    },
+    "authorization_decided": {
+        AUTH_HOLD: frozenset({UPSTREAM, CLOSING}),
+        **_ignored(*_except(AUTH_HOLD)),
     },
     "upstream_connected": {UPSTREAM: frozenset({RELAY}), **_ignored(*_except(UPSTREAM))},
     "upstream_failed": {UPSTREAM: frozenset({CLOSING}), **_ignored(*_except(UPSTREAM))},

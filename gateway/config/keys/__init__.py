@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.config.keys.auth import AUTH_KEYS
 from gateway.config.keys.connections import (
     ACL_KEYS,
     CONNECT_KEYS,
@@ -30,6 +31,7 @@ KEYS: tuple[Key, ...] = (
     + UPSTREAM_KEYS
     + IDENTITY_KEYS
     + ACL_KEYS
+    + AUTH_KEYS
     + FRONT_KEYS
     + UPSTREAM_CONNECT_KEYS
     + CONNECT_KEYS

@@ -1,0 +1,64 @@
+"""What holds a valid CONNECT before the broker is asked: the revocation decision still to
+come (a distribution point's first fetch, an OCSP answer) and the authorization hook
+(``auth_http_url``). The adapter's side of ``Session``'s REVOCATION_HOLD and AUTH_HOLD: each
+asks, and reports the answer to the session (always: a hold never outlives its bound)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from twisted.logger import Logger
+
+from gateway.peer import Pending
+from gateway.proxy.authorize import AuthRequest, Decision
+from gateway.proxy.handshake import peer_certificate
+from gateway.proxy.identity import common_name
+
+log = Logger()
+
+
+def hold_for_revocation(client: Any, pending: Pending) -> None:
+    """``client``: a ``relay.ClientProtocol`` whose CONNECT waits for ``pending``."""
+    revocation = client.factory.revocation
+    assert revocation is not None  # a pending decision comes only from the checker
+    client.record.holding(pending)
+
+    def decided(verdict: tuple[Any, str]) -> None:
+        client.act(client.session.revocation_decided(*verdict))
+
+    revocation.decide_later(pending).addCallback(decided).addErrback(
+        lambda f: log.failure("revocation hold failed", f)
+    )
+
+
+def ask_authorization(client: Any) -> None:
+    """Ask the listener's hook about ``client``'s CONNECT; its answer admits or refuses it,
+    and may name the user the broker sees."""
+    authorizer = client.factory.authorizer
+    connect = client.session.connect
+    assert authorizer is not None and connect is not None
+    cert = peer_certificate(client.transport)  # (as OpenSSL keeps it: no copy held meanwhile)
+    facts: tuple[str | None, ...] = ()
+    if cert is not None:
+        facts = (
+            cert.subject.rfc4514_string(),
+            common_name(cert),
+            format(cert.serial_number, "X"),
+            cert.fingerprint(hashes.SHA256()).hex(),
+            cert.issuer.rfc4514_string(),
+        )
+    name, peer = client.factory.name, client.record.peer
+    request = AuthRequest(
+        name, peer, connect.client_id, connect.username, connect.protocol_level, *facts
+    )
+
+    def decided(decision: Decision) -> None:
+        refusal, detail, username = decision
+        if refusal is None and username is not None:
+            client.rename(username)
+        client.act(client.session.authorization_decided(refusal, detail))
+
+    authorizer.ask(request).addCallback(decided).addErrback(
+        lambda f: log.failure("authorization hold failed", f)
+    )
