@@ -20,6 +20,7 @@ from gateway.revocation.crl_cache import CrlCache
 from gateway.status import (
     EXPIRY_CRITICAL_DAYS,
     EXPIRY_WARNING_DAYS,
+    AuthHookStatus,
     BrokerStatus,
     CertificateStatus,
     ClientOcspStatus,
@@ -109,6 +110,10 @@ def own_status(
     client_ocsp = None
     if parts.ocsp_client is not None:
         client_ocsp = client_ocsp_status(parts.ocsp_client, counts)
+    hook, auth = parts.authorizer, None
+    if hook is not None:
+        url = hook.settings.url or ""
+        auth = AuthHookStatus(url, dict(hook.counts), hook.in_flight, len(hook.cache))
     return ListenerStatus(
         stats,
         crl,
@@ -134,6 +139,7 @@ def own_status(
             else ""
         ),
         client_ocsp=client_ocsp,
+        auth=auth,
     )
 
 

@@ -104,6 +104,7 @@ class ListenerReport:
     staples_sent: int
     accepting: bool
     brokers: tuple[BrokerStatus, ...]
+    auth_counts: dict[str, int] = attrs.field(factory=dict)  # the hook's, decided here
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=True)
@@ -116,6 +117,7 @@ class ListenerReport:
             int(d.get("staples_sent", 0)),
             bool(d.get("accepting")),
             tuple(BrokerStatus(**b) for b in d.get("brokers", ())),
+            {str(k): int(v) for k, v in d.get("auth_counts", {}).items()},
         )
 
 
@@ -168,6 +170,9 @@ def merge_reports(own: ListenerStatus, reports: list[ListenerReport]) -> Listene
     ocsp = own.ocsp
     if ocsp is not None:
         ocsp = attrs.evolve(ocsp, staples_sent=sum(r.staples_sent for r in reports))
+    auth = own.auth
+    if auth is not None and reports:  # (the workers ask; each keeps its own cache)
+        auth = attrs.evolve(auth, counts=_add_counts([r.auth_counts for r in reports]))
     brokers: dict[str, BrokerStatus] = {}
     for r in reports:
         for b in r.brokers:
@@ -190,5 +195,6 @@ def merge_reports(own: ListenerStatus, reports: list[ListenerReport]) -> Listene
         crl=crl,
         ocsp=ocsp,
         client_ocsp=client_ocsp,
+        auth=auth,
         brokers=tuple(brokers.values()) or own.brokers,
     )

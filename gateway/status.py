@@ -239,6 +239,17 @@ class ClientOcspStatus:
 
 
 @attrs.frozen
+class AuthHookStatus:
+    """The authorization hook of one listener: its answers by kind (allow, deny, failed;
+    cached: decided from the cache; shared: joined a request in flight), now."""
+
+    url: str
+    counts: dict[str, int]
+    in_flight: int = 0
+    cached: int = 0  # answers held
+
+
+@attrs.frozen
 class ListenerStatus:
     stats: StatsSnapshot
     crl: CrlCheckStatus | None = None
@@ -254,6 +265,7 @@ class ListenerStatus:
     # CA the listener must check, with crl_expired_policy = reject); "" when it would not.
     undecided: str = ""
     client_ocsp: ClientOcspStatus | None = None
+    auth: AuthHookStatus | None = None
 
 
 class WorkerState(str, enum.Enum):

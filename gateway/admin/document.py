@@ -250,7 +250,16 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
         "crl": None,
         "ocsp": None,
         "client_ocsp": None,
+        "auth_http": None,
     }
+    if ls.auth is not None:
+        a = ls.auth
+        out["auth_http"] = {
+            "url": a.url,
+            "answers": dict(sorted(a.counts.items())),
+            "in_flight": a.in_flight,
+            "cached": a.cached,
+        }
     if ls.client_ocsp is not None:
         c = ls.client_ocsp
         lookups = c.hits + c.misses

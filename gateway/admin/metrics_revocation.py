@@ -170,3 +170,29 @@ def client_ocsp(status: GatewayStatus) -> Iterator[Metric]:
             failures.add_metric([name, r.url], r.failures)
             in_flight.add_metric([name, r.url], r.in_flight)
     yield from (answers, oldest, lookups, requests, failures, in_flight)
+    yield from auth_http(status)
+
+
+def auth_http(status: GatewayStatus) -> Iterator[Metric]:
+    decisions = family(
+        CounterMetricFamily,
+        "mqttgw_auth_http_decisions",
+        "CONNECTs decided by the authorization hook: allow, deny, failed (the failure "
+        "policy decided), cached (from an answer held), shared (a request in flight joined).",
+        ["listener", "decision"],
+    )
+    in_flight = family(
+        GaugeMetricFamily,
+        "mqttgw_auth_http_in_flight",
+        "Requests in flight to the hook (one process: a master counts none).",
+        ["listener"],
+    )
+    for ls in status.listeners:
+        a = ls.auth
+        if a is None:
+            continue
+        name = ls.stats.listener
+        for kind in ("allow", "deny", "failed", "cached", "shared"):
+            decisions.add_metric([name, kind], a.counts.get(kind, 0))
+        in_flight.add_metric([name], a.in_flight)
+    yield from (decisions, in_flight)

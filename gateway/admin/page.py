@@ -165,6 +165,10 @@ def _listener(ls: dict[str, Any], now: float) -> str:
     out = [f"<h2>Listener {_e(ls['name'])}</h2>", _table(rows)]
     if ls["crl"] is not None:
         out.append(_crl_table(ls["crl"], now))
+    if ls.get("auth_http") is not None:
+        a = ls["auth_http"]
+        rows = [("authorization hook", f"{_e(a['url'])}: {in_words(a['answers'])}")]
+        out.append(_table(rows))
     if ls.get("client_ocsp") is not None:
         c = ls["client_ocsp"]
         ratio = "-" if c["hit_ratio"] is None else f"{100 * c['hit_ratio']:.1f} %"

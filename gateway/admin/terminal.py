@@ -63,6 +63,9 @@ def render_text(doc: dict[str, Any]) -> str:
                         f"    {src['url']}  {detail}  last fetch {_v(src['last_result'])}"
                         + (f" ({src['last_error']})" if src["last_error"] else "")
                     )
+        if ls.get("auth_http") is not None:
+            a = ls["auth_http"]
+            lines.append(f"  auth_http {a['url']}: {in_words(a['answers'])}")
         if ls.get("client_ocsp") is not None:
             c = ls["client_ocsp"]
             lines.append(

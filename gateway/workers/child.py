@@ -155,6 +155,7 @@ def listener_report(inbox: WorkerInbox, listener: ListenerService) -> ListenerRe
         staple.sent if staple is not None else 0,
         own.accepting,
         own.brokers,
+        dict(own.auth.counts) if own.auth is not None else {},
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gateway import testing as support
+from tests.integration.test_operations import http, metrics
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,7 @@ def test_the_hook_allows_denies_renames_and_fails_safely(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/auth"
     broker, broker_port = support.start_mosquitto(workdir)
-    hooked, down = support.free_port(), support.free_port()
+    hooked, down, admin = support.free_port(), support.free_port(), support.free_port()
     dead = f"http://127.0.0.1:{support.free_port()}/auth"  # nothing listens there
     conf = support.listener_conf(
         "h", hooked, broker_port, p, {"auth_http_url": url, "auth_http_timeout": "3s"}
@@ -85,7 +86,7 @@ def test_the_hook_allows_denies_renames_and_fails_safely(
         p,
         {"auth_http_url": dead, "auth_http_timeout": "1s", "auth_http_failure_policy": "accept"},
     )
-    gw = support.start_gateway(workdir, conf)
+    gw = support.start_gateway(workdir, conf + f"admin.listen = {admin}\n")
     ctx = support.client_context(p, p.client("hooked-device"))
     try:
         assert connack(hooked, ctx, "allow-1") == ACCEPTED
@@ -120,6 +121,15 @@ def test_the_hook_allows_denies_renames_and_fails_safely(
         assert "auth_http a: no valid answer" in log
         for client_id in ("deny-1", "garbage-1", "redirect-1", "big-1"):
             assert f"as {client_id} " not in broker.log()  # never reached the broker
+        scraped = metrics(admin)
+        on = ("listener", "h")
+        assert scraped[("mqttgw_auth_http_decisions_total", (("decision", "deny"), on))] == 2
+        assert scraped[("mqttgw_auth_http_decisions_total", (("decision", "failed"), on))] == 3
+        assert scraped[("mqttgw_auth_http_decisions_total", (("decision", "cached"), on))] == 1
+        refused = ("mqttgw_connections_refused_total", (on, ("reason", "auth_unavailable")))
+        assert scraped[refused] == 3
+        hook = json.loads(http(admin, "/status")[2])["listeners"][0]["auth_http"]
+        assert hook["url"] == url and hook["answers"]["allow"] == 4 and hook["cached"] >= 4
     finally:
         gw.stop()
         broker.stop()
