@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from gateway.choices import FailurePolicy
 from gateway.config.model import AuthSettings
 from gateway.failures import plain_reason
+from gateway.proxy.identity import common_name
 from gateway.reasons import Reason
 
 log = Logger()
@@ -50,26 +51,26 @@ class AuthRequest:
     client_id: str
     username: str | None
     protocol_level: int
-    cert_subject: str | None = None
-    cert_common_name: str | None = None
-    cert_serial: str | None = None
     cert_fingerprint: str | None = None  # SHA-256 of the DER, hex
-    cert_issuer: str | None = None
+    # The certificate (cryptography's, or a callable giving it): read only when the hook is
+    # asked, not when the cache answers.
+    cert: Any = attrs.field(default=None, eq=False, repr=False)
 
     def key(self) -> tuple[str | None, str, str | None]:
         """What an answer is cached under (the listener has its own cache)."""
         return self.cert_fingerprint, self.client_id, self.username
 
     def body(self) -> bytes:
+        cert = self.cert() if callable(self.cert) else self.cert
         return json.dumps(
             {
                 "clientid": self.client_id,
                 "username": self.username,
-                "cert_subject": self.cert_subject,
-                "cert_common_name": self.cert_common_name,
-                "cert_serial": self.cert_serial,
+                "cert_subject": cert.subject.rfc4514_string() if cert else None,
+                "cert_common_name": common_name(cert) if cert else None,
+                "cert_serial": format(cert.serial_number, "X") if cert else None,
                 "cert_fingerprint": self.cert_fingerprint,
-                "cert_issuer": self.cert_issuer,
+                "cert_issuer": cert.issuer.rfc4514_string() if cert else None,
                 "listener": self.listener,
                 "peer_address": self.peer,
                 "protocol_level": self.protocol_level,

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
+from OpenSSL import SSL
 from twisted.logger import Logger
 
 from gateway.peer import Pending
 from gateway.proxy.authorize import AuthRequest, Decision
-from gateway.proxy.handshake import peer_certificate
-from gateway.proxy.identity import common_name
 
 log = Logger()
 
@@ -38,19 +36,15 @@ def ask_authorization(client: Any) -> None:
     authorizer = client.factory.authorizer
     connect = client.session.connect
     assert authorizer is not None and connect is not None
-    cert = peer_certificate(client.transport)  # (as OpenSSL keeps it: no copy held meanwhile)
-    facts: tuple[str | None, ...] = ()
-    if cert is not None:
-        facts = (
-            cert.subject.rfc4514_string(),
-            common_name(cert),
-            format(cert.serial_number, "X"),
-            cert.fingerprint(hashes.SHA256()).hex(),
-            cert.issuer.rfc4514_string(),
-        )
+    # The certificate as OpenSSL keeps it: its digest keys the cache; it is parsed only if
+    # the hook is asked.
+    handle = client.transport.getHandle()
+    cert = handle.get_peer_certificate() if isinstance(handle, SSL.Connection) else None
+    digest = cert.digest("sha256").replace(b":", b"").lower().decode() if cert else None
+    parsed = cert.to_cryptography if cert is not None else None
     name, peer = client.factory.name, client.record.peer
     request = AuthRequest(
-        name, peer, connect.client_id, connect.username, connect.protocol_level, *facts
+        name, peer, connect.client_id, connect.username, connect.protocol_level, digest, parsed
     )
 
     def decided(decision: Decision) -> None:

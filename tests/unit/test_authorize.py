@@ -45,7 +45,7 @@ def authorizer(**kw: Any) -> tuple[Authorizer, Hook, task.Clock]:
 
 
 def request(client_id: str = "dev-1", fingerprint: str = "ab" * 32) -> AuthRequest:
-    return AuthRequest("l", "127.0.0.1:4000", client_id, "user", 5, "CN=d", "d", "1F", fingerprint)
+    return AuthRequest("l", "127.0.0.1:4000", client_id, "user", 5, fingerprint)
 
 
 def result(d: defer.Deferred[Any]) -> Any:
