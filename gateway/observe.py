@@ -93,6 +93,8 @@ def own_status(
     settings = parts.settings
     chain = parts.material.chain  # (none on a ws listener)
     certificates = [certificate_status("server", chain[0])] if chain else []
+    for tenant in parts.material.tenants:  # (each watched for its expiry as the listener's)
+        certificates.append(certificate_status(f"tenant {tenant.settings.id}", tenant.chain[0]))
     upstream = parts.material.upstream
     if upstream is not None and upstream.client_cert is not None:
         certificates.append(certificate_status("upstream", upstream.client_cert))

@@ -7,7 +7,7 @@ pool; its port) and the words the log and ``/status`` say. Tested as data
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 from cryptography import x509
@@ -24,6 +24,8 @@ class TlsMaterial(Protocol):
     def acl(self) -> object: ...
     @property
     def deny(self) -> object: ...
+    @property
+    def tenants(self) -> Sequence[Any]: ...
     @property
     def ca_pem(self) -> bytes | None: ...
     @property
@@ -47,6 +49,7 @@ _FIELDS = (
     ("front", "front settings"),
     ("transport", "transport"),
     ("websocket", "websocket settings"),
+    ("tenants", "tenants"),
     ("log_connect", "log_connect"),
 )
 _TIMES = ("stats_log_interval", "shutdown_drain", "reload_drain")
@@ -115,6 +118,10 @@ def listener_change(
         words.append("ACL rules")
     if material.deny != old_material.deny and new.identity == old.identity:
         words.append("deny list")
+    if new.tenants == old.tenants and [t.chain for t in material.tenants] != [
+        t.chain for t in old_material.tenants
+    ]:
+        words.append("tenant certificates")
     ca_same = material.ca_pem == old_material.ca_pem
     if not ca_same:
         words.append("CA bundle")

@@ -48,6 +48,8 @@ def watched_files(config: Config) -> tuple[str, ...]:
         tls = listener.tls
         paths += [tls.certfile, tls.keyfile, tls.cacertfile, listener.acl.file]
         paths.append(listener.identity.deny_file)
+        for tenant in listener.tenants:
+            paths += [tenant.certfile, tenant.keyfile]
         if listener.ocsp is not None:
             paths.append(listener.ocsp.issuer_pem)
         upstream = listener.upstream.tls

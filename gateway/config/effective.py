@@ -32,4 +32,9 @@ def format_config(config: Config) -> str:
             ):
                 continue  # a section that is off: its keys have no effect
             out.append(_line(f"{prefix}.{key.name}", key, listener))
+        for tenant in listener.tenants:
+            at = f"{prefix}.tenant.{tenant.id}"
+            out.append(f"{at}.server_names = {', '.join(tenant.server_names)}")
+            out.append(f"{at}.certfile = {tenant.certfile}")
+            out.append(f"{at}.keyfile = {tenant.keyfile}")
     return "\n".join(out) + "\n"

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import attrs
+
 from gateway import files
 from gateway.choices import TlsIo, Transport
 from gateway.config import checks
@@ -40,6 +42,7 @@ from gateway.config.model import (
     GlobalSettings,
     ListenerSettings,
 )
+from gateway.config.tenants import tenants_of
 from gateway.config.values import parse_bind
 from gateway.errors import ConfigError
 
@@ -172,8 +175,12 @@ def parse_config(text: str, path: str = "<config>") -> Config:
                 path, entry.line, entry.key, "unknown key" + _suggest(entry.key, all_full_keys)
             )
 
+    tenant_lines: dict[str, list[tuple[str, Line]]] = {}
     for name, family, option, entry in pending_options:
         option = LISTENER_ALIASES.get(option, option)
+        if option.startswith("tenant.") and name in declared and families[name] is family:
+            tenant_lines.setdefault(name, []).append((option, entry))
+            continue
         if option not in LISTENER_KEYS:
             raise ConfigError(
                 path,
@@ -214,6 +221,14 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         listener, origin = _build_listener(
             path, base_dir, name, families[name], bind, options.get(name, {}), globals_
         )
+        if name in tenant_lines:
+            listener, tenant_origin = _with_tenants(path, base_dir, listener, tenant_lines[name])
+            origin.update(tenant_origin)
+        elif listener.tls.sni_strict:
+            strict = origin["sni_strict"]
+            raise ConfigError(
+                path, strict[0], strict[1], "needs tenants (tenant.<id>.server_names)"
+            )
         origin[""] = (declaration.line, declaration.key)
         listeners.append(listener)
         origins[name] = origin
@@ -234,6 +249,25 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         listeners=tuple(listeners),
         origins=origins,
     )
+
+
+def _with_tenants(
+    path: str, base_dir: str, listener: ListenerSettings, lines: list[tuple[str, Line]]
+) -> tuple[ListenerSettings, dict[str, tuple[int, str]]]:
+    """The listener with its tenants (a certificate per server name)."""
+    tenants, origin = tenants_of(path, base_dir, listener.name, lines)
+    line, key = origin[lines[0][0]]
+    if not listener.transport.tls:
+        raise ConfigError(path, line, key, "a ws listener has no TLS: tenants need ssl or wss")
+    if listener.ocsp is not None:
+        raise ConfigError(
+            path,
+            line,
+            key,
+            "tenants and enable_ocsp_stapling: the staple is the listener's own "
+            "certificate's, a tenant's certificate would get none (not yet supported)",
+        )
+    return attrs.evolve(listener, tenants=tenants), origin
 
 
 def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, Line]]) -> GlobalSettings:

@@ -76,6 +76,18 @@ class TlsSettings:
     honor_cipher_order: bool
     io: TlsIo = _default("tls.io")
     alpn: tuple[str, ...] = _default("tls.alpn")  # offered, in order of preference
+    sni_strict: bool = _default("tls.sni_strict")  # refuse a name no tenant serves
+
+
+@attrs.frozen
+class TenantSettings:
+    """A certificate served for some server names on a listener (``tenant.<id>.*``): chosen
+    by the name the client sends (SNI); the listener's other settings apply."""
+
+    id: str
+    server_names: tuple[str, ...]  # lower case; "*.example.com" matches one label
+    certfile: str
+    keyfile: str
 
 
 @attrs.frozen
@@ -247,6 +259,7 @@ class ListenerSettings:
     log_connect: bool = _default("log_connect")  # also a line at accept
     transport: Transport = Transport.SSL
     websocket: WebSocketSettings = WebSocketSettings()
+    tenants: tuple[TenantSettings, ...] = ()
 
     @property
     def key_prefix(self) -> str:

@@ -158,8 +158,9 @@ def issue(
     serial: int | None = None,
     ocsp_signing: bool = False,
     crl_issuer: x509.Name | None = None,
+    names: tuple[str, ...] = (),
 ) -> Issued:
-    """A leaf certificate (server: localhost/127.0.0.1 SANs and serverAuth)."""
+    """A leaf certificate (server: localhost/127.0.0.1 SANs, or ``names``, and serverAuth)."""
     key = new_key(key_kind)
     start = not_before or (now() - datetime.timedelta(hours=1))
     usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -182,7 +183,8 @@ def issue(
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName(n) for n in names]
+                or [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             ),
             critical=False,
         )

@@ -9,7 +9,7 @@ creator's ``context`` for new connections only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,8 +18,10 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from gateway.config.model import TlsSettings
+from gateway.config.tenants import tenant_for
 from gateway.peer import PeerVerification
 from gateway.tls.material import TlsMaterial, apply_suites
+from gateway.tls.native import install_servername_callback
 from gateway.tls.verify import CertificateVerifier, GatewayConnection, install_verify
 
 _VERSIONS = {"tlsv1.2": SSL.TLS1_2_VERSION, "tlsv1.3": SSL.TLS1_3_VERSION}
@@ -33,7 +35,46 @@ def session_id_context(listener_name: str) -> bytes:
 def build_context(
     name: str, tls: TlsSettings, material: TlsMaterial, verifier: CertificateVerifier
 ) -> SSL.Context:
-    """A server context for listener ``name``, from checked settings and material."""
+    """A server context for listener ``name``, from checked settings and material; with
+    tenants, the client's server name (SNI) switches a connection to its tenant's context,
+    the same in everything but the certificate (same verification, CAs, session id context:
+    a session resumed on another name of the listener is judged as on its own)."""
+    ctx = _context(name, tls, material, verifier, material.chain, material.key)
+    if material.tenants or tls.sni_strict:
+        by_name = {}
+        for tenant in material.tenants:
+            tenant_ctx = _context(name, tls, material, verifier, tenant.chain, tenant.key)
+            for server_name in tenant.settings.server_names:
+                by_name[server_name] = tenant_ctx
+        install_servername_callback(ctx, servername_chooser(by_name, tls.sni_strict))
+    return ctx
+
+
+def servername_chooser(
+    by_name: dict[str, SSL.Context], strict: bool
+) -> Callable[[SSL.Connection], bool]:
+    """The servername callback: the tenant's context for the name the client sent (False
+    refuses it with unrecognized_name: ``sni_strict`` and no tenant serves the name).
+    Reads nothing but the map it was built with."""
+
+    def choose(connection: SSL.Connection) -> bool:
+        chosen = tenant_for(by_name, connection.get_servername())
+        if chosen is None:
+            return not strict
+        connection.set_context(chosen)
+        return True
+
+    return choose
+
+
+def _context(
+    name: str,
+    tls: TlsSettings,
+    material: TlsMaterial,
+    verifier: CertificateVerifier,
+    chain: Sequence[Any],
+    key: Any,
+) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     versions = [_VERSIONS[v] for v in tls.versions]
     ctx.set_min_proto_version(min(versions))
@@ -41,10 +82,10 @@ def build_context(
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     # Idle connections are MQTT's normal state: give the read/write buffers back meanwhile.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    ctx.use_certificate(material.chain[0])
-    for cert in material.chain[1:]:
+    ctx.use_certificate(chain[0])
+    for cert in chain[1:]:
         ctx.add_extra_chain_cert(cert)
-    ctx.use_privatekey(material.key)  # type: ignore[arg-type]  # checked: a signing key
+    ctx.use_privatekey(key)  # checked: a signing key
     ctx.check_privatekey()
     apply_suites(ctx, tls)  # checked when the material was loaded
     # Without a session id context, OpenSSL fails a TLS 1.2 client's resumption attempt.

@@ -21,7 +21,13 @@ from OpenSSL import SSL
 from twisted.internet import ssl
 
 from gateway import files
-from gateway.config.model import Config, ListenerSettings, TlsSettings, UpstreamTls
+from gateway.config.model import (
+    Config,
+    ListenerSettings,
+    TenantSettings,
+    TlsSettings,
+    UpstreamTls,
+)
 from gateway.config.profiles import split_ciphers
 from gateway.deny import DenyList
 from gateway.errors import ConfigError
@@ -45,6 +51,15 @@ class UpstreamTrust:
 
 
 @attrs.frozen(eq=False)
+class TenantMaterial:
+    """A tenant's certificate chain and key (``tenant.<id>.certfile`` / ``keyfile``)."""
+
+    settings: TenantSettings
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKeyTypes
+
+
+@attrs.frozen(eq=False)
 class TlsMaterial:
     """One listener's certificates and key, loaded and checked (and its ACL file, parsed:
     the other file a listener names)."""
@@ -59,6 +74,7 @@ class TlsMaterial:
     warnings: tuple[str, ...] = ()  # file:line: key: text, for the log and check-config
     acl: Acl | None = None  # acl_file's rules
     deny: DenyList | None = None  # deny_file's certificates
+    tenants: tuple[TenantMaterial, ...] = ()  # a certificate per server name
 
 
 def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:
@@ -98,13 +114,13 @@ def _certificates(filename: str, option: str, fail: Fail) -> tuple[bytes, list[x
     return data, certs
 
 
-def _private_key(filename: str, fail: Fail) -> PrivateKeyTypes:
-    data = _read_file(filename, "keyfile", fail)
+def _private_key(filename: str, fail: Fail, option: str = "keyfile") -> PrivateKeyTypes:
+    data = _read_file(filename, option, fail)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
         raise fail(
-            "keyfile", f"{filename} holds no usable unencrypted PEM private key ({e})"
+            option, f"{filename} holds no usable unencrypted PEM private key ({e})"
         ) from None
 
 
@@ -136,6 +152,16 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
     warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile)) + warnings
+    tenants = []
+    for tenant in listener.tenants:
+        where = f"tenant.{tenant.id}."
+        _, tenant_chain = _certificates(tenant.certfile, where + "certfile", fail)
+        tenant_key = _private_key(tenant.keyfile, fail, where + "keyfile")
+        if _spki(tenant_key.public_key()) != _spki(tenant_chain[0].public_key()):
+            raise fail(where + "keyfile", f"does not match the certificate in {tenant.certfile}")
+        tenants.append(TenantMaterial(tenant, tuple(tenant_chain), tenant_key))
+        notes = _key_file_warnings(tenant.keyfile)
+        warnings += tuple(str(fail(where + "keyfile", w)) for w in notes)
     return TlsMaterial(
         tuple(chain),
         key,
@@ -145,6 +171,7 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         IssuerIndex.of(ca_certs),
         upstream=upstream,
         warnings=warnings,
+        tenants=tuple(tenants),
     )
 
 

@@ -69,6 +69,38 @@ def verify_error_string(error_number: int) -> str:
         return f"X509 verification error {error_number}"
 
 
+def install_servername_callback(ctx: SSL.Context, choose: Callable[[SSL.Connection], bool]) -> None:
+    """Install ``choose`` as the context's servername (SNI) callback: False refuses the
+    handshake with the unrecognized_name alert, quietly (pyOpenSSL's own wrapper can refuse
+    only by an exception, which it prints to stderr). An exception is logged and refuses.
+    Without the expected internals, pyOpenSSL's ``set_tlsext_servername_callback``."""
+    try:
+        from OpenSSL._util import ffi, lib
+
+        reverse = SSL.Connection._reverse_mapping
+        context_ptr = ctx._context  # type: ignore[attr-defined,unused-ignore]
+        fatal = lib.SSL_TLSEXT_ERR_ALERT_FATAL
+    except (ImportError, AttributeError):
+
+        def fallback(connection: SSL.Connection) -> None:
+            if not choose(connection):
+                raise ValueError("unrecognized server name")
+
+        ctx.set_tlsext_servername_callback(fallback)
+        return
+
+    @ffi.callback("int (*)(SSL *, int *, void *)")  # type: ignore[untyped-decorator]
+    def callback(ssl: Any, alert: Any, arg: Any) -> int:
+        try:
+            return 0 if choose(reverse[ssl]) else fatal  # (OpenSSL's alert: unrecognized_name)
+        except Exception:
+            log.failure("servername callback failed; refusing the handshake")
+            return fatal
+
+    lib.SSL_CTX_set_tlsext_servername_callback(context_ptr, callback)
+    ctx._mqttgw_servername_callback = callback  # type: ignore[attr-defined]  # keep it alive
+
+
 def install_verify_callback(
     ctx: SSL.Context, mode: int, decide: Decide, fallback: Callable[..., bool]
 ) -> None:

@@ -135,4 +135,14 @@ TLS_KEYS: tuple[Key, ...] = (
         "per connection; single process only, not with proxy_protocol.",
         global_=True,
     ),
+    Key(
+        "sni_strict",
+        "tls.sni_strict",
+        parse_bool,
+        False,
+        "With tenants (tenant.<id>.server_names): refuse a client that sends no server name, "
+        "or one no tenant serves, with the unrecognized_name alert. false: it gets the "
+        "listener's own certificate.",
+        format=format_bool,
+    ),
 )

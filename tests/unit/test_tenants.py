@@ -1,0 +1,151 @@
+"""A certificate per server name: the tenant lines, their refusals naming the line, the
+name lookup, check-config's text, and the handshake choosing the tenant's certificate."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography import x509
+from OpenSSL import SSL
+
+from gateway import testing as support
+from gateway.config.effective import format_config
+from gateway.config.tenants import parse_server_names, tenant_for
+from gateway.demo import pki
+from gateway.errors import ConfigError
+from gateway.testing import prepare_text
+from gateway.tls.context import build_context
+from gateway.tls.verify import CertificateVerifier
+
+
+@pytest.fixture(scope="module")
+def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
+    return support.make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def tenant_cert(p: support.Pki, name: str, *names: str) -> tuple[str, str]:
+    return pki.issue(p.inter, name, server=True, names=names).write(p.dir, f"tenant-{name}")
+
+
+def tenant_lines(tenant: str, cert: tuple[str, str], names: str) -> dict[str, str]:
+    at = f"tenant.{tenant}"
+    return {f"{at}.server_names": names, f"{at}.certfile": cert[0], f"{at}.keyfile": cert[1]}
+
+
+def test_server_names_and_the_lookup() -> None:
+    assert parse_server_names("A.Example.com, *.b.example.com") == (
+        "a.example.com",
+        "*.b.example.com",
+    )
+    for bad in ("", "*.com", "a..b", "-a.b", "a b.c", "*", "x" * 64 + ".com", "a.*.com"):
+        with pytest.raises(ValueError):
+            parse_server_names(bad)
+    table = {"a.example.com": "A", "*.b.example.com": "B"}
+    assert tenant_for(table, b"A.EXAMPLE.com") == "A"
+    assert tenant_for(table, b"eu.b.example.com") == "B"
+    assert tenant_for(table, b"b.example.com") is None  # a wildcard needs its label
+    assert tenant_for(table, b"x.eu.b.example.com") is None  # ... and only one
+    assert tenant_for(table, None) is None
+    assert tenant_for(table, b"\xff.example.com") is None
+    assert tenant_for(table, b"a" * 300) is None
+
+
+def test_tenants_parse_and_check_config_prints_them_back(p: support.Pki) -> None:
+    acme = tenant_cert(p, "acme", "mqtt.acme.example", "*.acme.example")
+    extra = tenant_lines("acme", acme, "mqtt.acme.example, *.acme.example")
+    extra["sni_strict"] = "true"
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    listener = prepared.config.listener("t")
+    (tenant,) = listener.tenants
+    assert tenant.id == "acme" and tenant.server_names == ("mqtt.acme.example", "*.acme.example")
+    assert listener.tls.sni_strict
+    assert (
+        prepared.materials["t"].tenants[0].chain[0].subject.rfc4514_string().startswith("CN=acme,")
+    )
+    text = format_config(prepared.config)
+    assert "listener.ssl.t.tenant.acme.server_names = mqtt.acme.example, *.acme.example" in text
+    again = prepare_text(text).config.listener("t")
+    assert again == listener
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "why"),
+    [
+        ({"tenant.a.cacertfile": "x"}, 6, "the key one of server_names, certfile, keyfile"),
+        ({"tenant.a.server_names": "a.example"}, 6, "tenant 'a' has no certfile"),
+        ({"tenant.a.server_names": "not a name"}, 6, "is not a host name"),
+        ({"sni_strict": "true"}, 6, "needs tenants"),
+    ],
+)
+def test_bad_tenant_lines_are_named(
+    p: support.Pki, extra: dict[str, str], line: int, why: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    assert e.value.line == line and why in str(e.value)
+
+
+def test_a_name_served_twice_a_ws_listener_and_stapling_are_refused(p: support.Pki) -> None:
+    a, b = tenant_cert(p, "ta", "x.example"), tenant_cert(p, "tb", "x.example")
+    twice = tenant_lines("a", a, "x.example") | tenant_lines("b", b, "y.example, X.example")
+    with pytest.raises(ConfigError, match="x.example is served by tenant 'a' already"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, twice))
+    with pytest.raises(ConfigError, match="tenants need ssl or wss"):
+        prepare_text(
+            support.listener_conf("w", 8080, 1883, p, tenant_lines("a", a, "x.example"), "ws")
+        )
+    stapled = tenant_lines("a", a, "x.example") | {"enable_ocsp_stapling": "true"}
+    with pytest.raises(ConfigError, match="staple is the listener's own"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, stapled))
+    wrong_key = tenant_lines("a", a, "x.example") | {"tenant.a.keyfile": b[1]}
+    with pytest.raises(ConfigError, match="tenant.a.keyfile: does not match the certificate"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, wrong_key))
+
+
+def _served(ctx: SSL.Context, p: support.Pki, name: bytes | None) -> str:
+    """The subject of the certificate a client sending ``name`` is served ("refused" if the
+    handshake fails), over memory BIOs."""
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.load_verify_locations(p.ca_file)
+    device_cert, device_key = p.client("sni-device")
+    client_ctx.use_certificate_chain_file(device_cert)
+    client_ctx.use_privatekey_file(device_key)
+    client, server = SSL.Connection(client_ctx, None), SSL.Connection(ctx, None)
+    if name is not None:
+        client.set_tlsext_host_name(name)
+    client.set_connect_state()
+    server.set_accept_state()
+    for _ in range(10):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error:
+                return "refused"
+            try:
+                b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    cert = client.get_peer_certificate(as_cryptography=True)
+    assert isinstance(cert, x509.Certificate)
+    return cert.subject.rfc4514_string().split(",")[0]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_name_sent_chooses_the_certificate(p: support.Pki, strict: bool) -> None:
+    acme, beta = tenant_cert(p, "acme", "*.acme.example"), tenant_cert(p, "beta", "beta.example")
+    extra = tenant_lines("acme", acme, "*.acme.example") | tenant_lines(
+        "beta", beta, "beta.example"
+    )
+    extra["sni_strict"] = "true" if strict else "false"
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    listener = prepared.config.listener("t")
+    ctx = build_context("t", listener.tls, prepared.materials["t"], CertificateVerifier())
+    assert _served(ctx, p, b"eu.acme.example") == "CN=acme"
+    assert _served(ctx, p, b"BETA.example") == "CN=beta"
+    fallback = "refused" if strict else "CN=localhost"
+    assert _served(ctx, p, b"other.example") == fallback
+    assert _served(ctx, p, None) == fallback
+    assert os.path.exists(acme[0])
