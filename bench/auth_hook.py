@@ -19,6 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from admission_cost import _Setup
 from handshakes import measure
 from harness import NO_LIMITS, raise_fd_limit
 
@@ -47,11 +48,6 @@ class _Allow(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-class _Setup:
-    def __init__(self, pki: support.Pki, device: tuple[str, str]) -> None:
-        self.pki, self.device = pki, device
 
 
 def main() -> None:

@@ -41,18 +41,25 @@ def prepare(path: str, record: files.FileRecord | None = None) -> Prepared:
 MAX_ACL_FILE = 4 * 1024 * 1024
 
 
+def _read_text(config: Config, listener: str, option: str, path: str, limit: int) -> str:
+    """A rules file's text (acl_file, deny_file); ConfigError says why it cannot be read."""
+    try:
+        raw = files.read(path, limit + 1)
+    except OSError as e:
+        raise config.error(listener, option, f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > limit:
+        raise config.error(listener, option, f"{path} is larger than {limit >> 20} MB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise config.error(listener, option, f"{path} is not UTF-8 text") from None
+
+
 def _load_acl(config: Config, listener: str, path: str, default: str) -> Acl:
     """acl_file's rules; ConfigError names the file's line and what is wrong with it."""
+    text = _read_text(config, listener, "acl_file", path, MAX_ACL_FILE)
     try:
-        raw = files.read(path, MAX_ACL_FILE + 1)
-    except OSError as e:
-        raise config.error(listener, "acl_file", f"cannot read {path}: {e.strerror}") from None
-    if len(raw) > MAX_ACL_FILE:
-        raise config.error(listener, "acl_file", f"{path} is larger than 4 MB")
-    try:
-        return parse_acl(raw.decode("utf-8"), default_allow=default == AclDefault.ALLOW)
-    except UnicodeDecodeError:
-        raise config.error(listener, "acl_file", f"{path} is not UTF-8 text") from None
+        return parse_acl(text, default_allow=default == AclDefault.ALLOW)
     except AclError as e:
         raise config.error(listener, "acl_file", f"{path}:{e.line}: {e.why}") from None
 
@@ -62,16 +69,9 @@ MAX_DENY_FILE = 64 * 1024 * 1024  # about 700,000 fingerprints
 
 def _load_deny(config: Config, listener: str, path: str) -> DenyList:
     """deny_file's entries; ConfigError names the file's line and what is wrong with it."""
+    text = _read_text(config, listener, "deny_file", path, MAX_DENY_FILE)
     try:
-        raw = files.read(path, MAX_DENY_FILE + 1)
-    except OSError as e:
-        raise config.error(listener, "deny_file", f"cannot read {path}: {e.strerror}") from None
-    if len(raw) > MAX_DENY_FILE:
-        raise config.error(listener, "deny_file", f"{path} is larger than 64 MB")
-    try:
-        return parse_deny(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise config.error(listener, "deny_file", f"{path} is not UTF-8 text") from None
+        return parse_deny(text)
     except DenyError as e:
         raise config.error(listener, "deny_file", f"{path}:{e.line}: {e.why}") from None
 
