@@ -132,7 +132,12 @@ class WebSocketEdge:
         message, anything malformed) is returned, and from then on wsproto reads it all,
         from a frame boundary: wsproto never sees a frame cut in two. Held to wsproto's
         answer for any bytes by a hypothesis test (tests/unit/test_websocket.py). Returns
-        (what is left for wsproto, the MQTT bytes read)."""
+        (what is left for wsproto, the MQTT bytes read).
+
+        Unmasked without a Python step per byte: one frame alone (``unmask_one``); a read
+        that opens with a run of frames of one size, column by column (``unmask_run``);
+        the others by walking their headers, then one XOR of the whole stretch with a
+        mask stream built from each frame's key (``unmask_frames``)."""
         if self.tail:
             data = self.tail + data
             self.tail = b""
@@ -141,40 +146,33 @@ class WebSocketEdge:
             if one is not None:
                 return b"", one
         out = []
-        pos, n, probe = 0, len(data), 0
+        pos, n = 0, len(data)
+        size = data[1] - 0x7A if n >= 2 and data[0] == 0x82 and 0x80 < data[1] <= 0xFD else 0
+        if size and n // size >= RUN:  # perhaps a run of one size
+            count, payloads = unmask_run(data, 0, size, min(n // size, 4096))
+            if payloads:
+                out.append(payloads)
+                pos = count * size
+        starts = []
         while pos < n:
             if n - pos < 2:
                 if data[pos] != 0x82:
                     break
                 self.tail = data[pos:]
-                pos = n
                 break
             b1 = data[pos + 1]
             if data[pos] != 0x82 or b1 < 0x80 or b1 > 0xFD:  # FIN+binary, masked, <= 125
                 break
-            start = pos + 6
-            end = start + b1 - 0x80
+            end = pos + b1 - 0x7A  # 6 bytes of header and key, then the payload
             if end > n:
                 self.tail = data[pos:]
-                pos = n
                 break
-            size = end - pos
-            if pos >= probe and n - pos >= RUN * size > RUN * 6:  # perhaps a run of one size
-                count, payloads = unmask_run(data, pos, size, min((n - pos) // size, 4096))
-                if payloads:
-                    out.append(payloads)
-                    pos += count * size
-                    continue
-                probe = pos + RUN * size  # (not before RUN more frames: bounded work)
-            if end > start:  # unmasked as words (RFC 6455 5.3), inline: it runs per frame
-                k = (end - start + 3) >> 2
-                word = int.from_bytes(data[start:end], "little") ^ int.from_bytes(
-                    data[pos + 2 : start] * k, "little"
-                )
-                out.append(word.to_bytes(k * 4, "little")[: end - start])
+            starts.append(pos)
             pos = end
+        if starts:
+            out.append(unmask_frames(data, starts, pos))
         mqtt = b"".join(out)
-        if pos >= n:
+        if pos >= n or self.tail:
             return b"", mqtt
         self.short = False  # another shape: wsproto from here on
         return data[pos:], mqtt
@@ -302,6 +300,25 @@ def unmask_one(data: bytes) -> bytes | None:
         word = int.from_bytes(data[6:], "little") ^ int.from_bytes(data[2:6] * k, "little")
         return word.to_bytes(k * 4, "little")[: n - 6]
     return None
+
+
+def unmask_frames(data: bytes, starts: list[int], stop: int) -> bytes:
+    """The payloads of the short masked frames that start at ``starts`` and end at ``stop``
+    (walked and checked by the caller): one XOR of the stretch with a stream of each
+    frame's key, laid from its payload's first byte (RFC 6455 5.3), then the payloads cut."""
+    begin = starts[0]
+    ends = [*starts[1:], stop]
+    keys = b"".join(
+        [
+            (data[s + 2 : s + 6] * ((e - s + 5) >> 2))[2 : 2 + e - s]
+            for s, e in zip(starts, ends, strict=True)
+        ]
+    )
+    length = stop - begin
+    plain = (int.from_bytes(data[begin:stop], "little") ^ int.from_bytes(keys, "little")).to_bytes(
+        length, "little"
+    )
+    return b"".join([plain[s - begin + 6 : e - begin] for s, e in zip(starts, ends, strict=True)])
 
 
 def unmask_run(data: bytes, pos: int, size: int, count: int) -> tuple[int, bytes]:
