@@ -108,6 +108,13 @@ class DenyAction(Word):
     DISCONNECT = "disconnect"  # the session ends
 
 
+class AclReadMode(Word):
+    """``acl_read_mode``: where the read rules are applied."""
+
+    FILTER = "filter"  # to the SUBSCRIBE: a filter that could receive a denied topic is refused
+    DELIVERY = "delivery"  # to each PUBLISH the broker delivers (as Mosquitto does)
+
+
 class IdentitySource(Word):
     """``peer_cert_as_username``, ``peer_cert_as_clientid``: what of the certificate."""
 

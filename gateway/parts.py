@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 
-from gateway.choices import DenyAction, ProxyVersion, RateAction, Transport
+from gateway.choices import AclReadMode, DenyAction, ProxyVersion, RateAction, Transport
 from gateway.config.model import (
     GlobalSettings,
     IdentitySettings,
@@ -105,6 +105,10 @@ class ListenerParts:
     @property
     def acl_deny_action(self) -> DenyAction:
         return self.settings.acl.deny_action
+
+    @property
+    def acl_read_mode(self) -> AclReadMode:
+        return self.settings.acl.read_mode
 
     @property
     def device_limits(self) -> DeviceLimits | None:

@@ -10,6 +10,7 @@ import attrs
 
 from gateway.choices import (
     AclDefault,
+    AclReadMode,
     Affinity,
     Balance,
     DenyAction,
@@ -213,6 +214,7 @@ class AclSettings:
     file: str | None = _default("acl.file")
     default: AclDefault = _default("acl.default")  # when no line matches
     deny_action: DenyAction = _default("acl.deny_action")
+    read_mode: AclReadMode = _default("acl.read_mode")  # judge SUBSCRIBEs, or deliveries
 
 
 @attrs.frozen

@@ -29,6 +29,9 @@ import attrs
 
 READ = 1
 WRITE = 2
+# A SUBSCRIBE filter whose deliveries are judged one by one (acl_read_mode = delivery): a
+# deny line refuses it only if it names every topic the filter can match.
+READ_DELIVERED = 4
 ACCESS = {"read": READ, "write": WRITE, "readwrite": READ | WRITE, "deny": 0}
 
 
@@ -137,7 +140,8 @@ class DeviceRules:
         acl = self.acl
         first = topic.split("/", 1)[0]
         candidates: Iterable[Rule]
-        if access == READ and first in ("+", "#"):
+        read = access in (READ, READ_DELIVERED)
+        if read and first in ("+", "#"):
             candidates = acl.rules  # a wildcard filter may meet any rule
         else:
             candidates = itertools.chain(
@@ -159,12 +163,14 @@ class DeviceRules:
                 # names (the gateway does not filter the broker's deliveries).
                 if access == READ:
                     hit = filters_overlap(target, topic)
+                elif access == READ_DELIVERED:
+                    hit = filter_covers(target, topic)
                 else:
                     hit = topic_matches(target, topic)
                 if hit:
                     return False, f"line {rule.line}"  # deny wins
                 continue
-            if access == READ:
+            if read:
                 covered = filter_covers(target, topic)
             else:
                 covered = topic_matches(target, topic)
@@ -172,7 +178,7 @@ class DeviceRules:
                 continue
             if matched is None:
                 matched = f"line {rule.line}"
-            if rule.access & access:
+            if rule.access & (READ if read else access):
                 granted = True
         if granted:
             return True, matched or "default"

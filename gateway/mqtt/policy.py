@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from gateway.choices import DenyAction
-from gateway.mqtt.acl import READ, WRITE, Acl, DeviceRules
+from gateway.choices import AclReadMode, DenyAction
+from gateway.mqtt.acl import READ, READ_DELIVERED, WRITE, Acl, DeviceRules
 from gateway.mqtt.errors import RemoteProtocolError
 from gateway.mqtt.limits import DeviceLimits, pause_for, pay_now
 from gateway.mqtt.packets import (
@@ -43,6 +43,8 @@ from gateway.mqtt.packets import (
     subscribe_with,
 )
 from gateway.mqtt.policy_actions import (
+    DISCONNECT_REASONS,
+    PACKET_TOO_LARGE,
     PASS,
     Action,
     Actions,
@@ -55,38 +57,15 @@ from gateway.mqtt.policy_actions import (
     Told,
     WaitUntil,
     Who,
+    closing_reason,
 )
-from gateway.mqtt.properties import Property, encode_properties
 from gateway.mqtt.stream import SUBACK, Packet, StreamReader
 from gateway.reasons import Reason
 
 # Plain ints where every packet is looked at (an IntEnum compares slower).
-PUBLISH, SUBSCRIBE = int(Kind.PUBLISH), int(Kind.SUBSCRIBE)
+PUBLISH, SUBSCRIBE, PUBREL = int(Kind.PUBLISH), int(Kind.SUBSCRIBE), int(Kind.PUBREL)
 NOT_AUTHORIZED = 0x87
 SUBACK_FAILURE_311 = 0x80
-# The MQTT 5 DISCONNECT reason code of each way the gateway ends a relayed session.
-DISCONNECT_REASONS: dict[Reason, int] = {
-    Reason.REVOKED: 0x87,  # not authorized: its certificate was revoked
-    Reason.DENY_LISTED: 0x87,  # not authorized: a reload's deny_file names its certificate
-    Reason.ACL_DENIED: 0x87,  # not authorized: acl_deny_action = disconnect
-    Reason.SHUTDOWN: 0x8B,  # server shutting down
-    Reason.RELOAD: 0x98,  # administrative action: a reload removed the listener
-    Reason.BAD_PACKET: 0x81,  # malformed packet (over max_packet_size: 0x95, below)
-    Reason.MESSAGE_RATE: 0x96,  # message rate too high
-}
-PACKET_TOO_LARGE = 0x95
-USE_ANOTHER_SERVER = 0x9C
-
-
-def closing_reason(by: Reason, server_reference: str | None = None) -> tuple[int, bytes] | None:
-    """(reason code, encoded properties) of the MQTT 5 DISCONNECT that tells a device why
-    the gateway ends its session (None: no reason to tell): a drain toward another server
-    (``drain_server_reference``) is 0x9C with its Server Reference."""
-    if by is Reason.SHUTDOWN and server_reference:
-        reference = encode_properties([(Property.SERVER_REFERENCE, server_reference)])
-        return USE_ANOTHER_SERVER, reference
-    code = DISCONNECT_REASONS.get(by)
-    return None if code is None else (code, b"\x00")
 
 
 class PolicyEdge:
@@ -102,13 +81,18 @@ class PolicyEdge:
         max_packet_size: int,
         now: float,
         deny_action: DenyAction = DenyAction.IGNORE,
+        read_mode: AclReadMode = AclReadMode.FILTER,
     ) -> None:
         self.acl = acl
+        # acl_read_mode = delivery: every PUBLISH the broker delivers is judged by the read
+        # rules (its fields read), the QoS 2 ones dropped remembered until their PUBREL.
+        self.deliveries = read_mode == AclReadMode.DELIVERY
+        self._dropped: set[int] = set()
         self.who = who
         self.level = protocol_level
         self.deny_action = deny_action
         self.reader = StreamReader(protocol_level, max_packet_size)
-        self.broker_reader = StreamReader(protocol_level, 1 << 28, fields=False)
+        self.broker_reader = StreamReader(protocol_level, 1 << 28, fields=self.deliveries)
         self.buckets = limits.buckets(now) if limits is not None else None
         self.disconnect_over_rate = limits is not None and limits.disconnect
         self.held: deque[Packet] = deque()  # a PUBLISH waiting for tokens, and what followed
@@ -229,12 +213,13 @@ class PolicyEdge:
             return None
         allowed = []
         refused = []
+        read = READ_DELIVERED if self.deliveries else READ
         for i, sub in enumerate(packet.subscriptions):
-            if rules.allows(READ, sub.topic_filter):
+            if rules.allows(read, sub.topic_filter):
                 allowed.append((sub.topic_filter, sub.options))
             else:
                 refused.append(i)
-                rule = rules.rule_of(READ, sub.topic_filter)
+                rule = rules.rule_of(read, sub.topic_filter)
                 actions.append(Denied("subscribe", sub.topic_filter, rule))
         if not refused:
             return packet.raw
@@ -280,6 +265,8 @@ class PolicyEdge:
         while a SUBACK is to be completed they are read as packets."""
         if self.ended:
             return []
+        if self.deliveries and self.acl() is not None:
+            return self._from_broker_read(data)  # (every PUBLISH judged)
         n = len(data)
         if (
             self._broker.between
@@ -311,16 +298,50 @@ class PolicyEdge:
         except RemoteProtocolError as e:
             return self._broker_failed(e)
         out: list[bytes | memoryview] = []
+        actions: Actions = []
         for packet in packets:
             if packet.kind == SUBACK and self._subscriptions:
                 out.append(self._merged_suback(packet))
+            elif self.deliveries and packet.kind in (PUBLISH, PUBREL):
+                if self._delivered(packet, actions):
+                    out.append(packet.raw)
             else:
                 out.append(packet.raw)
-        actions: Actions = [ToDevice(b"".join(out))] if out else []
+        if out:
+            actions.insert(0, ToDevice(b"".join(out)))
         if self._own and not self.broker_reader.buffered:
             own, self._own = self._own, []
             actions.append(ToDevice(b"".join(own)))
         return actions
+
+    def _delivered(self, packet: Packet, actions: Actions) -> bool:
+        """acl_read_mode = delivery: whether the broker's PUBLISH (or PUBREL) goes to the
+        device. A PUBLISH the read rules deny is dropped and acknowledged to the broker as
+        the device would (PUBACK; PUBREC, then PUBCOMP for its PUBREL), so the broker's
+        session state stays whole; the device never learns of it."""
+        if packet.kind == PUBREL:
+            packet_id = ack_packet_id(bytes(packet.raw))
+            if packet_id not in self._dropped:
+                return True
+            self._dropped.discard(packet_id)
+            actions.append(Forward(ack(Kind.PUBCOMP, packet_id, self.level)))
+            return False
+        acl = self.acl()
+        if acl is None:
+            return True
+        rules = self._rules
+        if rules is None or rules.acl is not acl:
+            rules = self._rules = DeviceRules(acl, self.who.username, self.who.client_id)
+        topic = packet.topic or ""  # (a topic alias alone: judged as the empty topic)
+        if rules.allows(READ, topic):
+            return True
+        actions.append(Denied("deliver", topic, rules.rule_of(READ, topic)))
+        if packet.qos and packet.packet_id is not None:
+            if packet.qos == 2:
+                self._dropped.add(packet.packet_id)
+            kind = Kind.PUBACK if packet.qos == 1 else Kind.PUBREC
+            actions.append(Forward(ack(kind, packet.packet_id, self.level)))
+        return False
 
     def _broker_failed(self, e: RemoteProtocolError) -> Actions:
         # Not MQTT as read here (a remaining length over four bytes): the session ends.
@@ -369,4 +390,5 @@ __all__ = [
     "Told",
     "WaitUntil",
     "Who",
+    "closing_reason",
 ]

@@ -7,6 +7,7 @@ import enum
 
 import attrs
 
+from gateway.mqtt.properties import Property, encode_properties
 from gateway.reasons import Reason
 
 
@@ -79,3 +80,28 @@ class Who:
 
     username: str
     client_id: str
+
+
+# The MQTT 5 DISCONNECT reason code of each way the gateway ends a relayed session.
+DISCONNECT_REASONS: dict[Reason, int] = {
+    Reason.REVOKED: 0x87,  # not authorized: its certificate was revoked
+    Reason.DENY_LISTED: 0x87,  # not authorized: a reload's deny_file names its certificate
+    Reason.ACL_DENIED: 0x87,  # not authorized: acl_deny_action = disconnect
+    Reason.SHUTDOWN: 0x8B,  # server shutting down
+    Reason.RELOAD: 0x98,  # administrative action: a reload removed the listener
+    Reason.BAD_PACKET: 0x81,  # malformed packet (over max_packet_size: 0x95, below)
+    Reason.MESSAGE_RATE: 0x96,  # message rate too high
+}
+PACKET_TOO_LARGE = 0x95
+USE_ANOTHER_SERVER = 0x9C
+
+
+def closing_reason(by: Reason, server_reference: str | None = None) -> tuple[int, bytes] | None:
+    """(reason code, encoded properties) of the MQTT 5 DISCONNECT that tells a device why
+    the gateway ends its session (None: no reason to tell): a drain toward another server
+    (``drain_server_reference``) is 0x9C with its Server Reference."""
+    if by is Reason.SHUTDOWN and server_reference:
+        reference = encode_properties([(Property.SERVER_REFERENCE, server_reference)])
+        return USE_ANOTHER_SERVER, reference
+    code = DISCONNECT_REASONS.get(by)
+    return None if code is None else (code, b"\x00")

@@ -20,7 +20,7 @@ from cryptography import x509
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.choices import DenyAction, ProxyVersion
+from gateway.choices import AclReadMode, DenyAction, ProxyVersion
 from gateway.config.model import IdentitySettings, WebSocketSettings
 from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
@@ -102,6 +102,8 @@ class ListenerRules(Protocol):
     def acl(self) -> Acl | None: ...
     @property
     def acl_deny_action(self) -> DenyAction: ...
+    @property
+    def acl_read_mode(self) -> AclReadMode: ...
     @property
     def deny(self) -> DenyList | None: ...
     @property

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.choices import DenyAction, ProxyVersion
+from gateway.choices import AclReadMode, DenyAction, ProxyVersion
 from gateway.config.model import ConnectionLimits, IdentitySettings, WebSocketSettings
 from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
@@ -98,6 +98,10 @@ class GatewayFactory(protocol.Factory):
     @property
     def acl_deny_action(self) -> DenyAction:
         return self.box.parts.acl_deny_action
+
+    @property
+    def acl_read_mode(self) -> AclReadMode:
+        return self.box.parts.acl_read_mode
 
     @property
     def websocket(self) -> WebSocketSettings | None:

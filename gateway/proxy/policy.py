@@ -81,6 +81,7 @@ def policy_for(
         home.session_limits.max_packet_size,
         home.reactor.seconds(),
         home.acl_deny_action,
+        home.acl_read_mode,
     )
     return DevicePolicy(
         edge, device, hooks.forward, hooks.end, home.reactor, home.stats, hooks.denied

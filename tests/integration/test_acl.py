@@ -203,3 +203,41 @@ def test_packets_split_byte_by_byte_are_read_the_same(workdir: str) -> None:
         watcher.sock.close()
         gw.stop()
         broker.stop()
+
+
+def test_read_rules_judged_per_delivery_as_mosquitto_does(workdir: str) -> None:
+    """acl_read_mode = delivery, one deny line: a device's `#` is granted (filter mode
+    refuses it), the broker's deliveries on denied topics never reach it (QoS 1 ones
+    acknowledged to the broker for it), the others do, in order."""
+    p = support.make_pki(workdir)
+    broker, plain = support.start_mosquitto(workdir)
+    rules = os.path.join(workdir, "acl")
+    with open(rules, "w") as f:
+        f.write("topic readwrite #\ntopic deny secret/#\n")
+    port = support.free_port()
+    extra = {"acl_file": rules, "acl_read_mode": "delivery"}
+    gw = support.start_gateway(workdir, support.listener_conf("acl", port, plain, p, extra))
+    try:
+        device = support.tls_connect(port, support.client_context(p, p.client("reader")))
+        device.sendall(support.connect_packet("reader", keep_alive=0, level=5))
+        assert read_packet(device)[0] == 0x20
+        device.sendall(subscribe(1, ["#"], 5))
+        assert read_packet(device)[-1] == 0x01  # granted, QoS 1
+        sender = socket.create_connection(("127.0.0.1", plain), timeout=5)  # behind the gateway
+        sender.sendall(support.connect_packet("sender", keep_alive=0))
+        assert support.read_exact(sender, 4) == b"\x20\x02\x00\x00"
+        for i, topic in enumerate(["news/1", "secret/plans", "news/2", "secret/more"]):
+            sender.sendall(publish(topic, f"m{i}".encode(), 1, i + 1, 4))
+            assert read_packet(sender)[0] == 0x40
+        device.settimeout(5)
+        got = []
+        while len(got) < 2:
+            raw = read_packet(device)
+            if raw[0] >> 4 == 3:
+                got.append(raw)
+        assert [b"news/1" in g for g in got] == [True, False] and b"news/2" in got[1]
+        support.wait_until(lambda: "DELIVER 'secret/plans'" in gw.log(), 5)
+        device.close()
+    finally:
+        gw.stop()
+        broker.stop()

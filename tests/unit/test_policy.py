@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from gateway.choices import DenyAction
+from gateway.choices import AclReadMode, DenyAction
 from gateway.mqtt.acl import Acl, parse_acl
 from gateway.mqtt.limits import DeviceLimits
 from gateway.mqtt.policy import (
@@ -288,3 +288,38 @@ def test_an_mqtt5_session_on_the_short_path_is_told_why_between_the_brokers_pack
     broken.feed(b"\x30\xff\xff\xff\xff\xff")  # a five-byte length: not MQTT
     broken.close(Reason.REVOKED)
     assert device.written == [b"\xe0\x02\x87\x00"]
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_read_rules_judged_per_delivery_grant_what_mosquitto_grants_and_drop_the_rest(
+    level: int,
+) -> None:
+    """acl_read_mode = delivery: `#` is granted despite a deny line (filter mode refuses
+    it); each PUBLISH the broker delivers is judged, a denied one dropped and acknowledged
+    to the broker on the device's behalf (QoS 1: PUBACK; QoS 2: PUBREC, then PUBCOMP for
+    its PUBREL, which the device never sees); the others reach the device in order."""
+    rules = parse_acl("topic readwrite #\ntopic deny secret/#\n")
+    strict = edge(level=level, acl=rules)
+    assert strict.from_device(subscribe(level, 1, [("#", 1)]), 0.0)[0] == Denied(
+        "subscribe", "#", "line 2"
+    )
+    e = PolicyEdge(
+        None, lambda: rules, Who("alice", "c1"), level, 1000, 0.0, read_mode=AclReadMode.DELIVERY
+    )
+    asked = subscribe(level, 1, [("#", 1)])
+    assert e.from_device(asked, 0.0) in (PASS, [Forward(asked)])  # granted whole
+    ok, hidden1 = publish(level, "news", 1, 7, b"a"), publish(level, "secret/x", 1, 8, b"b")
+    hidden2, ok0 = publish(level, "secret/y", 2, 9, b"c"), publish(level, "news", 0, 0, b"d")
+    actions = e.from_broker(ok + hidden1 + hidden2 + ok0)
+    acks = [a for a in actions if isinstance(a, Forward)]
+    assert [a for a in actions if isinstance(a, ToDevice)] == [ToDevice(ok + ok0)]
+    code = b"\x00" if level == 5 else b""  # (MQTT 5 acks carry a reason code)
+    size = bytes([2 + len(code)])
+    assert acks == [
+        Forward(b"\x40" + size + b"\x00\x08" + code),  # PUBACK
+        Forward(b"\x50" + size + b"\x00\x09" + code),  # PUBREC
+    ]
+    assert Denied("deliver", "secret/x", "line 2") in actions
+    # The broker's PUBREL of the dropped QoS 2 message: answered, not passed on.
+    assert e.from_broker(b"\x62\x02\x00\x09") == [Forward(b"\x70" + size + b"\x00\x09" + code)]
+    assert e.from_broker(b"\x62\x02\x00\x07") == [ToDevice(b"\x62\x02\x00\x07")]

@@ -121,6 +121,10 @@ class Parts:
         return "ignore"
 
     @property
+    def acl_read_mode(self) -> str:
+        return "filter"
+
+    @property
     def websocket(self) -> Any:
         return self.settings.websocket if self.settings.websocket_enabled else None
 

@@ -3,7 +3,7 @@ gives."""
 
 from __future__ import annotations
 
-from gateway.choices import AclDefault, DenyAction, IdentitySource, RateAction
+from gateway.choices import AclDefault, AclReadMode, DenyAction, IdentitySource, RateAction
 from gateway.config.keys.key import Key
 from gateway.config.values import (
     choice,
@@ -153,6 +153,17 @@ ACL_KEYS: tuple[Key, ...] = (
         "not authorized; 3.1.1: acknowledged, as Mosquitto does) and refuses a denied "
         "SUBSCRIBE filter in the SUBACK (0x80 / 0x87) while the others pass; disconnect "
         "ends the session (MQTT 5: DISCONNECT 0x87 first).",
+        global_=True,
+    ),
+    Key(
+        "acl_read_mode",
+        "acl.read_mode",
+        choice(AclReadMode),
+        AclReadMode.FILTER,
+        "With acl_file: filter refuses a SUBSCRIBE filter that could receive a topic a deny "
+        "line names; delivery grants a filter the read rules cover whatever the deny lines "
+        "say and drops each PUBLISH the broker delivers that the rules deny (QoS 1/2 "
+        "acknowledged to the broker on the device's behalf), as Mosquitto does.",
         global_=True,
     ),
 )
