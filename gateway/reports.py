@@ -48,6 +48,7 @@ def stats_from_dict(d: dict[str, Any]) -> StatsSnapshot:
         {str(k): int(v) for k, v in d.get("disconnects_sent", {}).items()},
         {str(k): int(v) for k, v in d.get("sessions", {}).items()},
         {str(k): int(v) for k, v in d.get("refused_transport", {}).items()},
+        {str(k): int(v) for k, v in d.get("tenants", {}).items()},
     )
 
 
@@ -92,6 +93,7 @@ def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
         _add_counts([p.disconnects_sent for p in parts]),
         _add_counts([p.sessions for p in parts]),
         _add_counts([p.refused_transport for p in parts]),
+        _add_counts([p.tenants for p in parts]),
     )
 
 

@@ -74,8 +74,16 @@ class ListenerStats:
     # refusals after the TLS handshake, by transport (before it, none is known yet)
     refused_transport: Counter[str] = attrs.Factory(Counter)
 
+    tenants: Counter[str] = attrs.Factory(Counter)  # relayed sessions by tenant (SNI)
+
     def refuse(self, reason: Reason) -> None:
         self.refused[str(reason)] += 1
+
+    def session_started(self, transport: str, tenant: str | None) -> None:
+        self.accepted += 1
+        self.sessions[transport] += 1
+        if tenant is not None:
+            self.tenants[tenant] += 1
 
     def snapshot(self) -> StatsSnapshot:
         return StatsSnapshot(
@@ -97,6 +105,7 @@ class ListenerStats:
             dict(self.disconnects_sent),
             dict(self.sessions),
             dict(self.refused_transport),
+            dict(self.tenants),
         )
 
 
@@ -120,6 +129,7 @@ class StatsSnapshot:
     disconnects_sent: dict[str, int] = attrs.Factory(dict)
     sessions: dict[str, int] = attrs.Factory(dict)  # by transport
     refused_transport: dict[str, int] = attrs.Factory(dict)  # by transport
+    tenants: dict[str, int] = attrs.Factory(dict)  # relayed sessions by tenant
 
 
 @attrs.frozen

@@ -234,6 +234,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "acl_denied": dict(s.acl_denied),
             "disconnects_sent": dict(s.disconnects_sent),
             "sessions_by_transport": dict(sorted(s.sessions.items())),
+            "sessions_by_tenant": dict(sorted(s.tenants.items())),
             "refused_by_transport": dict(sorted(s.refused_transport.items())),
         },
         "brokers": [

@@ -140,6 +140,13 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "MQTT over WebSocket over TLS).",
         ["listener", "transport"],
     )
+    by_tenant = _family(
+        CounterMetricFamily,
+        "mqttgw_tenant_sessions",
+        "Relayed sessions whose server name (SNI) chose a tenant's certificate, by tenant "
+        "(the configured tenants only).",
+        ["listener", "tenant"],
+    )
     refused_transport = _family(
         CounterMetricFamily,
         "mqttgw_refused_after_handshake",
@@ -186,11 +193,14 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
             by_transport.add_metric([name, transport], s.sessions.get(transport, 0))
         for transport in sorted({"tls", *s.refused_transport}):
             refused_transport.add_metric([name, transport], s.refused_transport.get(transport, 0))
+        for tenant, count in sorted(s.tenants.items()):
+            by_tenant.add_metric([name, tenant], count)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
     yield from (upstream_failures, upstream_tls, accepting, throttled, throttled_seconds)
     yield acl_denied
     yield disconnects
     yield by_transport
+    yield by_tenant
     yield refused_transport
     broker_up = _family(
         GaugeMetricFamily,

@@ -36,7 +36,6 @@ from gateway.proxy.holds import ask_authorization, hold_for_revocation
 from gateway.proxy.policy import BrokerFollower, DevicePolicy, PolicyHooks, follows, policy_for
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
-from gateway.tls.native import session_reused
 from gateway.tls.verify import GatewayConnection
 
 log = Logger()
@@ -97,8 +96,7 @@ class ClientProtocol(protocol.Protocol):
         stats.handshake_seconds.observe(self.factory.reactor.seconds() - self._since)
         handle = self.transport.getHandle()
         record = self.record
-        record.tls_version = handle.get_protocol_version_name()
-        record.resumed = session_reused(handle)
+        record.handshake(handle)  # (its version, whether it resumed, the tenant)
         leaf, self.verification.leaf = self.verification.leaf, None
         record.subject, record.serial, cert = describe_peer_certificate(handle, leaf)
         if cert is not None:  # taken now, from the certificate just parsed: no second parse
@@ -352,8 +350,7 @@ class ClientProtocol(protocol.Protocol):
         if self._policy is not None and after:
             self._policy.feed(after)
         self.factory.live.add(self)
-        self.factory.stats.accepted += 1
-        self.factory.stats.sessions[self.record.transport] += 1
+        self.factory.stats.session_started(self.record.transport, self.record.tenant)
         self._since = self.factory.reactor.seconds()
         revocation = self.factory.revocation
         if revocation is not None:

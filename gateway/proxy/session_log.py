@@ -15,6 +15,7 @@ from gateway.mqtt import Connect
 from gateway.peer import Pending
 from gateway.proxy.websocket import Upgrade
 from gateway.reasons import Reason, Side
+from gateway.tls.native import session_reused
 
 log = Logger(namespace="gateway.proxy.relay")
 
@@ -29,6 +30,7 @@ class SessionLog:
         "resumed",
         "serial",
         "subject",
+        "tenant",
         "tls_version",
         "transport",
         "websocket",
@@ -43,6 +45,13 @@ class SessionLog:
         self.resumed = False  # whether the handshake resumed a session
         self.transport = "tls"  # tls, or wss once the device speaks WebSocket
         self.websocket: Upgrade | None = None  # its upgrade, once accepted
+        self.tenant: str | None = None  # the tenant its server name chose (SNI), if any
+
+    def handshake(self, connection: Any) -> None:
+        """What the completed handshake says: version, resumption, the tenant chosen."""
+        self.tls_version = connection.get_protocol_version_name()
+        self.resumed = session_reused(connection)
+        self.tenant = getattr(connection.get_context(), "mqttgw_tenant", None)
 
     def upgraded(self, upgrade: Upgrade) -> None:
         """The device's WebSocket upgrade was accepted (a proxy may have named its address)."""
@@ -77,13 +86,15 @@ class SessionLog:
             "mqtt_level": connect.protocol_level if connect is not None else "-",
             "tls": self.tls_version,
             "resumed": "yes" if self.resumed else "no",
+            "tenant": self.tenant or "-",
         }
 
     def _transport_text(self) -> str:
         """What the session lines say of the transport (their fields are all structured)."""
+        tenant = "tenant={tenant} " if self.tenant is not None else ""
         if self.websocket is None:
-            return "transport={transport} "
-        return (
+            return tenant + "transport={transport} "
+        return tenant + (
             "transport={transport} subprotocol={subprotocol} origin={origin!r} "
             "forwarded={forwarded} "
         )

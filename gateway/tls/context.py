@@ -44,6 +44,7 @@ def build_context(
         by_name = {}
         for tenant in material.tenants:
             tenant_ctx = _context(name, tls, material, verifier, tenant.chain, tenant.key)
+            tenant_ctx.mqttgw_tenant = tenant.settings.id  # type: ignore[attr-defined]  # (the log's)
             for server_name in tenant.settings.server_names:
                 by_name[server_name] = tenant_ctx
         install_servername_callback(ctx, servername_chooser(by_name, tls.sni_strict))

@@ -5,6 +5,7 @@ without touching a live session."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import ssl
@@ -13,6 +14,7 @@ import pytest
 
 from gateway import testing as support
 from gateway.demo import pki
+from tests.integration.test_operations import metrics
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +40,13 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
     beta = pki.issue(p.inter, "beta", server=True, names=("beta.example",))
     acme_files, beta_files = acme.write(workdir, "acme"), beta.write(workdir, "beta")
     broker, broker_port = support.start_mosquitto(workdir)
-    port = support.free_port()
+    port, admin = support.free_port(), support.free_port()
     tenant = {
         "tenant.acme.server_names": "*.acme.example",
         "tenant.acme.certfile": acme_files[0],
         "tenant.acme.keyfile": acme_files[1],
     }
-    conf = support.listener_conf("t", port, broker_port, p, tenant)
+    conf = support.listener_conf("t", port, broker_port, p, tenant) + f"admin.listen = {admin}\n"
     gw = support.start_gateway(workdir, conf)
     try:
         assert "CN = acme" in _subject(port, p, "eu.acme.example")
@@ -72,6 +74,13 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
         assert support.read_exact(live, 2) == b"\xd0\x00"
         live.close()
         support.wait_until(lambda: "beta-device" in broker.log(), 10, what="the broker")
+        assert re.search(
+            r"accepted t .*tenant=acme transport=tls client_id='acme-device'", gw.log()
+        )
+        scraped = metrics(admin)
+        for name in ("acme", "beta"):
+            key = (("listener", "t"), ("tenant", name))
+            assert scraped[("mqttgw_tenant_sessions_total", key)] == 1
     finally:
         gw.stop()
         broker.stop()
