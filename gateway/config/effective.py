@@ -37,4 +37,6 @@ def format_config(config: Config) -> str:
             out.append(f"{at}.server_names = {', '.join(tenant.server_names)}")
             out.append(f"{at}.certfile = {tenant.certfile}")
             out.append(f"{at}.keyfile = {tenant.keyfile}")
+            if tenant.cacertfile is not None:
+                out.append(f"{at}.cacertfile = {tenant.cacertfile}")
     return "\n".join(out) + "\n"

@@ -267,6 +267,19 @@ def _with_tenants(
             "tenants and enable_ocsp_stapling: the staple is the listener's own "
             "certificate's, a tenant's certificate would get none (not yet supported)",
         )
+    own_cas = [t for t in tenants if t.cacertfile is not None]
+    if own_cas and (listener.crl is not None or listener.client_ocsp is not None):
+        line, key = origin[f"tenant.{own_cas[0].id}.cacertfile"]
+        raise ConfigError(
+            path,
+            line,
+            key,
+            "a tenant's own CAs with CRL or OCSP checking of devices: not yet supported (the "
+            "listener's revocation data is checked against its own cacertfile)",
+        )
+    if own_cas and not listener.tls.verify_peer:
+        line, key = origin[f"tenant.{own_cas[0].id}.cacertfile"]
+        raise ConfigError(path, line, key, "needs verify = verify_peer on the listener")
     return attrs.evolve(listener, tenants=tenants), origin
 
 

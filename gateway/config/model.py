@@ -89,6 +89,7 @@ class TenantSettings:
     server_names: tuple[str, ...]  # lower case; "*.example.com" matches one label
     certfile: str
     keyfile: str
+    cacertfile: str | None = None  # its own device CAs (None: the listener's)
 
 
 @attrs.frozen

@@ -1,9 +1,10 @@
 """``listener.<family>.<name>.tenant.<id>.<key>`` lines: a certificate per server name.
 
 Each tenant names the server names it serves (``server_names``: exact names and ``*.``
-wildcards of one label, as certificates match) and its certificate (``certfile``,
-``keyfile``); the client's SNI chooses it at the handshake. The listener's other settings
-(its CAs, revocation, limits, broker) apply to every name. Refused at load, naming the line:
+wildcards of one label, as certificates match), its certificate (``certfile``,
+``keyfile``) and optionally its own device CAs (``cacertfile``: its devices are judged by
+those only); the client's SNI chooses it at the handshake. The listener's other settings
+(revocation, limits, rules, broker) apply to every name. Refused at load, naming the line:
 an unknown tenant key, a tenant without its three keys, a server name that is not a host
 name, a name two tenants serve, tenants on a ws listener (no TLS there), stapling with
 tenants (the staple is the listener's own certificate's).
@@ -20,7 +21,8 @@ from gateway.config.model import TenantSettings
 from gateway.config.values import parse_list
 from gateway.errors import ConfigError
 
-TENANT_KEYS = ("server_names", "certfile", "keyfile")
+TENANT_KEYS = ("server_names", "certfile", "keyfile", "cacertfile")
+REQUIRED = ("server_names", "certfile", "keyfile")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -83,7 +85,7 @@ def tenants_of(
     out = []
     served: dict[str, str] = {}
     for tenant, keys in values.items():
-        missing = [k for k in TENANT_KEYS if k not in keys]
+        missing = [k for k in REQUIRED if k not in keys]
         if missing:
             line, key = next(v for o, v in origin.items() if o.startswith(f"tenant.{tenant}."))
             raise ConfigError(path, line, key, f"tenant {tenant!r} has no {missing[0]}")
@@ -94,7 +96,15 @@ def tenants_of(
                     path, line, key, f"{name} is served by tenant {served[name]!r} already"
                 )
             served[name] = tenant
-        out.append(TenantSettings(tenant, keys["server_names"], keys["certfile"], keys["keyfile"]))
+        out.append(
+            TenantSettings(
+                tenant,
+                keys["server_names"],
+                keys["certfile"],
+                keys["keyfile"],
+                keys.get("cacertfile"),
+            )
+        )
     return tuple(out), origin
 
 

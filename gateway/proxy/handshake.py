@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from OpenSSL import SSL
 from twisted.python.failure import Failure
 
@@ -96,6 +97,27 @@ def deny_refusal(deny: DenyList | None, cert: x509.Certificate) -> tuple[Reason,
     in a reload's sweep of the live sessions), else None."""
     hit = deny.match(cert) if deny is not None else None
     return (Reason.DENY_LISTED, f"deny_file: {hit}") if hit is not None else None
+
+
+def resumed_anchor_refusal(
+    connection: SSL.Connection, cert: x509.Certificate
+) -> tuple[Reason, str] | None:
+    """With tenants that have their own device CAs: a resumed session's certificate must
+    chain, signature by signature, to the CAs of the name it resumed under (OpenSSL does
+    not verify a resumed session; a session of one tenant must not open another's name)."""
+    issuers = getattr(connection.get_context(), "mqttgw_issuers", None)
+    if issuers is None:
+        return None
+    path = issuers.path(cert)
+    try:
+        if path is None:
+            raise ValueError("no issuer")
+        for child, parent in zip(path, path[1:], strict=False):
+            child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        why = "resumed session: the certificate does not chain to this server name's CAs"
+        return Reason.UNKNOWN_CA, why
+    return None
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:

@@ -28,6 +28,7 @@ from gateway.proxy.handshake import (
     deny_refusal,
     describe_peer_certificate,
     proxy_header,
+    resumed_anchor_refusal,
     rewritten,
     taken_from,
     why_not_completed,
@@ -112,6 +113,8 @@ class ClientProtocol(protocol.Protocol):
             refusal = revocation.check_resumed(cert, cert.serial_number, self.verification)
         if refusal is None and cert is not None:  # deny_file: full and resumed handshakes
             refusal = deny_refusal(self.factory.deny, cert)
+        if refusal is None and cert is not None and record.resumed:  # (tenants' own CAs)
+            refusal = resumed_anchor_refusal(handle, cert)
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
     def dataReceived(self, data: bytes) -> None:

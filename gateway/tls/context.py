@@ -36,15 +36,30 @@ def build_context(
     name: str, tls: TlsSettings, material: TlsMaterial, verifier: CertificateVerifier
 ) -> SSL.Context:
     """A server context for listener ``name``, from checked settings and material; with
-    tenants, the client's server name (SNI) switches a connection to its tenant's context,
-    the same in everything but the certificate (same verification, CAs, session id context:
-    a session resumed on another name of the listener is judged as on its own)."""
-    ctx = _context(name, tls, material, verifier, material.chain, material.key)
+    tenants, the client's server name (SNI) switches a connection to its tenant's context:
+    its certificate, and its own device CAs where it has them (their own session id
+    context too; and since a resumed session is not verified again, each context then
+    names the CAs a resumed session's certificate must chain to: ``mqttgw_issuers``)."""
+    cas = material.ca_certs
+    ctx = _context(name, tls, cas, verifier, material.chain, material.key)
+    own_cas = any(t.issuers is not None for t in material.tenants)
+    if own_cas:
+        ctx.mqttgw_issuers = material.issuers  # type: ignore[attr-defined]
     if material.tenants or tls.sni_strict:
         by_name = {}
         for tenant in material.tenants:
-            tenant_ctx = _context(name, tls, material, verifier, tenant.chain, tenant.key)
+            mine = tenant.issuers is not None
+            tenant_ctx = _context(
+                f"{name}/{tenant.settings.id}" if mine else name,
+                tls,
+                tenant.ca_certs if mine else cas,
+                verifier,
+                tenant.chain,
+                tenant.key,
+            )
             tenant_ctx.mqttgw_tenant = tenant.settings.id  # type: ignore[attr-defined]  # (the log's)
+            if own_cas:
+                tenant_ctx.mqttgw_issuers = tenant.issuers or material.issuers  # type: ignore[attr-defined]
             for server_name in tenant.settings.server_names:
                 by_name[server_name] = tenant_ctx
         install_servername_callback(ctx, servername_chooser(by_name, tls.sni_strict))
@@ -71,7 +86,7 @@ def servername_chooser(
 def _context(
     name: str,
     tls: TlsSettings,
-    material: TlsMaterial,
+    ca_certs: Sequence[Any],
     verifier: CertificateVerifier,
     chain: Sequence[Any],
     key: Any,
@@ -96,7 +111,7 @@ def _context(
         store = ctx.get_cert_store()
         assert store is not None
         seen = set()
-        for ca in material.ca_certs:
+        for ca in ca_certs:
             store.add_cert(crypto.X509.from_cryptography(ca))
             # The acceptable-CA list sent in CertificateRequest: the subjects of cacertfile.
             if ca.subject not in seen:

@@ -57,6 +57,8 @@ class TenantMaterial:
     settings: TenantSettings
     chain: tuple[x509.Certificate, ...]
     key: PrivateKeyTypes
+    ca_certs: tuple[x509.Certificate, ...] = ()  # its own device CAs (none: the listener's)
+    issuers: IssuerIndex | None = None  # those, indexed (a resumed session is checked)
 
 
 @attrs.frozen(eq=False)
@@ -159,7 +161,18 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         tenant_key = _private_key(tenant.keyfile, fail, where + "keyfile")
         if _spki(tenant_key.public_key()) != _spki(tenant_chain[0].public_key()):
             raise fail(where + "keyfile", f"does not match the certificate in {tenant.certfile}")
-        tenants.append(TenantMaterial(tenant, tuple(tenant_chain), tenant_key))
+        tenant_cas: list[x509.Certificate] = []
+        if tenant.cacertfile is not None:
+            _, tenant_cas = _certificates(tenant.cacertfile, where + "cacertfile", fail)
+        tenants.append(
+            TenantMaterial(
+                tenant,
+                tuple(tenant_chain),
+                tenant_key,
+                tuple(tenant_cas),
+                IssuerIndex.of(tenant_cas) if tenant_cas else None,
+            )
+        )
         notes = _key_file_warnings(tenant.keyfile)
         warnings += tuple(str(fail(where + "keyfile", w)) for w in notes)
     return TlsMaterial(

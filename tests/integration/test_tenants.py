@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import ssl
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,71 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
         for name in ("acme", "beta"):
             key = (("listener", "t"), ("tenant", name))
             assert scraped[("mqttgw_tenant_sessions_total", key)] == 1
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_a_tenants_own_cas_hold_and_its_sessions_do_not_resume_on_another_name(
+    pki_dir: support.Pki, workdir: str, tls: str
+) -> None:
+    """Two tenants with their own device CAs: a device is served on its tenant's name only,
+    and a session it resumes on the other tenant's name is closed before its CONNECT is
+    answered (OpenSSL does not verify a resumed session; the gateway does)."""
+    p = pki_dir
+    cas, files, devices = {}, {}, {}
+    conf_extra: dict[str, str] = {}
+    for t in ("a", "b"):
+        cas[t] = pki.make_ca(f"tenant {t} devices CA")
+        ca_file = pki.write_ca_bundle(f"{workdir}/{t}-ca.pem", cas[t])
+        files[t] = pki.issue(p.inter, t, server=True, names=(f"{t}.example",)).write(workdir, t)
+        devices[t] = pki.issue(cas[t], f"{t}-device").write(workdir, f"{t}-device")
+        conf_extra |= {
+            f"tenant.{t}.server_names": f"{t}.example",
+            f"tenant.{t}.certfile": files[t][0],
+            f"tenant.{t}.keyfile": files[t][1],
+            f"tenant.{t}.cacertfile": ca_file,
+        }
+    broker, broker_port = support.start_mosquitto(workdir)
+    port = support.free_port()
+    gw = support.start_gateway(
+        workdir, support.listener_conf("t", port, broker_port, p, conf_extra), f"gw-own-{tls}"
+    )
+    ctx = support.client_context(p, devices["a"], tls)
+
+    def attempt(host: str, session: ssl.SSLSession | None = None) -> tuple[bytes, Any]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            s = ctx.wrap_socket(raw, server_hostname=host, session=session)
+            s.sendall(support.connect_packet(f"a-on-{host}"))
+            got = s.recv(4)
+            s.recv(0)
+            return got, s
+        except (ssl.SSLError, ConnectionError):
+            return b"", None
+
+    try:
+        got, first = attempt("a.example")
+        assert got == b"\x20\x02\x00\x00"
+        session = first.session
+        first.recv(0) if tls == "1.2" else None
+        first.close()
+        assert attempt("b.example")[0] == b""  # its certificate is not of b's CAs
+        resumed, s = attempt("a.example", session)
+        assert resumed == b"\x20\x02\x00\x00"  # (resumed or not: its own name serves it)
+        got, crossed = attempt("b.example", session)
+        support.wait_until(lambda: gw.log().count("a-on-") >= 3, 5, what="the log")
+        log = gw.log()
+        if got:
+            # TLS 1.2: OpenSSL resumes a session under the name it was made for (it reports
+            # that name to the servername callback): the device stays tenant a's, judged by
+            # a's CAs, never b's.
+            assert tls == "1.2"
+            assert re.search(r"accepted t .*tenant=a .*'a-on-b.example'.*resumed=yes", log)
+        else:
+            assert "a-on-b.example" not in broker.log()
+        assert "tenant=b" not in log  # no device of a's was ever served as b's
     finally:
         gw.stop()
         broker.stop()

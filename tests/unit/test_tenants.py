@@ -14,6 +14,8 @@ from gateway.config.effective import format_config
 from gateway.config.tenants import parse_server_names, tenant_for
 from gateway.demo import pki
 from gateway.errors import ConfigError
+from gateway.proxy.handshake import resumed_anchor_refusal
+from gateway.revocation.chains import IssuerIndex
 from gateway.testing import prepare_text
 from gateway.tls.context import build_context
 from gateway.tls.verify import CertificateVerifier
@@ -54,7 +56,7 @@ def test_server_names_and_the_lookup() -> None:
 def test_tenants_parse_and_check_config_prints_them_back(p: support.Pki) -> None:
     acme = tenant_cert(p, "acme", "mqtt.acme.example", "*.acme.example")
     extra = tenant_lines("acme", acme, "mqtt.acme.example, *.acme.example")
-    extra["sni_strict"] = "true"
+    extra |= {"sni_strict": "true", "tenant.acme.cacertfile": p.ca_file}
     prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
     listener = prepared.config.listener("t")
     (tenant,) = listener.tenants
@@ -65,6 +67,7 @@ def test_tenants_parse_and_check_config_prints_them_back(p: support.Pki) -> None
     )
     text = format_config(prepared.config)
     assert "listener.ssl.t.tenant.acme.server_names = mqtt.acme.example, *.acme.example" in text
+    assert f"listener.ssl.t.tenant.acme.cacertfile = {p.ca_file}" in text
     again = prepare_text(text).config.listener("t")
     assert again == listener
 
@@ -72,7 +75,7 @@ def test_tenants_parse_and_check_config_prints_them_back(p: support.Pki) -> None
 @pytest.mark.parametrize(
     ("extra", "line", "why"),
     [
-        ({"tenant.a.cacertfile": "x"}, 6, "the key one of server_names, certfile, keyfile"),
+        ({"tenant.a.ocsp": "x"}, 6, "the key one of server_names, certfile, keyfile"),
         ({"tenant.a.server_names": "a.example"}, 6, "tenant 'a' has no certfile"),
         ({"tenant.a.server_names": "not a name"}, 6, "is not a host name"),
         ({"sni_strict": "true"}, 6, "needs tenants"),
@@ -103,12 +106,14 @@ def test_a_name_served_twice_a_ws_listener_and_stapling_are_refused(p: support.P
         prepare_text(support.listener_conf("t", 8883, 1883, p, wrong_key))
 
 
-def _served(ctx: SSL.Context, p: support.Pki, name: bytes | None) -> str:
+def _served(
+    ctx: SSL.Context, p: support.Pki, name: bytes | None, device: tuple[str, str] | None = None
+) -> str:
     """The subject of the certificate a client sending ``name`` is served ("refused" if the
     handshake fails), over memory BIOs."""
     client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_ctx.load_verify_locations(p.ca_file)
-    device_cert, device_key = p.client("sni-device")
+    device_cert, device_key = device or p.client("sni-device")
     client_ctx.use_certificate_chain_file(device_cert)
     client_ctx.use_privatekey_file(device_key)
     client, server = SSL.Connection(client_ctx, None), SSL.Connection(ctx, None)
@@ -149,3 +154,53 @@ def test_the_name_sent_chooses_the_certificate(p: support.Pki, strict: bool) -> 
     assert _served(ctx, p, b"other.example") == fallback
     assert _served(ctx, p, None) == fallback
     assert os.path.exists(acme[0])
+
+
+def test_a_tenant_with_its_own_cas_judges_its_devices_by_those_only(p: support.Pki) -> None:
+    """Tenant b's devices come from its own CA: on b's name they are served, and the
+    listener's devices are refused there; on the listener's own name, b's devices are."""
+    b_ca = pki.make_ca("tenant b devices CA")
+    b_ca_file = pki.write_ca_bundle(os.path.join(p.dir, "b-ca.pem"), b_ca)
+    b_device = pki.issue(b_ca, "b-device").write(p.dir, "b-device")
+    beta = tenant_cert(p, "beta", "beta.example")
+    extra = tenant_lines("beta", beta, "beta.example") | {"tenant.beta.cacertfile": b_ca_file}
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    listener = prepared.config.listener("t")
+    ctx = build_context("t", listener.tls, prepared.materials["t"], CertificateVerifier())
+    assert _served(ctx, p, b"beta.example", b_device) == "CN=beta"
+    assert _served(ctx, p, b"beta.example") == "refused"  # the listener's device, on b's name
+    assert _served(ctx, p, None, b_device) == "refused"  # b's device, on the listener's name
+    assert _served(ctx, p, None) == "CN=localhost"
+
+
+def test_a_resumed_session_must_chain_to_the_cas_of_its_name(p: support.Pki) -> None:
+    """OpenSSL verifies nothing on resumption: the gateway checks the certificate against
+    the CAs of the context the session resumed under, signature by signature."""
+    b_ca = pki.make_ca("tenant b devices CA (resumed)")
+    b_device = x509.load_pem_x509_certificate(pki.cert_pem(pki.issue(b_ca, "b-dev").cert))
+    mine = x509.load_pem_x509_certificate(pki.cert_pem(pki.issue(p.inter, "mine").cert))
+    forged_ca = pki.make_ca("tenant b devices CA (resumed)")  # the same name, another key
+    forged = x509.load_pem_x509_certificate(pki.cert_pem(pki.issue(forged_ca, "f").cert))
+
+    class Ctx:
+        mqttgw_issuers = IssuerIndex.of([b_ca.cert])
+
+    class Conn:
+        def get_context(self) -> Ctx:
+            return Ctx()
+
+    assert resumed_anchor_refusal(Conn(), b_device) is None  # type: ignore[arg-type]
+    for other in (mine, forged):
+        refusal = resumed_anchor_refusal(Conn(), other)  # type: ignore[arg-type]
+        assert refusal is not None and refusal[0] == "unknown_ca"
+
+
+def test_own_cas_with_revocation_checking_are_refused_at_load(p: support.Pki) -> None:
+    beta = tenant_cert(p, "beta2", "beta.example")
+    extra = tenant_lines("beta", beta, "beta.example") | {
+        "tenant.beta.cacertfile": p.ca_file,
+        "enable_crl_cache": "true",
+        "crl_cache_urls": "http://127.0.0.1:1/c.crl",
+    }
+    with pytest.raises(ConfigError, match="own CAs with CRL or OCSP checking"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
