@@ -159,6 +159,8 @@ class ListenerService(service.MultiService):
                 self.revocation_updated()  # live sessions against the new revocation data
             if new.deny and new.deny != old.deny:
                 self.factory.sweep_denied()  # live sessions against the new deny_file
+            if new.tenants_enabled != old.tenants_enabled:
+                self.factory.sweep_tenants()  # the sessions of tenants no longer served
             if new.stapler is not old.stapler:
                 self.staple_changed()
 

@@ -84,6 +84,11 @@ class ListenerParts:
         return self.material.deny
 
     @property
+    def tenants_enabled(self) -> frozenset[str]:
+        """The tenants served now (their devices; the others' are refused and closed)."""
+        return frozenset(t.id for t in self.settings.tenants if t.enabled)
+
+    @property
     def websocket(self) -> WebSocketSettings | None:
         """MQTT over WebSocket's settings where devices may use it (None: MQTT only)."""
         return self.settings.websocket if self.settings.websocket_enabled else None

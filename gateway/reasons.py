@@ -54,6 +54,10 @@ class Reason(Word):
     OCSP_UNKNOWN = "ocsp_unknown", "the OCSP responder does not know the certificate"
     OCSP_UNAVAILABLE = "ocsp_unavailable", "no valid OCSP answer could be obtained in time"
     # After the handshake.
+    TENANT_DISABLED = (
+        "tenant_disabled",
+        "the tenant the server name chose is disabled (enabled = false), or a reload removed it",
+    )
     HANDSHAKE_TIMEOUT = "handshake_timeout", "no TLS handshake within handshake_timeout"
     CONNECT_TIMEOUT = "connect_timeout", "no CONNECT within connect_timeout"
     BAD_CONNECT = "bad_connect", "the first packet was not a valid CONNECT"

@@ -39,4 +39,5 @@ def format_config(config: Config) -> str:
             out.append(f"{at}.keyfile = {tenant.keyfile}")
             if tenant.cacertfile is not None:
                 out.append(f"{at}.cacertfile = {tenant.cacertfile}")
+            out.append(f"{at}.enabled = {'true' if tenant.enabled else 'false'}")
     return "\n".join(out) + "\n"

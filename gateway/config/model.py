@@ -90,6 +90,7 @@ class TenantSettings:
     certfile: str
     keyfile: str
     cacertfile: str | None = None  # its own device CAs (None: the listener's)
+    enabled: bool = True  # false: its devices refused, its live sessions closed at reload
 
 
 @attrs.frozen

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.config.model import TenantSettings
-from gateway.config.values import parse_list
+from gateway.config.values import parse_bool, parse_list
 from gateway.errors import ConfigError
 
-TENANT_KEYS = ("server_names", "certfile", "keyfile", "cacertfile")
+TENANT_KEYS = ("server_names", "certfile", "keyfile", "cacertfile", "enabled")
 REQUIRED = ("server_names", "certfile", "keyfile")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -73,11 +73,12 @@ def tenants_of(
             first = origin[option][0]
             raise ConfigError(path, entry.line, entry.key, f"already set at line {first}")
         try:
-            value: Any = (
-                parse_server_names(entry.value)
-                if key == "server_names"
-                else os.path.normpath(os.path.join(base_dir, entry.value.strip()))
-            )
+            if key == "server_names":
+                value: Any = parse_server_names(entry.value)
+            elif key == "enabled":
+                value = parse_bool(entry.value)
+            else:
+                value = os.path.normpath(os.path.join(base_dir, entry.value.strip()))
         except ValueError as e:
             raise ConfigError(path, entry.line, entry.key, str(e)) from None
         values.setdefault(tenant, {})[key] = value
@@ -103,6 +104,7 @@ def tenants_of(
                 keys["certfile"],
                 keys["keyfile"],
                 keys.get("cacertfile"),
+                keys.get("enabled", True),
             )
         )
     return tuple(out), origin

@@ -86,6 +86,7 @@ class Who:
 DISCONNECT_REASONS: dict[Reason, int] = {
     Reason.REVOKED: 0x87,  # not authorized: its certificate was revoked
     Reason.DENY_LISTED: 0x87,  # not authorized: a reload's deny_file names its certificate
+    Reason.TENANT_DISABLED: 0x98,  # administrative action: its tenant disabled or removed
     Reason.ACL_DENIED: 0x87,  # not authorized: acl_deny_action = disconnect
     Reason.SHUTDOWN: 0x8B,  # server shutting down
     Reason.RELOAD: 0x98,  # administrative action: a reload removed the listener

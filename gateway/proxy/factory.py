@@ -20,6 +20,7 @@ from gateway.proxy.authorize import Authorizer
 from gateway.proxy.contracts import ConnectUpstream, HoldsParts, Revocation
 from gateway.proxy.handshake import deny_refusal, peer_certificate
 from gateway.proxy.relay import ClientProtocol
+from gateway.reasons import Reason
 from gateway.status import ListenerStats
 
 
@@ -94,6 +95,10 @@ class GatewayFactory(protocol.Factory):
     @property
     def authorizer(self) -> Authorizer | None:
         return self.box.parts.authorizer
+
+    @property
+    def tenants_enabled(self) -> frozenset[str]:
+        return self.box.parts.tenants_enabled
 
     @property
     def acl_deny_action(self) -> DenyAction:
@@ -172,4 +177,19 @@ class GatewayFactory(protocol.Factory):
 
         if not deny:
             return defer.succeed(None)
+        return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)
+
+    def sweep_tenants(self) -> defer.Deferred[None]:
+        """After a reload changed the tenants: close the live sessions of a tenant now
+        disabled or removed (MQTT 5: DISCONNECT 0x98, administrative action)."""
+        served = self.tenants_enabled
+
+        def sweep() -> Iterator[None]:
+            for client in list(self.live):
+                tenant = client.record.tenant
+                if tenant is not None and tenant not in served:
+                    why = f"tenant {tenant} was disabled or removed by a reload"
+                    client.revoke_session(Reason.TENANT_DISABLED, why)
+                yield None
+
         return self._cooperate(sweep()).whenDone().addCallback(lambda _: None)

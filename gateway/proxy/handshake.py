@@ -99,6 +99,22 @@ def deny_refusal(deny: DenyList | None, cert: x509.Certificate) -> tuple[Reason,
     return (Reason.DENY_LISTED, f"deny_file: {hit}") if hit is not None else None
 
 
+def after_handshake(
+    home: Any, connection: SSL.Connection, cert: x509.Certificate | None, record: SessionLog
+) -> tuple[Reason, str] | None:
+    """The checks of every completed handshake, resumed or not, after revocation's: the
+    tenant its server name chose is still served (not disabled, not removed by a reload),
+    deny_file does not name the certificate, a resumed session chains to its name's CAs."""
+    if record.tenant is not None and record.tenant not in home.tenants_enabled:
+        return Reason.TENANT_DISABLED, f"tenant {record.tenant} is disabled or was removed"
+    if cert is None:
+        return None
+    refusal = deny_refusal(home.deny, cert)
+    if refusal is None and record.resumed:
+        refusal = resumed_anchor_refusal(connection, cert)
+    return refusal
+
+
 def resumed_anchor_refusal(
     connection: SSL.Connection, cert: x509.Certificate
 ) -> tuple[Reason, str] | None:

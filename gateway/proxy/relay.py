@@ -25,10 +25,9 @@ from gateway.proxy.contracts import ClientHome
 from gateway.proxy.device_link import DeviceLink, link_for, plain_link
 from gateway.proxy.handshake import (
     Identity,
-    deny_refusal,
+    after_handshake,
     describe_peer_certificate,
     proxy_header,
-    resumed_anchor_refusal,
     rewritten,
     taken_from,
     why_not_completed,
@@ -111,10 +110,8 @@ class ClientProtocol(protocol.Protocol):
         revocation, refusal = self.factory.revocation, None
         if revocation is not None and not self.verification.chain and cert is not None:
             refusal = revocation.check_resumed(cert, cert.serial_number, self.verification)
-        if refusal is None and cert is not None:  # deny_file: full and resumed handshakes
-            refusal = deny_refusal(self.factory.deny, cert)
-        if refusal is None and cert is not None and record.resumed:  # (tenants' own CAs)
-            refusal = resumed_anchor_refusal(handle, cert)
+        if refusal is None:  # deny_file, the tenant's state and CAs: every handshake
+            refusal = after_handshake(self.factory, handle, cert, record)
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
     def dataReceived(self, data: bytes) -> None:

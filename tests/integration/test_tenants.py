@@ -33,6 +33,13 @@ def _device(port: int, p: support.Pki, host: str) -> ssl.SSLSocket:
     return ctx.wrap_socket(raw, server_hostname=host)
 
 
+def _connack5(sock: ssl.SSLSocket) -> int:
+    """An MQTT 5 CONNACK's reason code."""
+    head = support.read_exact(sock, 2)
+    assert head[0] == 0x20, head
+    return support.read_exact(sock, head[1])[1]
+
+
 def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
     pki_dir: support.Pki, workdir: str
 ) -> None:
@@ -53,8 +60,8 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
         assert "CN = acme" in _subject(port, p, "eu.acme.example")
         assert "CN = localhost" in _subject(port, p, "beta.example")  # not served yet
         live = _device(port, p, "eu.acme.example")
-        live.sendall(support.connect_packet("acme-device"))
-        assert support.read_exact(live, 4) == b"\x20\x02\x00\x00"
+        live.sendall(support.connect_packet("acme-device", level=5))
+        assert _connack5(live) == 0
         with pytest.raises(ssl.SSLCertVerificationError):
             _device(port, p, "beta.example")  # the listener's own certificate does not name it
 
@@ -82,6 +89,26 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
         for name in ("acme", "beta"):
             key = (("listener", "t"), ("tenant", name))
             assert scraped[("mqttgw_tenant_sessions_total", key)] == 1
+        # Disabled at the next reload: its live session closed (MQTT 5: 0x98), its devices
+        # refused; beta's session goes on.
+        other = _device(port, p, "beta.example")
+        other.sendall(support.connect_packet("beta-live"))
+        assert support.read_exact(other, 4) == b"\x20\x02\x00\x00"
+        acme_live = _device(port, p, "eu.acme.example")
+        acme_live.sendall(support.connect_packet("acme-live", level=5))
+        assert _connack5(acme_live) == 0
+        with open(gw.log_path.removesuffix(".log") + ".conf", "a") as f:
+            f.write("listener.ssl.t.tenant.acme.enabled = false\n")
+        gw.proc.send_signal(signal.SIGHUP)
+        acme_live.settimeout(10)
+        assert support.read_exact(acme_live, 4) == b"\xe0\x02\x98\x00"
+        with _device(port, p, "eu.acme.example") as refused:
+            refused.sendall(support.connect_packet("acme-after"))
+            assert refused.recv(4) == b""
+        support.wait_until(lambda: "reason=tenant_disabled" in gw.log(), 5, what="the refusal")
+        other.sendall(b"\xc0\x00")
+        assert support.read_exact(other, 2) == b"\xd0\x00"
+        other.close()
     finally:
         gw.stop()
         broker.stop()
