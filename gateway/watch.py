@@ -49,7 +49,7 @@ def watched_files(config: Config) -> tuple[str, ...]:
         paths += [tls.certfile, tls.keyfile, tls.cacertfile, listener.acl.file]
         paths.append(listener.identity.deny_file)
         for tenant in listener.tenants:
-            paths += [tenant.certfile, tenant.keyfile, tenant.cacertfile]
+            paths += [tenant.certfile, tenant.keyfile, tenant.cacertfile, tenant.match_ca]
         if listener.ocsp is not None:
             paths.append(listener.ocsp.issuer_pem)
         upstream = listener.upstream.tls

@@ -40,4 +40,6 @@ def format_config(config: Config) -> str:
             if tenant.cacertfile is not None:
                 out.append(f"{at}.cacertfile = {tenant.cacertfile}")
             out.append(f"{at}.enabled = {'true' if tenant.enabled else 'false'}")
+            if tenant.match_ca is not None:
+                out.append(f"{at}.match_ca = {tenant.match_ca}")
     return "\n".join(out) + "\n"

@@ -267,9 +267,10 @@ def _with_tenants(
             "tenants and enable_ocsp_stapling: the staple is the listener's own "
             "certificate's, a tenant's certificate would get none (not yet supported)",
         )
-    own_cas = [t for t in tenants if t.cacertfile is not None]
+    own_cas = [t for t in tenants if t.cacertfile is not None or t.match_ca is not None]
     if own_cas and (listener.crl is not None or listener.client_ocsp is not None):
-        line, key = origin[f"tenant.{own_cas[0].id}.cacertfile"]
+        first = own_cas[0]
+        line, key = origin[f"tenant.{first.id}.{'cacertfile' if first.cacertfile else 'match_ca'}"]
         raise ConfigError(
             path,
             line,
@@ -278,7 +279,8 @@ def _with_tenants(
             "listener's revocation data is checked against its own cacertfile)",
         )
     if own_cas and not listener.tls.verify_peer:
-        line, key = origin[f"tenant.{own_cas[0].id}.cacertfile"]
+        first = own_cas[0]
+        line, key = origin[f"tenant.{first.id}.{'cacertfile' if first.cacertfile else 'match_ca'}"]
         raise ConfigError(path, line, key, "needs verify = verify_peer on the listener")
     return attrs.evolve(listener, tenants=tenants), origin
 

@@ -91,6 +91,7 @@ class TenantSettings:
     keyfile: str
     cacertfile: str | None = None  # its own device CAs (None: the listener's)
     enabled: bool = True  # false: its devices refused, its live sessions closed at reload
+    match_ca: str | None = None  # CAs whose devices are its own when they send no name
 
 
 @attrs.frozen

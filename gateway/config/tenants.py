@@ -21,7 +21,7 @@ from gateway.config.model import TenantSettings
 from gateway.config.values import parse_bool, parse_list
 from gateway.errors import ConfigError
 
-TENANT_KEYS = ("server_names", "certfile", "keyfile", "cacertfile", "enabled")
+TENANT_KEYS = ("server_names", "certfile", "keyfile", "cacertfile", "enabled", "match_ca")
 REQUIRED = ("server_names", "certfile", "keyfile")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -105,6 +105,7 @@ def tenants_of(
                 keys["keyfile"],
                 keys.get("cacertfile"),
                 keys.get("enabled", True),
+                keys.get("match_ca"),
             )
         )
     return tuple(out), origin

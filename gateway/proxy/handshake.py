@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from twisted.python.failure import Failure
 
@@ -105,6 +106,8 @@ def after_handshake(
     """The checks of every completed handshake, resumed or not, after revocation's: the
     tenant its server name chose is still served (not disabled, not removed by a reload),
     deny_file does not name the certificate, a resumed session chains to its name's CAs."""
+    if record.tenant is None and cert is not None:  # no name: match_ca may choose
+        record.tenant = anchored_tenant(connection, cert)
     if record.tenant is not None and record.tenant not in home.tenants_enabled:
         return Reason.TENANT_DISABLED, f"tenant {record.tenant} is disabled or was removed"
     if cert is None:
@@ -113,6 +116,22 @@ def after_handshake(
     if refusal is None and record.resumed:
         refusal = resumed_anchor_refusal(connection, cert)
     return refusal
+
+
+def anchored_tenant(connection: SSL.Connection, cert: x509.Certificate) -> str | None:
+    """The tenant whose ``match_ca`` anchored the device's chain, on the listener's own
+    context (no server name, or one no tenant serves): from the chain OpenSSL verified, or
+    for a resumed session the chain rebuilt from the CAs (checked by
+    ``resumed_anchor_refusal`` next)."""
+    ctx = connection.get_context()
+    anchors = getattr(ctx, "mqttgw_anchors", None)
+    if not anchors:
+        return None
+    chain = connection.get_verified_chain(as_cryptography=True)
+    if not chain:
+        path = ctx.mqttgw_issuers.path(cert)  # type: ignore[attr-defined]
+        chain = path or []
+    return anchors.get(chain[-1].fingerprint(hashes.SHA256())) if chain else None
 
 
 def resumed_anchor_refusal(

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -20,6 +21,7 @@ from zope.interface import implementer
 from gateway.config.model import TlsSettings
 from gateway.config.tenants import tenant_for
 from gateway.peer import PeerVerification
+from gateway.revocation.chains import IssuerIndex
 from gateway.tls.material import TlsMaterial, apply_suites
 from gateway.tls.native import install_servername_callback
 from gateway.tls.verify import CertificateVerifier, GatewayConnection, install_verify
@@ -41,10 +43,16 @@ def build_context(
     context too; and since a resumed session is not verified again, each context then
     names the CAs a resumed session's certificate must chain to: ``mqttgw_issuers``)."""
     cas = material.ca_certs
-    ctx = _context(name, tls, cas, verifier, material.chain, material.key)
-    own_cas = any(t.issuers is not None for t in material.tenants)
+    matched = [(ca, t.settings.id) for t in material.tenants for ca in t.match_cas]
+    bare_cas = [*cas, *(ca for ca, _ in matched)]  # (match_ca: those devices, no name)
+    ctx = _context(name, tls, bare_cas, verifier, material.chain, material.key)
+    own_cas = any(t.issuers is not None for t in material.tenants) or bool(matched)
+    issuers = IssuerIndex.of(bare_cas) if matched else material.issuers
     if own_cas:
-        ctx.mqttgw_issuers = material.issuers  # type: ignore[attr-defined]
+        ctx.mqttgw_issuers = issuers  # type: ignore[attr-defined]
+    if matched:  # the anchor of a device's chain -> its tenant (SHA-256 of the CA's DER)
+        anchors = {ca.fingerprint(hashes.SHA256()): tenant for ca, tenant in matched}
+        ctx.mqttgw_anchors = anchors  # type: ignore[attr-defined]
     if material.tenants or tls.sni_strict:
         by_name = {}
         for tenant in material.tenants:
@@ -59,7 +67,7 @@ def build_context(
             )
             tenant_ctx.mqttgw_tenant = tenant.settings.id  # type: ignore[attr-defined]  # (the log's)
             if own_cas:
-                tenant_ctx.mqttgw_issuers = tenant.issuers or material.issuers  # type: ignore[attr-defined]
+                tenant_ctx.mqttgw_issuers = tenant.issuers or issuers  # type: ignore[attr-defined]
             for server_name in tenant.settings.server_names:
                 by_name[server_name] = tenant_ctx
         install_servername_callback(ctx, servername_chooser(by_name, tls.sni_strict))

@@ -59,6 +59,7 @@ class TenantMaterial:
     key: PrivateKeyTypes
     ca_certs: tuple[x509.Certificate, ...] = ()  # its own device CAs (none: the listener's)
     issuers: IssuerIndex | None = None  # those, indexed (a resumed session is checked)
+    match_cas: tuple[x509.Certificate, ...] = ()  # match_ca: its devices on the bare name
 
 
 @attrs.frozen(eq=False)
@@ -126,6 +127,10 @@ def _private_key(filename: str, fail: Fail, option: str = "keyfile") -> PrivateK
         ) from None
 
 
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
 def _spki(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -154,7 +159,7 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
     if listener.ocsp is not None:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
     warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile)) + warnings
-    tenants = []
+    tenants: list[TenantMaterial] = []
     for tenant in listener.tenants:
         where = f"tenant.{tenant.id}."
         _, tenant_chain = _certificates(tenant.certfile, where + "certfile", fail)
@@ -164,6 +169,20 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         tenant_cas: list[x509.Certificate] = []
         if tenant.cacertfile is not None:
             _, tenant_cas = _certificates(tenant.cacertfile, where + "cacertfile", fail)
+        match_cas: list[x509.Certificate] = []
+        if tenant.match_ca is not None:
+            _, match_cas = _certificates(tenant.match_ca, where + "match_ca", fail)
+            for ca in match_cas:
+                if ca in ca_certs:
+                    raise fail(
+                        where + "match_ca", f"{_subject(ca)} is in the listener's cacertfile"
+                    )
+                for other in tenants:
+                    if ca in other.match_cas:
+                        raise fail(
+                            where + "match_ca",
+                            f"{_subject(ca)} selects tenant {other.settings.id!r} already",
+                        )
         tenants.append(
             TenantMaterial(
                 tenant,
@@ -171,6 +190,7 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
                 tenant_key,
                 tuple(tenant_cas),
                 IssuerIndex.of(tenant_cas) if tenant_cas else None,
+                tuple(match_cas),
             )
         )
         notes = _key_file_warnings(tenant.keyfile)

@@ -135,6 +135,7 @@ def test_a_tenants_own_cas_hold_and_its_sessions_do_not_resume_on_another_name(
             f"tenant.{t}.keyfile": files[t][1],
             f"tenant.{t}.cacertfile": ca_file,
         }
+    conf_extra["tenant.a.match_ca"] = f"{workdir}/a-ca.pem"  # a's devices, sending no name
     broker, broker_port = support.start_mosquitto(workdir)
     port = support.free_port()
     gw = support.start_gateway(
@@ -174,6 +175,13 @@ def test_a_tenants_own_cas_hold_and_its_sessions_do_not_resume_on_another_name(
         else:
             assert "a-on-b.example" not in broker.log()
         assert "tenant=b" not in log  # no device of a's was ever served as b's
+        # No server name (an IP address): the listener's own certificate; match_ca makes
+        # the device a's.
+        got, bare = attempt("127.0.0.1")
+        assert got == b"\x20\x02\x00\x00"
+        support.wait_until(
+            lambda: "tenant=a transport=tls client_id='a-on-127.0.0.1'" in gw.log(), 5
+        )
     finally:
         gw.stop()
         broker.stop()

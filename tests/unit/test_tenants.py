@@ -14,7 +14,7 @@ from gateway.config.effective import format_config
 from gateway.config.tenants import parse_server_names, tenant_for
 from gateway.demo import pki
 from gateway.errors import ConfigError
-from gateway.proxy.handshake import resumed_anchor_refusal
+from gateway.proxy.handshake import anchored_tenant, resumed_anchor_refusal
 from gateway.revocation.chains import IssuerIndex
 from gateway.testing import prepare_text
 from gateway.tls.context import build_context
@@ -111,6 +111,13 @@ def _served(
 ) -> str:
     """The subject of the certificate a client sending ``name`` is served ("refused" if the
     handshake fails), over memory BIOs."""
+    return _handshake(ctx, p, name, device)[0]
+
+
+def _handshake(
+    ctx: SSL.Context, p: support.Pki, name: bytes | None, device: tuple[str, str] | None = None
+) -> tuple[str, SSL.Connection]:
+    """(what ``_served`` says, the server's side of the connection)."""
     client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_ctx.load_verify_locations(p.ca_file)
     device_cert, device_key = device or p.client("sni-device")
@@ -128,14 +135,14 @@ def _served(
             except SSL.WantReadError:
                 pass
             except SSL.Error:
-                return "refused"
+                return "refused", server
             try:
                 b.bio_write(a.bio_read(65536))
             except SSL.WantReadError:
                 pass
     cert = client.get_peer_certificate(as_cryptography=True)
     assert isinstance(cert, x509.Certificate)
-    return cert.subject.rfc4514_string().split(",")[0]
+    return cert.subject.rfc4514_string().split(",")[0], server
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -204,3 +211,32 @@ def test_own_cas_with_revocation_checking_are_refused_at_load(p: support.Pki) ->
     }
     with pytest.raises(ConfigError, match="own CAs with CRL or OCSP checking"):
         prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+
+
+def test_match_ca_chooses_the_tenant_of_a_device_that_sends_no_name(p: support.Pki) -> None:
+    """A device of tenant m's match_ca CA sending no server name gets the listener's own
+    certificate and is m's (the CA that anchored its chain); the listener's own devices are
+    no tenant's. A CA two tenants claim, or one of the listener's own, is refused at load."""
+    m_ca = pki.make_ca("tenant m devices CA")
+    m_ca_file = pki.write_ca_bundle(os.path.join(p.dir, "m-ca.pem"), m_ca)
+    m_device = pki.issue(m_ca, "m-device").write(p.dir, "m-device")
+    mcert = tenant_cert(p, "m", "m.example")
+    extra = tenant_lines("m", mcert, "m.example") | {"tenant.m.match_ca": m_ca_file}
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    assert "tenant.m.match_ca = " in format_config(prepared.config)
+    listener = prepared.config.listener("t")
+    ctx = build_context("t", listener.tls, prepared.materials["t"], CertificateVerifier())
+    served, server = _handshake(ctx, p, None, m_device)
+    assert served == "CN=localhost"
+    device_cert = server.get_peer_certificate(as_cryptography=True)
+    assert device_cert is not None and anchored_tenant(server, device_cert) == "m"
+    served, server = _handshake(ctx, p, None)
+    own = server.get_peer_certificate(as_cryptography=True)
+    assert own is not None and anchored_tenant(server, own) is None
+    twice = extra | tenant_lines("n", tenant_cert(p, "n", "n.example"), "n.example")
+    twice["tenant.n.match_ca"] = m_ca_file
+    with pytest.raises(ConfigError, match="selects tenant 'm' already"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, twice))
+    theirs = tenant_lines("m", mcert, "m.example") | {"tenant.m.match_ca": p.ca_file}
+    with pytest.raises(ConfigError, match="is in the listener's cacertfile"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, theirs))
