@@ -67,7 +67,9 @@ def build_context(
             )
             tenant_ctx.mqttgw_tenant = tenant.settings.id  # type: ignore[attr-defined]  # (the log's)
             if own_cas:
-                tenant_ctx.mqttgw_issuers = tenant.issuers or issuers  # type: ignore[attr-defined]
+                # (its own CAs, or the listener's: never match_ca's, which only the bare
+                # name admits)
+                tenant_ctx.mqttgw_issuers = tenant.issuers or material.issuers  # type: ignore[attr-defined]
             for server_name in tenant.settings.server_names:
                 by_name[server_name] = tenant_ctx
         install_servername_callback(ctx, servername_chooser(by_name, tls.sni_strict))

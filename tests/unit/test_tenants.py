@@ -114,18 +114,32 @@ def _served(
     return _handshake(ctx, p, name, device)[0]
 
 
-def _handshake(
-    ctx: SSL.Context, p: support.Pki, name: bytes | None, device: tuple[str, str] | None = None
-) -> tuple[str, SSL.Connection]:
-    """(what ``_served`` says, the server's side of the connection)."""
+def _client_context(p: support.Pki, device: tuple[str, str] | None) -> SSL.Context:
     client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_ctx.load_verify_locations(p.ca_file)
     device_cert, device_key = device or p.client("sni-device")
     client_ctx.use_certificate_chain_file(device_cert)
     client_ctx.use_privatekey_file(device_key)
+    return client_ctx
+
+
+def _handshake(
+    ctx: SSL.Context,
+    p: support.Pki,
+    name: bytes | None,
+    device: tuple[str, str] | None = None,
+    session: SSL.Session | None = None,
+    out: list[SSL.Session] | None = None,
+    client_ctx: SSL.Context | None = None,
+) -> tuple[str, SSL.Connection]:
+    """(what ``_served`` says, the server's side of the connection); ``session``: one to
+    resume; ``out`` gets the client's session (its TLS 1.3 ticket read)."""
+    client_ctx = client_ctx or _client_context(p, device)
     client, server = SSL.Connection(client_ctx, None), SSL.Connection(ctx, None)
     if name is not None:
         client.set_tlsext_host_name(name)
+    if session is not None:
+        client.set_session(session)
     client.set_connect_state()
     server.set_accept_state()
     for _ in range(10):
@@ -140,6 +154,12 @@ def _handshake(
                 b.bio_write(a.bio_read(65536))
             except SSL.WantReadError:
                 pass
+    if out is not None:
+        try:
+            client.recv(1)  # (the server's tickets, after the handshake)
+        except SSL.WantReadError:
+            pass
+        out.append(client.get_session())
     cert = client.get_peer_certificate(as_cryptography=True)
     assert isinstance(cert, x509.Certificate)
     return cert.subject.rfc4514_string().split(",")[0], server
@@ -240,3 +260,27 @@ def test_match_ca_chooses_the_tenant_of_a_device_that_sends_no_name(p: support.P
     theirs = tenant_lines("m", mcert, "m.example") | {"tenant.m.match_ca": p.ca_file}
     with pytest.raises(ConfigError, match="is in the listener's cacertfile"):
         prepare_text(support.listener_conf("t", 8883, 1883, p, theirs))
+
+
+def test_a_match_ca_device_cannot_resume_onto_a_tenants_name(p: support.Pki) -> None:
+    """match_ca's CAs admit a device on the bare name only: a session of such a device
+    resumed under the name of a tenant that uses the listener's CAs is checked against
+    those (not match_ca's) and refused; on the bare name it passes."""
+    m_ca = pki.make_ca("tenant m devices CA (resume)")
+    m_ca_file = pki.write_ca_bundle(os.path.join(p.dir, "m2-ca.pem"), m_ca)
+    m_device = pki.issue(m_ca, "m2-device").write(p.dir, "m2-device")
+    extra = tenant_lines("m", tenant_cert(p, "m2", "m.example"), "m.example") | tenant_lines(
+        "y", tenant_cert(p, "y", "y.example"), "y.example"
+    )
+    extra["tenant.m.match_ca"] = m_ca_file
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    listener = prepared.config.listener("t")
+    ctx = build_context("t", listener.tls, prepared.materials["t"], CertificateVerifier())
+    served, bare = _handshake(ctx, p, None, m_device)
+    cert = bare.get_peer_certificate(as_cryptography=True)
+    assert served == "CN=localhost" and cert is not None
+    assert resumed_anchor_refusal(bare, cert) is None
+    served, on_y = _handshake(ctx, p, b"y.example")  # (y's context, as a resumption meets it)
+    assert served == "CN=y"
+    refusal = resumed_anchor_refusal(on_y, cert)
+    assert refusal is not None and refusal[0] == "unknown_ca"
