@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from gateway.choices import HealthCheck
-from gateway.config.model import GlobalSettings, ListenerSettings
+from gateway.config.model import GlobalSettings, ListenerSettings, TenantSettings
 from gateway.parts import ListenerEvents, ListenerParts
 from gateway.proxy.authorize import Authorizer
 from gateway.proxy.factory import session_limits
@@ -88,7 +89,20 @@ def build_parts(
         session_limits(settings.limits, settings.auth.url is not None),
         client,
         _authorizer(settings, reactor, previous),
+        {
+            t.id: _upstream(_tenant_upstream(settings, t), material, role, reactor)
+            for t in settings.tenants
+            if t.upstream is not None
+        },
     )
+
+
+def _tenant_upstream(settings: ListenerSettings, tenant: TenantSettings) -> ListenerSettings:
+    """The listener's settings with a tenant's own brokers (its pool's name in the log:
+    ``<listener>/<tenant>``); the rest of the upstream settings are the listener's."""
+    assert tenant.upstream is not None
+    upstream = attrs.evolve(settings.upstream, addresses=tenant.upstream)
+    return attrs.evolve(settings, name=f"{settings.name}/{tenant.id}", upstream=upstream)
 
 
 def _authorizer(settings: ListenerSettings, reactor: Any, previous: ListenerParts | None) -> Any:

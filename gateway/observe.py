@@ -126,8 +126,10 @@ def own_status(
         not_accepting=port.waiting_reason,
         tls=f"{tls.profile} ({','.join(tls.versions)})" if settings.transport.tls else "none (ws)",
         brokers=tuple(
-            BrokerStatus(b.name, b.up, b.active, b.sessions, b.failures, b.last_error)
-            for b in parts.pool.brokers
+            BrokerStatus(f"{owner}{b.name}", b.up, b.active, b.sessions, b.failures, b.last_error)
+            for owner, pool in [("", parts.pool)]
+            + [(f"{t}/", up[0]) for t, up in parts.tenant_upstreams.items()]
+            for b in pool.brokers
         ),
         certificates=tuple(certificates),
         undecided=(

@@ -53,8 +53,16 @@ class ListenerParts:
     session_limits: SessionLimits
     ocsp_client: OcspClient | None = None  # with OCSP checking of clients
     authorizer: Authorizer | None = None  # with auth_http_url
+    # tenant.<id>.upstream: each such tenant's broker pool, connector and health checks
+    tenant_upstreams: dict[str, tuple[BrokerPool, PoolConnector, HealthChecker | None]] = (
+        attrs.field(factory=dict)
+    )
 
     # What the relay reads (``proxy.relay.RelayParts``).
+    def connector_for(self, tenant: str | None) -> PoolConnector:
+        own = self.tenant_upstreams.get(tenant) if tenant is not None else None
+        return own[1] if own is not None else self.connector
+
     @property
     def name(self) -> str:
         return self.settings.name
@@ -131,7 +139,9 @@ class ListenerParts:
 
     def services(self) -> list[Any]:
         """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""
-        return [s for s in (self.crl, self.ocsp_client, self.stapler, self.health) if s is not None]
+        tenants = [health for _, _, health in self.tenant_upstreams.values()]
+        own = (self.crl, self.ocsp_client, self.stapler, self.health, *tenants)
+        return [s for s in own if s is not None]
 
 
 @attrs.define(eq=False)

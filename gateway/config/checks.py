@@ -73,13 +73,16 @@ def _reaches(upstream: tuple[str, int], bind: tuple[str, int]) -> bool:
 def check_no_loop(
     path: str, listeners: list[ListenerSettings], origins: Mapping[str, Mapping[str, Any]]
 ) -> None:
-    """A listener whose upstream is a listener of this gateway (its own address, most
-    often) would relay MQTT to a TLS port of its own: a configuration error."""
+    """A listener (or a tenant) whose upstream is a listener of this gateway (its own
+    address, most often) would relay MQTT to a TLS port of its own: a configuration error."""
     for listener in listeners:
-        for other, address in ((o, a) for o in listeners for a in listener.upstream.addresses):
+        upstreams = [("upstream", a) for a in listener.upstream.addresses] + [
+            (f"tenant.{t.id}.upstream", a) for t in listener.tenants for a in t.upstream or ()
+        ]
+        for other, (option, address) in ((o, u) for o in listeners for u in upstreams):
             if not _reaches(address, other.bind):
                 continue
-            where = origins[listener.name].get("upstream")
+            where = origins[listener.name].get(option)
             line, key = where if where else (None, f"{listener.key_prefix}.upstream")
             whose = (
                 "this listener's own address"

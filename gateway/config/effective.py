@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gateway.config.keys import KEYS, Key
 from gateway.config.model import Config
-from gateway.config.values import format_bind
+from gateway.config.values import format_bind, format_host_port_list
 
 
 def _line(name: str, key: Key, settings: object) -> str:
@@ -42,4 +42,6 @@ def format_config(config: Config) -> str:
             out.append(f"{at}.enabled = {'true' if tenant.enabled else 'false'}")
             if tenant.match_ca is not None:
                 out.append(f"{at}.match_ca = {tenant.match_ca}")
+            if tenant.upstream is not None:
+                out.append(f"{at}.upstream = {format_host_port_list(tenant.upstream)}")
     return "\n".join(out) + "\n"

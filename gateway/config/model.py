@@ -92,6 +92,7 @@ class TenantSettings:
     cacertfile: str | None = None  # its own device CAs (None: the listener's)
     enabled: bool = True  # false: its devices refused, its live sessions closed at reload
     match_ca: str | None = None  # CAs whose devices are its own when they send no name
+    upstream: tuple[tuple[str, int], ...] | None = None  # its own broker(s): the listener's
 
 
 @attrs.frozen

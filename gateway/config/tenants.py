@@ -18,10 +18,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.config.model import TenantSettings
-from gateway.config.values import parse_bool, parse_list
+from gateway.config.values import parse_bool, parse_host_port_list, parse_list
 from gateway.errors import ConfigError
 
-TENANT_KEYS = ("server_names", "certfile", "keyfile", "cacertfile", "enabled", "match_ca")
+TENANT_KEYS = (
+    "server_names",
+    "certfile",
+    "keyfile",
+    "cacertfile",
+    "enabled",
+    "match_ca",
+    "upstream",
+)
 REQUIRED = ("server_names", "certfile", "keyfile")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -77,6 +85,8 @@ def tenants_of(
                 value: Any = parse_server_names(entry.value)
             elif key == "enabled":
                 value = parse_bool(entry.value)
+            elif key == "upstream":
+                value = parse_host_port_list(entry.value)
             else:
                 value = os.path.normpath(os.path.join(base_dir, entry.value.strip()))
         except ValueError as e:
@@ -106,6 +116,7 @@ def tenants_of(
                 keys.get("cacertfile"),
                 keys.get("enabled", True),
                 keys.get("match_ca"),
+                keys.get("upstream"),
             )
         )
     return tuple(out), origin

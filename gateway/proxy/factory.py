@@ -64,6 +64,10 @@ class GatewayFactory(protocol.Factory):
     def connect_upstream(self) -> ConnectUpstream:
         return self.box.parts.connector
 
+    def connector_for(self, tenant: str | None) -> ConnectUpstream:
+        """The brokers of the tenant the device's name (or CA) chose, else the listener's."""
+        return self.box.parts.connector_for(tenant)
+
     @property
     def revocation(self) -> Revocation | None:
         return self.box.parts.revocation

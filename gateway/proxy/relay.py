@@ -235,7 +235,7 @@ class ClientProtocol(protocol.Protocol):
         self._since = self.factory.reactor.seconds()
         connect = self.session.connect
         client_id = connect.client_id if connect is not None else ""
-        self._cancel_upstream = self.factory.connect_upstream(self, client_id)
+        self._cancel_upstream = self.factory.connector_for(self.record.tenant)(self, client_id)
 
     def _on_cancel_upstream(self, action: S.CancelUpstream) -> None:
         cancel, self._cancel_upstream = self._cancel_upstream, None

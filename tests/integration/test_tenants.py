@@ -48,6 +48,7 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
     beta = pki.issue(p.inter, "beta", server=True, names=("beta.example",))
     acme_files, beta_files = acme.write(workdir, "acme"), beta.write(workdir, "beta")
     broker, broker_port = support.start_mosquitto(workdir)
+    beta_broker, beta_port = support.start_mosquitto(workdir)
     port, admin = support.free_port(), support.free_port()
     tenant = {
         "tenant.acme.server_names": "*.acme.example",
@@ -70,6 +71,7 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
                 f"listener.ssl.t.tenant.beta.server_names = beta.example\n"
                 f"listener.ssl.t.tenant.beta.certfile = {beta_files[0]}\n"
                 f"listener.ssl.t.tenant.beta.keyfile = {beta_files[1]}\n"
+                f"listener.ssl.t.tenant.beta.upstream = 127.0.0.1:{beta_port}\n"
             )
         gw.proc.send_signal(signal.SIGHUP)
         support.wait_until(lambda: "reload applied" in gw.log(), 10, what="reload")
@@ -81,7 +83,9 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
         live.sendall(b"\xc0\x00")  # the acme session lived through the reload
         assert support.read_exact(live, 2) == b"\xd0\x00"
         live.close()
-        support.wait_until(lambda: "beta-device" in broker.log(), 10, what="the broker")
+        support.wait_until(lambda: "beta-device" in beta_broker.log(), 10, what="b's broker")
+        assert "beta-device" not in broker.log()  # its own broker, not the listener's
+        assert "acme-device" in broker.log() and "acme-device" not in beta_broker.log()
         assert re.search(
             r"accepted t .*tenant=acme transport=tls client_id='acme-device'", gw.log()
         )
@@ -112,6 +116,7 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
     finally:
         gw.stop()
         broker.stop()
+        beta_broker.stop()
 
 
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])

@@ -56,7 +56,11 @@ def test_server_names_and_the_lookup() -> None:
 def test_tenants_parse_and_check_config_prints_them_back(p: support.Pki) -> None:
     acme = tenant_cert(p, "acme", "mqtt.acme.example", "*.acme.example")
     extra = tenant_lines("acme", acme, "mqtt.acme.example, *.acme.example")
-    extra |= {"sni_strict": "true", "tenant.acme.cacertfile": p.ca_file}
+    extra |= {
+        "sni_strict": "true",
+        "tenant.acme.cacertfile": p.ca_file,
+        "tenant.acme.upstream": "127.0.0.1:1884, 127.0.0.1:1885",
+    }
     prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
     listener = prepared.config.listener("t")
     (tenant,) = listener.tenants
@@ -68,6 +72,13 @@ def test_tenants_parse_and_check_config_prints_them_back(p: support.Pki) -> None
     text = format_config(prepared.config)
     assert "listener.ssl.t.tenant.acme.server_names = mqtt.acme.example, *.acme.example" in text
     assert f"listener.ssl.t.tenant.acme.cacertfile = {p.ca_file}" in text
+    assert tenant.upstream == (("127.0.0.1", 1884), ("127.0.0.1", 1885))
+    looped = tenant_lines("acme", acme, "mqtt.acme.example") | {
+        "tenant.acme.upstream": "127.0.0.1:8883"
+    }
+    with pytest.raises(ConfigError, match="the gateway would relay to itself") as e:
+        prepare_text(support.listener_conf("t", 8883, 1883, p, looped))
+    assert "tenant.acme.upstream" in str(e.value)
     again = prepare_text(text).config.listener("t")
     assert again == listener
 

@@ -124,6 +124,9 @@ class Parts:
     def acl_read_mode(self) -> str:
         return "filter"
 
+    def connector_for(self, tenant: str | None) -> Any:
+        return self.connector
+
     @property
     def websocket(self) -> Any:
         return self.settings.websocket if self.settings.websocket_enabled else None
