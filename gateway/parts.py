@@ -87,6 +87,13 @@ class ListenerParts:
     def acl(self) -> Acl | None:
         return self.material.acl
 
+    def acl_for(self, tenant: str | None) -> Acl | None:
+        if tenant is not None:
+            for t in self.material.tenants:
+                if t.settings.id == tenant and t.acl is not None:
+                    return t.acl
+        return self.material.acl
+
     @property
     def deny(self) -> DenyList | None:
         return self.material.deny

@@ -55,13 +55,15 @@ def _read_text(config: Config, listener: str, option: str, path: str, limit: int
         raise config.error(listener, option, f"{path} is not UTF-8 text") from None
 
 
-def _load_acl(config: Config, listener: str, path: str, default: str) -> Acl:
+def _load_acl(
+    config: Config, listener: str, path: str, default: str, option: str = "acl_file"
+) -> Acl:
     """acl_file's rules; ConfigError names the file's line and what is wrong with it."""
-    text = _read_text(config, listener, "acl_file", path, MAX_ACL_FILE)
+    text = _read_text(config, listener, option, path, MAX_ACL_FILE)
     try:
         return parse_acl(text, default_allow=default == AclDefault.ALLOW)
     except AclError as e:
-        raise config.error(listener, "acl_file", f"{path}:{e.line}: {e.why}") from None
+        raise config.error(listener, option, f"{path}:{e.line}: {e.why}") from None
 
 
 MAX_DENY_FILE = 64 * 1024 * 1024  # about 700,000 fingerprints
@@ -87,6 +89,23 @@ def prepare_config(config: Config) -> Prepared:
         if listener.acl.file is not None:
             acl = _load_acl(config, listener.name, listener.acl.file, listener.acl.default)
             materials[listener.name] = attrs.evolve(materials[listener.name], acl=acl)
+        if any(t.acl_file is not None for t in listener.tenants):
+            tenants = tuple(
+                attrs.evolve(
+                    t,
+                    acl=_load_acl(
+                        config,
+                        listener.name,
+                        t.settings.acl_file,
+                        listener.acl.default,
+                        f"tenant.{t.settings.id}.acl_file",
+                    ),
+                )
+                if t.settings.acl_file is not None
+                else t
+                for t in materials[listener.name].tenants
+            )
+            materials[listener.name] = attrs.evolve(materials[listener.name], tenants=tenants)
         if listener.identity.deny_file is not None:
             deny = _load_deny(config, listener.name, listener.identity.deny_file)
             materials[listener.name] = attrs.evolve(materials[listener.name], deny=deny)

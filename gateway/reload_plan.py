@@ -122,6 +122,8 @@ def listener_change(
         t.chain for t in old_material.tenants
     ]:
         words.append("tenant certificates")
+    if [t.acl for t in material.tenants] != [t.acl for t in old_material.tenants]:
+        words.append("tenant ACL rules")
     ca_same = material.ca_pem == old_material.ca_pem
     if not ca_same:
         words.append("CA bundle")

@@ -50,6 +50,7 @@ def watched_files(config: Config) -> tuple[str, ...]:
         paths.append(listener.identity.deny_file)
         for tenant in listener.tenants:
             paths += [tenant.certfile, tenant.keyfile, tenant.cacertfile, tenant.match_ca]
+            paths.append(tenant.acl_file)
         if listener.ocsp is not None:
             paths.append(listener.ocsp.issuer_pem)
         upstream = listener.upstream.tls

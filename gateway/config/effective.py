@@ -42,6 +42,8 @@ def format_config(config: Config) -> str:
             out.append(f"{at}.enabled = {'true' if tenant.enabled else 'false'}")
             if tenant.match_ca is not None:
                 out.append(f"{at}.match_ca = {tenant.match_ca}")
+            if tenant.acl_file is not None:
+                out.append(f"{at}.acl_file = {tenant.acl_file}")
             if tenant.upstream is not None:
                 out.append(f"{at}.upstream = {format_host_port_list(tenant.upstream)}")
     return "\n".join(out) + "\n"

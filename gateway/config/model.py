@@ -93,6 +93,7 @@ class TenantSettings:
     enabled: bool = True  # false: its devices refused, its live sessions closed at reload
     match_ca: str | None = None  # CAs whose devices are its own when they send no name
     upstream: tuple[tuple[str, int], ...] | None = None  # its own broker(s): the listener's
+    acl_file: str | None = None  # its own topic rules (None: the listener's)
 
 
 @attrs.frozen

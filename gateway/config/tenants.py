@@ -29,6 +29,7 @@ TENANT_KEYS = (
     "enabled",
     "match_ca",
     "upstream",
+    "acl_file",
 )
 REQUIRED = ("server_names", "certfile", "keyfile")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -117,6 +118,7 @@ def tenants_of(
                 keys.get("enabled", True),
                 keys.get("match_ca"),
                 keys.get("upstream"),
+                keys.get("acl_file"),
             )
         )
     return tuple(out), origin

@@ -76,10 +76,12 @@ Actions = list[Action]
 
 @attrs.frozen
 class Who:
-    """The device as the rules see it: the certificate's identity and its client id."""
+    """The device as the rules see it: the certificate's identity, its client id, and the
+    tenant its server name (or CA) chose (whose acl_file, if it has one, applies)."""
 
     username: str
     client_id: str
+    tenant: str | None = None
 
 
 # The MQTT 5 DISCONNECT reason code of each way the gateway ends a relayed session.

@@ -92,6 +92,10 @@ class GatewayFactory(protocol.Factory):
     def acl(self) -> Acl | None:
         return self.box.parts.acl
 
+    def acl_for(self, tenant: str | None) -> Acl | None:
+        """The rules of the tenant the device's name (or CA) chose, else the listener's."""
+        return self.box.parts.acl_for(tenant)
+
     @property
     def deny(self) -> DenyList | None:
         return self.box.parts.deny

@@ -71,11 +71,12 @@ def policy_for(
     topic rules (None: the relay's short path). The rules are read from ``home`` for each
     packet, so a reload applies to live sessions."""
     limits = home.device_limits
-    if limits is None and home.acl is None:
+    tenant = who.tenant
+    if limits is None and home.acl_for(tenant) is None:
         return None
     edge = PolicyEdge(
         limits,
-        lambda: home.acl,
+        lambda: home.acl_for(tenant),
         who,
         protocol_level,
         home.session_limits.max_packet_size,

@@ -334,7 +334,7 @@ class ClientProtocol(protocol.Protocol):
         if isinstance(self._identity, tuple) and self._identity[1] is not None:
             client_id = self._identity[1]
         hooks = PolicyHooks(self._send_upstream, self._end_by, self._log_denied)
-        who = Who(self._acl_user or "", client_id)
+        who = Who(self._acl_user or "", client_id, self.record.tenant)
         self._policy = policy_for(self.factory, self.device, who, connect.protocol_level, hooks)
         if self._policy is None:  # MQTT 5: a close of the gateway's own says why
             self._follow = follows(connect.protocol_level, self.device)

@@ -60,6 +60,7 @@ class TenantMaterial:
     ca_certs: tuple[x509.Certificate, ...] = ()  # its own device CAs (none: the listener's)
     issuers: IssuerIndex | None = None  # those, indexed (a resumed session is checked)
     match_cas: tuple[x509.Certificate, ...] = ()  # match_ca: its devices on the bare name
+    acl: Acl | None = None  # its acl_file's rules (None: the listener's)
 
 
 @attrs.frozen(eq=False)

@@ -14,6 +14,8 @@ from gateway.config.effective import format_config
 from gateway.config.tenants import parse_server_names, tenant_for
 from gateway.demo import pki
 from gateway.errors import ConfigError
+from gateway.mqtt.acl import WRITE
+from gateway.parts import ListenerParts
 from gateway.proxy.handshake import anchored_tenant, resumed_anchor_refusal
 from gateway.revocation.chains import IssuerIndex
 from gateway.testing import prepare_text
@@ -295,3 +297,36 @@ def test_a_match_ca_device_cannot_resume_onto_a_tenants_name(p: support.Pki) -> 
     assert served == "CN=y"
     refusal = resumed_anchor_refusal(on_y, cert)
     assert refusal is not None and refusal[0] == "unknown_ca"
+
+
+def test_a_tenants_acl_applies_to_its_devices_only(p: support.Pki) -> None:
+    """tenant.<id>.acl_file: the rules of the tenant the device's name chose; the other
+    tenants and the bare name keep the listener's. A bad line names the tenant's key."""
+    rules = os.path.join(p.dir, "beta.acl")
+    with open(rules, "w") as f:
+        f.write("topic readwrite beta/#\n")
+    listener_rules = os.path.join(p.dir, "listener.acl")
+    with open(listener_rules, "w") as f:
+        f.write("topic readwrite #\n")
+    beta = tenant_cert(p, "beta-acl", "beta.example")
+    extra = tenant_lines("beta", beta, "beta.example") | {
+        "tenant.beta.acl_file": rules,
+        "acl_file": listener_rules,
+    }
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    assert f"listener.ssl.t.tenant.beta.acl_file = {rules}" in format_config(prepared.config)
+    material = prepared.materials["t"]
+    parts = ListenerParts.__new__(ListenerParts)
+    object.__setattr__(parts, "material", material)
+    for tenant, topic, allowed in [
+        ("beta", "beta/x", True),
+        ("beta", "other/x", False),
+        (None, "other/x", True),
+        ("acme", "other/x", True),  # (not a tenant with rules of its own: the listener's)
+    ]:
+        acl = parts.acl_for(tenant)
+        assert acl is not None and acl.allows(WRITE, topic, "d", "c") is allowed, (tenant, topic)
+    with open(rules, "w") as f:
+        f.write("nonsense beta/#\n")
+    with pytest.raises(ConfigError, match="tenant.beta.acl_file: .*beta.acl:1"):
+        prepare_text(support.listener_conf("t", 8883, 1883, p, extra))

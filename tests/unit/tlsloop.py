@@ -127,6 +127,9 @@ class Parts:
     def connector_for(self, tenant: str | None) -> Any:
         return self.connector
 
+    def acl_for(self, tenant: str | None) -> Any:
+        return None
+
     @property
     def websocket(self) -> Any:
         return self.settings.websocket if self.settings.websocket_enabled else None
