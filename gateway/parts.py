@@ -10,6 +10,7 @@ records and small classes; no service):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -88,17 +89,22 @@ class ListenerParts:
         return self.material.acl
 
     def acl_for(self, tenant: str | None) -> Acl | None:
+        """Read for every PUBLISH and SUBSCRIBE a policy edge judges: one lookup."""
         if tenant is not None:
-            for t in self.material.tenants:
-                if t.settings.id == tenant and t.acl is not None:
-                    return t.acl
+            own = self._tenant_acls.get(tenant)
+            if own is not None:
+                return own
         return self.material.acl
+
+    @functools.cached_property
+    def _tenant_acls(self) -> dict[str, Acl]:
+        return {t.settings.id: t.acl for t in self.material.tenants if t.acl is not None}
 
     @property
     def deny(self) -> DenyList | None:
         return self.material.deny
 
-    @property
+    @functools.cached_property
     def tenants_enabled(self) -> frozenset[str]:
         """The tenants served now (their devices; the others' are refused and closed)."""
         return frozenset(t.id for t in self.settings.tenants if t.enabled)

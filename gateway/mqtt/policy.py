@@ -195,9 +195,7 @@ class PolicyEdge:
         acl = self.acl()
         if acl is None or packet.kind not in (PUBLISH, SUBSCRIBE):
             return packet.raw
-        rules = self._rules
-        if rules is None or rules.acl is not acl:  # the first packet, or a reload
-            rules = self._rules = DeviceRules(acl, self.who.username, self.who.client_id)
+        rules = self._rules_of(acl)
         if packet.kind == PUBLISH:
             assert packet.topic is not None
             if rules.allows(WRITE, packet.topic):
@@ -233,6 +231,13 @@ class PolicyEdge:
             return None
         self._subscriptions[packet.packet_id] = (len(packet.subscriptions), tuple(refused))
         return subscribe_with(bytes(packet.raw), allowed, self.level)
+
+    def _rules_of(self, acl: Acl) -> DeviceRules:
+        """The device's rules under ``acl`` (made at the first packet, or after a reload)."""
+        rules = self._rules
+        if rules is None or rules.acl is not acl:
+            rules = self._rules = DeviceRules(acl, self.who.username, self.who.client_id)
+        return rules
 
     def _end(self, reason: Reason, detail: str) -> Actions:
         if self.ended:
@@ -329,9 +334,7 @@ class PolicyEdge:
         acl = self.acl()
         if acl is None:
             return True
-        rules = self._rules
-        if rules is None or rules.acl is not acl:
-            rules = self._rules = DeviceRules(acl, self.who.username, self.who.client_id)
+        rules = self._rules_of(acl)
         topic = packet.topic or ""  # (a topic alias alone: judged as the empty topic)
         if rules.allows(READ, topic):
             return True

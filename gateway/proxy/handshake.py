@@ -127,11 +127,11 @@ def anchored_tenant(connection: SSL.Connection, cert: x509.Certificate) -> str |
     anchors = getattr(ctx, "mqttgw_anchors", None)
     if not anchors:
         return None
-    chain = connection.get_verified_chain(as_cryptography=True)
-    if not chain:
-        path = ctx.mqttgw_issuers.path(cert)  # type: ignore[attr-defined]
-        chain = path or []
-    return anchors.get(chain[-1].fingerprint(hashes.SHA256())) if chain else None
+    chain = connection.get_verified_chain()  # (OpenSSL's objects: no certificate parsed)
+    if chain:
+        return anchors.get(bytes.fromhex(chain[-1].digest("sha256").decode().replace(":", "")))
+    path = ctx.mqttgw_issuers.path(cert)  # type: ignore[attr-defined]
+    return anchors.get(path[-1].fingerprint(hashes.SHA256())) if path else None
 
 
 def resumed_anchor_refusal(
