@@ -16,7 +16,8 @@ import attrs
 from twisted.logger import Logger
 
 from gateway.choices import HealthCheck
-from gateway.config.model import GlobalSettings, ListenerSettings, TenantSettings
+from gateway.config.model import AuthSettings, GlobalSettings, ListenerSettings, TenantSettings
+from gateway.config.tenants import crl_reject, crl_urls, tenant_view
 from gateway.parts import ListenerEvents, ListenerParts
 from gateway.proxy.authorize import Authorizer
 from gateway.proxy.factory import session_limits
@@ -65,6 +66,9 @@ def build_parts(
         pool, connector, health = previous.pool, previous.connector, previous.health
     else:
         pool, connector, health = _upstream(settings, material, role, reactor)
+    # the hook settings of the listener's devices (None) and of each tenant's
+    hooks = {None: settings.auth} | {t.id: tenant_view(settings, t).auth for t in settings.tenants}
+    askers = {auth: _authorizer(settings.name, auth, reactor, previous) for auth in hooks.values()}
     verifier = CertificateVerifier(checker)
     # pyOpenSSL freezes a context once its first connection exists: the stapling callback
     # goes in before the context is used.
@@ -86,13 +90,18 @@ def build_parts(
         pool,
         connector,
         health,
-        session_limits(settings.limits, settings.auth.url is not None),
+        session_limits(settings.limits, any(a.url for a in hooks.values())),
         client,
-        _authorizer(settings, reactor, previous),
+        askers[settings.auth],
         {
             t.id: _upstream(_tenant_upstream(settings, t), material, role, reactor)
             for t in settings.tenants
             if t.upstream is not None
+        },
+        {
+            tenant: hook
+            for tenant, auth in hooks.items()
+            if tenant is not None and auth != settings.auth and (hook := askers[auth]) is not None
         },
     )
 
@@ -105,16 +114,17 @@ def _tenant_upstream(settings: ListenerSettings, tenant: TenantSettings) -> List
     return attrs.evolve(settings, name=f"{settings.name}/{tenant.id}", upstream=upstream)
 
 
-def _authorizer(settings: ListenerSettings, reactor: Any, previous: ListenerParts | None) -> Any:
-    """The hook's asker: the previous one (its cache, its connections) while its settings
-    hold, else a new one on an HTTP client of its own (persistent connections)."""
-    if settings.auth.url is None:
+def _authorizer(name: str, auth: AuthSettings, reactor: Any, previous: ListenerParts | None) -> Any:
+    """A hook's asker: a previous one with the same settings (its cache, its connections),
+    else a new one on an HTTP client of its own (persistent connections)."""
+    if auth.url is None:
         return None
-    if previous is not None and previous.authorizer is not None:
-        if previous.authorizer.settings == settings.auth:
-            return previous.authorizer
+    if previous is not None:
+        for old in (previous.authorizer, *previous.tenant_authorizers.values()):
+            if old is not None and old.settings == auth:
+                return old
     fetcher = HttpFetcher(quiet_agent(reactor, persistent=True), reactor)
-    return Authorizer(settings.name, settings.auth, fetcher.fetch, reactor)
+    return Authorizer(name, auth, fetcher.fetch, reactor)
 
 
 def _revocation(
@@ -146,8 +156,9 @@ def _revocation(
         settings.crl,
         source,
         reactor,
-        material.issuers,
+        material.revocation_issuers,
         _ocsp_checker(settings, client, material, reactor) if client is not None else None,
+        crl_reject(settings),
     )
     return source, client, checker
 
@@ -159,7 +170,7 @@ def _ocsp_checker(
     return OcspChecker(
         settings.client_ocsp,
         client.answers,
-        material.issuers,
+        material.revocation_issuers,
         client.ask,
         reactor,
         tracker=client,
@@ -178,15 +189,20 @@ def _crl_source(
 ) -> Any:
     if previous is not None and change is not None and not change.crl:
         return previous.crl
-    if settings.crl is None:
+    crl = settings.crl
+    if crl is None:
         return None
+    # (the tenants' CRL sources too: one cache, keyed by issuer; each tenant's CAs are in
+    # the material's trust input)
+    crl = attrs.evolve(crl, urls=crl_urls(settings))
+    settings = attrs.evolve(settings, crl=crl)
     cache = None
     if previous is not None and change is not None and change.keep_crls:
         assert previous.crl is not None
         cache = previous.crl.cache  # CRLs validated against the same CAs
-        cache.grace = settings.crl.grace_period
-        if not settings.crl.from_cert:
-            keep = set(settings.crl.urls)
+        cache.grace = crl.grace_period
+        if not crl.from_cert:
+            keep = set(crl.urls)
             for url in previous.crl.sources:
                 if url not in keep:
                     cache.forget_source(url)

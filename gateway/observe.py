@@ -3,6 +3,7 @@ staple, brokers) and the report of a refresh asked for by ``POST /refresh``."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,10 +113,17 @@ def own_status(
     client_ocsp = None
     if parts.ocsp_client is not None:
         client_ocsp = client_ocsp_status(parts.ocsp_client, counts)
-    hook, auth = parts.authorizer, None
-    if hook is not None:
-        url = hook.settings.url or ""
-        auth = AuthHookStatus(url, dict(hook.counts), hook.in_flight, len(hook.cache))
+    owners = (parts.authorizer, *parts.tenant_authorizers.values())
+    asked = list({id(h): h for h in owners if h is not None}.values())
+    auth = None
+    if asked:  # (the listener's, and the tenants' own: summed)
+        url = ", ".join(dict.fromkeys(h.settings.url or "" for h in asked))
+        summed: Counter[str] = Counter()
+        for h in asked:
+            summed.update(h.counts)
+        auth = AuthHookStatus(
+            url, dict(summed), sum(h.in_flight for h in asked), sum(len(h.cache) for h in asked)
+        )
     return ListenerStatus(
         stats,
         crl,

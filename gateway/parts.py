@@ -19,11 +19,13 @@ from OpenSSL import SSL
 
 from gateway.choices import AclReadMode, DenyAction, ProxyVersion, RateAction, Transport
 from gateway.config.model import (
+    ConnectionLimits,
     GlobalSettings,
     IdentitySettings,
     ListenerSettings,
     WebSocketSettings,
 )
+from gateway.config.tenants import tenant_view
 from gateway.config.values import format_bind
 from gateway.deny import DenyList
 from gateway.mqtt.acl import Acl
@@ -58,6 +60,8 @@ class ListenerParts:
     tenant_upstreams: dict[str, tuple[BrokerPool, PoolConnector, HealthChecker | None]] = (
         attrs.field(factory=dict)
     )
+    # the tenants whose hook (auth_http_url, _failure_policy) is their own, not the listener's
+    tenant_authorizers: dict[str, Authorizer] = attrs.field(factory=dict)
 
     # What the relay reads (``proxy.relay.RelayParts``).
     def connector_for(self, tenant: str | None) -> PoolConnector:
@@ -100,6 +104,31 @@ class ListenerParts:
     def _tenant_acls(self) -> dict[str, Acl]:
         return {t.settings.id: t.acl for t in self.material.tenants if t.acl is not None}
 
+    def settings_for(self, tenant: str | None) -> ListenerSettings:
+        """The settings a device of ``tenant`` is handled by: the tenant's own values of
+        some listener keys (``config.tenants.OVERRIDES``) over the listener's."""
+        if tenant is None:
+            return self.settings
+        return self._tenant_views.get(tenant, self.settings)
+
+    @functools.cached_property
+    def _tenant_views(self) -> dict[str, ListenerSettings]:
+        return {t.id: tenant_view(self.settings, t) for t in self.settings.tenants if t.overrides}
+
+    def identity_for(self, tenant: str | None) -> IdentitySettings:
+        return self.settings_for(tenant).identity
+
+    def authorizer_for(self, tenant: str | None) -> Authorizer | None:
+        if tenant is not None and tenant in self.tenant_authorizers:
+            return self.tenant_authorizers[tenant]
+        return self.authorizer
+
+    def device_limits_for(self, tenant: str | None) -> DeviceLimits | None:
+        """The per-device rates the relay paces to (None: the relay's short path)."""
+        if tenant is None or tenant not in self._tenant_views:
+            return self.device_limits
+        return _device_limits(self._tenant_views[tenant].limits)
+
     @property
     def deny(self) -> DenyList | None:
         return self.material.deny
@@ -136,25 +165,28 @@ class ListenerParts:
     def acl_read_mode(self) -> AclReadMode:
         return self.settings.acl.read_mode
 
-    @property
+    @functools.cached_property
     def device_limits(self) -> DeviceLimits | None:
-        """The per-device rates the relay paces to (None: the relay's short path)."""
-        limits = self.settings.limits
-        if limits.messages_rate is None and limits.bytes_rate is None:
-            return None
-        return DeviceLimits(
-            limits.messages_rate,
-            limits.messages_burst,
-            limits.bytes_rate,
-            limits.bytes_burst,
-            disconnect=limits.rate_limit_action == RateAction.DISCONNECT,
-        )
+        """The listener's own devices' rates (None: the relay's short path)."""
+        return _device_limits(self.settings.limits)
 
     def services(self) -> list[Any]:
         """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""
         tenants = [health for _, _, health in self.tenant_upstreams.values()]
         own = (self.crl, self.ocsp_client, self.stapler, self.health, *tenants)
         return [s for s in own if s is not None]
+
+
+def _device_limits(limits: ConnectionLimits) -> DeviceLimits | None:
+    if limits.messages_rate is None and limits.bytes_rate is None:
+        return None
+    return DeviceLimits(
+        limits.messages_rate,
+        limits.messages_burst,
+        limits.bytes_rate,
+        limits.bytes_burst,
+        disconnect=limits.rate_limit_action == RateAction.DISCONNECT,
+    )
 
 
 @attrs.define(eq=False)

@@ -49,6 +49,7 @@ class Pending:
 
     crl: PendingCrl | None = None
     ocsp: tuple[tuple[Any, Any], ...] = ()  # (OcspQuestion, its CRL verdict or PENDING)
+    tenant: str | None = None  # whose failure policy decides (None: the listener's)
 
 
 @attrs.define(slots=True, eq=False)
@@ -70,12 +71,15 @@ class PeerVerification:
     # The leaf as the verify callback parsed it, until the relay takes it for its log line
     # at the end of the handshake (then dropped: an idle connection does not keep it).
     leaf: x509.Certificate | None = None
+    # The tenant whose policy judges the chain (its server name's, or the one whose
+    # match_ca anchored it), set at the first certificate; None: the listener's.
+    tenant: str | None = None
 
     def pending(self) -> Pending | None:
         """What the device must wait for after its handshake, if anything."""
         if self.crl_pending is None and not self.ocsp_pending:
             return None
-        return Pending(self.crl_pending, tuple(self.ocsp_pending))
+        return Pending(self.crl_pending, tuple(self.ocsp_pending), self.tenant)
 
     def note_failure(self, failure: VerifyFailure) -> None:
         if self.failure is None:

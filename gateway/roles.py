@@ -288,7 +288,7 @@ class SingleProcess(Serving):
             settings.client_ocsp,
             self.reactor,
             self.http,
-            material.issuers,
+            material.revocation_issuers,
             globals_.ocsp_cache_dir,
             self.cooperate,
             on_revoked=on_revoked,

@@ -46,4 +46,9 @@ def format_config(config: Config) -> str:
                 out.append(f"{at}.acl_file = {tenant.acl_file}")
             if tenant.upstream is not None:
                 out.append(f"{at}.upstream = {format_host_port_list(tenant.upstream)}")
+            by_attr = {k.attr: k for k in KEYS if k.listener}
+            for attr, value in tenant.overrides:
+                key = by_attr[attr]
+                shown = "" if value is None else key.format(value)
+                out.append(f"{at}.{key.name} = {shown}")
     return "\n".join(out) + "\n"

@@ -42,7 +42,7 @@ from gateway.config.model import (
     GlobalSettings,
     ListenerSettings,
 )
-from gateway.config.tenants import tenants_of
+from gateway.config.tenants import check_overrides, tenants_of
 from gateway.config.values import parse_bind
 from gateway.errors import ConfigError
 
@@ -267,17 +267,8 @@ def _with_tenants(
             "tenants and enable_ocsp_stapling: the staple is the listener's own "
             "certificate's, a tenant's certificate would get none (not yet supported)",
         )
+    check_overrides(path, listener, tenants, origin)
     own_cas = [t for t in tenants if t.cacertfile is not None or t.match_ca is not None]
-    if own_cas and (listener.crl is not None or listener.client_ocsp is not None):
-        first = own_cas[0]
-        line, key = origin[f"tenant.{first.id}.{'cacertfile' if first.cacertfile else 'match_ca'}"]
-        raise ConfigError(
-            path,
-            line,
-            key,
-            "a tenant's own CAs with CRL or OCSP checking of devices: not yet supported (the "
-            "listener's revocation data is checked against its own cacertfile)",
-        )
     if own_cas and not listener.tls.verify_peer:
         first = own_cas[0]
         line, key = origin[f"tenant.{first.id}.{'cacertfile' if first.cacertfile else 'match_ca'}"]

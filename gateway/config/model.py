@@ -94,6 +94,8 @@ class TenantSettings:
     match_ca: str | None = None  # CAs whose devices are its own when they send no name
     upstream: tuple[tuple[str, int], ...] | None = None  # its own broker(s): the listener's
     acl_file: str | None = None  # its own topic rules (None: the listener's)
+    # Its own values of some listener keys: (model path, value), e.g. ("crl.urls", (...)).
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 @attrs.frozen

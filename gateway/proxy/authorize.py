@@ -52,13 +52,14 @@ class AuthRequest:
     username: str | None
     protocol_level: int
     cert_fingerprint: str | None = None  # SHA-256 of the DER, hex
+    tenant: str | None = None  # the tenant its server name (or match_ca) chose
     # The certificate (cryptography's, or a callable giving it): read only when the hook is
     # asked, not when the cache answers.
     cert: Any = attrs.field(default=None, eq=False, repr=False)
 
-    def key(self) -> tuple[str | None, str, str | None]:
+    def key(self) -> tuple[str | None, str, str | None, str | None]:
         """What an answer is cached under (the listener has its own cache)."""
-        return self.cert_fingerprint, self.client_id, self.username
+        return self.cert_fingerprint, self.client_id, self.username, self.tenant
 
     def body(self) -> bytes:
         cert = self.cert() if callable(self.cert) else self.cert
@@ -72,6 +73,7 @@ class AuthRequest:
                 "cert_fingerprint": self.cert_fingerprint,
                 "cert_issuer": cert.issuer.rfc4514_string() if cert else None,
                 "listener": self.listener,
+                "tenant": self.tenant,
                 "peer_address": self.peer,
                 "protocol_level": self.protocol_level,
             }

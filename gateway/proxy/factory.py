@@ -72,9 +72,9 @@ class GatewayFactory(protocol.Factory):
     def revocation(self) -> Revocation | None:
         return self.box.parts.revocation
 
-    @property
-    def identity(self) -> IdentitySettings:
-        return self.box.parts.identity
+    def identity_for(self, tenant: str | None) -> IdentitySettings:
+        """peer_cert_as_*: the tenant's own, else the listener's."""
+        return self.box.parts.identity_for(tenant)
 
     @property
     def upstream_name(self) -> str:
@@ -84,9 +84,9 @@ class GatewayFactory(protocol.Factory):
     def upstream_proxy_protocol(self) -> ProxyVersion | None:
         return self.box.parts.upstream_proxy_protocol
 
-    @property
-    def device_limits(self) -> DeviceLimits | None:
-        return self.box.parts.device_limits
+    def device_limits_for(self, tenant: str | None) -> DeviceLimits | None:
+        """The rates of the tenant's devices (its own, else the listener's)."""
+        return self.box.parts.device_limits_for(tenant)
 
     @property
     def acl(self) -> Acl | None:
@@ -100,9 +100,9 @@ class GatewayFactory(protocol.Factory):
     def deny(self) -> DenyList | None:
         return self.box.parts.deny
 
-    @property
-    def authorizer(self) -> Authorizer | None:
-        return self.box.parts.authorizer
+    def authorizer_for(self, tenant: str | None) -> Authorizer | None:
+        """The hook asked about the tenant's devices (its own, else the listener's)."""
+        return self.box.parts.authorizer_for(tenant)
 
     @property
     def tenants_enabled(self) -> frozenset[str]:

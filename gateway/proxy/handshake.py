@@ -24,7 +24,7 @@ from gateway.proxy.contracts import ListenerRules
 from gateway.proxy.identity import common_name, identity_of
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
-from gateway.tls.verify import verify_error_text
+from gateway.tls.verify import anchor_key, verify_error_text
 
 # With peer_cert_as_*: (user name, client id) from the certificate, or why not.
 Identity = tuple[str | None, str | None] | ValueError
@@ -71,13 +71,15 @@ def why_not_completed(
 
 
 def taken_from(
-    cert: x509.Certificate, home: ListenerRules
+    cert: x509.Certificate, home: ListenerRules, tenant: str | None
 ) -> tuple[Identity | None, str | None, str | None]:
     """What the relay keeps of the client certificate, taken once from the parsed one:
     ``peer_cert_as_*``'s identity, the topic rules' user name (with acl_file) and the CN
-    for a PROXY v2 header to the broker (with upstream_proxy_protocol = v2)."""
-    identity = rewrite_identity(cert, home.identity)
-    acl_user = rules_user(cert, home.identity) if home.acl is not None else None
+    for a PROXY v2 header to the broker (with upstream_proxy_protocol = v2); by the
+    tenant's own rules where it has them."""
+    rules = home.identity_for(tenant)
+    identity = rewrite_identity(cert, rules)
+    acl_user = rules_user(cert, rules) if home.acl_for(tenant) is not None else None
     v2 = home.upstream_proxy_protocol == ProxyVersion.V2
     return identity, acl_user, common_name(cert) if v2 else None
 
@@ -104,10 +106,8 @@ def after_handshake(
     home: Any, connection: SSL.Connection, cert: x509.Certificate | None, record: SessionLog
 ) -> tuple[Reason, str] | None:
     """The checks of every completed handshake, resumed or not, after revocation's: the
-    tenant its server name chose is still served (not disabled, not removed by a reload),
+    tenant its server name (or CA) chose is still served (not disabled, not removed by a reload),
     deny_file does not name the certificate, a resumed session chains to its name's CAs."""
-    if record.tenant is None and cert is not None:  # no name: match_ca may choose
-        record.tenant = anchored_tenant(connection, cert)
     if record.tenant is not None and record.tenant not in home.tenants_enabled:
         return Reason.TENANT_DISABLED, f"tenant {record.tenant} is disabled or was removed"
     if cert is None:
@@ -129,7 +129,7 @@ def anchored_tenant(connection: SSL.Connection, cert: x509.Certificate) -> str |
         return None
     chain = connection.get_verified_chain()  # (OpenSSL's objects: no certificate parsed)
     if chain:
-        return anchors.get(bytes.fromhex(chain[-1].digest("sha256").decode().replace(":", "")))
+        return anchors.get(anchor_key(chain[-1]))
     path = ctx.mqttgw_issuers.path(cert)  # type: ignore[attr-defined]
     return anchors.get(path[-1].fingerprint(hashes.SHA256())) if path else None
 

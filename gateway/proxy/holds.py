@@ -33,9 +33,13 @@ def hold_for_revocation(client: Any, pending: Pending) -> None:
 def ask_authorization(client: Any) -> None:
     """Ask the listener's hook about ``client``'s CONNECT; its answer admits or refuses it,
     and may name the user the broker sees."""
-    authorizer = client.factory.authorizer
+    tenant = client.record.tenant
+    authorizer = client.factory.authorizer_for(tenant)
     connect = client.session.connect
-    assert authorizer is not None and connect is not None
+    assert connect is not None
+    if authorizer is None:  # (another tenant of its listener has a hook; its own has none)
+        client.act(client.session.authorization_decided(None, ""))
+        return
     # The certificate as OpenSSL keeps it: its digest keys the cache; it is parsed only if
     # the hook is asked.
     handle = client.transport.getHandle()
@@ -44,7 +48,14 @@ def ask_authorization(client: Any) -> None:
     parsed = cert.to_cryptography if cert is not None else None
     name, peer = client.factory.name, client.record.peer
     request = AuthRequest(
-        name, peer, connect.client_id, connect.username, connect.protocol_level, digest, parsed
+        name,
+        peer,
+        connect.client_id,
+        connect.username,
+        connect.protocol_level,
+        digest,
+        tenant,
+        parsed,
     )
 
     def decided(decision: Decision) -> None:

@@ -70,8 +70,8 @@ def policy_for(
     """The policy edge of a session about to relay, on a listener with per-device limits or
     topic rules (None: the relay's short path). The rules are read from ``home`` for each
     packet, so a reload applies to live sessions."""
-    limits = home.device_limits
     tenant = who.tenant
+    limits = home.device_limits_for(tenant)
     if limits is None and home.acl_for(tenant) is None:
         return None
     edge = PolicyEdge(

@@ -26,6 +26,7 @@ from gateway.proxy.device_link import DeviceLink, link_for, plain_link
 from gateway.proxy.handshake import (
     Identity,
     after_handshake,
+    anchored_tenant,
     describe_peer_certificate,
     proxy_header,
     rewritten,
@@ -100,7 +101,9 @@ class ClientProtocol(protocol.Protocol):
         leaf, self.verification.leaf = self.verification.leaf, None
         record.subject, record.serial, cert = describe_peer_certificate(handle, leaf)
         if cert is not None:  # taken now, from the certificate just parsed: no second parse
-            self._identity, self._acl_user, self._cn = taken_from(cert, self.factory)
+            if record.tenant is None:  # no name: the CA that anchored it may choose
+                record.tenant = anchored_tenant(handle, cert)
+            self._identity, self._acl_user, self._cn = taken_from(cert, self.factory, record.tenant)
         if self.factory.websocket is not None:
             self.link = link_for(self.factory, self.transport, handle, record, self._end_by)
             self.device = self.link or self.transport

@@ -5,6 +5,7 @@ fetched or its OCSP answer asked for."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
@@ -56,11 +57,15 @@ class RevocationChecker:
         reactor: IReactorTime,
         issuers: IssuerIndex | None = None,
         ocsp: OcspChecker | None = None,
+        tenant_reject: Mapping[str, bool] | None = None,
     ) -> None:
+        """``tenant_reject``: the tenants with a crl_expired_policy of their own (whether
+        it rejects); the others' devices are judged by the listener's."""
         self.cache = cache
         self.issuers = issuers or IssuerIndex.of([])
         self.settings = settings
         self.reject_unknown = settings is None or settings.expired_policy == FailurePolicy.REJECT
+        self._tenant_reject = dict(tenant_reject or {})
         self.crl_service = crl_service
         self.ocsp = ocsp
         self._reactor = reactor
@@ -68,6 +73,13 @@ class RevocationChecker:
         # Intermediates OpenSSL verified in full handshakes (a device may send its own):
         # a resumed session's path is rebuilt through them where cacertfile lacks them.
         self.verified = VerifiedIssuers()
+
+    def reject_for(self, tenant: str | None) -> bool:
+        """Whether an undetermined status refuses a device of ``tenant`` (None: the
+        listener's devices)."""
+        if tenant is None:
+            return self.reject_unknown
+        return self._tenant_reject.get(tenant, self.reject_unknown)
 
     def note_ca(self, cert: x509.Certificate) -> None:
         """The verify callback met a CA certificate OpenSSL accepted in a chain."""
@@ -98,7 +110,7 @@ class RevocationChecker:
             crl,
             ocsp_status,
             self.ocsp is not None and self.ocsp.either,
-            self.reject_unknown,
+            self.reject_for(verification.tenant if verification is not None else None),
             self.ocsp is not None and self.ocsp.reject,
         )
         if decision.outcome is Outcome.REFUSE:
@@ -203,15 +215,16 @@ class RevocationChecker:
             leaf_crl = self._crl_now(pending.crl)
         either = self.ocsp is not None and self.ocsp.either
         ocsp_reject = self.ocsp is not None and self.ocsp.reject
+        reject = self.reject_for(pending.tenant)
         decisions = []
         leaf_done = False
         for (question, crl), (status, why) in zip(pending.ocsp, answers, strict=True):
             if crl is CrlVerdict.PENDING:
                 crl, leaf_done = leaf_crl, True
-            decision = combine(crl, status, either, self.reject_unknown, ocsp_reject)
+            decision = combine(crl, status, either, reject, ocsp_reject)
             decisions.append((decision, question, why))
         if pending.crl is not None and not leaf_done:
-            decision = combine(leaf_crl, None, either, self.reject_unknown, False)
+            decision = combine(leaf_crl, None, either, reject, False)
             decisions.append((decision, None, ""))
         waited = []
         if pending.crl is not None:

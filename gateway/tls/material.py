@@ -71,7 +71,8 @@ class TlsMaterial:
     chain: tuple[x509.Certificate, ...]  # certfile: the server certificate first (ws: none)
     key: PrivateKeyTypes | None  # None on a ws listener (no TLS)
     ca_certs: tuple[x509.Certificate, ...]  # cacertfile (empty with verify_none)
-    ca_pem: bytes | None  # cacertfile as read: the CRL worker's trust input
+    # cacertfile as read, and its tenants' own CAs after it: the CRL worker's trust input
+    ca_pem: bytes | None
     ocsp: OcspTarget | None
     issuers: IssuerIndex  # ca_certs indexed: rebuilds a resumed session's chain
     upstream: UpstreamTrust | None = None  # with upstream_tls: the broker's CAs, our cert
@@ -79,6 +80,13 @@ class TlsMaterial:
     acl: Acl | None = None  # acl_file's rules
     deny: DenyList | None = None  # deny_file's certificates
     tenants: tuple[TenantMaterial, ...] = ()  # a certificate per server name
+    # Revocation's issuer lookups: every device CA of the listener and of its tenants
+    # (None: the listener's own, ``issuers``).
+    every_issuer: IssuerIndex | None = None
+
+    @property
+    def revocation_issuers(self) -> IssuerIndex:
+        return self.every_issuer or self.issuers
 
 
 def apply_suites(ctx: SSL.Context, tls: TlsSettings) -> None:
@@ -161,6 +169,7 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         ocsp = _ocsp_target(listener, chain, ca_certs or None, fail)
     warnings = tuple(str(fail("keyfile", w)) for w in _key_file_warnings(tls.keyfile)) + warnings
     tenants: list[TenantMaterial] = []
+    trust_pem: list[bytes] = []  # the tenants' own CAs (revocation data is checked against)
     for tenant in listener.tenants:
         where = f"tenant.{tenant.id}."
         _, tenant_chain = _certificates(tenant.certfile, where + "certfile", fail)
@@ -169,10 +178,12 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
             raise fail(where + "keyfile", f"does not match the certificate in {tenant.certfile}")
         tenant_cas: list[x509.Certificate] = []
         if tenant.cacertfile is not None:
-            _, tenant_cas = _certificates(tenant.cacertfile, where + "cacertfile", fail)
+            pem, tenant_cas = _certificates(tenant.cacertfile, where + "cacertfile", fail)
+            trust_pem.append(pem)
         match_cas: list[x509.Certificate] = []
         if tenant.match_ca is not None:
-            _, match_cas = _certificates(tenant.match_ca, where + "match_ca", fail)
+            pem, match_cas = _certificates(tenant.match_ca, where + "match_ca", fail)
+            trust_pem.append(pem)
             for ca in match_cas:
                 if ca in ca_certs:
                     raise fail(
@@ -196,6 +207,14 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         )
         notes = _key_file_warnings(tenant.keyfile)
         warnings += tuple(str(fail(where + "keyfile", w)) for w in notes)
+    every_issuer = None
+    if trust_pem:
+        if listener.crl is not None or listener.client_ocsp is not None:
+            _check_one_key_per_name(ca_certs, tenants, fail)
+        ca_pem = b"\n".join([ca_pem or b"", *trust_pem])
+        every_issuer = IssuerIndex.of(
+            [*ca_certs, *(ca for t in tenants for ca in (*t.ca_certs, *t.match_cas))]
+        )
     return TlsMaterial(
         tuple(chain),
         key,
@@ -206,7 +225,36 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         upstream=upstream,
         warnings=warnings,
         tenants=tuple(tenants),
+        every_issuer=every_issuer,
     )
+
+
+def _check_one_key_per_name(
+    ca_certs: list[x509.Certificate], tenants: list[TenantMaterial], fail: Fail
+) -> None:
+    """CRLs and OCSP answers name their issuer, not its key: with revocation checking, a
+    CA name two trust domains (the listener's, each tenant's) hold with different keys
+    would let one tenant's CA sign revocation data for another's devices."""
+    seen: dict[x509.Name, tuple[str, bytes]] = {}
+    domains = [("cacertfile", "", ca_certs)] + [
+        (
+            f"tenant.{t.settings.id}.{'cacertfile' if t.ca_certs else 'match_ca'}",
+            t.settings.id,
+            [*t.ca_certs, *t.match_cas],
+        )
+        for t in tenants
+    ]
+    for option, domain, cas in domains:
+        for ca in cas:
+            key = _spki(ca.public_key())
+            first = seen.setdefault(ca.subject, (domain, key))
+            if first[0] != domain and first[1] != key:
+                whose = f"tenant {first[0]!r}" if first[0] else "the listener"
+                raise fail(
+                    option,
+                    f"{_subject(ca)} is also a CA of {whose}, with another key: with CRL or "
+                    "OCSP checking, each CA name must have one key across tenants",
+                )
 
 
 def _upstream_material(

@@ -151,6 +151,8 @@ class CertificateVerifier:
             return errno or _V.ERR_APPLICATION_VERIFICATION
         if self.revocation is None:
             return 0
+        if verification is not None and not verification.chain:  # the trust anchor
+            verification.tenant = chain_tenant(connection, cert)
         known = self._parse(cert, depth)
         parsed, issuer = known.cert, known.issuer
         if depth == 0 and verification is not None:
@@ -181,6 +183,24 @@ class CertificateVerifier:
         except Exception:
             log.failure("certificate verification callback failed; refusing the certificate")
             return False
+
+
+def chain_tenant(connection: SSL.Connection, anchor: crypto.X509) -> str | None:
+    """The tenant whose revocation policy judges a chain: the one its server name chose
+    (the context switched to), else the one whose ``match_ca`` is its trust ``anchor``."""
+    ctx = connection.get_context()
+    tenant: str | None = getattr(ctx, "mqttgw_tenant", None)
+    if tenant is None:
+        anchors = getattr(ctx, "mqttgw_anchors", None)
+        if anchors:
+            tenant = anchors.get(anchor_key(anchor))
+    return tenant
+
+
+def anchor_key(cert: crypto.X509) -> bytes:
+    """What ``mqttgw_anchors`` is keyed by: the SHA-256 of the CA's DER (OpenSSL's digest:
+    no certificate parsed)."""
+    return bytes.fromhex(cert.digest("sha256").decode().replace(":", ""))
 
 
 _ISSUERS_SHARED = 4096

@@ -128,7 +128,7 @@ class WorkerRole(Serving):
             settings.client_ocsp,
             inbox.reactor,
             None,
-            material.issuers,
+            material.revocation_issuers,
             None,  # the master keeps the answers on disk
             self.cooperate,
             remote=remote,

@@ -4,23 +4,31 @@ name lookup, check-config's text, and the handshake choosing the tenant's certif
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet.task import Clock
 
 from gateway import testing as support
 from gateway.config.effective import format_config
-from gateway.config.tenants import parse_server_names, tenant_for
+from gateway.config.tenants import crl_reject, crl_urls, parse_server_names, tenant_for
 from gateway.demo import pki
 from gateway.errors import ConfigError
 from gateway.mqtt.acl import WRITE
 from gateway.parts import ListenerParts
+from gateway.peer import PeerVerification
 from gateway.proxy.handshake import anchored_tenant, resumed_anchor_refusal
+from gateway.revocation import crl as C
 from gateway.revocation.chains import IssuerIndex
+from gateway.revocation.checker import RevocationChecker
+from gateway.revocation.crl_cache import CrlCache
 from gateway.testing import prepare_text
+from gateway.testing.crl import OpensslCA
 from gateway.tls.context import build_context
-from gateway.tls.verify import CertificateVerifier
+from gateway.tls.verify import CertificateVerifier, GatewayConnection
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +156,7 @@ def _handshake(
     """(what ``_served`` says, the server's side of the connection); ``session``: one to
     resume; ``out`` gets the client's session (its TLS 1.3 ticket read)."""
     client_ctx = client_ctx or _client_context(p, device)
-    client, server = SSL.Connection(client_ctx, None), SSL.Connection(ctx, None)
+    client, server = SSL.Connection(client_ctx, None), GatewayConnection(ctx, PeerVerification())
     if name is not None:
         client.set_tlsext_host_name(name)
     if session is not None:
@@ -235,15 +243,91 @@ def test_a_resumed_session_must_chain_to_the_cas_of_its_name(p: support.Pki) -> 
         assert refusal is not None and refusal[0] == "unknown_ca"
 
 
-def test_own_cas_with_revocation_checking_are_refused_at_load(p: support.Pki) -> None:
-    beta = tenant_cert(p, "beta2", "beta.example")
-    extra = tenant_lines("beta", beta, "beta.example") | {
-        "tenant.beta.cacertfile": p.ca_file,
-        "enable_crl_cache": "true",
-        "crl_cache_urls": "http://127.0.0.1:1/c.crl",
+def test_tenants_own_crls_and_failure_policies(p: support.Pki, tmp_path: Path) -> None:
+    """Tenants with their own CAs under CRL checking: tenant a's CRL (its own source,
+    signed by its own CA, in the listener's one cache) refuses its revoked device; tenant
+    b has no CRL and its own crl_expired_policy = accept admits its device; the listener's
+    own devices, without a CRL, stay refused by the listener's reject."""
+    a_ca = OpensslCA.create(str(tmp_path / "a-ca"), pki.make_ca("tenant a devices CA"))
+    a_good = pki.issue(a_ca.issued, "a-good").write(str(tmp_path), "a-good")
+    a_bad = pki.issue(a_ca.issued, "a-bad").write(str(tmp_path), "a-bad")
+    a_ca.revoke(a_bad[0])
+    b_ca = pki.make_ca("tenant b devices CA (crl)")
+    b_ca_file = pki.write_ca_bundle(str(tmp_path / "b-ca.pem"), b_ca)
+    b_device = pki.issue(b_ca, "b-device").write(str(tmp_path), "b-device")
+    extra = (
+        tenant_lines("a", tenant_cert(p, "a", "a.example"), "a.example")
+        | tenant_lines("b", tenant_cert(p, "b", "b.example"), "b.example")
+        | {
+            "enable_crl_cache": "true",
+            "crl_cache_urls": "http://127.0.0.1:1/listener.crl",
+            "tenant.a.cacertfile": os.path.join(a_ca.dir, "ca.pem"),
+            "tenant.a.crl_cache_urls": "http://127.0.0.1:1/a.crl",
+            "tenant.b.cacertfile": b_ca_file,
+            "tenant.b.crl_expired_policy": "accept",
+        }
+    )
+    prepared = prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    listener, material = prepared.config.listener("t"), prepared.materials["t"]
+    assert crl_urls(listener) == ("http://127.0.0.1:1/listener.crl", "http://127.0.0.1:1/a.crl")
+    assert crl_reject(listener) == {"a": True, "b": False}
+    text = format_config(prepared.config)
+    assert "listener.ssl.t.tenant.b.crl_expired_policy = accept" in text
+    assert prepare_text(text).config.listener("t") == listener
+    trust = x509.load_pem_x509_certificates(material.ca_pem or b"")  # the CRL worker's
+    assert len(trust) == len(material.ca_certs) + 2
+    clock = Clock()
+    clock.advance(time.time())
+    cache = CrlCache(clock, 0)
+    for loaded in C.load(a_ca.gencrl(), material.revocation_issuers.all(), clock.seconds()):
+        cache.install(loaded, "http://127.0.0.1:1/a.crl")
+    checker = RevocationChecker(
+        cache, listener.crl, None, clock, material.revocation_issuers, None, crl_reject(listener)
+    )
+    ctx = build_context("t", listener.tls, material, CertificateVerifier(checker))
+    assert _served(ctx, p, b"a.example", a_good) == "CN=a"
+    assert _served(ctx, p, b"a.example", a_bad) == "refused"
+    assert _served(ctx, p, b"b.example", b_device) == "CN=b"
+    assert _served(ctx, p, None) == "refused"  # the listener's device: no CRL, reject
+    assert checker.counts["revoked"] == 1 and checker.counts["crl_missing"] == 1
+
+
+def test_a_ca_name_with_two_keys_across_tenants_is_refused_under_revocation(
+    p: support.Pki, tmp_path: Path
+) -> None:
+    """CRLs name their issuer: with CRL checking, a tenant's CA that has the name of
+    another trust domain's CA with another key could sign CRLs for that domain's devices."""
+    forged = pki.make_ca("mqttgw test root CA")  # the listener's root's name, another key
+    forged_file = pki.write_ca_bundle(str(tmp_path / "forged.pem"), forged)
+    extra = tenant_lines("x", tenant_cert(p, "x", "x.example"), "x.example") | {
+        "tenant.x.cacertfile": forged_file
     }
-    with pytest.raises(ConfigError, match="own CAs with CRL or OCSP checking"):
-        prepare_text(support.listener_conf("t", 8883, 1883, p, extra))
+    prepare_text(support.listener_conf("t", 8883, 1883, p, extra))  # no revocation: fine
+    revoking = extra | {"enable_crl_cache": "true", "crl_cache_urls": "http://127.0.0.1:1/c"}
+    with pytest.raises(ConfigError, match="also a CA of the listener, with another key") as e:
+        prepare_text(support.listener_conf("t", 8883, 1883, p, revoking))
+    assert "tenant.x.cacertfile" in str(e.value)
+    shared = revoking | {"tenant.x.cacertfile": p.ca_file}  # the same CAs: one key per name
+    prepare_text(support.listener_conf("t", 8883, 1883, p, shared))
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"tenant.a.crl_expired_policy": "accept"}, "needs enable_crl_cache on the listener"),
+        ({"tenant.a.crl_cache_urls": "ftp://x"}, "is not an http:// or https:// URL"),
+        ({"tenant.a.messages_rate": "fast"}, "tenant.a.messages_rate"),
+        (
+            {"tenant.a.peer_cert_as_username": "cn", "fail_if_no_peer_cert": "false"},
+            "needs verify = verify_peer and fail_if_no_peer_cert = true on the listener",
+        ),
+    ],
+)
+def test_bad_tenant_overrides_are_named(p: support.Pki, extra: dict[str, str], why: str) -> None:
+    lines = tenant_lines("a", tenant_cert(p, "a", "a.example"), "a.example") | extra
+    with pytest.raises(ConfigError) as e:
+        prepare_text(support.listener_conf("t", 8883, 1883, p, lines))
+    assert why in str(e.value)
 
 
 def test_match_ca_chooses_the_tenant_of_a_device_that_sends_no_name(p: support.Pki) -> None:

@@ -91,8 +91,7 @@ class Parts:
     def session_limits(self) -> Any:
         return session_limits(self.settings.limits)
 
-    @property
-    def identity(self) -> Any:
+    def identity_for(self, tenant: str | None) -> Any:
         return self.settings.identity
 
     @property
@@ -108,8 +107,7 @@ class Parts:
     def log_connect(self) -> bool:
         return self.settings.log_connect
 
-    @property
-    def device_limits(self) -> Any:
+    def device_limits_for(self, tenant: str | None) -> Any:
         return None
 
     @property
