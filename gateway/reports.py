@@ -49,6 +49,7 @@ def stats_from_dict(d: dict[str, Any]) -> StatsSnapshot:
         {str(k): int(v) for k, v in d.get("sessions", {}).items()},
         {str(k): int(v) for k, v in d.get("refused_transport", {}).items()},
         {str(k): int(v) for k, v in d.get("tenants", {}).items()},
+        {str(k): int(v) for k, v in d.get("tenant_refused", {}).items()},
     )
 
 
@@ -94,6 +95,7 @@ def merge_stats(listener: str, parts: list[StatsSnapshot]) -> StatsSnapshot:
         _add_counts([p.sessions for p in parts]),
         _add_counts([p.refused_transport for p in parts]),
         _add_counts([p.tenants for p in parts]),
+        _add_counts([p.tenant_refused for p in parts]),
     )
 
 

@@ -75,9 +75,12 @@ class ListenerStats:
     refused_transport: Counter[str] = attrs.Factory(Counter)
 
     tenants: Counter[str] = attrs.Factory(Counter)  # relayed sessions by tenant (SNI)
+    tenant_refused: Counter[str] = attrs.Factory(Counter)  # "<tenant> <reason>" -> count
 
-    def refuse(self, reason: Reason) -> None:
+    def refuse(self, reason: Reason, tenant: str | None = None) -> None:
         self.refused[str(reason)] += 1
+        if tenant is not None:
+            self.tenant_refused[f"{tenant} {reason}"] += 1
 
     def session_started(self, transport: str, tenant: str | None) -> None:
         self.accepted += 1
@@ -106,6 +109,7 @@ class ListenerStats:
             dict(self.sessions),
             dict(self.refused_transport),
             dict(self.tenants),
+            dict(self.tenant_refused),
         )
 
 
@@ -130,6 +134,7 @@ class StatsSnapshot:
     sessions: dict[str, int] = attrs.Factory(dict)  # by transport
     refused_transport: dict[str, int] = attrs.Factory(dict)  # by transport
     tenants: dict[str, int] = attrs.Factory(dict)  # relayed sessions by tenant
+    tenant_refused: dict[str, int] = attrs.Factory(dict)  # "<tenant> <reason>" -> count
 
 
 @attrs.frozen

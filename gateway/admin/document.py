@@ -53,6 +53,15 @@ def in_words(counts: dict[str, int]) -> str:
     return ", ".join(f"{DECISION_WORDS.get(k, k)}: {v}" for k, v in counts.items()) or "none yet"
 
 
+def _by_tenant(counts: dict[str, int]) -> dict[str, dict[str, int]]:
+    """``"<tenant> <reason>"`` counts as {tenant: {reason: count}}."""
+    out: dict[str, dict[str, int]] = {}
+    for key, count in sorted(counts.items()):
+        tenant, _, reason = key.partition(" ")
+        out.setdefault(tenant, {})[reason] = count
+    return out
+
+
 def _ts(value: float | None) -> str | None:
     return None if value is None else format_timestamp(value)
 
@@ -235,6 +244,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "disconnects_sent": dict(s.disconnects_sent),
             "sessions_by_transport": dict(sorted(s.sessions.items())),
             "sessions_by_tenant": dict(sorted(s.tenants.items())),
+            "refused_by_tenant": _by_tenant(s.tenant_refused),
             "refused_by_transport": dict(sorted(s.refused_transport.items())),
         },
         "brokers": [

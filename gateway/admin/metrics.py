@@ -147,6 +147,13 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
         "(the configured tenants only).",
         ["listener", "tenant"],
     )
+    tenant_refused = _family(
+        CounterMetricFamily,
+        "mqttgw_tenant_refused",
+        "Connections refused, by the tenant their server name (or CA) chose and reason "
+        "class (the configured tenants only).",
+        ["listener", "tenant", "reason"],
+    )
     refused_transport = _family(
         CounterMetricFamily,
         "mqttgw_refused_after_handshake",
@@ -195,12 +202,16 @@ def _connections(status: GatewayStatus) -> Iterator[Metric]:
             refused_transport.add_metric([name, transport], s.refused_transport.get(transport, 0))
         for tenant, count in sorted(s.tenants.items()):
             by_tenant.add_metric([name, tenant], count)
+        for key, count in sorted(s.tenant_refused.items()):
+            tenant, _, reason = key.partition(" ")
+            tenant_refused.add_metric([name, tenant, reason], count)
     yield from (accepted, refused, active, closed, revoked_live, relayed, handshake, upstream)
     yield from (upstream_failures, upstream_tls, accepting, throttled, throttled_seconds)
     yield acl_denied
     yield disconnects
     yield by_transport
     yield by_tenant
+    yield tenant_refused
     yield refused_transport
     broker_up = _family(
         GaugeMetricFamily,

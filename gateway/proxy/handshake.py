@@ -60,10 +60,15 @@ def handshake_refusal(failure: VerifyFailure | None, reason: Failure) -> tuple[R
 
 
 def why_not_completed(
-    verification: PeerVerification, record: SessionLog, reason: Failure
+    verification: PeerVerification, record: SessionLog, reason: Failure, transport: Any
 ) -> tuple[Reason, str]:
     """(reason class, detail) of a handshake that did not complete; the certificate that
-    failed verification, if one did, named in the session log."""
+    failed verification, if one did, and the tenant its name (or CA) chose, named in the
+    session log."""
+    handle = transport.getHandle()
+    if isinstance(handle, SSL.Connection):
+        record.tenant = getattr(handle.get_context(), "mqttgw_tenant", None)
+    record.tenant = record.tenant or verification.tenant
     failure = verification.failure
     if failure is not None:
         record.subject, record.serial = failure.subject, failure.serial

@@ -101,8 +101,7 @@ class ClientProtocol(protocol.Protocol):
         leaf, self.verification.leaf = self.verification.leaf, None
         record.subject, record.serial, cert = describe_peer_certificate(handle, leaf)
         if cert is not None:  # taken now, from the certificate just parsed: no second parse
-            if record.tenant is None:  # no name: the CA that anchored it may choose
-                record.tenant = anchored_tenant(handle, cert)
+            record.tenant = record.tenant or anchored_tenant(handle, cert)  # (no name: its CA)
             self._identity, self._acl_user, self._cn = taken_from(cert, self.factory, record.tenant)
         if self.factory.websocket is not None:
             self.link = link_for(self.factory, self.transport, handle, record, self._end_by)
@@ -156,10 +155,9 @@ class ClientProtocol(protocol.Protocol):
         self.factory.stats.active -= 1
         if self.factory.on_closed is not None:
             self.factory.on_closed(self)
-        in_handshake = self.session.state is S.State.HANDSHAKE
-        why_not = (
-            why_not_completed(self.verification, self.record, reason) if in_handshake else None
-        )
+        why_not = None
+        if self.session.state is S.State.HANDSHAKE:
+            why_not = why_not_completed(self.verification, self.record, reason, self.transport)
         self._run(self.session.connection_lost(lost_text(reason), why_not))
 
     # -- events from elsewhere -----------------------------------------------------------
@@ -313,7 +311,7 @@ class ClientProtocol(protocol.Protocol):
 
     def _on_refuse(self, refusal: S.Refuse) -> None:
         stats = self.factory.stats
-        stats.refuse(refusal.reason)
+        stats.refuse(refusal.reason, self.record.tenant)
         if self.record.tls_version != "-":  # after the handshake: the transport is known
             stats.refused_transport[self.record.transport] += 1
         self.record.refused(refusal.reason, refusal.detail)

@@ -100,11 +100,14 @@ class SessionLog:
         )
 
     def refused(self, reason: Reason, detail: str) -> None:
+        tenant = "tenant={tenant} " if self.tenant is not None else ""
         self._emit(
             log.warn,
-            "refused {listener} peer={peer} reason={reason} subject={subject}: {detail}",
+            "refused {listener} peer={peer} reason={reason} " + tenant + "subject={subject}: "
+            "{detail}",
             reason=reason.value,
             detail=detail,
+            tenant=self.tenant or "-",
         )
 
     def holding(self, pending: Pending) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from gateway import testing as support
 from gateway.demo import pki
+from gateway.testing.crl import CrlHttpServer, OpensslCA
 from tests.integration.test_operations import metrics
 
 pytestmark = pytest.mark.integration
@@ -190,3 +191,70 @@ def test_a_tenants_own_cas_hold_and_its_sessions_do_not_resume_on_another_name(
     finally:
         gw.stop()
         broker.stop()
+
+
+def test_each_tenant_has_its_own_crls_policy_and_identity(
+    pki_dir: support.Pki, workdir: str
+) -> None:
+    """Two tenants with their own CAs under CRL checking, one gateway, one mosquitto:
+    tenant a's CRL (from its own source, made by `openssl ca -gencrl`) refuses its revoked
+    device at the handshake; tenant b's CRL server is down, and b's own
+    crl_expired_policy = accept serves its device (its client id taken from its
+    certificate, b's own peer_cert_as_clientid); the listener's own devices stay refused by
+    the listener's reject. The refusals are counted per tenant."""
+    p = pki_dir
+    a_ca = OpensslCA.create(f"{workdir}/a-ca", pki.make_ca("tenant a devices CA (crl)"))
+    a_good = pki.issue(a_ca.issued, "a-good").write(workdir, "a-good")
+    a_bad = pki.issue(a_ca.issued, "a-bad").write(workdir, "a-bad")
+    a_ca.revoke(a_bad[0])
+    b_ca = pki.make_ca("tenant b devices CA (crl)")
+    b_device = pki.issue(b_ca, "b-device").write(workdir, "b-device")
+    crls = CrlHttpServer()
+    crls.routes["/a.crl"] = lambda: (200, a_ca.gencrl())
+    crls.routes["/b.crl"] = lambda: (503, b"down")
+    crls.routes["/listener.crl"] = lambda: (503, b"down")
+    extra = {"enable_crl_cache": "true", "crl_cache_urls": crls.url("/listener.crl")}
+    for t, ca_file in (("a", f"{a_ca.dir}/ca.pem"), ("b", f"{workdir}/b-ca.pem")):
+        files = pki.issue(p.inter, t, server=True, names=(f"{t}.example",)).write(workdir, t)
+        extra |= {
+            f"tenant.{t}.server_names": f"{t}.example",
+            f"tenant.{t}.certfile": files[0],
+            f"tenant.{t}.keyfile": files[1],
+            f"tenant.{t}.cacertfile": ca_file,
+            f"tenant.{t}.crl_cache_urls": crls.url(f"/{t}.crl"),
+        }
+    pki.write_ca_bundle(f"{workdir}/b-ca.pem", b_ca)
+    extra |= {"tenant.b.crl_expired_policy": "accept", "tenant.b.peer_cert_as_clientid": "cn"}
+    broker, broker_port = support.start_mosquitto(workdir)
+    port, admin = support.free_port(), support.free_port()
+    conf = support.listener_conf("t", port, broker_port, p, extra) + f"admin.listen = {admin}\n"
+    gw = support.start_gateway(workdir, conf, "gw-tenant-crls")
+
+    def connack(device: tuple[str, str], host: str, client_id: str) -> bytes:
+        ctx = support.client_context(p, device)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            with ctx.wrap_socket(raw, server_hostname=host) as s:
+                s.sendall(support.connect_packet(client_id))
+                return s.recv(4)
+        except (ssl.SSLError, ConnectionError):
+            return b""
+
+    try:
+        assert connack(a_good, "a.example", "a-good") == b"\x20\x02\x00\x00"
+        assert connack(a_bad, "a.example", "a-bad") == b""
+        assert connack(b_device, "b.example", "claimed-id") == b"\x20\x02\x00\x00"
+        assert connack(p.client("listener-device"), "127.0.0.1", "own") == b""
+        support.wait_until(lambda: "as b-device" in broker.log(), 5, what="b's session")
+        assert "claimed-id" not in broker.log() and "a-bad" not in broker.log()
+        log = gw.log()
+        assert re.search(r"refused t .*reason=revoked tenant=a subject=CN=a-bad", log), log[-3000:]
+        assert re.search(r"refused t .*reason=crl_missing subject=", log)  # (the listener's)
+        got = metrics(admin)
+        refused = "mqttgw_tenant_refused_total"
+        assert got[(refused, (("listener", "t"), ("reason", "revoked"), ("tenant", "a")))] == 1
+        assert not any(k[0] == refused and ("tenant", "b") in k[1] for k in got)
+    finally:
+        gw.stop()
+        broker.stop()
+        crls.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,3 +170,12 @@ def test_the_session_holds_the_connect_until_the_hook_decides() -> None:
             assert sent == [mqtt.connack(5, mqtt.NOT_AUTHORIZED)]
     late = S.Session(limits)
     assert late.authorization_decided(None, "late") == []  # (never held: ignored)
+
+
+def test_the_tenant_is_told_and_keys_the_cache() -> None:
+    """The hook is told the device's tenant; one listener's hook asked about two tenants'
+    devices with the same certificate and ids answers each on its own."""
+    mine = attrs.evolve(request(), tenant="acme")
+    assert json.loads(mine.body())["tenant"] == "acme"
+    assert json.loads(request().body())["tenant"] is None
+    assert mine.key() != request().key()

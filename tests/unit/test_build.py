@@ -10,6 +10,7 @@ from twisted.web.resource import Resource
 
 from gateway import testing as support
 from gateway.build import build_parts
+from gateway.demo import pki
 from gateway.parts import ListenerEvents, ListenerParts
 from gateway.reload_plan import plan_reload
 from gateway.revocation.fetch import HttpFetcher
@@ -97,3 +98,52 @@ def test_a_reload_reuses_what_did_not_change(p: support.Pki) -> None:
     assert more.revocation.cache is parts.revocation.cache
     broker, _ = _build(p, reactor, dict(CRL, upstream="127.0.0.1:1884"), first)
     assert broker.pool is not parts.pool and broker.crl is parts.crl
+
+
+def test_a_tenants_own_values_are_read_for_its_devices(p: support.Pki) -> None:
+    """tenant.<id>.<listener key>: the tenant's devices get its identity, rates, hook and
+    CRL policy; the listener's devices and the other tenants' get the listener's. Its CRL
+    sources are fetched by the listener's one source, and a reload that changes them
+    builds a new source."""
+    files = pki.issue(p.inter, "t1", server=True, names=("t1.example",)).write(p.dir, "t1")
+    tenant = {
+        "tenant.t1.server_names": "t1.example",
+        "tenant.t1.certfile": files[0],
+        "tenant.t1.keyfile": files[1],
+        "tenant.t2.server_names": "t2.example",
+        "tenant.t2.certfile": files[0],
+        "tenant.t2.keyfile": files[1],
+    }
+    own = {
+        "tenant.t1.peer_cert_as_clientid": "cn",
+        "tenant.t1.messages_rate": "10/s",
+        "tenant.t1.auth_http_url": "http://127.0.0.1:1/t1",
+        "tenant.t1.crl_cache_urls": "http://ca.test/t1.crl",
+        "tenant.t1.crl_expired_policy": "accept",
+    }
+    reactor = MemoryReactorClock()
+    first = _build(p, reactor, CRL | tenant | own)
+    parts = first[0]
+    assert parts.identity_for("t1").client_id == "cn"
+    assert parts.identity_for("t2").client_id is None and parts.identity_for(None).client_id is None
+    limits = parts.device_limits_for("t1")
+    assert limits is not None and limits.messages_rate == 10.0
+    assert parts.device_limits_for("t2") is None and parts.device_limits_for(None) is None
+    hook = parts.authorizer_for("t1")
+    assert hook is not None and hook.settings.url == "http://127.0.0.1:1/t1"
+    assert parts.authorizer_for("t2") is None and parts.authorizer is None
+    assert parts.session_limits.authorize  # (t1's devices are held for the hook)
+    assert parts.crl is not None and set(parts.crl.sources) == {
+        "http://ca.test/a.crl",
+        "http://ca.test/t1.crl",
+    }
+    assert parts.revocation is not None
+    assert [parts.revocation.reject_for(t) for t in ("t1", "t2", None)] == [False, True, True]
+    slower = own | {"tenant.t1.messages_rate": "5/s"}
+    same, _ = _build(p, reactor, CRL | tenant | slower, first)
+    assert same.crl is parts.crl and same.authorizer_for("t1") is hook  # (not their keys)
+    assert same.device_limits_for("t1").messages_rate == 5.0  # type: ignore[union-attr]
+    moved = own | {"tenant.t1.crl_cache_urls": "http://ca.test/t1-new.crl"}
+    again, _ = _build(p, reactor, CRL | tenant | moved, first)
+    assert again.crl is not parts.crl
+    assert again.crl is not None and "http://ca.test/t1-new.crl" in again.crl.sources
