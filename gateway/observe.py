@@ -4,7 +4,7 @@ staple, brokers) and the report of a refresh asked for by ``POST /refresh``."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -30,6 +30,7 @@ from gateway.status import (
     ListenerStatus,
     ResponderStatus,
     StatsSnapshot,
+    TenantStatus,
     is_ocsp_count,
 )
 
@@ -152,7 +153,32 @@ def own_status(
         ),
         client_ocsp=client_ocsp,
         auth=auth,
+        tenants=tuple(_tenant_status(parts, crl, fetches)),
     )
+
+
+def _tenant_status(
+    parts: ListenerParts, crl: CrlCheckStatus | None, fetches: bool
+) -> Iterator[TenantStatus]:
+    for tenant in parts.material.tenants:
+        t = tenant.settings
+        view = parts.settings_for(t.id)
+        why = ""
+        own_cas = (*tenant.ca_certs, *tenant.match_cas)
+        urls = tuple(v for a, vs in t.overrides if a == "crl.urls" for v in vs)
+        if fetches and parts.crl is not None and view.crl is not None and own_cas:
+            sources = [s for s in (crl.sources if crl else ()) if s.url in urls]
+            why = undecided(parts.crl.cache, own_cas, view.crl, sources)
+        yield TenantStatus(
+            t.id,
+            t.server_names,
+            t.enabled,
+            bool(own_cas),
+            urls,
+            str(view.crl.expired_policy) if view.crl is not None else None,
+            view.auth.url,
+            why,
+        )
 
 
 def client_ocsp_status(client: Any, counts: dict[str, int]) -> ClientOcspStatus:

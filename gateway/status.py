@@ -265,6 +265,21 @@ class AuthHookStatus:
 
 
 @attrs.frozen
+class TenantStatus:
+    """One tenant of a listener as configured, and what its devices would meet now (its
+    counters are the listener's ``StatsSnapshot``'s, by tenant)."""
+
+    id: str
+    server_names: tuple[str, ...]
+    enabled: bool
+    own_cas: bool  # its own cacertfile or match_ca
+    crl_sources: tuple[str, ...] = ()  # its own crl_cache_urls
+    crl_policy: str | None = None  # its crl_expired_policy, with CRL checking
+    auth_url: str | None = None  # the hook asked about its devices
+    undecided: str = ""  # why its good devices would be refused now ("" when they would not)
+
+
+@attrs.frozen
 class ListenerStatus:
     stats: StatsSnapshot
     crl: CrlCheckStatus | None = None
@@ -281,6 +296,7 @@ class ListenerStatus:
     undecided: str = ""
     client_ocsp: ClientOcspStatus | None = None
     auth: AuthHookStatus | None = None
+    tenants: tuple[TenantStatus, ...] = ()
 
 
 class WorkerState(str, enum.Enum):

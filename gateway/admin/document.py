@@ -19,6 +19,7 @@ from gateway.status import (
     GatewayStatus,
     ListenerStatus,
     OcspStatus,
+    TenantStatus,
 )
 
 ERROR = "error"
@@ -62,6 +63,37 @@ def _by_tenant(counts: dict[str, int]) -> dict[str, dict[str, int]]:
     return out
 
 
+def _tenant(t: TenantStatus, ls: ListenerStatus, now: float) -> dict[str, Any]:
+    """One tenant: its configuration, counters and certificate, and its CRL sources' state."""
+    s = ls.stats
+    cert = next((c for c in ls.certificates if c.role == f"tenant {t.id}"), None)
+    sources = ls.crl.sources if ls.crl is not None else ()
+    return {
+        "id": t.id,
+        "server_names": list(t.server_names),
+        "enabled": t.enabled,
+        "own_cas": t.own_cas,
+        "sessions": s.tenants.get(t.id, 0),
+        "refused": _by_tenant(s.tenant_refused).get(t.id, {}),
+        "certificate_not_after": _ts(cert.not_after) if cert is not None else None,
+        "certificate_days_left": round(cert.days_left(now), 1) if cert is not None else None,
+        "crl_expired_policy": t.crl_policy,
+        "crl_sources": [
+            {
+                "url": src.url,
+                "crls_held": len(src.crls),
+                "last_result": src.last_result,
+                "last_error": src.last_error,
+            }
+            for src in sources
+            if src.url in t.crl_sources
+        ],
+        "auth_http_url": t.auth_url,
+        "admits_devices": t.enabled and not t.undecided,
+        "not_admitting": t.undecided or (None if t.enabled else "disabled"),
+    }
+
+
 def _ts(value: float | None) -> str | None:
     return None if value is None else format_timestamp(value)
 
@@ -81,7 +113,15 @@ def problems(status: GatewayStatus) -> list[dict[str, str]]:
         if not ls.accepting:
             add(ERROR, name, f"not accepting connections: {ls.not_accepting}")
         elif ls.undecided:
-            add(ERROR, name, f"every device would be refused: {ls.undecided}")
+            whose = "its own devices" if ls.tenants else "every device"
+            add(ERROR, name, f"{whose} would be refused: {ls.undecided}")
+        for tenant in ls.tenants:
+            if tenant.undecided and tenant.enabled:
+                add(
+                    ERROR,
+                    name,
+                    f"tenant {tenant.id}'s devices would be refused: {tenant.undecided}",
+                )
         for cert in ls.certificates:
             _certificate_problems(add, name, cert, now)
         if ls.crl is not None:
@@ -262,6 +302,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
         "ocsp": None,
         "client_ocsp": None,
         "auth_http": None,
+        "tenants": [_tenant(t, ls, now) for t in ls.tenants],
     }
     if ls.auth is not None:
         a = ls.auth

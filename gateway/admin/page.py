@@ -163,6 +163,8 @@ def _listener(ls: dict[str, Any], now: float) -> str:
             )
         )
     out = [f"<h2>Listener {_e(ls['name'])}</h2>", _table(rows)]
+    if ls.get("tenants"):
+        out.append(_tenant_table(ls["tenants"], now))
     if ls["crl"] is not None:
         out.append(_crl_table(ls["crl"], now))
     if ls.get("auth_http") is not None:
@@ -211,6 +213,37 @@ def _listener(ls: dict[str, Any], now: float) -> str:
             )
         )
     return "".join(out)
+
+
+def _tenant_table(tenants: list[dict[str, Any]], now: float) -> str:
+    head = (
+        "<tr><th>tenant</th><th>server names</th><th>admits devices</th><th>sessions</th>"
+        "<th>refused</th><th>certificate valid until</th><th>own CAs</th>"
+        "<th>CRL policy</th><th>its CRL sources</th><th>hook</th></tr>"
+    )
+    rows = []
+    for t in tenants:
+        state = "yes" if t["admits_devices"] else f"NO: {t['not_admitting']}"
+        sources = "; ".join(
+            f"{s['url']} ({s['crls_held']} held"
+            + (f", {s['last_error']}" if s["last_error"] else "")
+            + ")"
+            for s in t["crl_sources"]
+        )
+        cells = [
+            t["id"],
+            ", ".join(t["server_names"]),
+            state,
+            t["sessions"],
+            pairs(t["refused"]),
+            _when(t["certificate_not_after"], now),
+            "yes" if t["own_cas"] else "the listener's",
+            t["crl_expired_policy"],
+            sources or None,
+            t["auth_http_url"],
+        ]
+        rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
+    return f"<h3>Tenants</h3><table id='tenants'>{head}{''.join(rows)}</table>"
 
 
 def _crl_table(crl: dict[str, Any], now: float) -> str:

@@ -40,6 +40,18 @@ def render_text(doc: dict[str, Any]) -> str:
                 f"  {cert['role']} certificate {cert['subject']} serial {cert['serial']}  "
                 f"valid until {cert['not_after']} ({cert['days_left']:.0f} days left)"
             )
+        for t in ls.get("tenants", []):
+            state = "" if t["admits_devices"] else f"  NOT ADMITTING: {t['not_admitting']}"
+            lines.append(
+                f"  tenant {t['id']} ({', '.join(t['server_names'])})  sessions {t['sessions']}"
+                f"  refused {pairs(t['refused'])}  certificate until "
+                f"{_v(t['certificate_not_after'])}" + state
+            )
+            for s in t["crl_sources"]:
+                lines.append(
+                    f"    {s['url']}  {s['crls_held']} CRL(s) held"
+                    + (f" ({s['last_error']})" if s["last_error"] else "")
+                )
         brokers = ls.get("brokers", [])
         if len(brokers) > 1 or any(not b["up"] for b in brokers):
             lines.append(

@@ -5,6 +5,7 @@ without touching a live session."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -16,7 +17,7 @@ import pytest
 from gateway import testing as support
 from gateway.demo import pki
 from gateway.testing.crl import CrlHttpServer, OpensslCA
-from tests.integration.test_operations import metrics
+from tests.integration.test_operations import http, metrics
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +255,17 @@ def test_each_tenant_has_its_own_crls_policy_and_identity(
         refused = "mqttgw_tenant_refused_total"
         assert got[(refused, (("listener", "t"), ("reason", "revoked"), ("tenant", "a")))] == 1
         assert not any(k[0] == refused and ("tenant", "b") in k[1] for k in got)
+        doc = json.loads(http(admin, "/status")[2])
+        (listener,) = doc["listeners"]
+        a, b = listener["tenants"]
+        assert (a["id"], a["sessions"], a["refused"]) == ("a", 1, {"revoked": 1})
+        assert a["admits_devices"] and a["crl_sources"][0]["crls_held"] == 1
+        assert (b["sessions"], b["crl_expired_policy"], b["admits_devices"]) == (1, "accept", True)
+        assert "503" in b["crl_sources"][0]["last_error"]
+        whats = [p["what"] for p in doc["problems"]]
+        assert any(w.startswith("its own devices would be refused") for w in whats), whats
+        page = http(admin, "/")[2].decode()
+        assert "<h3>Tenants</h3>" in page and "revoked=1" in page
     finally:
         gw.stop()
         broker.stop()
