@@ -194,15 +194,17 @@ def test_a_tenants_own_cas_hold_and_its_sessions_do_not_resume_on_another_name(
         broker.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_each_tenant_has_its_own_crls_policy_and_identity(
-    pki_dir: support.Pki, workdir: str
+    pki_dir: support.Pki, workdir: str, workers: int
 ) -> None:
     """Two tenants with their own CAs under CRL checking, one gateway, one mosquitto:
-    tenant a's CRL (from its own source, made by `openssl ca -gencrl`) refuses its revoked
-    device at the handshake; tenant b's CRL server is down, and b's own
-    crl_expired_policy = accept serves its device (its client id taken from its
-    certificate, b's own peer_cert_as_clientid); the listener's own devices stay refused by
-    the listener's reject. The refusals are counted per tenant."""
+        tenant a's CRL (from its own source, made by `openssl ca -gencrl`) refuses its revoked
+        device at the handshake; tenant b's CRL server is down, and b's own
+        crl_expired_policy = accept serves its device (its client id taken from its
+        certificate, b's own peer_cert_as_clientid); the listener's own devices stay refused by
+        the listener's reject. The refusals are counted per tenant. With workers, the master
+    fetches every tenant's CRLs and each worker judges by them."""
     p = pki_dir
     a_ca = OpensslCA.create(f"{workdir}/a-ca", pki.make_ca("tenant a devices CA (crl)"))
     a_good = pki.issue(a_ca.issued, "a-good").write(workdir, "a-good")
@@ -229,7 +231,7 @@ def test_each_tenant_has_its_own_crls_policy_and_identity(
     broker, broker_port = support.start_mosquitto(workdir)
     port, admin = support.free_port(), support.free_port()
     conf = support.listener_conf("t", port, broker_port, p, extra) + f"admin.listen = {admin}\n"
-    gw = support.start_gateway(workdir, conf, "gw-tenant-crls")
+    gw = support.start_gateway(workdir, conf + f"workers = {workers}\n", f"gw-crls-{workers}")
 
     def connack(device: tuple[str, str], host: str, client_id: str) -> bytes:
         ctx = support.client_context(p, device)
@@ -248,12 +250,14 @@ def test_each_tenant_has_its_own_crls_policy_and_identity(
         assert connack(p.client("listener-device"), "127.0.0.1", "own") == b""
         support.wait_until(lambda: "as b-device" in broker.log(), 5, what="b's session")
         assert "claimed-id" not in broker.log() and "a-bad" not in broker.log()
+        support.wait_until(lambda: "reason=crl_missing" in gw.log(), 5, what="the refusals")
         log = gw.log()
         assert re.search(r"refused t .*reason=revoked tenant=a subject=CN=a-bad", log), log[-3000:]
         assert re.search(r"refused t .*reason=crl_missing subject=", log)  # (the listener's)
-        got = metrics(admin)
         refused = "mqttgw_tenant_refused_total"
-        assert got[(refused, (("listener", "t"), ("reason", "revoked"), ("tenant", "a")))] == 1
+        revoked = (refused, (("listener", "t"), ("reason", "revoked"), ("tenant", "a")))
+        support.wait_until(lambda: metrics(admin).get(revoked) == 1, 5, what="the counts")
+        got = metrics(admin)
         assert not any(k[0] == refused and ("tenant", "b") in k[1] for k in got)
         doc = json.loads(http(admin, "/status")[2])
         (listener,) = doc["listeners"]
