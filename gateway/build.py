@@ -70,10 +70,11 @@ def build_parts(
     hooks = {None: settings.auth} | {t.id: tenant_view(settings, t).auth for t in settings.tenants}
     askers = {auth: _authorizer(settings.name, auth, reactor, previous) for auth in hooks.values()}
     verifier = CertificateVerifier(checker)
-    # pyOpenSSL freezes a context once its first connection exists: the stapling callback
-    # goes in before the context is used.
+    tenant_staplers = _tenant_staplers(settings, material, globals_, role, events, previous, change)
+    # pyOpenSSL freezes a context once its first connection exists: the stapling callbacks
+    # go in before the context is used.
     context = (
-        build_context(settings.name, settings.tls, material, verifier)
+        build_context(settings.name, settings.tls, material, verifier, tenant_staplers)
         if settings.transport.tls
         else None  # a ws listener: no TLS here
     )
@@ -103,7 +104,40 @@ def build_parts(
             for tenant, auth in hooks.items()
             if tenant is not None and auth != settings.auth and (hook := askers[auth]) is not None
         },
+        tenant_staplers,
     )
+
+
+def _tenant_staplers(
+    settings: ListenerSettings,
+    material: TlsMaterial,
+    globals_: GlobalSettings,
+    role: IListenerRole,
+    events: ListenerEvents,
+    previous: ListenerParts | None,
+    change: ListenerChange | None,
+) -> dict[str, Any]:
+    """With stapling, a stapler per tenant certificate (named ``<listener>/<tenant>``: its
+    log lines, its kept response, a worker's staple): the previous one while the stapling
+    settings and the tenant's certificate hold."""
+    out = {}
+    old = {t.settings.id: t for t in previous.material.tenants} if previous is not None else {}
+    for tenant in material.tenants:
+        tid = tenant.settings.id
+        if tenant.ocsp is None:
+            continue
+        kept = previous.tenant_staplers.get(tid) if previous is not None else None
+        same = tid in old and old[tid].chain[:1] == tenant.chain[:1]
+        if kept is not None and change is not None and not change.ocsp and same:
+            out[tid] = kept
+            continue
+        out[tid] = role.stapler(
+            attrs.evolve(settings, name=f"{settings.name}/{tid}"),
+            attrs.evolve(material, ocsp=tenant.ocsp),
+            globals_,
+            events.staple_changed,
+        )
+    return out
 
 
 def _tenant_upstream(settings: ListenerSettings, tenant: TenantSettings) -> ListenerSettings:

@@ -28,6 +28,7 @@ from gateway.status import (
     CrlCheckStatus,
     CrlSourceStatus,
     ListenerStatus,
+    OcspStatus,
     ResponderStatus,
     StatsSnapshot,
     TenantStatus,
@@ -178,7 +179,13 @@ def _tenant_status(
             str(view.crl.expired_policy) if view.crl is not None else None,
             view.auth.url,
             why,
+            _staple_status(parts.tenant_staplers.get(t.id)),
         )
+
+
+def _staple_status(stapler: Any) -> OcspStatus | None:
+    """A stapler's status (None: none, or a worker's, whose master fetches)."""
+    return stapler.status() if stapler is not None else None
 
 
 def client_ocsp_status(client: Any, counts: dict[str, int]) -> ClientOcspStatus:

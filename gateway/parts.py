@@ -62,6 +62,8 @@ class ListenerParts:
     )
     # the tenants whose hook (auth_http_url, _failure_policy) is their own, not the listener's
     tenant_authorizers: dict[str, Authorizer] = attrs.field(factory=dict)
+    # with stapling: each tenant's certificate's stapler (IStapler), installed on its context
+    tenant_staplers: dict[str, Any] = attrs.field(factory=dict)
 
     # What the relay reads (``proxy.relay.RelayParts``).
     def connector_for(self, tenant: str | None) -> PoolConnector:
@@ -173,6 +175,7 @@ class ListenerParts:
     def services(self) -> list[Any]:
         """The services these parts run (CRL source, OCSP client, stapler, broker checks)."""
         tenants = [health for _, _, health in self.tenant_upstreams.values()]
+        tenants += self.tenant_staplers.values()
         own = (self.crl, self.ocsp_client, self.stapler, self.health, *tenants)
         return [s for s in own if s is not None]
 

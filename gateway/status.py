@@ -277,6 +277,7 @@ class TenantStatus:
     crl_policy: str | None = None  # its crl_expired_policy, with CRL checking
     auth_url: str | None = None  # the hook asked about its devices
     undecided: str = ""  # why its good devices would be refused now ("" when they would not)
+    ocsp: OcspStatus | None = None  # its certificate's staple (with stapling, where fetched)
 
 
 @attrs.frozen

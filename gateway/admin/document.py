@@ -89,6 +89,7 @@ def _tenant(t: TenantStatus, ls: ListenerStatus, now: float) -> dict[str, Any]:
             if src.url in t.crl_sources
         ],
         "auth_http_url": t.auth_url,
+        "ocsp": _ocsp(t.ocsp) if t.ocsp is not None else None,
         "admits_devices": t.enabled and not t.undecided,
         "not_admitting": t.undecided or (None if t.enabled else "disabled"),
     }
@@ -129,6 +130,9 @@ def problems(status: GatewayStatus) -> list[dict[str, str]]:
                 _crl_problems(add, name, src, now)
         if ls.ocsp is not None:
             _ocsp_problems(add, name, ls.ocsp, now)
+        for tenant in ls.tenants:
+            if tenant.ocsp is not None:
+                _ocsp_problems(add, f"{name}/{tenant.id}", tenant.ocsp, now)
         down = [b for b in ls.brokers if not b.up]
         if down and len(down) == len(ls.brokers):
             add(
@@ -368,20 +372,24 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
         }
     if ls.ocsp is not None:
         o = ls.ocsp
-        out["ocsp"] = {
-            "certificate": o.certificate,
-            "serial": o.serial,
-            "responder": o.responder,
-            "status": o.status,
-            "produced_at": _ts(o.produced_at),
-            "this_update": _ts(o.this_update),
-            "next_update": _ts(o.next_update),
-            "next_refresh": _ts(o.next_refresh),
-            "last_fetch": _ts(o.last_fetch),
-            "last_result": o.last_result,
-            "last_error": o.last_error,
-            "failures_in_a_row": o.failures,
-            "failures_by_kind": dict(sorted(o.failure_kinds.items())),
-            "staples_sent": o.staples_sent,
-        }
+        out["ocsp"] = _ocsp(o)
     return out
+
+
+def _ocsp(o: OcspStatus) -> dict[str, Any]:
+    return {
+        "certificate": o.certificate,
+        "serial": o.serial,
+        "responder": o.responder,
+        "status": o.status,
+        "produced_at": _ts(o.produced_at),
+        "this_update": _ts(o.this_update),
+        "next_update": _ts(o.next_update),
+        "next_refresh": _ts(o.next_refresh),
+        "last_fetch": _ts(o.last_fetch),
+        "last_result": o.last_result,
+        "last_error": o.last_error,
+        "failures_in_a_row": o.failures,
+        "failures_by_kind": dict(sorted(o.failure_kinds.items())),
+        "staples_sent": o.staples_sent,
+    }

@@ -219,7 +219,7 @@ def _tenant_table(tenants: list[dict[str, Any]], now: float) -> str:
     head = (
         "<tr><th>tenant</th><th>server names</th><th>admits devices</th><th>sessions</th>"
         "<th>refused</th><th>certificate valid until</th><th>own CAs</th>"
-        "<th>CRL policy</th><th>its CRL sources</th><th>hook</th></tr>"
+        "<th>CRL policy</th><th>its CRL sources</th><th>hook</th><th>OCSP staple</th></tr>"
     )
     rows = []
     for t in tenants:
@@ -241,9 +241,18 @@ def _tenant_table(tenants: list[dict[str, Any]], now: float) -> str:
             t["crl_expired_policy"],
             sources or None,
             t["auth_http_url"],
+            _staple_words(t.get("ocsp"), now),
         ]
         rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
     return f"<h3>Tenants</h3><table id='tenants'>{head}{''.join(rows)}</table>"
+
+
+def _staple_words(ocsp: dict[str, Any] | None, now: float) -> Any:
+    if ocsp is None:
+        return None
+    if not ocsp["status"]:
+        return f"none ({ocsp['last_error'] or 'not fetched yet'})"
+    return Html(f"{_e(ocsp['status'])}, until {_when(ocsp['next_update'], now)}")
 
 
 def _crl_table(crl: dict[str, Any], now: float) -> str:

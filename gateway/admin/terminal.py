@@ -47,6 +47,12 @@ def render_text(doc: dict[str, Any]) -> str:
                 f"  refused {pairs(t['refused'])}  certificate until "
                 f"{_v(t['certificate_not_after'])}" + state
             )
+            if t.get("ocsp") is not None:
+                o = t["ocsp"]
+                lines.append(
+                    f"    OCSP staple {_v(o['status'])}, next update {_v(o['next_update'])}"
+                    + (f"; last error {o['last_error']}" if o["last_error"] else "")
+                )
             for s in t["crl_sources"]:
                 lines.append(
                     f"    {s['url']}  {s['crls_held']} CRL(s) held"

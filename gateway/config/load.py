@@ -259,14 +259,6 @@ def _with_tenants(
     line, key = origin[lines[0][0]]
     if not listener.transport.tls:
         raise ConfigError(path, line, key, "a ws listener has no TLS: tenants need ssl or wss")
-    if listener.ocsp is not None:
-        raise ConfigError(
-            path,
-            line,
-            key,
-            "tenants and enable_ocsp_stapling: the staple is the listener's own "
-            "certificate's, a tenant's certificate would get none (not yet supported)",
-        )
     check_overrides(path, listener, tenants, origin)
     own_cas = [t for t in tenants if t.cacertfile is not None or t.match_ca is not None]
     if own_cas and not listener.tls.verify_peer:

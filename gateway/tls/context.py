@@ -9,7 +9,7 @@ creator's ``context`` for new connections only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -35,7 +35,11 @@ def session_id_context(listener_name: str) -> bytes:
 
 
 def build_context(
-    name: str, tls: TlsSettings, material: TlsMaterial, verifier: CertificateVerifier
+    name: str,
+    tls: TlsSettings,
+    material: TlsMaterial,
+    verifier: CertificateVerifier,
+    tenant_staplers: Mapping[str, Any] | None = None,
 ) -> SSL.Context:
     """A server context for listener ``name``, from checked settings and material; with
     tenants, the client's server name (SNI) switches a connection to its tenant's context:
@@ -66,6 +70,9 @@ def build_context(
                 tenant.key,
             )
             tenant_ctx.mqttgw_tenant = tenant.settings.id  # type: ignore[attr-defined]  # (the log's)
+            stapler = (tenant_staplers or {}).get(tenant.settings.id)
+            if stapler is not None:  # its own certificate's staple
+                stapler.install(tenant_ctx)
             if own_cas:
                 # (its own CAs, or the listener's: never match_ca's, which only the bare
                 # name admits)

@@ -61,6 +61,7 @@ class TenantMaterial:
     issuers: IssuerIndex | None = None  # those, indexed (a resumed session is checked)
     match_cas: tuple[x509.Certificate, ...] = ()  # match_ca: its devices on the bare name
     acl: Acl | None = None  # its acl_file's rules (None: the listener's)
+    ocsp: OcspTarget | None = None  # with stapling: its certificate's responder and issuer
 
 
 @attrs.frozen(eq=False)
@@ -203,6 +204,11 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
                 tuple(tenant_cas),
                 IssuerIndex.of(tenant_cas) if tenant_cas else None,
                 tuple(match_cas),
+                ocsp=(
+                    _ocsp_target(listener, tenant_chain, None, _tenant_fail(fail, where))
+                    if listener.ocsp is not None
+                    else None
+                ),
             )
         )
         notes = _key_file_warnings(tenant.keyfile)
@@ -227,6 +233,17 @@ def load_material(listener: ListenerSettings, fail: Fail) -> TlsMaterial:
         tenants=tuple(tenants),
         every_issuer=every_issuer,
     )
+
+
+def _tenant_fail(fail: Fail, where: str) -> Fail:
+    """A tenant's stapling problems name its certfile (its certificate has no OCSP URL, or
+    no issuer was found for it)."""
+
+    def tenant_fail(option: str, reason: str) -> ConfigError:
+        key = where + "certfile" if option == "enable_ocsp_stapling" else option
+        return fail(key, f"{where}certfile: {reason}" if key == option else reason)
+
+    return tenant_fail
 
 
 def _check_one_key_per_name(

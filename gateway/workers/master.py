@@ -34,7 +34,7 @@ from gateway.tls.material import TlsMaterial
 from gateway.twisted_native import quiet_agent
 from gateway.workers.group import SocketGroupService
 from gateway.workers.pool import WorkerPool
-from gateway.workers.slots import current_staple
+from gateway.workers.slots import current_staples
 from gateway.workers.sockets import usable_cpus
 
 
@@ -103,7 +103,8 @@ class MasterRole:
             self.workers.publisher(listener.name).publish(crl.cache)
 
     def staple_changed(self, listener: ListenerHandle) -> None:
-        self.workers.send_staple(listener.name, current_staple(listener.parts()))
+        for name, der in current_staples(listener.parts()).items():
+            self.workers.send_staple(listener.name, der, name)
 
     def status(self, listener: ListenerHandle, own: ListenerStatus) -> ListenerStatus:
         return merge_reports(own, self.workers.reports(listener.name))

@@ -33,7 +33,7 @@ from gateway.workers.channel import MasterAnswers, MasterChannel, OneProtocol, c
 from gateway.workers.group import SocketGroupService
 from gateway.workers.logrelay import WorkerProcess
 from gateway.workers.publisher import CrlPublisher
-from gateway.workers.slots import WorkerSlot, current_staple, runtime_directory, signal_process
+from gateway.workers.slots import WorkerSlot, current_staples, runtime_directory, signal_process
 
 log = Logger()
 
@@ -283,7 +283,8 @@ class WorkerPool(service.MultiService):
             snapshot = self.publisher(name).path
             if snapshot is not None:
                 yield channel.callRemote(c.CrlSnapshot, listener=name, path=snapshot)
-            yield channel.callRemote(c.Staple, listener=name, der=clip(current_staple(ls.parts)))
+            for staple, der in current_staples(ls.parts).items():
+                yield channel.callRemote(c.Staple, listener=staple, der=clip(der))
         answer = yield channel.callRemote(
             c.Configure, path=prepared.config.path, generation=self.generation
         )
@@ -348,12 +349,13 @@ class WorkerPool(service.MultiService):
                 runs.append(d.addErrback(lambda _: None))
         return defer.gatherResults(runs)
 
-    def send_staple(self, listener: str, der: bytes) -> None:
+    def send_staple(self, listener: str, der: bytes, name: str | None = None) -> None:
+        """To the workers serving ``listener``: its staple, or the one named ``name``
+        (``<listener>/<tenant>``: a tenant's certificate's)."""
         for slot in self.slots:
             if slot.channel is not None and any(k[0] == listener for k in slot.sent):
-                slot.channel.callRemote(c.Staple, listener=listener, der=clip(der)).addErrback(
-                    lambda _: None
-                )
+                call = slot.channel.callRemote(c.Staple, listener=name or listener, der=clip(der))
+                call.addErrback(lambda _: None)
 
     def _gather(self) -> None:
         for slot in self.slots:

@@ -16,11 +16,18 @@ from gateway.status import WorkerState
 from gateway.workers.channel import MasterChannel
 
 
-def current_staple(parts: ListenerParts) -> bytes:
-    """The DER of the staple a master's listener holds now (b"": none)."""
-    stapler = parts.stapler
-    current = stapler.current if stapler is not None else None
-    return current.der if current is not None else b""
+def current_staples(parts: ListenerParts) -> dict[str, bytes]:
+    """The DER of each staple a master's listener holds now (b"": none), by the name its
+    workers know it by: the listener's, and ``<listener>/<tenant>`` for each tenant's."""
+
+    def der(stapler: Any) -> bytes:
+        current = stapler.current if stapler is not None else None
+        return current.der if current is not None else b""
+
+    out = {parts.name: der(parts.stapler)}
+    for tenant, stapler in parts.tenant_staplers.items():
+        out[f"{parts.name}/{tenant}"] = der(stapler)
+    return out
 
 
 @attrs.define(eq=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 from gateway import testing as support
 from gateway.demo import pki
 from gateway.testing.ocsp import OcspWorld, OpensslOcspResponder
+from tests.integration.test_operations import http
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +146,43 @@ def test_delegated_responder_and_get_method(
             gw.stop()
     finally:
         responder.stop()
+
+
+def test_each_tenant_certificate_gets_its_own_staple(
+    world: OcspWorld, broker: int, workdir: str
+) -> None:
+    """Tenants on a stapling listener (here with workers: the master fetches, each worker
+    staples): `openssl s_client -servername acme.example -status` gets acme's certificate
+    and a successful OCSP response for it; the listener's own name gets its own; the
+    status document shows acme's staple."""
+    acme = pki.issue(
+        world.p.inter, "acme", server=True, names=("acme.example",), ocsp_url=world.responder.url
+    ).write(workdir, "acme-stapled")
+    world.ca.register(acme[0])
+    port, admin = support.free_port(), support.free_port()
+    tenant = {
+        "tenant.acme.server_names": "acme.example",
+        "tenant.acme.certfile": acme[0],
+        "tenant.acme.keyfile": acme[1],
+    }
+    conf = world.conf("s", port, broker, world.server_cert("srv-tenants"), **tenant)
+    conf += f"workers = 2\nadmin.listen = {admin}\n"
+    gw = support.start_gateway(workdir, conf, "gw-tenant-staples")
+    try:
+        support.wait_until(lambda: gw.log().count("status=good") >= 2, 20, what="two staples")
+        cert = world.p.client("ocsp-tenant-client")
+
+        def asked(*name: str) -> str:
+            out = support.s_client(port, world.p.ca_file, cert, "1.3", "-status", *name)
+            return out.stdout + out.stderr
+
+        support.wait_until(lambda: SUCCESS in asked("-servername", "acme.example"), 10)
+        out = asked("-servername", "acme.example")
+        assert "depth=0 O = mqttgw test, CN = acme" in out and "Cert Status: good" in out, out
+        own = asked()
+        assert SUCCESS in own and "CN = localhost" in own and "Cert Status: good" in own
+        doc = json.loads(http(admin, "/status")[2])
+        (t,) = doc["listeners"][0]["tenants"]
+        assert t["ocsp"]["status"] == "good" and t["ocsp"]["serial"] in out.replace(":", "")
+    finally:
+        gw.stop()

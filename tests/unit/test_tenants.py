@@ -110,7 +110,9 @@ def test_bad_tenant_lines_are_named(
     assert e.value.line == line and why in str(e.value)
 
 
-def test_a_name_served_twice_a_ws_listener_and_stapling_are_refused(p: support.Pki) -> None:
+def test_a_name_served_twice_a_ws_listener_and_a_tenant_without_ocsp_url_are_refused(
+    p: support.Pki,
+) -> None:
     a, b = tenant_cert(p, "ta", "x.example"), tenant_cert(p, "tb", "x.example")
     twice = tenant_lines("a", a, "x.example") | tenant_lines("b", b, "y.example, X.example")
     with pytest.raises(ConfigError, match="x.example is served by tenant 'a' already"):
@@ -119,9 +121,22 @@ def test_a_name_served_twice_a_ws_listener_and_stapling_are_refused(p: support.P
         prepare_text(
             support.listener_conf("w", 8080, 1883, p, tenant_lines("a", a, "x.example"), "ws")
         )
-    stapled = tenant_lines("a", a, "x.example") | {"enable_ocsp_stapling": "true"}
-    with pytest.raises(ConfigError, match="staple is the listener's own"):
+    # Stapling: each tenant's certificate needs its own OCSP URL (or ocsp_responder_url).
+    aia = pki.issue(p.inter, "localhost", server=True, ocsp_url="http://127.0.0.1:1/ocsp")
+    own_cert, own_key = aia.write(p.dir, "stapled-server")
+    stapled = tenant_lines("a", a, "x.example") | {
+        "enable_ocsp_stapling": "true",
+        "certfile": own_cert,
+        "keyfile": own_key,
+    }
+    with pytest.raises(ConfigError, match="tenant.a.certfile: the certificate has no OCSP URL"):
         prepare_text(support.listener_conf("t", 8883, 1883, p, stapled))
+    stapled["ocsp_responder_url"] = "http://127.0.0.1:2/ocsp"
+    (tenant,) = (
+        prepare_text(support.listener_conf("t", 8883, 1883, p, stapled)).materials["t"].tenants
+    )
+    assert tenant.ocsp is not None and tenant.ocsp.responder == "http://127.0.0.1:2/ocsp"
+    assert tenant.ocsp.cert == tenant.chain[0] and tenant.ocsp.issuer == p.inter.cert
     wrong_key = tenant_lines("a", a, "x.example") | {"tenant.a.keyfile": b[1]}
     with pytest.raises(ConfigError, match="tenant.a.keyfile: does not match the certificate"):
         prepare_text(support.listener_conf("t", 8883, 1883, p, wrong_key))
