@@ -111,6 +111,7 @@ class ClientProtocol(protocol.Protocol):
         # can reach the broker (it may set crl_pending).
         revocation, refusal = self.factory.revocation, None
         if revocation is not None and not self.verification.chain and cert is not None:
+            self.verification.tenant = record.tenant  # (its policy: no verify callback ran)
             refusal = revocation.check_resumed(cert, cert.serial_number, self.verification)
         if refusal is None:  # deny_file, the tenant's state and CAs: every handshake
             refusal = after_handshake(self.factory, handle, cert, record)
