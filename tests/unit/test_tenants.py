@@ -305,6 +305,12 @@ def test_tenants_own_crls_and_failure_policies(p: support.Pki, tmp_path: Path) -
     assert _served(ctx, p, b"b.example", b_device) == "CN=b"
     assert _served(ctx, p, None) == "refused"  # the listener's device: no CRL, reject
     assert checker.counts["revoked"] == 1 and checker.counts["crl_missing"] == 1
+    # A resumed session (no verify callback) is judged by its tenant's policy too.
+    b_cert = x509.load_pem_x509_certificate(open(b_device[0], "rb").read())
+    for tenant, verdict in (("b", None), (None, "crl_missing")):
+        resumed = PeerVerification(tenant=tenant)
+        refused = checker.check_resumed(b_cert, b_cert.serial_number, resumed)
+        assert (refused[0] if refused else None) == verdict
 
 
 def test_a_ca_name_with_two_keys_across_tenants_is_refused_under_revocation(
