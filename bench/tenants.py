@@ -3,7 +3,12 @@ CPU-second of two gateways in the same run, one with 100 tenants (a certificate 
 name), one with a single tenant; the clients' server name (localhost) is one tenant's in
 both, so the handshakes do the same work but for the lookup among the names.
 
-    python bench/tenants.py [--tenants 100] [--seconds 6] [--rounds 4] [--workers 2]
+    python bench/tenants.py [--tenants 100] [--seconds 6] [--rounds 4] [--workers 2] [--crl]
+
+With ``--crl`` each tenant has its own device CA (``cacertfile``) and its own CRL source
+(``crl_cache_urls``: a CRL of 100 entries served over loopback HTTP), under CRL checking on
+the listener; the device is the serving tenant's, so each handshake looks its CRL up in the
+listener's one cache among every tenant's.
 
 Rounds alternate which gateway goes first (interleaved, same sitting). Memory per configured
 tenant: the difference of the two gateways' RSS after the rounds, over the extra tenants
@@ -17,15 +22,26 @@ import statistics
 import tempfile
 
 from admission_cost import _Setup
+from cryptography.hazmat.primitives.serialization import Encoding
 from handshakes import measure
 from harness import NO_LIMITS, raise_fd_limit
 
 from gateway import testing as support
 from gateway.demo import pki
+from gateway.testing.crl import CrlHttpServer
+from tests.unit.test_crl_core import make_crl
 
 
-def tenant_lines(p: support.Pki, directory: str, count: int, serving: int) -> dict[str, str]:
-    """``count`` tenants, each with its certificate; tenant ``serving`` also serves localhost."""
+def tenant_lines(
+    p: support.Pki,
+    directory: str,
+    count: int,
+    serving: int,
+    crls: CrlHttpServer | None = None,
+    cas: dict[int, pki.Issued] | None = None,
+) -> dict[str, str]:
+    """``count`` tenants, each with its certificate; tenant ``serving`` also serves localhost.
+    With ``crls``: each with its own CA (kept in ``cas``) and CRL served there."""
     lines = {}
     for i in range(count):
         names = (f"t{i}.example", f"*.t{i}.example") + (("localhost",) if i == serving else ())
@@ -35,6 +51,12 @@ def tenant_lines(p: support.Pki, directory: str, count: int, serving: int) -> di
         lines[f"tenant.t{i}.server_names"] = ", ".join(names)
         lines[f"tenant.t{i}.certfile"] = cert
         lines[f"tenant.t{i}.keyfile"] = key
+        if crls is not None and cas is not None:
+            ca = cas.setdefault(i, pki.make_ca(f"tenant {i} devices CA"))
+            lines[f"tenant.t{i}.cacertfile"] = pki.write_ca_bundle(f"{directory}/ca-{i}.pem", ca)
+            body = make_crl(ca, list(range(10**6, 10**6 + 100))).public_bytes(Encoding.DER)
+            crls.routes[f"/t{i}.crl"] = lambda body=body: (200, body)
+            lines[f"tenant.t{i}.crl_cache_urls"] = crls.url(f"/t{i}.crl")
     return lines
 
 
@@ -45,6 +67,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tls", default="1.3", choices=["1.3", "1.2"])
+    parser.add_argument("--crl", action="store_true", help="own CAs and CRLs per tenant")
     args = parser.parse_args()
     raise_fd_limit()
     directory = tempfile.mkdtemp(prefix="mqttgw-bench-")
@@ -52,19 +75,32 @@ def main() -> None:
     broker, broker_port = support.start_mosquitto(directory)
     counts = {"many": args.tenants, "one": 1}
     ports = {name: support.free_port() for name in counts}
-    gateways = {
-        name: support.start_gateway(
-            directory,
-            support.listener_conf(
-                name, ports[name], broker_port, p, tenant_lines(p, directory, n, n // 2)
-            )
-            + NO_LIMITS
-            + "log_connect = false\n",
-            f"gw-{name}",
+    crls = CrlHttpServer() if args.crl else None
+    cas: dict[int, pki.Issued] = {}
+    serving = args.tenants // 2  # "many"'s tenant serving localhost; "one"'s is t0
+    listener_crl = {}
+    if crls is not None:
+        crls.routes["/listener.crl"] = lambda: (
+            200,
+            make_crl(p.inter, []).public_bytes(Encoding.DER),
         )
-        for name, n in counts.items()
-    }
-    s = _Setup(p, p.client("bench-device"))
+        listener_crl = {"enable_crl_cache": "true", "crl_cache_urls": crls.url("/listener.crl")}
+    gateways = {}
+    for name, n in counts.items():
+        # (with --crl, "one"'s only tenant has the CA of "many"'s serving one: one device)
+        own = cas if name == "many" else {0: cas[serving]} if cas else {}
+        lines = tenant_lines(p, directory, n, serving if name == "many" else 0, crls, own)
+        conf = support.listener_conf(name, ports[name], broker_port, p, lines | listener_crl)
+        gateways[name] = support.start_gateway(
+            directory,
+            conf + NO_LIMITS + "log_connect = false\n",
+            f"gw-{name}",
+            **({"ready": f"crl {name}: ready"} if crls is not None else {}),
+        )
+    device = p.client("bench-device")
+    if crls is not None:  # the serving tenant's own device
+        device = pki.issue(cas[serving], "bench-device").write(directory, "t-device")
+    s = _Setup(p, device)
     per_cpu: dict[str, list[float]] = {"many": [], "one": []}
     try:
         for round_ in range(args.rounds):
@@ -79,6 +115,8 @@ def main() -> None:
         for gw in gateways.values():
             gw.stop()
         broker.stop()
+        if crls is not None:
+            crls.stop()
     ratios = [m / o for m, o in zip(per_cpu["many"], per_cpu["one"], strict=True)]
     print(
         f"\nFull mTLS handshakes + CONNECT per CPU-second, TLS {args.tls}, {args.rounds} "

@@ -110,14 +110,27 @@ class _WorkerProtocol(protocol.ProcessProtocol):
             )
 
 
+def _worker_slots() -> defer.DeferredSemaphore:
+    return defer.DeferredSemaphore(max(2, os.cpu_count() or 2))
+
+
 @attrs.define
 class SubprocessProcessor:
-    """Processes each CRL body in ``python -m gateway.revocation.worker``."""
+    """Processes each CRL body in ``python -m gateway.revocation.worker``: as many at once
+    as there are CPUs, the others queued (a start with a hundred CRL sources, a listener's
+    and its tenants', spawns no hundred interpreters at once: their memory, and the
+    reactor's time spawning them, would be paid all together)."""
 
     _reactor: Any
     timeout: float = WORKER_TIMEOUT
+    _slots: defer.DeferredSemaphore = attrs.field(factory=_worker_slots)
 
     def process(
+        self, header: bytes, body: list[bytes], max_output: int
+    ) -> defer.Deferred[list[LoadedCrl]]:
+        return self._slots.run(self._process, header, body, max_output)
+
+    def _process(
         self, header: bytes, body: list[bytes], max_output: int
     ) -> defer.Deferred[list[LoadedCrl]]:
         done: defer.Deferred[bytearray] = defer.Deferred()

@@ -45,6 +45,7 @@ class CrlHttpServer(http.server.ThreadingHTTPServer):
     """Serves routes on 127.0.0.1; each route returns (status, body); status 0 hangs."""
 
     daemon_threads = True
+    request_queue_size = 256  # (a gateway with a hundred sources connects at once)
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
