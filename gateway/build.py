@@ -193,6 +193,12 @@ def _revocation(
         material.revocation_issuers,
         _ocsp_checker(settings, client, material, reactor) if client is not None else None,
         crl_reject(settings),
+        {
+            t.id: _ocsp_checker(view, client, material, reactor)
+            for t in settings.tenants
+            if client is not None
+            and (view := tenant_view(settings, t)).client_ocsp != settings.client_ocsp
+        },
     )
     return source, client, checker
 

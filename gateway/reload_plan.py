@@ -13,7 +13,7 @@ import attrs
 from cryptography import x509
 
 from gateway.config.model import Config, GlobalSettings, ListenerSettings
-from gateway.config.tenants import crl_overrides
+from gateway.config.tenants import revocation_overrides
 
 
 class TlsMaterial(Protocol):
@@ -135,7 +135,8 @@ def listener_change(
     if ocsp_dir and new.ocsp is not None:
         words.append("ocsp_cache.dir")
     crl = new.crl != old.crl or not ca_same or crl_globals
-    crl = crl or crl_overrides(new) != crl_overrides(old)  # a tenant's CRL sources, policy
+    # a tenant's CRL sources or policies: a new source (the CRLs kept) and checker
+    crl = crl or revocation_overrides(new) != revocation_overrides(old)
     return ListenerChange(
         new.name,
         tuple(words),

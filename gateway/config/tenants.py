@@ -41,6 +41,8 @@ TENANT_KEYS = (
 OVERRIDES = (
     "crl_cache_urls",
     "crl_expired_policy",
+    "ocsp_client_responder_url",
+    "ocsp_client_failure_policy",
     "peer_cert_as_username",
     "peer_cert_as_clientid",
     "messages_rate",
@@ -163,6 +165,8 @@ def check_overrides(
                 continue
             if name.startswith("crl_") and listener.crl is None:
                 raise ConfigError(path, *where, "needs enable_crl_cache on the listener")
+            if name.startswith("ocsp_client_") and listener.client_ocsp is None:
+                raise ConfigError(path, *where, "needs ocsp_client_check on the listener")
             if name.startswith("peer_cert_as_") and not (
                 listener.tls.verify_peer and listener.tls.fail_if_no_peer_cert
             ):
@@ -200,11 +204,14 @@ def crl_reject(listener: ListenerSettings) -> dict[str, bool]:
     }
 
 
-def crl_overrides(listener: ListenerSettings) -> tuple[tuple[str, str, Any], ...]:
-    """Its tenants' own CRL settings, (tenant, model path, value): a reload that changes
-    them builds a new CRL source and checker."""
+def revocation_overrides(listener: ListenerSettings) -> tuple[tuple[str, str, Any], ...]:
+    """Its tenants' own CRL and client-OCSP settings, (tenant, model path, value): a reload
+    that changes them builds a new CRL source and checker."""
     return tuple(
-        (t.id, a, v) for t in listener.tenants for a, v in t.overrides if a.startswith("crl.")
+        (t.id, a, v)
+        for t in listener.tenants
+        for a, v in t.overrides
+        if a.startswith(("crl.", "client_ocsp."))
     )
 
 

@@ -58,14 +58,17 @@ class RevocationChecker:
         issuers: IssuerIndex | None = None,
         ocsp: OcspChecker | None = None,
         tenant_reject: Mapping[str, bool] | None = None,
+        tenant_ocsp: Mapping[str, OcspChecker] | None = None,
     ) -> None:
-        """``tenant_reject``: the tenants with a crl_expired_policy of their own (whether
-        it rejects); the others' devices are judged by the listener's."""
+        """``tenant_reject``: each tenant's crl_expired_policy (whether it rejects);
+        ``tenant_ocsp``: the tenants with OCSP settings of their own (responder, failure
+        policy; the same answers). The others' devices are judged by the listener's."""
         self.cache = cache
         self.issuers = issuers or IssuerIndex.of([])
         self.settings = settings
         self.reject_unknown = settings is None or settings.expired_policy == FailurePolicy.REJECT
         self._tenant_reject = dict(tenant_reject or {})
+        self._tenant_ocsp = dict(tenant_ocsp or {})
         self.crl_service = crl_service
         self.ocsp = ocsp
         self._reactor = reactor
@@ -80,6 +83,12 @@ class RevocationChecker:
         if tenant is None:
             return self.reject_unknown
         return self._tenant_reject.get(tenant, self.reject_unknown)
+
+    def ocsp_for(self, tenant: str | None) -> OcspChecker | None:
+        """The OCSP checking of ``tenant``'s devices (its own settings, else the listener's)."""
+        if tenant is None or self.ocsp is None:
+            return self.ocsp
+        return self._tenant_ocsp.get(tenant, self.ocsp)
 
     def note_ca(self, cert: x509.Certificate) -> None:
         """The verify callback met a CA certificate OpenSSL accepted in a chain."""
@@ -99,19 +108,21 @@ class RevocationChecker:
         crl, pending_crl = self._crl_status(cert, issuer, serial, depth, verification)
         question = None
         ocsp_status = None
-        if self.ocsp is not None and self.ocsp.covers(depth):
+        tenant = verification.tenant if verification is not None else None
+        ocsp = self.ocsp_for(tenant)
+        if ocsp is not None and ocsp.covers(depth):
             above = verification.above if verification is not None else None
             issuer_cert = above if above is not None and above.subject == cert.issuer else None
             if issuer_cert is None:
                 issuer_cert = self.issuers.issuer_of(cert, self.verified)
-            question = self.ocsp.question(cert, serial, issuer_cert)
-            ocsp_status = self.ocsp.status(question)
+            question = ocsp.question(cert, serial, issuer_cert)
+            ocsp_status = ocsp.status(question)
         decision = combine(
             crl,
             ocsp_status,
-            self.ocsp is not None and self.ocsp.either,
-            self.reject_for(verification.tenant if verification is not None else None),
-            self.ocsp is not None and self.ocsp.reject,
+            ocsp is not None and ocsp.either,
+            self.reject_for(tenant),
+            ocsp is not None and ocsp.reject,
         )
         if decision.outcome is Outcome.REFUSE:
             assert decision.reason is not None
@@ -201,9 +212,10 @@ class RevocationChecker:
             )
             crl_wait.addErrback(lambda _: None)
         ocsp_wait: defer.Deferred[list[tuple[OcspVerdict, str]]] = defer.succeed([])
+        ocsp = self.ocsp_for(pending.tenant)
         if pending.ocsp:
-            assert self.ocsp is not None
-            ocsp_wait = self.ocsp.wait(tuple(q for q, _ in pending.ocsp))
+            assert ocsp is not None
+            ocsp_wait = ocsp.wait(tuple(q for q, _ in pending.ocsp))
         both = defer.gatherResults([crl_wait, ocsp_wait])
         return both.addCallback(lambda results: self._decide(pending, results[1]))
 
@@ -213,8 +225,9 @@ class RevocationChecker:
         leaf_crl: CrlVerdict | None = None
         if pending.crl is not None:
             leaf_crl = self._crl_now(pending.crl)
-        either = self.ocsp is not None and self.ocsp.either
-        ocsp_reject = self.ocsp is not None and self.ocsp.reject
+        ocsp = self.ocsp_for(pending.tenant)
+        either = ocsp is not None and ocsp.either
+        ocsp_reject = ocsp is not None and ocsp.reject
         reject = self.reject_for(pending.tenant)
         decisions = []
         leaf_done = False

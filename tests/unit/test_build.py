@@ -11,6 +11,7 @@ from twisted.web.resource import Resource
 from gateway import testing as support
 from gateway.build import build_parts
 from gateway.demo import pki
+from gateway.errors import ConfigError
 from gateway.parts import ListenerEvents, ListenerParts
 from gateway.reload_plan import plan_reload
 from gateway.revocation.fetch import HttpFetcher
@@ -147,3 +148,28 @@ def test_a_tenants_own_values_are_read_for_its_devices(p: support.Pki) -> None:
     again, _ = _build(p, reactor, CRL | tenant | moved, first)
     assert again.crl is not parts.crl
     assert again.crl is not None and "http://ca.test/t1-new.crl" in again.crl.sources
+
+
+def test_a_tenants_own_ocsp_settings_judge_its_devices(p: support.Pki) -> None:
+    """tenant.<id>.ocsp_client_failure_policy / _responder_url: its devices' OCSP checking
+    (the same answers, the listener's client); a tenant line without OCSP checking on the
+    listener is refused."""
+    files = pki.issue(p.inter, "o1", server=True, names=("o1.example",)).write(p.dir, "o1")
+    tenant = {
+        "tenant.o1.server_names": "o1.example",
+        "tenant.o1.certfile": files[0],
+        "tenant.o1.keyfile": files[1],
+        "tenant.o1.ocsp_client_failure_policy": "accept",
+        "tenant.o1.ocsp_client_responder_url": "http://127.0.0.1:1/o1-ocsp",
+    }
+    with pytest.raises(ConfigError, match="needs ocsp_client_check on the listener"):
+        _build(p, MemoryReactorClock(), tenant)
+    parts, _ = _build(p, MemoryReactorClock(), tenant | {"ocsp_client_check": "leaf"})
+    checker = parts.revocation
+    assert checker is not None and checker.ocsp is not None
+    own = checker.ocsp_for("o1")
+    assert own is not None and own is not checker.ocsp and not own.reject
+    assert own.answers is checker.ocsp.answers  # (one client, one cache of answers)
+    assert own.settings.responder_url == "http://127.0.0.1:1/o1-ocsp"
+    assert checker.ocsp_for(None) is checker.ocsp and checker.ocsp.reject
+    assert checker.ocsp_for("other") is checker.ocsp
