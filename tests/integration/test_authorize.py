@@ -6,6 +6,7 @@ a hook that is down under both failure policies."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import testing as support
+from gateway.demo import pki
 from tests.integration.test_operations import http, metrics
 
 pytestmark = pytest.mark.integration
@@ -76,15 +78,36 @@ def test_the_hook_allows_denies_renames_and_fails_safely(
     url = f"http://127.0.0.1:{server.server_address[1]}/auth"
     broker, broker_port = support.start_mosquitto(workdir)
     hooked, down, admin = support.free_port(), support.free_port(), support.free_port()
+    tenants = support.free_port()  # a listener without a hook, whose tenant x has one
+    x_cert = pki.issue(p.inter, "x", server=True, names=("x.example",)).write(workdir, "x")
     dead = f"http://127.0.0.1:{support.free_port()}/auth"  # nothing listens there
-    conf = support.listener_conf(
-        "h", hooked, broker_port, p, {"auth_http_url": url, "auth_http_timeout": "3s"}
-    ) + support.listener_conf(
-        "a",
-        down,
-        broker_port,
-        p,
-        {"auth_http_url": dead, "auth_http_timeout": "1s", "auth_http_failure_policy": "accept"},
+    conf = (
+        support.listener_conf(
+            "h", hooked, broker_port, p, {"auth_http_url": url, "auth_http_timeout": "3s"}
+        )
+        + support.listener_conf(
+            "a",
+            down,
+            broker_port,
+            p,
+            {
+                "auth_http_url": dead,
+                "auth_http_timeout": "1s",
+                "auth_http_failure_policy": "accept",
+            },
+        )
+        + support.listener_conf(
+            "t",
+            tenants,
+            broker_port,
+            p,
+            {
+                "tenant.x.server_names": "x.example",
+                "tenant.x.certfile": x_cert[0],
+                "tenant.x.keyfile": x_cert[1],
+                "tenant.x.auth_http_url": url,
+            },
+        )
     )
     gw = support.start_gateway(workdir, conf + f"admin.listen = {admin}\n")
     ctx = support.client_context(p, p.client("hooked-device"))
@@ -114,6 +137,14 @@ def test_the_hook_allows_denies_renames_and_fails_safely(
         # Answers are cached: allow-2 again is not asked about.
         assert connack(hooked, ctx, "allow-2") == ACCEPTED
         assert [q["clientid"] for q in Hook.asked].count("allow-2") == 1
+        # A tenant's own hook: asked about its devices (told the tenant), not the others'.
+        raw = socket.create_connection(("127.0.0.1", tenants), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="x.example") as s:
+            s.sendall(support.connect_packet("deny-x"))
+            assert support.read_exact(s, 4) == REFUSED
+        assert Hook.asked[-1]["clientid"] == "deny-x" and Hook.asked[-1]["tenant"] == "x"
+        assert connack(tenants, ctx, "deny-bare") == ACCEPTED  # no name: the listener's
+        assert "deny-bare" not in [q["clientid"] for q in Hook.asked]
         # A hook that is down: accept, by that listener's policy.
         assert connack(down, ctx, "allow-3") == ACCEPTED
         log = gw.log()
@@ -129,6 +160,8 @@ def test_the_hook_allows_denies_renames_and_fails_safely(
         refused = ("mqttgw_connections_refused_total", (on, ("reason", "auth_unavailable")))
         assert scraped[refused] == 3
         hook = json.loads(http(admin, "/status")[2])["listeners"][0]["auth_http"]
+        own = json.loads(http(admin, "/status")[2])["listeners"][2]["tenants"][0]
+        assert own["auth_http_url"] == url and own["refused"] == {"auth_denied": 1}
         assert hook["url"] == url and hook["answers"]["allow"] == 4 and hook["cached"] >= 4
     finally:
         gw.stop()
