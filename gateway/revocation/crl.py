@@ -28,9 +28,25 @@ from gateway.revocation.held import describe_loaded as describe_loaded
 from gateway.revocation.held import loaded_blobs as loaded_blobs
 from gateway.revocation.scope import CrlScope, crl_scope
 
-_PEM_CRL = re.compile(
-    rb"-----BEGIN X509 CRL-----\s+([A-Za-z0-9+/=\s]+?)-----END X509 CRL-----", re.S
-)
+_BEGIN, _END = b"-----BEGIN X509 CRL-----", b"-----END X509 CRL-----"
+_BASE64 = re.compile(rb"[A-Za-z0-9+/=\s]*")
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    """The base64 text of each ``X509 CRL`` block (other blocks skipped): found with
+    ``bytes.find`` (a regular expression over 47 MB took half a second), each checked to
+    hold only base64 and white space (decoded once, as DER, by the caller)."""
+    blocks, at = [], 0
+    while (begin := data.find(_BEGIN, at)) >= 0:
+        end = data.find(_END, begin)
+        if end < 0:
+            raise CrlError("garbage", "an 'X509 CRL' block without its END line")
+        block = data[begin + len(_BEGIN) : end]
+        if _BASE64.fullmatch(block) is None:
+            raise CrlError("garbage", "an 'X509 CRL' block that is not base64")
+        blocks.append(block)
+        at = end + len(_END)
+    return blocks
 
 
 def parse_bundle(data: bytes) -> list[tuple[x509.CertificateRevocationList, bytes]]:
@@ -40,18 +56,10 @@ def parse_bundle(data: bytes) -> list[tuple[x509.CertificateRevocationList, byte
         raise CrlError("garbage", "empty body")
     try:
         if data.lstrip()[:5] == b"-----":
-            blocks = _PEM_CRL.findall(data)
-            if not blocks:
+            ders = [binascii.a2b_base64(block) for block in _pem_blocks(data)]
+            if not ders:
                 raise CrlError("garbage", "PEM without an 'X509 CRL' block")
-            return [
-                (
-                    x509.load_pem_x509_crl(
-                        b"-----BEGIN X509 CRL-----\n" + block + b"-----END X509 CRL-----\n"
-                    ),
-                    binascii.a2b_base64(block),
-                )
-                for block in blocks
-            ]
+            return [(x509.load_der_x509_crl(der), der) for der in ders]
         return [(x509.load_der_x509_crl(data), data)]
     except (ValueError, binascii.Error) as e:
         raise CrlError("garbage", f"not a CRL ({e})") from None

@@ -95,6 +95,10 @@ def test_load_pem_bundle_and_der(chain: tuple[pki.Issued, pki.Issued]) -> None:
     assert 10 in loaded[0].index and 99 in loaded[1].index
     der = make_crl(inter, [5]).public_bytes(serialization.Encoding.DER)
     assert 5 in C.load(der, trust, time.time())[0].index
+    # Other PEM blocks around them, CRLF line ends: the CRL blocks alone are read.
+    other = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    mixed = other + body.replace(b"\n", b"\r\n") + other
+    assert [lc.info.number for lc in C.load(mixed, trust, time.time())] == [7, 1]
 
 
 @pytest.mark.parametrize(
@@ -104,6 +108,9 @@ def test_load_pem_bundle_and_der(chain: tuple[pki.Issued, pki.Issued]) -> None:
         (b"<html>hello</html>", "garbage"),
         (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "garbage"),
         (b"0\x82\x01\x00garbage", "garbage"),
+        (b"-----BEGIN X509 CRL-----\nMII<script>\n-----END X509 CRL-----\n", "garbage"),
+        (b"-----BEGIN X509 CRL-----\nMIIB", "garbage"),  # no END line
+        (b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", "garbage"),
     ],
 )
 def test_garbage_is_refused(chain: tuple[pki.Issued, pki.Issued], body: bytes, kind: str) -> None:

@@ -103,3 +103,54 @@ def test_load_reads_plain_entries_and_refuses_what_it_cannot_interpret() -> None
     with pytest.raises(C.CrlError) as refused:
         C.load(build([(7, 0, "certificate_issuer")]), trust, at)
     assert "not indirect" in refused.value.detail
+
+
+one_size = st.lists(st.integers(min_value=2**120, max_value=2**127 - 1), min_size=1, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(one_size, st.sampled_from([0, 7]))
+def test_entries_of_one_shape_are_read_column_by_column(serials: list[int], age: int) -> None:
+    """Entries that all have the shape of the first (a large CA's CRL often does): read by
+    strided slices, the same serials in the same order as cryptography's."""
+    der = build([(s, age, "none") for s in serials])
+    assert _uniform_used(der)
+    assert revoked_serials(der) == [e.serial_number for e in x509.load_der_x509_crl(der)]
+
+
+UNIFORM = build([(2**126 + i, 0, "none") for i in range(6)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damage_to_entries_of_one_shape_never_reads_other_serials(data: st.DataObject) -> None:
+    """Whatever bytes change: no exception, and where cryptography still reads the CRL,
+    the same serials or None (never others)."""
+    der = bytearray(UNIFORM)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(der) - 1))
+        der[at] = data.draw(st.integers(0, 255))
+    result = revoked_serials(bytes(der))
+    try:
+        theirs = [e.serial_number for e in x509.load_der_x509_crl(bytes(der))]
+    except ValueError:
+        return
+    assert result is None or result == theirs
+
+
+def _uniform_used(der: bytes) -> bool:
+    from gateway.revocation import der_entries
+
+    seen: list[object] = []
+    original = der_entries._uniform
+
+    def spy(*args: object) -> object:
+        seen.append(result := original(*args))  # type: ignore[arg-type]
+        return result
+
+    der_entries._uniform = spy  # type: ignore[assignment]
+    try:
+        revoked_serials(der)
+    finally:
+        der_entries._uniform = original
+    return bool(seen) and seen[0] is not None
