@@ -3,7 +3,9 @@
 ``cryptography`` makes a Python object per revoked entry, and its extensions another: about
 2.6 s for a 1,000,000-entry CRL on this project's 2-core machine, most of a start from the
 network. This walks the DER of ``revokedCertificates`` once and keeps only each entry's
-serial: about 1.1 s. It is used only after ``cryptography`` has parsed the same bytes
+serial: about 0.95 s; when every entry has the shape of the first (one serial length, one
+kind of date, no extensions), the columns are checked with strided slices and the serials
+sliced out: 0.39 s. It is used only after ``cryptography`` has parsed the same bytes
 (strict DER) and the CRL's signature has been verified over them, and only for entries it
 fully understands: an entry with a critical extension or a certificateIssuer, or anything
 unexpected in the encoding, makes it answer None, and the caller reads the CRL through
