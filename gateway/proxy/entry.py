@@ -23,6 +23,7 @@ from gateway.proxy.admission import Admission, RefusalLog, address_key
 from gateway.proxy.front import ProxyFrontFactory
 from gateway.reasons import Reason
 from gateway.status import ListenerStats
+from gateway.tls.native import renew_memory_bios
 
 log = Logger()
 
@@ -135,6 +136,8 @@ class ReadBatching(TLSMemoryBIOProtocol):
     record: a device writing one message per TLS record costs one relay write per read,
     not one per message."""
 
+    _bios_renewed = False
+
     def dataReceived(self, data: bytes) -> None:
         client: Any = self.wrappedProtocol  # a ClientProtocol
         client.read_started()
@@ -142,6 +145,8 @@ class ReadBatching(TLSMemoryBIOProtocol):
             super().dataReceived(data)
         finally:
             client.read_ended()
+        if not self._bios_renewed:  # (the handshake's buffers given back, once it is over)
+            self._bios_renewed = renew_memory_bios(self.getHandle())
 
 
 class ListenerTLSFactory(TLSMemoryBIOFactory):

@@ -7,7 +7,8 @@ things its public API cannot do:
   OpenSSL sends the alert that says why (certificate_revoked for a revoked certificate);
   pyOpenSSL's ``set_verify`` can only answer yes or no;
 - read OpenSSL's text for an X509 verification error;
-- tell whether a handshake resumed a session.
+- tell whether a handshake resumed a session;
+- give a connection's memory BIOs back once its handshake is over (``renew_memory_bios``).
 
 Each falls back (with a warning, or a plain text) where the internals are not as expected.
 """
@@ -142,3 +143,35 @@ def install_verify_callback(
 
     lib.SSL_CTX_set_verify(context_ptr, mode, callback)
     ctx._mqttgw_verify_callback = callback  # type: ignore[attr-defined]  # keep it alive
+
+
+_DONE = b"SSL negotiation finished successfully"  # (OpenSSL's words for TLS_ST_OK)
+
+
+def renew_memory_bios(connection: SSL.Connection) -> bool:
+    """Once the handshake is over and both memory BIOs are empty: replace them with new
+    ones (OpenSSL frees the old). A memory BIO keeps the largest buffer it ever held, and
+    the handshake's flights (certificate chains both ways) are the largest an idle device's
+    connection sees: 4-5 KiB per connection kept for nothing. True once done (False: not
+    yet, or not a memory-BIO connection; nothing changed)."""
+    try:
+        from OpenSSL._util import ffi, lib
+
+        into, out = connection._into_ssl, connection._from_ssl  # type: ignore[attr-defined,unused-ignore]
+        ssl = connection._ssl  # type: ignore[attr-defined,unused-ignore]
+        if into is None or out is None or ffi.string(lib.SSL_state_string_long(ssl)) != _DONE:
+            return False
+        data = ffi.new("char **")
+        if lib.BIO_get_mem_data(into, data) != 0 or lib.BIO_get_mem_data(out, data) != 0:
+            return False  # (bytes still to read or to send: another time)
+        new_into, new_out = lib.BIO_new(lib.BIO_s_mem()), lib.BIO_new(lib.BIO_s_mem())
+        if new_into == ffi.NULL or new_out == ffi.NULL:
+            for bio in (new_into, new_out):
+                if bio != ffi.NULL:
+                    lib.BIO_free(bio)
+            return False
+        lib.SSL_set_bio(ssl, new_into, new_out)
+        connection._into_ssl, connection._from_ssl = new_into, new_out  # type: ignore[attr-defined,unused-ignore]
+        return True
+    except Exception:
+        return False
