@@ -57,13 +57,14 @@ class PeerVerification:
     """What the handshake learnt about the client's certificate chain."""
 
     # (issuer DER, serial) of each verified certificate below the trust anchor: what the
-    # live-session sweep re-checks after each CRL update.
-    chain: list[tuple[bytes, int]] = attrs.Factory(list)
+    # live-session sweep re-checks after each CRL update. (Tuples, grown by concatenation:
+    # a few entries per handshake, and an idle connection holds no empty lists.)
+    chain: tuple[tuple[bytes, int], ...] = ()
     failure: VerifyFailure | None = None
     crl_pending: PendingCrl | None = None
     # (OcspQuestion, its CRL verdict) of certificates without an OCSP answer held.
-    ocsp_pending: list[tuple[object, object]] = attrs.Factory(list)
-    ocsp_checked: list[object] = attrs.Factory(list)  # every OcspQuestion: live refreshes
+    ocsp_pending: tuple[tuple[object, object], ...] = ()
+    ocsp_checked: tuple[object, ...] = ()  # every OcspQuestion: live refreshes
     # During the handshake: the CA certificate OpenSSL verified just above the one being
     # checked (its issuer, maybe sent by the device rather than in cacertfile); cleared at
     # the leaf.
@@ -79,7 +80,7 @@ class PeerVerification:
         """What the device must wait for after its handshake, if anything."""
         if self.crl_pending is None and not self.ocsp_pending:
             return None
-        return Pending(self.crl_pending, tuple(self.ocsp_pending), self.tenant)
+        return Pending(self.crl_pending, self.ocsp_pending, self.tenant)
 
     def note_failure(self, failure: VerifyFailure) -> None:
         if self.failure is None:

@@ -13,7 +13,7 @@ back into its owner.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -41,7 +41,7 @@ class CrlHold(Protocol):
 
 
 class LiveRevocation(Protocol):
-    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool: ...
+    def chain_revoked(self, chain: Sequence[tuple[bytes, int]]) -> bool: ...
 
 
 class Revocation(CrlHold, LiveRevocation, Protocol):

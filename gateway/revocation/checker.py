@@ -5,7 +5,7 @@ fetched or its OCSP answer asked for."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -133,12 +133,12 @@ class RevocationChecker:
                 verification.crl_pending = pending_crl
                 self.counts["held_for_crl"] += 1
             if ocsp_status is OcspVerdict.PENDING and verification is not None:
-                verification.ocsp_pending.append((question, crl))
+                verification.ocsp_pending += ((question, crl),)
                 self.counts["held_for_ocsp"] += 1
         for key in decision.accepted:
             self.counts[f"{key}_accepted"] += 1
         if question is not None and verification is not None:
-            verification.ocsp_checked.append(question)
+            verification.ocsp_checked += (question,)
         return None
 
     def _crl_status(
@@ -167,7 +167,7 @@ class RevocationChecker:
             for url in urls:
                 self.crl_service.discover(url)  # a CA's too: in force for its next device
             if urls and depth == 0:
-                chain = tuple(verification.chain) if verification is not None else ()
+                chain = verification.chain if verification is not None else ()
                 return CrlVerdict.PENDING, PendingCrl(urls[0], issuer, serial, cert, chain)
         return status, None
 
@@ -187,7 +187,7 @@ class RevocationChecker:
             cert = path[depth]
             cert_serial = serial if depth == 0 else cert.serial_number
             issuer = cert.issuer.public_bytes()
-            verification.chain.append((issuer, cert_serial))
+            verification.chain += ((issuer, cert_serial),)
             if depth == len(path) - 1:
                 continue  # the trust anchor: nothing above it to revoke it
             verdict = self.check(cert, issuer, cert_serial, depth, verification)
@@ -287,7 +287,7 @@ class RevocationChecker:
         if self.ocsp is not None:
             self.ocsp.untrack(tracked)
 
-    def chain_revoked(self, chain: list[tuple[bytes, int]]) -> bool:
+    def chain_revoked(self, chain: Sequence[tuple[bytes, int]]) -> bool:
         """For live sessions: is any certificate of a recorded chain now revoked (by a CRL
         held, or by an OCSP answer held)?"""
         for issuer, serial in chain:

@@ -159,7 +159,7 @@ class CertificateVerifier:
             verification.leaf = parsed  # the relay's log line takes it: no second parse
         serial = cert.get_serial_number()  # OpenSSL's: exact for the negative serials of old CAs
         if verification is not None:
-            verification.chain.append((issuer, serial))
+            verification.chain += ((issuer, serial),)
         if known.self_issued:
             if verification is not None:
                 verification.above = parsed

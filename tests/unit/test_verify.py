@@ -67,7 +67,7 @@ def test_the_chain_is_recorded_and_checked_below_the_anchor(
     record, code = handshake(verifier, chain)
     root, inter, leaf = chain
     assert code == 0
-    assert record.chain == [
+    assert list(record.chain) == [
         (root.issuer.public_bytes(), root.serial_number),
         (inter.issuer.public_bytes(), inter.serial_number),
         (leaf.issuer.public_bytes(), leaf.serial_number),
