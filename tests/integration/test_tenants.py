@@ -52,15 +52,29 @@ def test_each_name_gets_its_tenants_certificate_and_a_reload_adds_one(
     broker, broker_port = support.start_mosquitto(workdir)
     beta_broker, beta_port = support.start_mosquitto(workdir)
     port, admin = support.free_port(), support.free_port()
+    loc = pki.issue(p.inter, "loc", server=True, names=("localhost",)).write(workdir, "loc")
     tenant = {
         "tenant.acme.server_names": "*.acme.example",
         "tenant.acme.certfile": acme_files[0],
         "tenant.acme.keyfile": acme_files[1],
+        # a tenant serving the name mosquitto_pub can reach (and verifies), on beta's broker
+        "tenant.loc.server_names": "localhost",
+        "tenant.loc.certfile": loc[0],
+        "tenant.loc.keyfile": loc[1],
+        "tenant.loc.upstream": f"127.0.0.1:{beta_port}",
     }
     conf = support.listener_conf("t", port, broker_port, p, tenant) + f"admin.listen = {admin}\n"
     gw = support.start_gateway(workdir, conf)
     try:
         assert "CN = acme" in _subject(port, p, "eu.acme.example")
+        cert, key = p.client("mosq-loc")
+        pub = support.run(
+            ["mosquitto_pub", "-h", "localhost", "-p", str(port), "--cafile", p.ca_file]
+            + ["--cert", cert, "--key", key, "-t", "t/loc", "-m", "x", "-i", "mosq-loc"]
+        )
+        assert pub.returncode == 0, pub.stderr  # (its host name verified against loc's)
+        support.wait_until(lambda: "mosq-loc" in beta_broker.log(), 5, what="loc's broker")
+        assert "CN = loc" in _subject(port, p, "localhost") and "mosq-loc" not in broker.log()
         assert "CN = localhost" in _subject(port, p, "beta.example")  # not served yet
         live = _device(port, p, "eu.acme.example")
         live.sendall(support.connect_packet("acme-device", level=5))
