@@ -109,7 +109,7 @@ class World:
         # With a baseline (another checkout of mqttgw), every gateway also runs from it, as
         # NAME@base, in the same round: before/after pairs that meet the same machine.
         self.baseline = baseline
-        self.socket_tls = False  # also a one-process gateway with tls_io = socket
+        self.socket_tls = False  # also one-process gateways with tls_io = socket, transport
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
         self.key_kind = key_kind
         self.pki = support.make_pki(self.dir, key_kind)
@@ -179,6 +179,7 @@ class World:
             gateways = {"gw-auto": "workers = auto\n", "gw-1": "workers = 1\n"}
             if self.socket_tls:
                 gateways["gw-sock"] = "tls_io = socket\nworkers = 1\n"
+                gateways["gw-own"] = "tls_io = transport\nworkers = 1\n"
         runs: dict[str, tuple[str, dict[str, str]]] = {}
         for name, conf_extra in gateways.items():
             runs[name] = (conf_extra, {"PYTHONPATH": HERE_TREE})
@@ -813,7 +814,8 @@ def main() -> None:
     common.add_argument(
         "--socket-tls",
         action="store_true",
-        help="also a one-process gateway with tls_io = socket (gw-sock)",
+        help="also one-process gateways with tls_io = socket (gw-sock) and tls_io = "
+        "transport (gw-own)",
     )
     common.add_argument(
         "--key",

@@ -85,6 +85,13 @@ class TlsIo(Word):
 
     BIO = "bio"
     SOCKET = "socket"
+    TRANSPORT = "transport"  # (experimental) a transport of mqttgw's own over memory BIOs
+
+    @property
+    def direct(self) -> bool:
+        """Whether the client protocol sits on the port's transport itself (no TLS
+        protocol wrapping it)."""
+        return self is not TlsIo.BIO
 
 
 class RateAction(Word):

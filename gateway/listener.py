@@ -12,7 +12,6 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.choices import TlsIo
 from gateway.config.values import format_bind
 from gateway.drain import drain, pace
 from gateway.observe import own_status
@@ -60,7 +59,7 @@ class ListenerService(service.MultiService):
         # TLS in a memory BIO; or none between the port and the client protocol: TLS on
         # the socket (a TLSPort's transports; tls_io = socket), or no TLS (a ws listener),
         # where the client factory tells the gate of each closed connection.
-        direct = parts.settings.tls.io == TlsIo.SOCKET or not parts.settings.transport.tls
+        direct = parts.settings.tls.io.direct or not parts.settings.transport.tls
         self.factory = GatewayFactory(
             self.box, reactor, self.stats, cooperate, self.gate.closed if direct else None
         )

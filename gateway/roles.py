@@ -34,6 +34,7 @@ from gateway.revocation.ocsp_client import OcspClient
 from gateway.revocation.ocsp_service import OcspStapler
 from gateway.revocation.process import SubprocessProcessor
 from gateway.status import ListenerStatus
+from gateway.tls.bio_transport import BioTLSPort
 from gateway.tls.material import TlsMaterial
 from gateway.tls.socket_tls import TLSPort
 
@@ -150,16 +151,20 @@ def listen_endpoint(reactor: Any, inherited: Inherited, bind: tuple[str, int]) -
 
 @implementer(IStreamServerEndpoint)
 class SocketTLSEndpoint:
-    """Listens with a ``TLSPort``: its connections speak TLS on their sockets."""
+    """Listens with a ``TLSPort`` (its connections speak TLS on their sockets), or another
+    port class of the same shape (``BioTLSPort``: TLS in memory BIOs of their own)."""
 
-    def __init__(self, reactor: Any, bind: tuple[str, int], creator: Any) -> None:
+    def __init__(
+        self, reactor: Any, bind: tuple[str, int], creator: Any, port: type[TLSPort] = TLSPort
+    ) -> None:
         self.reactor = reactor
         self.bind = bind
         self.creator = creator
+        self.port = port
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
         host, port = self.bind
-        tls_port = TLSPort(port, factory, self.creator, interface=host, reactor=self.reactor)
+        tls_port = self.port(port, factory, self.creator, interface=host, reactor=self.reactor)
         try:
             tls_port.startListening()
         except Exception as e:
@@ -295,8 +300,9 @@ class SingleProcess(Serving):
         )
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
-        if settings.tls.io == TlsIo.SOCKET:
-            endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator)
+        if settings.tls.io.direct and settings.transport.tls:
+            kind = TLSPort if settings.tls.io == TlsIo.SOCKET else BioTLSPort
+            endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator, kind)
             return port_service(listener, settings, endpoint)
         endpoint = listen_endpoint(self.reactor, self.inherited, settings.bind)
         return port_service(listener, settings, endpoint)

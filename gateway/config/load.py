@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from gateway import files
-from gateway.choices import TlsIo, Transport
+from gateway.choices import Transport
 from gateway.config import checks
 from gateway.config.assemble import assemble
 from gateway.config.checks import Line
@@ -238,10 +238,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     checks.check_admin(path, settings, globals_, listeners)
     if settings.workers != 1:
         for listener in listeners:
-            if listener.tls.io == TlsIo.SOCKET:
+            if listener.tls.io.direct:
                 where = origins[listener.name].get("tls_io")
                 line, key = where if where else (None, f"{listener.key_prefix}.tls_io")
-                raise ConfigError(path, line, key, "socket needs workers = 1 (for now)")
+                raise ConfigError(path, line, key, f"{listener.tls.io} needs workers = 1 (for now)")
     return Config(
         path=path,
         globals=settings,
@@ -357,8 +357,10 @@ def _build_listener(
             )
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
-    if v["tls_io"] == TlsIo.SOCKET and v["proxy_protocol"]:
-        raise fail("tls_io", "socket does not read a PROXY header: use bio with proxy_protocol")
+    if v["tls_io"].direct and v["proxy_protocol"]:
+        raise fail(
+            "tls_io", f"{v['tls_io']} does not read a PROXY header: use bio with proxy_protocol"
+        )
     if family is Transport.WSS and v["alpn"] and "http/1.1" not in v["alpn"]:
         raise fail("alpn", "a wss listener speaks http/1.1: list it, or leave alpn unset")
     if v["check_origin_enable"] and not v["allowed_origins"]:

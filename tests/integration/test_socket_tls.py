@@ -1,4 +1,5 @@
-"""TLS on the socket (tls_io = socket): the cases a transport of its own must get right,
+"""The transports of mqttgw's own (tls_io = socket: OpenSSL on the socket; tls_io =
+transport: TLS in memory BIOs the transport owns): the cases a transport of its own must get right,
 against real clients. (The paths every listener shares, flow control and resumption with a
 revoked certificate among them, run with both TLS paths in their own files.)"""
 
@@ -24,9 +25,18 @@ def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
     return support.make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-def _gateway(workdir: str, p: support.Pki, broker: int) -> tuple[support.Process, int]:
+@pytest.fixture(params=["socket", "transport"])
+def io(request: pytest.FixtureRequest) -> str:
+    """The two transports of mqttgw's own: OpenSSL on the socket, and TLS in memory BIOs
+    the transport owns."""
+    return str(request.param)
+
+
+def _gateway(
+    workdir: str, p: support.Pki, broker: int, io: str = "socket"
+) -> tuple[support.Process, int]:
     port = support.free_port()
-    conf = support.listener_conf("s", port, broker, p, {"tls_io": "socket"})
+    conf = support.listener_conf("s", port, broker, p, {"tls_io": io})
     conf += "max_conn_rate_per_ip = 0\nmax_conn_rate = 0\n"
     return support.start_gateway(workdir, conf), port
 
@@ -73,11 +83,11 @@ def _dribble(port: int, ctx: ssl.SSLContext, payload: bytes) -> bytes:
 
 
 def test_a_handshake_and_a_connect_one_byte_at_a_time(
-    p: support.Pki, workdir: str, broker: int
+    p: support.Pki, workdir: str, broker: int, io: str
 ) -> None:
     """A ClientHello (and everything after it) in one-byte TCP segments: OpenSSL reads
     what the socket has each time and waits for more; the device gets in. TLS 1.3 and 1.2."""
-    gw, port = _gateway(workdir, p, broker)
+    gw, port = _gateway(workdir, p, broker, io)
     try:
         for version in ("1.3", "1.2"):
             ctx = support.client_context(p, p.client(f"dribble-{version}"), version)
@@ -88,11 +98,13 @@ def test_a_handshake_and_a_connect_one_byte_at_a_time(
         gw.stop()
 
 
-def test_resets_and_half_closes_in_the_handshake(p: support.Pki, workdir: str, broker: int) -> None:
+def test_resets_and_half_closes_in_the_handshake(
+    p: support.Pki, workdir: str, broker: int, io: str
+) -> None:
     """A peer that resets in the middle of its handshake, one that half-closes after its
     ClientHello, one that closes before saying anything: each ends cleanly (a refusal line,
     no traceback), and the next device gets in."""
-    gw, port = _gateway(workdir, p, broker)
+    gw, port = _gateway(workdir, p, broker, io)
     try:
         ctx = support.client_context(p, p.client("half"))
         for how in ("reset", "half-close", "silent"):
@@ -124,10 +136,12 @@ def test_resets_and_half_closes_in_the_handshake(p: support.Pki, workdir: str, b
         gw.stop()
 
 
-def test_idle_connections_then_all_closed(p: support.Pki, workdir: str, broker: int) -> None:
+def test_idle_connections_then_all_closed(
+    p: support.Pki, workdir: str, broker: int, io: str
+) -> None:
     """300 relayed sessions held idle, then all closed by their devices: every session
     ends, and the gateway's descriptors are back where they were."""
-    gw, port = _gateway(workdir, p, broker)
+    gw, port = _gateway(workdir, p, broker, io)
     try:
         ctx = support.client_context(p, p.client("idle"))
         with support.tls_connect(port, ctx) as s:  # warm up

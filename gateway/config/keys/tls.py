@@ -132,7 +132,9 @@ TLS_KEYS: tuple[Key, ...] = (
         TlsIo.BIO,
         "Who moves the TLS bytes. bio: Twisted's TLS in a memory BIO (TLSMemoryBIOProtocol). "
         "socket (experimental): OpenSSL reads and writes the socket itself, one transport "
-        "per connection; single process only, not with proxy_protocol.",
+        "per connection. transport (experimental): a transport of mqttgw's own that owns "
+        "its memory BIOs (one recv per read, one write per turn, no wrapper protocol). "
+        "socket and transport: single process only, not with proxy_protocol.",
         global_=True,
     ),
     Key(

@@ -1,0 +1,190 @@
+"""TLS in a memory BIO owned by the connection's transport (``tls_io = transport``,
+experimental): one ``tcp.Server`` per connection that reads the socket in large chunks (one
+``recv`` per readiness event), feeds OpenSSL's read BIO, drains ``SSL_read`` until OpenSSL
+wants more, hands the protocol everything decrypted as one ``dataReceived``, and queues
+each turn's TLS output (handshake flights, tickets, records) as one write. No
+``TLSMemoryBIOProtocol``, no producer membrane, no wrapper protocol between the socket and
+the relay: the transport's own write buffer and producer logic are Twisted's
+(``FileDescriptor``), counted in TLS bytes.
+
+- The handshake is driven on each read; the protocol hears ``handshakeCompleted``
+  (``IHandshakeListener``) before any application byte, as with ``TLSMemoryBIOProtocol``;
+  a failed handshake sends OpenSSL's alert and ends the connection with the ``SSL.Error``.
+- ``write`` encrypts at once (a memory BIO never blocks a write) and queues the records.
+- The peer's close_notify ends the connection cleanly (what came before it delivered
+  first); ``loseConnection`` sends ours once the buffered records are written.
+- Once the handshake is over and both BIOs are empty, they are replaced by new ones
+  (``native.renew_memory_bios``: the handshake's flights are the largest buffers an idle
+  device's connection would otherwise keep).
+
+Like ``tls_io = socket``, for one process (``workers = 1``) and without ``proxy_protocol``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from errno import EWOULDBLOCK
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import main, tcp
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.python.failure import Failure
+
+from gateway.tls.native import renew_memory_bios
+from gateway.tls.socket_tls import READ_BUDGET, TLSPort
+from gateway.twisted_native import SocketServer
+
+_OUT = 256 * 1024  # TLS output read from the BIO at once
+
+
+class BioTLSServer(SocketServer):
+    """A server-side TCP connection whose TLS runs in memory BIOs it owns."""
+
+    tls: Any = None  # the SSL.Connection (a GatewayConnection) in memory-BIO mode
+    handshake_done = False
+    _renewed = False
+
+    def __init__(
+        self,
+        sock: Any,
+        protocol: Any,
+        client: tuple[object, ...],
+        server: tcp.Port,
+        sessionno: int,
+        reactor: Any,
+    ) -> None:
+        assert isinstance(server, TLSPort)
+        tls = server.creator.serverConnectionForTLS(None)
+        tls.set_accept_state()
+        self.tls = tls
+        self._clock = reactor
+        super().__init__(sock, protocol, client, server, sessionno, reactor)
+
+    def getHandle(self) -> Any:
+        return self.tls
+
+    # -- reading --------------------------------------------------------------------------
+
+    def doRead(self) -> Any:
+        try:
+            data = self.socket.recv(self.bufferSize)  # (everything there, up to 64 KiB)
+        except OSError as e:
+            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        return self._received(data)
+
+    def _received(self, data: bytes) -> Any:
+        """Bytes read from the socket: through OpenSSL, then to the protocol."""
+        tls = self.tls
+        tls.bio_write(data)
+        result: Any = None
+        try:
+            result = self._decrypt(tls)
+        finally:
+            if self.tls is not None:  # (not lost meanwhile)
+                # ending now (an alert, a refused handshake): sent at once, not queued
+                self._flush(now=result is not None)
+        if not self._renewed and self.handshake_done and self.tls is not None:
+            self._renewed = renew_memory_bios(self.tls)
+        return result
+
+    def _decrypt(self, tls: Any) -> Any:
+        if not self.handshake_done:
+            try:
+                tls.do_handshake()
+            except SSL.WantReadError:
+                return None
+            except SSL.Error as e:
+                return e  # a failed handshake (its alert is flushed): the protocol's reason
+            self.handshake_done = True
+            listener = IHandshakeListener(self.protocol, None)
+            if listener is not None:
+                listener.handshakeCompleted()
+            if self.disconnecting or self.disconnected:
+                return None
+        chunks: list[bytes] = []
+        budget = READ_BUDGET
+        end: Any = None
+        try:
+            while budget > 0:
+                chunk = tls.recv(self.bufferSize)
+                chunks.append(chunk)
+                budget -= len(chunk)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:  # the peer's close_notify
+            end = main.CONNECTION_DONE
+        except SSL.Error as e:
+            end = e
+        if chunks:
+            result = super().deliver(b"".join(chunks))
+            if result is not None or self.disconnected:
+                return result
+        if end is None and budget <= 0 and tls.pending():
+            self._clock.callLater(0, self._more)  # (the rest next turn: others run first)
+        return end
+
+    def _more(self) -> None:
+        if self.tls is None or self.disconnected:
+            return
+        result = self._decrypt(self.tls)
+        self._flush()
+        if result is not None:
+            self.connectionLost(Failure(result) if isinstance(result, BaseException) else result)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not data or self.tls is None or not self.connected:
+            return
+        try:
+            self.tls.sendall(data)
+        except SSL.Error:
+            return  # (the connection is failing: its read side reports why)
+        self._flush()
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+    def _flush(self, now: bool = False) -> None:
+        """Queue what OpenSSL wrote into its BIO: one write per turn (``now``: the
+        connection ends this turn: what is queued, then this, sent best effort)."""
+        out = []
+        try:
+            while True:
+                out.append(self.tls.bio_read(_OUT))
+        except SSL.WantReadError:
+            pass
+        if out and not now:
+            SocketServer.write(self, b"".join(out))
+        elif out:
+            try:
+                self.socket.send(b"".join(out))
+            except OSError:
+                pass
+
+    # -- closing --------------------------------------------------------------------------
+
+    def after_last_write(self) -> Any:
+        """Everything written: our close_notify (best effort: it is one small record on a
+        socket whose buffer just drained), then close."""
+        if self.handshake_done and self.tls is not None:
+            try:
+                self.tls.set_shutdown(self.tls.get_shutdown() | SSL.RECEIVED_SHUTDOWN)
+                self.tls.shutdown()
+                self.socket.send(self.tls.bio_read(_OUT))
+            except (SSL.Error, OSError):
+                pass
+        return main.CONNECTION_DONE
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self.tls = None  # OpenSSL's state goes with the connection
+
+
+class BioTLSPort(TLSPort):
+    """A listening port whose connections run TLS in memory BIOs of their own."""
+
+    transport = BioTLSServer  # type: ignore[assignment]  # (a TLSServer's constructor)
