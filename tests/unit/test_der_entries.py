@@ -133,7 +133,7 @@ def test_damage_to_entries_of_one_shape_never_reads_other_serials(data: st.DataO
     result = revoked_serials(bytes(der))
     try:
         theirs = [e.serial_number for e in x509.load_der_x509_crl(bytes(der))]
-    except ValueError:
+    except Exception:  # (ValueError, InvalidVersion, ...: cryptography refuses it)
         return
     assert result is None or result == theirs
 
