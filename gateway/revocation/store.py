@@ -89,5 +89,8 @@ def crl_path(directory: str | None, listener: str, url: str) -> str | None:
 
 
 def ocsp_path(directory: str | None, listener: str) -> str | None:
-    """Where ``listener``'s last valid OCSP response is kept (None: not persisted)."""
-    return os.path.join(directory, f"{listener}.ocsp.der") if directory else None
+    """Where ``listener``'s last valid OCSP response is kept (None: not persisted); a
+    tenant's certificate's (``<listener>/<tenant>``) beside it as ``<listener>+<tenant>``
+    (a character no listener or tenant name has)."""
+    name = listener.replace("/", "+")
+    return os.path.join(directory, f"{name}.ocsp.der") if directory else None

@@ -165,7 +165,11 @@ def test_each_tenant_certificate_gets_its_own_staple(
         "tenant.acme.certfile": acme[0],
         "tenant.acme.keyfile": acme[1],
     }
-    conf = world.conf("s", port, broker, world.server_cert("srv-tenants"), **tenant)
+    cache = os.path.join(workdir, "ocsp-tenants")
+    conf = world.conf(
+        "s", port, broker, world.server_cert("srv-tenants"), globals=f"ocsp_cache.dir = {cache}\n"
+    )
+    conf += "".join(f"listener.ssl.s.{k} = {v}\n" for k, v in tenant.items())
     conf += f"workers = 2\nadmin.listen = {admin}\n"
     gw = support.start_gateway(workdir, conf, "gw-tenant-staples")
     try:
@@ -184,5 +188,6 @@ def test_each_tenant_certificate_gets_its_own_staple(
         doc = json.loads(http(admin, "/status")[2])
         (t,) = doc["listeners"][0]["tenants"]
         assert t["ocsp"]["status"] == "good" and t["ocsp"]["serial"] in out.replace(":", "")
+        support.wait_until(lambda: os.path.exists(os.path.join(cache, "s+acme.ocsp.der")), 10)
     finally:
         gw.stop()

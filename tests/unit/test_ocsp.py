@@ -19,7 +19,7 @@ from gateway.demo import pki
 from gateway.revocation import ocsp
 from gateway.revocation.fetch import HttpFetcher
 from gateway.revocation.ocsp_service import OcspStapler
-from gateway.revocation.store import write_atomically
+from gateway.revocation.store import ocsp_path, write_atomically
 from gateway.testing import ocsp as ocsp_support
 from gateway.testing import prepare_text
 from tests.unit.test_crl_service import Routes
@@ -394,3 +394,11 @@ def test_timer_survives_unexpected_errors(
     h.stapler._fetcher = HttpFetcher(h.stub, h.clock)
     h.advance(70)
     assert h.staple() != b""
+
+
+def test_a_tenants_staple_is_kept_beside_its_listeners() -> None:
+    """A tenant's stapler is named ``<listener>/<tenant>``: its file is in the directory
+    itself, not in a subdirectory that does not exist."""
+    assert ocsp_path("/var/lib/mqttgw/ocsp", "ext") == "/var/lib/mqttgw/ocsp/ext.ocsp.der"
+    assert ocsp_path("/var/lib/mqttgw/ocsp", "ext/acme") == "/var/lib/mqttgw/ocsp/ext+acme.ocsp.der"
+    assert ocsp_path(None, "ext/acme") is None
