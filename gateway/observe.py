@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from gateway.choices import FailurePolicy
 from gateway.clock import format_timestamp
 from gateway.config.model import CrlSettings
+from gateway.config.tenants import own_crl_urls
 from gateway.config.values import format_bind
 from gateway.parts import ListenerParts
 from gateway.reasons import CrlVerdict
@@ -166,7 +167,7 @@ def _tenant_status(
         view = parts.settings_for(t.id)
         why = ""
         own_cas = (*tenant.ca_certs, *tenant.match_cas)
-        urls = tuple(v for a, vs in t.overrides if a == "crl.urls" for v in vs)
+        urls = own_crl_urls(t)
         if fetches and parts.crl is not None and view.crl is not None and own_cas:
             sources = [s for s in (crl.sources if crl else ()) if s.url in urls]
             why = undecided(parts.crl.cache, own_cas, view.crl, sources)

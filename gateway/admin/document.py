@@ -63,7 +63,9 @@ def _by_tenant(counts: dict[str, int]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _tenant(t: TenantStatus, ls: ListenerStatus, now: float) -> dict[str, Any]:
+def _tenant(
+    t: TenantStatus, ls: ListenerStatus, refused: dict[str, dict[str, int]], now: float
+) -> dict[str, Any]:
     """One tenant: its configuration, counters and certificate, and its CRL sources' state."""
     s = ls.stats
     cert = next((c for c in ls.certificates if c.role == f"tenant {t.id}"), None)
@@ -74,7 +76,7 @@ def _tenant(t: TenantStatus, ls: ListenerStatus, now: float) -> dict[str, Any]:
         "enabled": t.enabled,
         "own_cas": t.own_cas,
         "sessions": s.tenants.get(t.id, 0),
-        "refused": _by_tenant(s.tenant_refused).get(t.id, {}),
+        "refused": refused.get(t.id, {}),
         "certificate_not_after": _ts(cert.not_after) if cert is not None else None,
         "certificate_days_left": round(cert.days_left(now), 1) if cert is not None else None,
         "crl_expired_policy": t.crl_policy,
@@ -253,6 +255,7 @@ def document(status: GatewayStatus) -> dict[str, Any]:
 
 def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
     s = ls.stats
+    refused = _by_tenant(s.tenant_refused)
     out: dict[str, Any] = {
         "name": s.listener,
         "bind": ls.bind,
@@ -288,7 +291,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
             "disconnects_sent": dict(s.disconnects_sent),
             "sessions_by_transport": dict(sorted(s.sessions.items())),
             "sessions_by_tenant": dict(sorted(s.tenants.items())),
-            "refused_by_tenant": _by_tenant(s.tenant_refused),
+            "refused_by_tenant": refused,
             "refused_by_transport": dict(sorted(s.refused_transport.items())),
         },
         "brokers": [
@@ -306,7 +309,7 @@ def _listener(ls: ListenerStatus, now: float) -> dict[str, Any]:
         "ocsp": None,
         "client_ocsp": None,
         "auth_http": None,
-        "tenants": [_tenant(t, ls, now) for t in ls.tenants],
+        "tenants": [_tenant(t, ls, refused, now) for t in ls.tenants],
     }
     if ls.auth is not None:
         a = ls.auth

@@ -215,11 +215,16 @@ def revocation_overrides(listener: ListenerSettings) -> tuple[tuple[str, str, An
     )
 
 
+def own_crl_urls(tenant: TenantSettings) -> tuple[str, ...]:
+    """The CRL sources a tenant names itself (its crl_cache_urls line; none: ())."""
+    return next((v for a, v in tenant.overrides if a == "crl.urls"), ())
+
+
 def crl_urls(listener: ListenerSettings) -> tuple[str, ...]:
     """Every CRL URL the listener fetches: its own, then its tenants' (once each)."""
     own = listener.crl.urls if listener.crl is not None else ()
-    theirs = (v for t in listener.tenants for a, v in t.overrides if a == "crl.urls")
-    return tuple(dict.fromkeys([*own, *(url for urls in theirs for url in urls)]))
+    theirs = (url for t in listener.tenants for url in own_crl_urls(t))
+    return tuple(dict.fromkeys([*own, *theirs]))
 
 
 def tenant_for(tenants: Mapping[str, Any], sent: bytes | None) -> Any:

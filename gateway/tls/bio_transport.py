@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
 from gateway.tls.native import renew_memory_bios
-from gateway.tls.socket_tls import READ_BUDGET, TLSPort
+from gateway.tls.socket_tls import TLSPort
 from gateway.twisted_native import SocketServer
 
 _OUT = 256 * 1024  # TLS output read from the BIO at once
@@ -58,7 +58,6 @@ class BioTLSServer(SocketServer):
         tls = server.creator.serverConnectionForTLS(None)
         tls.set_accept_state()
         self.tls = tls
-        self._clock = reactor
         super().__init__(sock, protocol, client, server, sessionno, reactor)
 
     def getHandle(self) -> Any:
@@ -104,14 +103,13 @@ class BioTLSServer(SocketServer):
                 listener.handshakeCompleted()
             if self.disconnecting or self.disconnected:
                 return None
+        # Everything the read brought (one recv: at most bufferSize bytes of TLS, so less
+        # plaintext than that: no budget needed), delivered as one.
         chunks: list[bytes] = []
-        budget = READ_BUDGET
         end: Any = None
         try:
-            while budget > 0:
-                chunk = tls.recv(self.bufferSize)
-                chunks.append(chunk)
-                budget -= len(chunk)
+            while True:
+                chunks.append(tls.recv(self.bufferSize))
         except SSL.WantReadError:
             pass
         except SSL.ZeroReturnError:  # the peer's close_notify
@@ -122,17 +120,7 @@ class BioTLSServer(SocketServer):
             result = super().deliver(b"".join(chunks))
             if result is not None or self.disconnected:
                 return result
-        if end is None and budget <= 0 and tls.pending():
-            self._clock.callLater(0, self._more)  # (the rest next turn: others run first)
         return end
-
-    def _more(self) -> None:
-        if self.tls is None or self.disconnected:
-            return
-        result = self._decrypt(self.tls)
-        self._flush()
-        if result is not None:
-            self.connectionLost(Failure(result) if isinstance(result, BaseException) else result)
 
     # -- writing --------------------------------------------------------------------------
 
