@@ -17,6 +17,11 @@ when a Twisted release changes what it relies on.
   protocol, with the return value that ends the connection) is called as ``deliver``, and
   ``FileDescriptor._postLoseConnection`` (everything written: now close) is overridden as
   ``after_last_write``, where TLS sends its close_notify.
+- ``send_now``: a write that goes to the socket at once when nothing is queued before it
+  (the reactor's ``write`` always queues and waits for the next writability event: two
+  ``epoll_ctl`` calls and a turn of the loop per write, a fifth of a resumed handshake's
+  cost). It reads the write buffer Twisted keeps (``dataBuffer``, ``offset``,
+  ``_tempDataBuffer``) and queues what the socket did not take with the public ``write``.
 - ``shared_on_close``: a listening port whose socket a takeover handed to another process
   is closed without ``shutdown()``, which would end the other process's accepts too
   (``tcp.Port._shouldShutdown``, which Twisted clears itself only for adopted sockets).
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
+from errno import EAGAIN, EINTR, EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import tcp
@@ -78,6 +84,37 @@ class SocketServer(tcp.Server):
 
     def _postLoseConnection(self) -> Any:
         return self.after_last_write()
+
+
+_WOULD_BLOCK = (EAGAIN, EWOULDBLOCK, EINTR)
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sent on the socket now when nothing is queued before it
+    and the transport is a plain TCP one (what the socket does not take, and every other
+    case, goes through ``write``: queued, sent when the socket is writable; an error is
+    left for that write to find)."""
+    if not isinstance(transport, tcp.Connection) or transport.TLS:
+        transport.write(data)
+        return
+    if (
+        data
+        and transport.connected
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError as e:
+            sent = 0
+            if e.args[0] not in _WOULD_BLOCK:
+                transport.write(data)  # (its doWrite meets the error and closes)
+                return
+        if sent == len(data):
+            return
+        data = data[sent:]
+    tcp.Connection.write(transport, data)
 
 
 def shared_on_close(port: Any) -> None:

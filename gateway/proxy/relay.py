@@ -38,6 +38,7 @@ from gateway.proxy.policy import BrokerFollower, DevicePolicy, PolicyHooks, foll
 from gateway.proxy.session_log import SessionLog
 from gateway.reasons import Reason
 from gateway.tls.verify import GatewayConnection
+from gateway.twisted_native import send_now
 
 log = Logger()
 
@@ -264,7 +265,7 @@ class ClientProtocol(protocol.Protocol):
         if upstream is not None:
             self.bytes_in += len(data)
             self.factory.stats.bytes_in += len(data)
-            upstream.transport.write(data)
+            send_now(upstream.transport, data)
 
     def _on_close_client(self, action: S.CloseClient) -> None:
         self.transport.unregisterProducer()
@@ -343,7 +344,7 @@ class ClientProtocol(protocol.Protocol):
         if self._policy is not None:
             # From the first packet after the CONNECT on, those that came with it included.
             after, first = first[len(first) - trailing :], first[: len(first) - trailing]
-        upstream.transport.write(header + first if header else first)
+        send_now(upstream.transport, header + first if header else first)
         # Flow control both ways: a full write buffer on one side pauses reading on the other
         # (through the pacer, when there is one: it pauses the device for its rate too).
         upstream.transport.registerProducer(self._policy or self.transport, True)

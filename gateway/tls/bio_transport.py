@@ -10,7 +10,8 @@ the relay: the transport's own write buffer and producer logic are Twisted's
 - The handshake is driven on each read; the protocol hears ``handshakeCompleted``
   (``IHandshakeListener``) before any application byte, as with ``TLSMemoryBIOProtocol``;
   a failed handshake sends OpenSSL's alert and ends the connection with the ``SSL.Error``.
-- ``write`` encrypts at once (a memory BIO never blocks a write) and queues the records.
+- ``write`` encrypts at once (a memory BIO never blocks a write) and sends the records at
+  once when nothing is queued before them (``send_now``), else queues them.
 - The peer's close_notify ends the connection cleanly (what came before it delivered
   first); ``loseConnection`` sends ours once the buffered records are written.
 - Once the handshake is over and both BIOs are empty, they are replaced by new ones
@@ -31,9 +32,9 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
-from gateway.tls.native import renew_memory_bios
+from gateway.tls.native import input_left, output_waiting, renew_memory_bios
 from gateway.tls.socket_tls import TLSPort
-from gateway.twisted_native import SocketServer
+from gateway.twisted_native import SocketServer, send_now
 
 _OUT = 256 * 1024  # TLS output read from the BIO at once
 
@@ -110,6 +111,8 @@ class BioTLSServer(SocketServer):
         try:
             while True:
                 chunks.append(tls.recv(self.bufferSize))
+                if not input_left(tls):  # (asking again would only raise WantReadError)
+                    break
         except SSL.WantReadError:
             pass
         except SSL.ZeroReturnError:  # the peer's close_notify
@@ -139,14 +142,20 @@ class BioTLSServer(SocketServer):
     def _flush(self, now: bool = False) -> None:
         """Queue what OpenSSL wrote into its BIO: one write per turn (``now``: the
         connection ends this turn: what is queued, then this, sent best effort)."""
+        waiting = output_waiting(self.tls)
+        if not waiting:
+            return
         out = []
         try:
-            while True:
-                out.append(self.tls.bio_read(_OUT))
+            if waiting > 0:  # one read of the right size
+                out.append(self.tls.bio_read(waiting))
+            else:
+                while True:
+                    out.append(self.tls.bio_read(_OUT))
         except SSL.WantReadError:
             pass
         if out and not now:
-            SocketServer.write(self, b"".join(out))
+            send_now(self, b"".join(out))
         elif out:
             try:
                 self.socket.send(b"".join(out))
