@@ -89,7 +89,7 @@ class SocketServer(tcp.Server):
 _WOULD_BLOCK = (EAGAIN, EWOULDBLOCK, EINTR)
 
 
-def send_now(transport: Any, data: bytes) -> None:
+def send_now(transport: Any, data: bytes | memoryview) -> None:
     """``transport.write(data)``, sent on the socket now when nothing is queued before it
     and the transport is a plain TCP one (what the socket does not take, and every other
     case, goes through ``write``: queued, sent when the socket is writable; an error is
@@ -97,6 +97,8 @@ def send_now(transport: Any, data: bytes) -> None:
     if not isinstance(transport, tcp.Connection) or transport.TLS:
         transport.write(data)
         return
+    if isinstance(data, memoryview):
+        data = data.tobytes()  # (what Twisted's write takes)
     if (
         data
         and transport.connected
@@ -109,7 +111,7 @@ def send_now(transport: Any, data: bytes) -> None:
         except OSError as e:
             sent = 0
             if e.args[0] not in _WOULD_BLOCK:
-                transport.write(data)  # (its doWrite meets the error and closes)
+                tcp.Connection.write(transport, data)  # (its doWrite meets the error)
                 return
         if sent == len(data):
             return

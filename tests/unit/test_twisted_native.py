@@ -132,3 +132,75 @@ def test_a_shared_listening_port_closes_without_shutting_the_socket_down() -> No
     accepted.close()
     client.close()
     other.close()
+
+
+def _server_over_socketpair() -> tuple[Any, Any, Any]:
+    """A ``tcp.Connection`` on one end of a socket pair, connected, on a memory reactor:
+    (transport, the other end, the reactor)."""
+    import socket
+
+    from twisted.internet import protocol, tcp
+    from twisted.internet.testing import MemoryReactor
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(2)
+    reactor = MemoryReactor()
+
+    transport = tcp.Connection(ours, protocol.Protocol(), reactor)
+    transport.connected = True
+    return transport, theirs, reactor
+
+
+def test_send_now_writes_at_once_when_nothing_is_queued() -> None:
+    """Nothing queued: the bytes are on the socket when send_now returns, and the
+    transport never waits for writability (no turn of the reactor, no epoll_ctl)."""
+    from gateway.twisted_native import send_now
+
+    transport, theirs, reactor = _server_over_socketpair()
+    send_now(transport, b"hello")
+    send_now(transport, memoryview(b" world"))
+    assert theirs.recv(100) == b"hello world"
+    assert transport not in reactor.getWriters()
+    theirs.close()
+
+
+def test_send_now_keeps_the_order_of_what_is_queued() -> None:
+    """Bytes queued before (a write the socket did not take) go first: send_now queues
+    behind them rather than jumping the queue."""
+    from gateway.twisted_native import send_now
+
+    transport, theirs, reactor = _server_over_socketpair()
+    transport.write(b"first ")
+    send_now(transport, b"second")
+    assert transport in reactor.getWriters()
+    transport.doWrite()
+    assert theirs.recv(100) == b"first second"
+    theirs.close()
+
+
+def test_send_now_queues_what_a_full_socket_does_not_take() -> None:
+    """A socket whose buffer is full takes part or nothing: the rest is queued, in order,
+    and sent when the socket drains."""
+    from gateway.twisted_native import send_now
+
+    transport, theirs, reactor = _server_over_socketpair()
+    block = b"x" * 65536
+    total = 0
+    for _ in range(200):  # bounded: the socket pair's buffers fill long before
+        send_now(transport, block)
+        total += len(block)
+        if transport in reactor.getWriters():
+            break
+    assert transport in reactor.getWriters()
+    got = 0
+    theirs.setblocking(False)
+    for _ in range(10_000):
+        try:
+            got += len(theirs.recv(1 << 20))
+        except BlockingIOError:
+            if transport not in reactor.getWriters():
+                break
+            transport.doWrite()
+    assert got == total
+    theirs.close()
