@@ -32,7 +32,7 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
-from gateway.tls.native import input_left, output_waiting, renew_memory_bios
+from gateway.tls.native import output_waiting, renew_memory_bios
 from gateway.tls.socket_tls import TLSPort
 from gateway.twisted_native import SocketServer, send_now
 
@@ -111,8 +111,6 @@ class BioTLSServer(SocketServer):
         try:
             while True:
                 chunks.append(tls.recv(self.bufferSize))
-                if not input_left(tls):  # (asking again would only raise WantReadError)
-                    break
         except SSL.WantReadError:
             pass
         except SSL.ZeroReturnError:  # the peer's close_notify

@@ -9,10 +9,11 @@ things its public API cannot do:
 - read OpenSSL's text for an X509 verification error;
 - tell whether a handshake resumed a session;
 - give a connection's memory BIOs back once its handshake is over (``renew_memory_bios``);
-- tell how many bytes wait in a connection's memory BIOs (``input_left``,
-  ``output_waiting``), so that the transport reads its TLS output in one call of the right
-  size and stops reading records when none is left, rather than asking until pyOpenSSL
-  raises ``WantReadError`` (an exception, and a buffer of the size asked for, each time).
+- tell how many bytes of TLS output wait in a connection's memory BIO
+  (``output_waiting``), so that the transport reads them in one call of the right size,
+  rather than asking until pyOpenSSL raises ``WantReadError`` (an exception, and a buffer
+  of the size asked for, 256 KiB, each time). (Not for the input: a check per record costs
+  more than the one ``WantReadError`` that ends a read of many records.)
 
 Each falls back (with a warning, or a plain text) where the internals are not as expected.
 """
@@ -181,29 +182,13 @@ def renew_memory_bios(connection: SSL.Connection) -> bool:
         return False
 
 
-def _mem_pending(bio: Any) -> int:
-    from OpenSSL._util import ffi, lib
-
-    return int(lib.BIO_get_mem_data(bio, ffi.new("char **")))
-
-
-def input_left(connection: SSL.Connection) -> int:
-    """Bytes of TLS input a memory-BIO connection holds that ``recv`` has not returned yet
-    (records not yet decrypted, and decrypted bytes not yet read); -1 where it cannot be
-    told (the caller then reads until ``WantReadError``, as pyOpenSSL's API alone allows)."""
-    try:
-        from OpenSSL._util import lib
-
-        into = connection._into_ssl  # type: ignore[attr-defined,unused-ignore]
-        return _mem_pending(into) + int(lib.SSL_pending(connection._ssl))  # type: ignore[attr-defined,unused-ignore]
-    except Exception:
-        return -1
-
-
 def output_waiting(connection: SSL.Connection) -> int:
     """Bytes of TLS output waiting in a memory-BIO connection's outgoing BIO; -1 where it
-    cannot be told."""
+    cannot be told (the caller then reads until ``WantReadError``)."""
     try:
-        return _mem_pending(connection._from_ssl)  # type: ignore[attr-defined,unused-ignore]
+        from OpenSSL._util import ffi, lib
+
+        out = connection._from_ssl  # type: ignore[attr-defined,unused-ignore]
+        return int(lib.BIO_get_mem_data(out, ffi.new("char **")))
     except Exception:
         return -1
