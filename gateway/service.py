@@ -33,6 +33,7 @@ from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.roles import listen_endpoint
 from gateway.status import GatewayStatus, ReloadStatus
 from gateway.watch import IN_PROGRESS, FileWatcher
+from gateway.twisted_native import quick_text_log
 
 log = Logger()
 
@@ -160,6 +161,7 @@ class GatewayService(service.MultiService):
             raise self.config.error(e.listener, "", e.detail) from None
 
     def startService(self) -> None:
+        quick_text_log()  # (twistd's log file observers exist by now)
         self.cooperator.start()
         super().startService()
         if self.role.signals:

@@ -22,6 +22,12 @@ when a Twisted release changes what it relies on.
   ``epoll_ctl`` calls and a turn of the loop per write, a fifth of a resumed handshake's
   cost). It reads the write buffer Twisted keeps (``dataBuffer``, ``offset``,
   ``_tempDataBuffer``) and queues what the socket did not take with the public ``write``.
+- ``quick_text_log``: twistd's text log files write the lines mqttgw formats itself (the
+  session lines, a worker's lines re-emitted by the master: ``{mqttgw_line}``) with the
+  time text made once per second, not once per line (Twisted's ``formatTime`` builds a
+  time zone and a datetime for every event: a third of a session line's cost). The file
+  observers are found among the log publisher's ``_observers``; their ``formatEvent`` is
+  public. Every other event is formatted by Twisted's own ``formatEvent``, unchanged.
 - ``shared_on_close``: a listening port whose socket a takeover handed to another process
   is closed without ``shutdown()``, which would end the other process's accepts too
   (``tcp.Port._shouldShutdown``, which Twisted clears itself only for adopted sockets).
@@ -117,6 +123,69 @@ def send_now(transport: Any, data: bytes | memoryview) -> None:
             return
         data = data[sent:]
     tcp.Connection.write(transport, data)
+
+
+def quick_text_log(publisher: Any = None) -> int:
+    """Give the text file observers of ``publisher`` (the global one by default) the quick
+    way for ``{mqttgw_line}`` events; how many were given it (0 where none is found, or
+    where their time format is finer than a second and so cannot be kept per second)."""
+    from twisted.logger import FileLogObserver, globalLogPublisher
+
+    observers = getattr(
+        publisher if publisher is not None else globalLogPublisher, "_observers", ()
+    )
+    count = 0
+    for observer in list(observers):
+        if isinstance(observer, FileLogObserver) and not getattr(
+            observer.formatEvent, "mqttgw_quick", False
+        ):
+            quick = _quick_format(observer.formatEvent)
+            if quick is not None:
+                observer.formatEvent = quick
+                count += 1
+    return count
+
+
+def _quick_format(original: Callable[[dict[str, Any]], str | None]) -> Any:
+    """``original`` (a ``formatEventAsClassicLogText`` with its time format), with the time
+    text of ``{mqttgw_line}`` events taken from ``original`` once per second. None if the
+    time text differs within a second (a format with fractions)."""
+
+    def stamp(when: float) -> str | None:
+        text = original({"log_format": "x", "log_time": when, "log_system": "-"})
+        if not text or not text.endswith(" [-] x\n"):
+            return None
+        return text[: -len(" [-] x\n")]
+
+    if stamp(1_000_000_000.0) != stamp(1_000_000_000.75):
+        return None
+    cached: list[Any] = [None, ""]  # (the second, its time text)
+
+    def format_event(event: dict[str, Any]) -> str | None:
+        line = event.get("mqttgw_line")
+        when = event.get("log_time")
+        if (
+            not isinstance(line, str)
+            or not line
+            or when is None
+            or event.get("log_format") != "{mqttgw_line}"
+            or "log_failure" in event
+        ):
+            return original(event)
+        second = int(when)
+        if cached[0] != second:
+            text = stamp(second)
+            if text is None:
+                return original(event)
+            cached[0], cached[1] = second, text
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
+        return f"{cached[1]} [{system}] {line}".replace("\n", "\n\t") + "\n"
+
+    format_event.mqttgw_quick = True  # type: ignore[attr-defined]
+    return format_event
 
 
 def shared_on_close(port: Any) -> None:

@@ -204,3 +204,53 @@ def test_send_now_queues_what_a_full_socket_does_not_take() -> None:
             transport.doWrite()
     assert got == total
     theirs.close()
+
+
+def test_quick_text_log_writes_what_twisteds_formatter_writes() -> None:
+    """twistd's text log observer given the quick way writes every event exactly as
+    Twisted's own formatter does: the gateway's own lines (``{mqttgw_line}``, several in
+    one second and across seconds, with a newline, with a system), and every other event
+    (Twisted's way)."""
+    import io
+
+    from twisted.logger import LogLevel, LogPublisher, textFileLogObserver
+
+    from gateway.twisted_native import quick_text_log
+
+    quick_out, plain_out = io.StringIO(), io.StringIO()
+    publisher = LogPublisher(textFileLogObserver(quick_out))
+    plain = textFileLogObserver(plain_out)
+    assert quick_text_log(publisher) == 1
+    assert quick_text_log(publisher) == 0  # (once)
+    base = 1_765_000_000.0
+    events = [
+        {"log_format": "{mqttgw_line}", "mqttgw_line": "session ended a", "log_time": base},
+        {"log_format": "{mqttgw_line}", "mqttgw_line": "b\nc", "log_time": base + 0.4},
+        {"log_format": "{mqttgw_line}", "mqttgw_line": "d", "log_time": base + 1.2},
+        {
+            "log_format": "{mqttgw_line}",
+            "mqttgw_line": "e",
+            "log_time": base + 1.3,
+            "log_system": "w",
+        },
+        {"log_format": "{mqttgw_line}", "mqttgw_line": "", "log_time": base + 1.3},
+        {"log_format": "x={x}", "x": 5, "log_time": base + 2.0},
+        {"log_format": "{mqttgw_line}", "mqttgw_line": "no time"},
+    ]
+    for event in events:
+        event.update(log_namespace="gateway.proxy.relay", log_level=LogLevel.info)
+        publisher(dict(event))
+        plain(dict(event))
+    assert quick_out.getvalue() == plain_out.getvalue()
+    assert quick_out.getvalue().count("\n") == 7  # (six lines, one continued; "" writes none)
+
+
+def test_quick_text_log_leaves_a_sub_second_time_format_to_twisted() -> None:
+    import io
+
+    from twisted.logger import LogPublisher, textFileLogObserver
+
+    from gateway.twisted_native import quick_text_log
+
+    publisher = LogPublisher(textFileLogObserver(io.StringIO(), timeFormat="%H:%M:%S.%f"))
+    assert quick_text_log(publisher) == 0
