@@ -32,8 +32,8 @@ from gateway.process import GatewayState, ProcessRole
 from gateway.reload_plan import ReloadPlan, plan_reload
 from gateway.roles import listen_endpoint
 from gateway.status import GatewayStatus, ReloadStatus
-from gateway.watch import IN_PROGRESS, FileWatcher
 from gateway.twisted_native import quick_text_log
+from gateway.watch import IN_PROGRESS, FileWatcher
 
 log = Logger()
 

@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.python.failure import Failure
 
 from gateway.choices import IdentitySource, ProxyVersion
@@ -89,15 +89,46 @@ def taken_from(
     return identity, acl_user, common_name(cert) if v2 else None
 
 
+_PEERS_KEPT = 1024  # client certificates of resumed sessions kept parsed, by DER
+
+
+class ParsedPeers:
+    """Client certificates parsed once, by their DER (a certificate is its DER: the same
+    bytes, the same subject, serial and extensions), with the session line's words for
+    them: a device resuming its session again and again costs a dictionary look-up, not a
+    parse and an RFC 4514 rendering. Bounded: when full it starts again."""
+
+    def __init__(self, kept: int = _PEERS_KEPT) -> None:
+        self.kept = kept
+        self._by_der: dict[bytes, tuple[str, str, x509.Certificate]] = {}
+
+    def describe(self, der: bytes) -> tuple[str, str, x509.Certificate]:
+        known = self._by_der.get(der)
+        if known is None:
+            cert = x509.load_der_x509_certificate(der)
+            known = (cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert)
+            if len(self._by_der) >= self.kept:
+                self._by_der.clear()
+            self._by_der[der] = known
+        return known
+
+
+_parsed_peers = ParsedPeers()
+
+
 def describe_peer_certificate(
     connection: SSL.Connection, parsed: x509.Certificate | None = None
 ) -> tuple[str, str, x509.Certificate | None]:
     """(subject, serial, the parsed certificate) of the client, or ("-", "-", None).
-    ``parsed``: the certificate as the verify callback parsed it, if it did."""
-    cert = parsed if parsed is not None else connection.get_peer_certificate(as_cryptography=True)
-    if cert is None:
+    ``parsed``: the certificate as the verify callback parsed it, if it did (a full
+    handshake); else (a resumed session) the one OpenSSL keeps in the session, parsed
+    once per certificate (``ParsedPeers``)."""
+    if parsed is not None:
+        return parsed.subject.rfc4514_string(), format(parsed.serial_number, "X"), parsed
+    held = connection.get_peer_certificate()
+    if held is None:
         return "-", "-", None
-    return cert.subject.rfc4514_string(), format(cert.serial_number, "X"), cert
+    return _parsed_peers.describe(crypto.dump_certificate(crypto.FILETYPE_ASN1, held))
 
 
 def deny_refusal(deny: DenyList | None, cert: x509.Certificate) -> tuple[Reason, str] | None:

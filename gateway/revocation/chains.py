@@ -42,6 +42,11 @@ class IssuerIndex:
     """CA certificates by subject (DER), each with the path up to its trust anchor."""
 
     _by_subject: dict[bytes, tuple[x509.Certificate, ...]]
+    # leaf -> its chain as ``chain`` gives it, for the leaves that chained (a resumed
+    # session's device, again and again); bounded: when full it starts again.
+    _chains: dict[x509.Certificate, tuple[tuple[x509.Certificate, bytes], ...]] = attrs.field(
+        factory=dict, init=False
+    )
 
     @classmethod
     def of(cls, cas: Sequence[x509.Certificate]) -> IssuerIndex:
@@ -84,7 +89,25 @@ class IssuerIndex:
             cert = issuer
         return out
 
+    def chain(
+        self, leaf: x509.Certificate, also: VerifiedIssuers | None = None
+    ) -> tuple[tuple[x509.Certificate, bytes], ...] | None:
+        """``path(leaf, also=also)`` with each certificate's issuer name (DER), kept for
+        the leaves that chain (the index never changes, and ``also`` only grows: a chain
+        found stays right; one not found is looked for again next time)."""
+        known = self._chains.get(leaf)
+        if known is None:
+            path = self.path(leaf, also=also)
+            if path is None:
+                return None
+            known = tuple((cert, cert.issuer.public_bytes()) for cert in path)
+            if len(self._chains) >= _CHAINS_KEPT:
+                self._chains.clear()
+            self._chains[leaf] = known
+        return known
 
+
+_CHAINS_KEPT = 1024
 _VERIFIED_KEPT = 4096
 
 

@@ -177,16 +177,15 @@ class RevocationChecker:
         """A resumed session ran no verify callback: check its chain now, exactly as a full
         handshake would (trust anchor down to the leaf), recording it for the live sweep.
         None to accept; else (reason class, detail)."""
-        path = self.issuers.path(leaf, also=self.verified)
+        path = self.issuers.chain(leaf, also=self.verified)
         if path is None:
             return (
                 Reason.UNKNOWN_CA,
                 "resumed session: the certificate no longer chains to cacertfile",
             )
         for depth in range(len(path) - 1, -1, -1):
-            cert = path[depth]
+            cert, issuer = path[depth]
             cert_serial = serial if depth == 0 else cert.serial_number
-            issuer = cert.issuer.public_bytes()
             verification.chain += ((issuer, cert_serial),)
             if depth == len(path) - 1:
                 continue  # the trust anchor: nothing above it to revoke it

@@ -515,6 +515,34 @@ def test_resumed_session_chain_is_rebuilt_and_checked(p: support.Pki) -> None:
     assert verdict is not None and verdict[0] == "unknown_ca"
 
 
+def test_a_resumed_leafs_kept_chain_meets_the_crls_in_force_each_time(p: support.Pki) -> None:
+    """The chain of a device that resumes again and again is rebuilt once (kept by leaf),
+    but its revocation is decided each time from the CRLs in force: a device revoked
+    between two resumptions is refused at the second."""
+    from gateway.revocation.chains import IssuerIndex
+
+    h = Harness(p, globals="crl_cache.refresh_interval = 1m\n")
+    h.checker.issuers = IssuerIndex.of([p.root.cert, p.inter.cert])
+    device = pki.issue(p.inter, "resumes-often").cert
+    h.routes.set("/devices.crl", 200, h.crl([]) + pem(make_crl(p.root, [])))
+    h.service.startService()
+    h.flush()
+    first, again = PeerVerification(), PeerVerification()
+    assert h.checker.check_resumed(device, device.serial_number, first) is None
+    assert h.checker.check_resumed(device, device.serial_number, again) is None
+    assert first.chain == again.chain and len(again.chain) == 3
+    chain = h.checker.issuers.chain(device)
+    assert chain is not None and chain is h.checker.issuers.chain(device)  # (kept)
+    h.routes.set(
+        "/devices.crl",
+        200,
+        h.crl([device.serial_number], number=2) + pem(make_crl(p.root, [])),
+    )
+    h.advance(61)
+    verdict = h.checker.check_resumed(device, device.serial_number, PeerVerification())
+    assert verdict is not None and verdict[0] == "revoked"
+
+
 def test_resumed_session_with_uncached_crl_is_held(p: support.Pki) -> None:
     """With crl_cache_from_cert, a resumed session whose leaf CRL is not cached yet is held
     like a full handshake (crl_pending set), not let through."""
