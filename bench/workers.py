@@ -109,7 +109,7 @@ class World:
         # With a baseline (another checkout of mqttgw), every gateway also runs from it, as
         # NAME@base, in the same round: before/after pairs that meet the same machine.
         self.baseline = baseline
-        self.socket_tls = False  # also one-process gateways with tls_io = socket, transport
+        self.socket_tls = False  # also one-process gateways with tls_io = socket, bio
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
         self.key_kind = key_kind
         self.pki = support.make_pki(self.dir, key_kind)
@@ -179,7 +179,7 @@ class World:
             gateways = {"gw-auto": "workers = auto\n", "gw-1": "workers = 1\n"}
             if self.socket_tls:
                 gateways["gw-sock"] = "tls_io = socket\nworkers = 1\n"
-                gateways["gw-own"] = "tls_io = transport\nworkers = 1\n"
+                gateways["gw-bio"] = "tls_io = bio\nworkers = 1\n"
         runs: dict[str, tuple[str, dict[str, str]]] = {}
         for name, conf_extra in gateways.items():
             runs[name] = (conf_extra, {"PYTHONPATH": HERE_TREE})
@@ -814,8 +814,8 @@ def main() -> None:
     common.add_argument(
         "--socket-tls",
         action="store_true",
-        help="also one-process gateways with tls_io = socket (gw-sock) and tls_io = "
-        "transport (gw-own)",
+        help="also one-process gateways with tls_io = socket (gw-sock) and tls_io = bio "
+        "(gw-bio) beside gw-1 (the default: tls_io = auto, the own transport)",
     )
     common.add_argument(
         "--key",

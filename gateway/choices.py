@@ -83,15 +83,16 @@ class Affinity(Word):
 class TlsIo(Word):
     """``tls_io``: where OpenSSL reads and writes."""
 
+    AUTO = "auto"  # transport where it serves the listener, else bio (resolved at load)
     BIO = "bio"
     SOCKET = "socket"
-    TRANSPORT = "transport"  # (experimental) a transport of mqttgw's own over memory BIOs
+    TRANSPORT = "transport"  # a transport of mqttgw's own over memory BIOs
 
     @property
     def direct(self) -> bool:
         """Whether the client protocol sits on the port's transport itself (no TLS
         protocol wrapping it)."""
-        return self is not TlsIo.BIO
+        return self is TlsIo.SOCKET or self is TlsIo.TRANSPORT
 
 
 class RateAction(Word):

@@ -14,6 +14,7 @@ of them is subclassed per role.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ from gateway.status import ListenerStatus
 from gateway.tls.bio_transport import BioTLSPort
 from gateway.tls.material import TlsMaterial
 from gateway.tls.socket_tls import TLSPort
+from gateway.twisted_native import adopt_listening_socket
 
 log = Logger()
 
@@ -129,9 +131,9 @@ def tcp_endpoint(reactor: Any, bind: tuple[str, int]) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
-def listen_endpoint(reactor: Any, inherited: Inherited, bind: tuple[str, int]) -> Any:
-    """Where to listen on ``bind``: an inherited socket bound there (systemd's, or one a
-    takeover handed over), else a new one."""
+def inherited_socket(inherited: Inherited, bind: tuple[str, int]) -> socket.socket | None:
+    """The inherited listening socket bound at ``bind`` (systemd's, or one a takeover
+    handed over), if any; of a group handed over, one (the rest are closed)."""
     given = inherited.take(bind)
     if len(given) > 1:  # a master's group, taken by one process: one socket serves
         log.warn(
@@ -142,11 +144,18 @@ def listen_endpoint(reactor: Any, inherited: Inherited, bind: tuple[str, int]) -
         )
         for extra in given[1:]:
             extra.close()
-    if not given:
+    return given[0] if given else None
+
+
+def listen_endpoint(reactor: Any, inherited: Inherited, bind: tuple[str, int]) -> Any:
+    """Where to listen on ``bind``: an inherited socket bound there (systemd's, or one a
+    takeover handed over), else a new one."""
+    given = inherited_socket(inherited, bind)
+    if given is None:
         return tcp_endpoint(reactor, bind)
-    fd = os.dup(given[0].fileno())  # (the endpoint closes it once listening)
-    given[0].close()
-    return endpoints.AdoptedStreamServerEndpoint(reactor, fd, given[0].family)
+    fd = os.dup(given.fileno())  # (the endpoint closes it once listening)
+    given.close()
+    return endpoints.AdoptedStreamServerEndpoint(reactor, fd, given.family)
 
 
 @implementer(IStreamServerEndpoint)
@@ -155,17 +164,26 @@ class SocketTLSEndpoint:
     port class of the same shape (``BioTLSPort``: TLS in memory BIOs of their own)."""
 
     def __init__(
-        self, reactor: Any, bind: tuple[str, int], creator: Any, port: type[TLSPort] = TLSPort
+        self,
+        reactor: Any,
+        bind: tuple[str, int],
+        creator: Any,
+        port: type[TLSPort] = TLSPort,
+        given: socket.socket | None = None,
     ) -> None:
         self.reactor = reactor
         self.bind = bind
         self.creator = creator
         self.port = port
+        self.given = given  # an inherited listening socket bound there, if any
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
         host, port = self.bind
         tls_port = self.port(port, factory, self.creator, interface=host, reactor=self.reactor)
         try:
+            if self.given is not None:  # (systemd's socket, or one a takeover handed over)
+                adopt_listening_socket(tls_port, self.given)
+                self.given = None
             tls_port.startListening()
         except Exception as e:
             return defer.fail(e)
@@ -302,7 +320,8 @@ class SingleProcess(Serving):
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
         if settings.tls.io.direct and settings.transport.tls:
             kind = TLSPort if settings.tls.io == TlsIo.SOCKET else BioTLSPort
-            endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator, kind)
+            given = inherited_socket(self.inherited, settings.bind)
+            endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator, kind, given)
             return port_service(listener, settings, endpoint)
         endpoint = listen_endpoint(self.reactor, self.inherited, settings.bind)
         return port_service(listener, settings, endpoint)

@@ -28,6 +28,10 @@ when a Twisted release changes what it relies on.
   time zone and a datetime for every event: a third of a session line's cost). The file
   observers are found among the log publisher's ``_observers``; their ``formatEvent`` is
   public. Every other event is formatted by Twisted's own ``formatEvent``, unchanged.
+- ``adopt_listening_socket``: a listening port of mqttgw's own kind (``tls_io = transport``
+  or ``socket``) on an inherited socket (systemd's, or one a takeover handed over), as
+  ``adoptStreamPort`` does for Twisted's own ``tcp.Port`` (``_preexistingSocket``, which
+  ``startListening`` uses instead of binding; it then leaves the socket unshut at close).
 - ``shared_on_close``: a listening port whose socket a takeover handed to another process
   is closed without ``shutdown()``, which would end the other process's accepts too
   (``tcp.Port._shouldShutdown``, which Twisted clears itself only for adopted sockets).
@@ -186,6 +190,19 @@ def _quick_format(original: Callable[[dict[str, Any]], str | None]) -> Any:
 
     format_event.mqttgw_quick = True  # type: ignore[attr-defined]
     return format_event
+
+
+def adopt_listening_socket(port: Any, given: Any) -> None:
+    """Make ``port`` (a ``tcp.Port`` not yet listening) listen on ``given``, a listening
+    socket bound where the port would bind (a copy is kept; ``given`` is closed)."""
+    import socket
+
+    if not isinstance(port, tcp.Port):
+        raise TypeError(f"not a TCP port: {port!r}")
+    copy = socket.fromfd(given.fileno(), given.family, socket.SOCK_STREAM)
+    given.close()
+    copy.setblocking(False)
+    port._preexistingSocket = copy
 
 
 def shared_on_close(port: Any) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from gateway import files
-from gateway.choices import Transport
+from gateway.choices import TlsIo, Transport
 from gateway.config import checks
 from gateway.config.assemble import assemble
 from gateway.config.checks import Line
@@ -236,6 +236,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     checks.check_no_loop(path, listeners, origins)
     settings = _build_globals(base_dir, globals_)
     checks.check_admin(path, settings, globals_, listeners)
+    listeners = [resolve_tls_io(listener, settings.workers) for listener in listeners]
     if settings.workers != 1:
         for listener in listeners:
             if listener.tls.io.direct:
@@ -280,6 +281,16 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, Line]]) -> G
             value = os.path.normpath(os.path.join(base_dir, value))
         values[key.attr] = value
     return GlobalSettings(**values)
+
+
+def resolve_tls_io(listener: ListenerSettings, workers: int) -> ListenerSettings:
+    """``tls_io = auto`` made concrete: the own transport where it serves the listener (one
+    process, no PROXY header to read before TLS, TLS at all), else Twisted's memory BIO."""
+    if listener.tls.io is not TlsIo.AUTO:
+        return listener
+    own = workers == 1 and not listener.front.proxy_protocol and listener.transport.tls
+    io = TlsIo.TRANSPORT if own else TlsIo.BIO
+    return attrs.evolve(listener, tls=attrs.evolve(listener.tls, io=io))
 
 
 def _build_listener(

@@ -1,11 +1,12 @@
-"""TLS in a memory BIO owned by the connection's transport (``tls_io = transport``,
-experimental): one ``tcp.Server`` per connection that reads the socket in large chunks (one
-``recv`` per readiness event), feeds OpenSSL's read BIO, drains ``SSL_read`` until OpenSSL
-wants more, hands the protocol everything decrypted as one ``dataReceived``, and queues
-each turn's TLS output (handshake flights, tickets, records) as one write. No
-``TLSMemoryBIOProtocol``, no producer membrane, no wrapper protocol between the socket and
-the relay: the transport's own write buffer and producer logic are Twisted's
-(``FileDescriptor``), counted in TLS bytes.
+"""TLS in a memory BIO owned by the connection's transport (``tls_io = transport``, what
+``auto``, the default, chooses for one process without ``proxy_protocol``): one
+``tcp.Server`` per connection that reads the socket in large chunks (one ``recv`` per
+readiness event), feeds OpenSSL's read BIO, drains ``SSL_read`` until OpenSSL wants more,
+hands the protocol everything decrypted as one ``dataReceived``, and writes each turn's
+TLS output (handshake flights, tickets, records) as one. No ``TLSMemoryBIOProtocol``, no
+producer membrane, no wrapper protocol between the socket and the relay: the transport's
+own write buffer and producer logic are Twisted's (``FileDescriptor``), counted in TLS
+bytes.
 
 - The handshake is driven on each read; the protocol hears ``handshakeCompleted``
   (``IHandshakeListener``) before any application byte, as with ``TLSMemoryBIOProtocol``;
@@ -18,7 +19,8 @@ the relay: the transport's own write buffer and producer logic are Twisted's
   (``native.renew_memory_bios``: the handshake's flights are the largest buffers an idle
   device's connection would otherwise keep).
 
-Like ``tls_io = socket``, for one process (``workers = 1``) and without ``proxy_protocol``.
+Like ``tls_io = socket``, for one process (``workers = 1``) and without ``proxy_protocol``;
+on an inherited socket (systemd's, a takeover's) too.
 """
 
 from __future__ import annotations

@@ -98,3 +98,24 @@ def test_websocket_settings_and_the_transport_are_a_change(p: support.Pki) -> No
     ws = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="ws"))
     with pytest.raises(ConfigError, match="cannot turn a listener between ws"):
         _plan(a, ws)
+
+
+def test_tls_io_auto_is_resolved_at_load_and_a_reload_cannot_move_it(p: support.Pki) -> None:
+    """tls_io = auto (the default) is the own transport for one process without
+    proxy_protocol, else Twisted's memory BIO; the port's kind is chosen when it opens, so
+    a reload that would move it (proxy_protocol turned on, tls_io changed) is refused."""
+    from gateway.choices import TlsIo
+
+    plain = _prepared(p, {"a": {}})
+    assert plain.config.listener("a").tls.io is TlsIo.TRANSPORT
+    proxied = _prepared(p, {"a": {"proxy_protocol": "true"}})
+    assert proxied.config.listener("a").tls.io is TlsIo.BIO
+    workers = _prepared(p, {"a": {}}, "workers = 2\n")
+    assert workers.config.listener("a").tls.io is TlsIo.BIO
+    ws = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="ws"))
+    assert ws.config.listener("a").tls.io is TlsIo.BIO  # (no TLS here at all)
+    with pytest.raises(ConfigError, match="cannot move a listener's TLS from transport to bio"):
+        _plan(plain, proxied)
+    with pytest.raises(ConfigError, match="from bio to socket"):
+        _plan(proxied, _prepared(p, {"a": {"tls_io": "socket"}}))
+    assert _plan(plain, _prepared(p, {"a": {"tls_io": "transport"}})).changed == ()

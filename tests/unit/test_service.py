@@ -72,6 +72,7 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
             "enable_crl_cache": "true",
             "crl_cache_urls": "http://ca.test/x.crl",
             "enable_ocsp_stapling": "true",
+            "tls_io": "bio",  # (a memory reactor's listenTCP: the own transport binds)
         },
     )
     prepared = prepare_text(text)

@@ -129,12 +129,13 @@ TLS_KEYS: tuple[Key, ...] = (
         "tls_io",
         "tls.io",
         choice(TlsIo),
-        TlsIo.BIO,
-        "Who moves the TLS bytes. bio: Twisted's TLS in a memory BIO (TLSMemoryBIOProtocol). "
-        "socket (experimental): OpenSSL reads and writes the socket itself, one transport "
-        "per connection. transport (experimental): a transport of mqttgw's own that owns "
-        "its memory BIOs (one recv per read, one write per turn, no wrapper protocol). "
-        "socket and transport: single process only, not with proxy_protocol.",
+        TlsIo.AUTO,
+        "Who moves the TLS bytes. auto: transport where it serves the listener (one "
+        "process, no proxy_protocol), else bio. transport: a transport of mqttgw's own that "
+        "owns its memory BIOs (one recv per read, one write per turn, no wrapper protocol). "
+        "bio: Twisted's TLS in a memory BIO (TLSMemoryBIOProtocol). socket (experimental): "
+        "OpenSSL reads and writes the socket itself, one transport per connection. socket "
+        "and transport: single process only, not with proxy_protocol.",
         global_=True,
     ),
     Key(
