@@ -239,7 +239,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     listeners = [resolve_tls_io(listener, settings.workers) for listener in listeners]
     if settings.workers != 1:
         for listener in listeners:
-            if listener.tls.io.direct:
+            if listener.tls.io is TlsIo.SOCKET:
                 where = origins[listener.name].get("tls_io")
                 line, key = where if where else (None, f"{listener.key_prefix}.tls_io")
                 raise ConfigError(path, line, key, f"{listener.tls.io} needs workers = 1 (for now)")
@@ -284,12 +284,12 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, Line]]) -> G
 
 
 def resolve_tls_io(listener: ListenerSettings, workers: int) -> ListenerSettings:
-    """``tls_io = auto`` made concrete: the own transport where it serves the listener (one
-    process, no PROXY header to read before TLS, TLS at all), else Twisted's memory BIO."""
+    """``tls_io = auto`` made concrete: the own transport wherever the gateway speaks TLS
+    (a ws listener has none: its connections are plain, Twisted's memory BIO is never
+    built)."""
     if listener.tls.io is not TlsIo.AUTO:
         return listener
-    own = workers == 1 and not listener.front.proxy_protocol and listener.transport.tls
-    io = TlsIo.TRANSPORT if own else TlsIo.BIO
+    io = TlsIo.TRANSPORT if listener.transport.tls else TlsIo.BIO
     return attrs.evolve(listener, tls=attrs.evolve(listener.tls, io=io))
 
 
@@ -368,9 +368,9 @@ def _build_listener(
             )
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
-    if v["tls_io"].direct and v["proxy_protocol"]:
+    if v["tls_io"] is TlsIo.SOCKET and v["proxy_protocol"]:
         raise fail(
-            "tls_io", f"{v['tls_io']} does not read a PROXY header: use bio with proxy_protocol"
+            "tls_io", "socket does not read a PROXY header: use transport with proxy_protocol"
         )
     if family is Transport.WSS and v["alpn"] and "http/1.1" not in v["alpn"]:
         raise fail("alpn", "a wss listener speaks http/1.1: list it, or leave alpn unset")

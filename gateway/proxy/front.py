@@ -23,6 +23,7 @@ from gateway.reasons import Reason
 
 class ProxyFrontProtocol(protocol.Protocol):
     transport: Any
+    reads_before_tls = True  # (a transport with TLS of its own hands it the raw bytes)
 
     def __init__(self, factory: ProxyFrontFactory, addr: Any) -> None:
         self.factory = factory
@@ -60,6 +61,10 @@ class ProxyFrontProtocol(protocol.Protocol):
         inner = self.factory.wrapped.buildProtocol(addr)  # admission, on the real address
         if inner is None:
             self.transport.loseConnection()
+            return
+        start_tls = getattr(self.transport, "start_tls", None)
+        if start_tls is not None:  # TLS in the transport itself: the client takes over
+            start_tls(inner, self.reader.rest)
             return
         self.inner = inner
         inner.makeConnection(self.transport)

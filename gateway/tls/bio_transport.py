@@ -19,8 +19,9 @@ bytes.
   (``native.renew_memory_bios``: the handshake's flights are the largest buffers an idle
   device's connection would otherwise keep).
 
-Like ``tls_io = socket``, for one process (``workers = 1``) and without ``proxy_protocol``;
-on an inherited socket (systemd's, a takeover's) too.
+With ``proxy_protocol``, the PROXY header is read before TLS by the protocol the port built
+(``reads_before_tls``), which hands the connection to the client protocol with
+``start_tls``. On an inherited socket (systemd's, a takeover's, a worker's) too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class BioTLSServer(SocketServer):
     tls: Any = None  # the SSL.Connection (a GatewayConnection) in memory-BIO mode
     handshake_done = False
     _renewed = False
+    # A header read before TLS (the PROXY protocol's): the protocol reads the raw bytes
+    # until it calls start_tls; what came after the header waits here for OpenSSL.
+    _before_tls = False
+    _after_header = b""
 
     def __init__(
         self,
@@ -61,7 +66,17 @@ class BioTLSServer(SocketServer):
         tls = server.creator.serverConnectionForTLS(None)
         tls.set_accept_state()
         self.tls = tls
+        self._before_tls = bool(getattr(protocol, "reads_before_tls", False))
         super().__init__(sock, protocol, client, server, sessionno, reactor)
+
+    def start_tls(self, protocol: Any, rest: bytes) -> None:
+        """The header before TLS is read (``reads_before_tls``): ``protocol``, built on the
+        address it gave, takes the connection and TLS starts with ``rest``, the bytes that
+        came after the header."""
+        self._before_tls = False
+        self._after_header = rest
+        self.protocol = protocol
+        protocol.makeConnection(self)
 
     def getHandle(self) -> Any:
         return self.tls
@@ -79,6 +94,13 @@ class BioTLSServer(SocketServer):
 
     def _received(self, data: bytes) -> Any:
         """Bytes read from the socket: through OpenSSL, then to the protocol."""
+        if self._before_tls:  # to the header reader, as they are
+            ended = super().deliver(data)
+            if ended is not None or self._before_tls or self.disconnected:
+                return ended
+            data, self._after_header = self._after_header, b""
+            if not data or self.disconnecting:
+                return None
         tls = self.tls
         tls.bio_write(data)
         result: Any = None

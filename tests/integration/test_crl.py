@@ -179,9 +179,7 @@ def _closed(sock: ssl.SSLSocket) -> bool:
         return True
 
 
-@pytest.mark.parametrize(
-    "workers", ["", "workers = 2\n", "tls_io = socket\n", "tls_io = transport\n"]
-)
+@pytest.mark.parametrize("workers", ["", "workers = 2\n", "tls_io = socket\n", "tls_io = bio\n"])
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])
 def test_resumed_session_is_checked_against_revocation(
     world: World, workdir: str, tls: str, workers: str

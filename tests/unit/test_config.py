@@ -131,14 +131,14 @@ def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> Non
             "greater than zero",
         ),
         (
-            "listener.ssl.ext.tls_io = transport\nworkers = 2",
+            "listener.ssl.ext.tls_io = socket\nworkers = 2",
             "listener.ssl.ext.tls_io",
-            "transport needs workers = 1",
+            "socket needs workers = 1",
         ),
         (
-            "listener.ssl.ext.tls_io = transport\nlistener.ssl.ext.proxy_protocol = true",
+            "listener.ssl.ext.tls_io = socket\nlistener.ssl.ext.proxy_protocol = true",
             "listener.ssl.ext.tls_io",
-            "transport does not read a PROXY header",
+            "socket does not read a PROXY header",
         ),
         (
             "listener.ssl.ext.ciphers = NOT-A-CIPHER",

@@ -109,13 +109,15 @@ def test_tls_io_auto_is_resolved_at_load_and_a_reload_cannot_move_it(p: support.
     plain = _prepared(p, {"a": {}})
     assert plain.config.listener("a").tls.io is TlsIo.TRANSPORT
     proxied = _prepared(p, {"a": {"proxy_protocol": "true"}})
-    assert proxied.config.listener("a").tls.io is TlsIo.BIO
+    assert proxied.config.listener("a").tls.io is TlsIo.TRANSPORT
     workers = _prepared(p, {"a": {}}, "workers = 2\n")
-    assert workers.config.listener("a").tls.io is TlsIo.BIO
+    assert workers.config.listener("a").tls.io is TlsIo.TRANSPORT
     ws = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="ws"))
     assert ws.config.listener("a").tls.io is TlsIo.BIO  # (no TLS here at all)
+    bio = _prepared(p, {"a": {"tls_io": "bio"}})
     with pytest.raises(ConfigError, match="cannot move a listener's TLS from transport to bio"):
-        _plan(plain, proxied)
+        _plan(plain, bio)
     with pytest.raises(ConfigError, match="from bio to socket"):
-        _plan(proxied, _prepared(p, {"a": {"tls_io": "socket"}}))
+        _plan(bio, _prepared(p, {"a": {"tls_io": "socket"}}))
+    assert _plan(plain, proxied).changed  # (proxy_protocol: the next connection's)
     assert _plan(plain, _prepared(p, {"a": {"tls_io": "transport"}})).changed == ()
