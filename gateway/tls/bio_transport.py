@@ -35,7 +35,7 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
-from gateway.tls.native import output_waiting, renew_memory_bios
+from gateway.tls.native import output_waiting, read_records, renew_memory_bios
 from gateway.tls.socket_tls import TLSPort
 from gateway.twisted_native import SocketServer, send_now
 
@@ -132,15 +132,19 @@ class BioTLSServer(SocketServer):
         # plaintext than that: no budget needed), delivered as one.
         chunks: list[bytes] = []
         end: Any = None
-        try:
-            while True:
-                chunks.append(tls.recv(self.bufferSize))
-        except SSL.WantReadError:
-            pass
-        except SSL.ZeroReturnError:  # the peer's close_notify
-            end = main.CONNECTION_DONE
-        except SSL.Error as e:
-            end = e
+        native = read_records(tls)  # (one loop of SSL_read: no exception per read)
+        if native is not None:
+            chunks, clean = native
+        if native is None or not clean:  # pyOpenSSL says what stopped OpenSSL
+            try:
+                while True:
+                    chunks.append(tls.recv(self.bufferSize))
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:  # the peer's close_notify
+                end = main.CONNECTION_DONE
+            except SSL.Error as e:
+                end = e
         if chunks:
             result = super().deliver(b"".join(chunks))
             if result is not None or self.disconnected:

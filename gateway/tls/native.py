@@ -9,6 +9,10 @@ things its public API cannot do:
 - read OpenSSL's text for an X509 verification error;
 - tell whether a handshake resumed a session;
 - give a connection's memory BIOs back once its handshake is over (``renew_memory_bios``);
+- decrypt every record a memory-BIO connection holds in one loop of ``SSL_read`` into one
+  buffer (``read_records``): pyOpenSSL's ``recv`` allocates a buffer of the size asked
+  for, checks three callback helpers and raises an exception to say "no more", for every
+  record; a device writing one message per record pays that per message;
 - tell how many bytes of TLS output wait in a connection's memory BIO
   (``output_waiting``), so that the transport reads them in one call of the right size,
   rather than asking until pyOpenSSL raises ``WantReadError`` (an exception, and a buffer
@@ -192,3 +196,31 @@ def output_waiting(connection: SSL.Connection) -> int:
         return int(lib.BIO_get_mem_data(out, ffi.new("char **")))
     except Exception:
         return -1
+
+
+_RECORD = 16384  # the most plaintext one TLS record carries (RFC 8446, 5.1)
+_read_buffer: Any = None
+
+
+def read_records(connection: SSL.Connection) -> tuple[list[bytes], bool] | None:
+    """The plaintext of every record the connection's read BIO holds, and whether OpenSSL
+    stopped only because it wants more input (True); False: it stopped for something else
+    (the peer's close_notify, an alert, an error), which the caller asks pyOpenSSL's
+    ``recv`` about (it meets the same condition and raises what it means). None where
+    pyOpenSSL's internals are not as expected."""
+    global _read_buffer
+    try:
+        from OpenSSL._util import ffi, lib
+
+        ssl = connection._ssl  # type: ignore[attr-defined,unused-ignore]
+        if _read_buffer is None:
+            _read_buffer = ffi.new("char[]", _RECORD)
+        buf = _read_buffer
+        chunks: list[bytes] = []
+        while True:
+            n = lib.SSL_read(ssl, buf, _RECORD)
+            if n <= 0:
+                return chunks, lib.SSL_get_error(ssl, n) == lib.SSL_ERROR_WANT_READ
+            chunks.append(ffi.buffer(buf, n)[:])
+    except Exception:
+        return None
