@@ -35,7 +35,7 @@ from twisted.internet import main, tcp
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
-from gateway.tls.native import output_waiting, read_records, renew_memory_bios
+from gateway.tls.native import read_records, renew_memory_bios, take_output
 from gateway.tls.socket_tls import TLSPort
 from gateway.twisted_native import SocketServer, send_now
 
@@ -168,23 +168,20 @@ class BioTLSServer(SocketServer):
     def _flush(self, now: bool = False) -> None:
         """Queue what OpenSSL wrote into its BIO: one write per turn (``now``: the
         connection ends this turn: what is queued, then this, sent best effort)."""
-        waiting = output_waiting(self.tls)
-        if not waiting:
-            return
-        out = []
-        try:
-            if waiting > 0:  # one read of the right size
-                out.append(self.tls.bio_read(waiting))
-            else:
+        data = take_output(self.tls)
+        if data is None:  # (pyOpenSSL's way)
+            out = []
+            try:
                 while True:
                     out.append(self.tls.bio_read(_OUT))
-        except SSL.WantReadError:
-            pass
-        if out and not now:
-            send_now(self, b"".join(out))
-        elif out:
+            except SSL.WantReadError:
+                pass
+            data = b"".join(out)
+        if data and not now:
+            send_now(self, data)
+        elif data:
             try:
-                self.socket.send(b"".join(out))
+                self.socket.send(data)
             except OSError:
                 pass
 

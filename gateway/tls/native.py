@@ -13,11 +13,9 @@ things its public API cannot do:
   buffer (``read_records``): pyOpenSSL's ``recv`` allocates a buffer of the size asked
   for, checks three callback helpers and raises an exception to say "no more", for every
   record; a device writing one message per record pays that per message;
-- tell how many bytes of TLS output wait in a connection's memory BIO
-  (``output_waiting``), so that the transport reads them in one call of the right size,
-  rather than asking until pyOpenSSL raises ``WantReadError`` (an exception, and a buffer
-  of the size asked for, 256 KiB, each time). (Not for the input: a check per record costs
-  more than the one ``WantReadError`` that ends a read of many records.)
+- read all the TLS output waiting in a connection's memory BIO in one call of its size
+  (``take_output``), rather than asking until pyOpenSSL raises ``WantReadError`` (an
+  exception, and a buffer of the size asked for, 256 KiB, each time).
 
 Each falls back (with a warning, or a plain text) where the internals are not as expected.
 """
@@ -186,16 +184,26 @@ def renew_memory_bios(connection: SSL.Connection) -> bool:
         return False
 
 
-def output_waiting(connection: SSL.Connection) -> int:
-    """Bytes of TLS output waiting in a memory-BIO connection's outgoing BIO; -1 where it
-    cannot be told (the caller then reads until ``WantReadError``)."""
+_out_buffer: list[Any] = [None, 0]  # a buffer TLS output is read into, and its size
+
+
+def take_output(connection: SSL.Connection) -> bytes | None:
+    """All the TLS output waiting in a memory-BIO connection's outgoing BIO, read in one
+    ``BIO_read`` of its size into one buffer (b"": none); None where it cannot be told
+    (the caller then asks pyOpenSSL's ``bio_read`` until ``WantReadError``)."""
     try:
         from OpenSSL._util import ffi, lib
 
         out = connection._from_ssl  # type: ignore[attr-defined,unused-ignore]
-        return int(lib.BIO_get_mem_data(out, ffi.new("char **")))
+        waiting = lib.BIO_get_mem_data(out, ffi.NULL)
+        if waiting <= 0:
+            return b""
+        if _out_buffer[1] < waiting:
+            _out_buffer[:] = [ffi.new("char[]", max(waiting, 16384)), max(waiting, 16384)]
+        got = lib.BIO_read(out, _out_buffer[0], waiting)
+        return ffi.buffer(_out_buffer[0], got)[:] if got > 0 else b""
     except Exception:
-        return -1
+        return None
 
 
 _RECORD = 16384  # the most plaintext one TLS record carries (RFC 8446, 5.1)
