@@ -5,7 +5,7 @@ test dependency) with native frames. Prints handshakes per CPU-second and the sh
 main thread's samples in each part of a connection's life (OpenSSL's handshake, the session
 line, the resumed chain check, accept, the broker connect, the close, ...).
 
-    python bench/storm_profile.py [--io bio|socket|transport] [--full] [--seconds 12]
+    python bench/storm_profile.py [--io transport|bio] [--full] [--seconds 12]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def report(raw: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--io", default="bio", choices=("bio", "socket", "transport"))
+    parser.add_argument("--io", default="transport", choices=("bio", "transport"))
     parser.add_argument("--full", action="store_true", help="full handshakes (else resumed)")
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--key", choices=("ec", "rsa"), default="rsa")

@@ -109,7 +109,7 @@ class World:
         # With a baseline (another checkout of mqttgw), every gateway also runs from it, as
         # NAME@base, in the same round: before/after pairs that meet the same machine.
         self.baseline = baseline
-        self.socket_tls = False  # also one-process gateways with tls_io = socket, bio
+        self.socket_tls = False  # also a one-process gateway with tls_io = bio
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
         self.key_kind = key_kind
         self.pki = support.make_pki(self.dir, key_kind)
@@ -178,7 +178,6 @@ class World:
         if gateways is None:
             gateways = {"gw-auto": "workers = auto\n", "gw-1": "workers = 1\n"}
             if self.socket_tls:
-                gateways["gw-sock"] = "tls_io = socket\nworkers = 1\n"
                 gateways["gw-bio"] = "tls_io = bio\nworkers = 1\n"
         runs: dict[str, tuple[str, dict[str, str]]] = {}
         for name, conf_extra in gateways.items():
@@ -812,10 +811,12 @@ def main() -> None:
         "this tree's in every round, as NAME@base",
     )
     common.add_argument(
-        "--socket-tls",
+        "--bio",
+        "--socket-tls",  # (its name when a third path, tls_io = socket, was measured too)
+        dest="socket_tls",
         action="store_true",
-        help="also one-process gateways with tls_io = socket (gw-sock) and tls_io = bio "
-        "(gw-bio) beside gw-1 (the default: tls_io = auto, the own transport)",
+        help="also a one-process gateway with tls_io = bio (gw-bio) beside gw-1 (the "
+        "default: tls_io = auto, the own transport)",
     )
     common.add_argument(
         "--key",

@@ -83,16 +83,15 @@ class Affinity(Word):
 class TlsIo(Word):
     """``tls_io``: where OpenSSL reads and writes."""
 
-    AUTO = "auto"  # transport where it serves the listener, else bio (resolved at load)
-    BIO = "bio"
-    SOCKET = "socket"
+    AUTO = "auto"  # transport wherever the gateway speaks TLS (resolved at load)
+    BIO = "bio"  # Twisted's TLSMemoryBIOProtocol (a fallback)
     TRANSPORT = "transport"  # a transport of mqttgw's own over memory BIOs
 
     @property
     def direct(self) -> bool:
         """Whether the client protocol sits on the port's transport itself (no TLS
         protocol wrapping it)."""
-        return self is TlsIo.SOCKET or self is TlsIo.TRANSPORT
+        return self is TlsIo.TRANSPORT
 
 
 class RateAction(Word):

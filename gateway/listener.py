@@ -56,9 +56,10 @@ class ListenerService(service.MultiService):
         cooperate = cooperator.cooperate
         self.creator = ServerConnectionCreator(lambda: self.box.parts.context)
         self.gate = Gate(parts.name, self.stats, parts.settings.limits, reactor)
-        # TLS in a memory BIO; or none between the port and the client protocol: TLS on
-        # the socket (a TLSPort's transports; tls_io = socket), or no TLS (a ws listener),
-        # where the client factory tells the gate of each closed connection.
+        # Nothing between the port and the client protocol: TLS in the port's transports
+        # (a BioTLSPort's; tls_io = transport), or no TLS (a ws listener), where the client
+        # factory tells the gate of each closed connection; or Twisted's TLS protocol
+        # wrapping it (tls_io = bio).
         direct = parts.settings.tls.io.direct or not parts.settings.transport.tls
         self.factory = GatewayFactory(
             self.box, reactor, self.stats, cooperate, self.gate.closed if direct else None

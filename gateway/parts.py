@@ -217,6 +217,6 @@ class ListenerHandle:
     name: str
     parts: Callable[[], ListenerParts]  # the parts in force now
     entry: Any  # the factory its port serves (proxy.entry.EntryFactory)
-    creator: Any  # its TLS connection creator (the port of tls_io = socket needs it)
+    creator: Any  # its TLS connection creator (the port of tls_io = transport needs it)
     reactor: Any
     stop_accepting: Callable[[], None]  # the port stopped: log what the gate still holds

@@ -23,7 +23,6 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from gateway.choices import TlsIo
 from gateway.config.model import GlobalSettings, ListenerSettings
 from gateway.config.values import format_bind
 from gateway.handover import Inherited
@@ -37,7 +36,6 @@ from gateway.revocation.process import SubprocessProcessor
 from gateway.status import ListenerStatus
 from gateway.tls.bio_transport import BioTLSPort
 from gateway.tls.material import TlsMaterial
-from gateway.tls.socket_tls import TLSPort
 from gateway.twisted_native import adopt_listening_socket
 
 log = Logger()
@@ -159,27 +157,25 @@ def listen_endpoint(reactor: Any, inherited: Inherited, bind: tuple[str, int]) -
 
 
 @implementer(IStreamServerEndpoint)
-class SocketTLSEndpoint:
-    """Listens with a ``TLSPort`` (its connections speak TLS on their sockets), or another
-    port class of the same shape (``BioTLSPort``: TLS in memory BIOs of their own)."""
+class OwnTLSEndpoint:
+    """Listens with a ``BioTLSPort`` (its connections run TLS in memory BIOs of their
+    own), on a new socket or on an inherited one."""
 
     def __init__(
         self,
         reactor: Any,
         bind: tuple[str, int],
         creator: Any,
-        port: type[TLSPort] = TLSPort,
         given: socket.socket | None = None,
     ) -> None:
         self.reactor = reactor
         self.bind = bind
         self.creator = creator
-        self.port = port
         self.given = given  # an inherited listening socket bound there, if any
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
         host, port = self.bind
-        tls_port = self.port(port, factory, self.creator, interface=host, reactor=self.reactor)
+        tls_port = BioTLSPort(port, factory, self.creator, interface=host, reactor=self.reactor)
         try:
             if self.given is not None:  # (systemd's socket, or one a takeover handed over)
                 adopt_listening_socket(tls_port, self.given)
@@ -319,9 +315,8 @@ class SingleProcess(Serving):
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
         if settings.tls.io.direct and settings.transport.tls:
-            kind = TLSPort if settings.tls.io == TlsIo.SOCKET else BioTLSPort
             given = inherited_socket(self.inherited, settings.bind)
-            endpoint = SocketTLSEndpoint(self.reactor, settings.bind, listener.creator, kind, given)
+            endpoint = OwnTLSEndpoint(self.reactor, settings.bind, listener.creator, given)
             return port_service(listener, settings, endpoint)
         endpoint = listen_endpoint(self.reactor, self.inherited, settings.bind)
         return port_service(listener, settings, endpoint)

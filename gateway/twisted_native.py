@@ -11,8 +11,8 @@ when a Twisted release changes what it relies on.
   line for every fetch. ``HTTPConnectionPool`` takes no factory argument and the line comes from
   its private ``_HTTP11ClientFactory``; twistd owns the log observers, so it cannot be
   filtered out before they see it.
-- ``SocketServer``: the base of ``tls.socket_tls.TLSServer`` (``tls_io = socket``), a
-  ``tcp.Server`` whose bytes OpenSSL reads and writes on the socket. Two hooks of Twisted's
+- ``SocketServer``: the base of ``tls.bio_transport.BioTLSServer`` (``tls_io =
+  transport``), a ``tcp.Server`` whose bytes go through OpenSSL. Two hooks of Twisted's
   connection have no public name: ``tcp.Connection._dataReceived`` (bytes read, to the
   protocol, with the return value that ends the connection) is called as ``deliver``, and
   ``FileDescriptor._postLoseConnection`` (everything written: now close) is overridden as

@@ -237,12 +237,6 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     settings = _build_globals(base_dir, globals_)
     checks.check_admin(path, settings, globals_, listeners)
     listeners = [resolve_tls_io(listener, settings.workers) for listener in listeners]
-    if settings.workers != 1:
-        for listener in listeners:
-            if listener.tls.io is TlsIo.SOCKET:
-                where = origins[listener.name].get("tls_io")
-                line, key = where if where else (None, f"{listener.key_prefix}.tls_io")
-                raise ConfigError(path, line, key, f"{listener.tls.io} needs workers = 1 (for now)")
     return Config(
         path=path,
         globals=settings,
@@ -368,10 +362,6 @@ def _build_listener(
             )
     if v["ecdh_curves"] == ():
         raise fail("ecdh_curves", "at least one group is required")
-    if v["tls_io"] is TlsIo.SOCKET and v["proxy_protocol"]:
-        raise fail(
-            "tls_io", "socket does not read a PROXY header: use transport with proxy_protocol"
-        )
     if family is Transport.WSS and v["alpn"] and "http/1.1" not in v["alpn"]:
         raise fail("alpn", "a wss listener speaks http/1.1: list it, or leave alpn unset")
     if v["check_origin_enable"] and not v["allowed_origins"]:

@@ -176,8 +176,8 @@ class ListenerTLSFactory(TLSMemoryBIOFactory):
 
 class DirectFactory(protocol.Factory):
     """The client protocol itself on the port's transport, each connection admitted by the
-    gate first: TLS on the socket (``tls.socket_tls.TLSPort``'s transports do it), or no
-    TLS at all (a ws listener: a load balancer in front ended it)."""
+    gate first: TLS in the port's transports (``tls.bio_transport.BioTLSPort``'s do it),
+    or no TLS at all (a ws listener: a load balancer in front ended it)."""
 
     noisy = False
 

@@ -36,7 +36,6 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 
 from gateway.tls.native import read_records, renew_memory_bios, take_output
-from gateway.tls.socket_tls import TLSPort
 from gateway.twisted_native import SocketServer, send_now
 
 _OUT = 256 * 1024  # TLS output read from the BIO at once
@@ -62,7 +61,7 @@ class BioTLSServer(SocketServer):
         sessionno: int,
         reactor: Any,
     ) -> None:
-        assert isinstance(server, TLSPort)
+        assert isinstance(server, BioTLSPort)
         tls = server.creator.serverConnectionForTLS(None)
         tls.set_accept_state()
         self.tls = tls
@@ -204,7 +203,13 @@ class BioTLSServer(SocketServer):
         self.tls = None  # OpenSSL's state goes with the connection
 
 
-class BioTLSPort(TLSPort):
-    """A listening port whose connections run TLS in memory BIOs of their own."""
+class BioTLSPort(tcp.Port):
+    """A listening port whose connections run TLS in memory BIOs of their own (the
+    ``transport`` attribute Twisted's ``Port`` documents for this); ``creator`` makes each
+    connection's ``SSL.Connection``."""
 
-    transport = BioTLSServer  # type: ignore[assignment]  # (a TLSServer's constructor)
+    transport = BioTLSServer
+
+    def __init__(self, port: int, factory: Any, creator: Any, **kwargs: Any) -> None:
+        super().__init__(port, factory, **kwargs)
+        self.creator = creator

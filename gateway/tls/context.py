@@ -182,10 +182,6 @@ class ServerConnectionCreator:
     def serverConnectionForTLS(self, tlsProtocol: object) -> GatewayConnection:
         return GatewayConnection(self.context(), PeerVerification())
 
-    def serverConnectionForSocket(self, sock: object) -> GatewayConnection:
-        """The same, over an accepted socket (``tls.socket_tls``: OpenSSL does the I/O)."""
-        return GatewayConnection(self.context(), PeerVerification(), sock)
-
 
 def describe_offer(tls: TlsSettings, material: TlsMaterial) -> list[str]:
     """What a listener's context really offers, as OpenSSL expanded it (check-config's

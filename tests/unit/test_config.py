@@ -131,14 +131,9 @@ def test_global_upstream_is_inherited_and_overridable(certs: support.Pki) -> Non
             "greater than zero",
         ),
         (
-            "listener.ssl.ext.tls_io = socket\nworkers = 2",
+            "listener.ssl.ext.tls_io = socket",
             "listener.ssl.ext.tls_io",
-            "socket needs workers = 1",
-        ),
-        (
-            "listener.ssl.ext.tls_io = socket\nlistener.ssl.ext.proxy_protocol = true",
-            "listener.ssl.ext.tls_io",
-            "socket does not read a PROXY header",
+            "auto, bio, transport",
         ),
         (
             "listener.ssl.ext.ciphers = NOT-A-CIPHER",

@@ -1,7 +1,8 @@
-"""The transports of mqttgw's own (tls_io = socket: OpenSSL on the socket; tls_io =
-transport: TLS in memory BIOs the transport owns): the cases a transport of its own must get right,
-against real clients. (The paths every listener shares, flow control and resumption with a
-revoked certificate among them, run with both TLS paths in their own files.)"""
+"""mqttgw's own TLS transport (tls_io = transport, the default: TLS in memory BIOs the
+transport owns) beside Twisted's TLS protocol (tls_io = bio): the cases a transport of its
+own must get right, against real clients. (The paths every listener shares, flow control
+and resumption with a revoked certificate among them, run with both TLS paths in their own
+files.)"""
 
 from __future__ import annotations
 
@@ -25,15 +26,15 @@ def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
     return support.make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-@pytest.fixture(params=["socket", "transport"])
+@pytest.fixture(params=["transport", "bio"])
 def io(request: pytest.FixtureRequest) -> str:
-    """The two transports of mqttgw's own: OpenSSL on the socket, and TLS in memory BIOs
-    the transport owns."""
+    """The two TLS paths: mqttgw's own transport owning its memory BIOs (the default), and
+    Twisted's TLSMemoryBIOProtocol (tls_io = bio)."""
     return str(request.param)
 
 
 def _gateway(
-    workdir: str, p: support.Pki, broker: int, io: str = "socket"
+    workdir: str, p: support.Pki, broker: int, io: str = "transport"
 ) -> tuple[support.Process, int]:
     port = support.free_port()
     conf = support.listener_conf("s", port, broker, p, {"tls_io": io})
