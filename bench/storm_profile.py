@@ -1,11 +1,11 @@
-"""Where a gateway's CPU goes in a reconnect storm: a one-process gateway (``--io``: its
-``tls_io``) with CRL checking, 4 client processes handshaking from 16 addresses (resumed by
-default, ``--full`` for full handshakes), sampled by py-spy (``pip install py-spy``: not a
+"""Where a gateway's CPU goes in a reconnect storm: a one-process gateway with CRL
+checking, 4 client processes handshaking from 16 addresses (resumed by default, ``--full``
+for full handshakes), sampled by py-spy (``pip install py-spy``: not a
 test dependency) with native frames. Prints handshakes per CPU-second and the share of the
 main thread's samples in each part of a connection's life (OpenSSL's handshake, the session
 line, the resumed chain check, accept, the broker connect, the close, ...).
 
-    python bench/storm_profile.py [--io transport|bio] [--full] [--seconds 12]
+    python bench/storm_profile.py [--full] [--seconds 12]
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ def report(raw: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--io", default="transport", choices=("bio", "transport"))
     parser.add_argument("--full", action="store_true", help="full handshakes (else resumed)")
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--key", choices=("ec", "rsa"), default="rsa")
@@ -79,7 +78,7 @@ def main() -> None:
     broker, plain = support.start_mosquitto(world.dir)
     port = support.free_port()
     conf = support.listener_conf("storm", port, plain, world.pki) + NO_LIMITS
-    conf += f"stats_log_interval = 1h\nworkers = 1\ntls_io = {args.io}\n" + world._crl_conf("storm")
+    conf += "stats_log_interval = 1h\nworkers = 1\n" + world._crl_conf("storm")
     gateway = support.start_gateway(world.dir, conf, "storm")
     raw = os.path.join(tempfile.mkdtemp(prefix="mqttgw-profile-"), "samples.txt")
     try:
@@ -121,7 +120,7 @@ def main() -> None:
     done = sum(r[0][0] for r in results)
     resumed = sum(r[1][0] for r in results)
     print(
-        f"tls_io = {args.io}: {done} handshakes ({resumed} resumed) in {cpu:.2f} CPU-s: "
+        f"{done} handshakes ({resumed} resumed) in {cpu:.2f} CPU-s: "
         f"{done / cpu:.0f} per CPU-second under the sampler"
     )
     report(raw)

@@ -109,7 +109,6 @@ class World:
         # With a baseline (another checkout of mqttgw), every gateway also runs from it, as
         # NAME@base, in the same round: before/after pairs that meet the same machine.
         self.baseline = baseline
-        self.socket_tls = False  # also a one-process gateway with tls_io = bio
         self.dir = tempfile.mkdtemp(prefix="mqttgw-bench-workers-")
         self.key_kind = key_kind
         self.pki = support.make_pki(self.dir, key_kind)
@@ -177,8 +176,6 @@ class World:
         name -> (port, pid)."""
         if gateways is None:
             gateways = {"gw-auto": "workers = auto\n", "gw-1": "workers = 1\n"}
-            if self.socket_tls:
-                gateways["gw-bio"] = "tls_io = bio\nworkers = 1\n"
         runs: dict[str, tuple[str, dict[str, str]]] = {}
         for name, conf_extra in gateways.items():
             runs[name] = (conf_extra, {"PYTHONPATH": HERE_TREE})
@@ -348,7 +345,6 @@ def _storm(world: World, port: int, clients: int, seconds: float) -> tuple[int, 
 
 def handshakes(args: argparse.Namespace) -> None:
     world = World(args.key, args.baseline)
-    world.socket_tls = args.socket_tls
     if args.crl_entries:
         world.with_crls(args.crl_entries)
 
@@ -379,7 +375,6 @@ def efficiency(args: argparse.Namespace) -> None:
     swing by 10-20 % from one sitting to the next; this does not). mosquitto is left out:
     it is also the broker behind the others, so its CPU is not its own here."""
     world = World(args.key, args.baseline)
-    world.socket_tls = args.socket_tls
     if args.crl_entries:
         world.with_crls(args.crl_entries)
     results: dict[str, list[tuple[float, ...]]] = {}
@@ -442,7 +437,6 @@ TOPIC_PAYLOAD = 64
 
 def relay(args: argparse.Namespace) -> None:
     world = World(args.key, args.baseline)
-    world.socket_tls = args.socket_tls
     lines = os.path.join(world.dir, "lines.txt")
     with open(lines, "wb") as f:
         for i in range(args.messages):
@@ -553,7 +547,6 @@ def _hold(port: int, world: World, count: int, sources: int) -> list[Any]:
 
 def idle(args: argparse.Namespace) -> None:
     world = World(args.key, args.baseline)
-    world.socket_tls = args.socket_tls
     for count in args.count:
 
         def measure(name: str, port: int, pid: int, count: int = count) -> tuple[float, ...]:
@@ -589,7 +582,6 @@ def crl(args: argparse.Namespace) -> None:
     from gateway.testing.crl import CrlHttpServer, big_crl_der
 
     world = World(args.key, args.baseline)
-    world.socket_tls = args.socket_tls
     http = CrlHttpServer()
     http.serve("/big.crl", 200, big_crl_der(world.pki.inter, args.entries))
     http.serve("/root.crl", 200, big_crl_der(world.pki.root, 1))
@@ -640,7 +632,6 @@ def storm(args: argparse.Namespace) -> None:
     import ssl
 
     world = World(args.key, args.baseline)
-    world.socket_tls = args.socket_tls
     gateways = {
         "gw-auto": "workers = auto\n",
         "gw-auto-kernel": "workers = auto\nworker_affinity = kernel\n",
@@ -809,14 +800,6 @@ def main() -> None:
         metavar="DIR",
         help="another checkout of mqttgw (git worktree add DIR REV): its gateways run beside "
         "this tree's in every round, as NAME@base",
-    )
-    common.add_argument(
-        "--bio",
-        "--socket-tls",  # (its name when a third path, tls_io = socket, was measured too)
-        dest="socket_tls",
-        action="store_true",
-        help="also a one-process gateway with tls_io = bio (gw-bio) beside gw-1 (the "
-        "default: tls_io = auto, the own transport)",
     )
     common.add_argument(
         "--key",

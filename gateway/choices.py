@@ -83,8 +83,7 @@ class Affinity(Word):
 class TlsIo(Word):
     """``tls_io``: where OpenSSL reads and writes."""
 
-    AUTO = "auto"  # transport wherever the gateway speaks TLS (resolved at load)
-    BIO = "bio"  # Twisted's TLSMemoryBIOProtocol (a fallback)
+    AUTO = "auto"  # (the one way: transport)
     TRANSPORT = "transport"  # a transport of mqttgw's own over memory BIOs
 
     @property

@@ -17,7 +17,7 @@ from gateway.drain import drain, pace
 from gateway.observe import own_status
 from gateway.parts import ListenerEvents, ListenerHandle, ListenerParts, PartsBox
 from gateway.ports import ready_timeout
-from gateway.proxy.entry import DirectFactory, EntryFactory, Gate, ListenerTLSFactory
+from gateway.proxy.entry import DirectFactory, EntryFactory, Gate
 from gateway.proxy.factory import GatewayFactory
 from gateway.reasons import Reason
 from gateway.reload_plan import ListenerChange
@@ -57,18 +57,10 @@ class ListenerService(service.MultiService):
         self.creator = ServerConnectionCreator(lambda: self.box.parts.context)
         self.gate = Gate(parts.name, self.stats, parts.settings.limits, reactor)
         # Nothing between the port and the client protocol: TLS in the port's transports
-        # (a BioTLSPort's; tls_io = transport), or no TLS (a ws listener), where the client
-        # factory tells the gate of each closed connection; or Twisted's TLS protocol
-        # wrapping it (tls_io = bio).
-        direct = parts.settings.tls.io.direct or not parts.settings.transport.tls
-        self.factory = GatewayFactory(
-            self.box, reactor, self.stats, cooperate, self.gate.closed if direct else None
-        )
-        tls: Any = (
-            DirectFactory(self.gate, self.factory)
-            if direct
-            else ListenerTLSFactory(self.creator, self.gate, self.factory, reactor)
-        )
+        # (a BioTLSPort's), or no TLS (a ws listener); the client factory tells the gate of
+        # each closed connection.
+        self.factory = GatewayFactory(self.box, reactor, self.stats, cooperate, self.gate.closed)
+        tls = DirectFactory(self.gate, self.factory)
         self.entry = EntryFactory(tls, lambda: self.box.parts.settings.front, reactor)
         self.handle = ListenerHandle(
             parts.name,

@@ -278,13 +278,10 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, Line]]) -> G
 
 
 def resolve_tls_io(listener: ListenerSettings, workers: int) -> ListenerSettings:
-    """``tls_io = auto`` made concrete: the own transport wherever the gateway speaks TLS
-    (a ws listener has none: its connections are plain, Twisted's memory BIO is never
-    built)."""
+    """``tls_io = auto`` made concrete: the own transport (the one way there is)."""
     if listener.tls.io is not TlsIo.AUTO:
         return listener
-    io = TlsIo.TRANSPORT if listener.transport.tls else TlsIo.BIO
-    return attrs.evolve(listener, tls=attrs.evolve(listener.tls, io=io))
+    return attrs.evolve(listener, tls=attrs.evolve(listener.tls, io=TlsIo.TRANSPORT))
 
 
 def _build_listener(

@@ -4,8 +4,9 @@ the PROXY header of a load balancer first, where the listener expects one).
 ``EntryFactory`` is what the listening port holds for the listener's whole life; it hands
 each connection to the entry the listener's current settings ask for (a reload that turns
 ``proxy_protocol`` on or off changes the next connection's, not the port's factory).
-``ListenerTLSFactory`` admits or refuses each connection (``proxy.admission``) and keeps
-count of the connections it serves, so a drain learns when the last one ended.
+``DirectFactory`` admits or refuses each connection (``proxy.admission``) through the
+listener's ``Gate``, which keeps count of the connections it serves, so a drain learns when
+the last one ended.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from gateway.config.model import ConnectionLimits, FrontSettings
 from gateway.proxy.admission import Admission, RefusalLog, address_key
 from gateway.proxy.front import ProxyFrontFactory
 from gateway.reasons import Reason
 from gateway.status import ListenerStats
-from gateway.tls.native import renew_memory_bios
 
 log = Logger()
 
@@ -127,53 +126,6 @@ class Gate:
             self._summarise()
 
 
-Clients = protocol.Factory  # (in ListenerTLSFactory, ``protocol`` is its protocol class)
-
-
-class ReadBatching(TLSMemoryBIOProtocol):
-    """Twisted's TLS in a memory BIO, whose client protocol hears all the application data
-    of one socket read at once (``read_started`` / ``read_ended``) rather than record by
-    record: a device writing one message per TLS record costs one relay write per read,
-    not one per message."""
-
-    _bios_renewed = False
-
-    def dataReceived(self, data: bytes) -> None:
-        client: Any = self.wrappedProtocol  # a ClientProtocol
-        client.read_started()
-        try:
-            super().dataReceived(data)
-        finally:
-            client.read_ended()
-        if not self._bios_renewed:  # (the handshake's buffers given back, once it is over)
-            self._bios_renewed = renew_memory_bios(self.getHandle())
-
-
-class ListenerTLSFactory(TLSMemoryBIOFactory):
-    """TLS in a memory BIO (Twisted's ``TLSMemoryBIOProtocol`` wrapping each client
-    protocol, each socket read's records heard at once), each connection admitted by the
-    gate first."""
-
-    noisy = False
-    protocol = ReadBatching
-
-    def __init__(self, creator: Any, gate: Gate, clients: Clients, reactor: IReactorTime) -> None:
-        super().__init__(creator, False, clients, clock=reactor)
-        self.gate = gate
-
-    def buildProtocol(self, addr: Any) -> Any:
-        key = self.gate.admit(addr)
-        if key is None:
-            return None
-        protocol = super().buildProtocol(addr)
-        self.gate.opened(protocol, key)
-        return protocol
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        self.gate.closed(p)
-
-
 class DirectFactory(protocol.Factory):
     """The client protocol itself on the port's transport, each connection admitted by the
     gate first: TLS in the port's transports (``tls.bio_transport.BioTLSPort``'s do it),
@@ -214,7 +166,7 @@ class EntryFactory(protocol.Factory):
         front: Callable[[], FrontSettings],
         reactor: IReactorTime,
     ) -> None:
-        self.tls = tls  # ListenerTLSFactory or DirectFactory
+        self.tls = tls  # the DirectFactory
         self._front = front
         self._reactor = reactor
         self._proxied: tuple[float, ProxyFrontFactory] | None = None

@@ -61,8 +61,6 @@ class ClientProtocol(protocol.Protocol):
     link: DeviceLink | None = None  # with MQTT over WebSocket: the device's link
     device: Any  # what the device is written to: the transport, or its link
     _follow: BrokerFollower | None = None  # MQTT 5 on the short path: the broker's packets
-    # While the TLS layer reads one socket read's records: their bytes, heard at its end.
-    _batch: list[bytes] | None = None
 
     def __init__(self, factory: ClientHome, addr: Any) -> None:
         self.factory = factory
@@ -119,10 +117,6 @@ class ClientProtocol(protocol.Protocol):
         self._run(self.session.handshake_done(self.verification.pending(), refusal))
 
     def dataReceived(self, data: bytes) -> None:
-        batch = self._batch
-        if batch is not None:  # inside one socket read (``entry.ReadBatching``): at its end
-            batch.append(data)
-            return
         link = self.link
         if link is not None:  # MQTT over WebSocket: the MQTT bytes the frames carried
             data = link.receive(data)
@@ -136,17 +130,7 @@ class ClientProtocol(protocol.Protocol):
         else:
             self._run(self.session.receive(data))
 
-    def read_started(self) -> None:
-        """A socket read begins: the TLS records it holds are heard at once, at its end."""
-        self._batch = []
-
-    def read_ended(self) -> None:  # (and before the connection's end)
-        batch, self._batch = self._batch, None
-        if batch:
-            self.dataReceived(batch[0] if len(batch) == 1 else b"".join(batch))
-
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.read_ended()
         if self._policy is not None:
             self._policy.stop()
         if self._tracked is not None:

@@ -179,7 +179,7 @@ def _closed(sock: ssl.SSLSocket) -> bool:
         return True
 
 
-@pytest.mark.parametrize("workers", ["", "workers = 2\n", "tls_io = bio\n"])
+@pytest.mark.parametrize("workers", ["", "workers = 2\n"])
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])
 def test_resumed_session_is_checked_against_revocation(
     world: World, workdir: str, tls: str, workers: str
@@ -188,7 +188,7 @@ def test_resumed_session_is_checked_against_revocation(
     the revocation is closed by the sweep, a resumption after it is refused with no byte
     reaching the broker, and an unrevoked device still resumes. With two workers too (the
     device's address keeps it on one worker, where its session resumes; that worker's
-    copy of the CRLs decides). With Twisted's TLS protocol (tls_io = bio) too."""
+    copy of the CRLs decides)."""
     broker, broker_port = support.start_mosquitto(workdir)
     device = world.p.client(f"resume-victim-{tls}")
     bystander = world.p.client(f"resume-bystander-{tls}")

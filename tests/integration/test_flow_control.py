@@ -87,7 +87,7 @@ def _warm_up(port: int, p: support.Pki) -> None:
         support.read_exact(s, 4)
 
 
-IO = pytest.mark.parametrize("io", ["bio", "transport"])  # tls_io: every TLS path
+IO = pytest.mark.parametrize("io", ["transport"])  # tls_io: the TLS path (one now)
 
 
 @IO

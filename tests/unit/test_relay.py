@@ -49,31 +49,6 @@ def test_good_client_is_relayed_after_connect(p: support.Pki, good: tuple[str, s
     assert broker.producer is not None
 
 
-def test_the_records_of_one_read_reach_the_broker_in_one_write(
-    p: support.Pki, good: tuple[str, str]
-) -> None:
-    """Three TLS records and the device's close_notify in one socket read: the broker gets
-    the three messages in one write (``entry.ReadBatching``), before the close."""
-    listener = Listener.make(p)
-    server, client, pump = listener.connect(p, good)
-    pump.flush()
-    client.transport.write(support.connect_packet("batched"))
-    pump.flush()
-    upstream, broker = listener.upstream.succeed()
-    writes: list[bytes] = []
-    write = broker.write
-    broker.write = lambda data: (writes.append(bytes(data)), write(data))  # type: ignore[method-assign]
-    for letter in b"abc":  # each its own record: the TLS layer writes at each tick
-        client.transport.write(b"\x30\x04\x00\x01t" + bytes([letter]))
-        listener.reactor.advance(0)
-    client.transport.loseConnection()
-    listener.reactor.advance(0)
-    pump.pump.flush()  # all of it in one read
-    assert writes == [b"\x30\x04\x00\x01ta\x30\x04\x00\x01tb\x30\x04\x00\x01tc"]
-    pump.flush()
-    assert broker.disconnecting
-
-
 def test_client_close_closes_upstream_and_back(p: support.Pki, good: tuple[str, str]) -> None:
     """Closing either side closes the other."""
     listener = Listener.make(p)

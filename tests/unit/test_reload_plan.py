@@ -100,10 +100,10 @@ def test_websocket_settings_and_the_transport_are_a_change(p: support.Pki) -> No
         _plan(a, ws)
 
 
-def test_tls_io_auto_is_resolved_at_load_and_a_reload_cannot_move_it(p: support.Pki) -> None:
-    """tls_io = auto (the default) is the own transport for one process without
-    proxy_protocol, else Twisted's memory BIO; the port's kind is chosen when it opens, so
-    a reload that would move it (proxy_protocol turned on, tls_io changed) is refused."""
+def test_tls_io_auto_is_the_own_transport_everywhere(p: support.Pki) -> None:
+    """tls_io = auto (the default) is the own transport, with proxy_protocol and with
+    workers too; a reload that turns proxy_protocol on keeps it (the header is read by the
+    same port's transports)."""
     from gateway.choices import TlsIo
 
     plain = _prepared(p, {"a": {}})
@@ -112,12 +112,5 @@ def test_tls_io_auto_is_resolved_at_load_and_a_reload_cannot_move_it(p: support.
     assert proxied.config.listener("a").tls.io is TlsIo.TRANSPORT
     workers = _prepared(p, {"a": {}}, "workers = 2\n")
     assert workers.config.listener("a").tls.io is TlsIo.TRANSPORT
-    ws = prepare_text(support.listener_conf("a", 18000, 1883, p, {}, family="ws"))
-    assert ws.config.listener("a").tls.io is TlsIo.BIO  # (no TLS here at all)
-    bio = _prepared(p, {"a": {"tls_io": "bio"}})
-    with pytest.raises(ConfigError, match="cannot move a listener's TLS from transport to bio"):
-        _plan(plain, bio)
-    with pytest.raises(ConfigError, match="from bio to transport"):
-        _plan(bio, plain)
     assert _plan(plain, proxied).changed  # (proxy_protocol: the next connection's)
     assert _plan(plain, _prepared(p, {"a": {"tls_io": "transport"}})).changed == ()

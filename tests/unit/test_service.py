@@ -56,14 +56,20 @@ def p(tmp_path_factory: pytest.TempPathFactory) -> support.Pki:
     return support.make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
+def _ports(listener: Any) -> list[Any]:
+    """The listening ports of a listener service's port services."""
+    return [s.port for s in listener if getattr(s, "port", None) is not None]
+
+
 def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_path: Any) -> None:
     """The port is bound at start but accepts only once the first CRL round is over;
     status() gathers counters, CRL sources and the OCSP staple."""
     server = pki.issue(p.inter, "localhost", server=True, ocsp_url="http://ocsp.test/")
     cert, key = server.write(str(tmp_path), "srv")
+    number = support.free_port()  # (the listener's port is a real socket on a memory reactor)
     text = support.listener_conf(
         "s",
-        18883,
+        number,
         1883,
         p,
         {
@@ -72,7 +78,6 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
             "enable_crl_cache": "true",
             "crl_cache_urls": "http://ca.test/x.crl",
             "enable_ocsp_stapling": "true",
-            "tls_io": "bio",  # (a memory reactor's listenTCP: the own transport binds)
         },
     )
     prepared = prepare_text(text)
@@ -84,15 +89,15 @@ def test_listener_status_and_port_paused_until_crl_round(p: support.Pki, tmp_pat
     ls = top.listeners["s"]
     ls.privilegedStartService()
     ls.startService()
-    port = reactor.tcpServers[0]
-    assert port[0] == 18883 and port[3] == "127.0.0.1"
+    (port,) = _ports(ls)
+    assert (port.getHost().host, port.getHost().port) == ("127.0.0.1", number)
     crl = ls.parts.crl
     assert crl is not None and not crl.ready.called
-    assert reactor.port.reading is False  # bound, not accepting yet
+    assert port not in reactor.getReaders()  # bound, not accepting yet
     stub.flush()
     reactor.advance(config.crl.http_timeout + 0.1)
     assert crl.ready.called  # the timeout ended the first round: policy decides now
-    assert reactor.port.reading is True
+    assert port in reactor.getReaders()
     status = ls.status()
     assert status.stats.listener == "s"
     assert status.crl is not None and status.crl.sources[0].last_result == "error"

@@ -20,7 +20,7 @@ from twisted.test import iosim
 from gateway import testing as support
 from gateway.config import ListenerSettings
 from gateway.proxy.broker_link import UpstreamFactory
-from gateway.proxy.entry import Gate, ListenerTLSFactory
+from gateway.proxy.entry import Gate
 from gateway.proxy.factory import GatewayFactory, session_limits
 from gateway.status import ListenerStats
 from gateway.testing import prepare_text
@@ -145,6 +145,30 @@ class Parts:
         return None
 
 
+class GatedTLSFactory(TLSMemoryBIOFactory):
+    """In-memory TLS for the relay's unit tests (Twisted's TLSMemoryBIOProtocol over
+    iosim: no sockets; the gateway's own transport needs one, its tests are in
+    tests/integration), each connection admitted by the listener's gate first."""
+
+    noisy = False
+
+    def __init__(self, creator: Any, gate: Gate, clients: Any, reactor: Any) -> None:
+        super().__init__(creator, False, clients, clock=reactor)
+        self.gate = gate
+
+    def buildProtocol(self, addr: Any) -> Any:
+        key = self.gate.admit(addr)
+        if key is None:
+            return None
+        protocol = super().buildProtocol(addr)
+        self.gate.opened(protocol, key)
+        return protocol
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        self.gate.closed(p)
+
+
 @attrs.define
 class Box:
     parts: Parts
@@ -158,7 +182,7 @@ class Listener:
     upstream: FakeUpstream
     stats: ListenerStats
     creator: ServerConnectionCreator
-    factory: ListenerTLSFactory
+    factory: GatedTLSFactory
 
     @classmethod
     def make(cls, p: support.Pki, deny: Any = None, **extra: str) -> Listener:
@@ -178,7 +202,7 @@ class Listener:
             upstream,
             stats,
             creator,
-            ListenerTLSFactory(
+            GatedTLSFactory(
                 creator, Gate(config.name, stats, config.limits, reactor), gateway, reactor
             ),
         )

@@ -130,12 +130,11 @@ TLS_KEYS: tuple[Key, ...] = (
         "tls.io",
         choice(TlsIo),
         TlsIo.AUTO,
-        "Who moves the TLS bytes. auto: transport where it serves the listener (one "
-        "process, no proxy_protocol), else bio. transport: a transport of mqttgw's own that "
-        "owns its memory BIOs (one recv per read, one write per turn, no wrapper protocol). "
-        "bio: Twisted's TLS in a memory BIO (TLSMemoryBIOProtocol). socket (experimental): "
-        "OpenSSL reads and writes the socket itself, one transport per connection. socket "
-        "and transport: single process only, not with proxy_protocol.",
+        "Who moves the TLS bytes: transport (auto, the default, is the same), a transport of "
+        "mqttgw's own that owns its memory BIOs (one recv per read, one write per turn, no "
+        "wrapper protocol). The values of earlier versions, bio (Twisted's TLS protocol) and "
+        "socket (OpenSSL on the socket), are gone: the own transport does more per "
+        "CPU-second than either.",
         global_=True,
     ),
     Key(
