@@ -86,12 +86,6 @@ class TlsIo(Word):
     AUTO = "auto"  # (the one way: transport)
     TRANSPORT = "transport"  # a transport of mqttgw's own over memory BIOs
 
-    @property
-    def direct(self) -> bool:
-        """Whether the client protocol sits on the port's transport itself (no TLS
-        protocol wrapping it)."""
-        return self is TlsIo.TRANSPORT
-
 
 class RateAction(Word):
     """``rate_limit_action``: a device over its rate is paused or disconnected."""

@@ -170,14 +170,6 @@ def plan_reload(
                 "a reload cannot turn a listener between ws (no TLS) and TLS: restart, or "
                 "declare a new listener on another address",
             )
-        was = old.listener(listener.name).tls.io
-        if was != listener.tls.io:  # (the port's kind: chosen when it opened)
-            raise new.error(
-                listener.name,
-                "",
-                f"a reload cannot move a listener's TLS from {was} to {listener.tls.io} "
-                "(tls_io, or with tls_io = auto a change of proxy_protocol): restart",
-            )
         change = listener_change(
             old.listener(listener.name),
             old_materials[listener.name],

@@ -314,7 +314,7 @@ class SingleProcess(Serving):
         )
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
-        if settings.tls.io.direct and settings.transport.tls:
+        if settings.transport.tls:  # (TLS in the port's transports; a ws listener: plain)
             given = inherited_socket(self.inherited, settings.bind)
             endpoint = OwnTLSEndpoint(self.reactor, settings.bind, listener.creator, given)
             return port_service(listener, settings, endpoint)

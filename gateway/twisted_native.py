@@ -28,8 +28,8 @@ when a Twisted release changes what it relies on.
   time zone and a datetime for every event: a third of a session line's cost). The file
   observers are found among the log publisher's ``_observers``; their ``formatEvent`` is
   public. Every other event is formatted by Twisted's own ``formatEvent``, unchanged.
-- ``adopt_listening_socket``: a listening port of mqttgw's own kind (``tls_io = transport``
-  or ``socket``) on an inherited socket (systemd's, or one a takeover handed over), as
+- ``adopt_listening_socket``: a listening port of mqttgw's own kind (``BioTLSPort``) on an
+  inherited socket (systemd's, one a takeover handed over, a worker's from its master), as
   ``adoptStreamPort`` does for Twisted's own ``tcp.Port`` (``_preexistingSocket``, which
   ``startListening`` uses instead of binding; it then leaves the socket unshut at close).
 - ``shared_on_close``: a listening port whose socket a takeover handed to another process

@@ -236,7 +236,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     checks.check_no_loop(path, listeners, origins)
     settings = _build_globals(base_dir, globals_)
     checks.check_admin(path, settings, globals_, listeners)
-    listeners = [resolve_tls_io(listener, settings.workers) for listener in listeners]
+    listeners = [resolve_tls_io(listener) for listener in listeners]
     return Config(
         path=path,
         globals=settings,
@@ -277,7 +277,7 @@ def _build_globals(base_dir: str, globals_: Mapping[str, tuple[Any, Line]]) -> G
     return GlobalSettings(**values)
 
 
-def resolve_tls_io(listener: ListenerSettings, workers: int) -> ListenerSettings:
+def resolve_tls_io(listener: ListenerSettings) -> ListenerSettings:
     """``tls_io = auto`` made concrete: the own transport (the one way there is)."""
     if listener.tls.io is not TlsIo.AUTO:
         return listener

@@ -1,12 +1,11 @@
-"""TLS in a memory BIO owned by the connection's transport (``tls_io = transport``, what
-``auto``, the default, chooses for one process without ``proxy_protocol``): one
-``tcp.Server`` per connection that reads the socket in large chunks (one ``recv`` per
-readiness event), feeds OpenSSL's read BIO, drains ``SSL_read`` until OpenSSL wants more,
-hands the protocol everything decrypted as one ``dataReceived``, and writes each turn's
-TLS output (handshake flights, tickets, records) as one. No ``TLSMemoryBIOProtocol``, no
-producer membrane, no wrapper protocol between the socket and the relay: the transport's
-own write buffer and producer logic are Twisted's (``FileDescriptor``), counted in TLS
-bytes.
+"""TLS in a memory BIO owned by the connection's transport (``tls_io = transport``, the
+one TLS path; ``auto``, the default, is the same): one ``tcp.Server`` per connection that
+reads the socket in large chunks (one ``recv`` per readiness event), feeds OpenSSL's read
+BIO, drains ``SSL_read`` until OpenSSL wants more, hands the protocol everything decrypted
+as one ``dataReceived``, and writes each turn's TLS output (handshake flights, tickets,
+records) as one. No ``TLSMemoryBIOProtocol``, no producer membrane, no wrapper protocol
+between the socket and the relay: the transport's own write buffer and producer logic are
+Twisted's (``FileDescriptor``), counted in TLS bytes.
 
 - The handshake is driven on each read; the protocol hears ``handshakeCompleted``
   (``IHandshakeListener``) before any application byte, as with ``TLSMemoryBIOProtocol``;

@@ -137,7 +137,7 @@ class WorkerRole(Serving):
         )
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
-        kind = BioTLSPort if settings.tls.io.direct and settings.transport.tls else None
+        kind = BioTLSPort if settings.transport.tls else None
         endpoint = AdoptedEndpoint(self.inbox, settings.name, settings.bind, kind, listener.creator)
         return port_service(listener, settings, endpoint)
 
