@@ -345,19 +345,31 @@ class _Capture:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            conn.settimeout(5)
-            data = b""
-            while b"MQTT" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            self.first.append(data)
-            conn.sendall(ACCEPTED)
-            conn.close()
+            with conn:
+                data = b""
+                try:
+                    conn.settimeout(5)
+                    while b"MQTT" not in data:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    self.first.append(data)
+                    conn.sendall(ACCEPTED)
+                except OSError:  # a health check's connect-and-close, or a stalled peer
+                    continue
 
     def close(self) -> None:
+        # close() alone leaves a thread blocked in accept() holding the port open (a later
+        # test could be handed the same port number and reach this fake broker): shut the
+        # listening socket down first, which wakes accept(), then wait for the thread.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the fake broker's thread did not stop"
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

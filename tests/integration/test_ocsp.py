@@ -71,7 +71,16 @@ def test_responder_down_at_start(world: OcspWorld, broker: int, workdir: str) ->
     conf = world.conf("d", port, broker, cert, globals=f"ocsp_cache.dir = {cache}\n")
     gw = support.start_gateway(workdir, conf, "gw1")
     try:
-        support.wait_until(lambda: os.path.exists(os.path.join(cache, "d.ocsp.der")), 20)
+        # 40 s: room for one retry (a first request that fails on a loaded machine is
+        # retried 10 s later, after at most ocsp_refresh_http_timeout); the log says why.
+        try:
+            support.wait_until(lambda: os.path.exists(os.path.join(cache, "d.ocsp.der")), 40)
+        except TimeoutError:
+            lines = [line for line in gw.log().splitlines() if "ocsp" in line]
+            raise AssertionError(
+                f"no response persisted; responder hits {world.responder.hits}; "
+                + "\n".join(lines[-20:])
+            ) from None
     finally:
         gw.stop()
     world.responder.mode = 503
