@@ -50,10 +50,12 @@ class CrlInfo:
         if other is None:
             return "newer"
         if self.number is not None and other.number is not None:
-            mine: float = self.number
-            theirs: float = other.number
-        else:
-            mine, theirs = self.this_update, other.this_update
+            # (CRL numbers are integers of up to 20 octets: compared as integers, exactly)
+            number, their_number = self.number, other.number
+            if number > their_number:
+                return "newer"
+            return "same" if number == their_number else "older"
+        mine, theirs = self.this_update, other.this_update
         if mine > theirs:
             return "newer"
         return "same" if mine == theirs else "older"

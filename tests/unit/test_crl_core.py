@@ -156,6 +156,12 @@ def test_compare_by_number_then_this_update(chain: tuple[pki.Issued, pki.Issued]
         time.time(),
     )[0].info
     assert b.compare(a) == "newer"
+    # CRL numbers of 20 octets (RFC 5280's most) one apart: compared exactly, not as floats
+    big = 2**159 - 1
+    low = C.load(pem(make_crl(inter, [], number=big - 1, this_update=t0)), trust, time.time())
+    high = C.load(pem(make_crl(inter, [], number=big, this_update=t0)), trust, time.time())
+    assert high[0].info.compare(low[0].info) == "newer"
+    assert low[0].info.compare(high[0].info) == "older"
 
 
 def test_worker_round_trip_and_persistence(
