@@ -90,6 +90,13 @@ def start_haproxy(
     return proc, port
 
 
+def stop_haproxy(proc: Any) -> None:
+    """Stop what ``start_haproxy`` started (nothing if it was not installed)."""
+    if proc is not None:
+        proc.terminate()
+        proc.wait(10)
+
+
 NO_LIMITS = "max_conn_rate = 0\nmax_conn_rate_per_ip = 0\nmax_connections_per_ip = 0\n"
 
 
@@ -125,9 +132,7 @@ def setup(key_kind: str = "ec", gateway_extra: str = "") -> Iterator[Setup]:
         )
     finally:
         gateway.stop()
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait(10)
+        stop_haproxy(haproxy)
         broker.stop()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -20,10 +19,8 @@ import sys
 import tempfile
 import time
 
+import storm
 import workers
-from harness import NO_LIMITS
-
-from gateway import testing as support
 
 # (what the report calls it, a frame every sample of it holds)
 PARTS = [
@@ -73,15 +70,8 @@ def main() -> None:
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(spy):
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    world = workers.World(args.key)
-    world.with_crls(1000)
-    broker, plain = support.start_mosquitto(world.dir)
-    port = support.free_port()
-    conf = support.listener_conf("storm", port, plain, world.pki) + NO_LIMITS
-    conf += "stats_log_interval = 1h\nworkers = 1\n" + world._crl_conf("storm")
-    gateway = support.start_gateway(world.dir, conf, "storm")
     raw = os.path.join(tempfile.mkdtemp(prefix="mqttgw-profile-"), "samples.txt")
-    try:
+    with storm.one_gateway(args.key) as (world, port, gateway, _):
         time.sleep(1)
         sampler = subprocess.Popen(
             [spy, "record", "-p", str(gateway.pid), "-r", "250", "--native", "-f", "raw"]
@@ -89,36 +79,10 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         cpu0 = workers.tree_cpu(gateway.pid)
-        clients = [
-            multiprocessing.Process(
-                target=workers._handshaker,
-                args=(
-                    [port],
-                    world.pki,
-                    world.device,
-                    workers.sources_of(i, 4),
-                    args.seconds,
-                    queue,
-                    not args.full,
-                ),
-            )
-            for i in range(4)
-        ]
-        for c in clients:
-            c.start()
-        results = [queue.get(timeout=args.seconds + 60) for _ in clients]
-        for c in clients:
-            c.join()
+        done, resumed = storm.handshakes(world, port, args.seconds, not args.full)
         cpu = workers.tree_cpu(gateway.pid) - cpu0
         sampler.wait(args.seconds + 30)
-    finally:
-        gateway.stop()
-        broker.stop()
-        world.close()
-    done = sum(r[0][0] for r in results)
-    resumed = sum(r[1][0] for r in results)
     print(
         f"{done} handshakes ({resumed} resumed) in {cpu:.2f} CPU-s: "
         f"{done / cpu:.0f} per CPU-second under the sampler"

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import multiprocessing
 import os
 import shutil
 import subprocess
 import tempfile
 import time
 
+import storm
 import workers
-from harness import NO_LIMITS, start_haproxy
-
-from gateway import testing as support
+from harness import start_haproxy, stop_haproxy
 
 
 def counts(path: str) -> collections.Counter[str]:
@@ -53,32 +51,12 @@ def traced_storm(
     )
     try:
         time.sleep(1)  # (attached)
-        queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        clients = [
-            multiprocessing.Process(
-                target=workers._handshaker,
-                args=(
-                    [port],
-                    world.pki,
-                    world.device,
-                    workers.sources_of(i, 4),
-                    seconds,
-                    queue,
-                    resume,
-                ),
-            )
-            for i in range(4)
-        ]
-        for c in clients:
-            c.start()
-        results = [queue.get(timeout=seconds + 60) for _ in clients]
-        for c in clients:
-            c.join()
+        done, _ = storm.handshakes(world, port, seconds, resume)
         time.sleep(0.5)  # (the last closes)
     finally:
         tracer.send_signal(2)  # strace writes its table on SIGINT
         tracer.wait(30)
-    return sum(r[0][0] for r in results), counts(out)
+    return done, counts(out)
 
 
 def main() -> None:
@@ -90,31 +68,19 @@ def main() -> None:
     strace = shutil.which("strace")
     if strace is None:
         raise SystemExit("strace is not installed (Debian package strace)")
-    world = workers.World(args.key)
-    world.with_crls(1000)
-    broker, plain = support.start_mosquitto(world.dir)
-    port = support.free_port()
-    conf = support.listener_conf("storm", port, plain, world.pki) + NO_LIMITS
-    conf += "stats_log_interval = 1h\nworkers = 1\n" + world._crl_conf("storm")
-    gateway = support.start_gateway(world.dir, conf, "storm")
-    haproxy, hport = start_haproxy(world.dir, world.pki, plain, world.crl_file)
+    resume = not args.full
     rows: dict[str, tuple[int, collections.Counter[str]]] = {}
-    try:
-        time.sleep(1)
-        rows["gateway"] = traced_storm(
-            strace, gateway.pid, port, world, args.seconds, not args.full
-        )
-        if haproxy is not None:
-            rows["haproxy"] = traced_storm(
-                strace, haproxy.pid, hport, world, args.seconds, not args.full
-            )
-    finally:
-        gateway.stop()
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait(10)
-        broker.stop()
-        world.close()
+    with storm.one_gateway(args.key) as (world, port, gateway, plain):
+        haproxy, hport = start_haproxy(world.dir, world.pki, plain, world.crl_file)
+        try:
+            time.sleep(1)
+            rows["gateway"] = traced_storm(strace, gateway.pid, port, world, args.seconds, resume)
+            if haproxy is not None:
+                rows["haproxy"] = traced_storm(
+                    strace, haproxy.pid, hport, world, args.seconds, resume
+                )
+        finally:
+            stop_haproxy(haproxy)
     kind = "full" if args.full else "resumed"
     names = sorted(
         {n for _, c in rows.values() for n in c},

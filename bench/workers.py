@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from harness import NO_LIMITS, raise_fd_limit, start_haproxy
+from harness import NO_LIMITS, raise_fd_limit, start_haproxy, stop_haproxy
 
 from gateway import testing as support
 
@@ -219,9 +219,7 @@ class World:
         finally:
             for gw in started:
                 gw.stop()
-            if haproxy is not None:
-                haproxy.terminate()
-                haproxy.wait(10)
+            stop_haproxy(haproxy)
             broker.stop()
 
 

@@ -43,7 +43,6 @@ from gateway.revocation.ocsp_answers import OcspQuestion
 from gateway.revocation.ocsp_client import OcspClient
 from gateway.roles import IListenerRole, Serving, port_service
 from gateway.service import GatewayService
-from gateway.tls.bio_transport import BioTLSPort
 from gateway.tls.material import TlsMaterial
 from gateway.workers import commands as c
 from gateway.workers.inbox import (
@@ -137,8 +136,8 @@ class WorkerRole(Serving):
         )
 
     def port(self, listener: ListenerHandle, settings: ListenerSettings) -> PortService:
-        kind = BioTLSPort if settings.transport.tls else None
-        endpoint = AdoptedEndpoint(self.inbox, settings.name, settings.bind, kind, listener.creator)
+        tls = listener.creator if settings.transport.tls else None
+        endpoint = AdoptedEndpoint(self.inbox, settings.name, settings.bind, tls)
         return port_service(listener, settings, endpoint)
 
 

@@ -20,8 +20,8 @@ from zope.interface import implementer
 from gateway.errors import GatewayError
 from gateway.revocation.crl_cache import CrlCache
 from gateway.revocation.snapshot import map_snapshot
+from gateway.roles import OwnTLSEndpoint
 from gateway.service import GatewayService
-from gateway.twisted_native import adopt_listening_socket
 from gateway.workers import commands as c
 
 
@@ -162,34 +162,26 @@ class AdoptedEndpoint:
     never holds connections)."""
 
     def __init__(
-        self,
-        inbox: WorkerInbox,
-        listener: str,
-        bind: tuple[str, int],
-        port_kind: Any = None,
-        creator: Any = None,
+        self, inbox: WorkerInbox, listener: str, bind: tuple[str, int], tls: Any = None
     ) -> None:
-        """``port_kind`` (with ``creator``): a port class of TLS of its own
-        (``BioTLSPort``), else Twisted's ``tcp.Port``."""
+        """``tls``: the listener's TLS connection creator, for a port whose transports run
+        TLS of their own (``roles.OwnTLSEndpoint`` on the adopted socket); else Twisted's
+        ``tcp.Port`` (a ws listener: plain)."""
         self.inbox = inbox
+        self.bind = bind
         self.key = (listener, bind[0], bind[1])
         self.family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
-        self.port_kind = port_kind
-        self.creator = creator
+        self.tls = tls
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
         fd = self.inbox.sockets.pop(self.key, None)
         if fd is None:
             return defer.fail(GatewayError("workers", f"no socket from the master for {self.key}"))
         try:
-            if self.port_kind is None:
+            if self.tls is None:
                 return defer.succeed(self.inbox.reactor.adoptStreamPort(fd, self.family, factory))
-            port = self.port_kind(
-                0, factory, self.creator, interface=self.key[1], reactor=self.inbox.reactor
-            )
-            adopt_listening_socket(port, socket.fromfd(fd, self.family, socket.SOCK_STREAM))
-            port.startListening()
-            return defer.succeed(port)
+            given = socket.fromfd(fd, self.family, socket.SOCK_STREAM)
+            return OwnTLSEndpoint(self.inbox.reactor, self.bind, self.tls, given).listen(factory)
         except Exception as e:
             return defer.fail(e)
         finally:
